@@ -1,0 +1,93 @@
+"""Daemon settings: defaults here, overridden by hbd.toml, overridden by flags.
+
+`hbd.toml` at the repository root documents every setting with its default;
+`tests/unit/test_config.py` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hbd.errors import InvalidParameter
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class DaemonSettings:
+    hosts: list[str] = field(default_factory=lambda: ["unix:///run/hbd.sock"])
+    data_root: str = "/var/lib/hbd"
+    exec_root: str = "/run/hbd"
+    log_level: str = "info"
+
+
+@dataclass
+class VMSettings:
+    accel: str = "auto"
+    kernel: str = ""
+    initrd: str = ""
+    qemu: str = "qemu-system-x86_64"
+    memory_mib: int = 256
+    vcpus: int = 1
+    boot_timeout: float = 30.0
+    boot_retries: int = 1
+    tcg_tb_size_mib: int = 32
+
+    def kernel_path(self) -> Path:
+        return Path(self.kernel) if self.kernel else REPO_ROOT / "kernels" / "out" / "vmlinux"
+
+    def initrd_path(self) -> Path:
+        return Path(self.initrd) if self.initrd else REPO_ROOT / "kernels" / "out" / "initrd.cpio"
+
+
+@dataclass
+class Config:
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    vm: VMSettings = field(default_factory=VMSettings)
+
+    @property
+    def data_root(self) -> Path:
+        return Path(self.daemon.data_root)
+
+    @property
+    def exec_root(self) -> Path:
+        return Path(self.daemon.exec_root)
+
+
+def _apply(section: Any, values: dict[str, Any], where: str) -> None:
+    known = {f.name: f for f in dataclasses.fields(section)}
+    for key, value in values.items():
+        if key not in known:
+            raise InvalidParameter(f"{where}: unknown setting {key!r}")
+        default = getattr(section, key)
+        expected = type(default)
+        if expected is float and isinstance(value, int):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise InvalidParameter(
+                f"{where}: {key} must be {expected.__name__}, not {type(value).__name__}"
+            )
+        setattr(section, key, value)
+
+
+def load_config(path: Path | None) -> Config:
+    config = Config()
+    if path is None:
+        return config
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise InvalidParameter(f"cannot read config {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidParameter(f"invalid config {path}: {e}") from e
+    sections = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    for name, values in raw.items():
+        if name not in sections or not isinstance(values, dict):
+            raise InvalidParameter(f"{path}: unknown section [{name}]")
+        _apply(sections[name], values, f"{path} [{name}]")
+    return config
