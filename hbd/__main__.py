@@ -1,0 +1,5 @@
+import sys
+
+from hbd.cli import main
+
+sys.exit(main())

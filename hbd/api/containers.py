@@ -1,0 +1,181 @@
+"""Container routes: HTTP in, ContainerService calls, HTTP out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import web
+
+from hbd.api.app import (
+    Router,
+    json_response,
+    query_bool,
+    query_int,
+    read_json,
+)
+from hbd.api.context import daemon_of
+from hbd.api.streams import Channel, frame, hijack, stream_content_type
+from hbd.errors import InvalidParameter
+from hbd.services.containers import Attachment, Container
+from hbd.services.logs import LogQuery, LogRecord
+from hbd.services.timefmt import parse_rfc3339_ns, rfc3339_nano
+
+
+async def list_containers(request: web.Request) -> web.Response:
+    containers = daemon_of(request).containers
+    return json_response(containers.list(all_=query_bool(request, "all"),
+                                         limit=query_int(request, "limit", -1)))
+
+
+async def create(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    result = await daemon_of(request).containers.create(request.query.get("name"), body)
+    return json_response(result, status=201)
+
+
+async def inspect(request: web.Request) -> web.Response:
+    return json_response(daemon_of(request).containers.inspect(request.match_info["id"]))
+
+
+async def start(request: web.Request) -> web.Response:
+    await daemon_of(request).containers.start(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def kill(request: web.Request) -> web.Response:
+    await daemon_of(request).containers.kill(request.match_info["id"],
+                                             request.query.get("signal", "") or "KILL")
+    return web.Response(status=204)
+
+
+async def remove(request: web.Request) -> web.Response:
+    await daemon_of(request).containers.remove(
+        request.match_info["id"], force=query_bool(request, "force"),
+        volumes=query_bool(request, "v"))
+    return web.Response(status=204)
+
+
+async def wait(request: web.Request) -> web.StreamResponse:
+    containers = daemon_of(request).containers
+    future = containers.wait_future(request.match_info["id"],
+                                    request.query.get("condition", ""))
+    # The CLI waits for these headers before it starts the container.
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    await response.prepare(request)
+    code = await future
+    await response.write(json.dumps({"Error": None, "StatusCode": code}).encode() + b"\n")
+    return response
+
+
+def _log_query(request: web.Request, follow: bool) -> LogQuery:
+    def time_ns(key: str) -> int:
+        raw = request.query.get(key, "")
+        if not raw or raw == "0":
+            return 0
+        try:
+            return int(float(raw) * 1e9)
+        except ValueError:
+            value = parse_rfc3339_ns(raw)
+            if not value:
+                raise InvalidParameter(f"invalid value for {key}: {raw}") from None
+            return value
+
+    tail_raw = request.query.get("tail", "all")
+    try:
+        tail = -1 if tail_raw in ("all", "") else int(tail_raw)
+    except ValueError:
+        tail = -1  # dockerd treats an unparsable tail as "all"
+    return LogQuery(
+        stdout=query_bool(request, "stdout"), stderr=query_bool(request, "stderr"),
+        since_ns=time_ns("since"), until_ns=time_ns("until"), tail=tail, follow=follow,
+    )
+
+
+def _render(record: LogRecord, tty: bool, timestamps: bool) -> bytes:
+    data = record.data
+    if timestamps:
+        data = rfc3339_nano(record.time_ns).encode() + b" " + data
+    return data if tty else frame(record.stream, data)
+
+
+async def logs(request: web.Request) -> web.StreamResponse:
+    query = _log_query(request, follow=query_bool(request, "follow"))
+    if not (query.stdout or query.stderr):
+        raise InvalidParameter("Bad parameters: you must choose at least one stream")
+    c, records = daemon_of(request).containers.logs(request.match_info["id"], query)
+    timestamps = query_bool(request, "timestamps")
+    response = web.StreamResponse()
+    response.content_type = stream_content_type(request, c.tty)
+    await response.prepare(request)
+    try:
+        async for record in records:
+            await response.write(_render(record, c.tty, timestamps))
+    except ConnectionResetError:
+        pass
+    return response
+
+
+async def _pump_output(channel: Channel, attachment: Attachment, tty: bool) -> None:
+    async for stream, data in attachment.output():
+        await channel.write(data if tty else frame(stream, data))
+
+
+async def _pump_stdin(request: web.Request, channel: Channel, c: Container) -> None:
+    containers = daemon_of(request).containers
+    while (data := await channel.read()) is not None:
+        await containers.write_stdin(c, data)
+    await containers.close_stdin(c)
+
+
+async def attach(request: web.Request) -> web.StreamResponse:
+    containers = daemon_of(request).containers
+    want_stdin = query_bool(request, "stdin")
+    c, attachment = containers.attach(request.match_info["id"],
+                                      stdout=query_bool(request, "stdout"),
+                                      stderr=query_bool(request, "stderr"))
+    response, channel = await hijack(request, stream_content_type(request, c.tty))
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        if query_bool(request, "logs"):
+            _, records = containers.logs(c.id, LogQuery(stdout=attachment.stdout,
+                                                        stderr=attachment.stderr))
+            async for record in records:
+                await channel.write(_render(record, c.tty, False))
+        if not query_bool(request, "stream"):
+            return response
+        output = asyncio.ensure_future(_pump_output(channel, attachment, c.tty))
+        tasks.append(output)
+        lost = asyncio.ensure_future(channel.lost.wait())
+        tasks.append(lost)  # type: ignore[arg-type]
+        if want_stdin:
+            tasks.append(asyncio.ensure_future(_pump_stdin(request, channel, c)))
+        await asyncio.wait({output, lost}, return_when=asyncio.FIRST_COMPLETED)
+    except ConnectionResetError:
+        pass
+    finally:
+        for task in tasks:
+            task.cancel()
+        containers.detach(c, attachment)
+        channel.close()
+    return response
+
+
+async def resize(request: web.Request) -> web.Response:
+    await daemon_of(request).containers.resize(
+        request.match_info["id"], query_int(request, "h", 0), query_int(request, "w", 0))
+    return web.Response(status=200)
+
+
+def register(router: Router) -> None:
+    router.add("GET", "/containers/json", list_containers)
+    router.add("POST", "/containers/create", create)
+    router.add("GET", "/containers/{id}/json", inspect)
+    router.add("POST", "/containers/{id}/start", start)
+    router.add("POST", "/containers/{id}/kill", kill)
+    router.add("POST", "/containers/{id}/wait", wait)
+    router.add("POST", "/containers/{id}/attach", attach)
+    router.add("GET", "/containers/{id}/logs", logs)
+    router.add("POST", "/containers/{id}/resize", resize)
+    router.add("DELETE", "/containers/{id}", remove)

@@ -1,0 +1,20 @@
+"""The aiohttp application with every router registered."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from hbd.api import containers, images, system
+from hbd.api.app import Router, create_app, finalize_routes
+from hbd.api.context import DAEMON_KEY
+from hbd.daemon import Daemon
+
+
+def build(daemon: Daemon) -> web.Application:
+    app = create_app()
+    app[DAEMON_KEY] = daemon
+    router = Router(app)
+    for module in (system, containers, images):
+        module.register(router)
+    finalize_routes(app)
+    return app

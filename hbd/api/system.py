@@ -1,0 +1,100 @@
+"""System routes: _ping, version, info, events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from aiohttp import web
+
+from hbd import API_VERSION
+from hbd.api.app import Router, json_response, query_filters
+from hbd.api.context import daemon_of
+from hbd.errors import InvalidParameter
+from hbd.services.events_filter import EventFilter
+from hbd.services.timefmt import parse_rfc3339
+
+
+def _ping_headers() -> dict[str, str]:
+    return {
+        "Api-Version": API_VERSION,
+        "Builder-Version": "1",
+        "Docker-Experimental": "false",
+        "Ostype": "linux",
+        "Swarm": "inactive",
+        "Cache-Control": "no-cache, no-store, must-revalidate",
+        "Pragma": "no-cache",
+    }
+
+
+async def ping(request: web.Request) -> web.Response:
+    if request.method == "HEAD":
+        return web.Response(headers={**_ping_headers(), "Content-Type": "text/plain; "
+                                                                        "charset=utf-8",
+                                     "Content-Length": "0"})
+    return web.Response(text="OK", headers=_ping_headers())
+
+
+async def version(request: web.Request) -> web.Response:
+    return json_response(daemon_of(request).system.version())
+
+
+async def info(request: web.Request) -> web.Response:
+    return json_response(daemon_of(request).system.info())
+
+
+def _time_param(request: web.Request, key: str) -> float:
+    """`since`/`until`: unix seconds (with fraction) or an RFC 3339 time."""
+    raw = request.query.get(key, "")
+    if not raw:
+        return 0.0
+    try:
+        return float(raw)
+    except ValueError:
+        value = parse_rfc3339(raw)
+        if not value:
+            raise InvalidParameter(f"invalid value for {key}: {raw}") from None
+        return value
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    bus = daemon_of(request).events
+    since = _time_param(request, "since")
+    until = _time_param(request, "until")
+    matches = EventFilter(query_filters(request))
+    # Subscribe before replaying history so nothing falls in between.
+    history, live = bus.subscribe_with_history()
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    await response.prepare(request)
+
+    def wanted(message: dict[str, object]) -> bool:
+        t = int(message["timeNano"]) / 1e9  # type: ignore[call-overload]
+        return (not since or t >= since) and (not until or t <= until) and matches(message)
+
+    try:
+        if since:
+            for message in history:
+                if wanted(message):
+                    await response.write(json.dumps(message).encode() + b"\n")
+        if until and until <= time.time():
+            return response
+        timeout = (until - time.time()) if until else None
+        async with asyncio.timeout(timeout):
+            async for message in live:
+                if wanted(message):
+                    await response.write(json.dumps(message).encode() + b"\n")
+    except TimeoutError:
+        pass
+    finally:
+        await live.aclose()
+    return response
+
+
+def register(router: Router) -> None:
+    router.add("GET", "/_ping", ping)
+    router.add("HEAD", "/_ping", ping)
+    router.add("GET", "/version", version)
+    router.add("GET", "/info", info)
+    router.add("GET", "/events", events)

@@ -1,0 +1,129 @@
+"""`hbd`: the daemon's command line, with dockerd's flags."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import grp
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from aiohttp import web
+
+from hbd import __version__
+from hbd.api import server
+from hbd.config import Config, load_config
+from hbd.daemon import Daemon
+from hbd.errors import HbdError
+
+log = logging.getLogger("hbd")
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="hbd", description="Hummingbird daemon: the Docker "
+                                "Engine API, every container in its own QEMU microvm.")
+    p.add_argument("-H", "--host", action="append", dest="hosts", metavar="HOST",
+                   help="daemon socket to listen on, e.g. unix:///run/hbd.sock "
+                        "(repeatable)")
+    p.add_argument("--data-root", help="root of persistent state (default /var/lib/hbd)")
+    p.add_argument("--exec-root", help="root of runtime state (default /run/hbd)")
+    p.add_argument("--config", type=Path, help="hbd.toml settings file")
+    p.add_argument("-l", "--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("-D", "--debug", action="store_true", help="debug logging")
+    p.add_argument("-p", "--pidfile", help="write the daemon's pid here")
+    p.add_argument("-v", "--version", action="version", version=f"hbd {__version__}")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    if args.hosts:
+        config.daemon.hosts = args.hosts
+    if args.data_root:
+        config.daemon.data_root = args.data_root
+    if args.exec_root:
+        config.daemon.exec_root = args.exec_root
+    if args.log_level:
+        config.daemon.log_level = args.log_level
+    if args.debug:
+        config.daemon.log_level = "debug"
+    return config
+
+
+def _become_subreaper() -> None:
+    # QEMU is started with -daemonize; as a subreaper hbd inherits and reaps
+    # it instead of leaving zombies to whatever PID 1 is.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+async def _listen(runner: web.AppRunner, host: str) -> web.BaseSite:
+    url = urlparse(host)
+    if url.scheme == "unix":
+        path = url.path or "/run/hbd.sock"
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).unlink(missing_ok=True)
+        site: web.BaseSite = web.UnixSite(runner, path)
+        await site.start()
+        os.chmod(path, 0o660)
+        try:
+            os.chown(path, 0, grp.getgrnam("docker").gr_gid)
+        except (KeyError, PermissionError):
+            pass
+        return site
+    if url.scheme == "tcp":
+        log.warning("listening on %s without TLS: anyone who reaches it is root", host)
+        site = web.TCPSite(runner, url.hostname or "127.0.0.1", url.port or 2375)
+        await site.start()
+        return site
+    raise HbdError(f"unsupported host {host!r}: use unix:///path or tcp://addr:port")
+
+
+async def run(config: Config, pidfile: str | None) -> None:
+    daemon = Daemon(config)
+    await daemon.start()
+    runner = web.AppRunner(server.build(daemon), access_log=None, handle_signals=False,
+                           shutdown_timeout=1.0)
+    await runner.setup()
+    for host in config.daemon.hosts:
+        await _listen(runner, host)
+        log.info("API listen on %s", host)
+    if pidfile:
+        Path(pidfile).write_text(f"{os.getpid()}\n")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("daemon has completed initialization")
+    await stop.wait()
+    log.info("shutting down; guests keep running")
+    await daemon.stop()
+    await runner.cleanup()
+    if pidfile:
+        Path(pidfile).unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+    except HbdError as e:
+        print(f"hbd: {e.message}", file=sys.stderr)
+        return 1
+    logging.basicConfig(
+        level=getattr(logging, config.daemon.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _become_subreaper()
+    try:
+        asyncio.run(run(config, args.pidfile))
+    except HbdError as e:
+        log.error("%s", e.message)
+        return 1
+    return 0

@@ -1,0 +1,64 @@
+"""Wiring: builds the services on top of the drivers for one data root."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from hbd.config import Config
+from hbd.drivers.accel import choose_accel
+from hbd.drivers.sandbox import QemuSandboxDriver, SandboxDriver
+from hbd.drivers.vm import QemuMicrovmDriver
+from hbd.errors import InvalidParameter
+from hbd.events import EventBus
+from hbd.services.containers import ContainerService
+from hbd.services.images import ImageStore
+from hbd.services.scratch import ScratchDisks
+from hbd.services.system import SystemService
+from hbd.store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Daemon:
+    config: Config
+    sandbox_driver: SandboxDriver | None = None
+    accel: str = ""
+    state: StateStore = field(init=False)
+    events: EventBus = field(init=False)
+    images: ImageStore = field(init=False)
+    containers: ContainerService = field(init=False)
+    system: SystemService = field(init=False)
+
+    async def start(self) -> None:
+        config = self.config
+        config.data_root.mkdir(parents=True, exist_ok=True)
+        config.exec_root.mkdir(parents=True, exist_ok=True)
+        self.state = StateStore(config.data_root / "state")
+        self.events = EventBus()
+        self.images = ImageStore(self.state, config.data_root / "image", self.events)
+        scratch = ScratchDisks(config.data_root / "vm")
+        await scratch.prepare()
+        if self.sandbox_driver is None:
+            kernel = config.vm.kernel_path()
+            for path in (kernel, config.vm.initrd_path()):
+                if not path.exists():
+                    raise InvalidParameter(
+                        f"{path} is missing: build the guest with kernels/build.sh")
+            self.accel = await choose_accel(config.vm.accel, config.vm.qemu, kernel,
+                                            config.exec_root)
+            self.sandbox_driver = QemuSandboxDriver(
+                QemuMicrovmDriver(config.vm.qemu), config.vm.boot_timeout,
+                config.vm.boot_retries)
+        else:
+            self.accel = self.accel or "fake"
+        log.info("guest accelerator: %s", self.accel)
+        self.containers = ContainerService(config, self.state, self.images, self.events,
+                                           self.sandbox_driver, scratch, self.accel)
+        self.system = SystemService(config, self.state, self.images, self.containers,
+                                    self.events, self.accel)
+        await self.containers.restore()
+
+    async def stop(self) -> None:
+        await self.containers.shutdown()

@@ -1,0 +1,102 @@
+"""Disk images for guests: ext4 from a directory, empty ext4, qcow2 overlays.
+
+Knows nothing of Docker. The host only ever *writes* these images (mkfs
+from a tree it unpacked itself); it never mounts or parses a filesystem a
+guest has written (shared/DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+BLOCK = 4096
+
+
+class DiskError(Exception):
+    pass
+
+
+async def _run(*argv: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        text = out.decode(errors="replace").strip()
+        raise DiskError(f"{argv[0]} failed ({proc.returncode}): {text[-500:]}")
+
+
+def tree_usage(root: Path) -> tuple[int, int]:
+    """(bytes in whole blocks, inodes) a tree needs, without following links."""
+    total = 0
+    inodes = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        inodes += 1
+        total += BLOCK
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            st = os.lstat(os.path.join(dirpath, name))
+            inodes += 1
+            total += -(-st.st_size // BLOCK) * BLOCK
+    return total, inodes
+
+
+async def ext4_from_tree(root: Path, out: Path, label: str) -> None:
+    """A read-only ext4 image holding `root` (owners, modes, xattrs, devices kept).
+
+    No journal: the guest mounts it read-only. The image is sparse, so the
+    headroom costs nothing on disk.
+    """
+    used, inodes = await asyncio.to_thread(tree_usage, root)
+    size = used + used // 4 + inodes * 256 + 32 * 1024 * 1024
+    size = -(-size // (1024 * 1024)) * 1024 * 1024
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        await _run(
+            "mkfs.ext4", "-q", "-F", "-L", label, "-O", "^has_journal",
+            "-N", str(inodes + 1024), "-m", "0",
+            "-E", "lazy_itable_init=0,nodiscard,root_owner=0:0",
+            "-d", str(root), str(tmp), f"{size // 1024}k",
+        )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+async def empty_ext4(out: Path, size_bytes: int, label: str) -> None:
+    """A formatted, empty ext4 image with every inode table initialised.
+
+    Initialising now (not lazily) keeps the guest kernel from zeroing inode
+    tables in the background into each container's overlay.
+    """
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        await _run(
+            "mkfs.ext4", "-q", "-F", "-L", label, "-J", "size=16", "-i", "32768", "-m", "0",
+            "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard",
+            str(tmp), f"{size_bytes // 1024}k",
+        )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+async def qcow2_overlay(backing: Path, out: Path, backing_format: str = "raw") -> None:
+    """A qcow2 file whose unwritten clusters read from `backing` (absolute path)."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        await _run(
+            "qemu-img", "create", "-q", "-f", "qcow2",
+            "-b", str(backing.resolve()), "-F", backing_format, str(tmp),
+        )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+

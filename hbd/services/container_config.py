@@ -1,0 +1,279 @@
+"""Docker's container Config and HostConfig: defaults, merge with the image, checks.
+
+What dockerd does in daemon/create.go and daemon/commit.go (`merge`), so that
+`inspect` returns the shape and values clients expect.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import secrets
+import signal as signal_module
+from typing import Any
+
+from hbd.errors import InvalidParameter
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_SHM_SIZE = 64 * 1024 * 1024
+VALID_NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "Hostname": "", "Domainname": "", "User": "", "AttachStdin": False,
+    "AttachStdout": False, "AttachStderr": False, "Tty": False, "OpenStdin": False,
+    "StdinOnce": False, "Env": None, "Cmd": None, "Image": "", "Volumes": None,
+    "WorkingDir": "", "Entrypoint": None, "OnBuild": None, "Labels": None,
+}
+# Fields present in the API only when set (omitempty in moby's types).
+CONFIG_OPTIONAL = ("ExposedPorts", "Healthcheck", "ArgsEscaped", "NetworkDisabled",
+                   "MacAddress", "StopSignal", "StopTimeout", "Shell")
+
+HOST_CONFIG_DEFAULTS: dict[str, Any] = {
+    "Binds": None, "ContainerIDFile": "", "LogConfig": {"Type": "json-file", "Config": {}},
+    "NetworkMode": "default", "PortBindings": {}, "RestartPolicy": {"Name": "no",
+                                                                   "MaximumRetryCount": 0},
+    "AutoRemove": False, "VolumeDriver": "", "VolumesFrom": None, "ConsoleSize": [0, 0],
+    "Annotations": None, "CapAdd": None, "CapDrop": None, "CgroupnsMode": "private",
+    "Dns": [], "DnsOptions": [], "DnsSearch": [], "ExtraHosts": None, "GroupAdd": None,
+    "IpcMode": "private", "Cgroup": "", "Links": None, "OomScoreAdj": 0, "PidMode": "",
+    "Privileged": False, "PublishAllPorts": False, "ReadonlyRootfs": False,
+    "SecurityOpt": None, "UTSMode": "", "UsernsMode": "", "ShmSize": DEFAULT_SHM_SIZE,
+    "Runtime": "hbd", "Isolation": "", "CpuShares": 0, "Memory": 0, "NanoCpus": 0,
+    "CgroupParent": "", "BlkioWeight": 0, "BlkioWeightDevice": [], "BlkioDeviceReadBps": [],
+    "BlkioDeviceWriteBps": [], "BlkioDeviceReadIOps": [], "BlkioDeviceWriteIOps": [],
+    "CpuPeriod": 0, "CpuQuota": 0, "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0,
+    "CpusetCpus": "", "CpusetMems": "", "Devices": [], "DeviceCgroupRules": None,
+    "DeviceRequests": None, "MemoryReservation": 0, "MemorySwap": 0,
+    "MemorySwappiness": None, "OomKillDisable": None, "PidsLimit": None, "Ulimits": [],
+    "CpuCount": 0, "CpuPercent": 0, "IOMaximumIOps": 0, "IOMaximumBandwidth": 0,
+    "Mounts": None, "Tmpfs": None, "Sysctls": None, "StorageOpt": None,
+    "MaskedPaths": ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys",
+                    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                    "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                    "/sys/devices/virtual/powercap"],
+    "ReadonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                      "/proc/sysrq-trigger"],
+}
+# Present only when the client set them.
+HOST_CONFIG_OPTIONAL = ("Mounts", "Tmpfs", "Sysctls", "StorageOpt", "Annotations")
+
+RESTART_POLICIES = ("", "no", "always", "unless-stopped", "on-failure")
+
+_ADJECTIVES = (
+    "agile", "amber", "brave", "bright", "calm", "clever", "cosmic", "crisp", "daring",
+    "eager", "early", "fancy", "fierce", "gentle", "golden", "happy", "hidden", "humble",
+    "jolly", "keen", "lively", "lucid", "merry", "mighty", "nimble", "noble", "patient",
+    "plucky", "proud", "quick", "quiet", "rapid", "serene", "sharp", "shiny", "silent",
+    "smooth", "snappy", "steady", "sunny", "swift", "tender", "tidy", "vivid", "witty",
+)
+_BIRDS = (
+    "albatross", "avocet", "bittern", "bunting", "buzzard", "condor", "cormorant", "crane",
+    "curlew", "dipper", "dunlin", "egret", "falcon", "finch", "gannet", "godwit", "goshawk",
+    "grebe", "harrier", "heron", "hoopoe", "ibis", "jacana", "kestrel", "kingfisher",
+    "kite", "lapwing", "linnet", "magpie", "merlin", "nightjar", "oriole", "osprey",
+    "pelican", "petrel", "plover", "puffin", "redstart", "roller", "sandpiper", "shrike",
+    "siskin", "skylark", "starling", "swift", "tern", "thrush", "wagtail", "warbler",
+    "waxwing", "wren",
+)
+
+
+def generate_name(taken: set[str]) -> str:
+    """A random `adjective_bird` name (dockerd uses adjective_scientist)."""
+    for attempt in range(100):
+        name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_BIRDS)}"
+        if attempt > 10:
+            name += str(secrets.randbelow(10))
+        if name not in taken:
+            return name
+    raise InvalidParameter("could not generate a unique container name")
+
+
+def validate_name(name: str) -> str:
+    """The canonical `/name`; error text as dockerd's."""
+    if not VALID_NAME.match(name):
+        raise InvalidParameter(
+            f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+    return name if name.startswith("/") else "/" + name
+
+
+def _list_of_str(value: Any, field: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]  # the API accepts a string for Cmd/Entrypoint (strslice)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidParameter(f"invalid {field}: must be a list of strings")
+    return list(value)
+
+
+def normalize_config(body: dict[str, Any]) -> dict[str, Any]:
+    """The Config part of a create request, typed and with dockerd's zero values."""
+    config = {**CONFIG_DEFAULTS}
+    for key, value in body.items():
+        if key in CONFIG_DEFAULTS or key in CONFIG_OPTIONAL:
+            config[key] = value
+    for key in ("Cmd", "Entrypoint", "Env", "OnBuild", "Shell"):
+        if key in config:
+            config[key] = _list_of_str(config[key], key)
+    for key in ("Hostname", "Domainname", "User", "Image", "WorkingDir"):
+        if not isinstance(config[key], str):
+            raise InvalidParameter(f"invalid {key}: must be a string")
+    if config["Labels"] is not None and not isinstance(config["Labels"], dict):
+        raise InvalidParameter("invalid Labels: must be an object")
+    for env in config["Env"] or []:
+        if env.startswith("="):
+            raise InvalidParameter(f"invalid environment variable: {env}")
+    return config
+
+
+def normalize_host_config(body: dict[str, Any] | None) -> dict[str, Any]:
+    hc = copy.deepcopy(HOST_CONFIG_DEFAULTS)
+    for key in HOST_CONFIG_OPTIONAL:
+        hc.pop(key)
+    for key, value in (body or {}).items():
+        if value is None and key in HOST_CONFIG_DEFAULTS and \
+                HOST_CONFIG_DEFAULTS[key] is not None:
+            continue  # null means "default" for fields dockerd fills in
+        hc[key] = value
+    if not hc.get("NetworkMode"):
+        hc["NetworkMode"] = "default"
+    policy = hc.get("RestartPolicy") or {}
+    if not isinstance(policy, dict):
+        raise InvalidParameter("invalid RestartPolicy")
+    name = policy.get("Name", "") or "no"
+    if name not in RESTART_POLICIES:
+        raise InvalidParameter(f"invalid restart policy '{name}'")
+    retries = policy.get("MaximumRetryCount", 0) or 0
+    if not isinstance(retries, int) or retries < 0:
+        raise InvalidParameter("invalid restart policy: maximum retry count can't be negative")
+    if retries and name != "on-failure":
+        raise InvalidParameter(
+            f"invalid restart policy: maximum retry count can only be used with 'on-failure'")
+    hc["RestartPolicy"] = {"Name": name, "MaximumRetryCount": retries}
+    if hc.get("AutoRemove") and name != "no":
+        raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
+    for key in ("Memory", "NanoCpus", "ShmSize", "CpuShares", "CpuQuota", "CpuPeriod"):
+        value = hc.get(key) or 0
+        if not isinstance(value, int) or value < 0:
+            raise InvalidParameter(f"invalid {key}: must be a non-negative integer")
+    if hc["Memory"] and hc["Memory"] < 6 * 1024 * 1024:
+        raise InvalidParameter("Minimum memory limit allowed is 6MB")
+    if not hc["ShmSize"]:
+        hc["ShmSize"] = DEFAULT_SHM_SIZE
+    console = hc.get("ConsoleSize") or [0, 0]
+    if not (isinstance(console, list) and len(console) == 2 and
+            all(isinstance(v, int) and v >= 0 for v in console)):
+        raise InvalidParameter("invalid ConsoleSize")
+    hc["ConsoleSize"] = console
+    return hc
+
+
+def merge_image_config(config: dict[str, Any], image_config: dict[str, Any]) -> None:
+    """dockerd's merge(): fill the user's Config from the image's, in place."""
+    if not config["User"]:
+        config["User"] = image_config.get("User") or ""
+    image_ports = image_config.get("ExposedPorts") or {}
+    if not config.get("ExposedPorts"):
+        if image_ports:
+            config["ExposedPorts"] = dict(image_ports)
+    else:
+        for port in image_ports:
+            config["ExposedPorts"].setdefault(port, {})
+    image_env = image_config.get("Env") or []
+    if not config["Env"]:
+        config["Env"] = list(image_env) or None
+    else:
+        keys = {e.split("=", 1)[0] for e in config["Env"]}
+        config["Env"] += [e for e in image_env if e.split("=", 1)[0] not in keys]
+    labels = dict(config["Labels"] or {})
+    for k, v in (image_config.get("Labels") or {}).items():
+        labels.setdefault(k, v)
+    config["Labels"] = labels
+    if not config["Entrypoint"]:
+        if not config["Cmd"]:
+            config["Cmd"] = image_config.get("Cmd")
+            if image_config.get("ArgsEscaped"):
+                config["ArgsEscaped"] = True
+        if config["Entrypoint"] is None:
+            config["Entrypoint"] = image_config.get("Entrypoint")
+    image_health = image_config.get("Healthcheck")
+    if image_health:
+        user_health = config.get("Healthcheck")
+        if not user_health:
+            config["Healthcheck"] = dict(image_health)
+        else:
+            for key in ("Test", "Interval", "Timeout", "StartPeriod", "StartInterval",
+                        "Retries"):
+                if not user_health.get(key):
+                    if key in image_health:
+                        user_health[key] = image_health[key]
+    if not config["WorkingDir"]:
+        config["WorkingDir"] = image_config.get("WorkingDir") or ""
+    image_volumes = image_config.get("Volumes") or {}
+    if not config["Volumes"]:
+        config["Volumes"] = dict(image_volumes) or None
+    else:
+        config["Volumes"].update(image_volumes)
+    if not config.get("StopSignal") and image_config.get("StopSignal"):
+        config["StopSignal"] = image_config["StopSignal"]
+
+
+def command_of(config: dict[str, Any]) -> list[str]:
+    """Entrypoint + Cmd; dockerd drops an entrypoint of [""] (`--entrypoint ""`)."""
+    entrypoint = [e for e in (config["Entrypoint"] or [])]
+    if entrypoint == [""]:
+        entrypoint = []
+    args = entrypoint + list(config["Cmd"] or [])
+    if not args:
+        raise InvalidParameter("No command specified")
+    return args
+
+
+def process_env(config: dict[str, Any], hostname: str) -> list[str]:
+    """The environment dockerd gives a container's process (CreateDaemonEnvironment)."""
+    env = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"]
+    if config["Tty"]:
+        env.append("TERM=xterm")
+    return replace_or_append_env(env, config["Env"] or [])
+
+
+def replace_or_append_env(base: list[str], overrides: list[str]) -> list[str]:
+    out = list(base)
+    index = {e.split("=", 1)[0]: i for i, e in enumerate(out)}
+    for entry in overrides:
+        key = entry.split("=", 1)[0]
+        if "=" not in entry:
+            # `-e NAME` without a value and unset on the client: drop it.
+            if key in index:
+                out[index[key]] = ""
+            continue
+        if key in index:
+            out[index[key]] = entry
+        else:
+            index[key] = len(out)
+            out.append(entry)
+    return [e for e in out if e]
+
+
+SIGNALS: dict[str, int] = {
+    name[3:]: int(value) for name, value in signal_module.Signals.__members__.items()
+    if name.startswith("SIG") and not name.startswith("SIG_")
+}
+
+
+def parse_signal(text: str | int) -> int:
+    """`SIGTERM`, `TERM`, `15` → 15; dockerd's error for anything else."""
+    if isinstance(text, int):
+        number = text
+    else:
+        raw = text.strip()
+        if raw.isdigit():
+            number = int(raw)
+        else:
+            name = raw.upper().removeprefix("SIG")
+            if name not in SIGNALS:
+                raise InvalidParameter(f"Invalid signal: {text}")
+            number = SIGNALS[name]
+    if number <= 0 or number > 64:
+        raise InvalidParameter(f"Invalid signal: {text}")
+    return number

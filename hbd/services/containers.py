@@ -1,0 +1,722 @@
+"""Container lifecycle with Docker's semantics; no HTTP here.
+
+A container is a record in the state store plus, while it runs, a `Run`: one
+boot of its sandbox (guest), the json-file log writer and the streams of
+clients attached to it. The guest's lifetime is the container's running
+lifetime: start boots it, the main process's exit powers it off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hbd.config import Config
+from hbd.drivers.agent import (
+    AgentError,
+    ExitStatus,
+    FileSpec,
+    ProcessSpec,
+    SetupSpec,
+)
+from hbd.drivers.sandbox import BootError, Sandbox, SandboxDriver, SandboxSpec
+from hbd.drivers.vm import DiskSpec, VMSpec
+from hbd.errors import (
+    Conflict,
+    HbdError,
+    InvalidParameter,
+    NotFound,
+    NotModified,
+    SystemError_,
+    no_such_container,
+    no_such_image,
+)
+from hbd.events import EventBus
+from hbd.services import container_config as cc
+from hbd.services.images import ImageStore
+from hbd.services.logs import JsonFileWriter, LogQuery, LogRecord, query_logs
+from hbd.services.scratch import ScratchDisks
+from hbd.services.timefmt import ZERO_TIME, human_duration, parse_rfc3339, rfc3339_nano
+from hbd.store import StateStore
+
+log = logging.getLogger(__name__)
+
+# How long a guest may take to sync and power off before it is killed.
+POWEROFF_TIMEOUT = 10.0
+# Exit code reported when the guest vanished without reporting its process's
+# exit (QEMU killed): what dockerd reports for a SIGKILLed task.
+VANISHED_EXIT_CODE = 137
+
+
+@dataclass
+class ContainerState:
+    status: str = "created"
+    running: bool = False
+    paused: bool = False
+    restarting: bool = False
+    oom_killed: bool = False
+    dead: bool = False
+    pid: int = 0
+    exit_code: int = 0
+    error: str = ""
+    started_at: str = ZERO_TIME
+    finished_at: str = ZERO_TIME
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "Status": self.status, "Running": self.running, "Paused": self.paused,
+            "Restarting": self.restarting, "OOMKilled": self.oom_killed, "Dead": self.dead,
+            "Pid": self.pid, "ExitCode": self.exit_code, "Error": self.error,
+            "StartedAt": self.started_at, "FinishedAt": self.finished_at,
+        }
+
+    def describe(self) -> str:
+        """`docker ps` STATUS (dockerd's State.String)."""
+        now = time.time()
+        if self.running:
+            up = human_duration(now - parse_rfc3339(self.started_at))
+            return f"Up {up} (Paused)" if self.paused else f"Up {up}"
+        if self.status == "removing":
+            return "Removal In Progress"
+        if self.dead:
+            return "Dead"
+        if self.started_at == ZERO_TIME:
+            return "Created"
+        if self.finished_at == ZERO_TIME:
+            return ""
+        ago = human_duration(now - parse_rfc3339(self.finished_at))
+        return f"Exited ({self.exit_code}) {ago} ago"
+
+
+class Attachment:
+    """One client attached to a container's streams (`attach`, `run` without -d)."""
+
+    def __init__(self, stdout: bool, stderr: bool) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+
+    def feed(self, stream: int, data: bytes) -> None:
+        if (stream == 1 and self.stdout) or (stream == 2 and self.stderr):
+            self._queue.put_nowait((stream, data))
+
+    def end(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def output(self) -> AsyncIterator[tuple[int, bytes]]:
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+
+class Run:
+    """One boot of a container: implements the agent's ProcessOutput for the main process."""
+
+    def __init__(self, container: Container, sandbox: Sandbox, log_writer: JsonFileWriter) -> None:
+        self.container = container
+        self.sandbox = sandbox
+        self.log = log_writer
+        self.exited: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+        # Set once the container's state says the run is over.
+        self.finished = asyncio.Event()
+        self.next_proc = 2
+
+    def on_output(self, stream: int, data: bytes) -> None:
+        self.log.write(stream, data)
+        for attachment in list(self.container.attachments):
+            attachment.feed(stream, data)
+
+    def on_output_eof(self, stream: int) -> None:
+        self.log.end_stream(stream)
+
+    def on_exit(self, status: ExitStatus) -> None:
+        if not self.exited.done():
+            self.exited.set_result(status)
+
+
+@dataclass
+class Container:
+    id: str
+    name: str
+    created: str
+    image_id: str
+    config: dict[str, Any]
+    host_config: dict[str, Any]
+    path: str
+    args: list[str]
+    state: ContainerState = field(default_factory=ContainerState)
+    restart_count: int = 0
+    # Runtime only, never persisted.
+    run: Run | None = field(default=None, repr=False)
+    attachments: set[Attachment] = field(default_factory=set, repr=False)
+    exit_waiters: list[asyncio.Future[int]] = field(default_factory=list, repr=False)
+    remove_waiters: list[asyncio.Future[int]] = field(default_factory=list, repr=False)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    teardown: asyncio.Task[None] | None = field(default=None, repr=False)
+    removing: bool = field(default=False, repr=False)
+    run_started: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "created": self.created,
+            "image_id": self.image_id, "config": self.config, "host_config": self.host_config,
+            "path": self.path, "args": self.args, "state": asdict(self.state),
+            "restart_count": self.restart_count,
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Container:
+        return cls(
+            id=rec["id"], name=rec["name"], created=rec["created"], image_id=rec["image_id"],
+            config=rec["config"], host_config=rec["host_config"], path=rec["path"],
+            args=rec["args"], state=ContainerState(**rec["state"]),
+            restart_count=rec.get("restart_count", 0),
+        )
+
+    @property
+    def hostname(self) -> str:
+        return str(self.config.get("Hostname") or self.id[:12])
+
+    @property
+    def tty(self) -> bool:
+        return bool(self.config.get("Tty"))
+
+    def event_attributes(self) -> dict[str, str]:
+        attrs = {"image": str(self.config.get("Image", "")), "name": self.name.lstrip("/")}
+        attrs.update({str(k): str(v) for k, v in (self.config.get("Labels") or {}).items()})
+        return attrs
+
+
+class ContainerService:
+    def __init__(self, config: Config, state: StateStore, images: ImageStore,
+                 events: EventBus, sandboxes: SandboxDriver, scratch: ScratchDisks,
+                 accel: str) -> None:
+        self.config = config
+        self.accel = accel
+        self.state = state
+        self.images = images
+        self.events = events
+        self.sandboxes = sandboxes
+        self.scratch = scratch
+        self.root = config.data_root / "containers"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.containers: dict[str, Container] = {}
+        self.names: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        images.container_usage = self._image_usage
+        for key, rec in state.load("containers"):
+            try:
+                c = Container.from_record(rec)
+            except (KeyError, TypeError) as e:
+                log.error("dropping unreadable container record %s: %s", key, e)
+                continue
+            self.containers[c.id] = c
+            self.names[c.name] = c.id
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _image_usage(self, image_id: str) -> list[tuple[str, bool]]:
+        return [(c.id, c.state.running) for c in self.containers.values()
+                if c.image_id == image_id]
+
+    def get(self, ref: str) -> Container:
+        """By full ID, name, or unique ID prefix (dockerd's GetContainer order)."""
+        if not ref:
+            raise no_such_container(ref)
+        if ref in self.containers:
+            return self.containers[ref]
+        name = ref if ref.startswith("/") else "/" + ref
+        if name in self.names:
+            return self.containers[self.names[name]]
+        matches = [cid for cid in self.containers if cid.startswith(ref)]
+        if len(matches) == 1:
+            return self.containers[matches[0]]
+        if len(matches) > 1:
+            raise InvalidParameter(f"Multiple IDs found with provided prefix: {ref}")
+        raise no_such_container(ref)
+
+    def _save(self, c: Container) -> None:
+        self.state.put("containers", c.id, c.record())
+
+    def _dir(self, c: Container) -> Path:
+        return self.root / c.id
+
+    def log_path(self, c: Container) -> Path:
+        return self._dir(c) / f"{c.id}-json.log"
+
+    def _run_dir(self, c: Container) -> Path:
+        return self.config.exec_root / c.id
+
+    def _event(self, c: Container, action: str, **extra: str) -> None:
+        self.events.publish("container", action, c.id, {**c.event_attributes(), **extra})
+
+    # -- create ----------------------------------------------------------------
+
+    async def create(self, name: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise InvalidParameter("invalid JSON: container config must be an object")
+        config = cc.normalize_config(body)
+        host_config = cc.normalize_host_config(body.get("HostConfig"))
+        if not config["Image"]:
+            raise InvalidParameter("No image was specified")
+        try:
+            img = self.images.get(config["Image"])
+        except NotFound:
+            raise no_such_image(_familiar_or_raw(config["Image"])) from None
+        if name:
+            name = cc.validate_name(name)
+            if name in self.names:
+                other = self.names[name]
+                raise Conflict(
+                    f'Conflict. The container name "{name}" is already in use by container '
+                    f'"{other}". You have to remove (or rename) that container to be able to '
+                    "reuse that name.")
+        else:
+            name = "/" + cc.generate_name({n.lstrip("/") for n in self.names})
+        cc.merge_image_config(config, img.container_config)
+        args = cc.command_of(config)
+        cid = secrets.token_hex(32)
+        if not config["Hostname"]:
+            config["Hostname"] = cid[:12]
+        c = Container(
+            id=cid, name=name, created=rfc3339_nano(), image_id=img.id, config=config,
+            host_config=host_config, path=args[0], args=args[1:],
+        )
+        directory = self._dir(c)
+        directory.mkdir(parents=True)
+        try:
+            await self.scratch.create(directory / "scratch.qcow2")
+            self.names[name] = cid
+            self.containers[cid] = c
+            self._save(c)
+        except BaseException:
+            self.names.pop(name, None)
+            self.containers.pop(cid, None)
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        self._event(c, "create")
+        return {"Id": cid, "Warnings": []}
+
+    # -- start -----------------------------------------------------------------
+
+    def _sandbox_spec(self, c: Container, image_disk: Path) -> SandboxSpec:
+        hc = c.host_config
+        memory_mib = self.config.vm.memory_mib
+        if hc.get("Memory"):
+            memory_mib = max(64, math.ceil(hc["Memory"] / (1024 * 1024)))
+        vcpus = self.config.vm.vcpus
+        if hc.get("NanoCpus"):
+            vcpus = max(1, math.ceil(hc["NanoCpus"] / 1e9))
+        vm = VMSpec(
+            run_dir=self._run_dir(c),
+            kernel=self.config.vm.kernel_path(),
+            initrd=self.config.vm.initrd_path(),
+            accel=self.accel,
+            memory_mib=memory_mib,
+            vcpus=vcpus,
+            disks=[
+                DiskSpec(image_disk, "image", readonly=True),
+                DiskSpec(self._dir(c) / "scratch.qcow2", "scratch", format="qcow2"),
+            ],
+            tcg_tb_size_mib=self.config.vm.tcg_tb_size_mib,
+        )
+        setup = SetupSpec(
+            hostname=c.hostname,
+            domainname=str(c.config.get("Domainname") or ""),
+            readonly_rootfs=bool(hc.get("ReadonlyRootfs")),
+            files=self._etc_files(c),
+            memory_limit=int(hc.get("Memory") or 0),
+        )
+        return SandboxSpec(vm=vm, setup=setup)
+
+    def _etc_files(self, c: Container) -> list[FileSpec]:
+        hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                 "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n"
+                 "ff02::2\tip6-allrouters\n")
+        return [
+            FileSpec("/etc/hostname", f"{c.hostname}\n".encode()),
+            FileSpec("/etc/hosts", hosts.encode()),
+            FileSpec("/etc/resolv.conf", host_resolv_conf()),
+        ]
+
+    def _main_process(self, c: Container) -> ProcessSpec:
+        console = c.host_config.get("ConsoleSize") or [0, 0]
+        return ProcessSpec(
+            proc=1,
+            main=True,
+            args=[c.path, *c.args],
+            env=cc.process_env(c.config, c.hostname),
+            cwd=str(c.config.get("WorkingDir") or "/"),
+            user=str(c.config.get("User") or ""),
+            tty=c.tty,
+            stdin=bool(c.config.get("OpenStdin")),
+            height=int(console[0]),
+            width=int(console[1]),
+        )
+
+    async def start(self, ref: str) -> None:
+        c = self.get(ref)
+        async with c.lock:
+            if c.state.status == "removing":
+                raise Conflict(f"container {c.id[:12]} is marked for removal and cannot be "
+                               "started")
+            if c.state.running:
+                raise NotModified("container already started")
+            await self._start_locked(c)
+
+    async def _start_locked(self, c: Container) -> None:
+        if c.teardown is not None:
+            await c.teardown
+        img = self.images.images.get(c.image_id)
+        if img is None:
+            raise SystemError_(f"image {c.image_id} of container {c.id[:12]} is gone")
+        disk = await self.images.ensure_disk(img)
+        try:
+            sandbox = await self.sandboxes.boot(self._sandbox_spec(c, disk))
+        except BootError as e:
+            self._start_failed(c, f"failed to boot guest: {e}", 128)
+            raise SystemError_(f"failed to create task for container: {e}") from e
+        writer = JsonFileWriter(self.log_path(c))
+        run = Run(c, sandbox, writer)
+        try:
+            await sandbox.start(self._main_process(c), run)
+        except AgentError as e:
+            writer.close()
+            await sandbox.destroy()
+            message = ("failed to create task for container: unable to start container "
+                       f"process: {e.message}: unknown")
+            exit_code = 126 if "permission denied" in e.message or \
+                "is a directory" in e.message else 127
+            if e.kind in ("exec", "user"):
+                self._start_failed(c, message, exit_code if e.kind == "exec" else 128)
+                raise InvalidParameter(message) from e
+            self._start_failed(c, message, 128)
+            raise SystemError_(message) from e
+        c.run = run
+        c.state = ContainerState(
+            status="running", running=True, pid=sandbox.pid, started_at=rfc3339_nano(),
+        )
+        self._save(c)
+        c.run_started.set()
+        self._event(c, "start")
+        self._spawn(self._watch(c, run))
+
+    def _start_failed(self, c: Container, message: str, exit_code: int) -> None:
+        c.state.error = message
+        c.state.exit_code = exit_code
+        self._save(c)
+        if c.host_config.get("AutoRemove"):
+            self._spawn(self._auto_remove(c))
+
+    async def _watch(self, c: Container, run: Run) -> None:
+        """Wait for the main process to exit, or for the guest to vanish."""
+        vanished = asyncio.ensure_future(run.sandbox.wait_exit())
+        try:
+            await asyncio.wait({run.exited, vanished}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            vanished.cancel()
+        if run.exited.done():
+            status = run.exited.result()
+            error = ""
+        else:
+            status = ExitStatus(exit_code=VANISHED_EXIT_CODE, signal=9, oom_killed=False)
+            error = "guest exited unexpectedly"
+        await self._finish_run(c, run, status, error)
+
+    async def _finish_run(self, c: Container, run: Run, status: ExitStatus, error: str) -> None:
+        run.log.close()
+        c.run = None
+        c.run_started.clear()
+        c.state = ContainerState(
+            status="exited", exit_code=status.exit_code, oom_killed=status.oom_killed,
+            error=error, started_at=c.state.started_at, finished_at=rfc3339_nano(),
+        )
+        self._save(c)
+        for attachment in list(c.attachments):
+            attachment.end()
+        c.attachments.clear()
+        waiters, c.exit_waiters = c.exit_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(status.exit_code)
+        if status.oom_killed:
+            self._event(c, "oom")
+        self._event(c, "die", exitCode=str(status.exit_code))
+        run.finished.set()
+        if c.removing:
+            c.teardown = self._spawn(run.sandbox.destroy())
+        elif c.host_config.get("AutoRemove"):
+            # Nothing in the guest is worth syncing: the container is going.
+            c.teardown = self._spawn(run.sandbox.destroy())
+            await self._auto_remove(c)
+        else:
+            c.teardown = self._spawn(run.sandbox.poweroff(POWEROFF_TIMEOUT))
+
+    async def _auto_remove(self, c: Container) -> None:
+        try:
+            await self.remove(c.id, force=True)
+        except HbdError as e:
+            log.warning("auto-remove of %s failed: %s", c.id[:12], e.message)
+
+    # -- stop / kill -------------------------------------------------------------
+
+    async def kill(self, ref: str, signal: str | int = "KILL") -> None:
+        c = self.get(ref)
+        signum = cc.parse_signal(signal)
+        run = c.run
+        if run is None or not c.state.running:
+            raise Conflict(f"Container {c.id} is not running")
+        try:
+            await run.sandbox.signal(1, signum)
+        except AgentError as e:
+            if signum != 9:
+                raise SystemError_(f"Cannot kill container {c.id}: {e.message}") from e
+            await run.sandbox.destroy()
+        self._event(c, "kill", signal=str(signum))
+
+    async def resize(self, ref: str, height: int, width: int) -> None:
+        c = self.get(ref)
+        run = c.run
+        if run is None:
+            raise Conflict(f"Container {c.id} is not running")
+        try:
+            await run.sandbox.resize(1, height, width)
+        except AgentError as e:
+            raise SystemError_(f"Cannot resize container {c.id}: {e.message}") from e
+
+    # -- wait --------------------------------------------------------------------
+
+    def wait_future(self, ref: str, condition: str) -> asyncio.Future[int]:
+        """A future for `POST /wait`, registered before the response headers go out."""
+        c = self.get(ref)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        if condition in ("", "not-running"):
+            if not c.state.running:
+                fut.set_result(c.state.exit_code)
+            else:
+                c.exit_waiters.append(fut)
+        elif condition == "next-exit":
+            c.exit_waiters.append(fut)
+        elif condition == "removed":
+            c.remove_waiters.append(fut)
+        else:
+            raise InvalidParameter(f"invalid condition: {condition!r}")
+        return fut
+
+    # -- attach / logs -----------------------------------------------------------
+
+    def attach(self, ref: str, stdout: bool, stderr: bool) -> tuple[Container, Attachment]:
+        c = self.get(ref)
+        attachment = Attachment(stdout, stderr)
+        c.attachments.add(attachment)
+        return c, attachment
+
+    def detach(self, c: Container, attachment: Attachment) -> None:
+        c.attachments.discard(attachment)
+
+    async def write_stdin(self, c: Container, data: bytes) -> None:
+        """Attached stdin: held until the container runs, as dockerd's stdin pipe does."""
+        if not c.config.get("OpenStdin"):
+            return
+        await c.run_started.wait()
+        run = c.run
+        if run is not None:
+            with contextlib.suppress(AgentError):
+                await run.sandbox.write_stdin(1, data)
+
+    async def close_stdin(self, c: Container) -> None:
+        if not (c.config.get("OpenStdin") and c.config.get("StdinOnce")):
+            return
+        await c.run_started.wait()
+        run = c.run
+        if run is not None:
+            with contextlib.suppress(AgentError):
+                await run.sandbox.close_stdin(1)
+
+    def logs(self, ref: str, query: LogQuery) -> tuple[Container, AsyncIterator[LogRecord]]:
+        c = self.get(ref)
+        writer = c.run.log if c.run is not None else None
+        return c, query_logs(self.log_path(c), query, writer)
+
+    # -- remove ------------------------------------------------------------------
+
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        c = self.get(ref)
+        if c.removing:
+            raise Conflict(f"removal of container {c.id[:12]} is already in progress")
+        if c.state.running and not force:
+            raise Conflict(
+                f"You cannot remove a running container {c.id}. Stop the container "
+                "before attempting removal or force remove")
+        c.removing = True
+        try:
+            run = c.run
+            if run is not None:
+                await run.sandbox.destroy()
+                await run.finished.wait()
+            c.state.status = "removing"
+            if c.teardown is not None:
+                with contextlib.suppress(Exception):
+                    await c.teardown
+        except BaseException:
+            c.removing = False
+            raise
+        self.names.pop(c.name, None)
+        self.containers.pop(c.id, None)
+        self.state.delete("containers", c.id)
+        await asyncio.to_thread(shutil.rmtree, self._dir(c), True)
+        await asyncio.to_thread(shutil.rmtree, self._run_dir(c), True)
+        self._event(c, "destroy")
+        waiters, c.remove_waiters = c.remove_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(c.state.exit_code)
+
+    # -- views -------------------------------------------------------------------
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        c = self.get(ref)
+        hc = dict(c.host_config)
+        return {
+            "Id": c.id,
+            "Created": c.created,
+            "Path": c.path,
+            "Args": c.args,
+            "State": c.state.view(),
+            "Image": c.image_id,
+            "ResolvConfPath": "",
+            "HostnamePath": "",
+            "HostsPath": "",
+            "LogPath": str(self.log_path(c)),
+            "Name": c.name,
+            "RestartCount": c.restart_count,
+            "Driver": "hbd-ext4",
+            "Platform": "linux",
+            "MountLabel": "",
+            "ProcessLabel": "",
+            "AppArmorProfile": "",
+            "ExecIDs": None,
+            "HostConfig": hc,
+            "GraphDriver": {"Name": "hbd-ext4", "Data": {
+                "ImageDisk": str(self.images.disk_path(self.images.images[c.image_id]))
+                if c.image_id in self.images.images else "",
+                "ScratchDisk": str(self._dir(c) / "scratch.qcow2"),
+            }},
+            "Mounts": [],
+            "Config": c.config,
+            "NetworkSettings": _network_settings(),
+        }
+
+    def summary(self, c: Container) -> dict[str, Any]:
+        command = " ".join([c.path, *c.args]) if c.args else c.path
+        return {
+            "Id": c.id,
+            "Names": [c.name],
+            "Image": c.config.get("Image", ""),
+            "ImageID": c.image_id,
+            "Command": command,
+            "Created": int(parse_rfc3339(c.created)),
+            "Ports": [],
+            "Labels": c.config.get("Labels") or {},
+            "State": c.state.status,
+            "Status": c.state.describe(),
+            "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "default")},
+            "NetworkSettings": {"Networks": {}},
+            "Mounts": [],
+        }
+
+    def list(self, all_: bool = False, limit: int = -1) -> list[dict[str, Any]]:
+        items = sorted(self.containers.values(), key=lambda c: c.created, reverse=True)
+        if not all_ and limit <= 0:
+            items = [c for c in items if c.state.running]
+        if limit > 0:
+            items = items[:limit]
+        return [self.summary(c) for c in items]
+
+    # -- daemon lifecycle ----------------------------------------------------------
+
+    async def restore(self) -> None:
+        """After an hbd restart: re-attach running guests, settle the rest."""
+        for c in list(self.containers.values()):
+            if not c.state.running:
+                continue
+            sandbox = await self.sandboxes.reattach(self._run_dir(c))
+            if sandbox is None:
+                log.info("container %s stopped while hbd was down", c.id[:12])
+                c.state = ContainerState(
+                    status="exited", exit_code=VANISHED_EXIT_CODE,
+                    error="guest exited while hbd was down", started_at=c.state.started_at,
+                    finished_at=rfc3339_nano())
+                self._save(c)
+                continue
+            writer = JsonFileWriter(self.log_path(c))
+            run = Run(c, sandbox, writer)
+            main = [p for p in sandbox.processes if p.main]
+            if main and not main[0].running:
+                run.on_exit(ExitStatus(main[0].exit_code, main[0].signal, main[0].oom_killed))
+            else:
+                sandbox.attach_output(1, run)
+            run.next_proc = max([p.proc for p in sandbox.processes] + [1]) + 1
+            c.run = run
+            c.run_started.set()
+            self._spawn(self._watch(c, run))
+
+    async def shutdown(self) -> None:
+        """hbd is stopping: leave guests running, stop watching them."""
+        for task in list(self._tasks):
+            task.cancel()
+        for c in self.containers.values():
+            if c.run is not None:
+                c.run.sandbox.detach()
+                c.run.log.close()
+
+
+def _familiar_or_raw(ref: str) -> str:
+    from hbd.services.reference import parse_reference
+
+    try:
+        return parse_reference(ref).with_default_tag().familiar
+    except HbdError:
+        return ref
+
+
+def host_resolv_conf() -> bytes:
+    """The host's resolv.conf without loopback resolvers, as dockerd filters it."""
+    try:
+        with open("/etc/resolv.conf", "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    kept = [line for line in lines
+            if not (line.startswith("nameserver") and
+                    (line.split()[1:2] or [""])[0].startswith(("127.", "::1")))]
+    if not any(line.startswith("nameserver") for line in kept):
+        kept += ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
+    return ("\n".join(kept) + "\n").encode()
+
+
+def _network_settings() -> dict[str, Any]:
+    return {
+        "Bridge": "", "SandboxID": "", "HairpinMode": False, "LinkLocalIPv6Address": "",
+        "LinkLocalIPv6PrefixLen": 0, "Ports": {}, "SandboxKey": "",
+        "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None, "EndpointID": "",
+        "Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": "",
+        "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "", "Networks": {},
+    }
+
+

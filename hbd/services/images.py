@@ -1,0 +1,666 @@
+"""Image store: images, their tags, their layers and their guest disks.
+
+An image is its config blob (the image ID is the config's digest) plus an
+ordered list of layer blobs. Each image is flattened once into a read-only
+ext4 disk, cached by the chain ID of its layers, which every container of
+that image attaches. Tag and delete semantics follow dockerd's
+daemon/images/image_delete.go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import gzip
+import hashlib
+import json
+import logging
+import shutil
+import tarfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from hbd.drivers import disks
+from hbd.errors import Conflict, InvalidParameter, NotFound, SystemError_, no_such_image
+from hbd.events import EventBus
+from hbd.services.blobs import BlobStore, DigestMismatch
+from hbd.services.layers import LayerError, UnpackLimits, flatten_layers
+from hbd.services.reference import (
+    Reference,
+    is_full_id,
+    looks_like_id_prefix,
+    parse_reference,
+    validate_tag,
+)
+from hbd.store import StateStore
+
+log = logging.getLogger(__name__)
+
+MEDIA_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
+MEDIA_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+MAX_JSON = 16 * 1024 * 1024
+CHUNK = 1024 * 1024
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def short_id(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]
+
+
+def chain_id(diff_ids: list[str]) -> str:
+    chain = ""
+    for diff_id in diff_ids:
+        chain = diff_id if not chain else "sha256:" + hashlib.sha256(
+            f"{chain} {diff_id}".encode()).hexdigest()
+    return chain
+
+
+@dataclass
+class Layer:
+    digest: str
+    diff_id: str
+    size: int
+    media_type: str
+
+    def record(self) -> dict[str, Any]:
+        return {"digest": self.digest, "diff_id": self.diff_id, "size": self.size,
+                "media_type": self.media_type}
+
+
+@dataclass
+class Image:
+    id: str
+    config: dict[str, Any]
+    layers: list[Layer]
+    repo_tags: list[str] = field(default_factory=list)
+    repo_digests: list[str] = field(default_factory=list)
+    last_tag_time: str = ""
+
+    @property
+    def size(self) -> int:
+        return sum(layer.size for layer in self.layers)
+
+    @property
+    def chain_id(self) -> str:
+        return chain_id([layer.diff_id for layer in self.layers])
+
+    @property
+    def container_config(self) -> dict[str, Any]:
+        cfg = self.config.get("config") or {}
+        return cfg if isinstance(cfg, dict) else {}
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "layers": [layer.record() for layer in self.layers],
+            "repo_tags": self.repo_tags,
+            "repo_digests": self.repo_digests,
+            "last_tag_time": self.last_tag_time,
+        }
+
+    @property
+    def created_unix(self) -> int:
+        created = self.config.get("created")
+        if not isinstance(created, str):
+            return 0
+        try:
+            return int(dt.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            return 0
+
+
+# The container service tells the image store which containers use an image:
+# (container id, running) pairs. Injected so images do not depend on containers.
+ContainerUsage = Callable[[str], list[tuple[str, bool]]]
+
+
+@dataclass
+class _Conflict:
+    hard: bool
+    message: str
+
+
+def _delete_conflict(image_id: str, c: _Conflict) -> Conflict:
+    force = "cannot be forced" if c.hard else "must be forced"
+    return Conflict(f"conflict: unable to delete {short_id(image_id)} ({force}) - {c.message}")
+
+
+class _ArchiveReader:
+    """Members of a `docker save` tarball, read by name, with bounded JSON."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.tar = tarfile.open(path, "r:")
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise InvalidParameter(f"failed to read image archive: {e}") from e
+        self.names = {m.name.lstrip("./") if m.name.startswith("./") else m.name: m
+                      for m in self._members()}
+
+    def _members(self) -> list[tarfile.TarInfo]:
+        try:
+            return self.tar.getmembers()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise InvalidParameter(f"failed to read image archive: {e}") from e
+
+    def has(self, name: str) -> bool:
+        return name in self.names
+
+    def open(self, name: str) -> IO[bytes]:
+        member = self.names.get(name)
+        if member is None:
+            raise InvalidParameter(f"invalid image archive: missing {name}")
+        if member.issym() or member.islnk():
+            member = self.tar._find_link_target(member)  # a layer stored once, linked twice
+        f = self.tar.extractfile(member)
+        if f is None:
+            raise InvalidParameter(f"invalid image archive: {name} is not a file")
+        return f
+
+    def read(self, name: str) -> bytes:
+        with self.open(name) as f:
+            data = f.read(MAX_JSON + 1)
+        if len(data) > MAX_JSON:
+            raise InvalidParameter(f"invalid image archive: {name} is too large")
+        return data
+
+    def json(self, name: str) -> Any:
+        try:
+            return json.loads(self.read(name))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidParameter(f"invalid image archive: {name}: {e}") from e
+
+    def close(self) -> None:
+        self.tar.close()
+
+
+@dataclass
+class _ArchiveImage:
+    config_member: str
+    layer_members: list[str]
+    layer_digests: list[str | None]
+    names: list[str]
+
+
+class ImageStore:
+    def __init__(self, state: StateStore, root: Path, events: EventBus,
+                 limits: UnpackLimits | None = None) -> None:
+        self.state = state
+        self.root = root
+        self.events = events
+        self.limits = limits or UnpackLimits()
+        self.blobs = BlobStore(root / "blobs")
+        self.disk_dir = root / "disks"
+        self.disk_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = root / "tmp"
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self.tmp_dir.mkdir(parents=True)
+        self.images: dict[str, Image] = {}
+        self.refs: dict[str, str] = {}  # full normalized reference -> image id
+        self.container_usage: ContainerUsage = lambda image_id: []
+        self._disk_locks: dict[str, asyncio.Lock] = {}
+        # Held while blobs are staged for images not yet recorded, and by
+        # garbage collection, so one never deletes what the other stages.
+        self._store_lock = asyncio.Lock()
+        self._tmp_counter = 0
+        self._load_state()
+
+    # -- persistence -------------------------------------------------------
+
+    def _load_state(self) -> None:
+        for key, rec in self.state.load("images"):
+            image_id = rec["id"]
+            try:
+                config = json.loads(self.blobs.read_bytes(image_id))
+            except (OSError, ValueError) as e:
+                log.error("dropping image %s: config blob unusable: %s", key, e)
+                self.state.delete("images", key)
+                continue
+            img = Image(
+                id=image_id,
+                config=config,
+                layers=[Layer(**layer) for layer in rec["layers"]],
+                repo_tags=rec.get("repo_tags", []),
+                repo_digests=rec.get("repo_digests", []),
+                last_tag_time=rec.get("last_tag_time", ""),
+            )
+            self.images[image_id] = img
+            for ref in img.repo_tags + img.repo_digests:
+                self.refs[ref] = image_id
+
+    def _save(self, img: Image) -> None:
+        self.state.put("images", short_key(img.id), img.record())
+
+    # -- lookup --------------------------------------------------------------
+
+    def get(self, ref_or_id: str) -> Image:
+        """GetImage: by ID, ID prefix, name[:tag] or name@digest."""
+        text = ref_or_id
+        if text.startswith("sha256:") and is_full_id(text[7:]):
+            img = self.images.get(text)
+            if img is None:
+                raise no_such_image(text)
+            return img
+        try:
+            ref = parse_reference(text)
+        except InvalidParameter:
+            ref = None
+        if ref is not None:
+            image_id = self.refs.get(str(ref.with_default_tag()))
+            if image_id is not None:
+                return self.images[image_id]
+        if looks_like_id_prefix(text):
+            prefix = text if text.startswith("sha256:") else "sha256:" + text
+            matches = [i for i in self.images if i.startswith(prefix)]
+            if len(matches) == 1:
+                return self.images[matches[0]]
+        if ref is not None and not ref.digest:
+            raise no_such_image(ref.with_default_tag().familiar)
+        raise no_such_image(text)
+
+    def list(self) -> list[Image]:
+        return sorted(self.images.values(), key=lambda i: i.created_unix, reverse=True)
+
+    # -- tagging -------------------------------------------------------------
+
+    def _add_ref(self, img: Image, ref: Reference) -> None:
+        full = str(ref)
+        old_id = self.refs.get(full)
+        if old_id == img.id:
+            return
+        if old_id is not None:
+            old = self.images[old_id]
+            old.repo_tags = [t for t in old.repo_tags if t != full]
+            old.repo_digests = [t for t in old.repo_digests if t != full]
+            self._save(old)
+        self.refs[full] = img.id
+        if ref.digest:
+            img.repo_digests.append(full)
+        else:
+            img.repo_tags.append(full)
+        img.last_tag_time = now_rfc3339()
+        self._save(img)
+
+    def tag(self, source: str, repo: str, tag: str) -> None:
+        img = self.get(source)
+        if not repo:
+            raise InvalidParameter("repository name must have at least one component")
+        ref = parse_reference(repo)
+        if ref.digest:
+            raise InvalidParameter("refusing to create a tag with a digest reference")
+        if tag:
+            validate_tag(tag)
+            ref = ref.with_tag(tag)
+        ref = ref.with_default_tag()
+        self._add_ref(img, ref)
+        self.events.publish("image", "tag", img.id, {"name": ref.familiar})
+
+    def _remove_ref(self, full: str) -> None:
+        image_id = self.refs.pop(full)
+        img = self.images[image_id]
+        img.repo_tags = [t for t in img.repo_tags if t != full]
+        img.repo_digests = [t for t in img.repo_digests if t != full]
+        self._save(img)
+
+    # -- delete --------------------------------------------------------------
+
+    def _check_conflict(self, img: Image, hard_only: bool,
+                        skip_references: bool = False) -> _Conflict | None:
+        users = self.container_usage(img.id)
+        running = [cid for cid, is_running in users if is_running]
+        if running:
+            return _Conflict(True, f"image is being used by running container {running[0][:12]}")
+        if hard_only:
+            return None
+        if not skip_references and (img.repo_tags or img.repo_digests):
+            return _Conflict(False, "image is referenced in multiple repositories")
+        stopped = [cid for cid, is_running in users if not is_running]
+        if stopped:
+            return _Conflict(False, f"image is being used by stopped container {stopped[0][:12]}")
+        return None
+
+    @staticmethod
+    def _single_repository(refs: list[str]) -> bool:
+        repos = {parse_reference(r).name for r in refs}
+        return len(repos) <= 1
+
+    async def delete(self, ref_or_id: str, force: bool = False) -> list[dict[str, str]]:
+        async with self._store_lock:
+            return self._delete_locked(ref_or_id, force)
+
+    def _delete_locked(self, ref_or_id: str, force: bool) -> list[dict[str, str]]:
+        img = self.get(ref_or_id)
+        records: list[dict[str, str]] = []
+        all_refs = img.repo_tags + img.repo_digests
+        by_id = ref_or_id.startswith("sha256:") or (
+            looks_like_id_prefix(ref_or_id) and img.id.startswith("sha256:" + ref_or_id))
+        if not by_id:
+            ref = parse_reference(ref_or_id).with_default_tag()
+            if not force and self._single_repository(all_refs):
+                users = self.container_usage(img.id)
+                if users:
+                    raise Conflict(
+                        f'conflict: unable to remove repository reference "{ref_or_id}" '
+                        f"(must force) - container {users[0][0][:12]} is using its "
+                        f"referenced image {short_id(img.id)}")
+            full = str(ref)
+            if full not in self.refs:
+                raise no_such_image(ref.familiar)
+            self._remove_ref(full)
+            records.append({"Untagged": ref.familiar})
+            self.events.publish("image", "untag", img.id, {"name": ref.familiar})
+            # Digest references of the same repository go with its last tag.
+            if not any(parse_reference(t).name == ref.name for t in img.repo_tags):
+                for d in [d for d in img.repo_digests if parse_reference(d).name == ref.name]:
+                    self._remove_ref(d)
+                    records.append({"Untagged": parse_reference(d).familiar})
+            if img.repo_tags or img.repo_digests:
+                return records
+        elif self._single_repository(all_refs):
+            conflict = self._check_conflict(img, hard_only=force, skip_references=True)
+            if conflict is not None:
+                raise _delete_conflict(img.id, conflict)
+            for full in list(all_refs):
+                self._remove_ref(full)
+                records.append({"Untagged": parse_reference(full).familiar})
+                self.events.publish("image", "untag", img.id,
+                                    {"name": parse_reference(full).familiar})
+        conflict = self._check_conflict(img, hard_only=force)
+        if conflict is not None:
+            raise _delete_conflict(img.id, conflict)
+        for full in list(img.repo_tags + img.repo_digests):
+            self._remove_ref(full)
+            records.append({"Untagged": parse_reference(full).familiar})
+        self._delete_image(img)
+        records.append({"Deleted": img.id})
+        self.events.publish("image", "delete", img.id, {"name": img.id})
+        return records
+
+    def _delete_image(self, img: Image) -> None:
+        del self.images[img.id]
+        self.state.delete("images", short_key(img.id))
+        self._collect_garbage()
+
+    def _collect_garbage(self) -> None:
+        """Remove blobs and disks no image references any more."""
+        live_blobs = set(self.images)
+        live_disks = set()
+        for img in self.images.values():
+            live_blobs.update(layer.digest for layer in img.layers)
+            live_disks.add(img.chain_id.removeprefix("sha256:"))
+        for digest in list(self.blobs.digests()):
+            if digest not in live_blobs:
+                self.blobs.delete(digest)
+        for disk in self.disk_dir.glob("*.ext4"):
+            if disk.stem not in live_disks:
+                disk.unlink(missing_ok=True)
+
+    # -- guest disks ---------------------------------------------------------
+
+    def disk_path(self, img: Image) -> Path:
+        return self.disk_dir / f"{img.chain_id.removeprefix('sha256:') or 'empty'}.ext4"
+
+    def _tmp(self, prefix: str) -> Path:
+        self._tmp_counter += 1
+        return self.tmp_dir / f"{prefix}-{self._tmp_counter}"
+
+    async def ensure_disk(self, img: Image) -> Path:
+        """The image's read-only ext4 disk, built on first use."""
+        path = self.disk_path(img)
+        lock = self._disk_locks.setdefault(path.name, asyncio.Lock())
+        async with lock:
+            if path.exists():
+                return path
+            tree = self._tmp("flatten")
+            tree.mkdir()
+            try:
+                blob_paths = [self.blobs.path(layer.digest) for layer in img.layers]
+                await asyncio.to_thread(flatten_layers, blob_paths, tree, self.limits)
+                await disks.ext4_from_tree(tree, path, label="hbd-image")
+            except LayerError as e:
+                raise InvalidParameter(f"failed to unpack image {short_id(img.id)}: {e}") from e
+            except disks.DiskError as e:
+                raise SystemError_(f"failed to build disk of image {short_id(img.id)}: {e}") \
+                    from e
+            finally:
+                await asyncio.to_thread(shutil.rmtree, tree, True)
+        return path
+
+    # -- load ----------------------------------------------------------------
+
+    async def load(self, body: Any) -> list[str]:
+        """`docker load`: read a docker-archive or OCI-layout tar, return messages.
+
+        Everything is verified and every disk built before any image is
+        recorded, so a bad archive leaves no trace.
+        """
+        archive_path = self._tmp("load")
+        try:
+            await self._receive_archive(body, archive_path)
+            async with self._store_lock:
+                try:
+                    staged = await asyncio.to_thread(self._stage_archive, archive_path)
+                    for img, _ in staged:
+                        await self.ensure_disk(img)
+                except BaseException:
+                    self._collect_garbage()
+                    raise
+                return self._commit_loaded(staged)
+        finally:
+            archive_path.unlink(missing_ok=True)
+
+    async def _receive_archive(self, body: Any, path: Path) -> None:
+        """Spool the request body to disk, decompressing gzip on the fly."""
+        first = True
+        decompressor: Any = None
+        with open(path, "wb") as f:
+            async for chunk in body.iter_chunked(CHUNK):
+                if first:
+                    first = False
+                    if chunk[:2] == b"\x1f\x8b":
+                        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                if decompressor is not None:
+                    try:
+                        chunk = decompressor.decompress(chunk)
+                    except zlib.error as e:
+                        raise InvalidParameter(f"invalid gzip archive: {e}") from e
+                f.write(chunk)
+        if first:
+            raise InvalidParameter("empty image archive")
+
+    def _archive_images(self, ar: _ArchiveReader) -> list[_ArchiveImage]:
+        if ar.has("manifest.json"):
+            manifest = ar.json("manifest.json")
+            if not isinstance(manifest, list):
+                raise InvalidParameter("invalid image archive: manifest.json is not a list")
+            out = []
+            for entry in manifest:
+                if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) or \
+                        not isinstance(entry.get("Layers"), list):
+                    raise InvalidParameter("invalid image archive: malformed manifest.json")
+                out.append(_ArchiveImage(
+                    config_member=entry["Config"],
+                    layer_members=[str(x) for x in entry["Layers"]],
+                    layer_digests=[None] * len(entry["Layers"]),
+                    names=[str(t) for t in entry.get("RepoTags") or []],
+                ))
+            return out
+        if ar.has("index.json"):
+            return self._oci_images(ar)
+        raise InvalidParameter(
+            "invalid image archive: neither manifest.json nor index.json found")
+
+    def _oci_images(self, ar: _ArchiveReader) -> list[_ArchiveImage]:
+        def blob(digest: str) -> str:
+            algo, _, hexpart = digest.partition(":")
+            return f"blobs/{algo}/{hexpart}"
+
+        out = []
+        pending = [(d, None) for d in ar.json("index.json").get("manifests", [])]
+        while pending:
+            desc, name = pending.pop(0)
+            annotations = desc.get("annotations") or {}
+            name = annotations.get("io.containerd.image.name") or name
+            media = desc.get("mediaType", "")
+            doc = ar.json(blob(desc["digest"]))
+            if "manifests" in doc:  # an index: take linux/amd64
+                for sub in doc["manifests"]:
+                    plat = sub.get("platform") or {}
+                    if plat.get("os", "linux") == "linux" and \
+                            plat.get("architecture", "amd64") == "amd64":
+                        pending.append((sub, name))
+                        break
+                continue
+            if "config" not in doc:
+                raise InvalidParameter(f"invalid image archive: unsupported manifest {media}")
+            out.append(_ArchiveImage(
+                config_member=blob(doc["config"]["digest"]),
+                layer_members=[blob(layer["digest"]) for layer in doc["layers"]],
+                layer_digests=[layer["digest"] for layer in doc["layers"]],
+                names=[name] if name else [],
+            ))
+        return out
+
+    def _store_layer(self, ar: _ArchiveReader, member: str,
+                     expected_digest: str | None) -> tuple[str, str, int, str]:
+        """Copy one layer into the blob store: (digest, diff_id, size, media type)."""
+        writer = self.blobs.writer()
+        diff_hash = hashlib.sha256()
+        size = 0
+        try:
+            with ar.open(member) as f:
+                head = f.read(2)
+                f.seek(0)
+                gzipped = head == b"\x1f\x8b"
+                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
+                while chunk := f.read(CHUNK):
+                    writer.write(chunk)
+                    raw = inflater.decompress(chunk) if inflater else chunk
+                    diff_hash.update(raw)
+                    size += len(raw)
+                    if size > self.limits.max_bytes:
+                        raise InvalidParameter(f"layer {member} is larger than the limit")
+            digest = writer.commit(expected_digest)
+        except (zlib.error, gzip.BadGzipFile, tarfile.TarError, EOFError) as e:
+            writer.abort()
+            raise InvalidParameter(f"invalid layer {member}: {e}") from e
+        except DigestMismatch as e:
+            raise InvalidParameter(f"invalid layer {member}: {e}") from e
+        except BaseException:
+            writer.abort()
+            raise
+        media = MEDIA_LAYER_GZIP if gzipped else MEDIA_LAYER_TAR
+        return digest, "sha256:" + diff_hash.hexdigest(), size, media
+
+    def _stage_archive(self, path: Path) -> list[tuple[Image, list[Reference]]]:
+        """Store an archive's blobs; the caller records the images."""
+        ar = _ArchiveReader(path)
+        try:
+            staged: list[tuple[Image, list[Reference]]] = []
+            for entry in self._archive_images(ar):
+                config_bytes = ar.read(entry.config_member)
+                try:
+                    config = json.loads(config_bytes)
+                    diff_ids = list(config["rootfs"]["diff_ids"])
+                except (ValueError, KeyError, TypeError) as e:
+                    raise InvalidParameter(f"invalid image config {entry.config_member}") from e
+                if len(diff_ids) != len(entry.layer_members):
+                    raise InvalidParameter(
+                        f"invalid image archive: {len(entry.layer_members)} layers for "
+                        f"{len(diff_ids)} diff_ids")
+                layers = []
+                for i, (member, expected) in enumerate(
+                        zip(entry.layer_members, entry.layer_digests, strict=True)):
+                    digest, diff_id, size, media = self._store_layer(ar, member, expected)
+                    if diff_id != diff_ids[i]:
+                        raise InvalidParameter(
+                            f"invalid diffID for layer {i}: calculated {diff_id}, "
+                            f"expected {diff_ids[i]}")
+                    layers.append(Layer(digest, diff_id, size, media))
+                image_id = self.blobs.put_bytes(config_bytes)
+                refs = [parse_reference(n).with_default_tag() for n in entry.names]
+                existing = self.images.get(image_id)
+                img = existing or Image(id=image_id, config=config, layers=layers)
+                staged.append((img, refs))
+        finally:
+            ar.close()
+        return staged
+
+    def _commit_loaded(self, staged: list[tuple[Image, list[Reference]]]) -> list[str]:
+        messages = []
+        for img, refs in staged:
+            self.images[img.id] = img
+            self._save(img)
+            for ref in refs:
+                self._add_ref(img, ref)
+                messages.append(f"Loaded image: {ref.familiar}\n")
+            if not refs:
+                messages.append(f"Loaded image ID: {img.id}\n")
+            self.events.publish("image", "load", img.id, {"name": img.id})
+        return messages
+
+    # -- API views -------------------------------------------------------------
+
+    def summary(self, img: Image, containers: int = -1) -> dict[str, Any]:
+        return {
+            "Id": img.id,
+            "ParentId": "",
+            "RepoTags": [parse_reference(t).familiar for t in img.repo_tags],
+            "RepoDigests": [parse_reference(d).familiar for d in img.repo_digests],
+            "Created": img.created_unix,
+            "Size": img.size,
+            "SharedSize": -1,
+            "Labels": img.container_config.get("Labels") or {},
+            "Containers": containers,
+        }
+
+    def inspect(self, img: Image) -> dict[str, Any]:
+        cfg = img.config
+        return {
+            "Id": img.id,
+            "RepoTags": [parse_reference(t).familiar for t in img.repo_tags],
+            "RepoDigests": [parse_reference(d).familiar for d in img.repo_digests],
+            "Parent": "",
+            "Comment": cfg.get("comment", ""),
+            "Created": cfg.get("created", ""),
+            "DockerVersion": cfg.get("docker_version", ""),
+            "Author": cfg.get("author", ""),
+            "Config": container_config_view(img.container_config),
+            "Architecture": cfg.get("architecture", ""),
+            "Variant": cfg.get("variant", ""),
+            "Os": cfg.get("os", ""),
+            "OsVersion": cfg.get("os.version", ""),
+            "Size": img.size,
+            "GraphDriver": {"Name": "hbd-ext4", "Data": {"Disk": str(self.disk_path(img))}},
+            "RootFS": {"Type": "layers", "Layers": [layer.diff_id for layer in img.layers]},
+            "Metadata": {"LastTagTime": img.last_tag_time or "0001-01-01T00:00:00Z"},
+        }
+
+
+def short_key(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")
+
+
+_CONFIG_FIELDS = ("Hostname", "Domainname", "User", "AttachStdin", "AttachStdout",
+                  "AttachStderr", "ExposedPorts", "Tty", "OpenStdin", "StdinOnce", "Env", "Cmd",
+                  "Healthcheck", "ArgsEscaped", "Image", "Volumes", "WorkingDir", "Entrypoint",
+                  "NetworkDisabled", "MacAddress", "OnBuild", "Labels", "StopSignal",
+                  "StopTimeout", "Shell")
+
+
+def container_config_view(cfg: dict[str, Any]) -> dict[str, Any]:
+    """An image's config as the API shows it: dockerd fills absent fields with zero values."""
+    defaults: dict[str, Any] = {
+        "Hostname": "", "Domainname": "", "User": "", "AttachStdin": False,
+        "AttachStdout": False, "AttachStderr": False, "Tty": False, "OpenStdin": False,
+        "StdinOnce": False, "Env": None, "Cmd": None, "Image": "", "Volumes": None,
+        "WorkingDir": "", "Entrypoint": None, "OnBuild": None, "Labels": None,
+    }
+    out = {**defaults, **{k: v for k, v in cfg.items() if k in _CONFIG_FIELDS}}
+    return out
+

@@ -1,0 +1,145 @@
+"""`/info` and `/version`: what this daemon is and holds."""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+from typing import Any
+
+import hbd
+from hbd import API_VERSION, MIN_API_VERSION
+from hbd.config import Config
+from hbd.events import EventBus
+from hbd.services.containers import ContainerService
+from hbd.services.images import ImageStore
+from hbd.services.timefmt import rfc3339_nano
+from hbd.store import StateStore
+
+ENGINE_VERSION = f"27.5.1-hbd.{hbd.__version__}"
+
+
+def _os_release() -> tuple[str, str]:
+    name, version = "Linux", ""
+    try:
+        with open("/etc/os-release") as f:
+            fields = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+        name = fields.get("PRETTY_NAME", name).strip('"')
+        version = fields.get("VERSION_ID", "").strip('"')
+    except OSError:
+        pass
+    return name, version
+
+
+def _mem_total() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class SystemService:
+    def __init__(self, config: Config, state: StateStore, images: ImageStore,
+                 containers: ContainerService, events: EventBus, accel: str) -> None:
+        self.config = config
+        self.images = images
+        self.containers = containers
+        self.events = events
+        self.accel = accel
+        record = state.get("daemon", "engine")
+        if record is None:
+            record = {"id": secrets.token_hex(32)}
+            state.put("daemon", "engine", record)
+        self.engine_id = str(record["id"])
+
+    def version(self) -> dict[str, Any]:
+        kernel = platform.release()
+        return {
+            "Platform": {"Name": "hbd (Hummingbird microvm engine)"},
+            "Components": [
+                {"Name": "Engine", "Version": ENGINE_VERSION, "Details": {
+                    "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
+                    "Os": "linux", "Arch": "amd64", "KernelVersion": kernel,
+                    "Experimental": "false", "GitCommit": "", "GoVersion": "",
+                    "BuildTime": "",
+                }},
+                {"Name": "qemu-microvm", "Version": self.accel, "Details": {
+                    "Accelerator": self.accel}},
+            ],
+            "Version": ENGINE_VERSION,
+            "ApiVersion": API_VERSION,
+            "MinAPIVersion": MIN_API_VERSION,
+            "GitCommit": "",
+            "GoVersion": f"python{platform.python_version()}",
+            "Os": "linux",
+            "Arch": "amd64",
+            "KernelVersion": kernel,
+            "BuildTime": "",
+        }
+
+    def info(self) -> dict[str, Any]:
+        containers = list(self.containers.containers.values())
+        running = sum(1 for c in containers if c.state.running and not c.state.paused)
+        paused = sum(1 for c in containers if c.state.paused)
+        os_name, os_version = _os_release()
+        return {
+            "ID": self.engine_id,
+            "Containers": len(containers),
+            "ContainersRunning": running,
+            "ContainersPaused": paused,
+            "ContainersStopped": len(containers) - running - paused,
+            "Images": len(self.images.images),
+            "Driver": "hbd-ext4",
+            "DriverStatus": [["Image disks", "ext4, read-only, one per image"],
+                             ["Container disks", "qcow2 overlay of an ext4 template"]],
+            "DockerRootDir": str(self.config.data_root),
+            "Plugins": {"Volume": ["local"], "Network": ["bridge", "null"],
+                        "Authorization": None, "Log": ["json-file"]},
+            "MemoryLimit": True, "SwapLimit": False, "KernelMemoryTCP": False,
+            "CpuCfsPeriod": True, "CpuCfsQuota": True, "CPUShares": True, "CPUSet": False,
+            "PidsLimit": True, "OomKillDisable": False, "IPv4Forwarding": True,
+            "BridgeNfIptables": False, "BridgeNfIp6tables": False, "Debug": False,
+            "NFd": len(os.listdir("/proc/self/fd")), "NGoroutines": 0,
+            "SystemTime": rfc3339_nano(),
+            "LoggingDriver": "json-file", "CgroupDriver": "none", "CgroupVersion": "2",
+            "NEventsListener": 0,
+            "KernelVersion": platform.release(),
+            "OperatingSystem": os_name, "OSVersion": os_version, "OSType": "linux",
+            "Architecture": platform.machine(),
+            "NCPU": os.cpu_count() or 1,
+            "MemTotal": _mem_total(),
+            "IndexServerAddress": "https://index.docker.io/v1/",
+            "RegistryConfig": {
+                "AllowNondistributableArtifactsCIDRs": None,
+                "AllowNondistributableArtifactsHostnames": None,
+                "InsecureRegistryCIDRs": ["127.0.0.0/8", "::1/128"],
+                "IndexConfigs": {"docker.io": {"Name": "docker.io", "Mirrors": [],
+                                               "Secure": True, "Official": True}},
+                "Mirrors": [],
+            },
+            "GenericResources": None,
+            "HttpProxy": "", "HttpsProxy": "", "NoProxy": "",
+            "Name": platform.node(),
+            "Labels": [],
+            "ExperimentalBuild": False,
+            "ServerVersion": ENGINE_VERSION,
+            "Runtimes": {"hbd": {"path": self.config.vm.qemu}},
+            "DefaultRuntime": "hbd",
+            "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
+                      "ControlAvailable": False, "Error": "", "RemoteManagers": None},
+            "LiveRestoreEnabled": True,
+            "Isolation": "",
+            "InitBinary": "",
+            "ContainerdCommit": {"ID": ""}, "RuncCommit": {"ID": ""},
+            "InitCommit": {"ID": ""},
+            "SecurityOptions": [f"name=microvm,accel={self.accel}"],
+            "DefaultAddressPools": [],
+            "Warnings": [] if self.accel != "tcg" else [
+                "WARNING: guests run under TCG (software emulation): KVM is unavailable "
+                "or cannot boot the guest kernel here"],
+            "CDISpecDirs": [],
+        }

@@ -1,0 +1,75 @@
+"""Times as dockerd formats them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def rfc3339_nano(ns: int | None = None) -> str:
+    if ns is None:
+        ns = time.time_ns()
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    base = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{nanos:09d}Z"
+
+
+def parse_rfc3339(text: str) -> float:
+    """Seconds since the epoch; 0 for dockerd's zero time or garbage."""
+    return parse_rfc3339_ns(text) / 1e9
+
+
+def parse_rfc3339_ns(text: str) -> int:
+    """Nanoseconds since the epoch; 0 for dockerd's zero time or garbage."""
+    if not text or text.startswith("0001-"):
+        return 0
+    main, _, rest = text.partition(".")
+    digits = ""
+    tz = "Z"
+    for i, ch in enumerate(rest):
+        if not ch.isdigit():
+            tz = rest[i:]
+            break
+        digits += ch
+    if not rest:
+        main, tz = text[:19], text[19:] or "Z"
+    try:
+        stamp = dt.datetime.strptime(main[:19], "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return 0
+    offset = dt.timedelta()
+    if tz not in ("", "Z") and len(tz) >= 6 and tz[0] in "+-":
+        sign = 1 if tz[0] == "+" else -1
+        offset = sign * dt.timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
+    stamp = stamp.replace(tzinfo=dt.UTC) - offset
+    return int(stamp.timestamp()) * 1_000_000_000 + int(digits[:9].ljust(9, "0") or "0")
+
+
+def human_duration(seconds: float) -> str:
+    """go-units HumanDuration, which `docker ps` STATUS uses."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{s // 3600 // 24 // 365} years"
