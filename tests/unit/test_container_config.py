@@ -1,0 +1,104 @@
+import pytest
+
+from hbd.errors import InvalidParameter
+from hbd.services import container_config as cc
+
+IMAGE = {
+    "Env": ["PATH=/usr/bin:/bin", "LANG=C"],
+    "Cmd": ["sh"],
+    "Entrypoint": None,
+    "WorkingDir": "/srv",
+    "User": "app",
+    "Labels": {"a": "image", "b": "image"},
+    "ExposedPorts": {"80/tcp": {}},
+    "Volumes": {"/data": {}},
+    "StopSignal": "SIGQUIT",
+}
+
+
+def merged(body: dict) -> dict:
+    config = cc.normalize_config({"Image": "x", **body})
+    cc.merge_image_config(config, IMAGE)
+    return config
+
+
+def test_image_defaults_fill_an_empty_config() -> None:
+    config = merged({})
+    assert config["Cmd"] == ["sh"]
+    assert config["Env"] == ["PATH=/usr/bin:/bin", "LANG=C"]
+    assert config["WorkingDir"] == "/srv"
+    assert config["User"] == "app"
+    assert config["Labels"] == {"a": "image", "b": "image"}
+    assert config["ExposedPorts"] == {"80/tcp": {}}
+    assert config["Volumes"] == {"/data": {}}
+    assert config["StopSignal"] == "SIGQUIT"
+
+
+def test_user_values_win_and_env_merges_by_key() -> None:
+    config = merged({"Env": ["LANG=fr", "X=1"], "Labels": {"a": "user"}, "User": "root",
+                     "Cmd": ["echo", "hi"]})
+    assert config["Env"] == ["LANG=fr", "X=1", "PATH=/usr/bin:/bin"]
+    assert config["Labels"] == {"a": "user", "b": "image"}
+    assert config["User"] == "root"
+    assert config["Cmd"] == ["echo", "hi"]
+
+
+def test_user_entrypoint_drops_image_cmd() -> None:
+    config = merged({"Entrypoint": ["/bin/true"]})
+    assert config["Cmd"] is None
+    assert cc.command_of(config) == ["/bin/true"]
+
+
+def test_empty_entrypoint_string_means_none() -> None:
+    config = merged({"Entrypoint": [""], "Cmd": ["ls"]})
+    assert cc.command_of(config) == ["ls"]
+
+
+def test_no_command_is_an_error() -> None:
+    config = cc.normalize_config({"Image": "x"})
+    cc.merge_image_config(config, {})
+    with pytest.raises(InvalidParameter, match="No command specified"):
+        cc.command_of(config)
+
+
+def test_cmd_may_be_a_string() -> None:
+    assert cc.normalize_config({"Cmd": "ls"})["Cmd"] == ["ls"]
+
+
+def test_process_env_defaults_and_overrides() -> None:
+    config = cc.normalize_config({"Env": ["PATH=/x", "A=1", "UNSET"], "Tty": True})
+    env = cc.process_env(config, "host1")
+    assert env == ["PATH=/x", "HOSTNAME=host1", "TERM=xterm", "A=1"]
+
+
+@pytest.mark.parametrize(("text", "number"), [("KILL", 9), ("SIGTERM", 15), ("15", 15),
+                                              ("sigint", 2), (10, 10)])
+def test_parse_signal(text: str | int, number: int) -> None:
+    assert cc.parse_signal(text) == number
+
+
+@pytest.mark.parametrize("bad", ["NOPE", "0", "65", "-1", ""])
+def test_parse_signal_rejects(bad: str) -> None:
+    with pytest.raises(InvalidParameter, match="Invalid signal"):
+        cc.parse_signal(bad)
+
+
+def test_host_config_defaults_and_restart_policy_checks() -> None:
+    hc = cc.normalize_host_config(None)
+    assert hc["RestartPolicy"] == {"Name": "no", "MaximumRetryCount": 0}
+    assert hc["NetworkMode"] == "default"
+    assert "Mounts" not in hc
+    with pytest.raises(InvalidParameter, match="invalid restart policy"):
+        cc.normalize_host_config({"RestartPolicy": {"Name": "sometimes"}})
+    with pytest.raises(InvalidParameter, match="AutoRemove"):
+        cc.normalize_host_config({"AutoRemove": True, "RestartPolicy": {"Name": "always"}})
+    with pytest.raises(InvalidParameter, match="Minimum memory"):
+        cc.normalize_host_config({"Memory": 1024})
+
+
+def test_names() -> None:
+    assert cc.validate_name("web") == "/web"
+    with pytest.raises(InvalidParameter, match="Invalid container name"):
+        cc.validate_name("bad name")
+    taken = {cc.generate_name(set()) for _ in range(20)}
+    assert all("_" in n for n in taken)
