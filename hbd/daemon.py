@@ -12,6 +12,7 @@ from hbd.drivers.vm import QemuMicrovmDriver
 from hbd.errors import InvalidParameter
 from hbd.events import EventBus
 from hbd.services.containers import ContainerService
+from hbd.services.execs import ExecService
 from hbd.services.images import ImageStore
 from hbd.services.scratch import ScratchDisks
 from hbd.services.system import SystemService
@@ -29,6 +30,7 @@ class Daemon:
     events: EventBus = field(init=False)
     images: ImageStore = field(init=False)
     containers: ContainerService = field(init=False)
+    execs: ExecService = field(init=False)
     system: SystemService = field(init=False)
 
     async def start(self) -> None:
@@ -56,6 +58,7 @@ class Daemon:
         log.info("guest accelerator: %s", self.accel)
         self.containers = ContainerService(config, self.state, self.images, self.events,
                                            self.sandbox_driver, scratch, self.accel)
+        self.execs = ExecService(self.containers, self.events)
         self.system = SystemService(config, self.state, self.images, self.containers,
                                     self.events, self.accel)
         await self.containers.restore()

@@ -11,6 +11,7 @@ from hbd.api.app import (
     Router,
     json_response,
     query_bool,
+    query_filters,
     query_int,
     read_json,
 )
@@ -25,7 +26,8 @@ from hbd.services.timefmt import parse_rfc3339_ns, rfc3339_nano
 async def list_containers(request: web.Request) -> web.Response:
     containers = daemon_of(request).containers
     return json_response(containers.list(all_=query_bool(request, "all"),
-                                         limit=query_int(request, "limit", -1)))
+                                         limit=query_int(request, "limit", -1),
+                                         filters=query_filters(request)))
 
 
 async def create(request: web.Request) -> web.Response:
@@ -47,6 +49,34 @@ async def kill(request: web.Request) -> web.Response:
     await daemon_of(request).containers.kill(request.match_info["id"],
                                              request.query.get("signal", "") or "KILL")
     return web.Response(status=204)
+
+
+def _stop_args(request: web.Request) -> tuple[int | None, str]:
+    raw = request.query.get("t", "")
+    timeout = query_int(request, "t", 0) if raw else None
+    return timeout, request.query.get("signal", "")
+
+
+async def stop(request: web.Request) -> web.Response:
+    timeout, signal = _stop_args(request)
+    await daemon_of(request).containers.stop(request.match_info["id"], timeout, signal)
+    return web.Response(status=204)
+
+
+async def restart(request: web.Request) -> web.Response:
+    timeout, signal = _stop_args(request)
+    await daemon_of(request).containers.restart(request.match_info["id"], timeout, signal)
+    return web.Response(status=204)
+
+
+async def rename(request: web.Request) -> web.Response:
+    daemon_of(request).containers.rename(request.match_info["id"],
+                                         request.query.get("name", ""))
+    return web.Response(status=204)
+
+
+async def prune(request: web.Request) -> web.Response:
+    return json_response(await daemon_of(request).containers.prune(query_filters(request)))
 
 
 async def remove(request: web.Request) -> web.Response:
@@ -173,7 +203,11 @@ def register(router: Router) -> None:
     router.add("POST", "/containers/create", create)
     router.add("GET", "/containers/{id}/json", inspect)
     router.add("POST", "/containers/{id}/start", start)
+    router.add("POST", "/containers/prune", prune)
     router.add("POST", "/containers/{id}/kill", kill)
+    router.add("POST", "/containers/{id}/stop", stop)
+    router.add("POST", "/containers/{id}/restart", restart)
+    router.add("POST", "/containers/{id}/rename", rename)
     router.add("POST", "/containers/{id}/wait", wait)
     router.add("POST", "/containers/{id}/attach", attach)
     router.add("GET", "/containers/{id}/logs", logs)

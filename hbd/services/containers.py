@@ -15,7 +15,7 @@ import math
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from hbd.errors import (
 )
 from hbd.events import EventBus
 from hbd.services import container_config as cc
+from hbd.services.container_filters import ContainerFilter, PruneFilter
 from hbd.services.images import ImageStore
 from hbd.services.logs import JsonFileWriter, LogQuery, LogRecord, query_logs
 from hbd.services.scratch import ScratchDisks
@@ -55,6 +56,7 @@ POWEROFF_TIMEOUT = 10.0
 # Exit code reported when the guest vanished without reporting its process's
 # exit (QEMU killed): what dockerd reports for a SIGKILLed task.
 VANISHED_EXIT_CODE = 137
+DEFAULT_STOP_TIMEOUT = 10
 
 
 @dataclass
@@ -162,6 +164,8 @@ class Container:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     teardown: asyncio.Task[None] | None = field(default=None, repr=False)
     removing: bool = field(default=False, repr=False)
+    # Stopped through the API: restart policies other than "always" leave it be.
+    manually_stopped: bool = field(default=False, repr=False)
     run_started: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def record(self) -> dict[str, Any]:
@@ -180,6 +184,10 @@ class Container:
             args=rec["args"], state=ContainerState(**rec["state"]),
             restart_count=rec.get("restart_count", 0),
         )
+
+    def health_status(self) -> str:
+        """none | starting | healthy | unhealthy (healthchecks arrive with issue 3)."""
+        return "none"
 
     @property
     def hostname(self) -> str:
@@ -211,6 +219,9 @@ class ContainerService:
         self.containers: dict[str, Container] = {}
         self.names: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Told when a container's run ends (removed=False) and when it is
+        # removed (removed=True); exec instances use it to settle and forget.
+        self.on_stopped: list[Callable[[Container, bool], None]] = []
         images.container_usage = self._image_usage
         for key, rec in state.load("containers"):
             try:
@@ -449,6 +460,8 @@ class ContainerService:
         for attachment in list(c.attachments):
             attachment.end()
         c.attachments.clear()
+        for hook in self.on_stopped:
+            hook(c, False)
         waiters, c.exit_waiters = c.exit_waiters, []
         for fut in waiters:
             if not fut.done():
@@ -487,6 +500,70 @@ class ContainerService:
                 raise SystemError_(f"Cannot kill container {c.id}: {e.message}") from e
             await run.sandbox.destroy()
         self._event(c, "kill", signal=str(signum))
+
+    async def stop(self, ref: str, timeout: int | None = None, signal: str = "") -> None:
+        """dockerd's containerStop: the stop signal, then SIGKILL after the timeout."""
+        c = self.get(ref)
+        if not c.state.running or c.run is None:
+            raise NotModified("container already stopped")
+        run = c.run
+        signum = cc.parse_signal(signal or c.config.get("StopSignal") or "SIGTERM")
+        if timeout is None:
+            timeout = c.config.get("StopTimeout")
+            if timeout is None:
+                timeout = DEFAULT_STOP_TIMEOUT
+        c.manually_stopped = True
+        wait: float | None = None if timeout < 0 else float(timeout)
+        try:
+            await run.sandbox.signal(1, signum)
+            self._event(c, "kill", signal=str(signum))
+        except AgentError:
+            wait = 2.0
+        try:
+            await asyncio.wait_for(asyncio.shield(run.finished.wait()), wait)
+        except TimeoutError:
+            log.info("container %s did not exit within %ss of signal %d; killing it",
+                     c.id[:12], timeout, signum)
+            await self._kill_run(c, run)
+        self._event(c, "stop")
+
+    async def _kill_run(self, c: Container, run: Run) -> None:
+        """SIGKILL the main process; if the guest does not answer, the guest goes."""
+        try:
+            await asyncio.wait_for(run.sandbox.signal(1, 9), 5)
+            self._event(c, "kill", signal="9")
+            await asyncio.wait_for(asyncio.shield(run.finished.wait()), 10)
+        except (AgentError, TimeoutError):
+            await run.sandbox.destroy()
+            await run.finished.wait()
+
+    async def restart(self, ref: str, timeout: int | None = None, signal: str = "") -> None:
+        c = self.get(ref)
+        if c.state.running:
+            with contextlib.suppress(NotModified):
+                await self.stop(c.id, timeout, signal)
+        await self.start(c.id)
+        self._event(c, "restart")
+
+    def rename(self, ref: str, new_name: str) -> None:
+        c = self.get(ref)
+        if not new_name:
+            raise InvalidParameter("Neither old nor new names may be empty")
+        name = cc.validate_name(new_name)
+        if name == c.name:
+            raise InvalidParameter("Renaming a container with the same name as its current "
+                                   "name")
+        if name in self.names:
+            raise Conflict(
+                f'Conflict. The container name "{name}" is already in use by container '
+                f'"{self.names[name]}". You have to remove (or rename) that container to be '
+                "able to reuse that name.")
+        old = c.name
+        del self.names[old]
+        self.names[name] = c.id
+        c.name = name
+        self._save(c)
+        self._event(c, "rename", oldName=old)
 
     async def resize(self, ref: str, height: int, width: int) -> None:
         c = self.get(ref)
@@ -581,6 +658,8 @@ class ContainerService:
         self.state.delete("containers", c.id)
         await asyncio.to_thread(shutil.rmtree, self._dir(c), True)
         await asyncio.to_thread(shutil.rmtree, self._run_dir(c), True)
+        for hook in self.on_stopped:
+            hook(c, True)
         self._event(c, "destroy")
         waiters, c.remove_waiters = c.remove_waiters, []
         for fut in waiters:
@@ -640,13 +719,32 @@ class ContainerService:
             "Mounts": [],
         }
 
-    def list(self, all_: bool = False, limit: int = -1) -> list[dict[str, Any]]:
+    def list(self, all_: bool = False, limit: int = -1,
+             filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        matches = ContainerFilter(filters or {}, self)
         items = sorted(self.containers.values(), key=lambda c: c.created, reverse=True)
-        if not all_ and limit <= 0:
-            items = [c for c in items if c.state.running]
+        # A status or exited filter implies --all, as in dockerd.
+        show_all = all_ or limit > 0 or "status" in matches.filters or \
+            "exited" in matches.filters
+        items = [c for c in items if (show_all or c.state.running) and matches(c)]
         if limit > 0:
             items = items[:limit]
         return [self.summary(c) for c in items]
+
+    async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
+        matches = PruneFilter(filters)
+        deleted = []
+        for c in list(self.containers.values()):
+            if c.state.running or c.removing or not matches(c.created, c.config):
+                continue
+            try:
+                await self.remove(c.id)
+            except HbdError as e:
+                log.warning("prune: cannot remove %s: %s", c.id[:12], e.message)
+                continue
+            deleted.append(c.id)
+        self.events.publish("container", "prune", "", {"reclaimed": "0"})
+        return {"ContainersDeleted": deleted or None, "SpaceReclaimed": 0}
 
     # -- daemon lifecycle ----------------------------------------------------------
 

@@ -1,0 +1,158 @@
+"""A sandbox driver that runs container processes directly on the host.
+
+For fast tests of the API and service layers only: no VM, no isolation, the
+image's filesystem is ignored (commands resolve against the host's PATH). It
+speaks the same `Sandbox` interface as the QEMU driver, errors included, so
+the state machine above it is the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+from hbd.drivers.agent import AgentError, ExitStatus, ProcessOutput, ProcessSpec, ProcState
+from hbd.drivers.sandbox import Sandbox, SandboxSpec
+
+
+def _exec_error(message: str) -> AgentError:
+    return AgentError("exec", message, 2)
+
+
+class FakeSandbox:
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+        self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._states: dict[int, ProcState] = {}
+        self._exited = asyncio.Event()
+        self._paused = False
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    @property
+    def processes(self) -> list[ProcState]:
+        return list(self._states.values())
+
+    async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int:
+        if self._exited.is_set():
+            raise AgentError("state", "sandbox is gone", 0)
+        env = dict(e.split("=", 1) for e in spec.env if "=" in e)
+        program = spec.args[0]
+        if "/" not in program:
+            found = shutil.which(program, path=env.get("PATH", os.defpath))
+            if found is None:
+                raise _exec_error(f'exec: "{program}": executable file not found in $PATH')
+        elif not Path(program).exists():
+            raise _exec_error(f'exec: "{program}": stat {program}: no such file or directory')
+        proc = await asyncio.create_subprocess_exec(
+            *spec.args,
+            env=env,
+            stdin=asyncio.subprocess.PIPE if spec.stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT if spec.tty else asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        self._procs[spec.proc] = proc
+        self._states[spec.proc] = ProcState(spec.proc, proc.pid, spec.main, True, 0, 0, False)
+        asyncio.ensure_future(self._pump(spec, proc, output))
+        return proc.pid
+
+    async def _pump(self, spec: ProcessSpec, proc: asyncio.subprocess.Process,
+                    output: ProcessOutput) -> None:
+        async def copy(reader: asyncio.StreamReader | None, stream: int) -> None:
+            if reader is None:
+                return
+            while chunk := await reader.read(65536):
+                output.on_output(stream, chunk)
+            output.on_output_eof(stream)
+
+        await asyncio.gather(copy(proc.stdout, 1), copy(proc.stderr, 2))
+        code = await proc.wait()
+        signum = -code if code < 0 else 0
+        status = ExitStatus(128 + signum if signum else code, signum, False)
+        self._states[spec.proc] = ProcState(spec.proc, proc.pid, spec.main, False,
+                                            status.exit_code, signum, False)
+        output.on_exit(status)
+        if spec.main:
+            await self.destroy()
+
+    def attach_output(self, proc: int, output: ProcessOutput) -> None:
+        raise AgentError("notfound", "the fake driver cannot reattach", 0)
+
+    def _proc(self, proc: int) -> asyncio.subprocess.Process:
+        if proc not in self._procs:
+            raise AgentError("notfound", f"no such process {proc}", 0)
+        return self._procs[proc]
+
+    async def write_stdin(self, proc: int, data: bytes) -> None:
+        stdin = self._proc(proc).stdin
+        if stdin is not None:
+            stdin.write(data)
+            with contextlib.suppress(ConnectionError):
+                await stdin.drain()
+
+    async def close_stdin(self, proc: int) -> None:
+        stdin = self._proc(proc).stdin
+        if stdin is not None:
+            stdin.close()
+
+    async def signal(self, proc: int, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc(proc).pid, signum)
+
+    async def resize(self, proc: int, height: int, width: int) -> None:
+        self._proc(proc)
+
+    async def release(self, proc: int) -> None:
+        self._states.pop(proc, None)
+
+    async def stats(self) -> dict[str, Any]:
+        return {"memory": {"total": 0, "free": 0, "available": 0, "usage": 0, "limit": 0,
+                           "cache": 0}, "cpu": {"usage_ns": 0, "system_ns": 0, "online": 1},
+                "pids": len([s for s in self._states.values() if s.running])}
+
+    async def pause(self) -> None:
+        for proc in self._procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGSTOP)
+
+    async def resume(self) -> None:
+        for proc in self._procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGCONT)
+
+    async def poweroff(self, timeout: float) -> None:
+        await self.destroy()
+
+    async def destroy(self) -> None:
+        for proc in self._procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        self._exited.set()
+
+    async def wait_exit(self) -> None:
+        await self._exited.wait()
+
+    def detach(self) -> None:
+        pass
+
+
+class FakeSandboxDriver:
+    def __init__(self) -> None:
+        self.booted: list[FakeSandbox] = []
+
+    async def boot(self, spec: SandboxSpec) -> Sandbox:
+        sandbox = FakeSandbox(spec)
+        self.booted.append(sandbox)
+        return sandbox
+
+    async def reattach(self, run_dir: Path) -> Sandbox | None:
+        return None

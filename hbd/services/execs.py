@@ -1,0 +1,217 @@
+"""`docker exec`: extra processes inside a running container's guest.
+
+Exec instances live in memory, as in dockerd, and are forgotten when their
+container stops. A process's output is forwarded to the one client attached
+to its start request; its exit is recorded before that stream ends, so the
+CLI's inspect right after the stream sees the exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from hbd.drivers.agent import AgentError, ExitStatus, ProcessSpec
+from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_exec
+from hbd.events import EventBus
+from hbd.services import container_config as cc
+from hbd.services.containers import Container, ContainerService, Run
+
+
+@dataclass
+class ExecInstance:
+    id: str
+    container: Container
+    args: list[str]
+    env: list[str]
+    user: str
+    cwd: str
+    tty: bool
+    stdin: bool
+    stdout: bool
+    stderr: bool
+    privileged: bool
+    detach_keys: str
+    console: tuple[int, int]
+    running: bool = False
+    exit_code: int | None = None
+    pid: int = 0
+    proc: int = 0
+    run: Run | None = None
+    _queue: asyncio.Queue[tuple[int, bytes] | None] = field(default_factory=asyncio.Queue)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # -- ProcessOutput ----------------------------------------------------------
+
+    def on_output(self, stream: int, data: bytes) -> None:
+        if (stream == 1 and self.stdout) or (stream == 2 and self.stderr):
+            self._queue.put_nowait((stream, data))
+
+    def on_output_eof(self, stream: int) -> None:
+        pass
+
+    def on_exit(self, status: ExitStatus) -> None:
+        self.running = False
+        self.exit_code = status.exit_code
+        self._queue.put_nowait(None)
+        self.done.set()
+
+    async def output(self) -> AsyncIterator[tuple[int, bytes]]:
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+    def inspect(self) -> dict[str, Any]:
+        return {
+            "ID": self.id,
+            "Running": self.running,
+            "ExitCode": self.exit_code,
+            "ProcessConfig": {
+                "tty": self.tty, "entrypoint": self.args[0], "arguments": self.args[1:],
+                "privileged": self.privileged, "user": self.user,
+            },
+            "OpenStdin": self.stdin,
+            "OpenStderr": self.stderr,
+            "OpenStdout": self.stdout,
+            "CanRemove": False,
+            "ContainerID": self.container.id,
+            "DetachKeys": self.detach_keys,
+            "Pid": self.pid,
+        }
+
+
+class ExecService:
+    def __init__(self, containers: ContainerService, events: EventBus) -> None:
+        self.containers = containers
+        self.events = events
+        self.execs: dict[str, ExecInstance] = {}
+        containers.on_stopped.append(self._forget_container)
+
+    def _forget_container(self, c: Container, removed: bool) -> None:
+        """The container's run ended: its execs died with the guest (SIGKILL, as
+        containerd reports them). Instances that had already finished are
+        forgotten; those ending now stay until the next stop, so a client that
+        inspects right after its stream ends still finds them."""
+        for exec_id, instance in list(self.execs.items()):
+            if instance.container is not c:
+                continue
+            if instance.running:
+                instance.on_exit(ExitStatus(137, 9, False))
+                if not removed:
+                    continue
+            del self.execs[exec_id]
+
+    def get(self, exec_id: str) -> ExecInstance:
+        instance = self.execs.get(exec_id)
+        if instance is None:
+            raise no_such_exec(exec_id)
+        return instance
+
+    def _event(self, instance: ExecInstance, action: str, **extra: str) -> None:
+        c = instance.container
+        self.events.publish("container", action, c.id,
+                            {**c.event_attributes(), "execID": instance.id, **extra})
+
+    def create(self, ref: str, body: dict[str, Any]) -> str:
+        if not isinstance(body, dict):
+            raise InvalidParameter("invalid JSON: exec config must be an object")
+        c = self.containers.get(ref)
+        if not c.state.running:
+            raise Conflict(f"Container {c.id} is not running")
+        if c.state.paused:
+            raise Conflict(f"Container {c.id} is paused, unpause the container before exec")
+        args = body.get("Cmd")
+        if isinstance(args, str):
+            args = [args]
+        if not args or not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise InvalidParameter("No exec command specified")
+        env = body.get("Env") or []
+        if not isinstance(env, list):
+            raise InvalidParameter("invalid Env: must be a list of strings")
+        console = body.get("ConsoleSize") or [0, 0]
+        instance = ExecInstance(
+            id=secrets.token_hex(32), container=c, args=list(args),
+            env=cc.replace_or_append_env(cc.process_env(c.config, c.hostname), env),
+            user=str(body.get("User") or c.config.get("User") or ""),
+            cwd=str(body.get("WorkingDir") or c.config.get("WorkingDir") or "/"),
+            tty=bool(body.get("Tty")), stdin=bool(body.get("AttachStdin")),
+            stdout=bool(body.get("AttachStdout")), stderr=bool(body.get("AttachStderr")),
+            privileged=bool(body.get("Privileged")),
+            detach_keys=str(body.get("DetachKeys") or ""),
+            console=(int(console[0]), int(console[1])),
+        )
+        self.execs[instance.id] = instance
+        self._event(instance, f"exec_create: {' '.join(instance.args)}")
+        return instance.id
+
+    async def start(self, exec_id: str, detach: bool, tty: bool | None = None,
+                    console: tuple[int, int] | None = None) -> ExecInstance:
+        """Start the process; raises for errors that the API reports as such."""
+        instance = self.get(exec_id)
+        if instance.running or instance.exit_code is not None:
+            raise Conflict(f"Error: Exec command {exec_id} has already run")
+        c = instance.container
+        run = c.run
+        if run is None or not c.state.running:
+            raise Conflict(f"Container {c.id} is not running")
+        if c.state.paused:
+            raise Conflict(f"Container {c.id} is paused, unpause the container before exec")
+        if tty is not None:
+            instance.tty = tty
+        if console:
+            instance.console = console
+        if detach:
+            instance.stdout = instance.stderr = instance.stdin = False
+        instance.proc = run.next_proc
+        run.next_proc += 1
+        instance.run = run
+        instance.running = True
+        self._event(instance, f"exec_start: {' '.join(instance.args)}")
+        spec = ProcessSpec(
+            proc=instance.proc, args=instance.args, env=instance.env, cwd=instance.cwd,
+            user=instance.user, tty=instance.tty, stdin=instance.stdin,
+            height=instance.console[0], width=instance.console[1],
+        )
+        try:
+            instance.pid = await run.sandbox.start(spec, instance)
+        except AgentError as e:
+            instance.running = False
+            instance.exit_code = 126 if ("permission denied" in e.message or
+                                         "is a directory" in e.message) else 127
+            if e.kind not in ("exec", "user"):
+                instance.exit_code = 126
+            instance._queue.put_nowait(None)
+            instance.done.set()
+            raise SystemError_("OCI runtime exec failed: exec failed: unable to start "
+                               f"container process: {e.message}: unknown") from e
+        asyncio.ensure_future(self._reap(instance))
+        return instance
+
+    async def _reap(self, instance: ExecInstance) -> None:
+        await instance.done.wait()
+        self._event(instance, "exec_die", exitCode=str(instance.exit_code))
+        if instance.run is not None:
+            with contextlib.suppress(AgentError):
+                await instance.run.sandbox.release(instance.proc)
+
+    async def write_stdin(self, instance: ExecInstance, data: bytes) -> None:
+        if instance.run is not None and instance.running:
+            with contextlib.suppress(AgentError):
+                await instance.run.sandbox.write_stdin(instance.proc, data)
+
+    async def close_stdin(self, instance: ExecInstance) -> None:
+        if instance.run is not None and instance.running:
+            with contextlib.suppress(AgentError):
+                await instance.run.sandbox.close_stdin(instance.proc)
+
+    async def resize(self, exec_id: str, height: int, width: int) -> None:
+        instance = self.get(exec_id)
+        if instance.run is None or not instance.running:
+            raise Conflict(f"Exec {exec_id} is not running")
+        try:
+            await instance.run.sandbox.resize(instance.proc, height, width)
+        except AgentError as e:
+            raise SystemError_(f"cannot resize exec {exec_id}: {e.message}") from e

@@ -1,0 +1,105 @@
+"""An hbd daemon in a background thread with the fake sandbox driver.
+
+The real API, services and state machine; container processes run on the
+host instead of in guests, so these tests need no VM and take milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+from aiohttp import web
+
+from hbd.api import server
+from hbd.config import Config
+from hbd.daemon import Daemon
+from hbd.drivers.fake import FakeSandboxDriver
+from tests.daemon_fixture import BUSYBOX_TAR, DOCKER_CLI
+
+
+@dataclass
+class ApiDaemon:
+    socket: Path
+    daemon: Daemon
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def docker(self, *args: str, input: bytes | None = None,
+               check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        result = subprocess.run([DOCKER_CLI, *args], input=input, capture_output=True,
+                                env={**os.environ, "DOCKER_HOST": self.host}, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)}: {result.stderr.decode()}")
+        return result
+
+    def call(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+
+@pytest.fixture(scope="session")
+def api_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
+    base = tmp_path_factory.mktemp("hbd-api")
+    exec_root = Path(f"/run/hbd-api-{secrets.token_hex(4)}")
+    config = Config()
+    config.daemon.data_root = str(base / "data")
+    config.daemon.exec_root = str(exec_root)
+    socket = exec_root / "hbd.sock"
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    stop = asyncio.Event()
+    holder: dict[str, Daemon] = {}
+    errors: list[BaseException] = []
+
+    async def serve() -> None:
+        daemon = Daemon(config, sandbox_driver=FakeSandboxDriver())
+        await daemon.start()
+        holder["daemon"] = daemon
+        runner = web.AppRunner(server.build(daemon), access_log=None)
+        await runner.setup()
+        exec_root.mkdir(parents=True, exist_ok=True)
+        await web.UnixSite(runner, str(socket)).start()
+        ready.set()
+        await stop.wait()
+        await daemon.stop()
+        await runner.cleanup()
+
+    def thread_main() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(serve())
+        except BaseException as e:  # surface start-up failures to the test
+            errors.append(e)
+            ready.set()
+
+    thread = threading.Thread(target=thread_main, daemon=True)
+    thread.start()
+    ready.wait(60)
+    if errors:
+        raise errors[0]
+    api = ApiDaemon(socket, holder["daemon"], loop)
+    if BUSYBOX_TAR.exists():
+        api.docker("load", "-q", "-i", str(BUSYBOX_TAR))
+    yield api
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(30)
+    shutil.rmtree(exec_root, ignore_errors=True)
+
+
+@pytest.fixture
+def client(api_daemon: ApiDaemon) -> Iterator[docker.DockerClient]:
+    c = docker.DockerClient(base_url=api_daemon.host, version="1.47")
+    yield c
+    c.close()

@@ -1,0 +1,120 @@
+"""Start a real hbd daemon (subprocess) on private paths, for end-to-end tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DOCKER_CLI = shutil.which("docker", path="/usr/local/bin") or "docker"
+BUSYBOX_TAR = REPO / "images" / "out" / "busybox.tar"
+
+
+@dataclass
+class RunningDaemon:
+    socket: Path
+    data_root: Path
+    exec_root: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "DOCKER_HOST": self.host}
+
+    def docker(self, *args: str, input: bytes | None = None, timeout: float = 120,
+               check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        result = subprocess.run([DOCKER_CLI, *args], input=input, capture_output=True,
+                                env=self.env(), timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"docker {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout.decode(errors='replace')}\n"
+                f"stderr: {result.stderr.decode(errors='replace')}")
+        return result
+
+    def log_tail(self, limit: int = 6000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def wait_for_socket(socket: Path, process: subprocess.Popen[bytes], log: Path,
+                    timeout: float = 60) -> None:
+    import http.client
+    import socket as socketlib
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"hbd exited {process.returncode}:\n{log.read_text()[-4000:]}")
+        if socket.exists():
+            with contextlib.suppress(OSError):
+                s = socketlib.socket(socketlib.AF_UNIX)
+                s.connect(str(socket))
+                conn = http.client.HTTPConnection("hbd")
+                conn.sock = s
+                conn.request("GET", "/_ping")
+                if conn.getresponse().status == 200:
+                    return
+        time.sleep(0.05)
+    raise RuntimeError(f"hbd did not answer on {socket}:\n{log.read_text()[-4000:]}")
+
+
+def kill_guests(exec_root: Path) -> None:
+    """Kill any QEMU whose run directory is under exec_root (a test's leftovers)."""
+    for pidfile in exec_root.glob("*/qemu.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def hbd_daemon(extra_args: tuple[str, ...] = (), load_busybox: bool = True,
+               base: Path | None = None) -> Iterator[RunningDaemon]:
+    tag = secrets.token_hex(4)
+    base = base or Path(tempfile.mkdtemp(prefix=f"hbd-test-{tag}-"))
+    exec_root = Path(f"/run/hbd-t-{tag}")
+    socket = exec_root / "hbd.sock"
+    data_root = base / "data"
+    log = base / "hbd.log"
+    exec_root.mkdir(parents=True)
+    with open(log, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hbd", "-H", f"unix://{socket}", "--data-root",
+             str(data_root), "--exec-root", str(exec_root), "--log-level", "debug",
+             *extra_args],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+    daemon = RunningDaemon(socket, data_root, exec_root, log, process)
+    try:
+        wait_for_socket(socket, process, log)
+        if load_busybox:
+            daemon.docker("load", "-q", "-i", str(BUSYBOX_TAR))
+        yield daemon
+    finally:
+        daemon.stop()
+        kill_guests(exec_root)
+        shutil.rmtree(exec_root, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
