@@ -12,8 +12,10 @@ from hbd.drivers.vm import QemuMicrovmDriver
 from hbd.errors import InvalidParameter
 from hbd.events import EventBus
 from hbd.services.containers import ContainerService
+from hbd.services.dns import DnsServer, NetworkView
 from hbd.services.execs import ExecService
 from hbd.services.images import ImageStore
+from hbd.services.networks import DEFAULT_BRIDGE, NetworkService
 from hbd.services.scratch import ScratchDisks
 from hbd.services.system import SystemService
 from hbd.store import StateStore
@@ -29,6 +31,8 @@ class Daemon:
     state: StateStore = field(init=False)
     events: EventBus = field(init=False)
     images: ImageStore = field(init=False)
+    networks: NetworkService = field(init=False)
+    dns: DnsServer = field(init=False)
     containers: ContainerService = field(init=False)
     execs: ExecService = field(init=False)
     system: SystemService = field(init=False)
@@ -56,12 +60,36 @@ class Daemon:
         else:
             self.accel = self.accel or "fake"
         log.info("guest accelerator: %s", self.accel)
-        self.containers = ContainerService(config, self.state, self.images, self.events,
-                                           self.sandbox_driver, scratch, self.accel)
+        self.networks = NetworkService(self.state, self.events)
+        await self.networks.start()
+        self.dns = DnsServer(self._dns_views)
+        self.networks.on_change.append(self.dns.refresh)
+        await self.dns.reconcile()
+        self.containers = ContainerService(config, self.state, self.images, self.networks,
+                                           self.events, self.sandbox_driver, scratch,
+                                           self.accel)
         self.execs = ExecService(self.containers, self.events)
         self.system = SystemService(config, self.state, self.images, self.containers,
                                     self.events, self.accel)
         await self.containers.restore()
 
+    def _dns_views(self) -> list[NetworkView]:
+        """Per bridge network: its gateway and the names of running containers on it."""
+        views = []
+        for n in self.networks.networks.values():
+            if n.driver != "bridge" or not n.gateway:
+                continue
+            names: dict[str, list[str]] = {}
+            if n.name != DEFAULT_BRIDGE:  # dockerd serves no names on the default bridge
+                for run in self.networks.runs.values():
+                    endpoint = run.endpoints.get(n.name)
+                    if endpoint is None:
+                        continue
+                    for name in endpoint.dns_names:
+                        names.setdefault(name.lower(), []).append(endpoint.ip)
+            views.append(NetworkView(n.gateway, n.name, names))
+        return views
+
     async def stop(self) -> None:
         await self.containers.shutdown()
+        self.dns.close()

@@ -32,6 +32,7 @@ from hbd.drivers.sandbox import BootError, Sandbox, SandboxDriver, SandboxSpec
 from hbd.drivers.vm import DiskSpec, VMSpec
 from hbd.errors import (
     Conflict,
+    Forbidden,
     HbdError,
     InvalidParameter,
     NotFound,
@@ -43,7 +44,11 @@ from hbd.errors import (
 from hbd.events import EventBus
 from hbd.services import container_config as cc
 from hbd.services.container_filters import ContainerFilter, PruneFilter
+from hbd.services import container_network as cn
+from hbd.services.container_network import run_from_record, run_record
+from hbd.services.dns import host_resolvers
 from hbd.services.images import ImageStore
+from hbd.services.networks import NetworkService, RunNetworking
 from hbd.services.logs import JsonFileWriter, LogQuery, LogRecord, query_logs
 from hbd.services.scratch import ScratchDisks
 from hbd.services.timefmt import ZERO_TIME, human_duration, parse_rfc3339, rfc3339_nano
@@ -156,6 +161,10 @@ class Container:
     args: list[str]
     state: ContainerState = field(default_factory=ContainerState)
     restart_count: int = 0
+    # Network name -> EndpointSettings, as configured at create/connect.
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # While running: endpoints and published ports (persisted for re-attach).
+    run_network: RunNetworking | None = None
     # Runtime only, never persisted.
     run: Run | None = field(default=None, repr=False)
     attachments: set[Attachment] = field(default_factory=set, repr=False)
@@ -173,7 +182,8 @@ class Container:
             "id": self.id, "name": self.name, "created": self.created,
             "image_id": self.image_id, "config": self.config, "host_config": self.host_config,
             "path": self.path, "args": self.args, "state": asdict(self.state),
-            "restart_count": self.restart_count,
+            "restart_count": self.restart_count, "networks": self.networks,
+            "run_network": run_record(self.run_network) if self.run_network else None,
         }
 
     @classmethod
@@ -182,7 +192,9 @@ class Container:
             id=rec["id"], name=rec["name"], created=rec["created"], image_id=rec["image_id"],
             config=rec["config"], host_config=rec["host_config"], path=rec["path"],
             args=rec["args"], state=ContainerState(**rec["state"]),
-            restart_count=rec.get("restart_count", 0),
+            restart_count=rec.get("restart_count", 0), networks=rec.get("networks", {}),
+            run_network=run_from_record(rec["run_network"]) if rec.get("run_network")
+            else None,
         )
 
     def health_status(self) -> str:
@@ -205,9 +217,10 @@ class Container:
 
 class ContainerService:
     def __init__(self, config: Config, state: StateStore, images: ImageStore,
-                 events: EventBus, sandboxes: SandboxDriver, scratch: ScratchDisks,
-                 accel: str) -> None:
+                 networks: NetworkService, events: EventBus, sandboxes: SandboxDriver,
+                 scratch: ScratchDisks, accel: str) -> None:
         self.config = config
+        self.networks = networks
         self.accel = accel
         self.state = state
         self.images = images
@@ -300,12 +313,15 @@ class ContainerService:
             name = "/" + cc.generate_name({n.lstrip("/") for n in self.names})
         cc.merge_image_config(config, img.container_config)
         args = cc.command_of(config)
+        attachments = cn.attachments_for_create(host_config, body.get("NetworkingConfig"),
+                                                self.networks)
+        cn.published_ports(config, host_config)  # reject bad port specs now, not at start
         cid = secrets.token_hex(32)
         if not config["Hostname"]:
             config["Hostname"] = cid[:12]
         c = Container(
             id=cid, name=name, created=rfc3339_nano(), image_id=img.id, config=config,
-            host_config=host_config, path=args[0], args=args[1:],
+            host_config=host_config, path=args[0], args=args[1:], networks=attachments,
         )
         directory = self._dir(c)
         directory.mkdir(parents=True)
@@ -324,7 +340,8 @@ class ContainerService:
 
     # -- start -----------------------------------------------------------------
 
-    def _sandbox_spec(self, c: Container, image_disk: Path) -> SandboxSpec:
+    def _sandbox_spec(self, c: Container, image_disk: Path,
+                      network: RunNetworking) -> SandboxSpec:
         hc = c.host_config
         memory_mib = self.config.vm.memory_mib
         if hc.get("Memory"):
@@ -343,26 +360,26 @@ class ContainerService:
                 DiskSpec(image_disk, "image", readonly=True),
                 DiskSpec(self._dir(c) / "scratch.qcow2", "scratch", format="qcow2"),
             ],
+            nics=network.nics,
             tcg_tb_size_mib=self.config.vm.tcg_tb_size_mib,
         )
+        files = [
+            FileSpec("/etc/hostname", f"{c.hostname}\n".encode()),
+            FileSpec("/etc/hosts", cn.hosts_file(c.hostname, network,
+                                                 list(hc.get("ExtraHosts") or []))),
+            FileSpec("/etc/resolv.conf", cn.resolv_conf(network, hc, host_resolvers())),
+        ]
         setup = SetupSpec(
             hostname=c.hostname,
             domainname=str(c.config.get("Domainname") or ""),
             readonly_rootfs=bool(hc.get("ReadonlyRootfs")),
-            files=self._etc_files(c),
+            files=files,
+            interfaces=network.interfaces,
+            routes=network.routes,
+            sysctls={str(k): str(v) for k, v in (hc.get("Sysctls") or {}).items()},
             memory_limit=int(hc.get("Memory") or 0),
         )
         return SandboxSpec(vm=vm, setup=setup)
-
-    def _etc_files(self, c: Container) -> list[FileSpec]:
-        hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-                 "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n"
-                 "ff02::2\tip6-allrouters\n")
-        return [
-            FileSpec("/etc/hostname", f"{c.hostname}\n".encode()),
-            FileSpec("/etc/hosts", hosts.encode()),
-            FileSpec("/etc/resolv.conf", host_resolv_conf()),
-        ]
 
     def _main_process(self, c: Container) -> ProcessSpec:
         console = c.host_config.get("ConsoleSize") or [0, 0]
@@ -396,11 +413,18 @@ class ContainerService:
         if img is None:
             raise SystemError_(f"image {c.image_id} of container {c.id[:12]} is gone")
         disk = await self.images.ensure_disk(img)
+        network = await self.networks.connect_run(
+            c.id, c.networks, [c.name.lstrip("/"), c.id[:12]],
+            cn.published_ports(c.config, c.host_config))
         try:
-            sandbox = await self.sandboxes.boot(self._sandbox_spec(c, disk))
+            sandbox = await self.sandboxes.boot(self._sandbox_spec(c, disk, network))
         except BootError as e:
+            await self.networks.disconnect_run(c.id)
             self._start_failed(c, f"failed to boot guest: {e}", 128)
             raise SystemError_(f"failed to create task for container: {e}") from e
+        except BaseException:
+            await self.networks.disconnect_run(c.id)
+            raise
         writer = JsonFileWriter(self.log_path(c))
         run = Run(c, sandbox, writer)
         try:
@@ -408,6 +432,7 @@ class ContainerService:
         except AgentError as e:
             writer.close()
             await sandbox.destroy()
+            await self.networks.disconnect_run(c.id)
             message = ("failed to create task for container: unable to start container "
                        f"process: {e.message}: unknown")
             exit_code = 126 if "permission denied" in e.message or \
@@ -418,6 +443,7 @@ class ContainerService:
             self._start_failed(c, message, 128)
             raise SystemError_(message) from e
         c.run = run
+        c.run_network = network
         c.state = ContainerState(
             status="running", running=True, pid=sandbox.pid, started_at=rfc3339_nano(),
         )
@@ -452,6 +478,8 @@ class ContainerService:
         run.log.close()
         c.run = None
         c.run_started.clear()
+        c.run_network = None
+        await self.networks.disconnect_run(c.id)
         c.state = ContainerState(
             status="exited", exit_code=status.exit_code, oom_killed=status.oom_killed,
             error=error, started_at=c.state.started_at, finished_at=rfc3339_nano(),
@@ -666,6 +694,60 @@ class ContainerService:
             if not fut.done():
                 fut.set_result(c.state.exit_code)
 
+    # -- networks ----------------------------------------------------------------
+
+    def network_members(self, network_name: str) -> dict[str, dict[str, Any]]:
+        """`network inspect` Containers: running members with their endpoints."""
+        out = {}
+        for c in self.containers.values():
+            run = c.run_network
+            endpoint = run.endpoints.get(network_name) if run is not None else None
+            if endpoint is None:
+                continue
+            out[c.id] = {"Name": c.name.lstrip("/"), "EndpointID": endpoint.endpoint_id,
+                         "MacAddress": endpoint.mac,
+                         "IPv4Address": f"{endpoint.ip}/{endpoint.prefix}",
+                         "IPv6Address": ""}
+        return out
+
+    def configured_on(self, network_name: str) -> list[str]:
+        return [c.id for c in self.containers.values() if network_name in c.networks]
+
+    def connect(self, ref: str, network_ref: str, settings: dict[str, Any]) -> None:
+        c = self.get(ref)
+        n = self.networks.get(network_ref)
+        if c.state.running:
+            raise Conflict(
+                f"cannot connect running container {c.name.lstrip('/')} to network {n.name}: "
+                "a microvm has no hotplug; stop the container, connect it, start it again")
+        if n.name in c.networks:
+            raise Forbidden(f"endpoint with name {c.name.lstrip('/')} already exists in "
+                            f"network {n.name}")
+        if not c.networks and c.host_config.get("NetworkMode") == "none":
+            raise Forbidden("container cannot be disconnected from host network or "
+                            "connected to host network")
+        attach = cn.attachments_for_create({"NetworkMode": n.name},
+                                           {"EndpointsConfig": {n.name: settings or {}}},
+                                           self.networks)
+        c.networks.update(attach)
+        self._save(c)
+        self.events.publish("network", "connect", n.id,
+                            {"container": c.id, "name": n.name, "type": n.driver})
+
+    def disconnect(self, ref: str, network_ref: str, force: bool = False) -> None:
+        c = self.get(ref)
+        n = self.networks.get(network_ref)
+        if c.state.running and not force:
+            raise Conflict(
+                f"cannot disconnect running container {c.name.lstrip('/')} from network "
+                f"{n.name}: a microvm has no hotplug; stop the container first")
+        if n.name not in c.networks:
+            raise Forbidden(f"container {c.id} is not connected to network {n.name}")
+        del c.networks[n.name]
+        self._save(c)
+        self.events.publish("network", "disconnect", n.id,
+                            {"container": c.id, "name": n.name, "type": n.driver})
+
     # -- views -------------------------------------------------------------------
 
     def inspect(self, ref: str) -> dict[str, Any]:
@@ -698,7 +780,8 @@ class ContainerService:
             }},
             "Mounts": [],
             "Config": c.config,
-            "NetworkSettings": _network_settings(),
+            "NetworkSettings": cn.network_settings(self.networks, c.networks, c.config,
+                                                   c.run_network),
         }
 
     def summary(self, c: Container) -> dict[str, Any]:
@@ -710,12 +793,13 @@ class ContainerService:
             "ImageID": c.image_id,
             "Command": command,
             "Created": int(parse_rfc3339(c.created)),
-            "Ports": [],
+            "Ports": cn.summary_ports(c.run_network, c.config),
             "Labels": c.config.get("Labels") or {},
             "State": c.state.status,
             "Status": c.state.describe(),
             "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "default")},
-            "NetworkSettings": {"Networks": {}},
+            "NetworkSettings": {"Networks": cn.network_settings(
+                self.networks, c.networks, c.config, c.run_network)["Networks"]},
             "Mounts": [],
         }
 
@@ -760,8 +844,11 @@ class ContainerService:
                     status="exited", exit_code=VANISHED_EXIT_CODE,
                     error="guest exited while hbd was down", started_at=c.state.started_at,
                     finished_at=rfc3339_nano())
+                c.run_network = None
                 self._save(c)
                 continue
+            if c.run_network is not None:
+                await self.networks.adopt_run(c.id, c.run_network)
             writer = JsonFileWriter(self.log_path(c))
             run = Run(c, sandbox, writer)
             main = [p for p in sandbox.processes if p.main]
@@ -773,6 +860,7 @@ class ContainerService:
             c.run = run
             c.run_started.set()
             self._spawn(self._watch(c, run))
+        await self.networks.remove_leaked_taps()
 
     async def shutdown(self) -> None:
         """hbd is stopping: leave guests running, stop watching them."""
@@ -791,30 +879,5 @@ def _familiar_or_raw(ref: str) -> str:
         return parse_reference(ref).with_default_tag().familiar
     except HbdError:
         return ref
-
-
-def host_resolv_conf() -> bytes:
-    """The host's resolv.conf without loopback resolvers, as dockerd filters it."""
-    try:
-        with open("/etc/resolv.conf", "rb") as f:
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        lines = []
-    kept = [line for line in lines
-            if not (line.startswith("nameserver") and
-                    (line.split()[1:2] or [""])[0].startswith(("127.", "::1")))]
-    if not any(line.startswith("nameserver") for line in kept):
-        kept += ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
-    return ("\n".join(kept) + "\n").encode()
-
-
-def _network_settings() -> dict[str, Any]:
-    return {
-        "Bridge": "", "SandboxID": "", "HairpinMode": False, "LinkLocalIPv6Address": "",
-        "LinkLocalIPv6PrefixLen": 0, "Ports": {}, "SandboxKey": "",
-        "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None, "EndpointID": "",
-        "Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": "",
-        "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "", "Networks": {},
-    }
 
 

@@ -1,0 +1,201 @@
+"""Host networking for guests: Linux bridges and taps (pyroute2), NAT and
+filtering rules (nftables). Knows nothing of Docker.
+
+Every nftables rule hbd owns lives in one table, `ip hbd`, which is rebuilt
+whole from the caller's description on each change (`nft -f`, atomic), so a
+crash or restart can never leave a stale rule behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger(__name__)
+
+NFT_TABLE = "hbd"
+
+
+class NetError(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _ipr() -> Iterator[IPRoute]:
+    ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface | None, mtu: int = 1500) -> None:
+    """A bridge named `name`, up, holding `gateway` (and no other address)."""
+    with _ipr() as ipr:
+        idx = _index(ipr, name)
+        if idx is None:
+            try:
+                ipr.link("add", ifname=name, kind="bridge")
+            except NetlinkError as e:
+                raise NetError(f"cannot create bridge {name}: {e}") from e
+            idx = _index(ipr, name)
+            assert idx is not None
+        ipr.link("set", index=idx, mtu=mtu)
+        if gateway is not None:
+            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                    for a in ipr.get_addr(index=idx, family=2)}
+            want = (str(gateway.ip), gateway.network.prefixlen)
+            for address, prefix in have - {want}:
+                ipr.addr("del", index=idx, address=address, prefixlen=prefix)
+            if want not in have:
+                ipr.addr("add", index=idx, address=want[0], prefixlen=want[1])
+        ipr.link("set", index=idx, state="up")
+
+
+def delete_link(name: str) -> None:
+    with _ipr() as ipr:
+        idx = _index(ipr, name)
+        if idx is not None:
+            with contextlib.suppress(NetlinkError):
+                ipr.link("del", index=idx)
+
+
+def create_tap(name: str, bridge: str, mtu: int = 1500) -> None:
+    """A persistent tap enslaved to `bridge`; QEMU opens it by name."""
+    with _ipr() as ipr:
+        bridge_idx = _index(ipr, bridge)
+        if bridge_idx is None:
+            raise NetError(f"bridge {bridge} does not exist")
+        idx = _index(ipr, name)
+        if idx is None:
+            try:
+                ipr.link("add", ifname=name, kind="tuntap", mode="tap")
+            except NetlinkError as e:
+                raise NetError(f"cannot create tap {name}: {e}") from e
+            idx = _index(ipr, name)
+            assert idx is not None
+        ipr.link("set", index=idx, master=bridge_idx, mtu=mtu, state="up")
+
+
+def links_with_prefix(prefix: str) -> list[str]:
+    with _ipr() as ipr:
+        names = [str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
+    return [n for n in names if n.startswith(prefix)]
+
+
+def routed_networks() -> list[ipaddress.IPv4Network]:
+    """Networks the host already routes (to pick subnets that do not collide)."""
+    out = []
+    with _ipr() as ipr:
+        for route in ipr.get_routes(family=2):
+            dst = route.get_attr("RTA_DST")
+            if dst and route["dst_len"] > 0:
+                with contextlib.suppress(ValueError):
+                    out.append(ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False))
+    return out
+
+
+@dataclass
+class PortForward:
+    protocol: str  # tcp | udp
+    host_ip: str  # "" or "0.0.0.0" = every address
+    host_port: int
+    guest_ip: str
+    guest_port: int
+
+
+@dataclass
+class BridgeRules:
+    name: str
+    subnet: str
+    internal: bool = False
+
+
+@dataclass
+class Ruleset:
+    bridges: list[BridgeRules] = field(default_factory=list)
+    forwards: list[PortForward] = field(default_factory=list)
+
+    def render(self) -> str:
+        """The whole `ip hbd` table.
+
+        - masquerade what leaves a (non-internal) bridge for elsewhere;
+        - drop traffic between two different hbd bridges (networks are isolated);
+        - DNAT published ports, from outside and from the host itself
+          (127.0.0.1 needs route_localnet on the loopback interface).
+        """
+        lines = [f"table ip {NFT_TABLE} {{"]
+        lines.append("  chain postrouting { type nat hook postrouting priority srcnat; "
+                     "policy accept;")
+        for b in self.bridges:
+            if not b.internal:
+                lines.append(f'    ip saddr {b.subnet} oifname != "{b.name}" masquerade')
+        # Published ports reached over 127.0.0.1 arrive with a loopback source
+        # the guest cannot answer: give them the bridge address instead.
+        for b in self.bridges:
+            lines.append(f'    ip saddr 127.0.0.0/8 oifname "{b.name}" masquerade')
+        lines.append("  }")
+        lines.append("  chain forward { type filter hook forward priority filter; "
+                     "policy accept;")
+        names = [b.name for b in self.bridges]
+        for b in self.bridges:
+            others = [n for n in names if n != b.name]
+            if others:
+                quoted = ", ".join(f'"{n}"' for n in others)
+                lines.append(f'    iifname "{b.name}" oifname {{ {quoted} }} drop')
+            if b.internal:
+                lines.append(f'    iifname "{b.name}" oifname != "{b.name}" drop')
+                lines.append(f'    oifname "{b.name}" iifname != "{b.name}" drop')
+        lines.append("  }")
+        for chain, hook in (("prerouting", "prerouting"), ("output", "output")):
+            lines.append(f"  chain {chain} {{ type nat hook {hook} priority -100; "
+                         "policy accept;")
+            for f in self.forwards:
+                match = "fib daddr type local" if f.host_ip in ("", "0.0.0.0") else \
+                    f"ip daddr {f.host_ip}"
+                lines.append(f"    {match} {f.protocol} dport {f.host_port} "
+                             f"dnat to {f.guest_ip}:{f.guest_port}")
+            lines.append("  }")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+
+async def apply_ruleset(ruleset: Ruleset) -> None:
+    script = f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n" + ruleset.render()
+    proc = await asyncio.create_subprocess_exec(
+        "nft", "-f", "-", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate(script.encode())
+    if proc.returncode != 0:
+        raise NetError(f"nft failed: {err.decode(errors='replace').strip()}\n{script}")
+
+
+async def remove_ruleset() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "nft", "delete", "table", "ip", NFT_TABLE, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
+    await proc.wait()
+
+
+def enable_forwarding() -> None:
+    """Guests reach the outside through the host: IPv4 forwarding on, and
+    DNAT of 127.0.0.1 allowed (route_localnet) for ports published on loopback."""
+    for path in ("/proc/sys/net/ipv4/ip_forward",
+                 "/proc/sys/net/ipv4/conf/all/route_localnet"):
+        try:
+            with open(path, "w") as f:
+                f.write("1")
+        except OSError as e:
+            log.warning("cannot set %s: %s", path, e)

@@ -1,0 +1,208 @@
+"""The DNS server guests use: one listener on each network's gateway address.
+
+It answers the names of containers on that network (container name, short
+ID, network aliases, hence compose service names) and only those: a
+container on another network does not resolve. Everything else is forwarded
+to the host's resolvers (hbd runs on the host, so even a loopback resolver
+such as systemd-resolved's works). dockerd does the same with its embedded
+server at 127.0.0.11; names on the default bridge network are not served,
+as in dockerd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+log = logging.getLogger(__name__)
+
+TTL = 600
+FORWARD_TIMEOUT = 3.0
+
+
+def host_resolvers(path: str = "/etc/resolv.conf") -> list[str]:
+    servers = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    servers.append(parts[1])
+    except OSError:
+        pass
+    return servers or ["8.8.8.8"]
+
+
+@dataclass(frozen=True)
+class NetworkView:
+    """What one listener serves: the network's gateway and its names."""
+
+    gateway: str
+    network: str
+    names: dict[str, list[str]]  # lower-case name -> IPv4 addresses
+
+
+class _Forwarder:
+    def __init__(self, upstreams: list[str]) -> None:
+        self.upstreams = upstreams
+
+    async def resolve(self, query: dns.message.Message) -> dns.message.Message:
+        wire = query.to_wire()
+        loop = asyncio.get_running_loop()
+        for server in self.upstreams:
+            try:
+                sock = socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET,
+                                     socket.SOCK_DGRAM)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, (server, 53))
+                    await loop.sock_sendall(sock, wire)
+                    data = await asyncio.wait_for(loop.sock_recv(sock, 65535),
+                                                  FORWARD_TIMEOUT)
+                finally:
+                    sock.close()
+                reply = dns.message.from_wire(data)
+                if reply.flags & dns.flags.TC:
+                    reply = await self._tcp(server, wire)
+                return reply
+            except (OSError, TimeoutError, dns.exception.DNSException) as e:
+                log.debug("upstream %s failed: %s", server, e)
+        response = dns.message.make_response(query)
+        response.set_rcode(dns.rcode.SERVFAIL)
+        return response
+
+    async def _tcp(self, server: str, wire: bytes) -> dns.message.Message:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(server, 53),
+                                                FORWARD_TIMEOUT)
+        try:
+            writer.write(len(wire).to_bytes(2, "big") + wire)
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            return dns.message.from_wire(await reader.readexactly(size))
+        finally:
+            writer.close()
+
+
+class _Listener:
+    def __init__(self, server: DnsServer, gateway: str) -> None:
+        self.server = server
+        self.gateway = gateway
+        self.udp: asyncio.DatagramTransport | None = None
+        self.tcp: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        listener = self
+
+        class Udp(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                asyncio.ensure_future(listener._answer_udp(data, addr))
+
+        transport, _ = await loop.create_datagram_endpoint(
+            Udp, local_addr=(self.gateway, 53), reuse_port=False)
+        self.udp = transport
+        self.tcp = await asyncio.start_server(self._serve_tcp, self.gateway, 53)
+
+    async def _answer_udp(self, data: bytes, addr: tuple[str, int]) -> None:
+        reply = await self.server.answer(self.gateway, data)
+        if reply is not None and self.udp is not None:
+            self.udp.sendto(reply, addr)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                reply = await self.server.answer(self.gateway, await reader.readexactly(size),
+                                                 tcp=True)
+                if reply is None:
+                    return
+                writer.write(len(reply).to_bytes(2, "big") + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        if self.udp is not None:
+            self.udp.close()
+        if self.tcp is not None:
+            self.tcp.close()
+
+
+class DnsServer:
+    def __init__(self, views: Callable[[], list[NetworkView]],
+                 upstreams: list[str] | None = None) -> None:
+        self._views_source = views
+        self._views: dict[str, NetworkView] = {}
+        self._listeners: dict[str, _Listener] = {}
+        self._forwarder = _Forwarder(upstreams or host_resolvers())
+
+    async def reconcile(self) -> None:
+        """Listen on exactly the current gateways, serving the current names."""
+        self._views = {v.gateway: v for v in self._views_source()}
+        for gateway in list(self._listeners):
+            if gateway not in self._views:
+                self._listeners.pop(gateway).close()
+        for gateway in self._views:
+            if gateway not in self._listeners:
+                listener = _Listener(self, gateway)
+                try:
+                    await listener.start()
+                except OSError as e:
+                    log.warning("DNS cannot listen on %s:53: %s", gateway, e)
+                    listener.close()
+                    continue
+                self._listeners[gateway] = listener
+
+    def refresh(self) -> None:
+        """Names changed (a container started or stopped): serve the new view."""
+        asyncio.ensure_future(self.reconcile())
+
+    async def answer(self, gateway: str, data: bytes, tcp: bool = False) -> bytes | None:
+        try:
+            query = dns.message.from_wire(data)
+        except dns.exception.DNSException:
+            return None
+        if not query.question:
+            return None
+        question = query.question[0]
+        name = question.name.to_text(omit_final_dot=True).lower()
+        view = self._views.get(gateway)
+        addresses = None
+        if view is not None:
+            # "web" and "web.<network>" both name the container, as in dockerd.
+            suffix = "." + view.network.lower()
+            short = name[: -len(suffix)] if name.endswith(suffix) else name
+            addresses = view.names.get(short)
+        if addresses is not None and question.rdclass == dns.rdataclass.IN:
+            response = dns.message.make_response(query)
+            response.flags |= dns.flags.AA | dns.flags.RA
+            if question.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY):
+                response.answer.append(dns.rrset.from_text_list(
+                    question.name, TTL, "IN", "A", addresses))
+            return response.to_wire()
+        reply = await self._forwarder.resolve(query)
+        reply.id = query.id
+        with contextlib.suppress(dns.exception.DNSException):
+            return reply.to_wire(max_size=65535 if tcp else 512)
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.TC
+        return response.to_wire()
+
+    def close(self) -> None:
+        for listener in self._listeners.values():
+            listener.close()
+        self._listeners.clear()

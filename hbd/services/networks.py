@@ -1,0 +1,508 @@
+"""Docker networks on Linux bridges: IPAM, endpoints, published ports, isolation.
+
+One bridge per network, one tap per container NIC. Addresses are assigned
+by hbd and configured by the guest init (no DHCP). Each network's gateway
+address also serves DNS (hbd.services.dns) for the names on that network.
+Networks are isolated from each other, as Docker's bridge networks are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import ipaddress
+import logging
+import secrets
+import socket
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hbd.drivers import net
+from hbd.drivers.agent import InterfaceSpec, RouteSpec
+from hbd.drivers.vm import NicSpec
+from hbd.errors import (
+    Conflict,
+    Forbidden,
+    HbdError,
+    InvalidParameter,
+    NotFound,
+    SystemError_,
+)
+from hbd.events import EventBus
+from hbd.services.timefmt import rfc3339_nano
+from hbd.store import StateStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BRIDGE = "bridge"
+PREDEFINED = ("bridge", "host", "none")
+# Candidate subnets, in dockerd's default-address-pools order.
+POOLS = [ipaddress.IPv4Network(f"172.{n}.0.0/16") for n in range(17, 32)] + \
+    [ipaddress.IPv4Network(f"192.168.{n}.0/20") for n in range(0, 256, 16)]
+EPHEMERAL_PORTS = range(32768, 61000)
+TAP_PREFIX = "hbt"
+BRIDGE_PREFIX = "hbr"
+
+
+class NetworkNotFound(NotFound):
+    pass
+
+
+def network_not_found(ref: str) -> NetworkNotFound:
+    return NetworkNotFound(f"network {ref} not found")
+
+
+@dataclass
+class Network:
+    id: str
+    name: str
+    driver: str
+    created: str
+    bridge: str = ""
+    subnet: str = ""
+    gateway: str = ""
+    ip_range: str = ""
+    internal: bool = False
+    attachable: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+    ipam_options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | None:
+        return ipaddress.IPv4Network(self.subnet) if self.subnet else None
+
+    @property
+    def builtin(self) -> bool:
+        return self.name in PREDEFINED
+
+
+@dataclass
+class Endpoint:
+    """A container's attachment to one network for one run."""
+
+    network_id: str
+    endpoint_id: str
+    ip: str
+    prefix: int
+    gateway: str
+    mac: str
+    tap: str
+    aliases: list[str]
+    dns_names: list[str]
+
+
+@dataclass
+class PublishedPort:
+    container_port: int
+    protocol: str
+    host_ip: str
+    host_port: int
+
+
+@dataclass
+class RunNetworking:
+    """What a guest needs for its network, and what to undo after its run."""
+
+    interfaces: list[InterfaceSpec]
+    routes: list[RouteSpec]
+    nics: list[NicSpec]
+    nameserver: str
+    endpoints: dict[str, Endpoint]
+    ports: list[PublishedPort]
+
+
+def mac_for(ip: str) -> str:
+    """dockerd's generated MAC: 02:42 followed by the IPv4 address."""
+    octets = [int(x) for x in ip.split(".")]
+    return "02:42:" + ":".join(f"{o:02x}" for o in octets)
+
+
+class NetworkService:
+    def __init__(self, state: StateStore, events: EventBus) -> None:
+        self.state = state
+        self.events = events
+        self.networks: dict[str, Network] = {}
+        # network id -> {ip: container id}
+        self.leases: dict[str, dict[str, str]] = {}
+        # container id -> its endpoints and published ports while it runs
+        self.runs: dict[str, RunNetworking] = {}
+        self._reservations: dict[tuple[str, str, int], socket.socket] = {}
+        self._lock = asyncio.Lock()
+        self.on_change: list[Any] = []  # callbacks (no arguments): DNS reloads its view
+        for _, rec in state.load("networks"):
+            n = Network(**rec)
+            self.networks[n.id] = n
+            self.leases[n.id] = {}
+
+    # -- lookup ----------------------------------------------------------------
+
+    def get(self, ref: str) -> Network:
+        """By full ID, full name, or unique ID prefix, as dockerd's FindNetwork."""
+        if ref in self.networks:
+            return self.networks[ref]
+        by_name = [n for n in self.networks.values() if n.name == ref]
+        if by_name:
+            return by_name[0]
+        by_prefix = [n for n in self.networks.values() if n.id.startswith(ref)]
+        if len(by_prefix) == 1 and ref:
+            return by_prefix[0]
+        if len(by_prefix) > 1:
+            raise InvalidParameter(f"network {ref} is ambiguous ({len(by_prefix)} matches "
+                                   "found based on ID prefix)")
+        raise network_not_found(ref)
+
+    def _save(self, n: Network) -> None:
+        self.state.put("networks", n.id, asdict(n))
+
+    # -- start-up ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the predefined networks once, then bring every bridge and rule up."""
+        net.enable_forwarding()
+        names = {n.name for n in self.networks.values()}
+        if "none" not in names:
+            self._add(Network(secrets.token_hex(32), "none", "null", rfc3339_nano()))
+        if "host" not in names:
+            self._add(Network(secrets.token_hex(32), "host", "host", rfc3339_nano()))
+        if DEFAULT_BRIDGE not in names:
+            subnet = self._free_subnet()
+            self._add(Network(
+                secrets.token_hex(32), DEFAULT_BRIDGE, "bridge", rfc3339_nano(),
+                bridge=f"{BRIDGE_PREFIX}0", subnet=str(subnet),
+                gateway=str(next(subnet.hosts())),
+                options={"com.docker.network.bridge.default_bridge": "true",
+                         "com.docker.network.bridge.enable_icc": "true",
+                         "com.docker.network.bridge.enable_ip_masquerade": "true",
+                         "com.docker.network.bridge.name": f"{BRIDGE_PREFIX}0",
+                         "com.docker.network.driver.mtu": "1500"}))
+        for n in self.networks.values():
+            if n.driver == "bridge":
+                await asyncio.to_thread(self._bring_up, n)
+        # Taps of guests that are gone (leaked by a crash) are removed by the
+        # container service once it knows which guests survived.
+        await self.apply_rules()
+
+    def _add(self, n: Network) -> None:
+        self.networks[n.id] = n
+        self.leases[n.id] = {}
+        self._save(n)
+
+    @staticmethod
+    def _bring_up(n: Network) -> None:
+        gateway = ipaddress.IPv4Interface(f"{n.gateway}/{n.network.prefixlen}") \
+            if n.network is not None and n.gateway else None
+        net.ensure_bridge(n.bridge, gateway)
+
+    def _free_subnet(self) -> ipaddress.IPv4Network:
+        used = [n.network for n in self.networks.values() if n.network is not None]
+        used += [r for r in net.routed_networks() if not
+                 any(r == n.network for n in self.networks.values())]
+        for candidate in POOLS:
+            if not any(candidate.overlaps(u) for u in used):
+                return candidate
+        raise Forbidden("could not find an available, non-overlapping IPv4 address pool "
+                        "among the defaults to assign to the network")
+
+    async def apply_rules(self) -> None:
+        ruleset = net.Ruleset(
+            bridges=[net.BridgeRules(n.bridge, n.subnet, n.internal)
+                     for n in self.networks.values() if n.driver == "bridge"],
+            forwards=[net.PortForward(p.protocol, p.host_ip, p.host_port,
+                                      run.endpoints[self._primary(run)].ip, p.container_port)
+                      for run in self.runs.values() for p in run.ports if run.endpoints],
+        )
+        try:
+            await net.apply_ruleset(ruleset)
+        except net.NetError as e:
+            raise SystemError_(str(e)) from e
+
+    @staticmethod
+    def _primary(run: RunNetworking) -> str:
+        return next(iter(run.endpoints))
+
+    # -- create / remove -----------------------------------------------------------
+
+    async def create(self, body: dict[str, Any]) -> dict[str, str]:
+        if not isinstance(body, dict):
+            raise InvalidParameter("invalid JSON: network config must be an object")
+        name = body.get("Name")
+        if not name or not isinstance(name, str):
+            raise InvalidParameter("network name must not be empty")
+        driver = body.get("Driver") or "bridge"
+        if driver != "bridge":
+            if driver in ("host", "null"):
+                raise Forbidden(f"only one instance of \"{driver}\" network is allowed")
+            raise NotFound(f"plugin \"{driver}\" not found")
+        async with self._lock:
+            if any(n.name == name for n in self.networks.values()):
+                raise Conflict(f"network with name {name} already exists")
+            ipam = body.get("IPAM") or {}
+            configs = ipam.get("Config") or []
+            if len(configs) > 1:
+                raise InvalidParameter("hbd supports one IPv4 subnet per network")
+            config = configs[0] if configs else {}
+            subnet, gateway, ip_range = self._ipam(config)
+            nid = secrets.token_hex(32)
+            options = {str(k): str(v) for k, v in (body.get("Options") or {}).items()}
+            n = Network(
+                id=nid, name=name, driver="bridge", created=rfc3339_nano(),
+                bridge=options.get("com.docker.network.bridge.name") or
+                f"{BRIDGE_PREFIX}-{nid[:10]}",
+                subnet=str(subnet), gateway=str(gateway), ip_range=ip_range,
+                internal=bool(body.get("Internal")), attachable=bool(body.get("Attachable")),
+                labels={str(k): str(v) for k, v in (body.get("Labels") or {}).items()},
+                options=options,
+                ipam_options={str(k): str(v) for k, v in (ipam.get("Options") or {}).items()},
+            )
+            try:
+                await asyncio.to_thread(self._bring_up, n)
+            except net.NetError as e:
+                raise SystemError_(str(e)) from e
+            self._add(n)
+            await self.apply_rules()
+        self.events.publish("network", "create", n.id, {"name": n.name, "type": n.driver})
+        self._changed()
+        return {"Id": n.id, "Warning": ""}
+
+    def _ipam(self, config: dict[str, Any]) -> tuple[ipaddress.IPv4Network,
+                                                      ipaddress.IPv4Address, str]:
+        raw_subnet = config.get("Subnet")
+        if raw_subnet:
+            try:
+                subnet = ipaddress.IPv4Network(raw_subnet, strict=False)
+            except ValueError:
+                raise InvalidParameter(f"invalid subnet {raw_subnet}") from None
+            if ipaddress.IPv4Interface(raw_subnet).ip != subnet.network_address:
+                raise InvalidParameter(f"invalid subnet {raw_subnet}: it should be {subnet}")
+            for other in self.networks.values():
+                if other.network is not None and other.network.overlaps(subnet):
+                    raise Forbidden("Pool overlaps with other one on this address space")
+        else:
+            subnet = self._free_subnet()
+        if subnet.num_addresses < 4:
+            raise InvalidParameter(f"subnet {subnet} is too small")
+        raw_gateway = config.get("Gateway")
+        if raw_gateway:
+            try:
+                gateway = ipaddress.IPv4Address(raw_gateway)
+            except ValueError:
+                raise InvalidParameter(f"invalid gateway {raw_gateway}") from None
+            if gateway not in subnet:
+                raise Forbidden(f"no matching subnet for gateway {raw_gateway}")
+        else:
+            gateway = next(subnet.hosts())
+        ip_range = config.get("IPRange") or ""
+        if ip_range:
+            try:
+                rng = ipaddress.IPv4Network(ip_range, strict=False)
+            except ValueError:
+                raise InvalidParameter(f"invalid ip-range {ip_range}") from None
+            if not rng.subnet_of(subnet):
+                raise InvalidParameter(f"ip-range {ip_range} is not within subnet {subnet}")
+        return subnet, gateway, ip_range
+
+    def in_use(self, n: Network) -> list[str]:
+        return sorted({cid for cid in self.leases.get(n.id, {}).values()})
+
+    async def remove(self, ref: str, attached: list[str]) -> None:
+        """`attached`: containers (running or not) configured on this network."""
+        n = self.get(ref)
+        if n.builtin:
+            raise Forbidden(f"{n.name} is a pre-defined network and cannot be removed")
+        active = self.in_use(n)
+        if active or attached:
+            raise Forbidden(f"error while removing network: network {n.name} id {n.id} has "
+                            "active endpoints")
+        async with self._lock:
+            del self.networks[n.id]
+            self.leases.pop(n.id, None)
+            self.state.delete("networks", n.id)
+            await asyncio.to_thread(net.delete_link, n.bridge)
+            await self.apply_rules()
+        self.events.publish("network", "destroy", n.id, {"name": n.name, "type": n.driver})
+        self._changed()
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
+
+    # -- endpoints for a container run ---------------------------------------------
+
+    def _allocate_ip(self, n: Network, container_id: str, wanted: str) -> str:
+        subnet = n.network
+        assert subnet is not None
+        leases = self.leases.setdefault(n.id, {})
+        if wanted:
+            try:
+                ip = ipaddress.IPv4Address(wanted)
+            except ValueError:
+                raise InvalidParameter(f"invalid IPv4 address: {wanted}") from None
+            if ip not in subnet:
+                raise InvalidParameter(f"no configured subnet or ip-range contain the IP "
+                                       f"address {wanted}")
+            if str(ip) in leases or str(ip) == n.gateway:
+                raise Conflict(f"Address already in use: {wanted}")
+            leases[str(ip)] = container_id
+            return str(ip)
+        pool = ipaddress.IPv4Network(n.ip_range) if n.ip_range else subnet
+        for ip in pool.hosts():
+            text = str(ip)
+            if text != n.gateway and text not in leases:
+                leases[text] = container_id
+                return text
+        raise SystemError_(f"no available IPv4 addresses on this network's address pools: "
+                           f"{n.name} ({n.id})")
+
+    @staticmethod
+    def tap_name(container_id: str, network_id: str) -> str:
+        digest = hashlib.sha256(f"{container_id}/{network_id}".encode()).hexdigest()
+        return f"{TAP_PREFIX}{digest[:12]}"
+
+    async def connect_run(self, container_id: str, attachments: dict[str, dict[str, Any]],
+                          names: list[str], publish: list[PublishedPort]) -> RunNetworking:
+        """Endpoints, taps and port forwards for a container that is starting.
+
+        `attachments` maps network name to the container's EndpointSettings.
+        """
+        run = RunNetworking([], [], [], "", {}, [])
+        try:
+            async with self._lock:
+                for index, (net_name, settings) in enumerate(attachments.items()):
+                    n = self.get(net_name)
+                    if n.driver != "bridge":
+                        continue
+                    wanted = ((settings.get("IPAMConfig") or {}).get("IPv4Address") or "")
+                    ip = self._allocate_ip(n, container_id, wanted)
+                    prefix = n.network.prefixlen if n.network else 32
+                    mac = settings.get("MacAddress") or mac_for(ip)
+                    tap = self.tap_name(container_id, n.id)
+                    aliases = [a for a in settings.get("Aliases") or [] if a]
+                    endpoint = Endpoint(n.id, secrets.token_hex(32), ip, prefix, n.gateway,
+                                        mac, tap, aliases, list(dict.fromkeys(
+                                            [*names, *aliases])))
+                    run.endpoints[n.name] = endpoint
+                    await asyncio.to_thread(net.create_tap, tap, n.bridge)
+                    run.nics.append(NicSpec(tap, mac))
+                    run.interfaces.append(InterfaceSpec(mac=mac, name=f"eth{index}",
+                                                        addresses=[f"{ip}/{prefix}"]))
+                    if not run.routes and not n.internal:
+                        run.routes.append(RouteSpec("0.0.0.0/0", n.gateway))
+                    if not run.nameserver:
+                        run.nameserver = n.gateway
+                if publish and run.endpoints:
+                    run.ports = self._reserve_ports(publish)
+                self.runs[container_id] = run
+                await self.apply_rules()
+        except BaseException:
+            await self._release(container_id, run)
+            raise
+        self._changed()
+        return run
+
+    def _reserve_ports(self, publish: list[PublishedPort]) -> list[PublishedPort]:
+        """Bind each host port (as docker-proxy would) so nobody else takes it.
+
+        The traffic itself is DNATed to the guest by nftables; the bound socket
+        only holds the port and reports a conflict with whatever has it.
+        """
+        out = []
+        for p in publish:
+            kind = socket.SOCK_STREAM if p.protocol == "tcp" else socket.SOCK_DGRAM
+            host_ip = p.host_ip or "0.0.0.0"
+            candidates = [p.host_port] if p.host_port else list(EPHEMERAL_PORTS)
+            for port in candidates:
+                sock = socket.socket(socket.AF_INET, kind)
+                try:
+                    sock.bind((host_ip, port))
+                except OSError as e:
+                    sock.close()
+                    if p.host_port:
+                        detail = "port is already allocated" if e.errno == errno.EADDRINUSE \
+                            else e.strerror
+                        raise SystemError_(
+                            "driver failed programming external connectivity on endpoint: "
+                            f"Bind for {host_ip}:{port} failed: {detail}") from e
+                    continue
+                self._reservations[(p.protocol, host_ip, port)] = sock
+                out.append(PublishedPort(p.container_port, p.protocol, host_ip, port))
+                break
+            else:
+                raise SystemError_("no free host port for publishing")
+        return out
+
+    async def disconnect_run(self, container_id: str) -> None:
+        run = self.runs.pop(container_id, None)
+        if run is None:
+            return
+        async with self._lock:
+            await self._release(container_id, run)
+            await self.apply_rules()
+        self._changed()
+
+    async def _release(self, container_id: str, run: RunNetworking) -> None:
+        for endpoint in run.endpoints.values():
+            leases = self.leases.get(endpoint.network_id, {})
+            if leases.get(endpoint.ip) == container_id:
+                del leases[endpoint.ip]
+            await asyncio.to_thread(net.delete_link, endpoint.tap)
+        for p in run.ports:
+            sock = self._reservations.pop((p.protocol, p.host_ip, p.host_port), None)
+            if sock is not None:
+                sock.close()
+        self.runs.pop(container_id, None)
+
+    async def adopt_run(self, container_id: str, run: RunNetworking) -> None:
+        """After an hbd restart: a surviving guest's endpoints become ours again."""
+        for endpoint in run.endpoints.values():
+            self.leases.setdefault(endpoint.network_id, {})[endpoint.ip] = container_id
+        with contextlib.suppress(HbdError):
+            run.ports = self._reserve_ports(run.ports)
+        self.runs[container_id] = run
+        await self.apply_rules()
+        self._changed()
+
+    async def remove_leaked_taps(self) -> None:
+        live = {e.tap for run in self.runs.values() for e in run.endpoints.values()}
+        for name in await asyncio.to_thread(net.links_with_prefix, TAP_PREFIX):
+            if name not in live:
+                await asyncio.to_thread(net.delete_link, name)
+
+    # -- API views -----------------------------------------------------------------
+
+    def inspect(self, n: Network, containers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        ipam_config = []
+        if n.subnet:
+            entry = {"Subnet": n.subnet, "Gateway": n.gateway}
+            if n.ip_range:
+                entry["IPRange"] = n.ip_range
+            ipam_config.append(entry)
+        return {
+            "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local",
+            "Driver": n.driver, "EnableIPv6": False,
+            "IPAM": {"Driver": "default", "Options": n.ipam_options or None,
+                     "Config": ipam_config},
+            "Internal": n.internal, "Attachable": n.attachable, "Ingress": False,
+            "ConfigFrom": {"Network": ""}, "ConfigOnly": False,
+            "Containers": containers, "Options": n.options, "Labels": n.labels,
+        }
+
+    def endpoint_view(self, n: Network, settings: dict[str, Any],
+                      endpoint: Endpoint | None) -> dict[str, Any]:
+        """EndpointSettings as a container's inspect shows them."""
+        return {
+            "IPAMConfig": settings.get("IPAMConfig"),
+            "Links": settings.get("Links"),
+            "Aliases": settings.get("Aliases"),
+            "MacAddress": endpoint.mac if endpoint else settings.get("MacAddress", ""),
+            "DriverOpts": settings.get("DriverOpts"),
+            "NetworkID": n.id,
+            "EndpointID": endpoint.endpoint_id if endpoint else "",
+            "Gateway": endpoint.gateway if endpoint else "",
+            "IPAddress": endpoint.ip if endpoint else "",
+            "IPPrefixLen": endpoint.prefix if endpoint else 0,
+            "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+            "DNSNames": endpoint.dns_names if endpoint and n.name != DEFAULT_BRIDGE else None,
+        }
