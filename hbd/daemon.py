@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 
@@ -60,7 +61,8 @@ class Daemon:
         else:
             self.accel = self.accel or "fake"
         log.info("guest accelerator: %s", self.accel)
-        self.networks = NetworkService(self.state, self.events)
+        tag = hashlib.sha256(str(config.data_root.resolve()).encode()).hexdigest()[:4]
+        self.networks = NetworkService(self.state, self.events, tag)
         await self.networks.start()
         self.dns = DnsServer(self._dns_views)
         self.networks.on_change.append(self.dns.refresh)

@@ -1,7 +1,7 @@
 """Host networking for guests: Linux bridges and taps (pyroute2), NAT and
 filtering rules (nftables). Knows nothing of Docker.
 
-Every nftables rule hbd owns lives in one table, `ip hbd`, which is rebuilt
+Every nftables rule a daemon owns lives in one table of its own, which is rebuilt
 whole from the caller's description on each change (`nft -f`, atomic), so a
 crash or restart can never leave a stale rule behind.
 """
@@ -19,8 +19,6 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 log = logging.getLogger(__name__)
-
-NFT_TABLE = "hbd"
 
 
 class NetError(Exception):
@@ -128,15 +126,15 @@ class Ruleset:
     bridges: list[BridgeRules] = field(default_factory=list)
     forwards: list[PortForward] = field(default_factory=list)
 
-    def render(self) -> str:
-        """The whole `ip hbd` table.
+    def render(self, table: str) -> str:
+        """The whole `ip <table>` table.
 
         - masquerade what leaves a (non-internal) bridge for elsewhere;
         - drop traffic between two different hbd bridges (networks are isolated);
         - DNAT published ports, from outside and from the host itself
           (127.0.0.1 needs route_localnet on the loopback interface).
         """
-        lines = [f"table ip {NFT_TABLE} {{"]
+        lines = [f"table ip {table} {{"]
         lines.append("  chain postrouting { type nat hook postrouting priority srcnat; "
                      "policy accept;")
         for b in self.bridges:
@@ -172,8 +170,8 @@ class Ruleset:
         return "\n".join(lines) + "\n"
 
 
-async def apply_ruleset(ruleset: Ruleset) -> None:
-    script = f"table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n" + ruleset.render()
+async def apply_ruleset(table: str, ruleset: Ruleset) -> None:
+    script = f"table ip {table}\ndelete table ip {table}\n" + ruleset.render(table)
     proc = await asyncio.create_subprocess_exec(
         "nft", "-f", "-", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
@@ -182,9 +180,9 @@ async def apply_ruleset(ruleset: Ruleset) -> None:
         raise NetError(f"nft failed: {err.decode(errors='replace').strip()}\n{script}")
 
 
-async def remove_ruleset() -> None:
+async def remove_ruleset(table: str) -> None:
     proc = await asyncio.create_subprocess_exec(
-        "nft", "delete", "table", "ip", NFT_TABLE, stdout=asyncio.subprocess.DEVNULL,
+        "nft", "delete", "table", "ip", table, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL)
     await proc.wait()
 

@@ -42,8 +42,6 @@ PREDEFINED = ("bridge", "host", "none")
 POOLS = [ipaddress.IPv4Network(f"172.{n}.0.0/16") for n in range(17, 32)] + \
     [ipaddress.IPv4Network(f"192.168.{n}.0/20") for n in range(0, 256, 16)]
 EPHEMERAL_PORTS = range(32768, 61000)
-TAP_PREFIX = "hbt"
-BRIDGE_PREFIX = "hbr"
 
 
 class NetworkNotFound(NotFound):
@@ -121,9 +119,15 @@ def mac_for(ip: str) -> str:
 
 
 class NetworkService:
-    def __init__(self, state: StateStore, events: EventBus) -> None:
+    def __init__(self, state: StateStore, events: EventBus, tag: str) -> None:
+        """`tag` (4 hex digits, from the data root) keeps the bridges, taps and
+        nftables table of two daemons on one host apart."""
         self.state = state
         self.events = events
+        self.tag = tag
+        self.tap_prefix = f"ht{tag}"
+        self.bridge_prefix = f"hb{tag}"
+        self.nft_table = f"hbd_{tag}"
         self.networks: dict[str, Network] = {}
         # network id -> {ip: container id}
         self.leases: dict[str, dict[str, str]] = {}
@@ -171,12 +175,12 @@ class NetworkService:
             subnet = self._free_subnet()
             self._add(Network(
                 secrets.token_hex(32), DEFAULT_BRIDGE, "bridge", rfc3339_nano(),
-                bridge=f"{BRIDGE_PREFIX}0", subnet=str(subnet),
+                bridge=f"{self.bridge_prefix}0", subnet=str(subnet),
                 gateway=str(next(subnet.hosts())),
                 options={"com.docker.network.bridge.default_bridge": "true",
                          "com.docker.network.bridge.enable_icc": "true",
                          "com.docker.network.bridge.enable_ip_masquerade": "true",
-                         "com.docker.network.bridge.name": f"{BRIDGE_PREFIX}0",
+                         "com.docker.network.bridge.name": f"{self.bridge_prefix}0",
                          "com.docker.network.driver.mtu": "1500"}))
         for n in self.networks.values():
             if n.driver == "bridge":
@@ -215,7 +219,7 @@ class NetworkService:
                       for run in self.runs.values() for p in run.ports if run.endpoints],
         )
         try:
-            await net.apply_ruleset(ruleset)
+            await net.apply_ruleset(self.nft_table, ruleset)
         except net.NetError as e:
             raise SystemError_(str(e)) from e
 
@@ -250,7 +254,7 @@ class NetworkService:
             n = Network(
                 id=nid, name=name, driver="bridge", created=rfc3339_nano(),
                 bridge=options.get("com.docker.network.bridge.name") or
-                f"{BRIDGE_PREFIX}-{nid[:10]}",
+                f"{self.bridge_prefix}{nid[:8]}",
                 subnet=str(subnet), gateway=str(gateway), ip_range=ip_range,
                 internal=bool(body.get("Internal")), attachable=bool(body.get("Attachable")),
                 labels={str(k): str(v) for k, v in (body.get("Labels") or {}).items()},
@@ -356,10 +360,9 @@ class NetworkService:
         raise SystemError_(f"no available IPv4 addresses on this network's address pools: "
                            f"{n.name} ({n.id})")
 
-    @staticmethod
-    def tap_name(container_id: str, network_id: str) -> str:
+    def tap_name(self, container_id: str, network_id: str) -> str:
         digest = hashlib.sha256(f"{container_id}/{network_id}".encode()).hexdigest()
-        return f"{TAP_PREFIX}{digest[:12]}"
+        return f"{self.tap_prefix}{digest[:9]}"
 
     async def connect_run(self, container_id: str, attachments: dict[str, dict[str, Any]],
                           names: list[str], publish: list[PublishedPort]) -> RunNetworking:
@@ -466,7 +469,7 @@ class NetworkService:
 
     async def remove_leaked_taps(self) -> None:
         live = {e.tap for run in self.runs.values() for e in run.endpoints.values()}
-        for name in await asyncio.to_thread(net.links_with_prefix, TAP_PREFIX):
+        for name in await asyncio.to_thread(net.links_with_prefix, self.tap_prefix):
             if name not in live:
                 await asyncio.to_thread(net.delete_link, name)
 
