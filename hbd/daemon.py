@@ -19,6 +19,7 @@ from hbd.services.images import ImageStore
 from hbd.services.networks import DEFAULT_BRIDGE, NetworkService
 from hbd.services.scratch import ScratchDisks
 from hbd.services.system import SystemService
+from hbd.services.volumes import VolumeService
 from hbd.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class Daemon:
     images: ImageStore = field(init=False)
     networks: NetworkService = field(init=False)
     dns: DnsServer = field(init=False)
+    volumes: VolumeService = field(init=False)
     containers: ContainerService = field(init=False)
     execs: ExecService = field(init=False)
     system: SystemService = field(init=False)
@@ -67,9 +69,10 @@ class Daemon:
         self.dns = DnsServer(self._dns_views)
         self.networks.on_change.append(self.dns.refresh)
         await self.dns.reconcile()
+        self.volumes = VolumeService(self.state, config.data_root / "volumes", self.events)
         self.containers = ContainerService(config, self.state, self.images, self.networks,
-                                           self.events, self.sandbox_driver, scratch,
-                                           self.accel)
+                                           self.volumes, self.events, self.sandbox_driver,
+                                           scratch, self.accel)
         self.execs = ExecService(self.containers, self.events)
         self.system = SystemService(config, self.state, self.images, self.containers,
                                     self.events, self.accel)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hbd.api import containers, exec, images, networks, system
+from hbd.api import containers, exec, images, networks, system, volumes
 from hbd.api.app import Router, create_app, finalize_routes
 from hbd.api.context import DAEMON_KEY
 from hbd.daemon import Daemon
@@ -14,7 +14,7 @@ def build(daemon: Daemon) -> web.Application:
     app = create_app()
     app[DAEMON_KEY] = daemon
     router = Router(app)
-    for module in (system, containers, exec, images, networks):
+    for module in (system, containers, exec, images, networks, volumes):
         module.register(router)
     finalize_routes(app)
     return app

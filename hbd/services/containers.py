@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import secrets
 import shutil
 import time
@@ -47,10 +48,12 @@ from hbd.services.container_filters import ContainerFilter, PruneFilter
 from hbd.services import container_network as cn
 from hbd.services.container_network import run_from_record, run_record
 from hbd.services.dns import host_resolvers
+from hbd.services.container_mounts import MountPoint, guest_mounts, resolve_mounts
 from hbd.services.images import ImageStore
 from hbd.services.networks import NetworkService, RunNetworking
 from hbd.services.logs import JsonFileWriter, LogQuery, LogRecord, query_logs
 from hbd.services.scratch import ScratchDisks
+from hbd.services.volumes import VolumeService
 from hbd.services.timefmt import ZERO_TIME, human_duration, parse_rfc3339, rfc3339_nano
 from hbd.store import StateStore
 
@@ -165,6 +168,7 @@ class Container:
     networks: dict[str, dict[str, Any]] = field(default_factory=dict)
     # While running: endpoints and published ports (persisted for re-attach).
     run_network: RunNetworking | None = None
+    mounts: list[MountPoint] = field(default_factory=list)
     # Runtime only, never persisted.
     run: Run | None = field(default=None, repr=False)
     attachments: set[Attachment] = field(default_factory=set, repr=False)
@@ -184,6 +188,7 @@ class Container:
             "path": self.path, "args": self.args, "state": asdict(self.state),
             "restart_count": self.restart_count, "networks": self.networks,
             "run_network": run_record(self.run_network) if self.run_network else None,
+            "mounts": [asdict(m) for m in self.mounts],
         }
 
     @classmethod
@@ -195,6 +200,7 @@ class Container:
             restart_count=rec.get("restart_count", 0), networks=rec.get("networks", {}),
             run_network=run_from_record(rec["run_network"]) if rec.get("run_network")
             else None,
+            mounts=[MountPoint(**m) for m in rec.get("mounts", [])],
         )
 
     def health_status(self) -> str:
@@ -217,10 +223,11 @@ class Container:
 
 class ContainerService:
     def __init__(self, config: Config, state: StateStore, images: ImageStore,
-                 networks: NetworkService, events: EventBus, sandboxes: SandboxDriver,
-                 scratch: ScratchDisks, accel: str) -> None:
+                 networks: NetworkService, volumes: VolumeService, events: EventBus,
+                 sandboxes: SandboxDriver, scratch: ScratchDisks, accel: str) -> None:
         self.config = config
         self.networks = networks
+        self.volumes = volumes
         self.accel = accel
         self.state = state
         self.images = images
@@ -316,12 +323,16 @@ class ContainerService:
         attachments = cn.attachments_for_create(host_config, body.get("NetworkingConfig"),
                                                 self.networks)
         cn.published_ports(config, host_config)  # reject bad port specs now, not at start
+        volumes_from = [self._volumes_from(spec) for spec in
+                        host_config.get("VolumesFrom") or []]
+        mounts = await resolve_mounts(config, host_config, self.volumes, volumes_from)
         cid = secrets.token_hex(32)
         if not config["Hostname"]:
             config["Hostname"] = cid[:12]
         c = Container(
             id=cid, name=name, created=rfc3339_nano(), image_id=img.id, config=config,
             host_config=host_config, path=args[0], args=args[1:], networks=attachments,
+            mounts=mounts,
         )
         directory = self._dir(c)
         directory.mkdir(parents=True)
@@ -338,11 +349,31 @@ class ContainerService:
         self._event(c, "create")
         return {"Id": cid, "Warnings": []}
 
+    def _volumes_from(self, spec: str) -> list[MountPoint]:
+        ref, _, mode = spec.partition(":")
+        if mode not in ("", "ro", "rw"):
+            raise InvalidParameter(f"invalid mode for volumes-from: {mode}")
+        source = self.get(ref)
+        out = []
+        for mp in source.mounts:
+            if mp.type == "tmpfs":
+                continue
+            copy = MountPoint(**asdict(mp))
+            if mode:
+                copy.rw = mode == "rw"
+            out.append(copy)
+        return out
+
+    def volume_users(self, name: str) -> list[str]:
+        return [c.id for c in self.containers.values()
+                if any(m.type == "volume" and m.source == name for m in c.mounts)]
+
     # -- start -----------------------------------------------------------------
 
     def _sandbox_spec(self, c: Container, image_disk: Path,
                       network: RunNetworking) -> SandboxSpec:
         hc = c.host_config
+        guest = guest_mounts(c.mounts, self.volumes)
         memory_mib = self.config.vm.memory_mib
         if hc.get("Memory"):
             memory_mib = max(64, math.ceil(hc["Memory"] / (1024 * 1024)))
@@ -359,8 +390,10 @@ class ContainerService:
             disks=[
                 DiskSpec(image_disk, "image", readonly=True),
                 DiskSpec(self._dir(c) / "scratch.qcow2", "scratch", format="qcow2"),
+                *guest.disks,
             ],
             nics=network.nics,
+            shares=guest.shares,
             tcg_tb_size_mib=self.config.vm.tcg_tb_size_mib,
         )
         files = [
@@ -374,6 +407,7 @@ class ContainerService:
             domainname=str(c.config.get("Domainname") or ""),
             readonly_rootfs=bool(hc.get("ReadonlyRootfs")),
             files=files,
+            mounts=guest.mounts,
             interfaces=network.interfaces,
             routes=network.routes,
             sysctls={str(k): str(v) for k, v in (hc.get("Sysctls") or {}).items()},
@@ -413,6 +447,17 @@ class ContainerService:
         if img is None:
             raise SystemError_(f"image {c.image_id} of container {c.id[:12]} is gone")
         disk = await self.images.ensure_disk(img)
+        for mp in c.mounts:
+            if mp.type == "volume":
+                try:
+                    self.volumes.attach(mp.source, c.id)
+                except HbdError:
+                    self.volumes.detach_all(c.id)
+                    raise
+            elif mp.type == "bind" and not os.path.exists(mp.source):
+                self.volumes.detach_all(c.id)
+                raise InvalidParameter(f"invalid mount config for type \"bind\": bind source "
+                                       f"path does not exist: {mp.source}")
         network = await self.networks.connect_run(
             c.id, c.networks, [c.name.lstrip("/"), c.id[:12]],
             cn.published_ports(c.config, c.host_config))
@@ -420,10 +465,12 @@ class ContainerService:
             sandbox = await self.sandboxes.boot(self._sandbox_spec(c, disk, network))
         except BootError as e:
             await self.networks.disconnect_run(c.id)
+            self.volumes.detach_all(c.id)
             self._start_failed(c, f"failed to boot guest: {e}", 128)
             raise SystemError_(f"failed to create task for container: {e}") from e
         except BaseException:
             await self.networks.disconnect_run(c.id)
+            self.volumes.detach_all(c.id)
             raise
         writer = JsonFileWriter(self.log_path(c))
         run = Run(c, sandbox, writer)
@@ -433,6 +480,7 @@ class ContainerService:
             writer.close()
             await sandbox.destroy()
             await self.networks.disconnect_run(c.id)
+            self.volumes.detach_all(c.id)
             message = ("failed to create task for container: unable to start container "
                        f"process: {e.message}: unknown")
             exit_code = 126 if "permission denied" in e.message or \
@@ -498,14 +546,23 @@ class ContainerService:
             self._event(c, "oom")
         self._event(c, "die", exitCode=str(status.exit_code))
         run.finished.set()
-        if c.removing:
-            c.teardown = self._spawn(run.sandbox.destroy())
-        elif c.host_config.get("AutoRemove"):
-            # Nothing in the guest is worth syncing: the container is going.
-            c.teardown = self._spawn(run.sandbox.destroy())
+        going = c.removing or bool(c.host_config.get("AutoRemove"))
+        # A container that is going keeps nothing in its scratch disk worth a
+        # sync, but its volumes' data must reach their disks.
+        clean = not going or any(m.type == "volume" for m in c.mounts)
+        c.teardown = self._spawn(self._teardown(c, run, clean))
+        if going and not c.removing:
             await self._auto_remove(c)
-        else:
-            c.teardown = self._spawn(run.sandbox.poweroff(POWEROFF_TIMEOUT))
+
+    async def _teardown(self, c: Container, run: Run, clean: bool) -> None:
+        try:
+            if clean:
+                await run.sandbox.poweroff(POWEROFF_TIMEOUT)
+            else:
+                await run.sandbox.destroy()
+        finally:
+            # Only now may another guest mount these volumes.
+            self.volumes.detach_all(c.id)
 
     async def _auto_remove(self, c: Container) -> None:
         try:
@@ -684,6 +741,12 @@ class ContainerService:
         self.names.pop(c.name, None)
         self.containers.pop(c.id, None)
         self.state.delete("containers", c.id)
+        if volumes or c.host_config.get("AutoRemove"):
+            for mp in c.mounts:
+                v = self.volumes.volumes.get(mp.source) if mp.type == "volume" else None
+                if v is not None and v.anonymous and not self.volume_users(v.name):
+                    with contextlib.suppress(HbdError):
+                        await self.volumes.remove(v.name)
         await asyncio.to_thread(shutil.rmtree, self._dir(c), True)
         await asyncio.to_thread(shutil.rmtree, self._run_dir(c), True)
         for hook in self.on_stopped:
@@ -778,7 +841,7 @@ class ContainerService:
                 if c.image_id in self.images.images else "",
                 "ScratchDisk": str(self._dir(c) / "scratch.qcow2"),
             }},
-            "Mounts": [],
+            "Mounts": [m.view(self.volumes) for m in c.mounts],
             "Config": c.config,
             "NetworkSettings": cn.network_settings(self.networks, c.networks, c.config,
                                                    c.run_network),
@@ -798,9 +861,9 @@ class ContainerService:
             "State": c.state.status,
             "Status": c.state.describe(),
             "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "default")},
+            "Mounts": [m.view(self.volumes) for m in c.mounts],
             "NetworkSettings": {"Networks": cn.network_settings(
                 self.networks, c.networks, c.config, c.run_network)["Networks"]},
-            "Mounts": [],
         }
 
     def list(self, all_: bool = False, limit: int = -1,

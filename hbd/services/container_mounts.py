@@ -1,0 +1,175 @@
+"""A container's mounts: `-v`, `--mount`, `--tmpfs`, image VOLUMEs, `--volumes-from`.
+
+Resolved once at create into MountPoints (what `inspect` shows as Mounts);
+turned into guest devices at each start: named and anonymous volumes become
+virtio-blk disks, bind mounts virtio-9p shares, tmpfs mounts are made in
+the guest.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hbd.drivers.agent import MountSpec
+from hbd.drivers.vm import DiskSpec, ShareSpec
+from hbd.errors import InvalidParameter
+from hbd.services.volumes import VolumeService
+
+BIND_OPTIONS = {"ro", "rw", "z", "Z", "private", "rprivate", "shared", "rshared", "slave",
+                "rslave", "nocopy", "consistent", "cached", "delegated"}
+
+
+@dataclass
+class MountPoint:
+    type: str  # bind | volume | tmpfs
+    destination: str
+    source: str = ""  # host path (bind) or volume name (volume)
+    rw: bool = True
+    mode: str = ""
+    options: str = ""  # tmpfs options
+    nocopy: bool = False
+
+    def view(self, volumes: VolumeService) -> dict[str, Any]:
+        out: dict[str, Any] = {"Type": self.type}
+        if self.type == "volume":
+            v = volumes.volumes.get(self.source)
+            out.update({"Name": self.source,
+                        "Source": volumes.mountpoint(v) if v else "", "Driver": "local"})
+        else:
+            out["Source"] = self.source
+        out.update({"Destination": self.destination, "Mode": self.mode, "RW": self.rw,
+                    "Propagation": "rprivate" if self.type == "bind" else ""})
+        return out
+
+
+def _clean_target(target: str) -> str:
+    if not target.startswith("/"):
+        raise InvalidParameter(f"invalid mount config: mount path must be absolute: "
+                               f"\"{target}\"")
+    cleaned = posixpath.normpath(target)
+    if cleaned == "/":
+        raise InvalidParameter("invalid specification: destination can't be '/'")
+    return cleaned
+
+
+def _parse_bind(spec: str) -> MountPoint:
+    """`-v` syntax: [source:]destination[:options]."""
+    parts = spec.split(":")
+    if len(parts) == 1:
+        return MountPoint("volume", _clean_target(parts[0]))
+    if len(parts) > 3:
+        raise InvalidParameter(f"invalid volume specification: '{spec}'")
+    source, target = parts[0], parts[1]
+    options = parts[2].split(",") if len(parts) == 3 else []
+    for option in options:
+        if option not in BIND_OPTIONS:
+            raise InvalidParameter(f"invalid mode: {option}")
+    rw = "ro" not in options
+    mode = parts[2] if len(parts) == 3 else ""
+    if source.startswith("/"):
+        return MountPoint("bind", _clean_target(target), os.path.normpath(source), rw, mode)
+    if not source:
+        raise InvalidParameter(f"invalid volume specification: '{spec}'")
+    return MountPoint("volume", _clean_target(target), source, rw, mode or "z",
+                      nocopy="nocopy" in options)
+
+
+def _parse_mount(m: dict[str, Any]) -> MountPoint:
+    kind = m.get("Type") or ""
+    target = m.get("Target") or ""
+    if not target:
+        raise InvalidParameter("invalid mount config for type \"%s\": field Target must not "
+                               "be empty" % kind)
+    target = _clean_target(target)
+    rw = not m.get("ReadOnly")
+    source = m.get("Source") or ""
+    if kind == "bind":
+        if not source:
+            raise InvalidParameter("invalid mount config for type \"bind\": field Source must "
+                                   "not be empty")
+        if not os.path.exists(source):
+            raise InvalidParameter("invalid mount config for type \"bind\": bind source path "
+                                   f"does not exist: {source}")
+        return MountPoint("bind", target, os.path.normpath(source), rw)
+    if kind == "volume":
+        nocopy = bool((m.get("VolumeOptions") or {}).get("NoCopy"))
+        return MountPoint("volume", target, source, rw, nocopy=nocopy)
+    if kind == "tmpfs":
+        if source:
+            raise InvalidParameter("invalid mount config for type \"tmpfs\": field Source "
+                                   "must not be specified")
+        opts = m.get("TmpfsOptions") or {}
+        options = []
+        if opts.get("SizeBytes"):
+            options.append(f"size={int(opts['SizeBytes'])}")
+        if opts.get("Mode"):
+            options.append(f"mode={int(opts['Mode']):o}")
+        return MountPoint("tmpfs", target, "", rw, options=",".join(options))
+    raise InvalidParameter(f"mount type unknown: \"{kind}\"")
+
+
+async def resolve_mounts(config: dict[str, Any], host_config: dict[str, Any],
+                         volumes: VolumeService,
+                         volumes_from: list[list[MountPoint]]) -> list[MountPoint]:
+    """Every mount of a new container, named volumes created as needed."""
+    mounts: dict[str, MountPoint] = {}
+    for source_mounts in volumes_from:
+        for mp in source_mounts:
+            mounts[mp.destination] = MountPoint(**asdict(mp))
+    for spec in host_config.get("Binds") or []:
+        mp = _parse_bind(spec)
+        if mp.type == "bind" and not os.path.exists(mp.source):
+            # -v creates a missing host directory, as dockerd does (--mount does not).
+            Path(mp.source).mkdir(parents=True, exist_ok=True)
+        mounts[mp.destination] = mp
+    for m in host_config.get("Mounts") or []:
+        mp = _parse_mount(m)
+        if mp.destination in mounts and mp.destination not in \
+                {x.destination for xs in volumes_from for x in xs}:
+            raise InvalidParameter(f"Duplicate mount point: {mp.destination}")
+        mounts[mp.destination] = mp
+    for target, options in (host_config.get("Tmpfs") or {}).items():
+        mp = MountPoint("tmpfs", _clean_target(target), "", "ro" not in options.split(","),
+                        options=",".join(o for o in options.split(",") if o not in ("ro", "rw")))
+        mounts[mp.destination] = mp
+    for target in config.get("Volumes") or {}:
+        cleaned = _clean_target(target)
+        if cleaned not in mounts:
+            mounts[cleaned] = MountPoint("volume", cleaned)
+    for mp in mounts.values():
+        if mp.type == "volume":
+            v = await volumes.create(mp.source) if mp.source else await volumes.create()
+            mp.source = v.name
+    # Parents before children, as the guest mounts them in order.
+    return sorted(mounts.values(), key=lambda m: (m.destination.count("/"), m.destination))
+
+
+@dataclass
+class GuestMounts:
+    disks: list[DiskSpec]
+    shares: list[ShareSpec]
+    mounts: list[MountSpec]
+
+
+def guest_mounts(mounts: list[MountPoint], volumes: VolumeService) -> GuestMounts:
+    out = GuestMounts([], [], [])
+    for i, mp in enumerate(mounts):
+        if mp.type == "volume":
+            v = volumes.get(mp.source)
+            serial = f"vol{i}"
+            out.disks.append(DiskSpec(volumes.disk(v), serial, format="qcow2"))
+            out.mounts.append(MountSpec(type="disk", target=mp.destination, source=serial,
+                                        readonly=not mp.rw))
+        elif mp.type == "bind":
+            tag = f"bind{i}"
+            out.shares.append(ShareSpec(Path(mp.source), tag, readonly=not mp.rw))
+            out.mounts.append(MountSpec(type="9p", target=mp.destination, source=tag,
+                                        readonly=not mp.rw))
+        else:
+            out.mounts.append(MountSpec(type="tmpfs", target=mp.destination,
+                                        options=mp.options, readonly=not mp.rw))
+    return out

@@ -1,0 +1,154 @@
+"""Named volumes: each one an ext4 disk image attached to guests as virtio-blk.
+
+A volume is a qcow2 overlay of an empty, pre-formatted ext4 template of its
+size (one template per size, made once), so `docker volume create` is a
+file copy. A block device cannot be mounted by two guests at once, so a
+volume is attached to at most one running container at a time; a second
+one gets a clear error instead of a corrupted filesystem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hbd.drivers import disks
+from hbd.errors import Conflict, InvalidParameter, NotFound
+from hbd.events import EventBus
+from hbd.services.timefmt import rfc3339_nano
+from hbd.store import StateStore
+
+DEFAULT_SIZE = 8 * 1024 * 1024 * 1024
+VALID_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+_SIZE = re.compile(r"^(\d+)([kmgt]?)b?$", re.IGNORECASE)
+UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise InvalidParameter(f"invalid size: '{text}'")
+    size = int(m.group(1)) * UNITS[m.group(2).lower()]
+    if size < 16 * 1024 * 1024:
+        raise InvalidParameter(f"invalid size: '{text}': volumes hold at least 16MiB")
+    return size
+
+
+@dataclass
+class Volume:
+    name: str
+    created: str
+    size: int
+    labels: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+    anonymous: bool = False
+
+
+class VolumeService:
+    def __init__(self, state: StateStore, root: Path, events: EventBus) -> None:
+        self.state = state
+        self.root = root
+        self.events = events
+        self.templates = root / "_templates"
+        self.templates.mkdir(parents=True, exist_ok=True)
+        self.volumes: dict[str, Volume] = {}
+        # volume name -> id of the running container that has it attached
+        self.attached: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+        for _, rec in state.load("volumes"):
+            v = Volume(**rec)
+            self.volumes[v.name] = v
+
+    def get(self, name: str) -> Volume:
+        v = self.volumes.get(name)
+        if v is None:
+            raise NotFound(f"get {name}: no such volume")
+        return v
+
+    def disk(self, v: Volume) -> Path:
+        return self.root / v.name / "disk.qcow2"
+
+    def mountpoint(self, v: Volume) -> str:
+        return str(self.disk(v))
+
+    async def _template(self, size: int) -> Path:
+        base = self.templates / f"ext4-{size}.raw"
+        if not base.exists():
+            await disks.empty_ext4(base, size, label="hbd-volume")
+        return base
+
+    async def create(self, name: str = "", driver: str = "", labels: dict[str, str] | None = None,
+                     options: dict[str, str] | None = None,
+                     anonymous: bool = False) -> Volume:
+        if driver and driver != "local":
+            raise NotFound(f"plugin \"{driver}\" not found")
+        if not name:
+            name = secrets.token_hex(32)
+            anonymous = True
+        if not VALID_NAME.match(name):
+            raise InvalidParameter(f"create {name}: \"{name}\" includes invalid characters "
+                                   "for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" "
+                                   "are allowed. If you intended to pass a host directory, "
+                                   "use absolute path")
+        options = {str(k): str(v) for k, v in (options or {}).items()}
+        for key in options:
+            if key != "size":
+                raise InvalidParameter(f"create {name}: invalid option: \"{key}\": hbd's "
+                                       "local volumes take only size")
+        async with self._lock:
+            if name in self.volumes:
+                existing = self.volumes[name]
+                # dockerd returns the existing volume when nothing conflicts.
+                return existing
+            size = parse_size(options["size"]) if "size" in options else DEFAULT_SIZE
+            v = Volume(name, rfc3339_nano(), size, dict(labels or {}), options, anonymous)
+            directory = self.root / name
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                await disks.qcow2_overlay(await self._template(size), self.disk(v))
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+            self.volumes[name] = v
+            self.state.put("volumes", name, asdict(v))
+        self.events.publish("volume", "create", name, {"driver": "local"})
+        return v
+
+    async def remove(self, name: str, force: bool = False, users: list[str] | None = None) -> None:
+        """`users`: containers that reference the volume (running or not)."""
+        v = self.volumes.get(name)
+        if v is None:
+            if force:
+                return
+            raise NotFound(f"get {name}: no such volume")
+        if users:
+            raise Conflict(f"remove {name}: volume is in use - [{', '.join(users)}]")
+        async with self._lock:
+            del self.volumes[name]
+            self.state.delete("volumes", name)
+            await asyncio.to_thread(shutil.rmtree, self.root / name, True)
+        self.events.publish("volume", "destroy", name, {"driver": "local"})
+
+    def attach(self, name: str, container_id: str) -> None:
+        holder = self.attached.get(name)
+        if holder is not None and holder != container_id:
+            raise Conflict(f"volume {name} is attached to running container {holder[:12]}: a "
+                           "volume is a block device in hbd and one guest at a time can "
+                           "mount it")
+        self.attached[name] = container_id
+
+    def detach_all(self, container_id: str) -> None:
+        for name in [n for n, cid in self.attached.items() if cid == container_id]:
+            del self.attached[name]
+
+    def inspect(self, v: Volume) -> dict[str, Any]:
+        return {
+            "CreatedAt": v.created, "Driver": "local", "Labels": v.labels or None,
+            "Mountpoint": self.mountpoint(v), "Name": v.name, "Options": v.options or None,
+            "Scope": "local",
+        }
