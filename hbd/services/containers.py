@@ -49,6 +49,7 @@ from hbd.services import container_network as cn
 from hbd.services.container_network import run_from_record, run_record
 from hbd.services.dns import host_resolvers
 from hbd.services.container_mounts import MountPoint, guest_mounts, resolve_mounts
+from hbd.services.health import HealthMonitor, HealthState
 from hbd.services.images import ImageStore
 from hbd.services.networks import NetworkService, RunNetworking
 from hbd.services.logs import JsonFileWriter, LogQuery, LogRecord, query_logs
@@ -65,6 +66,9 @@ POWEROFF_TIMEOUT = 10.0
 # exit (QEMU killed): what dockerd reports for a SIGKILLed task.
 VANISHED_EXIT_CODE = 137
 DEFAULT_STOP_TIMEOUT = 10
+RESTART_FIRST_DELAY = 0.1
+RESTART_MAX_DELAY = 60.0
+RESTART_RESET_AFTER = 10.0
 
 
 @dataclass
@@ -81,20 +85,30 @@ class ContainerState:
     started_at: str = ZERO_TIME
     finished_at: str = ZERO_TIME
 
-    def view(self) -> dict[str, Any]:
-        return {
+    def view(self, health: HealthState | None = None) -> dict[str, Any]:
+        out = {
             "Status": self.status, "Running": self.running, "Paused": self.paused,
             "Restarting": self.restarting, "OOMKilled": self.oom_killed, "Dead": self.dead,
             "Pid": self.pid, "ExitCode": self.exit_code, "Error": self.error,
             "StartedAt": self.started_at, "FinishedAt": self.finished_at,
         }
+        if health is not None:
+            out["Health"] = health.view()
+        return out
 
-    def describe(self) -> str:
+    def describe(self, health: str = "none") -> str:
         """`docker ps` STATUS (dockerd's State.String)."""
         now = time.time()
         if self.running:
+            if self.restarting:
+                ago = human_duration(now - parse_rfc3339(self.finished_at))
+                return f"Restarting ({self.exit_code}) {ago} ago"
             up = human_duration(now - parse_rfc3339(self.started_at))
-            return f"Up {up} (Paused)" if self.paused else f"Up {up}"
+            if self.paused:
+                return f"Up {up} (Paused)"
+            if health != "none":
+                return f"Up {up} ({health})"
+            return f"Up {up}"
         if self.status == "removing":
             return "Removal In Progress"
         if self.dead:
@@ -138,6 +152,7 @@ class Run:
         # Set once the container's state says the run is over.
         self.finished = asyncio.Event()
         self.next_proc = 2
+        self.health: HealthMonitor | None = None
 
     def on_output(self, stream: int, data: bytes) -> None:
         self.log.write(stream, data)
@@ -169,6 +184,7 @@ class Container:
     # While running: endpoints and published ports (persisted for re-attach).
     run_network: RunNetworking | None = None
     mounts: list[MountPoint] = field(default_factory=list)
+    health: HealthState | None = None
     # Runtime only, never persisted.
     run: Run | None = field(default=None, repr=False)
     attachments: set[Attachment] = field(default_factory=set, repr=False)
@@ -177,8 +193,11 @@ class Container:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     teardown: asyncio.Task[None] | None = field(default=None, repr=False)
     removing: bool = field(default=False, repr=False)
-    # Stopped through the API: restart policies other than "always" leave it be.
+    # Stopped through the API: the restart policy leaves it be (dockerd's
+    # HasBeenManuallyStopped).
     manually_stopped: bool = field(default=False, repr=False)
+    restart_delay: float = field(default=0.0, repr=False)
+    restart_task: asyncio.Task[None] | None = field(default=None, repr=False)
     run_started: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def record(self) -> dict[str, Any]:
@@ -189,6 +208,8 @@ class Container:
             "restart_count": self.restart_count, "networks": self.networks,
             "run_network": run_record(self.run_network) if self.run_network else None,
             "mounts": [asdict(m) for m in self.mounts],
+            "health": asdict(self.health) if self.health else None,
+            "manually_stopped": self.manually_stopped,
         }
 
     @classmethod
@@ -201,11 +222,13 @@ class Container:
             run_network=run_from_record(rec["run_network"]) if rec.get("run_network")
             else None,
             mounts=[MountPoint(**m) for m in rec.get("mounts", [])],
+            health=HealthState(**rec["health"]) if rec.get("health") else None,
+            manually_stopped=rec.get("manually_stopped", False),
         )
 
     def health_status(self) -> str:
-        """none | starting | healthy | unhealthy (healthchecks arrive with issue 3)."""
-        return "none"
+        """none | starting | healthy | unhealthy."""
+        return self.health.status if self.health is not None else "none"
 
     @property
     def hostname(self) -> str:
@@ -436,8 +459,10 @@ class ContainerService:
             if c.state.status == "removing":
                 raise Conflict(f"container {c.id[:12]} is marked for removal and cannot be "
                                "started")
-            if c.state.running:
+            if c.state.running and not c.state.restarting:
                 raise NotModified("container already started")
+            self._cancel_restart(c)
+            c.manually_stopped = False
             await self._start_locked(c)
 
     async def _start_locked(self, c: Container) -> None:
@@ -495,10 +520,28 @@ class ContainerService:
         c.state = ContainerState(
             status="running", running=True, pid=sandbox.pid, started_at=rfc3339_nano(),
         )
+        self._begin_health(c, run)
         self._save(c)
         c.run_started.set()
         self._event(c, "start")
         self._spawn(self._watch(c, run))
+
+    def _begin_health(self, c: Container, run: Run) -> None:
+        healthcheck = c.config.get("Healthcheck")
+        monitor = HealthMonitor(
+            healthcheck or {}, run, cc.process_env(c.config, c.hostname),
+            str(c.config.get("User") or ""), str(c.config.get("WorkingDir") or "/"),
+            lambda status: self._health_changed(c, status))
+        if not healthcheck or not monitor.enabled:
+            c.health = None
+            return
+        c.health = monitor.state
+        run.health = monitor
+        monitor.start()
+
+    def _health_changed(self, c: Container, status: str) -> None:
+        self._save(c)
+        self._event(c, f"health_status: {status}")
 
     def _start_failed(self, c: Container, message: str, exit_code: int) -> None:
         c.state.error = message
@@ -523,6 +566,8 @@ class ContainerService:
         await self._finish_run(c, run, status, error)
 
     async def _finish_run(self, c: Container, run: Run, status: ExitStatus, error: str) -> None:
+        if run.health is not None:
+            run.health.stop()
         run.log.close()
         c.run = None
         c.run_started.clear()
@@ -553,6 +598,63 @@ class ContainerService:
         c.teardown = self._spawn(self._teardown(c, run, clean))
         if going and not c.removing:
             await self._auto_remove(c)
+        elif self._should_restart(c, status.exit_code):
+            self._schedule_restart(c)
+
+    def _should_restart(self, c: Container, exit_code: int) -> bool:
+        """dockerd's restart manager decision."""
+        if c.removing or c.manually_stopped or c.host_config.get("AutoRemove"):
+            return False
+        policy = c.host_config.get("RestartPolicy") or {}
+        name = policy.get("Name") or "no"
+        if name in ("always", "unless-stopped"):
+            return True
+        if name == "on-failure":
+            limit = int(policy.get("MaximumRetryCount") or 0)
+            return exit_code != 0 and (limit == 0 or c.restart_count < limit)
+        return False
+
+    def _schedule_restart(self, c: Container) -> None:
+        """Restart after a doubling delay (100 ms .. 1 min), reset by a 10 s run."""
+        ran = parse_rfc3339(c.state.finished_at) - parse_rfc3339(c.state.started_at)
+        if ran >= RESTART_RESET_AFTER or not c.restart_delay:
+            c.restart_delay = RESTART_FIRST_DELAY
+        else:
+            c.restart_delay = min(c.restart_delay * 2, RESTART_MAX_DELAY)
+        c.state.restarting = True
+        c.state.running = True
+        c.state.status = "restarting"
+        self._save(c)
+        c.restart_task = self._spawn(self._restart_later(c, c.restart_delay))
+
+    async def _restart_later(self, c: Container, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with c.lock:
+            if not c.state.restarting or c.removing:
+                return
+            c.restart_count += 1
+            try:
+                await self._start_locked(c)
+            except HbdError as e:
+                log.warning("restart of %s failed: %s", c.id[:12], e.message)
+                c.state.restarting = False
+                c.state.running = False
+                c.state.status = "exited"
+                c.state.error = e.message
+                self._save(c)
+
+    def _cancel_restart(self, c: Container) -> bool:
+        """Stop a pending restart; True if there was one."""
+        task, c.restart_task = c.restart_task, None
+        if task is not None and not task.done():
+            task.cancel()
+        if not c.state.restarting:
+            return False
+        c.state.restarting = False
+        c.state.running = False
+        c.state.status = "exited"
+        self._save(c)
+        return True
 
     async def _teardown(self, c: Container, run: Run, clean: bool) -> None:
         try:
@@ -589,6 +691,11 @@ class ContainerService:
     async def stop(self, ref: str, timeout: int | None = None, signal: str = "") -> None:
         """dockerd's containerStop: the stop signal, then SIGKILL after the timeout."""
         c = self.get(ref)
+        if self._cancel_restart(c):
+            c.manually_stopped = True
+            self._save(c)
+            self._event(c, "stop")
+            return
         if not c.state.running or c.run is None:
             raise NotModified("container already stopped")
         run = c.run
@@ -598,6 +705,7 @@ class ContainerService:
             if timeout is None:
                 timeout = DEFAULT_STOP_TIMEOUT
         c.manually_stopped = True
+        self._save(c)
         wait: float | None = None if timeout < 0 else float(timeout)
         try:
             await run.sandbox.signal(1, signum)
@@ -726,6 +834,7 @@ class ContainerService:
                 f"You cannot remove a running container {c.id}. Stop the container "
                 "before attempting removal or force remove")
         c.removing = True
+        self._cancel_restart(c)
         try:
             run = c.run
             if run is not None:
@@ -821,7 +930,7 @@ class ContainerService:
             "Created": c.created,
             "Path": c.path,
             "Args": c.args,
-            "State": c.state.view(),
+            "State": c.state.view(c.health),
             "Image": c.image_id,
             "ResolvConfPath": "",
             "HostnamePath": "",
@@ -859,7 +968,7 @@ class ContainerService:
             "Ports": cn.summary_ports(c.run_network, c.config),
             "Labels": c.config.get("Labels") or {},
             "State": c.state.status,
-            "Status": c.state.describe(),
+            "Status": c.state.describe(c.health_status()),
             "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "default")},
             "Mounts": [m.view(self.volumes) for m in c.mounts],
             "NetworkSettings": {"Networks": cn.network_settings(
@@ -903,6 +1012,7 @@ class ContainerService:
             sandbox = await self.sandboxes.reattach(self._run_dir(c))
             if sandbox is None:
                 log.info("container %s stopped while hbd was down", c.id[:12])
+                c.restart_task = None
                 c.state = ContainerState(
                     status="exited", exit_code=VANISHED_EXIT_CODE,
                     error="guest exited while hbd was down", started_at=c.state.started_at,
@@ -922,8 +1032,27 @@ class ContainerService:
             run.next_proc = max([p.proc for p in sandbox.processes] + [1]) + 1
             c.run = run
             c.run_started.set()
+            if c.config.get("Healthcheck"):
+                self._begin_health(c, run)
             self._spawn(self._watch(c, run))
         await self.networks.remove_leaked_taps()
+        for c in list(self.containers.values()):
+            if not c.state.running and self._restart_on_daemon_start(c):
+                self._spawn(self._start_on_daemon_start(c))
+
+    def _restart_on_daemon_start(self, c: Container) -> bool:
+        """dockerd restarts these when it starts: `always` even if stopped by hand."""
+        policy = (c.host_config.get("RestartPolicy") or {}).get("Name") or "no"
+        if policy == "always":
+            return True
+        return not c.manually_stopped and self._should_restart(c, c.state.exit_code) and \
+            policy != "no"
+
+    async def _start_on_daemon_start(self, c: Container) -> None:
+        try:
+            await self.start(c.id)
+        except HbdError as e:
+            log.warning("could not restart %s: %s", c.id[:12], e.message)
 
     async def shutdown(self) -> None:
         """hbd is stopping: leave guests running, stop watching them."""
