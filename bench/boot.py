@@ -7,7 +7,7 @@ Rows, measured in one run on this machine:
                once, with the same machine and devices hbd uses (no disks)
   hbd          the docker CLI against hbd: create, attach, start, wait, remove
   runc         the docker CLI against a private real dockerd (Debian docker.io)
-The target (shared/DESIGN.md §4) is hbd ≤ 1.3 × the bare floor under TCG.
+The target (shared/DESIGN.md §4) is hbd <= 1.3 times the bare floor under TCG.
 """
 
 from __future__ import annotations

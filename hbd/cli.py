@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import grp
 import logging
@@ -72,10 +73,8 @@ async def _listen(runner: web.AppRunner, host: str) -> web.BaseSite:
         site: web.BaseSite = web.UnixSite(runner, path)
         await site.start()
         os.chmod(path, 0o660)
-        try:
+        with contextlib.suppress(KeyError, PermissionError):
             os.chown(path, 0, grp.getgrnam("docker").gr_gid)
-        except (KeyError, PermissionError):
-            pass
         return site
     if url.scheme == "tcp":
         log.warning("listening on %s without TLS: anyone who reaches it is root", host)

@@ -60,13 +60,11 @@ class Config:
 
 def _apply(section: Any, values: dict[str, Any], where: str) -> None:
     known = {f.name: f for f in dataclasses.fields(section)}
-    for key, value in values.items():
+    for key, raw in values.items():
         if key not in known:
             raise InvalidParameter(f"{where}: unknown setting {key!r}")
-        default = getattr(section, key)
-        expected = type(default)
-        if expected is float and isinstance(value, int):
-            value = float(value)
+        expected = type(getattr(section, key))
+        value = float(raw) if expected is float and isinstance(raw, int) else raw
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise InvalidParameter(
                 f"{where}: {key} must be {expected.__name__}, not {type(value).__name__}"

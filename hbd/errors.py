@@ -50,7 +50,7 @@ class Unavailable(HbdError):
     status = 503
 
 
-class SystemError_(HbdError):  # noqa: N801 - the builtin name SystemError is taken
+class SystemError_(HbdError):
     status = 500
 
 

@@ -8,6 +8,7 @@ new record, never a torn one. Services keep their in-memory view and call
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -61,10 +62,8 @@ class StateStore:
             return None
 
     def delete(self, kind: str, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(kind, key))
-        except FileNotFoundError:
-            pass
 
     def load(self, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every record of a kind; leftovers of interrupted writes are removed."""

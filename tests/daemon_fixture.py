@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import secrets
 import shutil
 import signal
+import socket as socketlib
 import subprocess
 import sys
 import tempfile
@@ -64,9 +66,6 @@ class RunningDaemon:
 
 def wait_for_socket(socket: Path, process: subprocess.Popen[bytes], log: Path,
                     timeout: float = 60) -> None:
-    import http.client
-    import socket as socketlib
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

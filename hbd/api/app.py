@@ -25,10 +25,13 @@ def version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(p) for p in v.split("."))
 
 
+API_VERSION_KEY = web.RequestKey("api_version", str)
+
+
 def request_version(request: web.Request) -> str:
     """The API version the client asked for (the latest when it named none)."""
-    v: str = request.get("api_version", API_VERSION)
-    return v
+    version: str = request.get(API_VERSION_KEY, API_VERSION)
+    return version
 
 
 def version_at_least(request: web.Request, v: str) -> bool:
@@ -59,11 +62,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPNotFound:
         return error_response(404, "page not found")
     except web.HTTPMethodNotAllowed:
-        return error_response(405, "method not allowed")
+        # gorilla/mux in dockerd answers an unknown method on a known path with 404.
+        return error_response(404, "page not found")
     except web.HTTPException:
         raise
     except ConnectionResetError:
-        raise
+        # The client went away mid-stream; there is nobody left to answer.
+        return web.Response(status=499)
     except Exception as e:  # the last line of defence: never a traceback to the client
         log.exception("%s %s failed", request.method, request.path)
         return error_response(500, f"{type(e).__name__}: {e}")
@@ -80,7 +85,7 @@ async def version_middleware(request: web.Request, handler: Handler) -> web.Stre
             return error_response(400, f"client version {version} is too old. Minimum "
                                        f"supported API version is {MIN_API_VERSION}, please "
                                        "upgrade your client to a newer version")
-        request["api_version"] = version
+        request[API_VERSION_KEY] = version
     return await handler(request)
 
 
@@ -108,20 +113,7 @@ def create_app() -> web.Application:
         client_max_size=1024**4,
     )
     app.on_response_prepare.append(_common_headers)
-
-    async def not_found(request: web.Request) -> web.StreamResponse:
-        return error_response(404, "page not found")
-
-    app.router.add_route("*", "/{tail:.*}", not_found, name="fallback")
     return app
-
-
-def finalize_routes(app: web.Application) -> None:
-    """Move the catch-all route last, after every router has added its own."""
-    resource = app.router["fallback"]
-    resources = app.router._resources  # aiohttp matches resources in order
-    resources.remove(resource)
-    resources.append(resource)
 
 
 # -- request helpers -----------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from aiohttp import web
 
@@ -25,7 +26,7 @@ from hbd.services.timefmt import parse_rfc3339_ns, rfc3339_nano
 
 async def list_containers(request: web.Request) -> web.Response:
     containers = daemon_of(request).containers
-    return json_response(containers.list(all_=query_bool(request, "all"),
+    return json_response(containers.list_summaries(all_=query_bool(request, "all"),
                                          limit=query_int(request, "limit", -1),
                                          filters=query_filters(request)))
 
@@ -166,7 +167,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
                                       stdout=query_bool(request, "stdout"),
                                       stderr=query_bool(request, "stderr"))
     response, channel = await hijack(request, stream_content_type(request, c.tty))
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[asyncio.Future[Any]] = []
     try:
         if query_bool(request, "logs"):
             _, records = containers.logs(c.id, LogQuery(stdout=attachment.stdout,
@@ -178,7 +179,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
         output = asyncio.ensure_future(_pump_output(channel, attachment, c.tty))
         tasks.append(output)
         lost = asyncio.ensure_future(channel.lost.wait())
-        tasks.append(lost)  # type: ignore[arg-type]
+        tasks.append(lost)
         if want_stdin:
             tasks.append(asyncio.ensure_future(_pump_stdin(request, channel, c)))
         await asyncio.wait({output, lost}, return_when=asyncio.FIRST_COMPLETED)

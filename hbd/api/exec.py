@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 
@@ -46,7 +47,7 @@ async def start(request: web.Request) -> web.StreamResponse:
         return json_response({}, status=200)
     response, channel = await hijack(request, stream_content_type(request, bool(
         instance.tty if tty is None else tty)))
-    tasks: list[asyncio.Future[object]] = []
+    tasks: list[asyncio.Future[Any]] = []
     try:
         try:
             await execs.start(instance.id, detach=False, tty=tty, console=size)

@@ -16,7 +16,7 @@ async def list_images(request: web.Request) -> web.Response:
     matches = ImageFilter(query_filters(request), store)
     # `all` would add intermediate build images; loaded and pulled images have
     # no parent chain, so every image is a top-level one.
-    images = [img for img in store.list() if matches(img)]
+    images = [img for img in store.all_images() if matches(img)]
     return json_response([store.summary(img) for img in images])
 
 

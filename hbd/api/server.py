@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hbd.api import containers, exec, images, networks, system, volumes
-from hbd.api.app import Router, create_app, finalize_routes
+from hbd.api.app import Router, create_app
 from hbd.api.context import DAEMON_KEY
 from hbd.daemon import Daemon
 
@@ -16,5 +16,4 @@ def build(daemon: Daemon) -> web.Application:
     router = Router(app)
     for module in (system, containers, exec, images, networks, volumes):
         module.register(router)
-    finalize_routes(app)
     return app

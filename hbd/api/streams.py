@@ -142,6 +142,6 @@ async def hijack(request: web.Request, content_type: str) -> tuple[web.StreamRes
     initial = bytes(getattr(protocol, "_message_tail", b"") or b"")
     if hasattr(protocol, "_message_tail"):
         protocol._message_tail = b""
-    hijacked = HijackedConnection(transport, initial)  # type: ignore[arg-type]
+    hijacked = HijackedConnection(transport, initial)
     transport.set_protocol(hijacked)
     return response, hijacked

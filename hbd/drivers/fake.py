@@ -18,6 +18,7 @@ from typing import Any
 
 from hbd.drivers.agent import AgentError, ExitStatus, ProcessOutput, ProcessSpec, ProcState
 from hbd.drivers.sandbox import Sandbox, SandboxSpec
+from hbd.tasks import spawn
 
 
 def _exec_error(message: str) -> AgentError:
@@ -61,7 +62,7 @@ class FakeSandbox:
         )
         self._procs[spec.proc] = proc
         self._states[spec.proc] = ProcState(spec.proc, proc.pid, spec.main, True, 0, 0, False)
-        asyncio.ensure_future(self._pump(spec, proc, output))
+        spawn(self._pump(spec, proc, output))
         return proc.pid
 
     async def _pump(self, spec: ProcessSpec, proc: asyncio.subprocess.Process,

@@ -12,93 +12,86 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pyroute2 import IPRoute
+from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 log = logging.getLogger(__name__)
+
+MAIN_TABLE = 254
 
 
 class NetError(Exception):
     pass
 
 
-@contextlib.contextmanager
-def _ipr() -> Iterator[IPRoute]:
-    ipr = IPRoute()
-    try:
-        yield ipr
-    finally:
-        ipr.close()
-
-
-def _index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
+async def _index(ipr: AsyncIPRoute, name: str) -> int | None:
+    found = await ipr.link_lookup(ifname=name)
     return int(found[0]) if found else None
 
 
-def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface | None, mtu: int = 1500) -> None:
+async def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface | None,
+                        mtu: int = 1500) -> None:
     """A bridge named `name`, up, holding `gateway` (and no other address)."""
-    with _ipr() as ipr:
-        idx = _index(ipr, name)
+    async with AsyncIPRoute() as ipr:
+        idx = await _index(ipr, name)
         if idx is None:
             try:
-                ipr.link("add", ifname=name, kind="bridge")
+                await ipr.link("add", ifname=name, kind="bridge")
             except NetlinkError as e:
                 raise NetError(f"cannot create bridge {name}: {e}") from e
-            idx = _index(ipr, name)
+            idx = await _index(ipr, name)
             assert idx is not None
-        ipr.link("set", index=idx, mtu=mtu)
+        await ipr.link("set", index=idx, mtu=mtu)
         if gateway is not None:
-            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-                    for a in ipr.get_addr(index=idx, family=2)}
+            have = {(a.get("address"), a["prefixlen"])
+                    async for a in await ipr.get_addr(index=idx, family=2)}
             want = (str(gateway.ip), gateway.network.prefixlen)
             for address, prefix in have - {want}:
-                ipr.addr("del", index=idx, address=address, prefixlen=prefix)
+                await ipr.addr("del", index=idx, address=address, prefixlen=prefix)
             if want not in have:
-                ipr.addr("add", index=idx, address=want[0], prefixlen=want[1])
-        ipr.link("set", index=idx, state="up")
+                await ipr.addr("add", index=idx, address=want[0], prefixlen=want[1])
+        await ipr.link("set", index=idx, state="up")
 
 
-def delete_link(name: str) -> None:
-    with _ipr() as ipr:
-        idx = _index(ipr, name)
+async def delete_link(name: str) -> None:
+    async with AsyncIPRoute() as ipr:
+        idx = await _index(ipr, name)
         if idx is not None:
             with contextlib.suppress(NetlinkError):
-                ipr.link("del", index=idx)
+                await ipr.link("del", index=idx)
 
 
-def create_tap(name: str, bridge: str, mtu: int = 1500) -> None:
+async def create_tap(name: str, bridge: str, mtu: int = 1500) -> None:
     """A persistent tap enslaved to `bridge`; QEMU opens it by name."""
-    with _ipr() as ipr:
-        bridge_idx = _index(ipr, bridge)
+    async with AsyncIPRoute() as ipr:
+        bridge_idx = await _index(ipr, bridge)
         if bridge_idx is None:
             raise NetError(f"bridge {bridge} does not exist")
-        idx = _index(ipr, name)
+        idx = await _index(ipr, name)
         if idx is None:
             try:
-                ipr.link("add", ifname=name, kind="tuntap", mode="tap")
+                await ipr.link("add", ifname=name, kind="tuntap", mode="tap")
             except NetlinkError as e:
                 raise NetError(f"cannot create tap {name}: {e}") from e
-            idx = _index(ipr, name)
+            idx = await _index(ipr, name)
             assert idx is not None
-        ipr.link("set", index=idx, master=bridge_idx, mtu=mtu, state="up")
+        await ipr.link("set", index=idx, master=bridge_idx, mtu=mtu, state="up")
 
 
-def links_with_prefix(prefix: str) -> list[str]:
-    with _ipr() as ipr:
-        names = [str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
+async def links_with_prefix(prefix: str) -> list[str]:
+    async with AsyncIPRoute() as ipr:
+        names = [str(link.get("ifname")) async for link in await ipr.get_links()]
     return [n for n in names if n.startswith(prefix)]
 
 
-def routed_networks() -> list[ipaddress.IPv4Network]:
+async def routed_networks() -> list[ipaddress.IPv4Network]:
     """Networks the host already routes (to pick subnets that do not collide)."""
     out = []
-    with _ipr() as ipr:
-        for route in ipr.get_routes(family=2):
-            dst = route.get_attr("RTA_DST")
+    async with AsyncIPRoute() as ipr:
+        async for route in await ipr.get_routes(family=2, table=MAIN_TABLE):
+            dst = route.get("dst")
             if dst and route["dst_len"] > 0:
                 with contextlib.suppress(ValueError):
                     out.append(ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False))

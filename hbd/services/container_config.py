@@ -59,6 +59,46 @@ HOST_CONFIG_OPTIONAL = ("Mounts", "Tmpfs", "Sysctls", "StorageOpt", "Annotations
 
 RESTART_POLICIES = ("", "no", "always", "unless-stopped", "on-failure")
 
+# JSON types of the request fields, checked before anything reads them (Go's
+# decoder refuses a mistyped field with a 400; so do we).
+CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
+    "Hostname": str, "Domainname": str, "User": str, "AttachStdin": bool,
+    "AttachStdout": bool, "AttachStderr": bool, "ExposedPorts": dict, "Tty": bool,
+    "OpenStdin": bool, "StdinOnce": bool, "Env": list, "Cmd": (list, str),
+    "Healthcheck": dict, "ArgsEscaped": bool, "Image": str, "Volumes": dict,
+    "WorkingDir": str, "Entrypoint": (list, str), "NetworkDisabled": bool, "MacAddress": str,
+    "OnBuild": list, "Labels": dict, "StopSignal": str, "StopTimeout": int, "Shell": list,
+    "HostConfig": dict, "NetworkingConfig": dict,
+}
+HOST_CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
+    **{k: type(v) for k, v in HOST_CONFIG_DEFAULTS.items() if v is not None},
+    "Binds": list, "VolumesFrom": list, "CapAdd": list, "CapDrop": list, "ExtraHosts": list,
+    "GroupAdd": list, "Links": list, "SecurityOpt": list, "DeviceCgroupRules": list,
+    "DeviceRequests": list, "MemorySwappiness": int, "OomKillDisable": bool,
+    "PidsLimit": int, "Mounts": list, "Tmpfs": dict, "Sysctls": dict, "StorageOpt": dict,
+    "Annotations": dict, "Init": bool, "KernelMemory": int, "KernelMemoryTCP": int,
+}
+_JSON_NAMES = {str: "string", bool: "bool", int: "number", float: "number", list: "array",
+               dict: "object"}
+
+
+def check_types(body: dict[str, Any], types: dict[str, type | tuple[type, ...]],
+                struct: str) -> None:
+    for key, value in body.items():
+        expected = types.get(key)
+        if expected is None or value is None:
+            continue
+        allowed = expected if isinstance(expected, tuple) else (expected,)
+        ok = isinstance(value, allowed) and not (bool not in allowed and
+                                                 isinstance(value, bool))
+        if int in allowed and isinstance(value, float) and value.is_integer():
+            ok = True
+        if not ok:
+            got = _JSON_NAMES.get(type(value), type(value).__name__)
+            want = "/".join(_JSON_NAMES[t] for t in allowed)
+            raise InvalidParameter(f"json: cannot unmarshal {got} into Go struct field "
+                                   f"{struct}.{key} of type {want}")
+
 _ADJECTIVES = (
     "agile", "amber", "brave", "bright", "calm", "clever", "cosmic", "crisp", "daring",
     "eager", "early", "fancy", "fierce", "gentle", "golden", "happy", "hidden", "humble",
@@ -108,6 +148,7 @@ def _list_of_str(value: Any, field: str) -> list[str] | None:
 
 def normalize_config(body: dict[str, Any]) -> dict[str, Any]:
     """The Config part of a create request, typed and with dockerd's zero values."""
+    check_types(body, CONFIG_TYPES, "ContainerCreateRequest")
     config = {**CONFIG_DEFAULTS}
     for key, value in body.items():
         if key in CONFIG_DEFAULTS or key in CONFIG_OPTIONAL:
@@ -127,6 +168,10 @@ def normalize_config(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def normalize_host_config(body: dict[str, Any] | None) -> dict[str, Any]:
+    if body is not None and not isinstance(body, dict):
+        raise InvalidParameter("json: cannot unmarshal into Go struct field "
+                               "ContainerCreateRequest.HostConfig of type object")
+    check_types(body or {}, HOST_CONFIG_TYPES, "HostConfig")
     hc = copy.deepcopy(HOST_CONFIG_DEFAULTS)
     for key in HOST_CONFIG_OPTIONAL:
         hc.pop(key)
@@ -148,7 +193,7 @@ def normalize_host_config(body: dict[str, Any] | None) -> dict[str, Any]:
         raise InvalidParameter("invalid restart policy: maximum retry count can't be negative")
     if retries and name != "on-failure":
         raise InvalidParameter(
-            f"invalid restart policy: maximum retry count can only be used with 'on-failure'")
+            "invalid restart policy: maximum retry count can only be used with 'on-failure'")
     hc["RestartPolicy"] = {"Name": name, "MaximumRetryCount": retries}
     if hc.get("AutoRemove") and name != "no":
         raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
@@ -204,9 +249,8 @@ def merge_image_config(config: dict[str, Any], image_config: dict[str, Any]) -> 
         else:
             for key in ("Test", "Interval", "Timeout", "StartPeriod", "StartInterval",
                         "Retries"):
-                if not user_health.get(key):
-                    if key in image_health:
-                        user_health[key] = image_health[key]
+                if not user_health.get(key) and key in image_health:
+                    user_health[key] = image_health[key]
     if not config["WorkingDir"]:
         config["WorkingDir"] = image_config.get("WorkingDir") or ""
     image_volumes = image_config.get("Volumes") or {}

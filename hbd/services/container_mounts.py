@@ -82,8 +82,8 @@ def _parse_mount(m: dict[str, Any]) -> MountPoint:
     kind = m.get("Type") or ""
     target = m.get("Target") or ""
     if not target:
-        raise InvalidParameter("invalid mount config for type \"%s\": field Target must not "
-                               "be empty" % kind)
+        raise InvalidParameter(f"invalid mount config for type \"{kind}\": field Target "
+                               "must not be empty")
     target = _clean_target(target)
     rw = not m.get("ReadOnly")
     source = m.get("Source") or ""

@@ -34,7 +34,8 @@ def attachments_for_create(host_config: dict[str, Any], networking: dict[str, An
         raise InvalidParameter("hbd runs each container in its own virtual machine: sharing "
                                "another container's network (--network container:) is not "
                                "available")
-    endpoints = dict((networking or {}).get("EndpointsConfig") or {})
+    endpoints = {DEFAULT_BRIDGE if name == "default" else name: settings for name, settings in
+                 ((networking or {}).get("EndpointsConfig") or {}).items()}
     if mode == "none":
         if any(name != "none" for name in endpoints):
             raise InvalidParameter("container cannot be disconnected from host network or "

@@ -44,19 +44,21 @@ from hbd.errors import (
 )
 from hbd.events import EventBus
 from hbd.services import container_config as cc
-from hbd.services.container_filters import ContainerFilter, PruneFilter
 from hbd.services import container_network as cn
+from hbd.services.container_filters import ContainerFilter, PruneFilter
+from hbd.services.container_mounts import MountPoint, guest_mounts, resolve_mounts
 from hbd.services.container_network import run_from_record, run_record
 from hbd.services.dns import host_resolvers
-from hbd.services.container_mounts import MountPoint, guest_mounts, resolve_mounts
 from hbd.services.health import HealthMonitor, HealthState
 from hbd.services.images import ImageStore
-from hbd.services.networks import NetworkService, RunNetworking
 from hbd.services.logs import JsonFileWriter, LogQuery, LogRecord, query_logs
+from hbd.services.networks import NetworkService, RunNetworking
+from hbd.services.reference import parse_reference
 from hbd.services.scratch import ScratchDisks
-from hbd.services.volumes import VolumeService
 from hbd.services.timefmt import ZERO_TIME, human_duration, parse_rfc3339, rfc3339_nano
+from hbd.services.volumes import VolumeService
 from hbd.store import StateStore
+from hbd.tasks import cancel_all, spawn
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +263,6 @@ class ContainerService:
         self.root.mkdir(parents=True, exist_ok=True)
         self.containers: dict[str, Container] = {}
         self.names: dict[str, str] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
         # Told when a container's run ends (removed=False) and when it is
         # removed (removed=True); exec instances use it to settle and forget.
         self.on_stopped: list[Callable[[Container, bool], None]] = []
@@ -276,12 +277,6 @@ class ContainerService:
             self.names[c.name] = c.id
 
     # -- helpers ---------------------------------------------------------------
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     def _image_usage(self, image_id: str) -> list[tuple[str, bool]]:
         return [(c.id, c.state.running) for c in self.containers.values()
@@ -524,7 +519,7 @@ class ContainerService:
         self._save(c)
         c.run_started.set()
         self._event(c, "start")
-        self._spawn(self._watch(c, run))
+        spawn(self._watch(c, run))
 
     def _begin_health(self, c: Container, run: Run) -> None:
         healthcheck = c.config.get("Healthcheck")
@@ -548,7 +543,7 @@ class ContainerService:
         c.state.exit_code = exit_code
         self._save(c)
         if c.host_config.get("AutoRemove"):
-            self._spawn(self._auto_remove(c))
+            spawn(self._auto_remove(c))
 
     async def _watch(self, c: Container, run: Run) -> None:
         """Wait for the main process to exit, or for the guest to vanish."""
@@ -595,7 +590,7 @@ class ContainerService:
         # A container that is going keeps nothing in its scratch disk worth a
         # sync, but its volumes' data must reach their disks.
         clean = not going or any(m.type == "volume" for m in c.mounts)
-        c.teardown = self._spawn(self._teardown(c, run, clean))
+        c.teardown = spawn(self._teardown(c, run, clean))
         if going and not c.removing:
             await self._auto_remove(c)
         elif self._should_restart(c, status.exit_code):
@@ -625,7 +620,7 @@ class ContainerService:
         c.state.running = True
         c.state.status = "restarting"
         self._save(c)
-        c.restart_task = self._spawn(self._restart_later(c, c.restart_delay))
+        c.restart_task = spawn(self._restart_later(c, c.restart_delay))
 
     async def _restart_later(self, c: Container, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -975,7 +970,7 @@ class ContainerService:
                 self.networks, c.networks, c.config, c.run_network)["Networks"]},
         }
 
-    def list(self, all_: bool = False, limit: int = -1,
+    def list_summaries(self, all_: bool = False, limit: int = -1,
              filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
         matches = ContainerFilter(filters or {}, self)
         items = sorted(self.containers.values(), key=lambda c: c.created, reverse=True)
@@ -1034,11 +1029,11 @@ class ContainerService:
             c.run_started.set()
             if c.config.get("Healthcheck"):
                 self._begin_health(c, run)
-            self._spawn(self._watch(c, run))
+            spawn(self._watch(c, run))
         await self.networks.remove_leaked_taps()
         for c in list(self.containers.values()):
             if not c.state.running and self._restart_on_daemon_start(c):
-                self._spawn(self._start_on_daemon_start(c))
+                spawn(self._start_on_daemon_start(c))
 
     def _restart_on_daemon_start(self, c: Container) -> bool:
         """dockerd restarts these when it starts: `always` even if stopped by hand."""
@@ -1056,8 +1051,7 @@ class ContainerService:
 
     async def shutdown(self) -> None:
         """hbd is stopping: leave guests running, stop watching them."""
-        for task in list(self._tasks):
-            task.cancel()
+        cancel_all()
         for c in self.containers.values():
             if c.run is not None:
                 c.run.sandbox.detach()
@@ -1065,8 +1059,6 @@ class ContainerService:
 
 
 def _familiar_or_raw(ref: str) -> str:
-    from hbd.services.reference import parse_reference
-
     try:
         return parse_reference(ref).with_default_tag().familiar
     except HbdError:

@@ -26,6 +26,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from hbd.tasks import spawn
+
 log = logging.getLogger(__name__)
 
 TTL = 600
@@ -107,7 +109,7 @@ class _Listener:
 
         class Udp(asyncio.DatagramProtocol):
             def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-                asyncio.ensure_future(listener._answer_udp(data, addr))
+                spawn(listener._answer_udp(data, addr))
 
         transport, _ = await loop.create_datagram_endpoint(
             Udp, local_addr=(self.gateway, 53), reuse_port=False)
@@ -169,7 +171,7 @@ class DnsServer:
 
     def refresh(self) -> None:
         """Names changed (a container started or stopped): serve the new view."""
-        asyncio.ensure_future(self.reconcile())
+        spawn(self.reconcile())
 
     async def answer(self, gateway: str, data: bytes, tcp: bool = False) -> bytes | None:
         try:

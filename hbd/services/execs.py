@@ -20,6 +20,7 @@ from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_exec
 from hbd.events import EventBus
 from hbd.services import container_config as cc
 from hbd.services.containers import Container, ContainerService, Run
+from hbd.tasks import spawn
 
 
 @dataclass
@@ -187,7 +188,7 @@ class ExecService:
             instance.done.set()
             raise SystemError_("OCI runtime exec failed: exec failed: unable to start "
                                f"container process: {e.message}: unknown") from e
-        asyncio.ensure_future(self._reap(instance))
+        spawn(self._reap(instance))
         return instance
 
     async def _reap(self, instance: ExecInstance) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from hbd.drivers.agent import AgentError, ExitStatus, ProcessSpec
 from hbd.services.timefmt import rfc3339_nano
+from hbd.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class HealthMonitor:
 
     def start(self) -> None:
         if self.enabled:
-            self._task = asyncio.ensure_future(self._loop())
+            self._task = spawn(self._loop())
 
     def stop(self) -> None:
         if self._task is not None:
@@ -139,8 +140,9 @@ class HealthMonitor:
 
     def _record(self, start: str, exit_code: int, output: str, in_start_period: bool) -> None:
         st = self.state
-        st.log = (st.log + [{"Start": start, "End": rfc3339_nano(), "ExitCode": exit_code,
-                             "Output": output}])[-MAX_LOG_ENTRIES:]
+        entry = {"Start": start, "End": rfc3339_nano(), "ExitCode": exit_code,
+                 "Output": output}
+        st.log = [*st.log, entry][-MAX_LOG_ENTRIES:]
         old = st.status
         if exit_code == 0:
             st.failing_streak = 0

@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import json
 import logging
+import posixpath
 import shutil
 import tarfile
 import zlib
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hbd.drivers import disks
-from hbd.errors import Conflict, InvalidParameter, NotFound, SystemError_, no_such_image
+from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_image
 from hbd.events import EventBus
 from hbd.services.blobs import BlobStore, DigestMismatch
 from hbd.services.layers import LayerError, UnpackLimits, flatten_layers
@@ -136,7 +137,7 @@ class _ArchiveReader:
 
     def __init__(self, path: Path) -> None:
         try:
-            self.tar = tarfile.open(path, "r:")
+            self.tar = tarfile.open(path, "r:")  # noqa: SIM115 - closed by close()
         except (tarfile.TarError, EOFError, OSError) as e:
             raise InvalidParameter(f"failed to read image archive: {e}") from e
         self.names = {m.name.lstrip("./") if m.name.startswith("./") else m.name: m
@@ -156,7 +157,13 @@ class _ArchiveReader:
         if member is None:
             raise InvalidParameter(f"invalid image archive: missing {name}")
         if member.issym() or member.islnk():
-            member = self.tar._find_link_target(member)  # a layer stored once, linked twice
+            # A layer stored once and linked from a second image's directory.
+            target = self.names.get(posixpath.normpath(posixpath.join(
+                posixpath.dirname(name), member.linkname)) if member.issym()
+                else member.linkname)
+            if target is None or target.issym() or target.islnk():
+                raise InvalidParameter(f"invalid image archive: {name} links nowhere")
+            member = target
         f = self.tar.extractfile(member)
         if f is None:
             raise InvalidParameter(f"invalid image archive: {name} is not a file")
@@ -263,7 +270,7 @@ class ImageStore:
             raise no_such_image(ref.with_default_tag().familiar)
         raise no_such_image(text)
 
-    def list(self) -> list[Image]:
+    def all_images(self) -> list[Image]:
         return sorted(self.images.values(), key=lambda i: i.created_unix, reverse=True)
 
     # -- tagging -------------------------------------------------------------
@@ -459,17 +466,18 @@ class ImageStore:
         first = True
         decompressor: Any = None
         with open(path, "wb") as f:
-            async for chunk in body.iter_chunked(CHUNK):
+            async for received in body.iter_chunked(CHUNK):
                 if first:
                     first = False
-                    if chunk[:2] == b"\x1f\x8b":
+                    if received[:2] == b"\x1f\x8b":
                         decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                data = received
                 if decompressor is not None:
                     try:
-                        chunk = decompressor.decompress(chunk)
+                        data = decompressor.decompress(received)
                     except zlib.error as e:
                         raise InvalidParameter(f"invalid gzip archive: {e}") from e
-                f.write(chunk)
+                f.write(data)
         if first:
             raise InvalidParameter("empty image archive")
 

@@ -135,7 +135,8 @@ async def query_logs(path: Path, query: LogQuery,
     """What `docker logs` returns; with follow, new records until the writer closes."""
     offset = 0
     backlog: list[LogRecord] = []
-    for rec, offset in read_records(path):
+    for rec, end in read_records(path):
+        offset = end
         if query.wants(rec):
             backlog.append(rec)
     if query.tail >= 0:
@@ -149,7 +150,8 @@ async def query_logs(path: Path, query: LogQuery,
         # the consumer holds a record) sets this event, so nothing is missed.
         changed = writer.changed
         was_closed = writer.closed
-        for rec, offset in read_records(path, offset):
+        for rec, end in read_records(path, offset):
+            offset = end
             if query.until_ns and rec.time_ns > query.until_ns:
                 return
             if query.wants(rec):

@@ -172,7 +172,7 @@ class NetworkService:
         if "host" not in names:
             self._add(Network(secrets.token_hex(32), "host", "host", rfc3339_nano()))
         if DEFAULT_BRIDGE not in names:
-            subnet = self._free_subnet()
+            subnet = await self._free_subnet()
             self._add(Network(
                 secrets.token_hex(32), DEFAULT_BRIDGE, "bridge", rfc3339_nano(),
                 bridge=f"{self.bridge_prefix}0", subnet=str(subnet),
@@ -184,7 +184,7 @@ class NetworkService:
                          "com.docker.network.driver.mtu": "1500"}))
         for n in self.networks.values():
             if n.driver == "bridge":
-                await asyncio.to_thread(self._bring_up, n)
+                await self._bring_up(n)
         # Taps of guests that are gone (leaked by a crash) are removed by the
         # container service once it knows which guests survived.
         await self.apply_rules()
@@ -195,14 +195,14 @@ class NetworkService:
         self._save(n)
 
     @staticmethod
-    def _bring_up(n: Network) -> None:
+    async def _bring_up(n: Network) -> None:
         gateway = ipaddress.IPv4Interface(f"{n.gateway}/{n.network.prefixlen}") \
             if n.network is not None and n.gateway else None
-        net.ensure_bridge(n.bridge, gateway)
+        await net.ensure_bridge(n.bridge, gateway)
 
-    def _free_subnet(self) -> ipaddress.IPv4Network:
+    async def _free_subnet(self) -> ipaddress.IPv4Network:
         used = [n.network for n in self.networks.values() if n.network is not None]
-        used += [r for r in net.routed_networks() if not
+        used += [r for r in await net.routed_networks() if not
                  any(r == n.network for n in self.networks.values())]
         for candidate in POOLS:
             if not any(candidate.overlaps(u) for u in used):
@@ -248,7 +248,7 @@ class NetworkService:
             if len(configs) > 1:
                 raise InvalidParameter("hbd supports one IPv4 subnet per network")
             config = configs[0] if configs else {}
-            subnet, gateway, ip_range = self._ipam(config)
+            subnet, gateway, ip_range = await self._ipam(config)
             nid = secrets.token_hex(32)
             options = {str(k): str(v) for k, v in (body.get("Options") or {}).items()}
             n = Network(
@@ -262,7 +262,7 @@ class NetworkService:
                 ipam_options={str(k): str(v) for k, v in (ipam.get("Options") or {}).items()},
             )
             try:
-                await asyncio.to_thread(self._bring_up, n)
+                await self._bring_up(n)
             except net.NetError as e:
                 raise SystemError_(str(e)) from e
             self._add(n)
@@ -271,7 +271,7 @@ class NetworkService:
         self._changed()
         return {"Id": n.id, "Warning": ""}
 
-    def _ipam(self, config: dict[str, Any]) -> tuple[ipaddress.IPv4Network,
+    async def _ipam(self, config: dict[str, Any]) -> tuple[ipaddress.IPv4Network,
                                                       ipaddress.IPv4Address, str]:
         raw_subnet = config.get("Subnet")
         if raw_subnet:
@@ -285,7 +285,7 @@ class NetworkService:
                 if other.network is not None and other.network.overlaps(subnet):
                     raise Forbidden("Pool overlaps with other one on this address space")
         else:
-            subnet = self._free_subnet()
+            subnet = await self._free_subnet()
         if subnet.num_addresses < 4:
             raise InvalidParameter(f"subnet {subnet} is too small")
         raw_gateway = config.get("Gateway")
@@ -324,7 +324,7 @@ class NetworkService:
             del self.networks[n.id]
             self.leases.pop(n.id, None)
             self.state.delete("networks", n.id)
-            await asyncio.to_thread(net.delete_link, n.bridge)
+            await net.delete_link(n.bridge)
             await self.apply_rules()
         self.events.publish("network", "destroy", n.id, {"name": n.name, "type": n.driver})
         self._changed()
@@ -387,7 +387,7 @@ class NetworkService:
                                         mac, tap, aliases, list(dict.fromkeys(
                                             [*names, *aliases])))
                     run.endpoints[n.name] = endpoint
-                    await asyncio.to_thread(net.create_tap, tap, n.bridge)
+                    await net.create_tap(tap, n.bridge)
                     run.nics.append(NicSpec(tap, mac))
                     run.interfaces.append(InterfaceSpec(mac=mac, name=f"eth{index}",
                                                         addresses=[f"{ip}/{prefix}"]))
@@ -450,7 +450,7 @@ class NetworkService:
             leases = self.leases.get(endpoint.network_id, {})
             if leases.get(endpoint.ip) == container_id:
                 del leases[endpoint.ip]
-            await asyncio.to_thread(net.delete_link, endpoint.tap)
+            await net.delete_link(endpoint.tap)
         for p in run.ports:
             sock = self._reservations.pop((p.protocol, p.host_ip, p.host_port), None)
             if sock is not None:
@@ -469,9 +469,9 @@ class NetworkService:
 
     async def remove_leaked_taps(self) -> None:
         live = {e.tap for run in self.runs.values() for e in run.endpoints.values()}
-        for name in await asyncio.to_thread(net.links_with_prefix, self.tap_prefix):
+        for name in await net.links_with_prefix(self.tap_prefix):
             if name not in live:
-                await asyncio.to_thread(net.delete_link, name)
+                await net.delete_link(name)
 
     # -- API views -----------------------------------------------------------------
 

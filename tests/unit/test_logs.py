@@ -1,3 +1,4 @@
+import asyncio
 import json
 from pathlib import Path
 
@@ -36,8 +37,6 @@ async def test_long_lines_are_cut(tmp_path: Path) -> None:
 
 
 async def test_follow_sees_writes_until_close(tmp_path: Path) -> None:
-    import asyncio
-
     path = tmp_path / "c-json.log"
     w = JsonFileWriter(path)
     w.write(1, b"before\n")
