@@ -1,0 +1,443 @@
+"""Host side of the guest protocol (kernels/init/PROTOCOL.md). Knows nothing of Docker.
+
+One `AgentClient` per connection to a guest's `hbd.0` virtio-serial port
+(a unix socket on the host). Requests are answered by ACK or ERROR with the
+same id; process output and events arrive as they happen and go to the
+`ProcessOutput` registered for each process. Everything the guest sends is
+untrusted input: sizes are bounded and JSON is checked before use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import secrets
+import struct
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct("<IHHI")
+MAX_FRAME = 1024 * 1024
+STREAM_CHUNK = 64 * 1024
+STDIN_WINDOW = 256 * 1024
+SYNC_MAGIC = b"hbd-sync-v1\0\0\0\0\0"
+
+T_HELLO, T_SETUP, T_START, T_SIGNAL, T_RESIZE = 0x01, 0x02, 0x03, 0x04, 0x05
+T_STATE, T_RELEASE, T_STATS, T_POWEROFF, T_PING = 0x06, 0x07, 0x08, 0x09, 0x0A
+T_STDIN, T_STDIN_EOF = 0x20, 0x21
+T_ACK, T_ERROR, T_EVENT, T_SYNC = 0x80, 0x81, 0x82, 0x83
+T_STDOUT, T_STDERR, T_STDOUT_EOF, T_STDERR_EOF, T_STDIN_ACK = 0xA0, 0xA1, 0xA2, 0xA3, 0xA4
+
+
+class AgentError(Exception):
+    """An ERROR reply (kind per PROTOCOL §8), or a broken channel."""
+
+    def __init__(self, kind: str, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.errno = errno
+
+
+class AgentDisconnected(AgentError):
+    def __init__(self, message: str = "guest channel closed") -> None:
+        super().__init__("system", message, 0)
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    exit_code: int
+    signal: int
+    oom_killed: bool
+
+
+@dataclass(frozen=True)
+class ProcState:
+    proc: int
+    pid: int
+    main: bool
+    running: bool
+    exit_code: int
+    signal: int
+    oom_killed: bool
+
+
+@dataclass(frozen=True)
+class GuestInfo:
+    version: int
+    kernel: str
+    boot_ms: int
+
+
+@dataclass
+class ProcessSpec:
+    proc: int
+    args: list[str]
+    env: list[str]
+    cwd: str = "/"
+    user: str = ""
+    tty: bool = False
+    stdin: bool = False
+    height: int = 0
+    width: int = 0
+    main: bool = False
+
+
+@dataclass
+class FileSpec:
+    path: str
+    data: bytes
+    mode: int = 0o644
+
+
+@dataclass
+class MountSpec:
+    type: Literal["disk", "9p", "tmpfs"]
+    target: str
+    source: str = ""
+    fstype: str = "ext4"
+    options: str = ""
+    readonly: bool = False
+
+
+@dataclass
+class InterfaceSpec:
+    mac: str
+    name: str
+    addresses: list[str]
+    mtu: int = 1500
+
+
+@dataclass
+class RouteSpec:
+    destination: str
+    gateway: str
+
+
+@dataclass
+class SetupSpec:
+    hostname: str
+    domainname: str = ""
+    image_disk: str = "image"
+    scratch_disk: str = "scratch"
+    readonly_rootfs: bool = False
+    files: list[FileSpec] = field(default_factory=list)
+    mounts: list[MountSpec] = field(default_factory=list)
+    interfaces: list[InterfaceSpec] = field(default_factory=list)
+    routes: list[RouteSpec] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    memory_limit: int = 0
+    shm_size: int = 64 * 1024 * 1024
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "hostname": self.hostname,
+            "domainname": self.domainname,
+            "rootfs": {"image": self.image_disk, "scratch": self.scratch_disk,
+                       "readonly": self.readonly_rootfs},
+            "files": [{"path": f.path, "data": base64.b64encode(f.data).decode(),
+                       "mode": f.mode} for f in self.files],
+            "mounts": [asdict(m) for m in self.mounts],
+            "interfaces": [asdict(i) for i in self.interfaces],
+            "routes": [asdict(r) for r in self.routes],
+            "sysctls": self.sysctls,
+            "memory_limit": self.memory_limit,
+            "shm_size": self.shm_size,
+        }
+
+
+class ProcessOutput(Protocol):
+    def on_output(self, stream: int, data: bytes) -> None: ...
+
+    def on_output_eof(self, stream: int) -> None: ...
+
+    def on_exit(self, status: ExitStatus) -> None: ...
+
+
+def _frame(type_: int, ident: int, payload: bytes = b"") -> bytes:
+    return HEADER.pack(len(payload), type_, 0, ident) + payload
+
+
+def _int(value: Any, default: int = 0) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _proc_state(raw: Any) -> ProcState | None:
+    if not isinstance(raw, dict):
+        return None
+    return ProcState(
+        proc=_int(raw.get("proc")), pid=_int(raw.get("pid")), main=raw.get("main") is True,
+        running=raw.get("running") is True, exit_code=_int(raw.get("exit_code")),
+        signal=_int(raw.get("signal")), oom_killed=raw.get("oom_killed") is True,
+    )
+
+
+class AgentClient:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 on_event: Callable[[dict[str, Any]], None] | None) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._on_event = on_event
+        self._next_id = 1
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._outputs: dict[int, ProcessOutput] = {}
+        self._inflight: dict[int, int] = {}
+        self._credit_waiters: list[asyncio.Future[None]] = []
+        self._closed = asyncio.Event()
+        self._reader_task: asyncio.Task[None] | None = None
+        self.guest_info = GuestInfo(0, "", 0)
+        self.processes: list[ProcState] = []
+
+    # -- connection ------------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, socket_path: Path, *, timeout: float = 60.0,
+                      on_event: Callable[[dict[str, Any]], None] | None = None) -> AgentClient:
+        """Connect, resynchronise (HELLO/SYNC) and read the guest's STATE."""
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    reader, writer = await asyncio.open_unix_connection(
+                        str(socket_path), limit=4 * MAX_FRAME)
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    await asyncio.sleep(0.005)
+            client = cls(reader, writer, on_event)
+            try:
+                await client._handshake()
+                client.processes = await client.state()
+            except BaseException:
+                await client.close()
+                raise
+        return client
+
+    async def _handshake(self) -> None:
+        nonce = secrets.token_hex(16)
+        hello_id = self._take_id()
+        body = json.dumps({"version": PROTOCOL_VERSION, "nonce": nonce}).encode()
+        self._writer.write(_frame(T_HELLO, hello_id, body))
+        await self._writer.drain()
+        # Bytes of a frame an earlier host half read may come first: skip
+        # everything up to our SYNC, which is followed by the HELLO reply.
+        marker = SYNC_MAGIC + nonce.encode()
+        buffered = b""
+        while True:
+            chunk = await self._reader.read(65536)
+            if not chunk:
+                raise AgentDisconnected("guest closed the channel during the handshake")
+            buffered += chunk
+            at = buffered.find(marker)
+            if at >= 0:
+                break
+            buffered = buffered[-(len(marker) + HEADER.size):]
+        leftover = buffered[at + len(marker):]
+        future = asyncio.get_running_loop().create_future()
+        self._pending[hello_id] = future
+        self._reader_task = asyncio.ensure_future(self._read_loop(leftover))
+        reply = await future
+        self.guest_info = GuestInfo(_int(reply.get("version")), str(reply.get("kernel", "")),
+                                    _int(reply.get("boot_ms")))
+        if self.guest_info.version != PROTOCOL_VERSION:
+            raise AgentError("system", f"guest speaks protocol {self.guest_info.version}, "
+                                       f"hbd speaks {PROTOCOL_VERSION}")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def close(self) -> None:
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
+        self._shutdown("closed by hbd")
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+    def _shutdown(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(AgentDisconnected(reason))
+        self._pending.clear()
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        waiters, self._credit_waiters = self._credit_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- incoming ----------------------------------------------------------------
+
+    async def _read_loop(self, leftover: bytes) -> None:
+        buffered = leftover
+        try:
+            while True:
+                while len(buffered) >= HEADER.size:
+                    length, type_, _, ident = HEADER.unpack_from(buffered)
+                    if length > MAX_FRAME:
+                        raise AgentError("system", f"guest sent a {length}-byte frame")
+                    if len(buffered) < HEADER.size + length:
+                        break
+                    payload = buffered[HEADER.size:HEADER.size + length]
+                    buffered = buffered[HEADER.size + length:]
+                    self._dispatch(type_, ident, payload)
+                chunk = await self._reader.read(4 * MAX_FRAME)
+                if not chunk:
+                    break
+                buffered += chunk
+        except asyncio.CancelledError:
+            raise
+        except (AgentError, ConnectionError, OSError) as e:
+            log.warning("guest channel broken: %s", e)
+        finally:
+            self._shutdown("guest channel closed")
+
+    def _json(self, payload: bytes) -> dict[str, Any]:
+        try:
+            value = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            raise AgentError("system", "guest sent malformed JSON") from None
+        if not isinstance(value, dict):
+            raise AgentError("system", "guest sent JSON that is not an object")
+        return value
+
+    def _dispatch(self, type_: int, ident: int, payload: bytes) -> None:
+        if type_ in (T_STDOUT, T_STDERR):
+            sink = self._outputs.get(ident)
+            if sink is not None:
+                sink.on_output(1 if type_ == T_STDOUT else 2, payload)
+        elif type_ in (T_STDOUT_EOF, T_STDERR_EOF):
+            sink = self._outputs.get(ident)
+            if sink is not None:
+                sink.on_output_eof(1 if type_ == T_STDOUT_EOF else 2)
+        elif type_ == T_STDIN_ACK and len(payload) == 4:
+            (count,) = struct.unpack("<I", payload)
+            self._inflight[ident] = max(0, self._inflight.get(ident, 0) - count)
+            self._wake_writers()
+        elif type_ in (T_ACK, T_ERROR):
+            body = self._json(payload)
+            future = self._pending.pop(ident, None)
+            if future is None or future.done():
+                return
+            if type_ == T_ACK:
+                future.set_result(body)
+            else:
+                future.set_exception(AgentError(str(body.get("kind", "system")),
+                                                str(body.get("message", "guest error")),
+                                                _int(body.get("errno"))))
+        elif type_ == T_EVENT:
+            event = self._json(payload)
+            if event.get("type") == "exit":
+                proc = _int(event.get("proc"))
+                sink = self._outputs.get(proc)
+                if sink is not None:
+                    sink.on_exit(ExitStatus(_int(event.get("exit_code")),
+                                            _int(event.get("signal")),
+                                            event.get("oom_killed") is True))
+            if self._on_event is not None:
+                self._on_event(event)
+        # SYNC after the handshake, and types from a newer guest, are ignored.
+
+    # -- requests ------------------------------------------------------------------
+
+    def _take_id(self) -> int:
+        ident = self._next_id
+        self._next_id = self._next_id % 0xFFFFFFFF + 1
+        return ident
+
+    async def _send(self, frame: bytes) -> None:
+        if self.closed:
+            raise AgentDisconnected()
+        try:
+            self._writer.write(frame)
+            await self._writer.drain()
+        except (ConnectionError, OSError) as e:
+            self._shutdown(str(e))
+            raise AgentDisconnected(str(e)) from e
+
+    async def request(self, type_: int, body: dict[str, Any]) -> dict[str, Any]:
+        ident = self._take_id()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[ident] = future
+        try:
+            await self._send(_frame(type_, ident, json.dumps(body).encode()))
+            return await future
+        finally:
+            self._pending.pop(ident, None)
+
+    async def setup(self, spec: SetupSpec) -> None:
+        await self.request(T_SETUP, spec.payload())
+
+    async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int:
+        """Start a process; its output goes to `output` from the first byte."""
+        self._outputs[spec.proc] = output
+        try:
+            reply = await self.request(T_START, asdict(spec))
+        except BaseException:
+            self._outputs.pop(spec.proc, None)
+            raise
+        return _int(reply.get("pid"))
+
+    def attach_output(self, proc: int, output: ProcessOutput) -> None:
+        self._outputs[proc] = output
+
+    async def write_stdin(self, proc: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            chunk = bytes(view[:STREAM_CHUNK])
+            # At most STDIN_WINDOW bytes unacknowledged: a process that stops
+            # reading its stdin stops us, not the whole channel.
+            while not self.closed and self._inflight.get(proc, 0) + len(chunk) > STDIN_WINDOW:
+                waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._credit_waiters.append(waiter)
+                await waiter
+            if self.closed:
+                raise AgentDisconnected()
+            self._inflight[proc] = self._inflight.get(proc, 0) + len(chunk)
+            await self._send(_frame(T_STDIN, proc, chunk))
+            view = view[len(chunk):]
+
+    async def close_stdin(self, proc: int) -> None:
+        await self._send(_frame(T_STDIN_EOF, proc))
+
+    async def signal(self, proc: int, signum: int, all: bool = False) -> None:
+        await self.request(T_SIGNAL, {"proc": proc, "signal": signum, "all": all})
+
+    async def resize(self, proc: int, height: int, width: int) -> None:
+        await self.request(T_RESIZE, {"proc": proc, "height": height, "width": width})
+
+    async def state(self) -> list[ProcState]:
+        reply = await self.request(T_STATE, {})
+        raw = reply.get("processes")
+        states = [_proc_state(p) for p in raw] if isinstance(raw, list) else []
+        return [s for s in states if s is not None]
+
+    async def release(self, proc: int) -> None:
+        self._outputs.pop(proc, None)
+        self._inflight.pop(proc, None)
+        await self.request(T_RELEASE, {"proc": proc})
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.request(T_STATS, {})
+
+    async def poweroff(self) -> None:
+        await self.request(T_POWEROFF, {"sync": True})
+
+    async def ping(self) -> None:
+        await self.request(T_PING, {})

@@ -1,0 +1,702 @@
+/* hbd guest init: PID 1 of an initramfs that holds nothing else.
+ *
+ * One single-threaded poll loop serves the host channel (a virtio-serial
+ * port, PROTOCOL.md), the container's processes' stdio and SIGCHLD. PID 1
+ * must never die: every failure is reported to the host as ERROR. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "init.h"
+#include "util.h"
+
+#define PORT_NAME "hbd.0"
+#define SYNC_MAGIC "hbd-sync-v1\0\0\0\0\0"
+#define MAX_POLL 256
+
+static int chan = -1;
+static int connected;
+static struct buf inq;          /* bytes received, not yet a whole frame */
+static struct buf outq;         /* frames to send */
+static size_t outq_off;
+static struct proc *procs;
+static pid_t main_pid;
+static long long boot_ms;
+static int sigfd = -1;
+static int poweroff_requested;
+
+void set_err(struct err *e, const char *kind, int errnum, const char *fmt, ...)
+{
+	e->kind = kind;
+	e->errnum = errnum;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+	va_end(ap);
+}
+
+/* -- frames out ---------------------------------------------------------- */
+
+static void queue_frame(uint16_t type, uint32_t id, const void *payload, size_t len)
+{
+	unsigned char header[FRAME_HEADER];
+	uint32_t l = (uint32_t)len;
+	uint16_t flags = 0;
+	memcpy(header, &l, 4);
+	memcpy(header + 4, &type, 2);
+	memcpy(header + 6, &flags, 2);
+	memcpy(header + 8, &id, 4);
+	buf_add(&outq, header, sizeof(header));
+	if (len)
+		buf_add(&outq, payload, len);
+}
+
+static void queue_json(uint16_t type, uint32_t id, struct buf *json)
+{
+	queue_frame(type, id, json->data ? json->data : "{}", json->data ? json->len : 2);
+	buf_free(json);
+}
+
+static void ack(uint32_t id, struct buf *json)
+{
+	queue_json(T_ACK, id, json);
+}
+
+static void ack_empty(uint32_t id)
+{
+	queue_frame(T_ACK, id, "{}", 2);
+}
+
+static void reply_error(uint32_t id, const struct err *e)
+{
+	struct buf b = {0};
+	buf_str(&b, "{\"message\":");
+	buf_json_string(&b, e->msg);
+	buf_printf(&b, ",\"errno\":%d,\"kind\":", e->errnum);
+	buf_json_string(&b, e->kind ? e->kind : "system");
+	buf_str(&b, "}");
+	queue_json(T_ERROR, id, &b);
+}
+
+static void error_simple(uint32_t id, const char *kind, int errnum, const char *msg)
+{
+	struct err e;
+	set_err(&e, kind, errnum, "%s", msg);
+	reply_error(id, &e);
+}
+
+static size_t outq_pending(void)
+{
+	return outq.len - outq_off;
+}
+
+static void flush_out(void)
+{
+	while (connected && outq_pending()) {
+		ssize_t n = write(chan, outq.data + outq_off, outq_pending());
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return; /* EAGAIN: the host is slow or gone; poll tells us when to go on */
+		}
+		outq_off += (size_t)n;
+	}
+	if (outq_off && outq_off == outq.len) {
+		outq.len = 0;
+		outq_off = 0;
+	} else if (outq_off > 4 * 1024 * 1024) {
+		memmove(outq.data, outq.data + outq_off, outq_pending());
+		outq.len -= outq_off;
+		outq_off = 0;
+	}
+}
+
+/* -- processes ------------------------------------------------------------ */
+
+static struct proc *find_proc(uint32_t id)
+{
+	for (struct proc *p = procs; p; p = p->next)
+		if (p->id == id)
+			return p;
+	return NULL;
+}
+
+static struct proc *main_proc(void)
+{
+	for (struct proc *p = procs; p; p = p->next)
+		if (p->main)
+			return p;
+	return NULL;
+}
+
+static void close_stdin(struct proc *p)
+{
+	if (p->in_fd >= 0) {
+		close(p->in_fd);
+		p->in_fd = -1;
+	}
+	/* Whatever was still pending counts as consumed: the host must not stall. */
+	p->in_ack += (uint32_t)(p->in_pending.len - p->in_off);
+	buf_free(&p->in_pending);
+	p->in_off = 0;
+}
+
+static void proc_state_json(struct buf *b, const struct proc *p)
+{
+	buf_printf(b,
+		   "{\"proc\":%u,\"pid\":%d,\"main\":%s,\"running\":%s,\"exit_code\":%d,"
+		   "\"signal\":%d,\"oom_killed\":%s}",
+		   p->id, p->pid, p->main ? "true" : "false", p->exit_sent ? "false" : "true",
+		   p->exit_code, p->signal, p->oom ? "true" : "false");
+}
+
+static void maybe_report_exit(struct proc *p)
+{
+	if (p->exit_sent || !p->reaped || p->out_fd >= 0 || p->err_fd >= 0)
+		return;
+	close_stdin(p);
+	struct buf b = {0};
+	buf_printf(&b,
+		   "{\"type\":\"exit\",\"proc\":%u,\"exit_code\":%d,\"signal\":%d,"
+		   "\"oom_killed\":%s}",
+		   p->id, p->exit_code, p->signal, p->oom ? "true" : "false");
+	queue_json(T_EVENT, 0, &b);
+	p->exit_sent = 1;
+}
+
+static void reap(void)
+{
+	for (;;) {
+		int status;
+		pid_t pid = waitpid(-1, &status, WNOHANG | __WALL);
+		if (pid <= 0)
+			return;
+		for (struct proc *p = procs; p; p = p->next) {
+			if (p->pid != pid || p->reaped)
+				continue;
+			p->reaped = 1;
+			if (WIFSIGNALED(status)) {
+				p->signal = WTERMSIG(status);
+				p->exit_code = 128 + p->signal;
+			} else {
+				p->exit_code = WEXITSTATUS(status);
+			}
+			long long kills = cgroup_oom_kills();
+			if (kills > p->oom_before) {
+				p->oom = p->signal == SIGKILL;
+				if (p->main) {
+					struct buf b = {0};
+					buf_str(&b, "{\"type\":\"oom\"}");
+					queue_json(T_EVENT, 0, &b);
+				}
+			}
+		}
+	}
+}
+
+static void read_output(struct proc *p, int *fd, uint16_t type, uint16_t eof_type)
+{
+	char chunk[STREAM_CHUNK];
+	ssize_t n = read(*fd, chunk, sizeof(chunk));
+	if (n > 0) {
+		queue_frame(type, p->id, chunk, (size_t)n);
+		return;
+	}
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	/* EOF, or EIO from a pty master once every slave is closed. */
+	close(*fd);
+	if (p->tty && fd == &p->out_fd && p->in_fd >= 0)
+		close_stdin(p);
+	*fd = -1;
+	queue_frame(eof_type, p->id, NULL, 0);
+}
+
+static void write_stdin(struct proc *p)
+{
+	while (p->in_fd >= 0 && p->in_off < p->in_pending.len) {
+		ssize_t n = write(p->in_fd, p->in_pending.data + p->in_off,
+				  p->in_pending.len - p->in_off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				close_stdin(p); /* EPIPE: the process closed its stdin */
+			return;
+		}
+		p->in_off += (size_t)n;
+		p->in_ack += (uint32_t)n;
+	}
+	if (p->in_off == p->in_pending.len) {
+		buf_free(&p->in_pending);
+		p->in_off = 0;
+		if (p->in_eof_requested && !p->tty)
+			close_stdin(p);
+	}
+}
+
+static void send_stdin_acks(void)
+{
+	for (struct proc *p = procs; p; p = p->next) {
+		if (!p->in_ack)
+			continue;
+		uint32_t n = p->in_ack;
+		queue_frame(T_STDIN_ACK, p->id, &n, sizeof(n));
+		p->in_ack = 0;
+	}
+}
+
+/* -- requests ---------------------------------------------------------------- */
+
+static void handle_hello(uint32_t id, const struct json *req)
+{
+	const char *nonce = json_str(req, "nonce", "");
+	struct buf sync = {0};
+	buf_add(&sync, SYNC_MAGIC, 16);
+	buf_str(&sync, nonce);
+	queue_frame(T_SYNC, 0, sync.data, sync.len);
+	buf_free(&sync);
+	struct utsname u;
+	uname(&u);
+	struct buf b = {0};
+	buf_printf(&b, "{\"version\":%d,\"kernel\":", PROTOCOL_VERSION);
+	buf_json_string(&b, u.release);
+	buf_printf(&b, ",\"boot_ms\":%lld}", boot_ms);
+	ack(id, &b);
+}
+
+static void handle_start(uint32_t id, const struct json *req)
+{
+	long long proc_id = json_int(req, "proc", -1);
+	int is_main = json_bool(req, "main", 0);
+	struct err e = {0};
+	if (proc_id <= 0 || proc_id > 0xffffffffLL)
+		return error_simple(id, "invalid", EINVAL, "START needs a proc id");
+	if (find_proc((uint32_t)proc_id))
+		return error_simple(id, "state", EEXIST, "proc id already in use");
+	if (!sandbox_ready())
+		return error_simple(id, "state", EAGAIN, "SETUP has not run");
+	struct proc *m = main_proc();
+	if (is_main && m)
+		return error_simple(id, "state", EBUSY, "the container's main process already ran");
+	if (!is_main && (!m || m->reaped))
+		return error_simple(id, "state", ESRCH, "the container is not running");
+	struct proc *p = calloc(1, sizeof(*p));
+	if (!p)
+		return error_simple(id, "system", ENOMEM, "out of memory");
+	p->id = (uint32_t)proc_id;
+	p->main = is_main;
+	p->oom_before = cgroup_oom_kills();
+	if (process_start(req, p, m ? m->pid : 0, &e)) {
+		free(p);
+		return reply_error(id, &e);
+	}
+	p->next = procs;
+	procs = p;
+	if (is_main)
+		main_pid = p->pid;
+	struct buf b = {0};
+	buf_printf(&b, "{\"pid\":%d}", p->pid);
+	ack(id, &b);
+}
+
+static void handle_signal(uint32_t id, const struct json *req)
+{
+	struct proc *p = find_proc((uint32_t)json_int(req, "proc", 0));
+	int sig = (int)json_int(req, "signal", 0);
+	if (!p)
+		return error_simple(id, "notfound", ESRCH, "no such process");
+	if (sig <= 0 || sig >= NSIG)
+		return error_simple(id, "invalid", EINVAL, "bad signal");
+	if (!p->reaped && kill(json_bool(req, "all", 0) ? -p->pid : p->pid, sig) && errno != ESRCH)
+		return error_simple(id, "system", errno, strerror(errno));
+	ack_empty(id);
+}
+
+static void handle_resize(uint32_t id, const struct json *req)
+{
+	struct proc *p = find_proc((uint32_t)json_int(req, "proc", 0));
+	if (!p)
+		return error_simple(id, "notfound", ESRCH, "no such process");
+	if (!p->tty || p->out_fd < 0)
+		return ack_empty(id); /* dockerd ignores a resize without a tty */
+	struct winsize ws = {.ws_row = (unsigned short)json_int(req, "height", 0),
+			     .ws_col = (unsigned short)json_int(req, "width", 0)};
+	if (ioctl(p->out_fd, TIOCSWINSZ, &ws))
+		return error_simple(id, "system", errno, strerror(errno));
+	ack_empty(id);
+}
+
+static void handle_state(uint32_t id)
+{
+	struct buf b = {0};
+	buf_str(&b, "{\"processes\":[");
+	for (struct proc *p = procs; p; p = p->next) {
+		proc_state_json(&b, p);
+		if (p->next)
+			buf_str(&b, ",");
+	}
+	buf_str(&b, "]}");
+	ack(id, &b);
+}
+
+static void handle_release(uint32_t id, const struct json *req)
+{
+	uint32_t proc_id = (uint32_t)json_int(req, "proc", 0);
+	for (struct proc **pp = &procs; *pp; pp = &(*pp)->next) {
+		struct proc *p = *pp;
+		if (p->id != proc_id)
+			continue;
+		if (!p->exit_sent || p->main)
+			return ack_empty(id); /* kept: still running, or the container itself */
+		*pp = p->next;
+		buf_free(&p->in_pending);
+		free(p);
+		return ack_empty(id);
+	}
+	error_simple(id, "notfound", ESRCH, "no such process");
+}
+
+static long long meminfo(const char *text, const char *key)
+{
+	const char *p = strstr(text, key);
+	return p ? atoll(p + strlen(key)) * 1024 : 0;
+}
+
+static long long cgroup_value(const char *file, const char *key)
+{
+	char text[4096], path[128];
+	snprintf(path, sizeof(path), CGROUP "/%s", file);
+	if (read_file(path, text, sizeof(text)) < 0)
+		return 0;
+	if (!key)
+		return strcmp(text, "max\n") ? atoll(text) : 0;
+	const char *p = strstr(text, key);
+	return p ? atoll(p + strlen(key)) : 0;
+}
+
+static void handle_stats(uint32_t id)
+{
+	char mem[4096], stat[4096];
+	read_file("/proc/meminfo", mem, sizeof(mem));
+	read_file("/proc/stat", stat, sizeof(stat));
+	unsigned long long v[8] = {0};
+	sscanf(stat, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+	       &v[4], &v[5], &v[6], &v[7]);
+	unsigned long long total = 0;
+	for (int i = 0; i < 8; i++)
+		total += v[i];
+	long hz = sysconf(_SC_CLK_TCK);
+	long long mem_total = meminfo(mem, "MemTotal:");
+	long long limit = cgroup_value("memory.max", NULL);
+	struct buf b = {0};
+	buf_printf(&b,
+		   "{\"memory\":{\"total\":%lld,\"free\":%lld,\"available\":%lld,\"usage\":%lld,"
+		   "\"limit\":%lld,\"cache\":%lld},",
+		   mem_total, meminfo(mem, "MemFree:"), meminfo(mem, "MemAvailable:"),
+		   cgroup_value("memory.current", NULL), limit && limit < mem_total ? limit : mem_total,
+		   cgroup_value("memory.stat", "file "));
+	buf_printf(&b, "\"cpu\":{\"usage_ns\":%lld,\"system_ns\":%llu,\"online\":%ld},",
+		   cgroup_value("cpu.stat", "usage_usec ") * 1000,
+		   total * (1000000000ULL / (unsigned long long)(hz > 0 ? hz : 100)),
+		   sysconf(_SC_NPROCESSORS_ONLN));
+	buf_printf(&b, "\"pids\":%lld}", cgroup_value("pids.current", NULL));
+	ack(id, &b);
+}
+
+static void dispatch(uint16_t type, uint32_t id, const char *payload, uint32_t len)
+{
+	if (type == T_STDIN || type == T_STDIN_EOF) {
+		struct proc *p = find_proc(id);
+		if (!p)
+			return;
+		if (type == T_STDIN) {
+			if (p->in_fd >= 0)
+				buf_add(&p->in_pending, payload, len);
+			else
+				p->in_ack += len;
+		} else {
+			p->in_eof_requested = 1;
+			if (p->in_off == p->in_pending.len && !p->tty)
+				close_stdin(p);
+		}
+		return;
+	}
+	if (type >= 0x20)
+		return; /* not a request: a newer host's stream type we do not know */
+	struct json *req = json_parse(payload, len);
+	if (!req || req->type != J_OBJ) {
+		json_free(req);
+		return error_simple(id, "invalid", EINVAL, "payload is not a JSON object");
+	}
+	struct err e = {0};
+	switch (type) {
+	case T_HELLO:
+		handle_hello(id, req);
+		break;
+	case T_SETUP:
+		if (sandbox_setup(req, &e))
+			reply_error(id, &e);
+		else
+			ack_empty(id);
+		break;
+	case T_START:
+		handle_start(id, req);
+		break;
+	case T_SIGNAL:
+		handle_signal(id, req);
+		break;
+	case T_RESIZE:
+		handle_resize(id, req);
+		break;
+	case T_STATE:
+		handle_state(id);
+		break;
+	case T_RELEASE:
+		handle_release(id, req);
+		break;
+	case T_STATS:
+		handle_stats(id);
+		break;
+	case T_POWEROFF:
+		ack_empty(id);
+		poweroff_requested = 1;
+		break;
+	case T_PING:
+		ack_empty(id);
+		break;
+	default:
+		error_simple(id, "invalid", ENOSYS, "unknown request type");
+	}
+	json_free(req);
+}
+
+static void parse_frames(void)
+{
+	size_t off = 0;
+	while (inq.len - off >= FRAME_HEADER) {
+		uint32_t len, id;
+		uint16_t type;
+		memcpy(&len, inq.data + off, 4);
+		memcpy(&type, inq.data + off + 4, 2);
+		memcpy(&id, inq.data + off + 8, 4);
+		if (len > MAX_FRAME) {
+			/* Lost framing (a host died mid-frame): drop what we have; the
+			 * next host resynchronises with HELLO. */
+			LOG("dropping %zu bytes of unframed input", inq.len - off);
+			off = inq.len;
+			break;
+		}
+		if (inq.len - off < FRAME_HEADER + len)
+			break;
+		dispatch(type, id, inq.data + off + FRAME_HEADER, len);
+		off += FRAME_HEADER + len;
+	}
+	if (off) {
+		memmove(inq.data, inq.data + off, inq.len - off);
+		inq.len -= off;
+	}
+}
+
+static void read_channel(void)
+{
+	char chunk[65536];
+	for (;;) {
+		ssize_t n = read(chan, chunk, sizeof(chunk));
+		if (n > 0) {
+			buf_add(&inq, chunk, (size_t)n);
+			continue;
+		}
+		if (n == 0) {
+			/* No host connected: what we had of a frame is worthless now. */
+			connected = 0;
+			inq.len = 0;
+		}
+		break;
+	}
+	parse_frames();
+}
+
+/* -- boot and power-off ------------------------------------------------------ */
+
+static int open_port(void)
+{
+	/* The port appears once the virtio-serial driver has heard of it from
+	 * the host, which can be just after we start. */
+	for (int attempt = 0; attempt < 5000; attempt++) {
+		DIR *d = opendir("/sys/class/virtio-ports");
+		struct dirent *e;
+		while (d && (e = readdir(d))) {
+			char path[300], name[64];
+			snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", e->d_name);
+			if (read_file(path, name, sizeof(name)) < 0)
+				continue;
+			name[strcspn(name, "\n")] = 0;
+			if (strcmp(name, PORT_NAME))
+				continue;
+			snprintf(path, sizeof(path), "/dev/%s", e->d_name);
+			closedir(d);
+			int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+			if (fd >= 0)
+				return fd;
+			d = NULL;
+			break;
+		}
+		if (d)
+			closedir(d);
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
+	return -1;
+}
+
+static void power_off(void)
+{
+	flush_out();
+	kill(-1, SIGKILL);
+	while (waitpid(-1, NULL, __WALL) > 0)
+		;
+	sandbox_shutdown();
+	/* With reboot=t and QEMU's -no-reboot, a reboot ends the QEMU process. */
+	reboot(RB_AUTOBOOT);
+	for (;;)
+		pause();
+}
+
+static void early_mounts(void)
+{
+	mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+	mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	mkdir_p(ROOT "/files", 0700);
+	mkdir_p(ROOTFS, 0755);
+}
+
+static int probe_connected(void)
+{
+	struct pollfd pfd = {.fd = chan, .events = POLLIN};
+	if (poll(&pfd, 1, 0) < 0)
+		return 0;
+	return !(pfd.revents & POLLHUP);
+}
+
+int main(void)
+{
+	char uptime[64];
+	early_mounts();
+	if (read_file("/proc/uptime", uptime, sizeof(uptime)) > 0)
+		boot_ms = (long long)(atof(uptime) * 1000);
+	net_loopback_up();
+	signal(SIGPIPE, SIG_IGN);
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+	chan = open_port();
+	if (chan < 0) {
+		LOG("no virtio-serial port named " PORT_NAME "; powering off");
+		reboot(RB_AUTOBOOT);
+	}
+	connected = probe_connected();
+	struct pollfd fds[MAX_POLL];
+	struct proc *owners[MAX_POLL];
+	int kinds[MAX_POLL];
+	enum { K_CHAN, K_SIG, K_OUT, K_ERR, K_IN };
+	for (;;) {
+		if (poweroff_requested)
+			power_off();
+		if (!connected && probe_connected())
+			connected = 1;
+		int n = 0;
+		if (connected) {
+			fds[n] = (struct pollfd){.fd = chan, .events = POLLIN | (outq_pending() ? POLLOUT : 0)};
+			kinds[n++] = K_CHAN;
+		}
+		fds[n] = (struct pollfd){.fd = sigfd, .events = POLLIN};
+		kinds[n++] = K_SIG;
+		int reading = outq_pending() < OUTPUT_HIGH_WATER;
+		for (struct proc *p = procs; p && n < MAX_POLL - 3; p = p->next) {
+			if (reading && p->out_fd >= 0) {
+				fds[n] = (struct pollfd){.fd = p->out_fd, .events = POLLIN};
+				owners[n] = p;
+				kinds[n++] = K_OUT;
+			}
+			if (reading && p->err_fd >= 0) {
+				fds[n] = (struct pollfd){.fd = p->err_fd, .events = POLLIN};
+				owners[n] = p;
+				kinds[n++] = K_ERR;
+			}
+			if (p->in_fd >= 0 && p->in_off < p->in_pending.len) {
+				fds[n] = (struct pollfd){.fd = p->in_fd, .events = POLLOUT};
+				owners[n] = p;
+				kinds[n++] = K_IN;
+			}
+		}
+		/* Without a host, look again for one every 50 ms. */
+		int ready = poll(fds, (nfds_t)n, connected ? -1 : 50);
+		if (ready < 0 && errno != EINTR)
+			LOG("poll: %s", strerror(errno));
+		for (int i = 0; ready > 0 && i < n; i++) {
+			short ev = fds[i].revents;
+			if (!ev)
+				continue;
+			switch (kinds[i]) {
+			case K_CHAN:
+				if (ev & POLLIN)
+					read_channel();
+				else if (ev & POLLHUP) {
+					connected = 0;
+					inq.len = 0;
+				}
+				if (ev & POLLOUT)
+					flush_out();
+				break;
+			case K_SIG: {
+				struct signalfd_siginfo si;
+				while (read(sigfd, &si, sizeof(si)) == sizeof(si))
+					;
+				reap();
+				break;
+			}
+			case K_OUT:
+				read_output(owners[i], &owners[i]->out_fd, T_STDOUT, T_STDOUT_EOF);
+				break;
+			case K_ERR:
+				read_output(owners[i], &owners[i]->err_fd, T_STDERR, T_STDERR_EOF);
+				break;
+			case K_IN:
+				if (ev & (POLLERR | POLLHUP))
+					close_stdin(owners[i]);
+				else
+					write_stdin(owners[i]);
+				break;
+			}
+		}
+		for (struct proc *p = procs; p; p = p->next) {
+			if (p->in_fd >= 0 && p->in_off < p->in_pending.len)
+				write_stdin(p);
+			maybe_report_exit(p);
+		}
+		send_stdin_acks();
+		flush_out();
+	}
+}

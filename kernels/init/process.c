@@ -1,0 +1,531 @@
+/* START: the container's main process (new pid, mount, uts, ipc and cgroup
+ * namespaces, rooted at ROOTFS) and exec processes (joining the main
+ * process's namespaces). A close-on-exec pipe from the child reports any
+ * failure before execve, so START is only acknowledged for a process that
+ * really runs its program. */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "init.h"
+#include "util.h"
+
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#define MAX_GROUPS 64
+
+struct spawn {
+	const struct json *spec;
+	char **argv;
+	char **envp;
+	size_t envc;
+	const char *cwd;
+	const char *user;
+	int main;
+	int tty;
+	int stdin_open;
+	char slave[64];          /* pty slave path inside the container */
+	int stdio[3];            /* child ends for non-tty processes, -1 if unused */
+	int err_pipe;            /* write end: failure reports */
+	int sync_pipe;           /* read end: main waits until placed in the cgroup */
+	pid_t main_pid;
+};
+
+/* The child reports "kind\n<errno>\nmessage" and exits. */
+static void __attribute__((noreturn)) child_fail(struct spawn *s, const char *kind, int errnum,
+						const char *fmt, ...)
+{
+	char msg[900];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	char out[1024];
+	int n = snprintf(out, sizeof(out), "%s\n%d\n%s", kind, errnum, msg);
+	if (n > 0)
+		write_all(s->err_pipe, out, (size_t)n < sizeof(out) ? (size_t)n : sizeof(out) - 1);
+	_exit(127);
+}
+
+static const char *env_get(char **envp, const char *key)
+{
+	size_t n = strlen(key);
+	for (char **e = envp; *e; e++)
+		if (!strncmp(*e, key, n) && (*e)[n] == '=')
+			return *e + n + 1;
+	return NULL;
+}
+
+/* One passwd or group line split on ':' into at most `max` fields. */
+static int split_fields(char *line, char **fields, int max)
+{
+	int n = 0;
+	fields[n++] = line;
+	for (char *p = line; *p && n < max; p++)
+		if (*p == ':') {
+			*p = 0;
+			fields[n++] = p + 1;
+		}
+	return n;
+}
+
+static int is_number(const char *s)
+{
+	if (!*s)
+		return 0;
+	for (; *s; s++)
+		if (*s < '0' || *s > '9')
+			return 0;
+	return 1;
+}
+
+struct identity {
+	uid_t uid;
+	gid_t gid;
+	char name[256];
+	char home[1024];
+	gid_t groups[MAX_GROUPS];
+	int ngroups;
+};
+
+/* Docker's User: "", name, uid, name:group, uid:gid, resolved as runc does
+ * against the container's own /etc/passwd and /etc/group. */
+static int resolve_user(const char *spec, struct identity *id, char *err, size_t errlen)
+{
+	char user[256], group[256] = "";
+	snprintf(user, sizeof(user), "%s", spec);
+	char *colon = strchr(user, ':');
+	if (colon) {
+		*colon = 0;
+		snprintf(group, sizeof(group), "%s", colon + 1);
+	}
+	id->uid = 0;
+	id->gid = 0;
+	id->ngroups = 0;
+	snprintf(id->home, sizeof(id->home), "/");
+	id->name[0] = 0;
+	int found_user = 0;
+	char line[4096];
+	FILE *f = fopen("/etc/passwd", "re");
+	if (f) {
+		while (fgets(line, sizeof(line), f)) {
+			line[strcspn(line, "\n")] = 0;
+			char *fl[7];
+			if (split_fields(line, fl, 7) < 7)
+				continue;
+			int match = *user ? (is_number(user) ? !strcmp(fl[2], user) : !strcmp(fl[0], user))
+					  : !strcmp(fl[2], "0");
+			if (!match)
+				continue;
+			id->uid = (uid_t)strtoul(fl[2], NULL, 10);
+			id->gid = (gid_t)strtoul(fl[3], NULL, 10);
+			snprintf(id->name, sizeof(id->name), "%s", fl[0]);
+			snprintf(id->home, sizeof(id->home), "%s", fl[5]);
+			found_user = 1;
+			break;
+		}
+		fclose(f);
+	}
+	if (!found_user && *user) {
+		if (!is_number(user)) {
+			snprintf(err, errlen, "unable to find user %s: no matching entries in passwd file",
+				 user);
+			return -1;
+		}
+		id->uid = (uid_t)strtoul(user, NULL, 10);
+	}
+	int found_group = !*group;
+	f = fopen("/etc/group", "re");
+	while (f && fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = 0;
+		char *fl[4];
+		if (split_fields(line, fl, 4) < 4)
+			continue;
+		gid_t gid = (gid_t)strtoul(fl[2], NULL, 10);
+		if (*group && !found_group &&
+		    (is_number(group) ? !strcmp(fl[2], group) : !strcmp(fl[0], group))) {
+			id->gid = gid;
+			found_group = 1;
+		}
+		/* Supplementary groups list the user by name. */
+		if (!*group && id->name[0] && id->ngroups < MAX_GROUPS) {
+			char *members = fl[3];
+			for (char *m = strtok(members, ","); m; m = strtok(NULL, ","))
+				if (!strcmp(m, id->name))
+					id->groups[id->ngroups++] = gid;
+		}
+	}
+	if (f)
+		fclose(f);
+	if (!found_group) {
+		if (!is_number(group)) {
+			snprintf(err, errlen,
+				 "unable to find group %s: no matching entries in group file", group);
+			return -1;
+		}
+		id->gid = (gid_t)strtoul(group, NULL, 10);
+	}
+	return 0;
+}
+
+/* Go's exec.LookPath, which runc's error texts come from. */
+static int look_path(const char *name, const char *path_env, char *out, size_t cap,
+		     char *err, size_t errlen, int *errnum)
+{
+	struct stat st;
+	if (strchr(name, '/')) {
+		if (stat(name, &st)) {
+			*errnum = errno;
+			/* Go words errno texts in lower case: "no such file or directory". */
+			char text[128];
+			snprintf(text, sizeof(text), "%s", strerror(errno));
+			text[0] = (char)tolower((unsigned char)text[0]);
+			snprintf(err, errlen, "exec: \"%s\": stat %s: %s", name, name, text);
+			return -1;
+		}
+		snprintf(out, cap, "%s", name);
+		return 0;
+	}
+	char dirs[8192];
+	snprintf(dirs, sizeof(dirs), "%s", path_env ? path_env : DEFAULT_PATH);
+	for (char *save = NULL, *dir = strtok_r(dirs, ":", &save); dir;
+	     dir = strtok_r(NULL, ":", &save)) {
+		char candidate[PATH_MAX];
+		snprintf(candidate, sizeof(candidate), "%s/%s", *dir ? dir : ".", name);
+		if (!stat(candidate, &st) && S_ISREG(st.st_mode) && (st.st_mode & 0111)) {
+			snprintf(out, cap, "%s", candidate);
+			return 0;
+		}
+	}
+	*errnum = ENOENT;
+	snprintf(err, errlen, "exec: \"%s\": executable file not found in $PATH", name);
+	return -1;
+}
+
+static void enter_container_root(struct spawn *s)
+{
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
+		child_fail(s, "system", errno, "make mounts private: %s", strerror(errno));
+	if (mount("proc", ROOTFS "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
+		child_fail(s, "system", errno, "mount /proc: %s", strerror(errno));
+	if (mount("mqueue", ROOTFS "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+		  NULL))
+		child_fail(s, "system", errno, "mount /dev/mqueue: %s", strerror(errno));
+	/* Wait until the parent has put us in the container cgroup, so that the
+	 * new cgroup namespace is rooted there. */
+	char byte;
+	if (read(s->sync_pipe, &byte, 1) != 1)
+		child_fail(s, "system", EPIPE, "lost the parent before cgroup placement");
+	close(s->sync_pipe);
+	if (unshare(CLONE_NEWCGROUP))
+		child_fail(s, "system", errno, "cgroup namespace: %s", strerror(errno));
+	if (mount("cgroup2", ROOTFS "/sys/fs/cgroup", "cgroup2",
+		  MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL))
+		LOG("mount cgroup2 in container: %s", strerror(errno));
+	if (chdir(ROOTFS) || mount(ROOTFS, "/", NULL, MS_MOVE, NULL) || chroot(".") || chdir("/"))
+		child_fail(s, "system", errno, "enter container root: %s", strerror(errno));
+}
+
+static void join_container(struct spawn *s)
+{
+	static const struct {
+		const char *name;
+		int type;
+	} spaces[] = {{"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS}, {"cgroup", CLONE_NEWCGROUP},
+		      {"mnt", CLONE_NEWNS}};
+	/* Into the cgroup first: its path is only visible from the init's mounts. */
+	if (write_file(CGROUP "/cgroup.procs", "0", 1, 0644))
+		child_fail(s, "system", errno, "join cgroup: %s", strerror(errno));
+	for (size_t i = 0; i < sizeof(spaces) / sizeof(spaces[0]); i++) {
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/%d/ns/%s", s->main_pid, spaces[i].name);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || setns(fd, spaces[i].type))
+			child_fail(s, "state", errno, "join %s namespace: %s", spaces[i].name,
+				   strerror(errno));
+		close(fd);
+	}
+}
+
+static int child_main(void *arg)
+{
+	struct spawn *s = arg;
+	sigset_t all;
+	sigemptyset(&all);
+	sigprocmask(SIG_SETMASK, &all, NULL);
+	for (int sig = 1; sig < NSIG; sig++)
+		signal(sig, SIG_DFL);
+
+	if (s->main)
+		enter_container_root(s);
+	else
+		join_container(s);
+
+	setsid();
+	if (s->tty) {
+		int slave = open(s->slave, O_RDWR);
+		if (slave < 0)
+			child_fail(s, "system", errno, "open %s: %s", s->slave, strerror(errno));
+		ioctl(slave, TIOCSCTTY, 0);
+		for (int fd = 0; fd < 3; fd++)
+			dup2(slave, fd);
+		if (slave > 2)
+			close(slave);
+	} else {
+		int in = s->stdio[0];
+		if (in < 0 && (in = open("/dev/null", O_RDONLY)) < 0)
+			child_fail(s, "system", errno, "open /dev/null: %s", strerror(errno));
+		if (dup2(in, 0) < 0 || dup2(s->stdio[1], 1) < 0 || dup2(s->stdio[2], 2) < 0)
+			child_fail(s, "system", errno, "stdio: %s", strerror(errno));
+	}
+
+	struct identity id;
+	char err[900];
+	if (resolve_user(s->user, &id, err, sizeof(err)))
+		child_fail(s, "user", ENOENT, "%s", err);
+	if (!env_get(s->envp, "HOME")) {
+		static char home[1100];
+		snprintf(home, sizeof(home), "HOME=%s", id.home);
+		s->envp[s->envc++] = home;
+		s->envp[s->envc] = NULL;
+	}
+	const char *cwd = *s->cwd ? s->cwd : "/";
+	if (mkdir_p(cwd, 0755) && errno != EEXIST)
+		LOG("create working directory %s: %s", cwd, strerror(errno));
+	if (chdir(cwd))
+		child_fail(s, "system", errno, "chdir to cwd (\"%s\") set in config.json failed: %s",
+			   cwd, strerror(errno));
+	char program[PATH_MAX];
+	int errnum = 0;
+	if (look_path(s->argv[0], env_get(s->envp, "PATH"), program, sizeof(program), err,
+		      sizeof(err), &errnum))
+		child_fail(s, "exec", errnum, "%s", err);
+	if (setgroups((size_t)id.ngroups, id.groups) || setgid(id.gid) || setuid(id.uid))
+		child_fail(s, "user", errno, "set user %s: %s", s->user, strerror(errno));
+	execve(program, s->argv, s->envp);
+	int saved = errno;
+	struct stat st;
+	if (saved == EACCES && !stat(program, &st) && S_ISDIR(st.st_mode))
+		child_fail(s, "exec", EISDIR, "exec: \"%s\": is a directory", s->argv[0]);
+	if (saved == EACCES)
+		child_fail(s, "exec", saved, "exec: \"%s\": permission denied", s->argv[0]);
+	child_fail(s, "exec", saved, "exec %s: %s", s->argv[0], strerror(saved));
+}
+
+static char **string_array(const struct json *arr, size_t extra, size_t *count)
+{
+	size_t n = 0;
+	for (const struct json *v = arr ? arr->child : NULL; v; v = v->next)
+		if (v->type == J_STR)
+			n++;
+	char **out = calloc(n + extra + 1, sizeof(char *));
+	if (!out)
+		return NULL;
+	size_t i = 0;
+	for (const struct json *v = arr ? arr->child : NULL; v; v = v->next)
+		if (v->type == J_STR)
+			out[i++] = v->str;
+	*count = i;
+	return out;
+}
+
+static int open_pty(struct proc *p, struct spawn *s, const struct json *spec, struct err *e)
+{
+	int master = open(ROOTFS "/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+	if (master < 0) {
+		set_err(e, "system", errno, "open ptmx: %s", strerror(errno));
+		return -1;
+	}
+	int unlock = 0, n = 0;
+	if (ioctl(master, TIOCSPTLCK, &unlock) || ioctl(master, TIOCGPTN, &n)) {
+		set_err(e, "system", errno, "pty: %s", strerror(errno));
+		close(master);
+		return -1;
+	}
+	struct winsize ws = {.ws_row = (unsigned short)json_int(spec, "height", 0),
+			     .ws_col = (unsigned short)json_int(spec, "width", 0)};
+	if (ws.ws_row && ws.ws_col)
+		ioctl(master, TIOCSWINSZ, &ws);
+	snprintf(s->slave, sizeof(s->slave), "/dev/pts/%d", n);
+	p->out_fd = master;
+	p->in_fd = dup(master);
+	if (p->in_fd >= 0)
+		fcntl(p->in_fd, F_SETFD, FD_CLOEXEC);
+	p->err_fd = -1;
+	return 0;
+}
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+	*fd = -1;
+}
+
+int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struct err *e)
+{
+	struct spawn s = {.spec = spec, .main = p->main, .main_pid = main_pid,
+			  .stdio = {-1, -1, -1}, .err_pipe = -1, .sync_pipe = -1};
+	size_t argc = 0;
+	s.argv = string_array(json_get(spec, "args"), 0, &argc);
+	s.envp = string_array(json_get(spec, "env"), 1, &s.envc);
+	s.cwd = json_str(spec, "cwd", "/");
+	s.user = json_str(spec, "user", "");
+	s.tty = p->tty = json_bool(spec, "tty", 0);
+	s.stdin_open = json_bool(spec, "stdin", 0);
+	int rc = -1;
+	int err_pipe[2] = {-1, -1}, sync_pipe[2] = {-1, -1};
+	int in_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1}, errs_pipe[2] = {-1, -1};
+	char *stack = NULL;
+	int own_pidns = -1;
+	p->in_fd = p->out_fd = p->err_fd = -1;
+	if (!s.argv || !s.envp || argc == 0) {
+		set_err(e, "invalid", EINVAL, "START needs args");
+		goto out;
+	}
+	if (pipe2(err_pipe, O_CLOEXEC) || (s.main && pipe2(sync_pipe, O_CLOEXEC))) {
+		set_err(e, "system", errno, "pipe: %s", strerror(errno));
+		goto out;
+	}
+	s.err_pipe = err_pipe[1];
+	s.sync_pipe = sync_pipe[0];
+	if (s.tty) {
+		if (open_pty(p, &s, spec, e))
+			goto out;
+	} else {
+		if ((s.stdin_open && pipe2(in_pipe, O_CLOEXEC)) || pipe2(out_pipe, O_CLOEXEC) ||
+		    pipe2(errs_pipe, O_CLOEXEC)) {
+			set_err(e, "system", errno, "pipe: %s", strerror(errno));
+			goto out;
+		}
+		s.stdio[0] = in_pipe[0];
+		s.stdio[1] = out_pipe[1];
+		s.stdio[2] = errs_pipe[1];
+		p->in_fd = in_pipe[1];
+		p->out_fd = out_pipe[0];
+		p->err_fd = errs_pipe[0];
+		in_pipe[1] = out_pipe[0] = errs_pipe[0] = -1;
+	}
+
+	pid_t pid;
+	if (s.main) {
+		size_t stack_size = 256 * 1024;
+		stack = malloc(stack_size);
+		if (!stack) {
+			set_err(e, "system", ENOMEM, "out of memory");
+			goto out;
+		}
+		pid = clone(child_main, stack + stack_size,
+			    CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD, &s);
+	} else {
+		/* Children of ours are born in the container's pid namespace while
+		 * pid_for_children points there; our own pid namespace is restored
+		 * right after, so we stay their parent and reaper. */
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/%d/ns/pid", main_pid);
+		int target = open(path, O_RDONLY | O_CLOEXEC);
+		own_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
+		if (target < 0 || own_pidns < 0 || setns(target, CLONE_NEWPID)) {
+			set_err(e, "state", errno, "container is not running: %s", strerror(errno));
+			if (target >= 0)
+				close(target);
+			goto out;
+		}
+		close(target);
+		pid = fork();
+		if (pid == 0)
+			_exit(child_main(&s));
+		if (setns(own_pidns, CLONE_NEWPID))
+			LOG("cannot return to own pid namespace: %s", strerror(errno));
+	}
+	if (pid < 0) {
+		set_err(e, "system", errno, "clone: %s", strerror(errno));
+		goto out;
+	}
+	close_fd(&err_pipe[1]);
+	close_fd(&s.stdio[0]);
+	close_fd(&s.stdio[1]);
+	close_fd(&s.stdio[2]);
+	if (s.main) {
+		char pidtext[16];
+		int n = snprintf(pidtext, sizeof(pidtext), "%d", pid);
+		if (write_file(CGROUP "/cgroup.procs", pidtext, (size_t)n, 0644))
+			LOG("cannot move %d into the container cgroup: %s", pid, strerror(errno));
+		close_fd(&sync_pipe[0]);
+		(void)!write(sync_pipe[1], "x", 1);
+		close_fd(&sync_pipe[1]);
+	}
+	char report[1024];
+	size_t got = 0;
+	for (;;) {
+		ssize_t r = read(err_pipe[0], report + got, sizeof(report) - 1 - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+		if (got == sizeof(report) - 1)
+			break;
+	}
+	if (got) {
+		report[got] = 0;
+		waitpid(pid, NULL, 0);
+		char *kind = report, *num = strchr(report, '\n'), *msg = num ? strchr(num + 1, '\n') : NULL;
+		if (!num || !msg) {
+			set_err(e, "system", EIO, "process failed to start");
+		} else {
+			*num++ = 0;
+			*msg++ = 0;
+			set_err(e, !strcmp(kind, "exec") ? "exec" : !strcmp(kind, "user") ? "user" :
+				   !strcmp(kind, "state") ? "state" : "system",
+				atoi(num), "%s", msg);
+		}
+		goto out;
+	}
+	p->pid = pid;
+	if (p->in_fd >= 0)
+		fcntl(p->in_fd, F_SETFL, fcntl(p->in_fd, F_GETFL) | O_NONBLOCK);
+	if (p->out_fd >= 0)
+		fcntl(p->out_fd, F_SETFL, fcntl(p->out_fd, F_GETFL) | O_NONBLOCK);
+	if (p->err_fd >= 0)
+		fcntl(p->err_fd, F_SETFL, fcntl(p->err_fd, F_GETFL) | O_NONBLOCK);
+	rc = 0;
+out:
+	if (rc) {
+		close_fd(&p->in_fd);
+		close_fd(&p->out_fd);
+		close_fd(&p->err_fd);
+	}
+	close_fd(&err_pipe[0]);
+	close_fd(&err_pipe[1]);
+	close_fd(&sync_pipe[0]);
+	close_fd(&sync_pipe[1]);
+	close_fd(&in_pipe[0]);
+	close_fd(&in_pipe[1]);
+	close_fd(&out_pipe[0]);
+	close_fd(&out_pipe[1]);
+	close_fd(&errs_pipe[0]);
+	close_fd(&errs_pipe[1]);
+	close_fd(&s.stdio[0]);
+	close_fd(&s.stdio[1]);
+	close_fd(&s.stdio[2]);
+	close_fd(&own_pidns);
+	free(stack);
+	free(s.argv);
+	free(s.envp);
+	return rc;
+}

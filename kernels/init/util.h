@@ -1,0 +1,23 @@
+/* Small helpers shared by the guest init's parts. */
+#ifndef HBD_UTIL_H
+#define HBD_UTIL_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Diagnostics go to the serial console (the host keeps it as console.log). */
+void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+#define LOG(...) logf_(__VA_ARGS__)
+
+int mkdir_p(const char *path, mode_t mode);
+int write_file(const char *path, const void *data, size_t len, mode_t mode);
+/* Read at most cap-1 bytes and NUL-terminate; returns length or -1. */
+ssize_t read_file(const char *path, char *out, size_t cap);
+int write_all(int fd, const void *data, size_t len);
+/* Decode base64 in place-safe fashion into a new malloc'd buffer. */
+unsigned char *base64_decode(const char *in, size_t *out_len);
+/* The /dev/vdX device node whose virtio serial is `serial`, into out. */
+int find_disk(const char *serial, char *out, size_t cap);
+long long monotonic_ms(void);
+
+#endif
