@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from build_image import layer_from_tree, write_archive  # noqa: E402
+from build_image import layer_from_tree, write_archive
 
 
 def main() -> None:

@@ -183,7 +183,7 @@ class QemuSandboxDriver:
             done, _ = await asyncio.wait({connect, died}, return_when=asyncio.FIRST_COMPLETED)
             if connect in done:
                 return connect.result()
-            raise AgentDisconnected("system", "QEMU exited during boot", 0)
+            raise AgentDisconnected("QEMU exited during boot")
         finally:
             died.cancel()
             if not connect.done():

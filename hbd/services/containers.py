@@ -547,9 +547,10 @@ class ContainerService:
 
     async def _watch(self, c: Container, run: Run) -> None:
         """Wait for the main process to exit, or for the guest to vanish."""
-        vanished = asyncio.ensure_future(run.sandbox.wait_exit())
+        vanished: asyncio.Future[None] = asyncio.ensure_future(run.sandbox.wait_exit())
+        waiting: set[asyncio.Future[Any]] = {run.exited, vanished}
         try:
-            await asyncio.wait({run.exited, vanished}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             vanished.cancel()
         if run.exited.done():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
@@ -224,7 +225,8 @@ def test_flatten_applies_in_order(tmp_path: Path) -> None:
 NAMES = st.lists(st.sampled_from(["a", "b", "..", ".", "", "c", ".wh.a", ".wh..wh..opq",
                                   "/", "outside", "secret"]),
                  min_size=1, max_size=5).map("/".join)
-LINKS = st.one_of(NAMES, st.sampled_from(["/", "../..", "/etc", "../outside", "../../outside/secret"]))
+LINKS = st.one_of(NAMES, st.sampled_from(["/", "../..", "/etc", "../outside",
+                                          "../../outside/secret"]))
 ENTRIES = st.lists(
     st.tuples(st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
                                tarfile.LNKTYPE]), NAMES, LINKS),
@@ -244,10 +246,8 @@ def test_fuzz_never_escapes(tmp_path_factory: pytest.TempPathFactory,
     before = snapshot(base / "outside")
     tar = make_tar([entry(name or ".", kind, data=b"x", link=link)
                     for kind, name, link in entries])
-    try:
+    with contextlib.suppress(LayerError):
         unpack_layer(tar, root)
-    except LayerError:
-        pass
     assert sorted(p.name for p in base.iterdir()) == ["outside", "root"]
     assert snapshot(base / "outside") == before
     assert (base / "outside" / "secret").read_text() == "keep"
