@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import platform
+import socket
 import subprocess
 
 import docker
@@ -58,7 +60,8 @@ def test_streams_stay_apart_live_and_in_logs(hbd: RunningDaemon) -> None:
         state = json.loads(hbd.docker("inspect", cid).stdout)[0]["State"]
         assert (state["Status"], state["ExitCode"]) == ("exited", 5)
         log_path = json.loads(hbd.docker("inspect", cid).stdout)[0]["LogPath"]
-        lines = [json.loads(line) for line in open(log_path)]
+        with open(log_path) as f:
+            lines = [json.loads(line) for line in f]
         assert [(x["stream"], x["log"]) for x in lines] == [("stdout", "out\n"),
                                                             ("stderr", "err\n")]
     finally:
@@ -125,9 +128,6 @@ def test_a_tar_that_is_not_an_image(hbd: RunningDaemon, tmp_path: os.PathLike[st
 
 @pytest.mark.parametrize("prefix", ["", "/v1.47", "/v1.40"])
 def test_ping_version_info_over_the_socket(hbd: RunningDaemon, prefix: str) -> None:
-    import http.client
-    import socket
-
     def get(path: str) -> tuple[int, dict[str, str], bytes]:
         s = socket.socket(socket.AF_UNIX)
         s.connect(str(hbd.socket))
