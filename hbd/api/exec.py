@@ -13,6 +13,8 @@ from hbd.api.streams import Channel, frame, hijack, stream_content_type
 from hbd.errors import HbdError, InvalidParameter
 from hbd.services.execs import ExecInstance, ExecService
 
+HEADER_GAP = 0.05
+
 
 async def create(request: web.Request) -> web.Response:
     body = await read_json(request)
@@ -53,6 +55,10 @@ async def start(request: web.Request) -> web.StreamResponse:
             await execs.start(instance.id, detach=False, tty=tty, console=size)
         except HbdError as e:
             # dockerd reports a failed start inside the already-hijacked stream.
+            # docker-py reads that stream from the raw socket, past the buffer
+            # its HTTP parser filled: bytes that arrive together with the 101
+            # headers are lost to it. Let the headers go out on their own.
+            await asyncio.sleep(HEADER_GAP)
             message = (e.message + "\r\n").encode()
             await channel.write(message if instance.tty else frame(1, message))
             return response
