@@ -200,8 +200,12 @@ class AgentClient:
 
     @classmethod
     async def connect(cls, socket_path: Path, *, timeout: float = 60.0,
-                      on_event: Callable[[dict[str, Any]], None] | None = None) -> AgentClient:
-        """Connect, resynchronise (HELLO/SYNC) and read the guest's STATE."""
+                      on_event: Callable[[dict[str, Any]], None] | None = None,
+                      setup: SetupSpec | None = None) -> AgentClient:
+        """Connect, resynchronise (HELLO/SYNC) and read the guest's STATE.
+
+        With `setup`, SETUP is sent in the same breath as HELLO: the guest
+        reads them in order, which saves round trips on the boot path."""
         async with asyncio.timeout(timeout):
             while True:
                 try:
@@ -212,18 +216,24 @@ class AgentClient:
                     await asyncio.sleep(0.005)
             client = cls(reader, writer, on_event)
             try:
-                await client._handshake()
-                client.processes = await client.state()
+                await client._handshake(setup)
             except BaseException:
                 await client.close()
                 raise
         return client
 
-    async def _handshake(self) -> None:
+    def _queue_request(self, type_: int, body: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        ident = self._take_id()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[ident] = future
+        self._writer.write(_frame(type_, ident, json.dumps(body).encode()))
+        return future
+
+    async def _handshake(self, setup: SetupSpec | None) -> None:
         nonce = secrets.token_hex(16)
-        hello_id = self._take_id()
-        body = json.dumps({"version": PROTOCOL_VERSION, "nonce": nonce}).encode()
-        self._writer.write(_frame(T_HELLO, hello_id, body))
+        hello = self._queue_request(T_HELLO, {"version": PROTOCOL_VERSION, "nonce": nonce})
+        setup_done = self._queue_request(T_SETUP, setup.payload()) if setup else None
+        state = self._queue_request(T_STATE, {})
         await self._writer.drain()
         # Bytes of a frame an earlier host half read may come first: skip
         # everything up to our SYNC, which is followed by the HELLO reply.
@@ -239,15 +249,16 @@ class AgentClient:
                 break
             buffered = buffered[-(len(marker) + HEADER.size):]
         leftover = buffered[at + len(marker):]
-        future = asyncio.get_running_loop().create_future()
-        self._pending[hello_id] = future
         self._reader_task = asyncio.ensure_future(self._read_loop(leftover))
-        reply = await future
+        reply = await hello
         self.guest_info = GuestInfo(_int(reply.get("version")), str(reply.get("kernel", "")),
                                     _int(reply.get("boot_ms")))
         if self.guest_info.version != PROTOCOL_VERSION:
             raise AgentError("system", f"guest speaks protocol {self.guest_info.version}, "
                                        f"hbd speaks {PROTOCOL_VERSION}")
+        if setup_done is not None:
+            await setup_done
+        self.processes = self._proc_states(await state)
 
     @property
     def closed(self) -> bool:
@@ -422,11 +433,14 @@ class AgentClient:
     async def resize(self, proc: int, height: int, width: int) -> None:
         await self.request(T_RESIZE, {"proc": proc, "height": height, "width": width})
 
-    async def state(self) -> list[ProcState]:
-        reply = await self.request(T_STATE, {})
+    @staticmethod
+    def _proc_states(reply: dict[str, Any]) -> list[ProcState]:
         raw = reply.get("processes")
         states = [_proc_state(p) for p in raw] if isinstance(raw, list) else []
         return [s for s in states if s is not None]
+
+    async def state(self) -> list[ProcState]:
+        return self._proc_states(await self.request(T_STATE, {}))
 
     async def release(self, proc: int) -> None:
         self._outputs.pop(proc, None)

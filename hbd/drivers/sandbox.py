@@ -161,10 +161,19 @@ class QemuSandboxDriver:
             except VMError as e:
                 raise BootError(str(e)) from e
             try:
-                agent = await self._connect(vm)
-                await agent.setup(spec.setup)
+                agent = await self._connect(vm, spec.setup)
                 return QemuSandbox(vm, agent)
-            except (TimeoutError, AgentDisconnected, OSError) as e:
+            except AgentDisconnected as e:
+                last_error = f"{type(e).__name__}: {e}"
+                log.warning("guest %s failed to boot (attempt %d): %s\n%s",
+                            spec.vm.run_dir.name, attempt + 1, last_error,
+                            _tail(vm.console_log))
+                await vm.destroy()
+            except AgentError as e:
+                # The guest answered and refused the sandbox: retrying cannot help.
+                await vm.destroy()
+                raise BootError(f"guest setup failed: {e.message}") from e
+            except (TimeoutError, OSError) as e:
                 last_error = f"{type(e).__name__}: {e}"
                 console = _tail(vm.console_log)
                 log.warning("guest %s failed to boot (attempt %d): %s\n%s",
@@ -175,9 +184,10 @@ class QemuSandboxDriver:
                 raise
         raise BootError(f"guest did not boot: {last_error}")
 
-    async def _connect(self, vm: MicroVM) -> AgentClient:
+    async def _connect(self, vm: MicroVM, setup: SetupSpec) -> AgentClient:
         connect = asyncio.ensure_future(AgentClient.connect(vm.agent_socket,
-                                                            timeout=self.boot_timeout))
+                                                            timeout=self.boot_timeout,
+                                                            setup=setup))
         died = asyncio.ensure_future(vm.wait_exit())
         try:
             done, _ = await asyncio.wait({connect, died}, return_when=asyncio.FIRST_COMPLETED)

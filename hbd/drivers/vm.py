@@ -21,6 +21,7 @@ from qemu.qmp import QMPClient
 
 log = logging.getLogger(__name__)
 
+TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt"
 # Unix socket paths are limited by sun_path (108 bytes, one for the NUL).
 MAX_SOCKET_PATH = 107
 
@@ -114,8 +115,10 @@ def build_argv(qemu: str, spec: VMSpec) -> list[str]:
         # to a one-vCPU boot); tb-size bounds the translation cache's RSS.
         threads = "multi" if spec.vcpus > 1 else "single"
         accel = f"tcg,thread={threads},tb-size={spec.tcg_tb_size_mib}"
-        # -cpu host trips an MSR assertion under TCG; max is the richest model.
-        cpu = "max"
+        # Without AVX: glibc then picks its SSE routines, which TCG runs much
+        # faster (busybox-static's `true` takes 40 ms instead of 75 ms here).
+        # -cpu host trips an MSR assertion under TCG.
+        cpu = TCG_CPU
     argv = [
         qemu,
         "-name", run.name,
@@ -146,7 +149,7 @@ def build_argv(qemu: str, spec: VMSpec) -> list[str]:
         argv += [
             "-drive",
             f"id=disk{i},file={disk.path},format={disk.format},if=none,"
-            f"cache=none,aio=threads,discard=unmap{ro}",
+            f"cache=writeback,aio=threads,discard=unmap{ro}",
             "-device", f"virtio-blk-device,drive=disk{i},serial={disk.serial}",
         ]
     for i, nic in enumerate(spec.nics):

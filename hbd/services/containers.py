@@ -413,6 +413,7 @@ class ContainerService:
             nics=network.nics,
             shares=guest.shares,
             tcg_tb_size_mib=self.config.vm.tcg_tb_size_mib,
+            cmdline="hbd.trace" if self.config.vm.guest_trace else "",
         )
         files = [
             FileSpec("/etc/hostname", f"{c.hostname}\n".encode()),

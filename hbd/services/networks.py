@@ -33,6 +33,7 @@ from hbd.errors import (
 from hbd.events import EventBus
 from hbd.services.timefmt import rfc3339_nano
 from hbd.store import StateStore
+from hbd.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,10 @@ class NetworkService:
         self.runs: dict[str, RunNetworking] = {}
         self._reservations: dict[tuple[str, str, int], socket.socket] = {}
         self._lock = asyncio.Lock()
+        self._applied_rules = ""
+        # Taps of finished runs are deleted off the critical path; a new run
+        # of the same container waits for its old tap to be gone.
+        self._tap_deletions: dict[str, asyncio.Task[None]] = {}
         self.on_change: list[Any] = []  # callbacks (no arguments): DNS reloads its view
         for _, rec in state.load("networks"):
             n = Network(**rec)
@@ -211,6 +216,10 @@ class NetworkService:
                         "among the defaults to assign to the network")
 
     async def apply_rules(self) -> None:
+        """Bring nftables in line with the networks and published ports.
+
+        Skipped when nothing changed: most containers publish no port, and
+        running `nft` costs ~20 ms on their start and stop."""
         ruleset = net.Ruleset(
             bridges=[net.BridgeRules(n.bridge, n.subnet, n.internal)
                      for n in self.networks.values() if n.driver == "bridge"],
@@ -218,10 +227,14 @@ class NetworkService:
                                       run.endpoints[self._primary(run)].ip, p.container_port)
                       for run in self.runs.values() for p in run.ports if run.endpoints],
         )
+        rendered = ruleset.render(self.nft_table)
+        if rendered == self._applied_rules:
+            return
         try:
             await net.apply_ruleset(self.nft_table, ruleset)
         except net.NetError as e:
             raise SystemError_(str(e)) from e
+        self._applied_rules = rendered
 
     @staticmethod
     def _primary(run: RunNetworking) -> str:
@@ -387,6 +400,9 @@ class NetworkService:
                                         mac, tap, aliases, list(dict.fromkeys(
                                             [*names, *aliases])))
                     run.endpoints[n.name] = endpoint
+                    pending = self._tap_deletions.pop(tap, None)
+                    if pending is not None:
+                        await pending
                     await net.create_tap(tap, n.bridge)
                     run.nics.append(NicSpec(tap, mac))
                     run.interfaces.append(InterfaceSpec(mac=mac, name=f"eth{index}",
@@ -450,12 +466,19 @@ class NetworkService:
             leases = self.leases.get(endpoint.network_id, {})
             if leases.get(endpoint.ip) == container_id:
                 del leases[endpoint.ip]
-            await net.delete_link(endpoint.tap)
+            self._tap_deletions[endpoint.tap] = spawn(self._delete_tap(endpoint.tap))
         for p in run.ports:
             sock = self._reservations.pop((p.protocol, p.host_ip, p.host_port), None)
             if sock is not None:
                 sock.close()
         self.runs.pop(container_id, None)
+
+    async def _delete_tap(self, tap: str) -> None:
+        try:
+            await net.delete_link(tap)
+        finally:
+            if self._tap_deletions.get(tap) is asyncio.current_task():
+                del self._tap_deletions[tap]
 
     async def adopt_run(self, container_id: str, run: RunNetworking) -> None:
         """After an hbd restart: a surviving guest's endpoints become ours again."""

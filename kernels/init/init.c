@@ -179,6 +179,7 @@ static void maybe_report_exit(struct proc *p)
 		   p->id, p->exit_code, p->signal, p->oom ? "true" : "false");
 	queue_json(T_EVENT, 0, &b);
 	p->exit_sent = 1;
+	TRACE("process %u exit reported", p->id);
 }
 
 static void reap(void)
@@ -192,6 +193,7 @@ static void reap(void)
 			if (p->pid != pid || p->reaped)
 				continue;
 			p->reaped = 1;
+			TRACE("process %u reaped", p->id);
 			if (WIFSIGNALED(status)) {
 				p->signal = WTERMSIG(status);
 				p->exit_code = 128 + p->signal;
@@ -304,6 +306,7 @@ static void handle_start(uint32_t id, const struct json *req)
 	p->id = (uint32_t)proc_id;
 	p->main = is_main;
 	p->oom_before = cgroup_oom_kills();
+	TRACE("starting process %u", p->id);
 	if (process_start(req, p, m ? m->pid : 0, &e)) {
 		free(p);
 		return reply_error(id, &e);
@@ -315,6 +318,7 @@ static void handle_start(uint32_t id, const struct json *req)
 	struct buf b = {0};
 	buf_printf(&b, "{\"pid\":%d}", p->pid);
 	ack(id, &b);
+	TRACE("process %u started as %d", p->id, p->pid);
 }
 
 static void handle_signal(uint32_t id, const struct json *req)
@@ -452,6 +456,7 @@ static void dispatch(uint16_t type, uint32_t id, const char *payload, uint32_t l
 		handle_hello(id, req);
 		break;
 	case T_SETUP:
+		TRACE("setup begins");
 		if (sandbox_setup(req, &e))
 			reply_error(id, &e);
 		else
@@ -569,6 +574,7 @@ static int open_port(void)
 
 static void power_off(void)
 {
+	TRACE("power off");
 	flush_out();
 	kill(-1, SIGKILL);
 	while (waitpid(-1, NULL, __WALL) > 0)
@@ -600,8 +606,11 @@ static int probe_connected(void)
 
 int main(void)
 {
-	char uptime[64];
+	char uptime[64], cmdline[4096];
 	early_mounts();
+	if (read_file("/proc/cmdline", cmdline, sizeof(cmdline)) > 0)
+		trace_enabled = strstr(cmdline, "hbd.trace") != NULL;
+	TRACE("init started");
 	if (read_file("/proc/uptime", uptime, sizeof(uptime)) > 0)
 		boot_ms = (long long)(atof(uptime) * 1000);
 	net_loopback_up();
@@ -611,7 +620,13 @@ int main(void)
 	sigaddset(&mask, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+	/* While the host side of the port is still being announced: the disks
+	 * every container boots with. SETUP finds them mounted, or reports. */
+	struct err early = {0};
+	if (sandbox_prepare_rootfs("image", "scratch", &early))
+		TRACE("early root not prepared: %s", early.msg);
 	chan = open_port();
+	TRACE("port open");
 	if (chan < 0) {
 		LOG("no virtio-serial port named " PORT_NAME "; powering off");
 		reboot(RB_AUTOBOOT);

@@ -71,6 +71,7 @@ struct proc {
 };
 
 /* sandbox.c */
+int sandbox_prepare_rootfs(const char *image, const char *scratch, struct err *e);
 int sandbox_setup(const struct json *spec, struct err *e);
 int sandbox_ready(void);
 void sandbox_shutdown(void);

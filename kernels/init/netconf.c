@@ -112,9 +112,9 @@ static int configure_iface(int s, const struct json *iface, struct err *e)
 		snprintf(name, sizeof(name), "%s", want);
 	}
 	long long mtu = json_int(iface, "mtu", 0);
-	if (mtu > 0) {
-		memset(&ifr, 0, sizeof(ifr));
-		snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
+	if (mtu > 0 && (ioctl(s, SIOCGIFMTU, &ifr) || ifr.ifr_mtu != mtu)) {
 		ifr.ifr_mtu = (int)mtu;
 		if (ioctl(s, SIOCSIFMTU, &ifr)) {
 			set_err(e, "system", errno, "mtu of %s: %s", name, strerror(errno));

@@ -12,18 +12,28 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
 
 #include "init.h"
 #include "util.h"
+
+/* clone3 (Linux >= 5.7); musl has no wrapper and its headers lack the ABI. */
+#define SYS_clone3_ 435
+#define CLONE_INTO_CGROUP_ 0x200000000ULL
+struct clone_args3 {
+	uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
+		set_tid, set_tid_size, cgroup;
+};
 
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define MAX_GROUPS 64
@@ -41,7 +51,6 @@ struct spawn {
 	char slave[64];          /* pty slave path inside the container */
 	int stdio[3];            /* child ends for non-tty processes, -1 if unused */
 	int err_pipe;            /* write end: failure reports */
-	int sync_pipe;           /* read end: main waits until placed in the cgroup */
 	pid_t main_pid;
 };
 
@@ -222,15 +231,12 @@ static void enter_container_root(struct spawn *s)
 		child_fail(s, "system", errno, "make mounts private: %s", strerror(errno));
 	if (mount("proc", ROOTFS "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
 		child_fail(s, "system", errno, "mount /proc: %s", strerror(errno));
+	TRACE("child: proc mounted");
 	if (mount("mqueue", ROOTFS "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC,
 		  NULL))
 		child_fail(s, "system", errno, "mount /dev/mqueue: %s", strerror(errno));
-	/* Wait until the parent has put us in the container cgroup, so that the
-	 * new cgroup namespace is rooted there. */
-	char byte;
-	if (read(s->sync_pipe, &byte, 1) != 1)
-		child_fail(s, "system", EPIPE, "lost the parent before cgroup placement");
-	close(s->sync_pipe);
+	/* Born in the container cgroup (CLONE_INTO_CGROUP): the new cgroup
+	 * namespace is rooted there. */
 	if (unshare(CLONE_NEWCGROUP))
 		child_fail(s, "system", errno, "cgroup namespace: %s", strerror(errno));
 	if (mount("cgroup2", ROOTFS "/sys/fs/cgroup", "cgroup2",
@@ -247,9 +253,6 @@ static void join_container(struct spawn *s)
 		int type;
 	} spaces[] = {{"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS}, {"cgroup", CLONE_NEWCGROUP},
 		      {"mnt", CLONE_NEWNS}};
-	/* Into the cgroup first: its path is only visible from the init's mounts. */
-	if (write_file(CGROUP "/cgroup.procs", "0", 1, 0644))
-		child_fail(s, "system", errno, "join cgroup: %s", strerror(errno));
 	for (size_t i = 0; i < sizeof(spaces) / sizeof(spaces[0]); i++) {
 		char path[64];
 		snprintf(path, sizeof(path), "/proc/%d/ns/%s", s->main_pid, spaces[i].name);
@@ -261,19 +264,20 @@ static void join_container(struct spawn *s)
 	}
 }
 
-static int child_main(void *arg)
+static void __attribute__((noreturn)) child_main(struct spawn *s)
 {
-	struct spawn *s = arg;
 	sigset_t all;
 	sigemptyset(&all);
 	sigprocmask(SIG_SETMASK, &all, NULL);
 	for (int sig = 1; sig < NSIG; sig++)
 		signal(sig, SIG_DFL);
 
+	TRACE("child %d begins", getpid());
 	if (s->main)
 		enter_container_root(s);
 	else
 		join_container(s);
+	TRACE("child in container");
 
 	setsid();
 	if (s->tty) {
@@ -316,6 +320,7 @@ static int child_main(void *arg)
 		child_fail(s, "exec", errnum, "%s", err);
 	if (setgroups((size_t)id.ngroups, id.groups) || setgid(id.gid) || setuid(id.uid))
 		child_fail(s, "user", errno, "set user %s: %s", s->user, strerror(errno));
+	TRACE("child execs %s", program);
 	execve(program, s->argv, s->envp);
 	int saved = errno;
 	struct stat st;
@@ -379,7 +384,7 @@ static void close_fd(int *fd)
 int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struct err *e)
 {
 	struct spawn s = {.spec = spec, .main = p->main, .main_pid = main_pid,
-			  .stdio = {-1, -1, -1}, .err_pipe = -1, .sync_pipe = -1};
+			  .stdio = {-1, -1, -1}, .err_pipe = -1};
 	size_t argc = 0;
 	s.argv = string_array(json_get(spec, "args"), 0, &argc);
 	s.envp = string_array(json_get(spec, "env"), 1, &s.envc);
@@ -388,21 +393,19 @@ int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struc
 	s.tty = p->tty = json_bool(spec, "tty", 0);
 	s.stdin_open = json_bool(spec, "stdin", 0);
 	int rc = -1;
-	int err_pipe[2] = {-1, -1}, sync_pipe[2] = {-1, -1};
+	int err_pipe[2] = {-1, -1};
 	int in_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1}, errs_pipe[2] = {-1, -1};
-	char *stack = NULL;
 	int own_pidns = -1;
 	p->in_fd = p->out_fd = p->err_fd = -1;
 	if (!s.argv || !s.envp || argc == 0) {
 		set_err(e, "invalid", EINVAL, "START needs args");
 		goto out;
 	}
-	if (pipe2(err_pipe, O_CLOEXEC) || (s.main && pipe2(sync_pipe, O_CLOEXEC))) {
+	if (pipe2(err_pipe, O_CLOEXEC)) {
 		set_err(e, "system", errno, "pipe: %s", strerror(errno));
 		goto out;
 	}
 	s.err_pipe = err_pipe[1];
-	s.sync_pipe = sync_pipe[0];
 	if (s.tty) {
 		if (open_pty(p, &s, spec, e))
 			goto out;
@@ -421,16 +424,22 @@ int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struc
 		in_pipe[1] = out_pipe[0] = errs_pipe[0] = -1;
 	}
 
+	/* Children are born in the container cgroup (CLONE_INTO_CGROUP): moving
+	 * a task between cgroups waits for an RCU grace period, which costs
+	 * ~20 ms under TCG. */
+	int cgroup_fd = open(CGROUP, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (cgroup_fd < 0) {
+		set_err(e, "system", errno, "open " CGROUP ": %s", strerror(errno));
+		goto out;
+	}
+	struct clone_args3 args = {.exit_signal = SIGCHLD, .cgroup = (uint64_t)cgroup_fd,
+				   .flags = CLONE_INTO_CGROUP_};
 	pid_t pid;
 	if (s.main) {
-		size_t stack_size = 256 * 1024;
-		stack = malloc(stack_size);
-		if (!stack) {
-			set_err(e, "system", ENOMEM, "out of memory");
-			goto out;
-		}
-		pid = clone(child_main, stack + stack_size,
-			    CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | SIGCHLD, &s);
+		args.flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC;
+		pid = (pid_t)syscall(SYS_clone3_, &args, sizeof(args));
+		if (pid == 0)
+			child_main(&s);
 	} else {
 		/* Children of ours are born in the container's pid namespace while
 		 * pid_for_children points there; our own pid namespace is restored
@@ -443,32 +452,25 @@ int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struc
 			set_err(e, "state", errno, "container is not running: %s", strerror(errno));
 			if (target >= 0)
 				close(target);
+			close(cgroup_fd);
 			goto out;
 		}
 		close(target);
-		pid = fork();
+		pid = (pid_t)syscall(SYS_clone3_, &args, sizeof(args));
 		if (pid == 0)
-			_exit(child_main(&s));
+			child_main(&s);
 		if (setns(own_pidns, CLONE_NEWPID))
 			LOG("cannot return to own pid namespace: %s", strerror(errno));
 	}
+	close(cgroup_fd);
 	if (pid < 0) {
-		set_err(e, "system", errno, "clone: %s", strerror(errno));
+		set_err(e, "system", errno, "clone3: %s", strerror(errno));
 		goto out;
 	}
 	close_fd(&err_pipe[1]);
 	close_fd(&s.stdio[0]);
 	close_fd(&s.stdio[1]);
 	close_fd(&s.stdio[2]);
-	if (s.main) {
-		char pidtext[16];
-		int n = snprintf(pidtext, sizeof(pidtext), "%d", pid);
-		if (write_file(CGROUP "/cgroup.procs", pidtext, (size_t)n, 0644))
-			LOG("cannot move %d into the container cgroup: %s", pid, strerror(errno));
-		close_fd(&sync_pipe[0]);
-		(void)!write(sync_pipe[1], "x", 1);
-		close_fd(&sync_pipe[1]);
-	}
 	char report[1024];
 	size_t got = 0;
 	for (;;) {
@@ -512,8 +514,6 @@ out:
 	}
 	close_fd(&err_pipe[0]);
 	close_fd(&err_pipe[1]);
-	close_fd(&sync_pipe[0]);
-	close_fd(&sync_pipe[1]);
 	close_fd(&in_pipe[0]);
 	close_fd(&in_pipe[1]);
 	close_fd(&out_pipe[0]);
@@ -524,7 +524,6 @@ out:
 	close_fd(&s.stdio[1]);
 	close_fd(&s.stdio[2]);
 	close_fd(&own_pidns);
-	free(stack);
 	free(s.argv);
 	free(s.envp);
 	return rc;

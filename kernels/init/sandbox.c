@@ -293,18 +293,23 @@ static int setup_cgroup(long long memory_limit, struct err *e)
 	return 0;
 }
 
-int sandbox_setup(const struct json *spec, struct err *e)
+/* The container's root: image disk (read-only) under the scratch disk's
+ * upper directory, with /sys. Done before SETUP arrives when the disks carry
+ * the conventional serials, so that it overlaps the wait for the host. */
+static char prepared_image[64], prepared_scratch[64];
+
+int sandbox_prepare_rootfs(const char *image, const char *scratch, struct err *e)
 {
-	if (setup_done) {
-		set_err(e, "state", EBUSY, "the sandbox is already set up");
+	if (prepared_image[0])
+		return strcmp(prepared_image, image) || strcmp(prepared_scratch, scratch) ? -1 : 0;
+	if (mount_disk(image, ROOT "/image", MS_RDONLY, e))
+		return -1;
+	TRACE("image disk mounted");
+	if (mount_disk(scratch, ROOT "/scratch", MS_NOATIME, e)) {
+		umount2(ROOT "/image", 0);
 		return -1;
 	}
-	const struct json *rootfs = json_get(spec, "rootfs");
-	const char *image = json_str(rootfs, "image", "image");
-	const char *scratch = json_str(rootfs, "scratch", "scratch");
-	if (mount_disk(image, ROOT "/image", MS_RDONLY, e) ||
-	    mount_disk(scratch, ROOT "/scratch", MS_NOATIME, e))
-		return -1;
+	TRACE("scratch disk mounted");
 	if (mkdir_p(ROOT "/scratch/upper", 0755) || mkdir_p(ROOT "/scratch/work", 0755) ||
 	    mkdir_p(ROOTFS, 0755)) {
 		set_err(e, "system", errno, "scratch layout: %s", strerror(errno));
@@ -319,12 +324,41 @@ int sandbox_setup(const struct json *spec, struct err *e)
 	    do_mount("sysfs", ROOTFS "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
 		     NULL, e))
 		return -1;
+	snprintf(prepared_image, sizeof(prepared_image), "%s", image);
+	snprintf(prepared_scratch, sizeof(prepared_scratch), "%s", scratch);
+	TRACE("overlay and /sys mounted");
+	return 0;
+}
+
+int sandbox_setup(const struct json *spec, struct err *e)
+{
+	if (setup_done) {
+		set_err(e, "state", EBUSY, "the sandbox is already set up");
+		return -1;
+	}
+	const struct json *rootfs = json_get(spec, "rootfs");
+	const char *image = json_str(rootfs, "image", "image");
+	const char *scratch = json_str(rootfs, "scratch", "scratch");
+	if (sandbox_prepare_rootfs(image, scratch, e)) {
+		if (!e->kind)
+			set_err(e, "state", EBUSY, "root prepared from other disks than %s/%s", image,
+				scratch);
+		return -1;
+	}
 	long long shm = json_int(spec, "shm_size", 64LL * 1024 * 1024);
-	if (setup_dev(shm > 0 ? shm : 64LL * 1024 * 1024, e) ||
-	    setup_files(json_get(spec, "files"), e) || setup_mounts(json_get(spec, "mounts"), e) ||
-	    net_configure(spec, e) || setup_sysctls(json_get(spec, "sysctls"), e) ||
+	if (setup_dev(shm > 0 ? shm : 64LL * 1024 * 1024, e))
+		return -1;
+	TRACE("/dev ready");
+	if (setup_files(json_get(spec, "files"), e) || setup_mounts(json_get(spec, "mounts"), e))
+		return -1;
+	TRACE("files and mounts ready");
+	if (net_configure(spec, e))
+		return -1;
+	TRACE("network configured");
+	if (setup_sysctls(json_get(spec, "sysctls"), e) ||
 	    setup_cgroup(json_int(spec, "memory_limit", 0), e))
 		return -1;
+	TRACE("cgroup ready");
 	const char *hostname = json_str(spec, "hostname", "");
 	if (*hostname)
 		sethostname(hostname, strlen(hostname));

@@ -31,6 +31,22 @@ void logf_(const char *fmt, ...)
 	}
 }
 
+int trace_enabled;
+
+void trace_(const char *fmt, ...)
+{
+	char line[512];
+	struct timespec ts;
+	clock_gettime(CLOCK_BOOTTIME, &ts);
+	int n = snprintf(line, sizeof(line), "[%6.1f ms] ",
+			 (double)ts.tv_sec * 1000 + (double)ts.tv_nsec / 1e6);
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+	va_end(ap);
+	logf_("%s", line);
+}
+
 int mkdir_p(const char *path, mode_t mode)
 {
 	char tmp[4096];

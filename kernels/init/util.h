@@ -8,6 +8,10 @@
 /* Diagnostics go to the serial console (the host keeps it as console.log). */
 void logf_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define LOG(...) logf_(__VA_ARGS__)
+/* Timings on the console when the kernel command line has hbd.trace. */
+extern int trace_enabled;
+void trace_(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+#define TRACE(...) do { if (trace_enabled) trace_(__VA_ARGS__); } while (0)
 
 int mkdir_p(const char *path, mode_t mode);
 int write_file(const char *path, const void *data, size_t len, mode_t mode);
