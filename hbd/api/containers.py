@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from aiohttp import web
@@ -17,11 +18,21 @@ from hbd.api.app import (
     read_json,
 )
 from hbd.api.context import daemon_of
-from hbd.api.streams import Channel, frame, hijack, stream_content_type
+from hbd.api.streams import (
+    Channel,
+    DetachDetector,
+    frame,
+    hijack,
+    parse_detach_keys,
+    stream_content_type,
+)
 from hbd.errors import InvalidParameter
+from hbd.services.container_stats import stats_view
 from hbd.services.containers import Attachment, Container
 from hbd.services.logs import LogQuery, LogRecord
 from hbd.services.timefmt import parse_rfc3339_ns, rfc3339_nano
+
+STATS_INTERVAL = 1.0
 
 
 async def list_containers(request: web.Request) -> web.Response:
@@ -153,16 +164,26 @@ async def _pump_output(channel: Channel, attachment: Attachment, tty: bool) -> N
         await channel.write(data if tty else frame(stream, data))
 
 
-async def _pump_stdin(request: web.Request, channel: Channel, c: Container) -> None:
+async def _pump_stdin(request: web.Request, channel: Channel, c: Container,
+                      detach: DetachDetector | None) -> bool:
+    """Client stdin to the container; True when the client typed the detach keys."""
     containers = daemon_of(request).containers
     while (data := await channel.read()) is not None:
-        await containers.write_stdin(c, data)
+        detached = False
+        if detach is not None:
+            data, detached = detach.feed(data)
+        if data:
+            await containers.write_stdin(c, data)
+        if detached:
+            return True
     await containers.close_stdin(c)
+    return False
 
 
 async def attach(request: web.Request) -> web.StreamResponse:
     containers = daemon_of(request).containers
     want_stdin = query_bool(request, "stdin")
+    detach_keys = parse_detach_keys(request.query.get("detachKeys", ""))
     c, attachment = containers.attach(request.match_info["id"],
                                       stdout=query_bool(request, "stdout"),
                                       stderr=query_bool(request, "stderr"))
@@ -180,9 +201,19 @@ async def attach(request: web.Request) -> web.StreamResponse:
         tasks.append(output)
         lost = asyncio.ensure_future(channel.lost.wait())
         tasks.append(lost)
+        waiting: set[asyncio.Future[Any]] = {output, lost}
+        stdin: asyncio.Future[bool] | None = None
         if want_stdin:
-            tasks.append(asyncio.ensure_future(_pump_stdin(request, channel, c)))
-        await asyncio.wait({output, lost}, return_when=asyncio.FIRST_COMPLETED)
+            # Only a tty attach watches for the detach keys, as dockerd does.
+            detector = DetachDetector(detach_keys) if c.tty else None
+            stdin = asyncio.ensure_future(_pump_stdin(request, channel, c, detector))
+            tasks.append(stdin)
+            if detector is not None:
+                waiting.add(stdin)
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if stdin is not None and done == {stdin} and not stdin.result():
+            # The client's stdin ended (no detach): output still flows until exit.
+            await asyncio.wait({output, lost}, return_when=asyncio.FIRST_COMPLETED)
     except ConnectionResetError:
         pass
     finally:
@@ -190,6 +221,56 @@ async def attach(request: web.Request) -> web.StreamResponse:
             task.cancel()
         containers.detach(c, attachment)
         channel.close()
+    return response
+
+
+async def pause(request: web.Request) -> web.Response:
+    await daemon_of(request).containers.pause(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def unpause(request: web.Request) -> web.Response:
+    await daemon_of(request).containers.unpause(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def top(request: web.Request) -> web.Response:
+    return json_response(await daemon_of(request).containers.top(
+        request.match_info["id"], request.query.get("ps_args", "")))
+
+
+async def update(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    warnings = await daemon_of(request).containers.update(request.match_info["id"], body)
+    return json_response({"Warnings": warnings})
+
+
+async def stats(request: web.Request) -> web.StreamResponse:
+    """One record, or one a second while `stream`; dockerd's precpu is the previous one."""
+    containers = daemon_of(request).containers
+    c = containers.get(request.match_info["id"])
+    stream = query_bool(request, "stream", default=True)
+    one_shot = query_bool(request, "one-shot")
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    previous: dict[str, Any] | None = None
+    previous_ns = 0
+    await response.prepare(request)
+    try:
+        while True:
+            sample = await containers.stats_sample(c.id)
+            now_ns = time.time_ns()
+            if stream or one_shot or previous is not None or sample is None:
+                record = stats_view(c.id, c.name, sample, previous, now_ns, previous_ns)
+                await response.write(json.dumps(record).encode() + b"\n")
+                if not stream:
+                    break
+            previous, previous_ns = sample, now_ns
+            await asyncio.sleep(STATS_INTERVAL)
+            if c.id not in containers.containers:
+                break
+    except ConnectionResetError:
+        pass
     return response
 
 
@@ -209,6 +290,11 @@ def register(router: Router) -> None:
     router.add("POST", "/containers/{id}/stop", stop)
     router.add("POST", "/containers/{id}/restart", restart)
     router.add("POST", "/containers/{id}/rename", rename)
+    router.add("POST", "/containers/{id}/pause", pause)
+    router.add("POST", "/containers/{id}/unpause", unpause)
+    router.add("GET", "/containers/{id}/top", top)
+    router.add("GET", "/containers/{id}/stats", stats)
+    router.add("POST", "/containers/{id}/update", update)
     router.add("POST", "/containers/{id}/wait", wait)
     router.add("POST", "/containers/{id}/attach", attach)
     router.add("GET", "/containers/{id}/logs", logs)

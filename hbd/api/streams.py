@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from hbd.api.app import version_at_least
+from hbd.errors import InvalidParameter
 
 RAW_STREAM = "application/vnd.docker.raw-stream"
 MULTIPLEXED_STREAM = "application/vnd.docker.multiplexed-stream"
@@ -32,6 +33,52 @@ def stream_content_type(request: web.Request, tty: bool) -> str:
     if not tty and version_at_least(request, "1.42"):
         return MULTIPLEXED_STREAM
     return RAW_STREAM
+
+
+DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
+
+
+def parse_detach_keys(spec: str) -> bytes:
+    """dockerd's term.ToBytes: "ctrl-p,ctrl-q" -> b"\\x10\\x11"."""
+    out = bytearray()
+    for raw in (spec or DEFAULT_DETACH_KEYS).split(","):
+        key = raw.strip()
+        if len(key) == 1:
+            out.append(ord(key))
+        elif key.lower().startswith("ctrl-") and len(key) == 6:
+            c = key[5].lower()
+            if "a" <= c <= "z":
+                out.append(ord(c) - ord("a") + 1)
+            elif c in "@[\\]^_":
+                out.append({"@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}[c])
+            else:
+                raise InvalidParameter(f"Invalid escape keys ({spec}) provided")
+        else:
+            raise InvalidParameter(f"Invalid escape keys ({spec}) provided")
+    return bytes(out)
+
+
+class DetachDetector:
+    """Watches stdin for the detach sequence; holds back a partial match."""
+
+    def __init__(self, keys: bytes) -> None:
+        self.keys = keys
+        self._held = b""
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """(bytes to pass on, whether the sequence was typed)."""
+        out = bytearray()
+        for byte in data:
+            candidate = self._held + bytes([byte])
+            if self.keys.startswith(candidate):
+                if candidate == self.keys:
+                    self._held = b""
+                    return bytes(out), True
+                self._held = candidate
+            else:
+                out += candidate
+                self._held = b""
+        return bytes(out), False
 
 
 class HijackedConnection(asyncio.Protocol):

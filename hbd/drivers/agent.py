@@ -29,9 +29,12 @@ MAX_FRAME = 1024 * 1024
 STREAM_CHUNK = 64 * 1024
 STDIN_WINDOW = 256 * 1024
 SYNC_MAGIC = b"hbd-sync-v1\0\0\0\0\0"
+# Output held for a process nobody has attached to yet, at most this much.
+UNCLAIMED_LIMIT = 16 * 1024 * 1024
 
 T_HELLO, T_SETUP, T_START, T_SIGNAL, T_RESIZE = 0x01, 0x02, 0x03, 0x04, 0x05
 T_STATE, T_RELEASE, T_STATS, T_POWEROFF, T_PING = 0x06, 0x07, 0x08, 0x09, 0x0A
+T_PS, T_UPDATE = 0x0B, 0x0C
 T_STDIN, T_STDIN_EOF = 0x20, 0x21
 T_ACK, T_ERROR, T_EVENT, T_SYNC = 0x80, 0x81, 0x82, 0x83
 T_STDOUT, T_STDERR, T_STDOUT_EOF, T_STDERR_EOF, T_STDIN_ACK = 0xA0, 0xA1, 0xA2, 0xA3, 0xA4
@@ -135,6 +138,9 @@ class SetupSpec:
     routes: list[RouteSpec] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
     memory_limit: int = 0
+    cpu_quota: int = -1
+    cpu_period: int = 100_000
+    pids_limit: int = -1
     shm_size: int = 64 * 1024 * 1024
 
     def payload(self) -> dict[str, Any]:
@@ -150,8 +156,21 @@ class SetupSpec:
             "routes": [asdict(r) for r in self.routes],
             "sysctls": self.sysctls,
             "memory_limit": self.memory_limit,
+            "cpu_quota": self.cpu_quota,
+            "cpu_period": self.cpu_period,
+            "pids_limit": self.pids_limit,
             "shm_size": self.shm_size,
         }
+
+
+@dataclass
+class ResourceUpdate:
+    """New limits for the container cgroup; -1 leaves one as it is, 0 lifts it."""
+
+    memory_limit: int = -1
+    cpu_quota: int = -1
+    cpu_period: int = 100_000
+    pids_limit: int = -1
 
 
 class ProcessOutput(Protocol):
@@ -189,6 +208,7 @@ class AgentClient:
         self._next_id = 1
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._outputs: dict[int, ProcessOutput] = {}
+        self._unclaimed: dict[int, list[tuple[str, Any]]] = {}
         self._inflight: dict[int, int] = {}
         self._credit_waiters: list[asyncio.Future[None]] = []
         self._closed = asyncio.Event()
@@ -328,15 +348,29 @@ class AgentClient:
             raise AgentError("system", "guest sent JSON that is not an object")
         return value
 
+    def _to_sink(self, proc: int, item: tuple[str, Any]) -> None:
+        """Deliver output or exit to the process's sink; keep it until one is
+        attached (after a reconnect, output can arrive before hbd re-attaches)."""
+        sink = self._outputs.get(proc)
+        if sink is None:
+            held = self._unclaimed.setdefault(proc, [])
+            size = sum(len(data) for kind, data in held if kind == "out")
+            if item[0] != "out" or size < UNCLAIMED_LIMIT:
+                held.append(item)
+            return
+        kind, value = item
+        if kind == "out":
+            sink.on_output(value[0], value[1])
+        elif kind == "eof":
+            sink.on_output_eof(value)
+        else:
+            sink.on_exit(value)
+
     def _dispatch(self, type_: int, ident: int, payload: bytes) -> None:
         if type_ in (T_STDOUT, T_STDERR):
-            sink = self._outputs.get(ident)
-            if sink is not None:
-                sink.on_output(1 if type_ == T_STDOUT else 2, payload)
+            self._to_sink(ident, ("out", (1 if type_ == T_STDOUT else 2, payload)))
         elif type_ in (T_STDOUT_EOF, T_STDERR_EOF):
-            sink = self._outputs.get(ident)
-            if sink is not None:
-                sink.on_output_eof(1 if type_ == T_STDOUT_EOF else 2)
+            self._to_sink(ident, ("eof", 1 if type_ == T_STDOUT_EOF else 2))
         elif type_ == T_STDIN_ACK and len(payload) == 4:
             (count,) = struct.unpack("<I", payload)
             self._inflight[ident] = max(0, self._inflight.get(ident, 0) - count)
@@ -355,12 +389,9 @@ class AgentClient:
         elif type_ == T_EVENT:
             event = self._json(payload)
             if event.get("type") == "exit":
-                proc = _int(event.get("proc"))
-                sink = self._outputs.get(proc)
-                if sink is not None:
-                    sink.on_exit(ExitStatus(_int(event.get("exit_code")),
-                                            _int(event.get("signal")),
-                                            event.get("oom_killed") is True))
+                self._to_sink(_int(event.get("proc")), ("exit", ExitStatus(
+                    _int(event.get("exit_code")), _int(event.get("signal")),
+                    event.get("oom_killed") is True)))
             if self._on_event is not None:
                 self._on_event(event)
         # SYNC after the handshake, and types from a newer guest, are ignored.
@@ -397,6 +428,7 @@ class AgentClient:
 
     async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int:
         """Start a process; its output goes to `output` from the first byte."""
+        self._unclaimed.pop(spec.proc, None)
         self._outputs[spec.proc] = output
         try:
             reply = await self.request(T_START, asdict(spec))
@@ -407,6 +439,8 @@ class AgentClient:
 
     def attach_output(self, proc: int, output: ProcessOutput) -> None:
         self._outputs[proc] = output
+        for item in self._unclaimed.pop(proc, []):
+            self._to_sink(proc, item)
 
     async def write_stdin(self, proc: int, data: bytes) -> None:
         view = memoryview(data)
@@ -444,11 +478,18 @@ class AgentClient:
 
     async def release(self, proc: int) -> None:
         self._outputs.pop(proc, None)
+        self._unclaimed.pop(proc, None)
         self._inflight.pop(proc, None)
         await self.request(T_RELEASE, {"proc": proc})
 
     async def stats(self) -> dict[str, Any]:
         return await self.request(T_STATS, {})
+
+    async def ps(self) -> dict[str, Any]:
+        return await self.request(T_PS, {})
+
+    async def update(self, resources: ResourceUpdate) -> None:
+        await self.request(T_UPDATE, asdict(resources))
 
     async def poweroff(self) -> None:
         await self.request(T_POWEROFF, {"sync": True})

@@ -16,7 +16,14 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from hbd.drivers.agent import AgentError, ExitStatus, ProcessOutput, ProcessSpec, ProcState
+from hbd.drivers.agent import (
+    AgentError,
+    ExitStatus,
+    ProcessOutput,
+    ProcessSpec,
+    ProcState,
+    ResourceUpdate,
+)
 from hbd.drivers.sandbox import Sandbox, SandboxSpec
 from hbd.tasks import spawn
 
@@ -31,7 +38,9 @@ class FakeSandbox:
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._states: dict[int, ProcState] = {}
         self._exited = asyncio.Event()
-        self._paused = False
+        self._args: dict[int, list[str]] = {}
+        self.resources = ResourceUpdate()
+        self.memory_mib = spec.vm.memory_mib
 
     @property
     def pid(self) -> int:
@@ -61,6 +70,7 @@ class FakeSandbox:
             start_new_session=True,
         )
         self._procs[spec.proc] = proc
+        self._args[spec.proc] = spec.args
         self._states[spec.proc] = ProcState(spec.proc, proc.pid, spec.main, True, 0, 0, False)
         spawn(self._pump(spec, proc, output))
         return proc.pid
@@ -118,6 +128,18 @@ class FakeSandbox:
         return {"memory": {"total": 0, "free": 0, "available": 0, "usage": 0, "limit": 0,
                            "cache": 0}, "cpu": {"usage_ns": 0, "system_ns": 0, "online": 1},
                 "pids": len([s for s in self._states.values() if s.running])}
+
+    async def ps(self) -> dict[str, Any]:
+        procs = [{"pid": p.pid, "ppid": os.getpid(), "user": "root", "tty": 0, "cpu_ticks": 0,
+                  "start_ticks": 0, "cmd": " ".join(self._args[i])}
+                 for i, p in self._procs.items() if p.returncode is None]
+        return {"hz": 100, "processes": procs, "uptime_ms": 0}
+
+    async def update(self, resources: ResourceUpdate) -> None:
+        self.resources = resources
+
+    async def set_memory(self, mib: int) -> None:
+        self.memory_mib = mib
 
     async def pause(self) -> None:
         for proc in self._procs.values():

@@ -22,6 +22,7 @@ from hbd.drivers.agent import (
     ProcessOutput,
     ProcessSpec,
     ProcState,
+    ResourceUpdate,
     SetupSpec,
 )
 from hbd.drivers.vm import MicroVM, QemuMicrovmDriver, VMError, VMSpec
@@ -61,6 +62,12 @@ class Sandbox(Protocol):
     async def release(self, proc: int) -> None: ...
 
     async def stats(self) -> dict[str, Any]: ...
+
+    async def ps(self) -> dict[str, Any]: ...
+
+    async def update(self, resources: ResourceUpdate) -> None: ...
+
+    async def set_memory(self, mib: int) -> None: ...
 
     async def pause(self) -> None: ...
 
@@ -117,6 +124,16 @@ class QemuSandbox:
 
     async def stats(self) -> dict[str, Any]:
         return await self.agent.stats()
+
+    async def ps(self) -> dict[str, Any]:
+        return await self.agent.ps()
+
+    async def update(self, resources: ResourceUpdate) -> None:
+        await self.agent.update(resources)
+
+    async def set_memory(self, mib: int) -> None:
+        """Balloon the guest to `mib` of RAM (at most what it booted with)."""
+        await self.vm.qmp("balloon", value=mib * 1024 * 1024)
 
     async def pause(self) -> None:
         await self.vm.pause()

@@ -143,7 +143,7 @@ def build_argv(qemu: str, spec: VMSpec) -> list[str]:
         "-device", "virtio-rng-device,rng=rng0",
     ]
     if spec.balloon:
-        argv += ["-device", "virtio-balloon-device,deflate-on-oom=on"]
+        argv += ["-device", "virtio-balloon-device,free-page-reporting=on"]
     for i, disk in enumerate(spec.disks):
         ro = ",readonly=on" if disk.readonly else ""
         argv += [

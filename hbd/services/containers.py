@@ -27,10 +27,11 @@ from hbd.drivers.agent import (
     ExitStatus,
     FileSpec,
     ProcessSpec,
+    ResourceUpdate,
     SetupSpec,
 )
 from hbd.drivers.sandbox import BootError, Sandbox, SandboxDriver, SandboxSpec
-from hbd.drivers.vm import DiskSpec, VMSpec
+from hbd.drivers.vm import DiskSpec, VMError, VMSpec
 from hbd.errors import (
     Conflict,
     Forbidden,
@@ -48,6 +49,7 @@ from hbd.services import container_network as cn
 from hbd.services.container_filters import ContainerFilter, PruneFilter
 from hbd.services.container_mounts import MountPoint, guest_mounts, resolve_mounts
 from hbd.services.container_network import run_from_record, run_record
+from hbd.services.container_stats import cpu_quota, top_view
 from hbd.services.dns import host_resolvers
 from hbd.services.health import HealthMonitor, HealthState
 from hbd.services.images import ImageStore
@@ -67,6 +69,14 @@ POWEROFF_TIMEOUT = 10.0
 # Exit code reported when the guest vanished without reporting its process's
 # exit (QEMU killed): what dockerd reports for a SIGKILLed task.
 VANISHED_EXIT_CODE = 137
+MIN_GUEST_MIB = 64
+# What the guest kernel keeps of its RAM (code, memmap, reserves) at these sizes.
+GUEST_KERNEL_MIB = 14
+
+
+def guest_memory_mib(limit: int) -> int:
+    """Guest RAM for a memory limit (bytes), so that MemTotal inside is about the limit."""
+    return max(MIN_GUEST_MIB, math.ceil(limit / (1024 * 1024)) + GUEST_KERNEL_MIB)
 DEFAULT_STOP_TIMEOUT = 10
 RESTART_FIRST_DELAY = 0.1
 RESTART_MAX_DELAY = 60.0
@@ -155,6 +165,7 @@ class Run:
         self.finished = asyncio.Event()
         self.next_proc = 2
         self.health: HealthMonitor | None = None
+        self.memory_mib = 0
 
     def on_output(self, stream: int, data: bytes) -> None:
         self.log.write(stream, data)
@@ -394,7 +405,10 @@ class ContainerService:
         guest = guest_mounts(c.mounts, self.volumes)
         memory_mib = self.config.vm.memory_mib
         if hc.get("Memory"):
-            memory_mib = max(64, math.ceil(hc["Memory"] / (1024 * 1024)))
+            # The guest is the limit: `free` inside shows it (the guest
+            # kernel keeps GUEST_KERNEL_MIB for itself), and the cgroup
+            # enforces it exactly.
+            memory_mib = guest_memory_mib(int(hc["Memory"]))
         vcpus = self.config.vm.vcpus
         if hc.get("NanoCpus"):
             vcpus = max(1, math.ceil(hc["NanoCpus"] / 1e9))
@@ -431,7 +445,10 @@ class ContainerService:
             routes=network.routes,
             sysctls={str(k): str(v) for k, v in (hc.get("Sysctls") or {}).items()},
             memory_limit=int(hc.get("Memory") or 0),
+            shm_size=int(hc.get("ShmSize") or cc.DEFAULT_SHM_SIZE),
+            pids_limit=int(hc.get("PidsLimit") or -1) if (hc.get("PidsLimit") or 0) > 0 else -1,
         )
+        setup.cpu_quota, setup.cpu_period = cpu_quota(hc)
         return SandboxSpec(vm=vm, setup=setup)
 
     def _main_process(self, c: Container) -> ProcessSpec:
@@ -482,8 +499,9 @@ class ContainerService:
         network = await self.networks.connect_run(
             c.id, c.networks, [c.name.lstrip("/"), c.id[:12]],
             cn.published_ports(c.config, c.host_config))
+        spec = self._sandbox_spec(c, disk, network)
         try:
-            sandbox = await self.sandboxes.boot(self._sandbox_spec(c, disk, network))
+            sandbox = await self.sandboxes.boot(spec)
         except BootError as e:
             await self.networks.disconnect_run(c.id)
             self.volumes.detach_all(c.id)
@@ -495,6 +513,7 @@ class ContainerService:
             raise
         writer = JsonFileWriter(self.log_path(c))
         run = Run(c, sandbox, writer)
+        run.memory_mib = spec.vm.memory_mib
         try:
             await sandbox.start(self._main_process(c), run)
         except AgentError as e:
@@ -677,6 +696,7 @@ class ContainerService:
         run = c.run
         if run is None or not c.state.running:
             raise Conflict(f"Container {c.id} is not running")
+        await self._resume_if_paused(c, run)
         try:
             await run.sandbox.signal(1, signum)
         except AgentError as e:
@@ -703,6 +723,7 @@ class ContainerService:
                 timeout = DEFAULT_STOP_TIMEOUT
         c.manually_stopped = True
         self._save(c)
+        await self._resume_if_paused(c, run)
         wait: float | None = None if timeout < 0 else float(timeout)
         try:
             await run.sandbox.signal(1, signum)
@@ -754,6 +775,110 @@ class ContainerService:
         c.name = name
         self._save(c)
         self._event(c, "rename", oldName=old)
+
+    def _running(self, ref: str) -> tuple[Container, Run]:
+        c = self.get(ref)
+        if c.run is None or not c.state.running or c.state.restarting:
+            raise Conflict(f"Container {c.id} is not running")
+        return c, c.run
+
+    async def pause(self, ref: str) -> None:
+        """Freeze the whole guest (QMP stop): every vCPU, hence every process."""
+        c, run = self._running(ref)
+        if c.state.paused:
+            raise Conflict(f"Container {c.id} is already paused")
+        try:
+            await run.sandbox.pause()
+        except VMError as e:
+            raise SystemError_(f"Cannot pause container {c.id}: {e}") from e
+        c.state.paused = True
+        c.state.status = "paused"
+        self._save(c)
+        self._event(c, "pause")
+
+    async def unpause(self, ref: str) -> None:
+        c, run = self._running(ref)
+        if not c.state.paused:
+            raise Conflict(f"Container {c.id} is not paused")
+        try:
+            await run.sandbox.resume()
+        except VMError as e:
+            raise SystemError_(f"Cannot unpause container {c.id}: {e}") from e
+        c.state.paused = False
+        c.state.status = "running"
+        self._save(c)
+        self._event(c, "unpause")
+
+    async def _resume_if_paused(self, c: Container, run: Run) -> None:
+        """A frozen guest cannot take a signal: thaw it first, as dockerd does."""
+        if c.state.paused:
+            with contextlib.suppress(VMError):
+                await run.sandbox.resume()
+            c.state.paused = False
+            c.state.status = "running"
+            self._save(c)
+            self._event(c, "unpause")
+
+    async def top(self, ref: str, ps_args: str = "") -> dict[str, Any]:
+        c, run = self._running(ref)
+        if c.state.paused:
+            raise Conflict(f"Container {c.id} is paused, unpause the container before top")
+        try:
+            snapshot = await run.sandbox.ps()
+        except AgentError as e:
+            raise SystemError_(f"Cannot top container {c.id}: {e.message}") from e
+        return top_view(snapshot, time.time())
+
+    async def stats_sample(self, ref: str) -> dict[str, Any] | None:
+        """One reading of the guest's figures, or None when it is not running."""
+        c = self.get(ref)
+        run = c.run
+        if run is None or not c.state.running or c.state.paused:
+            return None
+        try:
+            return await run.sandbox.stats()
+        except AgentError:
+            return None
+
+    async def update(self, ref: str, body: dict[str, Any]) -> list[str]:
+        """`docker update`: resources now (in the guest), policy for later."""
+        c = self.get(ref)
+        if not isinstance(body, dict):
+            raise InvalidParameter("invalid JSON: update config must be an object")
+        warnings: list[str] = []
+        merged = cc.normalize_host_config({**c.host_config, **{
+            k: v for k, v in body.items() if k in cc.HOST_CONFIG_TYPES}})
+        if merged.get("AutoRemove") and (body.get("RestartPolicy") or {}).get("Name", "no") \
+                not in ("", "no"):
+            raise InvalidParameter("Restart policy cannot be updated because AutoRemove is "
+                                   "enabled for the container")
+        run = c.run
+        if run is not None and c.state.running:
+            resources = ResourceUpdate()
+            if "Memory" in body:
+                resources.memory_limit = int(merged.get("Memory") or 0)
+                if guest_memory_mib(resources.memory_limit) > run.memory_mib:
+                    warnings.append(
+                        f"the guest booted with {run.memory_mib} MiB of RAM and cannot grow "
+                        "while it runs: the new limit takes full effect at the next start")
+            if "NanoCpus" in body or "CpuQuota" in body or "CpuPeriod" in body:
+                quota, period = cpu_quota(merged)
+                resources.cpu_quota = quota
+                resources.cpu_period = period
+            if "PidsLimit" in body:
+                resources.pids_limit = max(0, int(merged.get("PidsLimit") or 0))
+            try:
+                await run.sandbox.update(resources)
+                if resources.memory_limit > 0 and \
+                        guest_memory_mib(resources.memory_limit) < run.memory_mib:
+                    # Shrinking the guest too, so that `free` inside agrees.
+                    await run.sandbox.set_memory(guest_memory_mib(resources.memory_limit))
+            except (AgentError, VMError) as e:
+                raise SystemError_(f"Cannot update container {c.id}: {e}") from e
+        c.host_config = merged
+        self._save(c)
+        self._event(c, "update")
+        return warnings
 
     async def resize(self, ref: str, height: int, width: int) -> None:
         c = self.get(ref)
@@ -1021,11 +1146,12 @@ class ContainerService:
                 await self.networks.adopt_run(c.id, c.run_network)
             writer = JsonFileWriter(self.log_path(c))
             run = Run(c, sandbox, writer)
+            # Output and exit the guest queued while nobody listened arrive
+            # (in order) before STATE's answer; the agent holds them for us.
+            sandbox.attach_output(1, run)
             main = [p for p in sandbox.processes if p.main]
             if main and not main[0].running:
                 run.on_exit(ExitStatus(main[0].exit_code, main[0].signal, main[0].oom_killed))
-            else:
-                sandbox.attach_output(1, run)
             run.next_proc = max([p.proc for p in sandbox.processes] + [1]) + 1
             c.run = run
             c.run_started.set()

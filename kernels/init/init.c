@@ -35,7 +35,11 @@ static int chan = -1;
 static int connected;
 static struct buf inq;          /* bytes received, not yet a whole frame */
 static struct buf outq;         /* frames to send */
-static size_t outq_off;
+static size_t outq_off;         /* bytes of outq already written */
+static size_t outq_frame;       /* start of the frame outq_off is in */
+/* Nothing is written to a host until it has said HELLO: it discards
+ * whatever comes before our SYNC, so earlier bytes would be lost. */
+static int awaiting_hello = 1;
 static struct proc *procs;
 static pid_t main_pid;
 static long long boot_ms;
@@ -54,18 +58,12 @@ void set_err(struct err *e, const char *kind, int errnum, const char *fmt, ...)
 
 /* -- frames out ---------------------------------------------------------- */
 
+static void frame_into(struct buf *out, uint16_t type, uint32_t id, const void *payload,
+		       size_t len);
+
 static void queue_frame(uint16_t type, uint32_t id, const void *payload, size_t len)
 {
-	unsigned char header[FRAME_HEADER];
-	uint32_t l = (uint32_t)len;
-	uint16_t flags = 0;
-	memcpy(header, &l, 4);
-	memcpy(header + 4, &type, 2);
-	memcpy(header + 6, &flags, 2);
-	memcpy(header + 8, &id, 4);
-	buf_add(&outq, header, sizeof(header));
-	if (len)
-		buf_add(&outq, payload, len);
+	frame_into(&outq, type, id, payload, len);
 }
 
 static void queue_json(uint16_t type, uint32_t id, struct buf *json)
@@ -107,25 +105,55 @@ static size_t outq_pending(void)
 	return outq.len - outq_off;
 }
 
+static size_t frame_size_at(size_t off)
+{
+	uint32_t len;
+	memcpy(&len, outq.data + off, 4);
+	return FRAME_HEADER + len;
+}
+
 static void flush_out(void)
 {
-	while (connected && outq_pending()) {
+	while (connected && !awaiting_hello && outq_pending()) {
 		ssize_t n = write(chan, outq.data + outq_off, outq_pending());
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			return; /* EAGAIN: the host is slow or gone; poll tells us when to go on */
+			break; /* EAGAIN: the host is slow or gone; poll tells us when to go on */
 		}
 		outq_off += (size_t)n;
+		while (outq_frame < outq_off && outq_frame + frame_size_at(outq_frame) <= outq_off)
+			outq_frame += frame_size_at(outq_frame);
 	}
 	if (outq_off && outq_off == outq.len) {
-		outq.len = 0;
-		outq_off = 0;
-	} else if (outq_off > 4 * 1024 * 1024) {
-		memmove(outq.data, outq.data + outq_off, outq_pending());
-		outq.len -= outq_off;
-		outq_off = 0;
+		outq.len = outq_off = outq_frame = 0;
+	} else if (outq_frame > 4 * 1024 * 1024) {
+		memmove(outq.data, outq.data + outq_frame, outq.len - outq_frame);
+		outq.len -= outq_frame;
+		outq_off -= outq_frame;
+		outq_frame = 0;
 	}
+}
+
+/* The host went away: the frame it was reading goes again, whole, to the
+ * next one (after our SYNC, so it cannot be mistaken for garbage). */
+static void host_lost(void)
+{
+	connected = 0;
+	awaiting_hello = 1;
+	inq.len = 0;
+	outq_off = outq_frame;
+}
+
+/* SYNC and the HELLO reply go to the next frame boundary, ahead of every
+ * frame queued while no host was listening. */
+static void queue_first(const void *frames, size_t len)
+{
+	size_t at = outq_off == outq_frame ? outq_off : outq_frame + frame_size_at(outq_frame);
+	size_t tail = outq.len - at;
+	buf_add(&outq, frames, len); /* grows the buffer; the bytes are placed below */
+	memmove(outq.data + at + len, outq.data + at, tail);
+	memcpy(outq.data + at, frames, len);
 }
 
 /* -- processes ------------------------------------------------------------ */
@@ -267,21 +295,39 @@ static void send_stdin_acks(void)
 
 /* -- requests ---------------------------------------------------------------- */
 
+static void frame_into(struct buf *out, uint16_t type, uint32_t id, const void *payload,
+		       size_t len)
+{
+	unsigned char header[FRAME_HEADER];
+	uint32_t l = (uint32_t)len;
+	uint16_t flags = 0;
+	memcpy(header, &l, 4);
+	memcpy(header + 4, &type, 2);
+	memcpy(header + 6, &flags, 2);
+	memcpy(header + 8, &id, 4);
+	buf_add(out, header, sizeof(header));
+	if (len)
+		buf_add(out, payload, len);
+}
+
 static void handle_hello(uint32_t id, const struct json *req)
 {
 	const char *nonce = json_str(req, "nonce", "");
-	struct buf sync = {0};
+	struct buf sync = {0}, reply = {0}, frames = {0};
 	buf_add(&sync, SYNC_MAGIC, 16);
 	buf_str(&sync, nonce);
-	queue_frame(T_SYNC, 0, sync.data, sync.len);
-	buf_free(&sync);
 	struct utsname u;
 	uname(&u);
-	struct buf b = {0};
-	buf_printf(&b, "{\"version\":%d,\"kernel\":", PROTOCOL_VERSION);
-	buf_json_string(&b, u.release);
-	buf_printf(&b, ",\"boot_ms\":%lld}", boot_ms);
-	ack(id, &b);
+	buf_printf(&reply, "{\"version\":%d,\"kernel\":", PROTOCOL_VERSION);
+	buf_json_string(&reply, u.release);
+	buf_printf(&reply, ",\"boot_ms\":%lld}", boot_ms);
+	frame_into(&frames, T_SYNC, 0, sync.data, sync.len);
+	frame_into(&frames, T_ACK, id, reply.data, reply.len);
+	queue_first(frames.data, frames.len);
+	awaiting_hello = 0;
+	buf_free(&sync);
+	buf_free(&reply);
+	buf_free(&frames);
 }
 
 static void handle_start(uint32_t id, const struct json *req)
@@ -378,53 +424,6 @@ static void handle_release(uint32_t id, const struct json *req)
 	error_simple(id, "notfound", ESRCH, "no such process");
 }
 
-static long long meminfo(const char *text, const char *key)
-{
-	const char *p = strstr(text, key);
-	return p ? atoll(p + strlen(key)) * 1024 : 0;
-}
-
-static long long cgroup_value(const char *file, const char *key)
-{
-	char text[4096], path[128];
-	snprintf(path, sizeof(path), CGROUP "/%s", file);
-	if (read_file(path, text, sizeof(text)) < 0)
-		return 0;
-	if (!key)
-		return strcmp(text, "max\n") ? atoll(text) : 0;
-	const char *p = strstr(text, key);
-	return p ? atoll(p + strlen(key)) : 0;
-}
-
-static void handle_stats(uint32_t id)
-{
-	char mem[4096], stat[4096];
-	read_file("/proc/meminfo", mem, sizeof(mem));
-	read_file("/proc/stat", stat, sizeof(stat));
-	unsigned long long v[8] = {0};
-	sscanf(stat, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
-	       &v[4], &v[5], &v[6], &v[7]);
-	unsigned long long total = 0;
-	for (int i = 0; i < 8; i++)
-		total += v[i];
-	long hz = sysconf(_SC_CLK_TCK);
-	long long mem_total = meminfo(mem, "MemTotal:");
-	long long limit = cgroup_value("memory.max", NULL);
-	struct buf b = {0};
-	buf_printf(&b,
-		   "{\"memory\":{\"total\":%lld,\"free\":%lld,\"available\":%lld,\"usage\":%lld,"
-		   "\"limit\":%lld,\"cache\":%lld},",
-		   mem_total, meminfo(mem, "MemFree:"), meminfo(mem, "MemAvailable:"),
-		   cgroup_value("memory.current", NULL), limit && limit < mem_total ? limit : mem_total,
-		   cgroup_value("memory.stat", "file "));
-	buf_printf(&b, "\"cpu\":{\"usage_ns\":%lld,\"system_ns\":%llu,\"online\":%ld},",
-		   cgroup_value("cpu.stat", "usage_usec ") * 1000,
-		   total * (1000000000ULL / (unsigned long long)(hz > 0 ? hz : 100)),
-		   sysconf(_SC_NPROCESSORS_ONLN));
-	buf_printf(&b, "\"pids\":%lld}", cgroup_value("pids.current", NULL));
-	ack(id, &b);
-}
-
 static void dispatch(uint16_t type, uint32_t id, const char *payload, uint32_t len)
 {
 	if (type == T_STDIN || type == T_STDIN_EOF) {
@@ -477,8 +476,23 @@ static void dispatch(uint16_t type, uint32_t id, const char *payload, uint32_t l
 	case T_RELEASE:
 		handle_release(id, req);
 		break;
-	case T_STATS:
-		handle_stats(id);
+	case T_STATS: {
+		struct buf b = {0};
+		stats_json(&b);
+		ack(id, &b);
+		break;
+	}
+	case T_PS: {
+		struct buf b = {0};
+		ps_json(&b);
+		ack(id, &b);
+		break;
+	}
+	case T_UPDATE:
+		if (cgroup_update(req, &e))
+			reply_error(id, &e);
+		else
+			ack_empty(id);
 		break;
 	case T_POWEROFF:
 		ack_empty(id);
@@ -529,11 +543,8 @@ static void read_channel(void)
 			buf_add(&inq, chunk, (size_t)n);
 			continue;
 		}
-		if (n == 0) {
-			/* No host connected: what we had of a frame is worthless now. */
-			connected = 0;
-			inq.len = 0;
-		}
+		if (n == 0)
+			host_lost(); /* what we had of an incoming frame is worthless now */
 		break;
 	}
 	parse_frames();
@@ -678,10 +689,8 @@ int main(void)
 			case K_CHAN:
 				if (ev & POLLIN)
 					read_channel();
-				else if (ev & POLLHUP) {
-					connected = 0;
-					inq.len = 0;
-				}
+				else if (ev & POLLHUP)
+					host_lost();
 				if (ev & POLLOUT)
 					flush_out();
 				break;

@@ -25,6 +25,8 @@ enum frame_type {
 	T_STATS = 0x08,
 	T_POWEROFF = 0x09,
 	T_PING = 0x0A,
+	T_PS = 0x0B,
+	T_UPDATE = 0x0C,
 	T_STDIN = 0x20,
 	T_STDIN_EOF = 0x21,
 	T_ACK = 0x80,
@@ -76,6 +78,11 @@ int sandbox_setup(const struct json *spec, struct err *e);
 int sandbox_ready(void);
 void sandbox_shutdown(void);
 long long cgroup_oom_kills(void);
+
+/* stats.c */
+void stats_json(struct buf *b);
+void ps_json(struct buf *b);
+int cgroup_update(const struct json *req, struct err *e);
 
 /* process.c */
 int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struct err *e);

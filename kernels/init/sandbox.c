@@ -272,7 +272,7 @@ long long cgroup_oom_kills(void)
 	return p ? atoll(p + 9) : 0;
 }
 
-static int setup_cgroup(long long memory_limit, struct err *e)
+static int setup_cgroup(const struct json *spec, struct err *e)
 {
 	static const char controllers[] = "+memory +cpu +pids";
 	if (write_file("/sys/fs/cgroup/cgroup.subtree_control", controllers,
@@ -282,15 +282,7 @@ static int setup_cgroup(long long memory_limit, struct err *e)
 		set_err(e, "system", errno, "mkdir " CGROUP ": %s", strerror(errno));
 		return -1;
 	}
-	if (memory_limit > 0) {
-		char value[32];
-		int n = snprintf(value, sizeof(value), "%lld", memory_limit);
-		if (write_file(CGROUP "/memory.max", value, (size_t)n, 0644)) {
-			set_err(e, "system", errno, "memory limit: %s", strerror(errno));
-			return -1;
-		}
-	}
-	return 0;
+	return cgroup_update(spec, e);
 }
 
 /* The container's root: image disk (read-only) under the scratch disk's
@@ -356,7 +348,7 @@ int sandbox_setup(const struct json *spec, struct err *e)
 		return -1;
 	TRACE("network configured");
 	if (setup_sysctls(json_get(spec, "sysctls"), e) ||
-	    setup_cgroup(json_int(spec, "memory_limit", 0), e))
+	    setup_cgroup(spec, e))
 		return -1;
 	TRACE("cgroup ready");
 	const char *hostname = json_str(spec, "hostname", "");
