@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, config.daemon.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # pyroute2 logs every netlink message at debug level.
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
     _become_subreaper()
     try:
         asyncio.run(run(config, args.pidfile))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 
@@ -16,7 +15,7 @@ from hbd.services.containers import ContainerService
 from hbd.services.dns import DnsServer, NetworkView
 from hbd.services.execs import ExecService
 from hbd.services.images import ImageStore
-from hbd.services.networks import DEFAULT_BRIDGE, NetworkService
+from hbd.services.networks import DEFAULT_BRIDGE, NetworkService, instance_tag
 from hbd.services.scratch import ScratchDisks
 from hbd.services.system import SystemService
 from hbd.services.volumes import VolumeService
@@ -63,8 +62,8 @@ class Daemon:
         else:
             self.accel = self.accel or "fake"
         log.info("guest accelerator: %s", self.accel)
-        tag = hashlib.sha256(str(config.data_root.resolve()).encode()).hexdigest()[:4]
-        self.networks = NetworkService(self.state, self.events, tag)
+        self.networks = NetworkService(self.state, self.events,
+                                       instance_tag(config.data_root))
         await self.networks.start()
         self.dns = DnsServer(self._dns_views)
         self.networks.on_change.append(self.dns.refresh)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import os
@@ -16,6 +17,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from hbd.services.networks import instance_tag, remove_host_state
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER_CLI = shutil.which("docker", path="/usr/local/bin") or "docker"
@@ -53,6 +56,15 @@ class RunningDaemon:
             return self.log.read_text(errors="replace")[-limit:]
         except OSError:
             return ""
+
+    def crash_and_restart(self) -> None:
+        """SIGKILL the daemon (no shutdown at all), then start it again as it was."""
+        self.process.kill()
+        self.process.wait()
+        with open(self.log, "ab") as log_file:
+            self.process = subprocess.Popen(self.process.args, stdout=log_file,
+                                            stderr=subprocess.STDOUT, cwd=REPO)
+        wait_for_socket(self.socket, self.process, self.log)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -115,5 +127,6 @@ def hbd_daemon(extra_args: tuple[str, ...] = (), load_busybox: bool = True,
     finally:
         daemon.stop()
         kill_guests(exec_root)
+        asyncio.run(remove_host_state(instance_tag(data_root)))
         shutil.rmtree(exec_root, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)

@@ -30,7 +30,7 @@ from hbd.errors import InvalidParameter
 from hbd.services.container_stats import stats_view
 from hbd.services.containers import Attachment, Container
 from hbd.services.logs import LogQuery, LogRecord
-from hbd.services.timefmt import parse_rfc3339_ns, rfc3339_nano
+from hbd.services.timefmt import parse_timestamp_ns, rfc3339_nano
 
 STATS_INTERVAL = 1.0
 
@@ -116,13 +116,10 @@ def _log_query(request: web.Request, follow: bool) -> LogQuery:
         raw = request.query.get(key, "")
         if not raw or raw == "0":
             return 0
-        try:
-            return int(float(raw) * 1e9)
-        except ValueError:
-            value = parse_rfc3339_ns(raw)
-            if not value:
-                raise InvalidParameter(f"invalid value for {key}: {raw}") from None
-            return value
+        value = parse_timestamp_ns(raw)
+        if not value:
+            raise InvalidParameter(f"invalid value for {key}: {raw}")
+        return value
 
     tail_raw = request.query.get("tail", "all")
     try:

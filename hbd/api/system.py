@@ -13,7 +13,7 @@ from hbd.api.app import Router, json_response, query_filters
 from hbd.api.context import daemon_of
 from hbd.errors import InvalidParameter
 from hbd.services.events_filter import EventFilter
-from hbd.services.timefmt import parse_rfc3339
+from hbd.services.timefmt import parse_timestamp_ns
 
 
 def _ping_headers() -> dict[str, str]:
@@ -49,13 +49,10 @@ def _time_param(request: web.Request, key: str) -> float:
     raw = request.query.get(key, "")
     if not raw:
         return 0.0
-    try:
-        return float(raw)
-    except ValueError:
-        value = parse_rfc3339(raw)
-        if not value:
-            raise InvalidParameter(f"invalid value for {key}: {raw}") from None
-        return value
+    value = parse_timestamp_ns(raw)
+    if not value and raw.strip("0.") != "":
+        raise InvalidParameter(f"invalid value for {key}: {raw}")
+    return value / 1e9
 
 
 async def events(request: web.Request) -> web.StreamResponse:

@@ -17,6 +17,7 @@ import logging
 import secrets
 import socket
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hbd.drivers import net
@@ -113,6 +114,21 @@ class RunNetworking:
     ports: list[PublishedPort]
 
 
+def instance_tag(data_root: Path) -> str:
+    """4 hex digits naming one daemon's bridges, taps and nftables table."""
+    return hashlib.sha256(str(data_root.resolve()).encode()).hexdigest()[:4]
+
+
+async def remove_host_state(tag: str) -> None:
+    """Delete every bridge, tap and rule of the daemon with `tag` (it must be stopped).
+
+    dockerd leaves docker0 behind when it stops, and so does hbd; this is for
+    uninstalling, and for tests that create throwaway daemons."""
+    for name in await net.links_with_prefix(f"ht{tag}") + await net.links_with_prefix(f"hb{tag}"):
+        await net.delete_link(name)
+    await net.remove_ruleset(f"hbd_{tag}")
+
+
 def mac_for(ip: str) -> str:
     """dockerd's generated MAC: 02:42 followed by the IPv4 address."""
     octets = [int(x) for x in ip.split(".")]
@@ -126,6 +142,7 @@ class NetworkService:
         self.state = state
         self.events = events
         self.tag = tag
+        # remove_host_state() below knows these three names too.
         self.tap_prefix = f"ht{tag}"
         self.bridge_prefix = f"hb{tag}"
         self.nft_table = f"hbd_{tag}"

@@ -73,3 +73,13 @@ def human_duration(seconds: float) -> str:
     if hours < 24 * 365 * 2:
         return f"{hours // 24 // 30} months"
     return f"{s // 3600 // 24 // 365} years"
+
+
+def parse_timestamp_ns(text: str) -> int:
+    """An API time parameter: "seconds[.nanoseconds]" (what the CLI sends) or
+    RFC 3339. Exact to the nanosecond: a float would round a log record's own
+    time past itself. 0 for garbage."""
+    seconds, dot, fraction = text.partition(".")
+    if seconds.isdigit() and (not dot or fraction.isdigit()):
+        return int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9] or "0")
+    return parse_rfc3339_ns(text)

@@ -24,6 +24,7 @@ from hbd.api import server
 from hbd.config import Config
 from hbd.daemon import Daemon
 from hbd.drivers.fake import FakeSandboxDriver
+from hbd.services.networks import instance_tag, remove_host_state
 from tests.daemon_fixture import BUSYBOX_TAR, DOCKER_CLI
 
 
@@ -95,6 +96,7 @@ def api_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
     yield api
     loop.call_soon_threadsafe(stop.set)
     thread.join(30)
+    asyncio.run(remove_host_state(instance_tag(Path(config.daemon.data_root))))
     shutil.rmtree(exec_root, ignore_errors=True)
 
 
