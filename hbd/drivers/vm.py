@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -269,9 +270,22 @@ class MicroVM:
         return cls(run_dir, pid)
 
 
+PR_SET_THP_DISABLE = 41
+
+
+def _disable_transparent_hugepages() -> None:
+    """QEMU asks for huge pages on guest RAM and its translation cache; a guest
+    that touched 20 MiB then costs the host 2 MiB for every spot it touched.
+    The setting is inherited by QEMU from hbd, whose own memory is small."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0:
+        log.warning("cannot disable transparent huge pages: errno %d", ctypes.get_errno())
+
+
 class QemuMicrovmDriver:
     def __init__(self, qemu: str = "qemu-system-x86_64") -> None:
         self.qemu = qemu
+        _disable_transparent_hugepages()
 
     async def launch(self, spec: VMSpec) -> MicroVM:
         run = spec.run_dir
