@@ -46,9 +46,16 @@ class VMSettings:
 
 
 @dataclass
+class RegistryConfig:
+    mirrors: list[str] = field(default_factory=list)
+    insecure_registries: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     vm: VMSettings = field(default_factory=VMSettings)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     @property
     def data_root(self) -> Path:

@@ -12,10 +12,12 @@ from hbd.drivers.vm import QemuMicrovmDriver
 from hbd.errors import InvalidParameter
 from hbd.events import EventBus
 from hbd.services.containers import ContainerService
+from hbd.services.distribution import Distribution
 from hbd.services.dns import DnsServer, NetworkView
 from hbd.services.execs import ExecService
 from hbd.services.images import ImageStore
 from hbd.services.networks import DEFAULT_BRIDGE, NetworkService, instance_tag
+from hbd.services.registry import RegistryClient, RegistrySettings
 from hbd.services.scratch import ScratchDisks
 from hbd.services.system import SystemService
 from hbd.services.volumes import VolumeService
@@ -32,6 +34,8 @@ class Daemon:
     state: StateStore = field(init=False)
     events: EventBus = field(init=False)
     images: ImageStore = field(init=False)
+    registry: RegistryClient = field(init=False)
+    distribution: Distribution = field(init=False)
     networks: NetworkService = field(init=False)
     dns: DnsServer = field(init=False)
     volumes: VolumeService = field(init=False)
@@ -46,6 +50,10 @@ class Daemon:
         self.state = StateStore(config.data_root / "state")
         self.events = EventBus()
         self.images = ImageStore(self.state, config.data_root / "image", self.events)
+        self.registry = RegistryClient(RegistrySettings(
+            mirrors=list(config.registry.mirrors),
+            insecure=list(config.registry.insecure_registries)))
+        self.distribution = Distribution(self.images, self.registry)
         scratch = ScratchDisks(config.data_root / "vm")
         await scratch.prepare()
         if self.sandbox_driver is None:
@@ -97,3 +105,4 @@ class Daemon:
     async def stop(self) -> None:
         await self.containers.shutdown()
         self.dns.close()
+        await self.registry.close()

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from hbd.api.app import Router, json_response, query_bool, query_filters
 from hbd.api.context import daemon_of
+from hbd.errors import HbdError, InvalidParameter
+from hbd.services.distribution import Platform
 from hbd.services.image_filters import ImageFilter
+from hbd.services.reference import Reference, parse_reference, validate_tag
+from hbd.services.registry import Credentials
 
 
 async def list_images(request: web.Request) -> web.Response:
@@ -48,9 +54,60 @@ async def load(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _error_message(message: str) -> bytes:
+    return json.dumps({"errorDetail": {"message": message}, "error": message}).encode() + b"\n"
+
+
+async def stream_messages(request: web.Request,
+                          messages: AsyncIterator[dict[str, Any]]) -> web.StreamResponse:
+    """A jsonmessage stream. An error before the first message is an HTTP error
+    (dockerd answers so while nothing is flushed); later ones go in the stream."""
+    first = await anext(messages, None)
+    response = web.StreamResponse()
+    response.content_type = "application/json"
+    await response.prepare(request)
+    try:
+        if first is not None:
+            await response.write(json.dumps(first).encode() + b"\n")
+        async for message in messages:
+            await response.write(json.dumps(message).encode() + b"\n")
+    except HbdError as e:
+        await response.write(_error_message(e.message))
+    except ConnectionResetError:
+        pass
+    return response
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    """POST /images/create: pull (fromImage)."""
+    d = daemon_of(request)
+    from_image = request.query.get("fromImage", "")
+    if not from_image:
+        raise InvalidParameter("fromImage or fromSrc is required")
+    ref = parse_reference(from_image)
+    tag = request.query.get("tag", "")
+    if tag.startswith("sha256:"):
+        ref = Reference(ref.domain, ref.path, digest=tag)
+    elif tag:
+        validate_tag(tag)
+        ref = ref.with_tag(tag)
+    credentials = Credentials.from_header(request.headers.get("X-Registry-Auth"))
+    platform = Platform.parse(request.query.get("platform", ""))
+    return await stream_messages(request, d.distribution.pull(ref, platform, credentials))
+
+
+async def push(request: web.Request) -> web.StreamResponse:
+    d = daemon_of(request)
+    credentials = Credentials.from_header(request.headers.get("X-Registry-Auth"))
+    return await stream_messages(request, d.distribution.push(
+        request.match_info["name"], request.query.get("tag", ""), credentials))
+
+
 def register(router: Router) -> None:
     router.add("GET", "/images/json", list_images)
     router.add("POST", "/images/load", load)
+    router.add("POST", "/images/create", create)
+    router.add("POST", "/images/{name:.+}/push", push)
     router.add("GET", "/images/{name:.+}/json", inspect)
     router.add("POST", "/images/{name:.+}/tag", tag)
     router.add("DELETE", "/images/{name:.+}", remove)

@@ -9,10 +9,11 @@ import time
 from aiohttp import web
 
 from hbd import API_VERSION
-from hbd.api.app import Router, json_response, query_filters
+from hbd.api.app import Router, json_response, query_filters, read_json
 from hbd.api.context import daemon_of
 from hbd.errors import InvalidParameter
 from hbd.services.events_filter import EventFilter
+from hbd.services.registry import Credentials
 from hbd.services.timefmt import parse_timestamp_ns
 
 
@@ -89,9 +90,21 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def auth(request: web.Request) -> web.Response:
+    """POST /auth: check credentials against a registry (docker login)."""
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidParameter("invalid JSON: auth config must be an object")
+    credentials = Credentials(str(body.get("username") or ""), str(body.get("password") or ""),
+                              str(body.get("identitytoken") or ""))
+    await daemon_of(request).registry.login(str(body.get("serveraddress") or ""), credentials)
+    return json_response({"Status": "Login Succeeded", "IdentityToken": ""})
+
+
 def register(router: Router) -> None:
     router.add("GET", "/_ping", ping)
     router.add("HEAD", "/_ping", ping)
     router.add("GET", "/version", version)
     router.add("GET", "/info", info)
     router.add("GET", "/events", events)
+    router.add("POST", "/auth", auth)

@@ -10,6 +10,8 @@ daemon/images/image_delete.go.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import datetime as dt
 import gzip
 import hashlib
@@ -19,7 +21,7 @@ import posixpath
 import shutil
 import tarfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -68,10 +70,13 @@ class Layer:
     diff_id: str
     size: int
     media_type: str
+    # Repositories ("registry/path") known to hold this blob: a push mounts
+    # it from one of them instead of uploading it again.
+    sources: list[str] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
         return {"digest": self.digest, "diff_id": self.diff_id, "size": self.size,
-                "media_type": self.media_type}
+                "media_type": self.media_type, "sources": self.sources}
 
 
 @dataclass
@@ -214,6 +219,7 @@ class ImageStore:
         # Held while blobs are staged for images not yet recorded, and by
         # garbage collection, so one never deletes what the other stages.
         self._store_lock = asyncio.Lock()
+        self._pinned: collections.Counter[str] = collections.Counter()
         self._tmp_counter = 0
         self._load_state()
 
@@ -391,11 +397,22 @@ class ImageStore:
     def _delete_image(self, img: Image) -> None:
         del self.images[img.id]
         self.state.delete("images", short_key(img.id))
-        self._collect_garbage()
+        self.collect_garbage()
 
-    def _collect_garbage(self) -> None:
+    @contextlib.contextmanager
+    def pinned(self, digests: Iterable[str]) -> Iterator[None]:
+        """Keep blobs that no image references yet (a pull in progress) from GC."""
+        pinned = list(digests)
+        self._pinned.update(pinned)
+        try:
+            yield
+        finally:
+            self._pinned.subtract(pinned)
+            self._pinned += collections.Counter()  # drop the zero counts
+
+    def collect_garbage(self) -> None:
         """Remove blobs and disks no image references any more."""
-        live_blobs = set(self.images)
+        live_blobs = set(self.images) | set(self._pinned)
         live_disks = set()
         for img in self.images.values():
             live_blobs.update(layer.digest for layer in img.layers)
@@ -455,7 +472,7 @@ class ImageStore:
                     for img, _ in staged:
                         await self.ensure_disk(img)
                 except BaseException:
-                    self._collect_garbage()
+                    self.collect_garbage()
                     raise
                 return self._commit_loaded(staged)
         finally:
@@ -602,15 +619,36 @@ class ImageStore:
     def _commit_loaded(self, staged: list[tuple[Image, list[Reference]]]) -> list[str]:
         messages = []
         for img, refs in staged:
-            self.images[img.id] = img
-            self._save(img)
-            for ref in refs:
-                self._add_ref(img, ref)
-                messages.append(f"Loaded image: {ref.familiar}\n")
+            self.record_image(img, refs)
+            messages += [f"Loaded image: {ref.familiar}\n" for ref in refs]
             if not refs:
                 messages.append(f"Loaded image ID: {img.id}\n")
             self.events.publish("image", "load", img.id, {"name": img.id})
         return messages
+
+    def record_image(self, img: Image, refs: Iterable[Reference]) -> Image:
+        """Keep an image whose blobs are stored and disk built; point refs at it."""
+        current = self.images.setdefault(img.id, img)
+        if current is not img:
+            # Known already: it may have learnt where its layers live.
+            for mine, theirs in zip(current.layers, img.layers, strict=False):
+                mine.sources = sorted(set(mine.sources) | set(theirs.sources))
+        self._save(current)
+        for ref in refs:
+            self._add_ref(current, ref)
+        return current
+
+    def replace_layer_blob(self, diff_id: str, digest: str, media_type: str) -> None:
+        """Every image now keeps layer `diff_id` as blob `digest` (e.g. gzip for a push)."""
+        for img in self.images.values():
+            changed = False
+            for layer in img.layers:
+                if layer.diff_id == diff_id and layer.digest != digest:
+                    layer.digest, layer.media_type, layer.sources = digest, media_type, []
+                    changed = True
+            if changed:
+                self._save(img)
+        self.collect_garbage()
 
     # -- API views -------------------------------------------------------------
 

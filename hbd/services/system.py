@@ -116,10 +116,12 @@ class SystemService:
             "RegistryConfig": {
                 "AllowNondistributableArtifactsCIDRs": None,
                 "AllowNondistributableArtifactsHostnames": None,
-                "InsecureRegistryCIDRs": ["127.0.0.0/8", "::1/128"],
-                "IndexConfigs": {"docker.io": {"Name": "docker.io", "Mirrors": [],
-                                               "Secure": True, "Official": True}},
-                "Mirrors": [],
+                "InsecureRegistryCIDRs": ["127.0.0.0/8", "::1/128",
+                                          *self.config.registry.insecure_registries],
+                "IndexConfigs": {"docker.io": {
+                    "Name": "docker.io", "Mirrors": list(self.config.registry.mirrors),
+                    "Secure": True, "Official": True}},
+                "Mirrors": list(self.config.registry.mirrors),
             },
             "GenericResources": None,
             "HttpProxy": "", "HttpsProxy": "", "NoProxy": "",
