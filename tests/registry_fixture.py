@@ -90,7 +90,7 @@ def _token_server(issuer: _TokenIssuer, port: int) -> ThreadingHTTPServer:
     expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             query = parse_qs(urlparse(self.path).query)
             if self.headers.get("Authorization") != expected:
                 self.send_response(401)

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -83,8 +84,6 @@ def test_login_and_authenticated_push_pull(hbd: RunningDaemon, auth: str,
         ref = f"{reg.host}/private/bb:{auth}"
 
         def docker_cli(*args: str, check: bool = True):  # type: ignore[no-untyped-def]
-            import subprocess
-
             result = subprocess.run(["docker", *args], capture_output=True,
                                     env={**hbd.env(), **env_config}, timeout=120)
             if check:
@@ -156,7 +155,7 @@ def lying_registry(fault: str) -> Iterator[str]:
         manifest = b'{"schemaVersion": 2, "config": '
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             body, kind = b"{}", "application/json"
             if self.path.endswith("/manifests/v1"):
                 body, kind = manifest, "application/vnd.docker.distribution.manifest.v2+json"
