@@ -377,10 +377,18 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def _bounded(limit: int, jobs: list[Any]) -> list[Any]:
+    """Run coroutines `limit` at a time. When one fails the others are cancelled
+    and awaited before the error propagates: none may still be writing a blob
+    when the caller cleans up after the failure."""
     semaphore = asyncio.Semaphore(limit)
 
     async def one(job: Any) -> Any:
         async with semaphore:
             return await job
 
-    return list(await asyncio.gather(*(one(job) for job in jobs)))
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(job)) for job in jobs]
+    except BaseExceptionGroup as group_error:
+        raise group_error.exceptions[0] from None
+    return [task.result() for task in tasks]
