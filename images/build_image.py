@@ -21,7 +21,13 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-EPOCH = 1_700_000_000  # fixed mtime of every entry: reproducible image IDs
+from hbd.services.image_archive import (
+    EPOCH,
+    ArchiveImage,
+    ArchiveLayer,
+    write_image_archive_file,
+)
+
 CREATED = "2023-11-14T22:13:20Z"
 
 
@@ -63,68 +69,23 @@ def layer_from_tree(tree: Path) -> bytes:
 
 
 def write_archive(out: Path, ref: str, layers: list[bytes], config: dict[str, Any]) -> str:
-    """Write the image archive; returns the image ID (config digest)."""
+    """Write the image archive (gzip layers); returns the image ID (config digest)."""
     name, _, tag = ref.rpartition(":")
     if not name or "/" in tag:
         name, tag = ref, "latest"
-    diff_ids = [_sha(layer) for layer in layers]
     compressed = [gzip.compress(layer, compresslevel=6, mtime=0) for layer in layers]
-    config = {**config, "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    config = {**config, "rootfs": {"type": "layers", "diff_ids": [_sha(x) for x in layers]},
               "created": config.get("created", CREATED)}
     config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-    config_digest = _sha(config_bytes)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": config_digest, "size": len(config_bytes)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": _sha(c), "size": len(c)} for c in compressed],
-    }
-    manifest_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-    full_name = name if "/" in name.split(":")[0] or "." in name.split("/")[0] else \
-        f"docker.io/library/{name}"
-    index = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": _sha(manifest_bytes), "size": len(manifest_bytes),
-            "annotations": {"io.containerd.image.name": f"{full_name}:{tag}",
-                            "org.opencontainers.image.ref.name": tag},
-        }],
-    }
-
-    def blob_path(digest: str) -> str:
-        return "blobs/sha256/" + digest.split(":", 1)[1]
-
-    docker_manifest = [{"Config": blob_path(config_digest), "RepoTags": [f"{name}:{tag}"],
-                        "Layers": [blob_path(_sha(c)) for c in compressed]}]
-    files: list[tuple[str, bytes]] = [
-        ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
-        ("index.json", json.dumps(index, sort_keys=True).encode()),
-        ("manifest.json", json.dumps(docker_manifest).encode()),
-        ("repositories", json.dumps({name: {tag: config_digest.split(":")[1]}}).encode()),
-        (blob_path(config_digest), config_bytes),
-        (blob_path(_sha(manifest_bytes)), manifest_bytes),
-        *[(blob_path(_sha(c)), c) for c in compressed],
-    ]
-    tmp = out.with_suffix(".tmp")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        for directory in ("blobs", "blobs/sha256"):
-            info = tarfile.TarInfo(directory)
-            info.type = tarfile.DIRTYPE
-            info.mode = 0o755
-            info.mtime = EPOCH
-            tar.addfile(info)
-        for path, data in sorted(set(files), key=lambda x: x[0]):
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = EPOCH
-            tar.addfile(info, io.BytesIO(data))
-    tmp.replace(out)
-    return config_digest
+    first = name.split("/", 1)[0]
+    full = name if "/" in name and ("." in first or ":" in first or first == "localhost") \
+        else f"docker.io/{name if '/' in name else 'library/' + name}"
+    write_image_archive_file(out, [ArchiveImage(
+        config=config_bytes,
+        layers=[ArchiveLayer(_sha(c), True, c) for c in compressed],
+        tags=[(full, tag, f"{name}:{tag}")],
+    )])
+    return _sha(config_bytes)
 
 
 def main() -> None:

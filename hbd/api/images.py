@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,8 +13,10 @@ from aiohttp import web
 from hbd.api.app import Router, json_response, query_bool, query_filters
 from hbd.api.context import daemon_of
 from hbd.errors import HbdError, InvalidParameter
+from hbd.services.container_filters import PruneFilter
 from hbd.services.distribution import Platform
 from hbd.services.image_filters import ImageFilter
+from hbd.services.images import Image
 from hbd.services.reference import Reference, parse_reference, validate_tag
 from hbd.services.registry import Credentials
 
@@ -103,10 +107,46 @@ async def push(request: web.Request) -> web.StreamResponse:
         request.match_info["name"], request.query.get("tag", ""), credentials))
 
 
+async def save(request: web.Request) -> web.StreamResponse:
+    """GET /images/get?names=… and GET /images/{name}/get: an image archive."""
+    store = daemon_of(request).images
+    names = [request.match_info["name"]] if "name" in request.match_info else \
+        request.query.getall("names", [])
+    with tempfile.TemporaryFile(dir=store.tmp_dir) as spool:
+        await asyncio.to_thread(store.save, names, spool)
+        spool.seek(0)
+        response = web.StreamResponse()
+        response.content_type = "application/x-tar"
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(spool.read, 1024 * 1024):
+            await response.write(chunk)
+        return response
+
+
+async def history(request: web.Request) -> web.Response:
+    return json_response(daemon_of(request).images.history(request.match_info["name"]))
+
+
+async def prune(request: web.Request) -> web.Response:
+    store = daemon_of(request).images
+    filters = query_filters(request)
+    dangling = filters.pop("dangling", ["true"])[0].lower() in ("true", "1")
+    prune_filter = PruneFilter(filters)
+
+    def matches(img: Image) -> bool:
+        return prune_filter(str(img.config.get("created", "")), img.container_config)
+
+    return json_response(await store.prune(dangling, matches))
+
+
 def register(router: Router) -> None:
     router.add("GET", "/images/json", list_images)
     router.add("POST", "/images/load", load)
     router.add("POST", "/images/create", create)
+    router.add("GET", "/images/get", save)
+    router.add("POST", "/images/prune", prune)
+    router.add("GET", "/images/{name:.+}/get", save)
+    router.add("GET", "/images/{name:.+}/history", history)
     router.add("POST", "/images/{name:.+}/push", push)
     router.add("GET", "/images/{name:.+}/json", inspect)
     router.add("POST", "/images/{name:.+}/tag", tag)

@@ -24,12 +24,13 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from hbd.drivers import disks
 from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_image
 from hbd.events import EventBus
 from hbd.services.blobs import BlobStore, DigestMismatch
+from hbd.services.image_archive import ArchiveImage, ArchiveLayer, write_image_archive
 from hbd.services.layers import LayerError, UnpackLimits, flatten_layers
 from hbd.services.reference import (
     Reference,
@@ -38,6 +39,7 @@ from hbd.services.reference import (
     parse_reference,
     validate_tag,
 )
+from hbd.services.timefmt import parse_rfc3339
 from hbd.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -113,12 +115,7 @@ class Image:
     @property
     def created_unix(self) -> int:
         created = self.config.get("created")
-        if not isinstance(created, str):
-            return 0
-        try:
-            return int(dt.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
-        except ValueError:
-            return 0
+        return int(parse_rfc3339(created)) if isinstance(created, str) else 0
 
 
 # The container service tells the image store which containers use an image:
@@ -649,6 +646,94 @@ class ImageStore:
             if changed:
                 self._save(img)
         self.collect_garbage()
+
+    # -- save / history / prune ----------------------------------------------------
+
+    def _archive_entry(self, img: Image, refs: list[Reference]) -> ArchiveImage:
+        return ArchiveImage(
+            config=self.blobs.read_bytes(img.id),
+            layers=[ArchiveLayer(layer.digest, "gzip" in layer.media_type,
+                                 self.blobs.path(layer.digest)) for layer in img.layers],
+            tags=[(r.name, r.tag, r.familiar) for r in refs if r.tag])
+
+    def save(self, names: list[str], out: BinaryIO) -> None:
+        """`docker save`: the images and the tags they were named by."""
+        if not names:
+            raise InvalidParameter("no images given")
+        chosen: dict[str, tuple[Image, list[Reference]]] = {}
+        for name in names:
+            img = self.get(name)
+            refs: list[Reference] = []
+            if not (name.startswith("sha256:") or img.id.startswith("sha256:" + name)):
+                ref = parse_reference(name)
+                if ref.tag:
+                    refs = [ref]
+                else:  # a bare repository name: every tag of it
+                    refs = [parse_reference(t) for t in img.repo_tags
+                            if parse_reference(t).name == ref.name] or [ref.with_default_tag()]
+            entry = chosen.setdefault(img.id, (img, []))
+            entry[1].extend(r for r in refs if r not in entry[1])
+        for digest in [layer.digest for img, _ in chosen.values() for layer in img.layers]:
+            with self.blobs.open_verified(digest):
+                pass  # a corrupt blob must not go out as a valid archive
+        write_image_archive(out, [self._archive_entry(img, refs)
+                                  for img, refs in chosen.values()])
+
+    def history(self, ref: str) -> list[dict[str, Any]]:
+        """`docker history`: newest first, sizes from the layers in order."""
+        img = self.get(ref)
+        entries = [h for h in self.config_history(img) if isinstance(h, dict)]
+        sizes = [layer.size for layer in img.layers]
+        out = []
+        for h in entries:
+            empty = bool(h.get("empty_layer"))
+            size = 0 if empty or not sizes else sizes.pop(0)
+            created = h.get("created", "")
+            out.append({
+                "Id": "<missing>", "Created": int(parse_rfc3339(created)),
+                "CreatedBy": h.get("created_by", ""), "Tags": None, "Size": size,
+                "Comment": h.get("comment", ""),
+            })
+        out.reverse()
+        if out:
+            out[0]["Id"] = img.id
+            out[0]["Tags"] = [parse_reference(t).familiar for t in img.repo_tags] or None
+        else:
+            out = [{"Id": img.id, "Created": img.created_unix, "CreatedBy": "",
+                    "Tags": [parse_reference(t).familiar for t in img.repo_tags] or None,
+                    "Size": img.size, "Comment": ""}]
+        return out
+
+    @staticmethod
+    def config_history(img: Image) -> list[Any]:
+        history = img.config.get("history")
+        if isinstance(history, list) and history:
+            return history
+        # No history in the config: one entry per layer, as dockerd shows it.
+        return [{"created": img.config.get("created", "")} for _ in img.layers]
+
+    async def prune(self, dangling_only: bool, matches: Callable[[Image], bool]
+                    ) -> dict[str, Any]:
+        """Remove unused images: untagged ones, or (dangling=false) all unused."""
+        deleted: list[dict[str, str]] = []
+        reclaimed = 0
+        async with self._store_lock:
+            for img in list(self.images.values()):
+                if self.container_usage(img.id) or not matches(img):
+                    continue
+                if dangling_only and (img.repo_tags or img.repo_digests):
+                    continue
+                for full in list(img.repo_tags + img.repo_digests):
+                    self._remove_ref(full)
+                    deleted.append({"Untagged": parse_reference(full).familiar})
+                reclaimed += img.size
+                del self.images[img.id]
+                self.state.delete("images", short_key(img.id))
+                deleted.append({"Deleted": img.id})
+                self.events.publish("image", "delete", img.id, {"name": img.id})
+            self.collect_garbage()
+        self.events.publish("image", "prune", "", {"reclaimed": str(reclaimed)})
+        return {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 
     # -- API views -------------------------------------------------------------
 
