@@ -11,6 +11,7 @@ from hbd.drivers.sandbox import QemuSandboxDriver, SandboxDriver
 from hbd.drivers.vm import QemuMicrovmDriver
 from hbd.errors import InvalidParameter
 from hbd.events import EventBus
+from hbd.services.container_files import ContainerFiles
 from hbd.services.containers import ContainerService
 from hbd.services.distribution import Distribution
 from hbd.services.dns import DnsServer, NetworkView
@@ -41,6 +42,7 @@ class Daemon:
     volumes: VolumeService = field(init=False)
     containers: ContainerService = field(init=False)
     execs: ExecService = field(init=False)
+    files: ContainerFiles = field(init=False)
     system: SystemService = field(init=False)
 
     async def start(self) -> None:
@@ -81,6 +83,7 @@ class Daemon:
                                            self.volumes, self.events, self.sandbox_driver,
                                            scratch, self.accel)
         self.execs = ExecService(self.containers, self.events)
+        self.files = ContainerFiles(self.containers)
         self.system = SystemService(config, self.state, self.images, self.containers,
                                     self.events, self.accel)
         await self.containers.restore()

@@ -277,6 +277,72 @@ async def resize(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def archive_head(request: web.Request) -> web.Response:
+    files = daemon_of(request).files
+    stat = await files.stat(request.match_info["id"], request.query.get("path", ""))
+    return web.Response(status=200, headers={
+        "X-Docker-Container-Path-Stat": files.stat_header(stat),
+        "Content-Type": "application/x-tar"})
+
+
+async def archive_get(request: web.Request) -> web.StreamResponse:
+    files = daemon_of(request).files
+    path = request.query.get("path", "")
+    if not path:
+        raise InvalidParameter("path is required")
+    stat, stream = await files.get_archive(request.match_info["id"], path)
+    response = web.StreamResponse(headers={"X-Docker-Container-Path-Stat":
+                                           files.stat_header(stat)})
+    response.content_type = "application/x-tar"
+    await response.prepare(request)
+    try:
+        async for chunk in stream:
+            await response.write(chunk)
+    except ConnectionResetError:
+        await stream.aclose()  # type: ignore[attr-defined]
+    return response
+
+
+async def archive_put(request: web.Request) -> web.Response:
+    path = request.query.get("path", "")
+    if not path:
+        raise InvalidParameter("path is required")
+    await daemon_of(request).files.put_archive(
+        request.match_info["id"], path, request.content.iter_chunked(1024 * 1024),
+        copy_uid_gid=query_bool(request, "copyUIDGID"),
+        no_overwrite_dir_non_dir=query_bool(request, "noOverwriteDirNonDir"))
+    return web.Response(status=200)
+
+
+async def export(request: web.Request) -> web.StreamResponse:
+    stream = daemon_of(request).files.export(request.match_info["id"])
+    first = await anext(stream, b"")  # errors before any output are HTTP errors
+    response = web.StreamResponse()
+    response.content_type = "application/x-tar"
+    await response.prepare(request)
+    await response.write(first)
+    async for chunk in stream:
+        await response.write(chunk)
+    return response
+
+
+async def changes(request: web.Request) -> web.Response:
+    result = await daemon_of(request).files.changes(request.match_info["id"])
+    return json_response(result or None)
+
+
+async def commit(request: web.Request) -> web.Response:
+    body = await read_json(request, allow_empty=True) or {}
+    if not isinstance(body, dict):
+        raise InvalidParameter("invalid JSON: container config must be an object")
+    image_id = await daemon_of(request).files.commit(
+        request.query.get("container", ""), request.query.get("repo", ""),
+        request.query.get("tag", ""), request.query.get("comment", ""),
+        request.query.get("author", ""), query_bool(request, "pause", default=True),
+        body, request.query.getall("changes", []))
+    return json_response({"Id": image_id}, status=201)
+
+
 def register(router: Router) -> None:
     router.add("GET", "/containers/json", list_containers)
     router.add("POST", "/containers/create", create)
@@ -297,3 +363,9 @@ def register(router: Router) -> None:
     router.add("GET", "/containers/{id}/logs", logs)
     router.add("POST", "/containers/{id}/resize", resize)
     router.add("DELETE", "/containers/{id}", remove)
+    router.add("HEAD", "/containers/{id}/archive", archive_head)
+    router.add("GET", "/containers/{id}/archive", archive_get)
+    router.add("PUT", "/containers/{id}/archive", archive_put)
+    router.add("GET", "/containers/{id}/export", export)
+    router.add("GET", "/containers/{id}/changes", changes)
+    router.add("POST", "/commit", commit)

@@ -86,6 +86,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     """POST /images/create: pull (fromImage)."""
     d = daemon_of(request)
     from_image = request.query.get("fromImage", "")
+    if request.query.get("fromSrc"):
+        return await import_image(request)
     if not from_image:
         raise InvalidParameter("fromImage or fromSrc is required")
     ref = parse_reference(from_image)
@@ -98,6 +100,26 @@ async def create(request: web.Request) -> web.StreamResponse:
     credentials = Credentials.from_header(request.headers.get("X-Registry-Auth"))
     platform = Platform.parse(request.query.get("platform", ""))
     return await stream_messages(request, d.distribution.pull(ref, platform, credentials))
+
+
+async def import_image(request: web.Request) -> web.Response:
+    """POST /images/create?fromSrc=-: the body is a filesystem tarball."""
+    if request.query.get("fromSrc") != "-":
+        raise InvalidParameter("hbd imports from the request body only (fromSrc=-)")
+    repo = request.query.get("repo", "")
+    ref = None
+    if repo:
+        ref = parse_reference(repo)
+        tag = request.query.get("tag", "")
+        if tag:
+            validate_tag(tag)
+            ref = ref.with_tag(tag)
+        ref = ref.with_default_tag()
+    image_id = await daemon_of(request).images.import_tarball(
+        request.content, ref, request.query.get("message", ""),
+        request.query.getall("changes", []))
+    return web.Response(body=json.dumps({"status": image_id}).encode() + b"\n",
+                        content_type="application/json")
 
 
 async def push(request: web.Request) -> web.StreamResponse:

@@ -92,6 +92,9 @@ class ProcessSpec:
     height: int = 0
     width: int = 0
     main: bool = False
+    # A program built into the guest init (tar-create, tar-extract, stat,
+    # changes, tar-changes, tar-export) instead of `args[0]`; see PROTOCOL §4.
+    builtin: str = ""
 
 
 @dataclass

@@ -478,6 +478,38 @@ class ContainerService:
             c.manually_stopped = False
             await self._start_locked(c)
 
+    async def boot_maintenance(self, c: Container) -> Sandbox:
+        """Boot a stopped container's guest with its disks and mounts but no
+        network and no main process, for work on its files (cp, export,
+        diff, commit). The caller holds c.lock and calls end_maintenance after."""
+        if c.teardown is not None:
+            await c.teardown  # the last run's guest still has the disks
+        img = self.images.images.get(c.image_id)
+        if img is None:
+            raise SystemError_(f"image {c.image_id} of container {c.id[:12]} is gone")
+        disk = await self.images.ensure_disk(img)
+        for mp in c.mounts:
+            if mp.type == "volume":
+                self.volumes.attach(mp.source, c.id)
+        try:
+            spec = self._sandbox_spec(c, disk, RunNetworking([], [], [], "", {}, []))
+            spec.vm.memory_mib = MIN_GUEST_MIB * 2
+            spec.vm.run_dir = self.config.exec_root / f"{c.id[:48]}-mnt"
+            sandbox = await self.sandboxes.boot(spec)
+        except BootError as e:
+            self.volumes.detach_all(c.id)
+            raise SystemError_(f"cannot reach the files of {c.id[:12]}: {e}") from e
+        except BaseException:
+            self.volumes.detach_all(c.id)
+            raise
+        return sandbox
+
+    async def end_maintenance(self, c: Container, sandbox: Sandbox) -> None:
+        try:
+            await sandbox.poweroff(POWEROFF_TIMEOUT)
+        finally:
+            self.volumes.detach_all(c.id)
+
     async def _start_locked(self, c: Container) -> None:
         if c.teardown is not None:
             await c.teardown

@@ -29,6 +29,7 @@ from typing import IO, Any, BinaryIO
 from hbd.drivers import disks
 from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_image
 from hbd.events import EventBus
+from hbd.services import container_config as cc
 from hbd.services.blobs import BlobStore, DigestMismatch
 from hbd.services.image_archive import ArchiveImage, ArchiveLayer, write_image_archive
 from hbd.services.layers import LayerError, UnpackLimits, flatten_layers
@@ -646,6 +647,55 @@ class ImageStore:
             if changed:
                 self._save(img)
         self.collect_garbage()
+
+    async def import_tarball(self, body: Any, ref: Reference | None, message: str,
+                             changes: list[str]) -> str:
+        """`docker import`: a filesystem tarball becomes a one-layer image."""
+        archive = self._tmp("import")
+        try:
+            await self._receive_archive(body, archive)  # gunzipped on the way in
+            async with self._store_lock:
+                digest, diff_id, size = await asyncio.to_thread(self._store_file_layer, archive)
+                config: dict[str, Any] = {
+                    "architecture": "amd64", "os": "linux", "created": now_rfc3339(),
+                    "config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+                    "history": [{"created": now_rfc3339(), "created_by": "docker import",
+                                 **({"comment": message} if message else {})}],
+                }
+                if message:
+                    config["comment"] = message
+                container_config: dict[str, Any] = {}
+                cc.apply_changes(container_config, changes)
+                config["config"] = container_config
+                config_bytes = json.dumps(config, separators=(",", ":")).encode()
+                image_id = self.blobs.put_bytes(config_bytes)
+                img = Image(id=image_id, config=config,
+                            layers=[Layer(digest, diff_id, size, MEDIA_LAYER_TAR)])
+                try:
+                    await self.ensure_disk(img)
+                except BaseException:
+                    self.collect_garbage()
+                    raise
+                self.record_image(img, [ref] if ref else [])
+        finally:
+            archive.unlink(missing_ok=True)
+        self.events.publish("image", "import", image_id, {"name": image_id})
+        return image_id
+
+    def _store_file_layer(self, path: Path) -> tuple[str, str, int]:
+        """An uncompressed layer file into the blob store: (digest, diff_id, size)."""
+        if not tarfile.is_tarfile(path):
+            raise InvalidParameter("the archive to import is not a tar")
+        writer = self.blobs.writer()
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    writer.write(chunk)
+            digest = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        return digest, digest, path.stat().st_size
 
     # -- save / history / prune ----------------------------------------------------
 

@@ -344,7 +344,10 @@ static void handle_start(uint32_t id, const struct json *req)
 	struct proc *m = main_proc();
 	if (is_main && m)
 		return error_simple(id, "state", EBUSY, "the container's main process already ran");
-	if (!is_main && (!m || m->reaped))
+	int builtin = *json_str(req, "builtin", "") != 0;
+	if (is_main && builtin)
+		return error_simple(id, "invalid", EINVAL, "a builtin cannot be the main process");
+	if (!is_main && !builtin && (!m || m->reaped))
 		return error_simple(id, "state", ESRCH, "the container is not running");
 	struct proc *p = calloc(1, sizeof(*p));
 	if (!p)
@@ -353,7 +356,7 @@ static void handle_start(uint32_t id, const struct json *req)
 	p->main = is_main;
 	p->oom_before = cgroup_oom_kills();
 	TRACE("starting process %u", p->id);
-	if (process_start(req, p, m ? m->pid : 0, &e)) {
+	if (process_start(req, p, m && !m->reaped ? m->pid : 0, &e)) {
 		free(p);
 		return reply_error(id, &e);
 	}

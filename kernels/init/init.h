@@ -84,6 +84,11 @@ void stats_json(struct buf *b);
 void ps_json(struct buf *b);
 int cgroup_update(const struct json *req, struct err *e);
 
+/* archive.c */
+int run_builtin(const char *name, char **args);
+void builtin_note_mounts(const char *mountinfo, const char *prefix);
+void record_created(const char *path);
+
 /* process.c */
 int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struct err *e);
 

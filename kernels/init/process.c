@@ -52,6 +52,7 @@ struct spawn {
 	int stdio[3];            /* child ends for non-tty processes, -1 if unused */
 	int err_pipe;            /* write end: failure reports */
 	pid_t main_pid;
+	const char *builtin;     /* run this built-in program instead of exec */
 };
 
 /* The child reports "kind\n<errno>\nmessage" and exits. */
@@ -264,6 +265,26 @@ static void join_container(struct spawn *s)
 	}
 }
 
+/* Builtins that read or write the container's files see them as its
+ * processes do (joining a running container, so volumes are there too) or,
+ * with no container running, from the init's own mounts. Those about the
+ * scratch disk itself (changes, tar-changes) stay in the init's view. */
+static void enter_for_builtin(struct spawn *s)
+{
+	if (!strcmp(s->builtin, "changes") || !strcmp(s->builtin, "tar-changes"))
+		return;
+	if (s->main_pid) {
+		char mountinfo[64];
+		snprintf(mountinfo, sizeof(mountinfo), "/proc/%d/mountinfo", s->main_pid);
+		builtin_note_mounts(mountinfo, "");
+		join_container(s);
+		return;
+	}
+	builtin_note_mounts("/proc/self/mountinfo", ROOTFS);
+	if (chroot(ROOTFS) || chdir("/"))
+		child_fail(s, "system", errno, "enter container root: %s", strerror(errno));
+}
+
 static void __attribute__((noreturn)) child_main(struct spawn *s)
 {
 	sigset_t all;
@@ -273,7 +294,9 @@ static void __attribute__((noreturn)) child_main(struct spawn *s)
 		signal(sig, SIG_DFL);
 
 	TRACE("child %d begins", getpid());
-	if (s->main)
+	if (s->builtin)
+		enter_for_builtin(s);
+	else if (s->main)
 		enter_container_root(s);
 	else
 		join_container(s);
@@ -297,6 +320,13 @@ static void __attribute__((noreturn)) child_main(struct spawn *s)
 			child_fail(s, "system", errno, "stdio: %s", strerror(errno));
 	}
 
+	if (s->builtin) {
+		/* Reached the builtin: from here its exit status tells the tale. */
+		close(s->err_pipe);
+		int status = run_builtin(s->builtin, s->argv);
+		fflush(NULL);
+		_exit(status);
+	}
 	struct identity id;
 	char err[900];
 	if (resolve_user(s->user, &id, err, sizeof(err)))
@@ -389,6 +419,9 @@ int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struc
 	s.argv = string_array(json_get(spec, "args"), 0, &argc);
 	s.envp = string_array(json_get(spec, "env"), 1, &s.envc);
 	s.cwd = json_str(spec, "cwd", "/");
+	s.builtin = json_str(spec, "builtin", NULL);
+	if (s.builtin && !*s.builtin)
+		s.builtin = NULL;
 	s.user = json_str(spec, "user", "");
 	s.tty = p->tty = json_bool(spec, "tty", 0);
 	s.stdin_open = json_bool(spec, "stdin", 0);
@@ -397,7 +430,7 @@ int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struc
 	int in_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1}, errs_pipe[2] = {-1, -1};
 	int own_pidns = -1;
 	p->in_fd = p->out_fd = p->err_fd = -1;
-	if (!s.argv || !s.envp || argc == 0) {
+	if (!s.argv || !s.envp || (argc == 0 && !s.builtin)) {
 		set_err(e, "invalid", EINVAL, "START needs args");
 		goto out;
 	}
@@ -434,9 +467,16 @@ int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struc
 	}
 	struct clone_args3 args = {.exit_signal = SIGCHLD, .cgroup = (uint64_t)cgroup_fd,
 				   .flags = CLONE_INTO_CGROUP_};
+	if (s.builtin)
+		args.flags = 0; /* the init's own work: not the container's, not frozen with it */
 	pid_t pid;
 	if (s.main) {
 		args.flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC;
+		pid = (pid_t)syscall(SYS_clone3_, &args, sizeof(args));
+		if (pid == 0)
+			child_main(&s);
+	} else if (!main_pid) {
+		/* A builtin with no container running: a plain child of ours. */
 		pid = (pid_t)syscall(SYS_clone3_, &args, sizeof(args));
 		if (pid == 0)
 			child_main(&s);

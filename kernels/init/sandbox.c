@@ -132,6 +132,8 @@ static int ensure_target(const char *path, int is_file, struct err *e)
 		set_err(e, "system", errno, "create %s: %s", path, strerror(errno));
 		return -1;
 	}
+	if (!rc && !strncmp(path, ROOTFS "/", strlen(ROOTFS) + 1))
+		record_created(path);
 	return 0;
 }
 

@@ -1,0 +1,321 @@
+"""A container's files: `docker cp` (the archive endpoints), `export`, `diff`
+and `commit`. All of it happens in the guest (the init's builtin programs);
+the host only passes tar streams along. A stopped container is booted for
+the purpose without its main process, as hbd's maintenance mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from hbd.drivers.agent import AgentError, ExitStatus, ProcessSpec
+from hbd.drivers.sandbox import Sandbox
+from hbd.errors import Conflict, Forbidden, InvalidParameter, NotFound, SystemError_
+from hbd.services import container_config as cc
+from hbd.services.containers import Container, ContainerService
+from hbd.services.images import Image, Layer
+from hbd.services.reference import parse_reference, validate_tag
+from hbd.services.timefmt import rfc3339_nano
+
+log = logging.getLogger(__name__)
+
+GO_MODE_DIR = 1 << 31
+GO_MODE_SYMLINK = 1 << 27
+GO_MODE_DEVICE = 1 << 26
+GO_MODE_NAMED_PIPE = 1 << 25
+GO_MODE_SOCKET = 1 << 24
+GO_MODE_SETUID = 1 << 23
+GO_MODE_SETGID = 1 << 22
+GO_MODE_CHAR_DEVICE = 1 << 21
+GO_MODE_STICKY = 1 << 20
+NO_SUCH_FILE = 2
+
+
+def go_file_mode(st_mode: int) -> int:
+    """Go's os.FileMode for a Unix st_mode, which the stat header carries."""
+    kind = st_mode & 0o170000
+    mode = st_mode & 0o777
+    mode |= {0o040000: GO_MODE_DIR, 0o120000: GO_MODE_SYMLINK, 0o010000: GO_MODE_NAMED_PIPE,
+             0o140000: GO_MODE_SOCKET, 0o060000: GO_MODE_DEVICE,
+             0o020000: GO_MODE_DEVICE | GO_MODE_CHAR_DEVICE}.get(kind, 0)
+    if st_mode & 0o4000:
+        mode |= GO_MODE_SETUID
+    if st_mode & 0o2000:
+        mode |= GO_MODE_SETGID
+    if st_mode & 0o1000:
+        mode |= GO_MODE_STICKY
+    return mode
+
+
+class _Pipe:
+    """ProcessOutput of a builtin: stdout as a stream, stderr kept for errors.
+
+    Unbounded: the agent delivers synchronously, and the guest's own flow
+    control (it stops reading the builtin's pipe while its queue to the host
+    is full) bounds what can pile up here."""
+
+    def __init__(self) -> None:
+        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.stderr = b""
+        self.exited: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+
+    def on_output(self, stream: int, data: bytes) -> None:
+        if stream == 1:
+            self.chunks.put_nowait(data)
+        elif len(self.stderr) < 65536:
+            self.stderr += data
+
+    def on_output_eof(self, stream: int) -> None:
+        if stream == 1:
+            self.chunks.put_nowait(None)
+
+    def on_exit(self, status: ExitStatus) -> None:
+        if not self.exited.done():
+            self.exited.set_result(status)
+
+    async def stdout(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.chunks.get()) is not None:
+            yield chunk
+
+
+@dataclass
+class _Guest:
+    sandbox: Sandbox
+    next_proc: int
+
+
+class ContainerFiles:
+    def __init__(self, containers: ContainerService) -> None:
+        self.containers = containers
+
+    @contextlib.asynccontextmanager
+    async def _guest(self, c: Container) -> AsyncIterator[_Guest]:
+        """The container's running guest, or one booted just for this."""
+        run = c.run
+        if run is not None and c.state.running and not c.state.restarting:
+            if c.state.paused:
+                raise Conflict(f"Container {c.id} is paused, unpause the container first")
+            guest = _Guest(run.sandbox, run.next_proc)
+            try:
+                yield guest
+            finally:
+                run.next_proc = max(run.next_proc, guest.next_proc)
+            return
+        async with c.lock:
+            if c.state.running:
+                raise Conflict(f"Container {c.id} is starting; try again")
+            sandbox = await self.containers.boot_maintenance(c)
+            try:
+                yield _Guest(sandbox, 2)
+            finally:
+                await self.containers.end_maintenance(c, sandbox)
+
+    async def _builtin(self, guest: _Guest, name: str, args: list[str], stdin: bool = False
+                       ) -> tuple[int, _Pipe]:
+        proc = guest.next_proc
+        guest.next_proc += 1
+        pipe = _Pipe()
+        spec = ProcessSpec(proc=proc, args=args, env=["PATH=/bin"], builtin=name, stdin=stdin)
+        try:
+            await guest.sandbox.start(spec, pipe)
+        except AgentError as e:
+            raise SystemError_(f"guest refused {name}: {e.message}") from e
+        return proc, pipe
+
+    async def _finish(self, guest: _Guest, proc: int, pipe: _Pipe) -> int:
+        status = await pipe.exited
+        with contextlib.suppress(AgentError):
+            await guest.sandbox.release(proc)
+        return status.exit_code
+
+    # -- stat / get / put ----------------------------------------------------------
+
+    async def stat(self, ref: str, path: str) -> dict[str, Any]:
+        c = self.containers.get(ref)
+        async with self._guest(c) as guest:
+            return await self._stat(guest, c, path)
+
+    async def _stat(self, guest: _Guest, c: Container, path: str) -> dict[str, Any]:
+        proc, pipe = await self._builtin(guest, "stat", [_absolute(path)])
+        out = b"".join([chunk async for chunk in pipe.stdout()])
+        code = await self._finish(guest, proc, pipe)
+        if code == NO_SUCH_FILE:
+            raise NotFound(f"Could not find the file {path} in container {c.name.lstrip('/')}")
+        if code != 0:
+            raise SystemError_(pipe.stderr.decode(errors="replace").strip() or "stat failed")
+        raw: dict[str, Any] = json.loads(out)
+        mtime = rfc3339_nano(int(raw["mtime"]) * 1_000_000_000 + int(raw.get("mtime_ns", 0)))
+        return {"name": raw["name"], "size": raw["size"], "mode": go_file_mode(raw["mode"]),
+                "mtime": mtime, "linkTarget": raw["linkTarget"]}
+
+    @staticmethod
+    def stat_header(stat: dict[str, Any]) -> str:
+        return base64.b64encode(json.dumps(stat).encode()).decode()
+
+    async def get_archive(self, ref: str, path: str
+                          ) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
+        """The stat of `path` and the tar stream of it, for GET /archive."""
+        c = self.containers.get(ref)
+        # The guest stays up until the stream is consumed (or abandoned).
+        stack = contextlib.AsyncExitStack()
+        try:
+            guest = await stack.enter_async_context(self._guest(c))
+            stat = await self._stat(guest, c, path)
+            proc, pipe = await self._builtin(guest, "tar-create", [_absolute(path)])
+        except BaseException:
+            await stack.aclose()
+            raise
+
+        async def stream() -> AsyncIterator[bytes]:
+            async with stack:
+                async for chunk in pipe.stdout():
+                    yield chunk
+                await self._finish(guest, proc, pipe)
+
+        return stat, stream()
+
+    async def put_archive(self, ref: str, path: str, body: AsyncIterator[bytes],
+                          copy_uid_gid: bool, no_overwrite_dir_non_dir: bool) -> None:
+        c = self.containers.get(ref)
+        if c.host_config.get("ReadonlyRootfs"):
+            raise Forbidden("container rootfs is marked read-only")
+        async with self._guest(c) as guest:
+            stat = await self._stat(guest, c, path)
+            if not stat["mode"] & GO_MODE_DIR:
+                raise InvalidParameter("extraction point is not a directory")
+            args = [_absolute(path), "keep-owners" if copy_uid_gid else "root-owners"]
+            if no_overwrite_dir_non_dir:
+                args.append("no-overwrite-dir-nondir")
+            proc, pipe = await self._builtin(guest, "tar-extract", args, stdin=True)
+            try:
+                async for chunk in body:
+                    await guest.sandbox.write_stdin(proc, chunk)
+            finally:
+                with contextlib.suppress(AgentError):
+                    await guest.sandbox.close_stdin(proc)
+            async for _ in pipe.stdout():
+                pass
+            code = await self._finish(guest, proc, pipe)
+            if code != 0:
+                message = pipe.stderr.decode(errors="replace").strip()
+                if "cannot overwrite" in message:
+                    raise InvalidParameter(message)
+                raise SystemError_(message or "extracting the archive failed")
+
+    # -- export / diff ------------------------------------------------------------
+
+    async def export(self, ref: str) -> AsyncIterator[bytes]:
+        c = self.containers.get(ref)
+        async with self._guest(c) as guest:
+            proc, pipe = await self._builtin(guest, "tar-export", [])
+            async for chunk in pipe.stdout():
+                yield chunk
+            code = await self._finish(guest, proc, pipe)
+            if code != 0:
+                raise SystemError_(pipe.stderr.decode(errors="replace") or "export failed")
+
+    async def changes(self, ref: str) -> list[dict[str, Any]]:
+        c = self.containers.get(ref)
+        async with self._guest(c) as guest:
+            proc, pipe = await self._builtin(guest, "changes", [])
+            out = b"".join([chunk async for chunk in pipe.stdout()])
+            code = await self._finish(guest, proc, pipe)
+        if code != 0:
+            raise SystemError_(pipe.stderr.decode(errors="replace") or "diff failed")
+        changes = [json.loads(line) for line in out.splitlines() if line.strip()]
+        return [{"Path": ch["path"], "Kind": ch["kind"]} for ch in changes]
+
+    # -- commit -------------------------------------------------------------------
+
+    async def commit(self, ref: str, repo: str, tag: str, comment: str, author: str,
+                     pause: bool, config_overrides: dict[str, Any] | None,
+                     changes: list[str]) -> str:
+        """A new image: the container's image plus a layer of its changes."""
+        c = self.containers.get(ref)
+        store = self.containers.images
+        base = store.images.get(c.image_id)
+        if base is None:
+            raise SystemError_(f"the image of container {c.id[:12]} is gone")
+        target = None
+        if repo:
+            target = parse_reference(repo)
+            if tag:
+                validate_tag(tag)
+                target = target.with_tag(tag)
+            target = target.with_default_tag()
+        # Pausing means freezing the container's cgroup in the guest while the
+        # init (outside it) reads the changes; the VM itself keeps running.
+        freeze = pause and c.state.running and not c.state.paused
+        async with self._guest(c) as guest:
+            proc, pipe = await self._builtin(guest, "tar-changes",
+                                             ["freeze"] if freeze else [])
+            writer = store.blobs.writer()
+            diff = hashlib.sha256()
+            size = 0
+            try:
+                async for chunk in pipe.stdout():
+                    writer.write(chunk)
+                    diff.update(chunk)
+                    size += len(chunk)
+                code = await self._finish(guest, proc, pipe)
+                if code != 0:
+                    raise SystemError_(pipe.stderr.decode(errors="replace") or
+                                       "commit failed")
+                digest = writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+        config = _committed_config(base, c, comment, author, config_overrides or {}, changes)
+        diff_id = "sha256:" + diff.hexdigest()
+        config["rootfs"] = {"type": "layers",
+                            "diff_ids": [*(layer.diff_id for layer in base.layers), diff_id]}
+        config_bytes = json.dumps(config, separators=(",", ":")).encode()
+        image_id = store.blobs.put_bytes(config_bytes)
+        img = Image(id=image_id, config=config,
+                    layers=[*base.layers, Layer(digest, diff_id, size,
+                                                "application/vnd.docker.image.rootfs.diff.tar")])
+        with store.pinned([image_id, digest]):
+            await store.ensure_disk(img)
+            store.record_image(img, [target] if target else [])
+        store.events.publish("container", "commit", c.id, {"comment": comment,
+                                                            "imageID": image_id,
+                                                            "imageRef": target.familiar
+                                                            if target else ""})
+        return image_id
+
+
+def _absolute(path: str) -> str:
+    return path if path.startswith("/") else "/" + path
+
+
+def _committed_config(base: Image, c: Container, comment: str, author: str,
+                      overrides: dict[str, Any], changes: list[str]) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads(json.dumps(base.config))
+    container_config = dict(c.config)
+    container_config.pop("Hostname", None)
+    container_config.update({k: v for k, v in overrides.items() if v is not None})
+    cc.apply_changes(container_config, changes)
+    config["config"] = {k: v for k, v in container_config.items()
+                        if k not in ("AttachStdin", "AttachStdout", "AttachStderr", "Tty",
+                                     "OpenStdin", "StdinOnce") and v not in (None, "", [], {})}
+    config["created"] = rfc3339_nano()
+    config["container"] = c.id
+    if author:
+        config["author"] = author
+    if comment:
+        config["comment"] = comment
+    history = list(config.get("history") or [])
+    history.append({"created": config["created"],
+                    "created_by": " ".join([c.path, *c.args]),
+                    **({"comment": comment} if comment else {}),
+                    **({"author": author} if author else {})})
+    config["history"] = history
+    return config

@@ -1,0 +1,864 @@
+/* Built-in programs the init runs for the host (START with "builtin"): tar
+ * streams in and out of the container (docker cp, export, commit), file
+ * stat, and the list of changes (docker diff). The host never mounts or
+ * parses a filesystem a guest has written; these run in the guest.
+ *
+ * They run in a child process, chrooted into the container's root (or at
+ * the scratch disk for diff/commit), with stdout/stderr piped to the host
+ * like any process. Tars are POSIX ustar with PAX records for long names. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/time.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "init.h"
+#include "util.h"
+
+#define BLOCK 512
+#define UPPER ROOT "/scratch/upper"
+#define LOWER ROOT "/image"
+#define CREATED_LIST ROOT "/scratch/hbd-created"
+/* Build a path; true when it did not fit (the caller skips that entry). */
+#define PATHF(buf, ...) (snprintf(buf, sizeof(buf), __VA_ARGS__) >= (int)sizeof(buf))
+
+/* -- writing -------------------------------------------------------------- */
+
+struct hardlinks {
+	dev_t dev[4096];
+	ino_t ino[4096];
+	char *name[4096];
+	int n;
+};
+
+static void octal(char *field, size_t width, unsigned long long value)
+{
+	snprintf(field, width, "%0*llo", (int)width - 1, value);
+}
+
+static void checksum(unsigned char *h)
+{
+	memset(h + 148, ' ', 8);
+	unsigned sum = 0;
+	for (int i = 0; i < BLOCK; i++)
+		sum += h[i];
+	snprintf((char *)h + 148, 8, "%06o", sum);
+	h[154] = 0;
+	h[155] = ' ';
+}
+
+static int pax_record(struct buf *b, const char *key, const char *value)
+{
+	/* "%d %s=%s\n" where the length counts its own digits. */
+	size_t body = strlen(key) + strlen(value) + 3;
+	size_t len = body + 1;
+	while (1) {
+		char digits[32];
+		size_t d = (size_t)snprintf(digits, sizeof(digits), "%zu", len);
+		if (body + d == len)
+			break;
+		len = body + d;
+	}
+	buf_printf(b, "%zu %s=%s\n", len, key, value);
+	return 0;
+}
+
+static int write_block_padded(int fd, const void *data, size_t len)
+{
+	if (write_all(fd, data, len))
+		return -1;
+	static const char zeros[BLOCK];
+	size_t pad = (BLOCK - len % BLOCK) % BLOCK;
+	return pad ? write_all(fd, zeros, pad) : 0;
+}
+
+static int emit_header(int fd, const char *name, const char *link, const struct stat *st,
+		       char type)
+{
+	unsigned char h[BLOCK];
+	struct buf pax = {0};
+	int long_name = strlen(name) > 99, long_link = link && strlen(link) > 99;
+	if (long_name)
+		pax_record(&pax, "path", name);
+	if (long_link)
+		pax_record(&pax, "linkpath", link);
+	if (pax.len) {
+		memset(h, 0, sizeof(h));
+		snprintf((char *)h, 100, "PaxHeader");
+		octal((char *)h + 100, 8, 0644);
+		octal((char *)h + 108, 8, 0);
+		octal((char *)h + 116, 8, 0);
+		octal((char *)h + 124, 12, pax.len);
+		octal((char *)h + 136, 12, (unsigned long long)st->st_mtime);
+		h[156] = 'x';
+		memcpy(h + 257, "ustar", 6);
+		memcpy(h + 263, "00", 2);
+		checksum(h);
+		if (write_all(fd, h, BLOCK) || write_block_padded(fd, pax.data, pax.len)) {
+			buf_free(&pax);
+			return -1;
+		}
+		buf_free(&pax);
+	}
+	memset(h, 0, sizeof(h));
+	snprintf((char *)h, 100, "%.99s", name);
+	octal((char *)h + 100, 8, st->st_mode & 07777);
+	octal((char *)h + 108, 8, st->st_uid > 07777777 ? 0 : st->st_uid);
+	octal((char *)h + 116, 8, st->st_gid > 07777777 ? 0 : st->st_gid);
+	octal((char *)h + 124, 12, type == '0' ? (unsigned long long)st->st_size : 0);
+	octal((char *)h + 136, 12, st->st_mtime > 0 ? (unsigned long long)st->st_mtime : 0);
+	h[156] = (unsigned char)type;
+	if (link)
+		snprintf((char *)h + 157, 100, "%.99s", link);
+	memcpy(h + 257, "ustar", 6);
+	memcpy(h + 263, "00", 2);
+	if (type == '3' || type == '4') {
+		octal((char *)h + 329, 8, major(st->st_rdev));
+		octal((char *)h + 337, 8, minor(st->st_rdev));
+	}
+	checksum(h);
+	return write_all(fd, h, BLOCK);
+}
+
+static int emit_file_body(int fd, const char *path, off_t size)
+{
+	int in = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (in < 0)
+		return -1;
+	char chunk[65536];
+	off_t left = size;
+	while (left > 0) {
+		ssize_t n = read(in, chunk, (size_t)(left < (off_t)sizeof(chunk) ? left : (off_t)sizeof(chunk)));
+		if (n <= 0) {
+			/* Shrunk while we read: pad with zeros so the archive stays whole. */
+			memset(chunk, 0, sizeof(chunk));
+			n = (ssize_t)(left < (off_t)sizeof(chunk) ? left : (off_t)sizeof(chunk));
+		}
+		if (write_all(fd, chunk, (size_t)n)) {
+			close(in);
+			return -1;
+		}
+		left -= n;
+	}
+	close(in);
+	static const char zeros[BLOCK];
+	size_t pad = (size_t)((BLOCK - size % BLOCK) % BLOCK);
+	return pad ? write_all(fd, zeros, pad) : 0;
+}
+
+/* Callback deciding what to do with one entry of a walk: 0 skips it, 1
+ * keeps it, KEEP_NO_DESCENT keeps a directory but not what is below it. Its
+ * archive name may be changed, or it may become an empty whiteout file. */
+#define KEEP_NO_DESCENT 2
+typedef int (*entry_filter)(const char *real, const char *name, const struct stat *st,
+			    char *out_name, size_t cap, int *whiteout);
+
+static int emit_entry(int fd, const char *real, const char *name, struct stat *st,
+		      struct hardlinks *links)
+{
+	if (S_ISDIR(st->st_mode)) {
+		char dirname[PATH_MAX + 2];
+		snprintf(dirname, sizeof(dirname), "%s/", name);
+		return emit_header(fd, dirname, NULL, st, '5');
+	}
+	if (S_ISLNK(st->st_mode)) {
+		char target[PATH_MAX];
+		ssize_t n = readlink(real, target, sizeof(target) - 1);
+		if (n < 0)
+			return 0;
+		target[n] = 0;
+		return emit_header(fd, name, target, st, '2');
+	}
+	if (S_ISREG(st->st_mode)) {
+		if (st->st_nlink > 1) {
+			for (int i = 0; i < links->n; i++)
+				if (links->dev[i] == st->st_dev && links->ino[i] == st->st_ino)
+					return emit_header(fd, name, links->name[i], st, '1');
+			if (links->n < 4096) {
+				links->dev[links->n] = st->st_dev;
+				links->ino[links->n] = st->st_ino;
+				links->name[links->n++] = strdup(name);
+			}
+		}
+		if (emit_header(fd, name, NULL, st, '0'))
+			return -1;
+		return emit_file_body(fd, real, st->st_size);
+	}
+	if (S_ISCHR(st->st_mode))
+		return emit_header(fd, name, NULL, st, '3');
+	if (S_ISBLK(st->st_mode))
+		return emit_header(fd, name, NULL, st, '4');
+	if (S_ISFIFO(st->st_mode))
+		return emit_header(fd, name, NULL, st, '6');
+	return 0; /* sockets have no tar form */
+}
+
+static int walk(int fd, const char *real, const char *name, struct hardlinks *links,
+		entry_filter filter)
+{
+	struct dirent **entries;
+	int n = scandir(real, &entries, NULL, alphasort);
+	if (n < 0)
+		return 0;
+	int rc = 0;
+	for (int i = 0; i < n; i++) {
+		const char *d = entries[i]->d_name;
+		char child_real[PATH_MAX], child_name[PATH_MAX], out_name[PATH_MAX];
+		if (!rc && strcmp(d, ".") && strcmp(d, "..") &&
+		    !PATHF(child_real, "%s/%s", real, d) &&
+		    !PATHF(child_name, "%s%s%s", name, *name ? "/" : "", d)) {
+			struct stat st;
+			if (!lstat(child_real, &st)) {
+				int whiteout = 0;
+				snprintf(out_name, sizeof(out_name), "%s", child_name);
+				int keep = filter ? filter(child_real, child_name, &st, out_name,
+							   sizeof(out_name), &whiteout) : 1;
+				if (keep && whiteout) {
+					struct stat empty = st;
+					empty.st_mode = S_IFREG | 0;
+					empty.st_size = 0;
+					empty.st_uid = empty.st_gid = 0;
+					rc = emit_header(fd, out_name, NULL, &empty, '0');
+				} else if (keep) {
+					rc = emit_entry(fd, child_real, out_name, &st, links);
+					if (!rc && S_ISDIR(st.st_mode) && keep != KEEP_NO_DESCENT)
+						rc = walk(fd, child_real, child_name, links, filter);
+				}
+			}
+		}
+		free(entries[i]);
+	}
+	free(entries);
+	return rc;
+}
+
+static int end_archive(int fd)
+{
+	static const char zeros[2 * BLOCK];
+	return write_all(fd, zeros, sizeof(zeros));
+}
+
+/* `docker cp c:PATH -`: the entry named after PATH's last component, and
+ * below it a directory's content. PATH ending in "/." archives the content
+ * alone, as docker does. */
+static int tar_create(const char *path)
+{
+	char copy[PATH_MAX];
+	snprintf(copy, sizeof(copy), "%s", path);
+	size_t len = strlen(copy);
+	int contents_only = len >= 2 && !strcmp(copy + len - 2, "/.");
+	while (len > 1 && copy[len - 1] == '/')
+		copy[--len] = 0;
+	struct stat st;
+	int follow = path[strlen(path) - 1] == '/' || contents_only;
+	if ((follow ? stat(copy, &st) : lstat(copy, &st))) {
+		fprintf(stderr, "Could not find the file %s in container\n", path);
+		return 2;
+	}
+	struct hardlinks links = {0};
+	const char *base = strrchr(copy, '/');
+	base = base && base[1] ? base + 1 : copy;
+	if (!strcmp(copy, "/"))
+		base = ".";
+	int rc = 0;
+	if (contents_only && S_ISDIR(st.st_mode)) {
+		rc = walk(1, copy, "", &links, NULL);
+	} else {
+		rc = emit_entry(1, copy, base, &st, &links);
+		if (!rc && S_ISDIR(st.st_mode))
+			rc = walk(1, copy, strcmp(base, ".") ? base : "", &links, NULL);
+	}
+	if (!rc)
+		rc = end_archive(1);
+	return rc ? 1 : 0;
+}
+
+/* -- the container's changes, from the scratch disk's upper directory ------ */
+
+static char **created;
+static int ncreated;
+
+/* Paths hbd itself made for mounting (placeholders for /etc/hosts and
+ * friends, mount points): dockerd keeps these in an init layer that diff and
+ * commit never show, so they are left out here too. */
+static void load_created(void)
+{
+	char text[65536];
+	if (read_file(CREATED_LIST, text, sizeof(text)) <= 0)
+		return;
+	for (char *save = NULL, *line = strtok_r(text, "\n", &save); line;
+	     line = strtok_r(NULL, "\n", &save)) {
+		created = realloc(created, sizeof(char *) * (size_t)(ncreated + 1));
+		created[ncreated++] = strdup(line);
+	}
+}
+
+static int is_created(const char *name)
+{
+	for (int i = 0; i < ncreated; i++)
+		if (!strcmp(created[i] + (created[i][0] == '/'), name))
+			return 1;
+	return 0;
+}
+
+static int is_whiteout(const struct stat *st)
+{
+	return S_ISCHR(st->st_mode) && st->st_rdev == makedev(0, 0);
+}
+
+static int is_opaque(const char *real)
+{
+	char value[8];
+	ssize_t n = getxattr(real, "trusted.overlay.opaque", value, sizeof(value));
+	return n == 1 && value[0] == 'y';
+}
+
+static int in_lower(const char *name, struct stat *out)
+{
+	char path[PATH_MAX];
+	return !PATHF(path, LOWER "/%s", name) && !lstat(path, out);
+}
+
+static void change_record(struct buf *out, const char *name, int kind)
+{
+	char path[PATH_MAX + 1];
+	snprintf(path, sizeof(path), "/%s", name);
+	buf_str(out, "{\"path\":");
+	buf_json_string(out, path);
+	buf_printf(out, ",\"kind\":%d}\n", kind);
+}
+
+/* An opaque directory hides all the image had there: each such entry that
+ * the container did not recreate is a deletion. */
+static int list_opaque_deletions(const char *name, const char *upper_dir, struct buf *out)
+{
+	char lower_dir[PATH_MAX];
+	struct dirent **gone;
+	if (PATHF(lower_dir, LOWER "/%s", name))
+		return 0;
+	int m = scandir(lower_dir, &gone, NULL, alphasort);
+	int count = 0;
+	for (int j = 0; j < m; j++) {
+		const char *d = gone[j]->d_name;
+		char path[PATH_MAX], upper_path[PATH_MAX];
+		struct stat ignored;
+		if (strcmp(d, ".") && strcmp(d, "..") && !PATHF(path, "%s/%s", name, d) &&
+		    !PATHF(upper_path, "%s/%s", upper_dir, d) && lstat(upper_path, &ignored)) {
+			change_record(out, path, 2);
+			count++;
+		}
+		free(gone[j]);
+	}
+	if (m >= 0)
+		free(gone);
+	return count;
+}
+
+/* Changes below `real`, into `out`; returns how many. A directory the image
+ * had counts as changed only when something below it did (its mtime moves
+ * whenever hbd adds a mount point, which no diff should show). */
+static int list_changes(const char *real, const char *name, struct buf *out)
+{
+	struct dirent **entries;
+	int n = scandir(real, &entries, NULL, alphasort);
+	int count = 0;
+	for (int i = 0; i < n; i++) {
+		const char *d = entries[i]->d_name;
+		char child_real[PATH_MAX], child[PATH_MAX];
+		struct stat st, lower;
+		if (!strcmp(d, ".") || !strcmp(d, "..") || PATHF(child_real, "%s/%s", real, d) ||
+		    PATHF(child, "%s%s%s", name, *name ? "/" : "", d) || lstat(child_real, &st) ||
+		    is_created(child)) {
+			free(entries[i]);
+			continue;
+		}
+		if (is_whiteout(&st)) {
+			change_record(out, child, 2);
+			count++;
+		} else if (!S_ISDIR(st.st_mode)) {
+			change_record(out, child, in_lower(child, &lower) ? 0 : 1);
+			count++;
+		} else {
+			int existed = in_lower(child, &lower);
+			struct buf below = {0};
+			int opaque = existed && is_opaque(child_real);
+			if (opaque)
+				count += list_opaque_deletions(child, child_real, &below);
+			int inner = list_changes(child_real, child, &below);
+			if (!existed || opaque || inner) {
+				change_record(out, child, existed ? 0 : 1);
+				count++;
+			}
+			if (below.len)
+				buf_add(out, below.data, below.len);
+			count += inner;
+			buf_free(&below);
+		}
+		free(entries[i]);
+	}
+	if (n >= 0)
+		free(entries);
+	return count;
+}
+
+/* A layer from the upper directory: overlay's whiteouts (0:0 character
+ * devices) and opaque directories become the OCI's .wh. entries. */
+static int commit_filter(const char *real, const char *name, const struct stat *st,
+			 char *out_name, size_t cap, int *whiteout)
+{
+	if (is_created(name))
+		return 0;
+	if (is_whiteout(st)) {
+		const char *slash = strrchr(name, '/');
+		if (slash)
+			snprintf(out_name, cap, "%.*s/.wh.%s", (int)(slash - name), name, slash + 1);
+		else
+			snprintf(out_name, cap, ".wh.%s", name);
+		*whiteout = 1;
+		return 1;
+	}
+	if (S_ISDIR(st->st_mode) && is_opaque(real)) {
+		/* Emitted before the walk descends, right after the directory. */
+		char marker[PATH_MAX];
+		snprintf(marker, sizeof(marker), "%s/.wh..wh..opq", name);
+		struct stat empty = *st;
+		empty.st_mode = S_IFREG;
+		empty.st_size = 0;
+		struct hardlinks none = {0};
+		if (emit_entry(1, real, name, (struct stat *)st, &none) ||
+		    emit_header(1, marker, NULL, &empty, '0'))
+			return 0;
+		walk(1, real, name, &none, commit_filter);
+		return 0; /* done here: the caller must not emit it again */
+	}
+	return 1;
+}
+
+static int freeze(int on)
+{
+	return write_file(CGROUP "/cgroup.freeze", on ? "1" : "0", 1, 0644);
+}
+
+/* With `freeze`, the container's processes stand still while the layer is
+ * read (docker commit --pause); this builtin runs outside their cgroup. */
+static int tar_changes(int frozen)
+{
+	load_created();
+	if (frozen && freeze(1))
+		LOG("cannot freeze the container: %s", strerror(errno));
+	struct hardlinks links = {0};
+	int rc = walk(1, UPPER, "", &links, commit_filter);
+	if (!rc)
+		rc = end_archive(1);
+	if (frozen)
+		freeze(0);
+	return rc ? 1 : 0;
+}
+
+/* `docker export`: the container's own filesystem, not what is mounted on
+ * it (/proc, /sys, volumes, binds): mount points come out empty. Which
+ * paths are mount points is read before entering the container's root
+ * (overlayfs reports the lower layer's device for files, so st_dev cannot
+ * tell). */
+static char **mount_points;
+static int nmount_points;
+
+void builtin_note_mounts(const char *mountinfo, const char *prefix)
+{
+	char text[65536];
+	if (read_file(mountinfo, text, sizeof(text)) <= 0)
+		return;
+	size_t plen = strlen(prefix);
+	for (char *save = NULL, *line = strtok_r(text, "\n", &save); line;
+	     line = strtok_r(NULL, "\n", &save)) {
+		char *field = line;
+		for (int i = 0; i < 4 && field; i++) {
+			field = strchr(field, ' ');
+			if (field)
+				field++;
+		}
+		if (!field)
+			continue;
+		char *end = strchr(field, ' ');
+		if (end)
+			*end = 0;
+		if (strncmp(field, prefix, plen) || (field[plen] != '/' && field[plen] != 0))
+			continue;
+		const char *inside = field + plen;
+		if (!*inside || !strcmp(inside, "/"))
+			continue; /* the root itself */
+		mount_points = realloc(mount_points, sizeof(char *) * (size_t)(nmount_points + 1));
+		mount_points[nmount_points++] = strdup(inside + 1); /* without the leading / */
+	}
+}
+
+static int export_filter(const char *real, const char *name, const struct stat *st,
+			 char *out_name, size_t cap, int *whiteout)
+{
+	(void)real;
+	(void)out_name;
+	(void)cap;
+	(void)whiteout;
+	for (int i = 0; i < nmount_points; i++)
+		if (!strcmp(mount_points[i], name))
+			return S_ISDIR(st->st_mode) ? KEEP_NO_DESCENT : 0;
+	return 1;
+}
+
+static int tar_export(void)
+{
+	struct hardlinks links = {0};
+	int rc = walk(1, "/", "", &links, export_filter);
+	if (!rc)
+		rc = end_archive(1);
+	return rc ? 1 : 0;
+}
+
+/* -- reading --------------------------------------------------------------- */
+
+static unsigned long long parse_octal(const char *field, size_t width)
+{
+	unsigned long long v = 0;
+	for (size_t i = 0; i < width && field[i]; i++) {
+		if (field[i] == ' ')
+			continue;
+		if (field[i] < '0' || field[i] > '7')
+			break;
+		v = v * 8 + (unsigned long long)(field[i] - '0');
+	}
+	return v;
+}
+
+static int read_full(int fd, void *buf, size_t len)
+{
+	char *p = buf;
+	while (len) {
+		ssize_t n = read(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int discard(int fd, unsigned long long n)
+{
+	char chunk[65536];
+	while (n) {
+		size_t take = n < sizeof(chunk) ? (size_t)n : sizeof(chunk);
+		if (read_full(fd, chunk, take))
+			return -1;
+		n -= take;
+	}
+	return 0;
+}
+
+static unsigned long long padding(unsigned long long size)
+{
+	return (BLOCK - size % BLOCK) % BLOCK;
+}
+
+/* Archive names are made relative and free of "..": inside the chroot they
+ * cannot leave the container, but they must not leave `dest` either. */
+static int clean_name(const char *name, char *out, size_t cap)
+{
+	char copy[PATH_MAX];
+	snprintf(copy, sizeof(copy), "%s", name);
+	out[0] = 0;
+	size_t used = 0;
+	for (char *save = NULL, *part = strtok_r(copy, "/", &save); part;
+	     part = strtok_r(NULL, "/", &save)) {
+		if (!strcmp(part, ".") || !*part)
+			continue;
+		if (!strcmp(part, ".."))
+			return -1;
+		int n = snprintf(out + used, cap - used, "%s%s", used ? "/" : "", part);
+		if (n < 0 || (size_t)n >= cap - used)
+			return -1;
+		used += (size_t)n;
+	}
+	return used ? 0 : 1;
+}
+
+static void remove_tree(const char *path)
+{
+	struct stat st;
+	if (lstat(path, &st))
+		return;
+	if (S_ISDIR(st.st_mode)) {
+		DIR *d = opendir(path);
+		struct dirent *e;
+		while (d && (e = readdir(d))) {
+			if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+				continue;
+			char child[PATH_MAX];
+			snprintf(child, sizeof(child), "%s/%s", path, e->d_name);
+			remove_tree(child);
+		}
+		if (d)
+			closedir(d);
+		rmdir(path);
+	} else {
+		unlink(path);
+	}
+}
+
+/* PUT /archive: unpack a tar under DEST. Owners are kept only when asked
+ * (docker cp -a); otherwise files belong to root, as dockerd does it. */
+static int tar_extract(const char *dest, int keep_owners, int no_overwrite_dir_nondir)
+{
+	struct stat dst;
+	if (stat(dest, &dst) || !S_ISDIR(dst.st_mode)) {
+		fprintf(stderr, "extraction point is not a directory\n");
+		return 2;
+	}
+	unsigned char h[BLOCK];
+	char pax_path[PATH_MAX] = "", pax_link[PATH_MAX] = "";
+	unsigned long long pax_size = 0;
+	int have_pax_size = 0;
+	struct timeval times[2];
+	for (;;) {
+		if (read_full(0, h, BLOCK))
+			break; /* a missing end-of-archive is tolerated, as tar does */
+		int empty = 1;
+		for (int i = 0; i < BLOCK && empty; i++)
+			empty = !h[i];
+		if (empty)
+			break;
+		char type = (char)h[156];
+		unsigned long long size = parse_octal((char *)h + 124, 12);
+		if (type == 'x' || type == 'g' || type == 'L' || type == 'K') {
+			if (size > 1024 * 1024) {
+				fprintf(stderr, "archive header too large\n");
+				return 1;
+			}
+			char *data = malloc(size + 1);
+			if (!data || read_full(0, data, size)) {
+				free(data);
+				fprintf(stderr, "truncated archive\n");
+				return 1;
+			}
+			data[size] = 0;
+			if (discard(0, padding(size))) {
+				free(data);
+				fprintf(stderr, "truncated archive\n");
+				return 1;
+			}
+			if (type == 'L')
+				snprintf(pax_path, sizeof(pax_path), "%s", data);
+			else if (type == 'K')
+				snprintf(pax_link, sizeof(pax_link), "%s", data);
+			else if (type == 'x') {
+				for (char *p = data; p < data + size;) {
+					char *space = strchr(p, ' ');
+					long len = atol(p);
+					if (!space || len <= 0 || p + len > data + size)
+						break;
+					char *key = space + 1, *eq = strchr(key, '=');
+					char *end = p + len - 1;
+					if (eq && eq < end) {
+						*eq = 0;
+						*end = 0;
+						if (!strcmp(key, "path"))
+							snprintf(pax_path, sizeof(pax_path), "%s", eq + 1);
+						else if (!strcmp(key, "linkpath"))
+							snprintf(pax_link, sizeof(pax_link), "%s", eq + 1);
+						else if (!strcmp(key, "size")) {
+							pax_size = strtoull(eq + 1, NULL, 10);
+							have_pax_size = 1;
+						}
+					}
+					p += len;
+				}
+			}
+			free(data);
+			continue;
+		}
+		if (have_pax_size)
+			size = pax_size;
+		char raw[PATH_MAX], linkname[PATH_MAX], name[PATH_MAX], full[PATH_MAX * 2];
+		if (pax_path[0]) {
+			snprintf(raw, sizeof(raw), "%s", pax_path);
+		} else {
+			char prefix[156] = "", base[101] = "";
+			memcpy(base, h, 100);
+			if (!memcmp(h + 257, "ustar", 5))
+				memcpy(prefix, h + 345, 155);
+			snprintf(raw, sizeof(raw), "%s%s%s", prefix, prefix[0] ? "/" : "", base);
+		}
+		if (pax_link[0]) {
+			snprintf(linkname, sizeof(linkname), "%s", pax_link);
+		} else {
+			char l[101] = "";
+			memcpy(l, h + 157, 100);
+			snprintf(linkname, sizeof(linkname), "%s", l);
+		}
+		pax_path[0] = pax_link[0] = 0;
+		have_pax_size = 0;
+		mode_t mode = (mode_t)parse_octal((char *)h + 100, 8) & 07777;
+		uid_t uid = keep_owners ? (uid_t)parse_octal((char *)h + 108, 8) : 0;
+		gid_t gid = keep_owners ? (gid_t)parse_octal((char *)h + 116, 8) : 0;
+		time_t mtime = (time_t)parse_octal((char *)h + 136, 12);
+		int clean = clean_name(raw, name, sizeof(name));
+		if (clean < 0) {
+			fprintf(stderr, "refusing archive entry %s\n", raw);
+			return 1;
+		}
+		if (clean > 0) { /* the archive's root: nothing to create */
+			if ((type == '0' || type == 0 || type == '7') && discard(0, size + padding(size)))
+				break;
+			continue;
+		}
+		snprintf(full, sizeof(full), "%s/%s", dest, name);
+		char parent[PATH_MAX * 2];
+		snprintf(parent, sizeof(parent), "%s", full);
+		*strrchr(parent, '/') = 0;
+		mkdir_p(parent, 0755);
+		struct stat existing;
+		int exists = !lstat(full, &existing);
+		if (exists && no_overwrite_dir_nondir &&
+		    (S_ISDIR(existing.st_mode) != (type == '5'))) {
+			fprintf(stderr, "cannot overwrite %s with a %s\n", name,
+				type == '5' ? "directory" : "non-directory");
+			return 1;
+		}
+		if (exists && !(type == '5' && S_ISDIR(existing.st_mode)))
+			remove_tree(full);
+		int rc = 0;
+		switch (type) {
+		case '5':
+			rc = mkdir(full, mode) && errno != EEXIST ? -1 : 0;
+			break;
+		case '2':
+			rc = symlink(linkname, full);
+			break;
+		case '1': {
+			char target_name[PATH_MAX], target[PATH_MAX * 2];
+			if (clean_name(linkname, target_name, sizeof(target_name))) {
+				fprintf(stderr, "refusing hard link to %s\n", linkname);
+				return 1;
+			}
+			snprintf(target, sizeof(target), "%s/%s", dest, target_name);
+			rc = link(target, full);
+			break;
+		}
+		case '3':
+		case '4':
+			rc = mknod(full, (type == '3' ? S_IFCHR : S_IFBLK) | mode,
+				   makedev(parse_octal((char *)h + 329, 8), parse_octal((char *)h + 337, 8)));
+			break;
+		case '6':
+			rc = mkfifo(full, mode);
+			break;
+		default: { /* '0', '\0', '7': a regular file */
+			int out = open(full, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+			if (out < 0) {
+				rc = -1;
+				break;
+			}
+			char chunk[65536];
+			unsigned long long left = size;
+			while (left && !rc) {
+				size_t n = left < sizeof(chunk) ? (size_t)left : sizeof(chunk);
+				if (read_full(0, chunk, n) || write_all(out, chunk, n))
+					rc = -1;
+				left -= n;
+			}
+			close(out);
+			if (!rc && discard(0, padding(size)))
+				rc = -1;
+		}
+		}
+		if (rc) {
+			fprintf(stderr, "cannot create %s: %s\n", name, strerror(errno));
+			return 1;
+		}
+		if (lchown(full, uid, gid))
+			LOG("chown %s: %s", full, strerror(errno));
+		if (type != '2' && type != '1')
+			chmod(full, mode);
+		times[0].tv_sec = times[1].tv_sec = mtime;
+		times[0].tv_usec = times[1].tv_usec = 0;
+		if (type != '1')
+			lutimes(full, times);
+	}
+	return 0;
+}
+
+/* HEAD /archive: what dockerd puts in X-Docker-Container-Path-Stat. */
+static int stat_path(const char *path)
+{
+	struct stat st;
+	if (lstat(path, &st)) {
+		fprintf(stderr, "Could not find the file %s in container\n", path);
+		return 2;
+	}
+	char target[PATH_MAX] = "";
+	if (S_ISLNK(st.st_mode)) {
+		ssize_t n = readlink(path, target, sizeof(target) - 1);
+		target[n > 0 ? n : 0] = 0;
+	}
+	const char *base = strrchr(path, '/');
+	base = base && base[1] ? base + 1 : path;
+	struct buf b = {0};
+	buf_str(&b, "{\"name\":");
+	buf_json_string(&b, base);
+	buf_printf(&b, ",\"size\":%lld,\"mode\":%u,\"mtime\":%lld,\"mtime_ns\":%ld,\"linkTarget\":",
+		   (long long)st.st_size, st.st_mode, (long long)st.st_mtim.tv_sec,
+		   st.st_mtim.tv_nsec);
+	buf_json_string(&b, target);
+	buf_str(&b, "}\n");
+	write_all(1, b.data, b.len);
+	buf_free(&b);
+	return 0;
+}
+
+/* The child's entry point for a builtin; returns its exit status. */
+int run_builtin(const char *name, char **args)
+{
+	if (!strcmp(name, "tar-create") && args[0])
+		return tar_create(args[0]);
+	if (!strcmp(name, "tar-extract") && args[0])
+		return tar_extract(args[0], args[1] && !strcmp(args[1], "keep-owners"),
+				   args[1] && args[2] && !strcmp(args[2], "no-overwrite-dir-nondir"));
+	if (!strcmp(name, "stat") && args[0])
+		return stat_path(args[0]);
+	if (!strcmp(name, "changes")) {
+		load_created();
+		struct buf out = {0};
+		list_changes(UPPER, "", &out);
+		int rc = out.len ? write_all(1, out.data, out.len) : 0;
+		buf_free(&out);
+		return rc ? 1 : 0;
+	}
+	if (!strcmp(name, "tar-changes"))
+		return tar_changes(args[0] && !strcmp(args[0], "freeze"));
+	if (!strcmp(name, "tar-export"))
+		return tar_export();
+	fprintf(stderr, "unknown builtin %s\n", name);
+	return 127;
+}
+
+/* SETUP creates these when the image lacks them; diff and commit skip them. */
+void record_created(const char *path)
+{
+	int fd = open(CREATED_LIST, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return;
+	const char *rel = path + strlen(ROOTFS);
+	write_all(fd, rel, strlen(rel));
+	write_all(fd, "\n", 1);
+	close(fd);
+}
