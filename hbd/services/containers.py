@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hbd.config import Config
+from hbd.drivers import hostmount
 from hbd.drivers.agent import (
     AgentError,
     ExitStatus,
@@ -321,6 +322,17 @@ class ContainerService:
     def _run_dir(self, c: Container) -> Path:
         return self.config.exec_root / c.id
 
+    def _maintenance_dir(self, c: Container) -> Path:
+        return self.config.exec_root / f"{c.id[:48]}-mnt"
+
+    def _file_binds(self, c: Container) -> Path:
+        return self.config.exec_root / f"{c.id[:48]}-binds"
+
+    def _release_host_resources(self, c: Container) -> None:
+        """What a run held on the host beyond its guest: volumes, file binds."""
+        self.volumes.detach_all(c.id)
+        hostmount.unbind_all(self._file_binds(c))
+
     def _event(self, c: Container, action: str, **extra: str) -> None:
         self.events.publish("container", action, c.id, {**c.event_attributes(), **extra})
 
@@ -402,7 +414,7 @@ class ContainerService:
     def _sandbox_spec(self, c: Container, image_disk: Path,
                       network: RunNetworking) -> SandboxSpec:
         hc = c.host_config
-        guest = guest_mounts(c.mounts, self.volumes)
+        guest = guest_mounts(c.mounts, self.volumes, self._file_binds(c))
         memory_mib = self.config.vm.memory_mib
         if hc.get("Memory"):
             # The guest is the limit: `free` inside shows it (the guest
@@ -476,7 +488,17 @@ class ContainerService:
                 raise NotModified("container already started")
             self._cancel_restart(c)
             c.manually_stopped = False
-            await self._start_locked(c)
+            try:
+                await self._start_locked(c)
+            except HbdError as e:
+                if not c.state.error:
+                    c.state.error = e.message
+                    self._save(c)
+                # dockerd removes an --rm container whose start failed, which is
+                # what `docker run --rm` waits for.
+                if c.host_config.get("AutoRemove"):
+                    spawn(self._auto_remove(c))
+                raise
 
     async def boot_maintenance(self, c: Container) -> Sandbox:
         """Boot a stopped container's guest with its disks and mounts but no
@@ -494,13 +516,13 @@ class ContainerService:
         try:
             spec = self._sandbox_spec(c, disk, RunNetworking([], [], [], "", {}, []))
             spec.vm.memory_mib = MIN_GUEST_MIB * 2
-            spec.vm.run_dir = self.config.exec_root / f"{c.id[:48]}-mnt"
+            spec.vm.run_dir = self._maintenance_dir(c)
             sandbox = await self.sandboxes.boot(spec)
         except BootError as e:
-            self.volumes.detach_all(c.id)
+            self._release_host_resources(c)
             raise SystemError_(f"cannot reach the files of {c.id[:12]}: {e}") from e
         except BaseException:
-            self.volumes.detach_all(c.id)
+            self._release_host_resources(c)
             raise
         return sandbox
 
@@ -508,7 +530,8 @@ class ContainerService:
         try:
             await sandbox.poweroff(POWEROFF_TIMEOUT)
         finally:
-            self.volumes.detach_all(c.id)
+            self._release_host_resources(c)
+            await asyncio.to_thread(shutil.rmtree, self._maintenance_dir(c), True)
 
     async def _start_locked(self, c: Container) -> None:
         if c.teardown is not None:
@@ -517,6 +540,7 @@ class ContainerService:
         if img is None:
             raise SystemError_(f"image {c.image_id} of container {c.id[:12]} is gone")
         disk = await self.images.ensure_disk(img)
+        await self._volumes_released(c)
         for mp in c.mounts:
             if mp.type == "volume":
                 try:
@@ -531,17 +555,17 @@ class ContainerService:
         network = await self.networks.connect_run(
             c.id, c.networks, [c.name.lstrip("/"), c.id[:12]],
             cn.published_ports(c.config, c.host_config))
-        spec = self._sandbox_spec(c, disk, network)
         try:
+            spec = self._sandbox_spec(c, disk, network)
             sandbox = await self.sandboxes.boot(spec)
         except BootError as e:
             await self.networks.disconnect_run(c.id)
-            self.volumes.detach_all(c.id)
+            self._release_host_resources(c)
             self._start_failed(c, f"failed to boot guest: {e}", 128)
             raise SystemError_(f"failed to create task for container: {e}") from e
         except BaseException:
             await self.networks.disconnect_run(c.id)
-            self.volumes.detach_all(c.id)
+            self._release_host_resources(c)
             raise
         writer = JsonFileWriter(self.log_path(c))
         run = Run(c, sandbox, writer)
@@ -552,7 +576,7 @@ class ContainerService:
             writer.close()
             await sandbox.destroy()
             await self.networks.disconnect_run(c.id)
-            self.volumes.detach_all(c.id)
+            self._release_host_resources(c)
             message = ("failed to create task for container: unable to start container "
                        f"process: {e.message}: unknown")
             exit_code = 126 if "permission denied" in e.message or \
@@ -590,12 +614,20 @@ class ContainerService:
         self._save(c)
         self._event(c, f"health_status: {status}")
 
+    async def _volumes_released(self, c: Container) -> None:
+        """A container that just exited may still be syncing a volume we need:
+        wait for its guest to be gone rather than refuse the volume."""
+        for mp in c.mounts:
+            holder_id = self.volumes.attached.get(mp.source) if mp.type == "volume" else None
+            holder = self.containers.get(holder_id) if holder_id else None
+            if holder is not None and holder is not c and not holder.state.running and \
+                    holder.teardown is not None:
+                await holder.teardown
+
     def _start_failed(self, c: Container, message: str, exit_code: int) -> None:
         c.state.error = message
         c.state.exit_code = exit_code
         self._save(c)
-        if c.host_config.get("AutoRemove"):
-            spawn(self._auto_remove(c))
 
     async def _watch(self, c: Container, run: Run) -> None:
         """Wait for the main process to exit, or for the guest to vanish."""
@@ -712,7 +744,7 @@ class ContainerService:
                 await run.sandbox.destroy()
         finally:
             # Only now may another guest mount these volumes.
-            self.volumes.detach_all(c.id)
+            self._release_host_resources(c)
 
     async def _auto_remove(self, c: Container) -> None:
         try:

@@ -231,9 +231,33 @@ static int setup_mounts(const struct json *mounts, struct err *e)
 			if (mount_disk(source, inside, ro, e))
 				return -1;
 		} else if (!strcmp(type, "9p")) {
-			if (do_mount(source, inside, "9p", ro,
-				     "trans=virtio,version=9p2000.L,msize=512000,access=client", e))
+			const char *options = json_str(m, "options", "");
+			if (!strncmp(options, "file=", 5)) {
+				/* A single file: the host shares a directory holding just it. */
+				char share[256], file[512];
+				snprintf(share, sizeof(share), ROOT "/shares/%s", source);
+				snprintf(file, sizeof(file), "%s/%s", share, options + 5);
+				if (strchr(options + 5, '/')) {
+					set_err(e, "invalid", EINVAL, "bad file bind %s", options);
+					return -1;
+				}
+				if (mkdir_p(share, 0700)) {
+					set_err(e, "system", errno, "mkdir %s: %s", share, strerror(errno));
+					return -1;
+				}
+				if (do_mount(source, share, "9p", ro,
+					     "trans=virtio,version=9p2000.L,msize=512000,access=client", e))
+					return -1;
+				rmdir(inside); /* ensure_target made a directory: a file goes here */
+				if (ensure_target(inside, 1, e) ||
+				    do_mount(file, inside, NULL, MS_BIND | (ro ? MS_RDONLY : 0), NULL, e))
+					return -1;
+				if (ro)
+					mount(NULL, inside, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL);
+			} else if (do_mount(source, inside, "9p", ro,
+					    "trans=virtio,version=9p2000.L,msize=512000,access=client", e)) {
 				return -1;
+			}
 		} else if (!strcmp(type, "tmpfs")) {
 			const char *options = json_str(m, "options", "");
 			if (do_mount("tmpfs", inside, "tmpfs", ro | MS_NOSUID | MS_NODEV,
