@@ -617,7 +617,15 @@ static void remove_tree(const char *path)
 
 /* PUT /archive: unpack a tar under DEST. Owners are kept only when asked
  * (docker cp -a); otherwise files belong to root, as dockerd does it. */
-static int tar_extract(const char *dest, int keep_owners, int no_overwrite_dir_nondir)
+struct extract_options {
+	int keep_owners;          /* owners from the tar, else uid/gid below */
+	uid_t uid;
+	gid_t gid;
+	int no_overwrite_dir_nondir;
+	const char *rename_single; /* the archive's one file gets this name */
+};
+
+static int tar_extract(const char *dest, const struct extract_options *o)
 {
 	struct stat dst;
 	if (stat(dest, &dst) || !S_ISDIR(dst.st_mode)) {
@@ -708,10 +716,10 @@ static int tar_extract(const char *dest, int keep_owners, int no_overwrite_dir_n
 		pax_path[0] = pax_link[0] = 0;
 		have_pax_size = 0;
 		mode_t mode = (mode_t)parse_octal((char *)h + 100, 8) & 07777;
-		uid_t uid = keep_owners ? (uid_t)parse_octal((char *)h + 108, 8) : 0;
-		gid_t gid = keep_owners ? (gid_t)parse_octal((char *)h + 116, 8) : 0;
+		uid_t uid = o->keep_owners ? (uid_t)parse_octal((char *)h + 108, 8) : o->uid;
+		gid_t gid = o->keep_owners ? (gid_t)parse_octal((char *)h + 116, 8) : o->gid;
 		time_t mtime = (time_t)parse_octal((char *)h + 136, 12);
-		int clean = clean_name(raw, name, sizeof(name));
+		int clean = clean_name(o->rename_single ? o->rename_single : raw, name, sizeof(name));
 		if (clean < 0) {
 			fprintf(stderr, "refusing archive entry %s\n", raw);
 			return 1;
@@ -728,7 +736,7 @@ static int tar_extract(const char *dest, int keep_owners, int no_overwrite_dir_n
 		mkdir_p(parent, 0755);
 		struct stat existing;
 		int exists = !lstat(full, &existing);
-		if (exists && no_overwrite_dir_nondir &&
+		if (exists && o->no_overwrite_dir_nondir &&
 		    (S_ISDIR(existing.st_mode) != (type == '5'))) {
 			fprintf(stderr, "cannot overwrite %s with a %s\n", name,
 				type == '5' ? "directory" : "non-directory");
@@ -797,6 +805,50 @@ static int tar_extract(const char *dest, int keep_owners, int no_overwrite_dir_n
 	return 0;
 }
 
+/* A Dockerfile COPY/ADD: `dir` mode puts the archive's entries in DEST
+ * (created as needed); `archive` mode too, keeping the archive's owners (ADD
+ * of a local tar); `file` mode has one file, which lands in DEST when DEST
+ * is a directory already and becomes DEST otherwise. OWNER is --chown's
+ * user[:group], resolved against the image's own account files; files
+ * belong to root without it. */
+static int copy_in(const char *dest, const char *mode, const char *owner)
+{
+	struct extract_options o = {0};
+	if (*owner && resolve_owner(owner, &o.uid, &o.gid)) {
+		fprintf(stderr, "unable to find user/group %s\n", owner);
+		return 1;
+	}
+	o.keep_owners = !strcmp(mode, "archive");
+	struct stat st;
+	int dest_is_dir = !stat(dest, &st) && S_ISDIR(st.st_mode);
+	if (!strcmp(mode, "dir") || o.keep_owners || dest_is_dir) {
+		if (mkdir_p(dest, 0755)) {
+			fprintf(stderr, "cannot create %s: %s\n", dest, strerror(errno));
+			return 1;
+		}
+		return tar_extract(dest, &o);
+	}
+	char parent[PATH_MAX];
+	snprintf(parent, sizeof(parent), "%s", dest);
+	char *slash = strrchr(parent, '/');
+	const char *base = slash ? slash + 1 : parent;
+	char name[NAME_MAX + 1];
+	if (PATHF(name, "%s", base)) {
+		fprintf(stderr, "name too long: %s\n", base);
+		return 1;
+	}
+	if (slash && slash != parent)
+		*slash = 0;
+	else
+		snprintf(parent, sizeof(parent), "/");
+	if (mkdir_p(parent, 0755)) {
+		fprintf(stderr, "cannot create %s: %s\n", parent, strerror(errno));
+		return 1;
+	}
+	o.rename_single = name;
+	return tar_extract(parent, &o);
+}
+
 /* HEAD /archive: what dockerd puts in X-Docker-Container-Path-Stat. */
 static int stat_path(const char *path)
 {
@@ -830,9 +882,16 @@ int run_builtin(const char *name, char **args)
 {
 	if (!strcmp(name, "tar-create") && args[0])
 		return tar_create(args[0]);
-	if (!strcmp(name, "tar-extract") && args[0])
-		return tar_extract(args[0], args[1] && !strcmp(args[1], "keep-owners"),
-				   args[1] && args[2] && !strcmp(args[2], "no-overwrite-dir-nondir"));
+	if (!strcmp(name, "tar-extract") && args[0]) {
+		struct extract_options o = {
+			.keep_owners = args[1] && !strcmp(args[1], "keep-owners"),
+			.no_overwrite_dir_nondir = args[1] && args[2] &&
+						   !strcmp(args[2], "no-overwrite-dir-nondir"),
+		};
+		return tar_extract(args[0], &o);
+	}
+	if (!strcmp(name, "copy-in") && args[0] && args[1])
+		return copy_in(args[0], args[1], args[2] ? args[2] : "");
 	if (!strcmp(name, "stat") && args[0])
 		return stat_path(args[0]);
 	if (!strcmp(name, "changes")) {

@@ -192,6 +192,17 @@ static int resolve_user(const char *spec, struct identity *id, char *err, size_t
 	return 0;
 }
 
+int resolve_owner(const char *spec, uid_t *uid, gid_t *gid)
+{
+	struct identity id;
+	char err[512];
+	if (resolve_user(spec, &id, err, sizeof(err)))
+		return -1;
+	*uid = id.uid;
+	*gid = id.gid;
+	return 0;
+}
+
 /* Go's exec.LookPath, which runc's error texts come from. */
 static int look_path(const char *name, const char *path_env, char *out, size_t cap,
 		     char *err, size_t errlen, int *errnum)
