@@ -11,6 +11,7 @@ from hbd.drivers.sandbox import QemuSandboxDriver, SandboxDriver
 from hbd.drivers.vm import QemuMicrovmDriver
 from hbd.errors import InvalidParameter
 from hbd.events import EventBus
+from hbd.services.builder import Builder
 from hbd.services.container_files import ContainerFiles
 from hbd.services.containers import ContainerService
 from hbd.services.distribution import Distribution
@@ -43,6 +44,7 @@ class Daemon:
     containers: ContainerService = field(init=False)
     execs: ExecService = field(init=False)
     files: ContainerFiles = field(init=False)
+    builder: Builder = field(init=False)
     system: SystemService = field(init=False)
 
     async def start(self) -> None:
@@ -84,6 +86,8 @@ class Daemon:
                                            scratch, self.accel)
         self.execs = ExecService(self.containers, self.events)
         self.files = ContainerFiles(self.containers)
+        self.builder = Builder(self.images, self.containers, self.files, self.distribution,
+                               self.state, config.data_root / "build")
         self.system = SystemService(config, self.state, self.images, self.containers,
                                     self.events, self.accel)
         await self.containers.restore()

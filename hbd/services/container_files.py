@@ -18,7 +18,7 @@ from typing import Any
 
 from hbd.drivers.agent import AgentError, ExitStatus, ProcessSpec
 from hbd.drivers.sandbox import Sandbox
-from hbd.errors import Conflict, Forbidden, InvalidParameter, NotFound, SystemError_
+from hbd.errors import Conflict, Forbidden, HbdError, InvalidParameter, NotFound, SystemError_
 from hbd.services import container_config as cc
 from hbd.services.containers import Container, ContainerService
 from hbd.services.images import Image, Layer
@@ -160,15 +160,18 @@ class ContainerFiles:
     def stat_header(stat: dict[str, Any]) -> str:
         return base64.b64encode(json.dumps(stat).encode()).decode()
 
-    async def get_archive(self, ref: str, path: str
+    async def get_archive(self, ref: str, path: str, dir_contents: bool = False
                           ) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
-        """The stat of `path` and the tar stream of it, for GET /archive."""
+        """The stat of `path` and the tar stream of it, for GET /archive; with
+        `dir_contents`, a directory's entries without the directory (COPY --from)."""
         c = self.containers.get(ref)
         # The guest stays up until the stream is consumed (or abandoned).
         stack = contextlib.AsyncExitStack()
         try:
             guest = await stack.enter_async_context(self._guest(c))
             stat = await self._stat(guest, c, path)
+            if dir_contents and stat["mode"] & GO_MODE_DIR:
+                path = _absolute(path).rstrip("/") + "/."
             proc, pipe = await self._builtin(guest, "tar-create", [_absolute(path)])
         except BaseException:
             await stack.aclose()
@@ -255,33 +258,14 @@ class ContainerFiles:
         # init (outside it) reads the changes; the VM itself keeps running.
         freeze = pause and c.state.running and not c.state.paused
         async with self._guest(c) as guest:
-            proc, pipe = await self._builtin(guest, "tar-changes",
-                                             ["freeze"] if freeze else [])
-            writer = store.blobs.writer()
-            diff = hashlib.sha256()
-            size = 0
-            try:
-                async for chunk in pipe.stdout():
-                    writer.write(chunk)
-                    diff.update(chunk)
-                    size += len(chunk)
-                code = await self._finish(guest, proc, pipe)
-                if code != 0:
-                    raise SystemError_(pipe.stderr.decode(errors="replace") or
-                                       "commit failed")
-                digest = writer.commit()
-            except BaseException:
-                writer.abort()
-                raise
+            layer = await self._changes_layer(guest, freeze)
         config = _committed_config(base, c, comment, author, config_overrides or {}, changes)
-        diff_id = "sha256:" + diff.hexdigest()
         config["rootfs"] = {"type": "layers",
-                            "diff_ids": [*(layer.diff_id for layer in base.layers), diff_id]}
+                            "diff_ids": [*(x.diff_id for x in base.layers), layer.diff_id]}
         config_bytes = json.dumps(config, separators=(",", ":")).encode()
         image_id = store.blobs.put_bytes(config_bytes)
-        img = Image(id=image_id, config=config,
-                    layers=[*base.layers, Layer(digest, diff_id, size,
-                                                "application/vnd.docker.image.rootfs.diff.tar")])
+        img = Image(id=image_id, config=config, layers=[*base.layers, layer])
+        digest = layer.digest
         with store.pinned([image_id, digest]):
             await store.ensure_disk(img)
             store.record_image(img, [target] if target else [])
@@ -290,6 +274,84 @@ class ContainerFiles:
                                                             "imageRef": target.familiar
                                                             if target else ""})
         return image_id
+
+
+    async def _changes_layer(self, guest: _Guest, freeze: bool) -> Layer:
+        """The container's changes as a layer blob in the image store."""
+        store = self.containers.images
+        proc, pipe = await self._builtin(guest, "tar-changes", ["freeze"] if freeze else [])
+        writer = store.blobs.writer()
+        diff = hashlib.sha256()
+        size = 0
+        try:
+            async for chunk in pipe.stdout():
+                writer.write(chunk)
+                diff.update(chunk)
+                size += len(chunk)
+            code = await self._finish(guest, proc, pipe)
+            if code != 0:
+                raise SystemError_(pipe.stderr.decode(errors="replace") or "commit failed")
+            digest = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        return Layer(digest, "sha256:" + diff.hexdigest(), size,
+                     "application/vnd.docker.image.rootfs.diff.tar")
+
+    # -- build --------------------------------------------------------------------
+
+    async def layer(self, ref: str, copies: list[CopyIn] | None = None) -> Layer:
+        """The layer a build step makes: a stopped container's changes (RUN),
+        after copying tars into it first (COPY/ADD), all in one guest boot.
+        The caller pins the blob until an image records it."""
+        c = self.containers.get(ref)
+        async with self._guest(c) as guest:
+            for copy in copies or []:
+                await self._copy_in(guest, copy)
+            return await self._changes_layer(guest, freeze=False)
+
+    async def _copy_in(self, guest: _Guest, copy: CopyIn) -> None:
+        args = [copy.dest, copy.mode, *([copy.owner] if copy.owner else [])]
+        proc, pipe = await self._builtin(guest, "copy-in", args, stdin=True)
+
+        async def feed() -> None:
+            try:
+                async for chunk in copy.body:
+                    await guest.sandbox.write_stdin(proc, chunk)
+            finally:
+                with contextlib.suppress(AgentError):
+                    await guest.sandbox.close_stdin(proc)
+                close = getattr(copy.body, "aclose", None)
+                if close is not None:  # a generator holding a guest (COPY --from)
+                    await close()
+
+        feeder = asyncio.ensure_future(feed())
+        # A builtin that gives up early reads no more: stop feeding it then.
+        waiting: set[asyncio.Future[Any]] = {feeder, pipe.exited}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not feeder.done():
+            feeder.cancel()
+        fed = (await asyncio.gather(feeder, return_exceptions=True))[0]
+        async for _ in pipe.stdout():
+            pass
+        code = await self._finish(guest, proc, pipe)
+        if isinstance(fed, HbdError):
+            raise fed  # the source of the files failed (COPY --from)
+        if code != 0:
+            message = pipe.stderr.decode(errors="replace").strip()
+            if message.startswith("unable to find user/group"):
+                raise InvalidParameter("unable to convert uid/gid chown string to host "
+                                       f"mapping: {message}")
+            raise InvalidParameter(f"failed to copy files: {message or 'copy-in failed'}")
+
+
+@dataclass
+class CopyIn:
+    """Files for the guest's copy-in builtin (PROTOCOL.md §4): a tar stream."""
+    dest: str
+    mode: str  # dir | archive | file
+    owner: str
+    body: AsyncIterator[bytes]
 
 
 def _absolute(path: str) -> str:
