@@ -24,9 +24,12 @@ from hbd.services.registry import Credentials
 async def list_images(request: web.Request) -> web.Response:
     store = daemon_of(request).images
     matches = ImageFilter(query_filters(request), store)
-    # `all` would add intermediate build images; loaded and pulled images have
-    # no parent chain, so every image is a top-level one.
-    images = [img for img in store.all_images() if matches(img)]
+    # Without `all`, untagged images a build made others from (intermediate
+    # steps) are left out, as dockerd does.
+    parents = set() if query_bool(request, "all") else \
+        {img.parent for img in store.images.values() if img.parent}
+    images = [img for img in store.all_images() if matches(img) and
+              not (img.id in parents and not img.repo_tags and not img.repo_digests)]
     return json_response([store.summary(img) for img in images])
 
 

@@ -156,6 +156,7 @@ class Builder:
         self.distribution = distribution
         self.state = state
         self.tmp_dir = tmp_dir
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # contexts of builds a crash cut short
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._cache: dict[str, str] = {key: str(rec.get("image", ""))
                                        for key, rec in state.load(CACHE_KIND)}
@@ -177,7 +178,7 @@ class Builder:
             await asyncio.to_thread(_rmtree, workdir)
             raise
         try:
-            stages, meta_args = self._plan(ctx, options)
+            stages, meta_args = plan(ctx, options)
         except BaseException:
             ctx.close()
             await asyncio.to_thread(_rmtree, workdir)
@@ -232,53 +233,6 @@ class Builder:
         else:
             raw.unlink()
         return await asyncio.to_thread(bc.BuildContext, plain)
-
-    def _plan(self, ctx: bc.BuildContext, options: BuildOptions
-              ) -> tuple[list[_Stage], dict[str, str | None]]:
-        """Parse the Dockerfile into stages up to the target."""
-        name = options.dockerfile or "Dockerfile"
-        data = ctx.read(name)
-        if data is None and name == "Dockerfile":
-            data = ctx.read("dockerfile")
-        if data is None:
-            raise InvalidParameter(f"Cannot locate specified Dockerfile: {name}")
-        ignore = ctx.read(".dockerignore")
-        if ignore is not None:
-            ctx.set_ignore(ignore.decode(errors="replace"))
-        instructions = parse(data.decode(errors="replace"))
-        meta_args: dict[str, str | None] = {}
-        stages: list[_Stage] = []
-        for ins in instructions:
-            if ins.keyword == "FROM":
-                words = ins.rest.split()
-                stage_name = ""
-                if len(words) == 3 and words[1].upper() == "AS":
-                    stage_name = words[2].lower()
-                elif len(words) != 1:
-                    raise DockerfileError("FROM requires either one or three arguments")
-                stages.append(_Stage(stage_name, [ins]))
-            elif not stages:
-                if ins.keyword != "ARG":
-                    raise DockerfileError("Please provide a source image with `from` prior "
-                                          "to commit")
-                for k, v in key_values(ins.rest, "ARG"):
-                    meta_args[k] = v if "=" in ins.rest else None
-            else:
-                stages[-1].instructions.append(ins)
-        if not stages:
-            raise DockerfileError("No build stage in current context")
-        if options.target:
-            index = next((i for i, s in enumerate(stages)
-                          if s.name == options.target.lower()), None)
-            if index is None:
-                raise InvalidParameter(f"failed to reach build target {options.target} in "
-                                       "Dockerfile")
-            stages = stages[:index + 1]
-        if options.labels:
-            text = " ".join(f"{json.dumps(k)}={json.dumps(v)}"
-                            for k, v in sorted(options.labels.items()))
-            stages[-1].instructions.append(Instruction("LABEL", text, {}, 0, f"LABEL {text}"))
-        return stages, meta_args
 
     # -- cache ------------------------------------------------------------------
 
@@ -344,8 +298,57 @@ class Builder:
         if container_id:
             new["container"] = container_id
         image_id = self.images.blobs.put_bytes(json.dumps(new, separators=(",", ":")).encode())
-        img = Image(image_id, new, [*parent.layers, *([layer] if layer else [])])
+        img = Image(image_id, new, [*parent.layers, *([layer] if layer else [])],
+                    parent=parent.id)
         return self.images.record_image(img, [])
+
+
+def plan(ctx: bc.BuildContext, options: BuildOptions
+         ) -> tuple[list[_Stage], dict[str, str | None]]:
+    """Parse the Dockerfile into stages up to the target."""
+    name = options.dockerfile or "Dockerfile"
+    data = ctx.read(name)
+    if data is None and name == "Dockerfile":
+        data = ctx.read("dockerfile")
+    if data is None:
+        raise InvalidParameter(f"Cannot locate specified Dockerfile: {name}")
+    ignore = ctx.read(".dockerignore")
+    if ignore is not None:
+        ctx.set_ignore(ignore.decode(errors="replace"))
+    instructions = parse(data.decode(errors="replace"))
+    meta_args: dict[str, str | None] = {}
+    stages: list[_Stage] = []
+    for ins in instructions:
+        if ins.keyword == "FROM":
+            words = ins.rest.split()
+            stage_name = ""
+            if len(words) == 3 and words[1].upper() == "AS":
+                stage_name = words[2].lower()
+            elif len(words) != 1:
+                raise DockerfileError("FROM requires either one or three arguments")
+            stages.append(_Stage(stage_name, [ins]))
+        elif not stages:
+            if ins.keyword != "ARG":
+                raise DockerfileError("Please provide a source image with `from` prior "
+                                      "to commit")
+            for k, v in key_values(ins.rest, "ARG"):
+                meta_args[k] = v if "=" in ins.rest else None
+        else:
+            stages[-1].instructions.append(ins)
+    if not stages:
+        raise DockerfileError("No build stage in current context")
+    if options.target:
+        index = next((i for i, s in enumerate(stages)
+                      if s.name == options.target.lower()), None)
+        if index is None:
+            raise InvalidParameter(f"failed to reach build target {options.target} in "
+                                   "Dockerfile")
+        stages = stages[:index + 1]
+    if options.labels:
+        text = " ".join(f"{json.dumps(k)}={json.dumps(v)}"
+                        for k, v in sorted(options.labels.items()))
+        stages[-1].instructions.append(Instruction("LABEL", text, {}, 0, f"LABEL {text}"))
+    return stages, meta_args
 
 
 def _rmtree(path: Path) -> None:
@@ -734,9 +737,16 @@ class _Run:
             if re.match(r"^[a-z][a-z0-9+.-]*://", s):
                 raise BuildError(f"{k} failed: hbd does not download URLs in {k} ({s}); "
                                  "fetch it with RUN or put it in the build context")
+        source_image: Image | None = None
+        copies: list[CopyIn] = []
         if "from" in ins.flags:
-            copies, summary = await self.from_image(stage, ins, sources, dest, dest_is_dir,
-                                                    chown)
+            async for m in self.from_image(stage, ins):
+                if isinstance(m, Image):
+                    source_image = m
+                else:
+                    yield m
+            assert source_image is not None
+            summary = f"--from={source_image.id} {' '.join(sources)}"
         else:
             copies, summary = await self.from_context(k, sources, dest, dest_is_dir, chown)
         created_by = (f"/bin/sh -c #(nop) {k} {'--chown=' + chown + ' ' if chown else ''}"
@@ -749,6 +759,8 @@ class _Run:
             stage.image = hit
             yield stream(" ---> Using cache\n")
             return
+        if source_image is not None:
+            copies = await self.image_copies(source_image, sources, dest, dest_is_dir, chown)
         body = {"Image": stage.image.id, "Cmd": [*DEFAULT_SHELL, created_by[11:]],
                 "Entrypoint": [""], "Healthcheck": {"Test": ["NONE"]},
                 "HostConfig": {"NetworkMode": "none"}}
@@ -806,9 +818,9 @@ class _Run:
             "multi:" + hashlib.sha256(" ".join(digests).encode()).hexdigest()
         return copies, summary
 
-    async def from_image(self, stage: _Stage, ins: Instruction, sources: list[str],
-                         dest: str, dest_is_dir: bool, chown: str
-                         ) -> tuple[list[CopyIn], str]:
+    async def from_image(self, stage: _Stage, ins: Instruction
+                         ) -> AsyncIterator[dict[str, Any] | Image]:
+        """The image COPY --from names: a stage (by name or number) or an image."""
         ref = self.x(stage, ins.flags["from"])
         source_stage = next((s for s in self.stages if s.name and s.name == ref.lower()),
                             None)
@@ -817,14 +829,14 @@ class _Run:
         if source_stage is not None:
             if source_stage.image is None or source_stage is stage:
                 raise DockerfileError(f"invalid from flag value {ref}: stage not built yet")
-            img = source_stage.image
-        else:
-            found: Image | None = None
-            async for m in self.image(ref):
-                if isinstance(m, Image):
-                    found = m
-            assert found is not None
-            img = found
+            yield source_stage.image
+            return
+        async for m in self.image(ref):
+            yield m
+
+    async def image_copies(self, img: Image, sources: list[str], dest: str,
+                           dest_is_dir: bool, chown: str) -> list[CopyIn]:
+        """Tars of files of another image, each from a guest of that image."""
         if len(sources) > 1 and not dest_is_dir:
             raise BuildError("When using COPY with more than one source file, the "
                              "destination must be a directory and end with a /")
@@ -851,7 +863,7 @@ class _Run:
             for c in copies:
                 await _close(c.body)
             raise
-        return copies, f"--from={img.id} {' '.join(sources)}"
+        return copies
 
 
 def _write_to(path: Path, write: Any) -> str:

@@ -90,6 +90,8 @@ class Image:
     repo_tags: list[str] = field(default_factory=list)
     repo_digests: list[str] = field(default_factory=list)
     last_tag_time: str = ""
+    # The image a build step made this one from (dockerd's local Parent).
+    parent: str = ""
 
     @property
     def size(self) -> int:
@@ -111,6 +113,7 @@ class Image:
             "repo_tags": self.repo_tags,
             "repo_digests": self.repo_digests,
             "last_tag_time": self.last_tag_time,
+            **({"parent": self.parent} if self.parent else {}),
         }
 
     @property
@@ -239,6 +242,7 @@ class ImageStore:
                 repo_tags=rec.get("repo_tags", []),
                 repo_digests=rec.get("repo_digests", []),
                 last_tag_time=rec.get("last_tag_time", ""),
+                parent=rec.get("parent", ""),
             )
             self.images[image_id] = img
             for ref in img.repo_tags + img.repo_digests:
@@ -790,7 +794,7 @@ class ImageStore:
     def summary(self, img: Image, containers: int = -1) -> dict[str, Any]:
         return {
             "Id": img.id,
-            "ParentId": "",
+            "ParentId": img.parent,
             "RepoTags": [parse_reference(t).familiar for t in img.repo_tags],
             "RepoDigests": [parse_reference(d).familiar for d in img.repo_digests],
             "Created": img.created_unix,
@@ -806,7 +810,7 @@ class ImageStore:
             "Id": img.id,
             "RepoTags": [parse_reference(t).familiar for t in img.repo_tags],
             "RepoDigests": [parse_reference(d).familiar for d in img.repo_digests],
-            "Parent": "",
+            "Parent": img.parent,
             "Comment": cfg.get("comment", ""),
             "Created": cfg.get("created", ""),
             "DockerVersion": cfg.get("docker_version", ""),
