@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hbd.drivers.agent import AgentError
 from hbd.errors import HbdError, InvalidParameter, NotFound
 from hbd.services import build_context as bc
 from hbd.services import container_config as cc
 from hbd.services.container_files import GO_MODE_DIR, ContainerFiles, CopyIn
-from hbd.services.containers import ContainerService
+from hbd.services.containers import ContainerService, Run
 from hbd.services.distribution import Distribution, Platform
 from hbd.services.dockerfile import (
     DockerfileError,
@@ -680,6 +681,24 @@ class _Run:
         yield stream(f" ---> Running in {cid[:12]}\n")
         c, attachment = self.b.containers.attach(cid, stdout=True, stderr=True)
         exit_code = self.b.containers.wait_future(cid, "next-exit")
+        changes: asyncio.Future[Layer] = asyncio.get_running_loop().create_future()
+
+        async def capture(run: Run) -> None:
+            # The guest is still up when the command exits: take its changes now.
+            status = run.exited.result() if run.exited.done() else None
+            if status is None or status.exit_code != 0:
+                changes.cancel()  # the step failed (or its guest vanished): no layer
+                return
+            try:
+                layer = await self.b.files.layer_of_run(run.sandbox, run.next_proc)
+            except (HbdError, AgentError) as e:
+                if not changes.done():
+                    changes.set_exception(e)
+                return
+            if not changes.done():
+                changes.set_result(layer)
+
+        c.before_poweroff = capture
         try:
             try:
                 await self.b.containers.start(cid)
@@ -696,7 +715,14 @@ class _Run:
         if code != 0:
             raise BuildError(f"The command '{' '.join(args)}' returned a non-zero code: "
                              f"{code}", code)
-        layer = await self.b.files.layer(cid)
+        await asyncio.wait({changes})
+        failed = changes.cancelled() or changes.exception() is not None
+        if failed:
+            log.info("RUN step %s: its changes from a second boot (%s)", cid[:12],
+                     "cancelled" if changes.cancelled() else changes.exception())
+            layer = await self.b.files.layer(cid)
+        else:
+            layer = changes.result()
         with self.b.images.pinned([layer.digest]):
             stage.image = self.b.child(stage.image, stage.config, stage.author, created_by,
                                        layer, cid)

@@ -310,6 +310,11 @@ class ContainerFiles:
                 await self._copy_in(guest, copy)
             return await self._changes_layer(guest, freeze=False)
 
+    async def layer_of_run(self, sandbox: Sandbox, next_proc: int) -> Layer:
+        """The changes of a container whose main process just exited, from its
+        guest before it powers off (no second boot for a RUN step)."""
+        return await self._changes_layer(_Guest(sandbox, next_proc), freeze=False)
+
     async def _copy_in(self, guest: _Guest, copy: CopyIn) -> None:
         args = [copy.dest, copy.mode, *([copy.owner] if copy.owner else [])]
         proc, pipe = await self._builtin(guest, "copy-in", args, stdin=True)

@@ -16,7 +16,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,6 +213,9 @@ class Container:
     restart_delay: float = field(default=0.0, repr=False)
     restart_task: asyncio.Task[None] | None = field(default=None, repr=False)
     run_started: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    # Called with the finished run while its guest is still up, once (a
+    # build's RUN step takes the container's changes from it then).
+    before_poweroff: Callable[[Run], Awaitable[None]] | None = field(default=None, repr=False)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -738,6 +741,12 @@ class ContainerService:
 
     async def _teardown(self, c: Container, run: Run, clean: bool) -> None:
         try:
+            hook, c.before_poweroff = c.before_poweroff, None
+            if hook is not None:
+                try:
+                    await hook(run)
+                except Exception:
+                    log.exception("before-poweroff hook of %s failed", c.id[:12])
             if clean:
                 await run.sandbox.poweroff(POWEROFF_TIMEOUT)
             else:
