@@ -218,6 +218,9 @@ class Builder:
             for message in buffered:  # quiet: the output matters now
                 yield message
             raise
+        except BaseException:
+            run.interrupted = True  # the client went away: its step's container goes too
+            raise
         finally:
             ctx.close()
             await run.cleanup()
@@ -372,6 +375,7 @@ class _Run:
         self.final: Image | None = None
         self.leftover: list[str] = []  # containers to remove at the end (forcerm)
         self.temporary: list[str] = []  # containers always removed
+        self.interrupted = False
         self._tmp_counter = 0
 
     @property
@@ -401,7 +405,8 @@ class _Run:
         self.final = self.stages[-1].image
 
     async def cleanup(self) -> None:
-        for cid in self.temporary + (self.leftover if self.options.forcerm else []):
+        remove_all = self.options.forcerm or self.interrupted
+        for cid in self.temporary + (self.leftover if remove_all else []):
             with contextlib.suppress(HbdError):
                 await self.b.containers.remove(cid, force=True, volumes=True)
 

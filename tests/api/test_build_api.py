@@ -133,3 +133,17 @@ def test_cli_builds_a_dockerfile_from_stdin(api_daemon: ApiDaemon) -> None:
     assert result.returncode == 0, result.stderr
     assert b"Successfully tagged api-stdin:latest" in result.stdout
     api_daemon.docker("rmi", "api-stdin")
+
+
+def test_onbuild_triggers_run_in_the_child_build(client: docker.DockerClient) -> None:
+    _build(client, {"Dockerfile": "FROM busybox\nONBUILD LABEL from=trigger\n"},
+           tag="api-onbuild")
+    messages = _build(client, {"Dockerfile": "FROM api-onbuild\nLABEL own=1\n"},
+                      tag="api-onbuild-child")
+    assert "# Executing build trigger: LABEL from=trigger\n" in \
+        [m.get("stream") for m in messages]
+    config = client.images.get("api-onbuild-child").attrs["Config"]
+    assert config["Labels"] == {"from": "trigger", "own": "1"}
+    assert config["OnBuild"] is None  # triggers fire once, for the direct child
+    client.images.remove("api-onbuild-child")
+    client.images.remove("api-onbuild")
