@@ -17,6 +17,7 @@ apt_packages=(
     musl-tools cpio                           # guest kernel and static guest init
     e2fsprogs                                 # mkfs.ext4 -d: image and scratch disks
     busybox-static                            # the busybox base image
+    mmdebstrap                                # the debian-python base image (Debian minbase)
     iproute2 nftables                         # networking (bridges and taps via pyroute2)
     docker.io                                 # real dockerd + runc: behaviour oracle, benchmarks
     docker-registry                           # a real registry for pull/push tests
@@ -44,6 +45,7 @@ ln -sf "$compose_bin" /usr/local/lib/docker/cli-plugins/docker-compose
 
 kernels/build.sh
 images/build.sh busybox
+images/build.sh debian-python   # cached in /var/cache/hbd/images; ~30 s the first time
 
 if [ "$start_daemon" = 1 ]; then
     sock=/run/hbd.sock
