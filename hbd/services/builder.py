@@ -805,7 +805,8 @@ class _Run:
         try:
             layer = await self.b.files.layer(cid, copies)
         except HbdError as e:
-            raise BuildError(f"{k} failed: {e.message}") from e
+            chown_failed = e.message.startswith("unable to convert uid/gid")
+            raise BuildError(e.message if chown_failed else f"{k} failed: {e.message}") from e
         finally:
             for c in copies:
                 await _close(c.body)
@@ -831,7 +832,9 @@ class _Run:
         digests: list[str] = []
         if plain:
             single = len(plain) == 1 and not ctx.is_dir(plain[0])
-            mode = "file" if single and not dest_is_dir and not archives else "dir"
+            only_files = not any(ctx.is_dir(n) for n in plain)
+            mode = "file" if single and not dest_is_dir and not archives else \
+                "files" if only_files else "dir"
             items = bc.copy_items(ctx, plain)
             path = self.tmp("copy")
             digest = await asyncio.to_thread(_write_to, path, lambda f: bc.write_copy_tar(
@@ -888,7 +891,7 @@ class _Run:
                 except NotFound:
                     raise BuildError(f"COPY failed: stat {path}: file does not exist") from None
                 is_dir = bool(st["mode"] & GO_MODE_DIR)
-                mode = "dir" if is_dir or dest_is_dir else "file"
+                mode = "dir" if is_dir else "files" if dest_is_dir else "file"
                 copies.append(CopyIn(dest, mode, chown, body))
         except BaseException:
             for c in copies:

@@ -344,7 +344,7 @@ class ContainerFiles:
             raise fed  # the source of the files failed (COPY --from)
         if code != 0:
             message = pipe.stderr.decode(errors="replace").strip()
-            if message.startswith("unable to find user/group"):
+            if message.startswith("unable to find"):
                 raise InvalidParameter("unable to convert uid/gid chown string to host "
                                        f"mapping: {message}")
             raise InvalidParameter(f"failed to copy files: {message or 'copy-in failed'}")
@@ -354,7 +354,7 @@ class ContainerFiles:
 class CopyIn:
     """Files for the guest's copy-in builtin (PROTOCOL.md §4): a tar stream."""
     dest: str
-    mode: str  # dir | archive | file
+    mode: str  # dir | files | archive | file
     owner: str
     body: AsyncIterator[bytes]
 

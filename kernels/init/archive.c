@@ -805,24 +805,56 @@ static int tar_extract(const char *dest, const struct extract_options *o)
 	return 0;
 }
 
-/* A Dockerfile COPY/ADD: `dir` mode puts the archive's entries in DEST
- * (created as needed); `archive` mode too, keeping the archive's owners (ADD
- * of a local tar); `file` mode has one file, which lands in DEST when DEST
- * is a directory already and becomes DEST otherwise. OWNER is --chown's
- * user[:group], resolved against the image's own account files; files
- * belong to root without it. */
+/* mkdir -p that gives the directories it creates to uid:gid when asked. */
+static int mkdir_owned(const char *path, int chown_new, uid_t uid, gid_t gid)
+{
+	char tmp[PATH_MAX];
+	if (PATHF(tmp, "%s", path))
+		return -1;
+	size_t len = strlen(tmp);
+	for (size_t i = 1; i <= len; i++) {
+		if (tmp[i] != '/' && tmp[i] != 0)
+			continue;
+		char saved = tmp[i];
+		tmp[i] = 0;
+		if (!mkdir(tmp, 0755)) {
+			if (chown_new && lchown(tmp, uid, gid))
+				return -1;
+		} else if (errno != EEXIST) {
+			return -1;
+		}
+		tmp[i] = saved;
+	}
+	return 0;
+}
+
+/* A Dockerfile COPY/ADD, as dockerd's classic builder does it:
+ * - `dir`: a directory's content goes under DEST; DEST is created if need
+ *   be (its parents root's, DEST itself --chown's owner);
+ * - `files`: files go under DEST, every directory created for them is
+ *   --chown's owner's;
+ * - `archive`: like dir, keeping the archive's owners (ADD of a local tar);
+ * - `file`: one file, which lands in DEST when DEST is a directory already
+ *   and becomes DEST otherwise (created parents --chown's owner's).
+ * OWNER is --chown's user[:group], resolved against the image's own account
+ * files; without it everything belongs to root. */
 static int copy_in(const char *dest, const char *mode, const char *owner)
 {
 	struct extract_options o = {0};
-	if (*owner && resolve_owner(owner, &o.uid, &o.gid)) {
-		fprintf(stderr, "unable to find user/group %s\n", owner);
+	char err[512];
+	if (*owner && resolve_owner(owner, &o.uid, &o.gid, err, sizeof(err))) {
+		fprintf(stderr, "%s\n", err);
 		return 1;
 	}
+	int chown_new = *owner != 0;
 	o.keep_owners = !strcmp(mode, "archive");
 	struct stat st;
-	int dest_is_dir = !stat(dest, &st) && S_ISDIR(st.st_mode);
-	if (!strcmp(mode, "dir") || o.keep_owners || dest_is_dir) {
-		if (mkdir_p(dest, 0755)) {
+	int dest_exists = !stat(dest, &st);
+	int dest_is_dir = dest_exists && S_ISDIR(st.st_mode);
+	if (strcmp(mode, "file") || dest_is_dir) {
+		int files = !strcmp(mode, "files") || !strcmp(mode, "file");
+		if (mkdir_owned(dest, chown_new && files, o.uid, o.gid) ||
+		    (!dest_exists && chown_new && !o.keep_owners && lchown(dest, o.uid, o.gid))) {
 			fprintf(stderr, "cannot create %s: %s\n", dest, strerror(errno));
 			return 1;
 		}
@@ -841,7 +873,7 @@ static int copy_in(const char *dest, const char *mode, const char *owner)
 		*slash = 0;
 	else
 		snprintf(parent, sizeof(parent), "/");
-	if (mkdir_p(parent, 0755)) {
+	if (mkdir_owned(parent, chown_new, o.uid, o.gid)) {
 		fprintf(stderr, "cannot create %s: %s\n", parent, strerror(errno));
 		return 1;
 	}

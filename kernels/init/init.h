@@ -92,7 +92,7 @@ void record_created(const char *path);
 /* process.c */
 int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struct err *e);
 /* user[:group] as a container's User names it, from its /etc/passwd and /etc/group. */
-int resolve_owner(const char *spec, uid_t *uid, gid_t *gid);
+int resolve_owner(const char *spec, uid_t *uid, gid_t *gid, char *err, size_t errlen);
 
 /* netconf.c */
 int net_loopback_up(void);

@@ -192,11 +192,10 @@ static int resolve_user(const char *spec, struct identity *id, char *err, size_t
 	return 0;
 }
 
-int resolve_owner(const char *spec, uid_t *uid, gid_t *gid)
+int resolve_owner(const char *spec, uid_t *uid, gid_t *gid, char *err, size_t errlen)
 {
 	struct identity id;
-	char err[512];
-	if (resolve_user(spec, &id, err, sizeof(err)))
+	if (resolve_user(spec, &id, err, errlen))
 		return -1;
 	*uid = id.uid;
 	*gid = id.gid;
