@@ -224,6 +224,7 @@ class Builder:
         finally:
             ctx.close()
             await run.cleanup()
+            self._drop_step_disks(run.made, run.final)
             await asyncio.to_thread(_rmtree, workdir)
 
     async def _receive(self, body: AsyncIterator[bytes], workdir: Path) -> bc.BuildContext:
@@ -237,6 +238,18 @@ class Builder:
         else:
             raw.unlink()
         return await asyncio.to_thread(bc.BuildContext, plain)
+
+    def _drop_step_disks(self, made: list[Image], final: Image | None) -> None:
+        """The guest disks of the steps' images were needed only to boot the
+        next step: keep those of tagged images (and in use), rebuild the rest
+        on demand (a later build that changes a step needs its parent's)."""
+        keep = {img.chain_id for img in self.images.images.values()
+                if img.repo_tags or img.repo_digests or self.images.container_usage(img.id)}
+        if final is not None:
+            keep.add(final.chain_id)
+        for img in made:
+            if img.layers and img.chain_id not in keep:
+                self.images.disk_path(img).unlink(missing_ok=True)
 
     # -- cache ------------------------------------------------------------------
 
@@ -376,6 +389,7 @@ class _Run:
         self.leftover: list[str] = []  # containers to remove at the end (forcerm)
         self.temporary: list[str] = []  # containers always removed
         self.interrupted = False
+        self.made: list[Image] = []  # images with a new layer, made by this build
         self._tmp_counter = 0
 
     @property
@@ -731,6 +745,7 @@ class _Run:
         with self.b.images.pinned([layer.digest]):
             stage.image = self.b.child(stage.image, stage.config, stage.author, created_by,
                                        layer, cid)
+        self.made.append(stage.image)
         self.b.remember(key, stage.image)
         if self.options.rm or self.options.forcerm:
             self.leftover.remove(cid)
@@ -813,6 +828,7 @@ class _Run:
         with self.b.images.pinned([layer.digest]):
             stage.image = self.b.child(stage.image, stage.config, stage.author, created_by,
                                        layer)
+        self.made.append(stage.image)
         self.b.remember(key, stage.image)
         self.temporary.remove(cid)
         await self.b.containers.remove(cid, force=True, volumes=True)

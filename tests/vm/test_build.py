@@ -27,8 +27,8 @@ ENV APP=/app \\
 WORKDIR $APP
 COPY --chown=nobody:nogroup data.txt conf/ ./
 ADD bundle.tar.gz /opt/
-RUN echo "$GREETING $MODE from $(pwd) as $(id -un)" > out.txt \\
-    && stat -c '%U:%G %n' data.txt settings.ini >> out.txt \\
+RUN echo "$GREETING $MODE from $(pwd) as $(id -un) via $http_proxy" > out.txt \\
+    && stat -c '%U:%G %n' /app data.txt settings.ini >> out.txt \\
     && cat /opt/bundle/inside.txt >> out.txt \\
     && ls /app >> out.txt
 USER nobody
@@ -72,8 +72,10 @@ def _build(hbd: RunningDaemon, *args: str) -> str:
 def test_build_with_the_cli_then_run_inspect_and_rebuild_from_cache(
         hbd: RunningDaemon, tmp_path: Path) -> None:
     ctx = _context(tmp_path, DOCKERFILE)
-    out = _build(hbd, "-t", "built:one", "-t", "built:two", "--build-arg",
-                       "GREETING=hi", "--label", "from.cli=yes", str(ctx))
+    out = _build(hbd, "-t", "built:one", "-t", "built:two", "--build-arg", "GREETING=hi",
+                 "--build-arg", "http_proxy=http://proxy.invalid:3128", "--label",
+                 "from.cli=yes", str(ctx))
+    assert "not consumed" not in out  # the proxy arguments need no ARG
     assert "Step 1/16 : FROM ${BASE} AS base\n" in out
     assert "Step 16/16 : LABEL" in out  # --label, as dockerd adds it
     assert re.search(r" ---> Running in [0-9a-f]{12}\n", out)
@@ -85,7 +87,8 @@ def test_build_with_the_cli_then_run_inspect_and_rebuild_from_cache(
     # The image runs what the Dockerfile set up.
     run = hbd.docker("run", "--rm", "built:two").stdout.decode()
     assert run.splitlines() == [
-        "hi two words from /app as root",
+        "hi two words from /app as root via http://proxy.invalid:3128",
+        "nobody:nogroup /app",  # made for the COPY: --chown's owner's
         "nobody:nogroup data.txt",
         "nobody:nogroup settings.ini",
         "from the archive",
@@ -107,6 +110,7 @@ def test_build_with_the_cli_then_run_inspect_and_rebuild_from_cache(
     assert info["Parent"].startswith("sha256:")
     history = hbd.docker("history", "--no-trunc", "--format", "{{.CreatedBy}}",
                          "built:one").stdout.decode().splitlines()
+    # The RUN's history names the build args in effect, but not the proxies.
     assert any(h.startswith("|1 GREETING=hi /bin/sh -c echo") for h in history), history
     # Only the tagged image is listed; the steps' images are there with -a.
     listed = hbd.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.decode()
@@ -116,8 +120,8 @@ def test_build_with_the_cli_then_run_inspect_and_rebuild_from_cache(
         assert step not in containers  # intermediate containers removed
 
     # The same build again: every step from the cache, the same image, no guest.
-    again = _build(hbd, "-t", "built:one", "--build-arg", "GREETING=hi", "--label",
-                         "from.cli=yes", str(ctx))
+    again = _build(hbd, "-t", "built:one", "--build-arg", "GREETING=hi", "--build-arg",
+                   "http_proxy=http://proxy.invalid:3128", "--label", "from.cli=yes", str(ctx))
     assert again.count(" ---> Using cache\n") == 15, again
     assert f"Successfully built {built.group(1)}\n" in again
     assert "Running in" not in again
