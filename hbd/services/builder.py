@@ -320,6 +320,19 @@ class Builder:
         return self.images.record_image(img, [])
 
 
+def arg_pairs(text: str) -> list[tuple[str, str | None]]:
+    """ARG's `NAME` or `NAME=default` words; None when there is no default."""
+    pairs: list[tuple[str, str | None]] = []
+    for word in split_words(text):
+        name, sep, value = word.partition("=")
+        if not name:
+            raise DockerfileError("ARG names can not be blank")
+        pairs.append((name, value if sep else None))
+    if not pairs:
+        raise DockerfileError("ARG requires at least one argument")
+    return pairs
+
+
 def plan(ctx: bc.BuildContext, options: BuildOptions
          ) -> tuple[list[_Stage], dict[str, str | None]]:
     """Parse the Dockerfile into stages up to the target."""
@@ -348,8 +361,8 @@ def plan(ctx: bc.BuildContext, options: BuildOptions
             if ins.keyword != "ARG":
                 raise DockerfileError("Please provide a source image with `from` prior "
                                       "to commit")
-            for k, v in key_values(ins.rest, "ARG"):
-                meta_args[k] = v if "=" in ins.rest else None
+            for k, v in arg_pairs(ins.rest):
+                meta_args[k] = v
         else:
             stages[-1].instructions.append(ins)
     if not stages:
@@ -518,18 +531,16 @@ class _Run:
             cfg["Env"] = env
             comment = "ENV " + " ".join(f"{n}={v}" for n, v in pairs)
         elif k == "ARG":
-            pairs = key_values(ins.rest, "ARG")
             shown = []
-            for name, default in pairs:
-                has_default = f"{name}=" in ins.rest
-                if not has_default and name in self.meta_args:
+            for name, default in arg_pairs(ins.rest):
+                if default is None and name in self.meta_args:
                     arg = self.arg_value(name, self.meta_args[name])
                 else:
-                    arg = self.arg_value(name, self.x(stage, default) if has_default
-                                         else None)
+                    arg = self.arg_value(name, None if default is None
+                                         else self.x(stage, default))
                 self.consumed.add(name)
                 stage.args[name] = arg
-                shown.append(f"{name}={default}" if has_default else name)
+                shown.append(name if default is None else f"{name}={default}")
             comment = "ARG " + " ".join(shown)
         elif k == "LABEL":
             labels = dict(cfg.get("Labels") or {})

@@ -12,7 +12,7 @@ import pytest
 
 from hbd.errors import InvalidParameter
 from hbd.services import build_context as bc
-from hbd.services.builder import BuildOptions, _expose, parse_duration, plan
+from hbd.services.builder import BuildOptions, _expose, arg_pairs, parse_duration, plan
 from hbd.services.dockerfile import DockerfileError, expand, key_values, parse, split_words
 
 # -- parser -----------------------------------------------------------------------
@@ -214,3 +214,10 @@ def test_plan_stages_target_labels_and_meta_args(tmp_path: Path) -> None:
     bad = _context(tmp_path, {"Dockerfile": b"RUN true\n"}, mtime=7)
     with pytest.raises(DockerfileError):
         plan(bad, BuildOptions())
+
+
+def test_arg_pairs() -> None:
+    assert arg_pairs('AB=1 B C="x y" D=') == [("AB", "1"), ("B", None), ("C", "x y"),
+                                              ("D", "")]
+    with pytest.raises(DockerfileError):
+        arg_pairs("=1")
