@@ -282,9 +282,38 @@ def _disable_transparent_hugepages() -> None:
         log.warning("cannot disable transparent huge pages: errno %d", ctypes.get_errno())
 
 
+def reap_daemonize_intermediates(exclude: set[int]) -> None:
+    """Reap the middle processes of QEMU's -daemonize double fork.
+
+    The middle process exits at once and nobody waits for it; when the first
+    process exits, it is handed to hbd (a child subreaper) as a zombie. Left
+    alone, every container start would leave one behind. Only QEMU zombies
+    that no asyncio launch is waiting for are taken."""
+    me = os.getpid()
+    for children in Path(f"/proc/{me}/task").glob("*/children"):
+        try:
+            pids = [int(p) for p in children.read_text().split()]
+        except (OSError, ValueError):
+            continue
+        for pid in pids:
+            if pid in exclude:
+                continue
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            end = stat.rfind(")")
+            comm, state = stat[stat.find("(") + 1:end], stat[end + 2:end + 3]
+            if state == "Z" and comm.startswith("qemu-system"):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+
+
 class QemuMicrovmDriver:
     def __init__(self, qemu: str = "qemu-system-x86_64") -> None:
         self.qemu = qemu
+        # First processes of launches under way: asyncio waits for those.
+        self._launching: set[int] = set()
         _disable_transparent_hugepages()
 
     async def launch(self, spec: VMSpec) -> MicroVM:
@@ -305,7 +334,12 @@ class QemuMicrovmDriver:
         )
         # With -daemonize the first process exits once the guest is set up
         # (sockets listening); its status and stderr tell whether QEMU started.
-        _, stderr = await proc.communicate()
+        self._launching.add(proc.pid)
+        try:
+            _, stderr = await proc.communicate()
+        finally:
+            self._launching.discard(proc.pid)
+        reap_daemonize_intermediates(self._launching)
         if proc.returncode != 0:
             message = stderr.decode(errors="replace").strip().splitlines()
             raise VMError(message[-1] if message else f"qemu exited {proc.returncode}")

@@ -8,6 +8,7 @@ import os
 import platform
 import socket
 import subprocess
+from pathlib import Path
 
 import docker
 import pytest
@@ -144,3 +145,19 @@ def test_ping_version_info_over_the_socket(hbd: RunningDaemon, prefix: str) -> N
     assert status == 200 and json.loads(body)["MinAPIVersion"] == "1.24"
     status, _, body = get("/info")
     assert status == 200 and json.loads(body)["Images"] >= 1
+
+
+def test_finished_guests_leave_no_zombies(hbd: RunningDaemon) -> None:
+    for _ in range(2):
+        hbd.docker("run", "--rm", "busybox", "true")
+    cid = hbd.docker("run", "-d", "busybox", "sleep", "60").stdout.decode().strip()
+    hbd.docker("rm", "-f", cid)
+    zombies = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == hbd.process.pid:
+            zombies.append(stat.parent.name)
+    assert zombies == []
