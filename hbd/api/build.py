@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hbd.api.app import Router, json_response, query_bool
+from hbd.api.app import Router, json_response, query_bool, query_int
 from hbd.api.context import daemon_of
 from hbd.errors import HbdError, InvalidParameter
 from hbd.services.builder import BuildError, BuildOptions
@@ -57,6 +57,25 @@ def _registry_config(header: str | None) -> dict[str, Credentials]:
     return out
 
 
+_LIMITS = {"memory": "Memory", "memswap": "MemorySwap", "shmsize": "ShmSize",
+           "cpushares": "CpuShares", "cpuperiod": "CpuPeriod", "cpuquota": "CpuQuota",
+           "cpusetcpus": "CpusetCpus"}
+
+
+def _limits(request: web.Request) -> dict[str, Any]:
+    """The RUN containers' resources from the query (docker build --memory …)."""
+    out: dict[str, Any] = {}
+    for key, field in _LIMITS.items():
+        raw = request.query.get(key, "")
+        if not raw:
+            continue
+        if field == "CpusetCpus":
+            out[field] = raw
+            continue
+        out[field] = query_int(request, key, 0)
+    return {k: v for k, v in out.items() if v not in (0, "")}
+
+
 def _line(message: dict[str, Any]) -> bytes:
     return json.dumps(message).encode() + b"\n"
 
@@ -83,6 +102,8 @@ async def build(request: web.Request) -> web.StreamResponse:
         forcerm=query_bool(request, "forcerm"),
         quiet=query_bool(request, "q"),
         network_mode=q.get("networkmode", ""),
+        pull=query_bool(request, "pull"),
+        host_config=_limits(request),
         credentials=_registry_config(request.headers.get("X-Registry-Config")),
     )
     messages = await daemon_of(request).builder.build(

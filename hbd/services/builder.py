@@ -85,6 +85,9 @@ class BuildOptions:
     forcerm: bool = False
     quiet: bool = False
     network_mode: str = ""
+    pull: bool = False
+    # Limits for the RUN steps' containers (memory, shmsize, cpu…), as HostConfig.
+    host_config: dict[str, Any] = field(default_factory=dict)
     credentials: dict[str, Credentials] = field(default_factory=dict)
 
 
@@ -503,12 +506,13 @@ class _Run:
                     yield m
 
     async def image(self, name: str) -> AsyncIterator[dict[str, Any] | Image]:
-        """A local image, else pulled (its progress goes into the stream)."""
-        try:
-            yield self.b.images.get(name)
-            return
-        except NotFound:
-            pass
+        """A local image, else (or with `pull`) pulled; the progress goes into the stream."""
+        if not self.options.pull:
+            try:
+                yield self.b.images.get(name)
+                return
+            except NotFound:
+                pass
         ref = parse_reference(name)
         if not ref.digest:
             ref = ref.with_default_tag()
@@ -704,7 +708,8 @@ class _Run:
             "Healthcheck": {"Test": ["NONE"]},
             "AttachStdout": True,
             "AttachStderr": True,
-            "HostConfig": {"NetworkMode": self.options.network_mode or "default"},
+            "HostConfig": {**self.options.host_config,
+                           "NetworkMode": self.options.network_mode or "default"},
         }
         cid = str((await self.b.containers.create(None, body))["Id"])
         self.leftover.append(cid)
