@@ -162,8 +162,13 @@ class Builder:
         self.tmp_dir = tmp_dir
         shutil.rmtree(tmp_dir, ignore_errors=True)  # contexts of builds a crash cut short
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self._cache: dict[str, str] = {key: str(rec.get("image", ""))
-                                       for key, rec in state.load(CACHE_KIND)}
+        self._cache: dict[str, str] = {}
+        for key, rec in state.load(CACHE_KIND):
+            image_id = str(rec.get("image", ""))
+            if image_id in images.images:
+                self._cache[key] = image_id
+            else:  # the image went (rmi, prune) while no build looked
+                state.delete(CACHE_KIND, key)
 
     # -- the build ----------------------------------------------------------------
 
