@@ -105,6 +105,9 @@ def _instruction(text: str, line: int) -> Instruction:
                 break
             flags[m.group(1)] = m.group(2) if m.group(2) is not None else "true"
             rest = remainder.strip()
+    if not rest:
+        raise DockerfileError(f"dockerfile parse error line {line}: {upper} requires at "
+                              "least one argument")
     return Instruction(upper, rest, flags, line, text)
 
 

@@ -52,6 +52,8 @@ def test_parse_escape_directive_and_errors() -> None:
         parse("FROM x\nFOO bar\n")
     with pytest.raises(DockerfileError, match="cannot be empty"):
         parse("# only a comment\n\n")
+    with pytest.raises(DockerfileError, match="line 2: RUN requires at least one argument"):
+        parse("FROM x\nRUN\n")
 
 
 def test_expand() -> None:
