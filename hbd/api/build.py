@@ -38,10 +38,14 @@ def _registry_config(header: str | None) -> dict[str, Credentials]:
     """X-Registry-Config: base64 JSON of {registry: AuthConfig}."""
     if not header:
         return {}
+    padded = header + "=" * (-len(header) % 4)
     try:
-        data = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+        data = json.loads(base64.urlsafe_b64decode(padded))
     except (ValueError, UnicodeDecodeError):
-        raise InvalidParameter("invalid X-Registry-Config header") from None
+        try:
+            data = json.loads(base64.b64decode(padded))
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidParameter("invalid X-Registry-Config header") from None
     out: dict[str, Credentials] = {}
     if isinstance(data, dict):
         for registry, auth in data.items():
