@@ -60,7 +60,9 @@ if [ "$start_daemon" = 1 ]; then
     done
     curl -sf --unix-socket "$sock" http://hbd/_ping >/dev/null || {
         echo "hbd did not start; see /var/log/hbd.log" >&2; exit 1; }
-    DOCKER_HOST="unix://$sock" docker load -q -i images/out/busybox.tar
+    for archive in images/out/busybox.tar images/out/debian-python.tar; do
+        DOCKER_HOST="unix://$sock" docker load -q -i "$archive"
+    done
     echo
     echo "hbd is running (log: /var/log/hbd.log). Try:"
     echo "  DOCKER_HOST=unix://$sock docker run --rm busybox echo hello"
