@@ -832,12 +832,11 @@ class _Run:
                 "Entrypoint": [""], "Healthcheck": {"Test": ["NONE"]},
                 "HostConfig": {"NetworkMode": "none"}}
         try:
-            cid = str((await self.b.containers.create(None, body))["Id"])
+            cid = await self.file_container(body)
         except BaseException:
             for c in copies:
                 await _close(c.body)
             raise
-        self.temporary.append(cid)
         try:
             layer = await self.b.files.layer(cid, copies)
         except HbdError as e:
@@ -853,6 +852,20 @@ class _Run:
         self.b.remember(key, stage.image)
         self.temporary.remove(cid)
         await self.b.containers.remove(cid, force=True, volumes=True)
+
+    async def file_container(self, body: dict[str, Any]) -> str:
+        """A container for COPY/ADD (or its --from source) that is never
+        started: its files are the image's own, without the image's VOLUMEs
+        (dockerd copies into and out of the image, not into volumes)."""
+        cid = str((await self.b.containers.create(None, body))["Id"])
+        self.temporary.append(cid)
+        c = self.b.containers.get(cid)
+        anonymous = [m.source for m in c.mounts if m.type == "volume"]
+        c.mounts = [m for m in c.mounts if m.type != "volume"]
+        for name in anonymous:
+            with contextlib.suppress(HbdError):
+                await self.b.containers.volumes.remove(name)
+        return cid
 
     async def from_context(self, keyword: str, sources: list[str], dest: str,
                            dest_is_dir: bool, chown: str) -> tuple[list[CopyIn], str]:
@@ -898,7 +911,10 @@ class _Run:
         if source_stage is None and ref.isdigit() and int(ref) < len(self.stages):
             source_stage = self.stages[int(ref)]
         if source_stage is not None:
-            if source_stage.image is None or source_stage is stage:
+            if source_stage is stage:
+                raise DockerfileError(f"invalid from flag value {ref}: refers to current "
+                                      "build stage")
+            if source_stage.image is None:
                 raise DockerfileError(f"invalid from flag value {ref}: stage not built yet")
             yield source_stage.image
             return
@@ -918,11 +934,10 @@ class _Run:
                     raise BuildError("COPY failed: hbd does not expand wildcards in "
                                      f"COPY --from ({s})")
                 path = posixpath.normpath("/" + s)
-                cid = str((await self.b.containers.create(None, {
+                cid = await self.file_container({
                     "Image": img.id, "Cmd": ["#(nop)"], "Entrypoint": [""],
                     "Healthcheck": {"Test": ["NONE"]},
-                    "HostConfig": {"NetworkMode": "none"}}))["Id"])
-                self.temporary.append(cid)
+                    "HostConfig": {"NetworkMode": "none"}})
                 try:
                     st, body = await self.b.files.get_archive(cid, path, dir_contents=True)
                 except NotFound:
