@@ -77,6 +77,9 @@ def _limits(request: web.Request) -> dict[str, Any]:
             out[field] = raw
             continue
         out[field] = query_int(request, key, 0)
+    hosts = [h for raw in request.query.getall("extrahosts", []) for h in raw.split(",") if h]
+    if hosts:
+        out["ExtraHosts"] = hosts
     return {k: v for k, v in out.items() if v not in (0, "")}
 
 
