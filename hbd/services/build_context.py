@@ -211,13 +211,43 @@ class BuildContext:
             if not found:
                 raise InvalidParameter(f"{keyword} failed: no source files were specified")
             return found
-        if name == "" or self.visible(name):
+        real = self.real(name)
+        if name == "" or (not self.ignore.excluded(name) and
+                          (real == "" or self.visible(real))):
             return [name]
         raise InvalidParameter(f"{keyword} failed: file not found in build context or "
                                f"excluded by .dockerignore: stat {source}: file does not exist")
 
+    def real(self, name: str) -> str:
+        """`name` with its symlinks followed, as COPY follows a source's links;
+        inside the context (an absolute link starts at its root, `..` stops there)."""
+        parts = [p for p in name.split("/") if p]
+        done: list[str] = []
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part == ".":
+                continue
+            if part == "..":
+                if done:
+                    done.pop()
+                continue
+            entry = self.entries.get("/".join([*done, part]))
+            if entry is not None and entry.info is not None and entry.info.issym():
+                hops += 1
+                if hops > 40:
+                    raise InvalidParameter(f"too many levels of symbolic links: {name}")
+                target = entry.info.linkname
+                if target.startswith("/"):
+                    done = []
+                parts = [p for p in target.split("/") if p] + parts
+                continue
+            done.append(part)
+        return "/".join(done)
+
     def is_dir(self, name: str) -> bool:
-        return name == "" or self.entries[name].is_dir
+        real = self.real(name)
+        return real == "" or self.entries[real].is_dir
 
     def under(self, directory: str) -> list[Entry]:
         """Everything below a directory (not itself), parents before children."""
@@ -236,7 +266,7 @@ class BuildContext:
 
     def is_archive(self, name: str) -> bool:
         """ADD's test: a (possibly compressed) tar."""
-        entry = self.entries.get(name)
+        entry = self.entries.get(self.real(name))
         if entry is None or entry.info is None or not entry.info.isfile():
             return False
         with self.open_member(entry.info) as f:
@@ -258,7 +288,7 @@ class BuildContext:
 
     def write_archive(self, name: str, out: IO[bytes]) -> str:
         """ADD of a local archive: the tar decompressed; returns its digest."""
-        entry = self.entries[name]
+        entry = self.entries[self.real(name)]
         assert entry.info is not None
         digest = hashlib.sha256()
         with self.open_member(entry.info) as f:
@@ -301,13 +331,14 @@ def copy_items(ctx: BuildContext, sources: Iterable[str], single_file_name: str 
     directory's content, a file under its own name (or `single_file_name`)."""
     items: list[CopyItem] = []
     for source in sources:
-        if ctx.is_dir(source):
-            for e in ctx.under(source):
-                rel = e.name[len(source) + 1:] if source else e.name
+        real = ctx.real(source)
+        if ctx.is_dir(real):
+            for e in ctx.under(real):
+                rel = e.name[len(real) + 1:] if real else e.name
                 items.append(CopyItem(rel, e))
         else:
             items.append(CopyItem(single_file_name or posixpath.basename(source),
-                                  ctx.entries[source]))
+                                  ctx.entries[real]))
     return items
 
 

@@ -223,3 +223,16 @@ def test_arg_pairs() -> None:
                                               ("D", "")]
     with pytest.raises(DockerfileError):
         arg_pairs("=1")
+
+
+def test_sources_follow_their_symlinks_inside_the_context(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, {"a.txt": b"a", "real/f": b"f"},
+                   links={"link": "a.txt", "linkdir": "real", "abs": "/real/f",
+                          "up": "../../../a.txt", "loop": "loop"})
+    assert ctx.real("link") == "a.txt" and ctx.real("linkdir/f") == "real/f"
+    assert ctx.real("abs") == "real/f" and ctx.real("up") == "a.txt"
+    assert ctx.resolve("linkdir/f", "COPY") == ["linkdir/f"] and ctx.is_dir("linkdir")
+    items = bc.copy_items(ctx, ["link", "linkdir"])
+    assert [(i.arcname, i.entry.name) for i in items] == [("link", "a.txt"), ("f", "real/f")]
+    with pytest.raises(InvalidParameter, match="too many levels"):
+        ctx.real("loop")
