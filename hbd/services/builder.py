@@ -353,7 +353,7 @@ def plan(ctx: bc.BuildContext, options: BuildOptions
     ignore = ctx.read(".dockerignore")
     if ignore is not None:
         ctx.set_ignore(ignore.decode(errors="replace"))
-    instructions = parse(data.decode(errors="replace"))
+    instructions = parse(data.decode(errors="replace").removeprefix("\ufeff"))
     meta_args: dict[str, str | None] = {}
     stages: list[_Stage] = []
     for ins in instructions:

@@ -188,7 +188,7 @@ def test_add_archive_detection(tmp_path: Path) -> None:
 
 def test_plain_dockerfile_body(tmp_path: Path) -> None:
     path = tmp_path / "body"
-    path.write_bytes(b"FROM busybox\nRUN true\n")
+    path.write_bytes(b"\xef\xbb\xbfFROM busybox\r\nRUN true\r\n")  # BOM and CRLF too
     ctx = bc.BuildContext(path)
     stages, _ = plan(ctx, BuildOptions())
     assert [i.keyword for i in stages[0].instructions] == ["FROM", "RUN"]
