@@ -20,7 +20,9 @@ from typing import Any
 
 from hbd.errors import HbdError, InvalidParameter, NotFound, Unauthorized
 from hbd.services.blobs import DigestMismatch
+from hbd.services.image_archive import OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from hbd.services.images import Image, ImageStore, Layer
+from hbd.services.layers import LayerError, inflater_for_media_type
 from hbd.services.reference import Reference, parse_reference
 from hbd.services.registry import (
     MEDIA_CONFIG_V1,
@@ -28,6 +30,7 @@ from hbd.services.registry import (
     MEDIA_MANIFEST_LIST,
     MEDIA_MANIFEST_V2,
     MEDIA_OCI_INDEX,
+    MEDIA_OCI_MANIFEST,
     Credentials,
     Manifest,
     RegistryClient,
@@ -216,8 +219,6 @@ class Distribution:
         media = str(desc.get("mediaType") or MEDIA_LAYER_GZIP)
         total = int(desc.get("size") or 0)
         ident = short(digest)
-        if "zstd" in media:
-            raise RegistryError("zstd-compressed layers are not supported yet")
         known = next((layer for img in self.store.images.values() for layer in img.layers
                       if layer.digest == digest), None)
         if known is not None and self.store.blobs.has(digest):
@@ -226,8 +227,7 @@ class Distribution:
                          sorted({*known.sources, source}))
         writer = self.store.blobs.writer()
         diff = hashlib.sha256()
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if "gzip" in media or \
-            media.endswith("tar.gzip") else None
+        inflater = inflater_for_media_type(media)
         size = 0
         received = 0
         last_report = 0
@@ -235,11 +235,11 @@ class Distribution:
             async for chunk in session.blob_stream(digest):
                 writer.write(chunk)
                 received += len(chunk)
-                raw = inflater.decompress(chunk) if inflater else chunk
-                diff.update(raw)
-                size += len(raw)
-                if size > self.store.limits.max_bytes:
-                    raise RegistryError(f"layer {digest} unpacks beyond the size limit")
+                for raw in inflater.pieces(chunk) if inflater else (chunk,):
+                    diff.update(raw)
+                    size += len(raw)
+                    if size > self.store.limits.max_bytes:
+                        raise RegistryError(f"layer {digest} unpacks beyond the size limit")
                 if received - last_report >= 512 * 1024 or received == total:
                     last_report = received
                     queue.put_nowait(progress("Downloading", ident, received, total))
@@ -250,9 +250,9 @@ class Distribution:
         except DigestMismatch as e:
             raise RegistryError(f"filesystem layer verification failed for digest {digest}: "
                                 f"{e}") from None
-        except zlib.error as e:
+        except LayerError as e:  # from the inflater: "not valid gzip: ..."
             writer.abort()
-            raise RegistryError(f"layer {digest} is not valid gzip: {e}") from None
+            raise RegistryError(f"layer {digest} is {e}") from None
         except BaseException:
             writer.abort()
             raise
@@ -289,10 +289,13 @@ class Distribution:
                           ) -> AsyncIterator[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         target = f"{ref.domain}/{ref.path}"
+        # zstd layers go as they are, which only an OCI manifest can say;
+        # everything else as before: Docker's schema 2 with gzip layers.
+        oci = any("zstd" in layer.media_type for layer in img.layers)
         for layer in reversed(img.layers):
             queue.put_nowait(progress("Preparing", short(layer.diff_id)))
         uploads = asyncio.ensure_future(_bounded(PARALLEL_UPLOADS, [
-            self._push_layer(session, layer, target, queue) for layer in img.layers]))
+            self._push_layer(session, layer, target, queue, oci) for layer in img.layers]))
         uploads.add_done_callback(lambda _: queue.put_nowait(None))
         while (message := await queue.get()) is not None:
             yield message
@@ -302,14 +305,15 @@ class Distribution:
         config_bytes = self.store.blobs.read_bytes(img.id)
         if not await session.blob_exists(img.id):
             await session.upload_blob(img.id, len(config_bytes), lambda: _once(config_bytes))
+        manifest_type = MEDIA_OCI_MANIFEST if oci else MEDIA_MANIFEST_V2
         manifest = json.dumps({
             "schemaVersion": 2,
-            "mediaType": MEDIA_MANIFEST_V2,
-            "config": {"mediaType": MEDIA_CONFIG_V1, "size": len(config_bytes),
-                       "digest": img.id},
+            "mediaType": manifest_type,
+            "config": {"mediaType": OCI_CONFIG if oci else MEDIA_CONFIG_V1,
+                       "size": len(config_bytes), "digest": img.id},
             "layers": descriptors,
         }, indent=3).encode()
-        digest = await session.put_manifest(ref.tag, manifest, MEDIA_MANIFEST_V2)
+        digest = await session.put_manifest(ref.tag, manifest, manifest_type)
         self.store.record_image(img, [Reference(ref.domain, ref.path, digest=digest)])
         self.store.events.publish("image", "push", img.id, {"name": ref.familiar})
         yield {"status": f"{ref.tag}: digest: {digest} size: {len(manifest)}"}
@@ -317,7 +321,8 @@ class Distribution:
                                              "Size": len(manifest)}}
 
     async def _gzip_layer(self, layer: Layer) -> Layer:
-        """Registries get gzip layers: compress an uncompressed one once, keep that."""
+        """Registries get compressed layers: gzip an uncompressed one once, keep that;
+        gzip and zstd ones go as they are."""
         if any(word in layer.media_type for word in COMPRESSED):
             return layer
 
@@ -341,11 +346,16 @@ class Distribution:
         return Layer(digest, layer.diff_id, layer.size, MEDIA_LAYER_GZIP)
 
     async def _push_layer(self, session: Session, layer: Layer, target: str,
-                          queue: asyncio.Queue[dict[str, Any] | None]) -> dict[str, Any]:
+                          queue: asyncio.Queue[dict[str, Any] | None], oci: bool
+                          ) -> dict[str, Any]:
         ident = short(layer.diff_id)
         layer = await self._gzip_layer(layer)
         size = self.store.blobs.path(layer.digest).stat().st_size
-        descriptor = {"mediaType": MEDIA_LAYER_GZIP, "size": size, "digest": layer.digest}
+        if "zstd" in layer.media_type:
+            media = OCI_LAYER_ZSTD
+        else:
+            media = OCI_LAYER_GZIP if oci else MEDIA_LAYER_GZIP
+        descriptor = {"mediaType": media, "size": size, "digest": layer.digest}
         if await session.blob_exists(layer.digest):
             queue.put_nowait(progress("Layer already exists", ident))
             return descriptor

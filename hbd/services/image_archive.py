@@ -23,17 +23,30 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 
 
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def oci_layer_media_type(media_type: str) -> str:
+    """The OCI media type for a layer of any (Docker or OCI) media type."""
+    if "zstd" in media_type:
+        return OCI_LAYER_ZSTD
+    return OCI_LAYER_GZIP if "gzip" in media_type else OCI_LAYER
+
+
 @dataclass
 class ArchiveLayer:
     digest: str
-    compressed: bool
+    compressed: bool  # gzip, unless media_type says otherwise
     source: Path | bytes
+    media_type: str = ""  # OCI media type; empty: from `compressed`
+
+    @property
+    def oci_media_type(self) -> str:
+        return self.media_type or (OCI_LAYER_GZIP if self.compressed else OCI_LAYER)
 
 
 @dataclass
@@ -74,7 +87,7 @@ def write_image_archive(out: BinaryIO, images: list[ArchiveImage]) -> None:
             "mediaType": OCI_MANIFEST,
             "config": {"mediaType": OCI_CONFIG, "digest": config_digest,
                        "size": len(image.config)},
-            "layers": [{"mediaType": OCI_LAYER_GZIP if layer.compressed else OCI_LAYER,
+            "layers": [{"mediaType": layer.oci_media_type,
                         "digest": layer.digest,
                         "size": len(layer.source) if isinstance(layer.source, bytes)
                         else layer.source.stat().st_size} for layer in image.layers],

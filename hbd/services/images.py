@@ -31,8 +31,20 @@ from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_image
 from hbd.events import EventBus
 from hbd.services import container_config as cc
 from hbd.services.blobs import BlobStore, DigestMismatch
-from hbd.services.image_archive import ArchiveImage, ArchiveLayer, write_image_archive
-from hbd.services.layers import LayerError, UnpackLimits, flatten_layers
+from hbd.services.image_archive import (
+    OCI_LAYER_ZSTD,
+    ArchiveImage,
+    ArchiveLayer,
+    oci_layer_media_type,
+    write_image_archive,
+)
+from hbd.services.layers import (
+    Inflater,
+    LayerError,
+    UnpackLimits,
+    flatten_layers,
+    inflater_for_head,
+)
 from hbd.services.reference import (
     Reference,
     is_full_id,
@@ -481,24 +493,26 @@ class ImageStore:
             archive_path.unlink(missing_ok=True)
 
     async def _receive_archive(self, body: Any, path: Path) -> None:
-        """Spool the request body to disk, decompressing gzip on the fly."""
+        """Spool the request body to disk, decompressing gzip or zstd on the fly."""
         first = True
-        decompressor: Any = None
+        decompressor: Inflater | None = None
         with open(path, "wb") as f:
             async for received in body.iter_chunked(CHUNK):
                 if first:
                     first = False
-                    if received[:2] == b"\x1f\x8b":
-                        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                data = received
-                if decompressor is not None:
-                    try:
-                        data = decompressor.decompress(received)
-                    except zlib.error as e:
-                        raise InvalidParameter(f"invalid gzip archive: {e}") from e
-                f.write(data)
+                    decompressor = inflater_for_head(received[:4])
+                if decompressor is None:
+                    f.write(received)
+                    continue
+                try:
+                    for data in decompressor.pieces(received):
+                        f.write(data)
+                except LayerError as e:  # "not valid gzip: ..."
+                    raise InvalidParameter(f"invalid image archive: {e}") from e
         if first:
             raise InvalidParameter("empty image archive")
+        if decompressor is not None and not decompressor.eof:
+            raise InvalidParameter(f"invalid image archive: truncated {decompressor.kind}")
 
     def _archive_images(self, ar: _ArchiveReader) -> list[_ArchiveImage]:
         if ar.has("manifest.json"):
@@ -561,19 +575,20 @@ class ImageStore:
         size = 0
         try:
             with ar.open(member) as f:
-                head = f.read(2)
+                head = f.read(4)
                 f.seek(0)
-                gzipped = head == b"\x1f\x8b"
-                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
+                inflater = inflater_for_head(head)
                 while chunk := f.read(CHUNK):
                     writer.write(chunk)
-                    raw = inflater.decompress(chunk) if inflater else chunk
-                    diff_hash.update(raw)
-                    size += len(raw)
-                    if size > self.limits.max_bytes:
-                        raise InvalidParameter(f"layer {member} is larger than the limit")
+                    for raw in inflater.pieces(chunk) if inflater else (chunk,):
+                        diff_hash.update(raw)
+                        size += len(raw)
+                        if size > self.limits.max_bytes:
+                            raise InvalidParameter(f"layer {member} is larger than the limit")
+                if inflater is not None and not inflater.eof:
+                    raise InvalidParameter(f"invalid layer {member}: truncated {inflater.kind}")
             digest = writer.commit(expected_digest)
-        except (zlib.error, gzip.BadGzipFile, tarfile.TarError, EOFError) as e:
+        except (LayerError, zlib.error, gzip.BadGzipFile, tarfile.TarError, EOFError) as e:
             writer.abort()
             raise InvalidParameter(f"invalid layer {member}: {e}") from e
         except DigestMismatch as e:
@@ -581,7 +596,8 @@ class ImageStore:
         except BaseException:
             writer.abort()
             raise
-        media = MEDIA_LAYER_GZIP if gzipped else MEDIA_LAYER_TAR
+        kind = inflater.kind if inflater else ""
+        media = {"gzip": MEDIA_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}.get(kind, MEDIA_LAYER_TAR)
         return digest, "sha256:" + diff_hash.hexdigest(), size, media
 
     def _stage_archive(self, path: Path) -> list[tuple[Image, list[Reference]]]:
@@ -707,7 +723,9 @@ class ImageStore:
         return ArchiveImage(
             config=self.blobs.read_bytes(img.id),
             layers=[ArchiveLayer(layer.digest, "gzip" in layer.media_type,
-                                 self.blobs.path(layer.digest)) for layer in img.layers],
+                                 self.blobs.path(layer.digest),
+                                 oci_layer_media_type(layer.media_type))
+                    for layer in img.layers],
             tags=[(r.name, r.tag, r.familiar) for r in refs if r.tag])
 
     def save(self, names: list[str], out: BinaryIO) -> None:

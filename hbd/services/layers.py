@@ -28,7 +28,9 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, Protocol
+
+import zstandard
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -53,18 +55,111 @@ class LayerStats:
     bytes: int = 0
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Most bytes one step of an inflater hands out: a few bytes of a hostile
+# stream can stand for gigabytes (zstd packs 128 KiB into 4 bytes, 32768:1).
+INFLATE_PIECE = 16 * 1024 * 1024
+ZSTD_SLICE = INFLATE_PIECE // 32768
+
+
+class Inflater(Protocol):
+    """Decompresses a layer fed in chunks of any size, in pieces of at most
+    INFLATE_PIECE bytes. Members (gzip) or frames (zstd, skippable ones too)
+    one after another are one stream, as Go's readers that dockerd and
+    containerd use take them. Raises LayerError on data that is not valid."""
+
+    kind: str
+
+    def pieces(self, data: bytes) -> Iterator[bytes]: ...
+
+    @property
+    def eof(self) -> bool:
+        """The data so far ends where a member or frame ends (else truncated)."""
+        ...
+
+
+class GzipInflater:
+    kind = "gzip"
+
+    def __init__(self) -> None:
+        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    @property
+    def eof(self) -> bool:
+        return self._z.eof
+
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        more = bool(data)
+        try:
+            while more:
+                if self._z.eof:  # another member follows
+                    self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                out = self._z.decompress(data, INFLATE_PIECE)
+                data = self._z.unused_data if self._z.eof else self._z.unconsumed_tail
+                if out:
+                    yield out
+                # A full piece may leave output inside zlib with no input left.
+                more = bool(data) or (len(out) == INFLATE_PIECE and not self._z.eof)
+        except zlib.error as e:
+            raise LayerError(f"not valid gzip: {e}") from None
+
+
+class ZstdInflater:
+    kind = "zstd"
+
+    def __init__(self) -> None:
+        self._dctx = zstandard.ZstdDecompressor()
+        self._z = self._dctx.decompressobj()
+
+    @property
+    def eof(self) -> bool:
+        return self._z.eof
+
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        view = memoryview(data)
+        try:
+            # decompressobj has no output bound: feed it little at a time.
+            while view:
+                step, view = view[:ZSTD_SLICE], view[ZSTD_SLICE:]
+                while step:
+                    if self._z.eof:  # another frame follows
+                        self._z = self._dctx.decompressobj()
+                    out = self._z.decompress(step)
+                    step = memoryview(self._z.unused_data) if self._z.eof else memoryview(b"")
+                    if out:
+                        yield out
+        except zstandard.ZstdError as e:
+            raise LayerError(f"not valid zstd: {e}") from None
+
+
+def inflater_for_media_type(media_type: str) -> Inflater | None:
+    """The inflater for a layer of this media type; None: an uncompressed tar."""
+    if "zstd" in media_type:
+        return ZstdInflater()
+    if "gzip" in media_type:
+        return GzipInflater()
+    return None
+
+
+def inflater_for_head(head: bytes) -> Inflater | None:
+    """The inflater for a stream that starts with `head` (4 bytes or more)."""
+    if head.startswith(ZSTD_MAGIC):
+        return ZstdInflater()
+    if head.startswith(GZIP_MAGIC):
+        return GzipInflater()
+    return None
+
+
 def _open_stream(blob: BinaryIO) -> IO[bytes]:
     head = blob.read(4)
     blob.seek(0)
-    if head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:4] == b"\xfd7zX":
-        return blob  # tarfile's stream mode decompresses these itself
-    if head == b"\x28\xb5\x2f\xfd":
-        try:
-            import zstandard  # type: ignore[import-not-found]  # noqa: PLC0415
-        except ImportError:
-            raise LayerError("zstd-compressed layers need the zstandard package") from None
-        reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(blob)
+    if head.startswith(ZSTD_MAGIC):
+        reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(
+            blob, read_across_frames=True, closefd=False)
         return reader
+    # Plain, or one that tarfile's stream mode decompresses itself (gzip,
+    # bzip2, xz).
     return blob
 
 
@@ -253,7 +348,8 @@ def unpack_layer(blob: BinaryIO | Path, root: Path,
                 os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
     except LayerError:
         raise
-    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as e:
+    except (tarfile.TarError, EOFError, zlib.error, zstandard.ZstdError, OSError,
+            ValueError) as e:
         raise LayerError(f"invalid layer: {e}") from e
     finally:
         tree.close()

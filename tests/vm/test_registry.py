@@ -11,14 +11,16 @@ import os
 import subprocess
 import tarfile
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import docker
 import pytest
+import zstandard
 
-from tests.daemon_fixture import RunningDaemon
+from tests.daemon_fixture import BUSYBOX_TAR, RunningDaemon
 from tests.registry_fixture import PASSWORD, USER, Registry, free_port, registry
 
 
@@ -197,3 +199,106 @@ def test_a_lying_registry_stores_nothing(hbd: RunningDaemon, fault: str) -> None
                                             "gzip", "verification")), message
     assert blobs_on_disk(hbd) == before
     assert hbd.docker("images", "-q", "--no-trunc").stdout == images_before
+
+
+# -- zstd layers -----------------------------------------------------------------------
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def _files_layer(files: dict[str, bytes]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("layers")
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(info)
+        for name, content in files.items():
+            info = tarfile.TarInfo(f"layers/{name}")
+            info.size, info.mode = len(content), 0o644
+            tar.addfile(info, io.BytesIO(content))
+    return raw.getvalue()
+
+
+def _upload(base: str, blob: bytes) -> None:
+    """The registry's monolithic upload: POST for a location, PUT with ?digest=."""
+    with urllib.request.urlopen(urllib.request.Request(f"{base}/blobs/uploads/",
+                                                       method="POST", data=b"")) as resp:
+        assert resp.status == 202
+        location = resp.headers["Location"]
+    url = location if location.startswith("http") else \
+        base.split("/v2/", 1)[0] + location
+    url += ("&" if "?" in url else "?") + f"digest={_digest(blob)}"
+    put = urllib.request.Request(url, method="PUT", data=blob,
+                                 headers={"Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(put) as resp:
+        assert resp.status == 201
+
+
+def _manifest(base: str, tag: str) -> dict[str, object]:
+    get = urllib.request.Request(f"{base}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
+    with urllib.request.urlopen(get) as resp:
+        assert resp.headers["Content-Type"] == OCI_MANIFEST
+        document: dict[str, object] = json.loads(resp.read())
+        return document
+
+
+def test_pull_run_push_save_an_oci_image_with_a_zstd_layer(
+        hbd: RunningDaemon, open_registry: Registry, tmp_path: Path) -> None:
+    """busybox (gzip), a gzip layer, and on top a zstd layer of several frames
+    that replaces a file of the one under it; uploaded over the registry's API."""
+    with tarfile.open(BUSYBOX_TAR) as archive:
+        docker_manifest = json.load(archive.extractfile("manifest.json"))[0]  # type: ignore[arg-type]
+        base_config = json.load(archive.extractfile(docker_manifest["Config"]))  # type: ignore[arg-type]
+        busybox_blob = archive.extractfile(docker_manifest["Layers"][0]).read()  # type: ignore[union-attr]
+    gzip_tar = _files_layer({"gzip.txt": b"from the gzip layer\n",
+                             "replaced.txt": b"gzip wrote this\n"})
+    zstd_tar = _files_layer({"zstd.txt": b"from the zstd layer\n" + b"z" * 300_000,
+                             "replaced.txt": b"zstd replaced it\n"})
+    compressor = zstandard.ZstdCompressor(level=3)
+    half = len(zstd_tar) // 2
+    zstd_blob = compressor.compress(zstd_tar[:half]) + compressor.compress(zstd_tar[half:])
+    layers = [("application/vnd.oci.image.layer.v1.tar+gzip", busybox_blob),
+              ("application/vnd.oci.image.layer.v1.tar+gzip", gzip.compress(gzip_tar, mtime=0)),
+              ("application/vnd.oci.image.layer.v1.tar+zstd", zstd_blob)]
+    config = json.dumps({**base_config, "rootfs": {"type": "layers", "diff_ids": [
+        *base_config["rootfs"]["diff_ids"], _digest(gzip_tar), _digest(zstd_tar)]}}).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "size": len(config), "digest": _digest(config)},
+        "layers": [{"mediaType": m, "size": len(b), "digest": _digest(b)} for m, b in layers],
+    }).encode()
+    base = f"http://{open_registry.host}/v2/zstd/app"
+    for blob in [config, *(b for _, b in layers)]:
+        _upload(base, blob)
+    put = urllib.request.Request(f"{base}/manifests/v1", method="PUT", data=manifest,
+                                 headers={"Content-Type": OCI_MANIFEST})
+    with urllib.request.urlopen(put) as resp:
+        assert resp.status == 201
+
+    ref = f"{open_registry.host}/zstd/app:v1"
+    pulled = hbd.docker("pull", ref).stdout.decode()
+    assert f"Digest: {_digest(manifest)}" in pulled, pulled
+    out = hbd.docker("run", "--rm", ref, "sh", "-c",
+                     "head -n1 /layers/zstd.txt; cat /layers/gzip.txt /layers/replaced.txt")
+    assert out.stdout == (b"from the zstd layer\nfrom the gzip layer\nzstd replaced it\n")
+
+    # Pushed elsewhere in the registry: every blob mounted as it is (no
+    # recompression), the zstd one under its own media type.
+    copy = f"{open_registry.host}/zstd/copy:v1"
+    hbd.docker("tag", ref, copy)
+    pushed = hbd.docker("push", copy).stdout.decode()
+    assert "Mounted from zstd/app" in pushed and "Pushed" not in pushed, pushed
+    copied = _manifest(f"http://{open_registry.host}/v2/zstd/copy", "v1")
+    assert copied["layers"] == json.loads(manifest)["layers"]
+
+    # docker save keeps the media types (and bytes) of the layers.
+    saved = tmp_path / "saved.tar"
+    hbd.docker("save", "-o", str(saved), copy)
+    with tarfile.open(saved) as archive:
+        index = json.load(archive.extractfile("index.json"))  # type: ignore[arg-type]
+        oci = json.load(archive.extractfile(  # type: ignore[arg-type]
+            "blobs/sha256/" + index["manifests"][0]["digest"][7:]))
+    assert [(d["mediaType"], d["digest"]) for d in oci["layers"]] == [
+        (m, _digest(b)) for m, b in layers]
+    hbd.docker("rmi", ref, copy)
