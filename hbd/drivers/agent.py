@@ -112,6 +112,8 @@ class MountSpec:
     fstype: str = "ext4"
     options: str = ""
     readonly: bool = False
+    # disk only: an empty volume first takes the content of the path it covers.
+    copy_up: bool = False
 
 
 @dataclass

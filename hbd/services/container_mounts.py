@@ -167,7 +167,7 @@ def guest_mounts(mounts: list[MountPoint], volumes: VolumeService,
             serial = f"vol{i}"
             out.disks.append(DiskSpec(volumes.disk(v), serial, format="qcow2"))
             out.mounts.append(MountSpec(type="disk", target=mp.destination, source=serial,
-                                        readonly=not mp.rw))
+                                        readonly=not mp.rw, copy_up=not mp.nocopy))
         elif mp.type == "bind":
             tag = f"bind{i}"
             source = Path(mp.source)

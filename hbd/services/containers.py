@@ -450,6 +450,9 @@ class ContainerService:
                                                  list(hc.get("ExtraHosts") or []))),
             FileSpec("/etc/resolv.conf", cn.resolv_conf(network, hc, host_resolvers())),
         ]
+        # A file the user mounts there himself is his, as in dockerd.
+        mounted = {mp.destination for mp in c.mounts}
+        files = [f for f in files if f.path not in mounted]
         setup = SetupSpec(
             hostname=c.hostname,
             domainname=str(c.config.get("Domainname") or ""),

@@ -89,6 +89,9 @@ int run_builtin(const char *name, char **args);
 void builtin_note_mounts(const char *mountinfo, const char *prefix);
 void record_created(const char *path);
 
+/* copyup.c: fill an empty volume mounted at VOLUME with what SOURCE holds. */
+int copy_up(const char *source, const char *volume, struct err *e);
+
 /* process.c */
 int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struct err *e);
 /* user[:group] as a container's User names it, from its /etc/passwd and /etc/group. */

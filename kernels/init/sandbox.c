@@ -206,8 +206,12 @@ static int setup_files(const struct json *files, struct err *e)
 			set_err(e, "system", errno, "write %s: %s", staged, strerror(errno));
 			return -1;
 		}
-		if (rootfs_path(target, inside, sizeof(inside), e) || ensure_target(inside, 1, e) ||
-		    do_mount(staged, inside, NULL, MS_BIND, NULL, e))
+		if (rootfs_path(target, inside, sizeof(inside), e) || ensure_target(inside, 1, e))
+			return -1;
+		struct stat st;
+		if (lstat(inside, &st))
+			continue; /* under a read-only mount that lacks it: as runc, go without */
+		if (do_mount(staged, inside, NULL, MS_BIND, NULL, e))
 			return -1;
 	}
 	return 0;
@@ -227,7 +231,21 @@ static int setup_mounts(const struct json *mounts, struct err *e)
 		}
 		if (rootfs_path(target, inside, sizeof(inside), e) || ensure_target(inside, 0, e))
 			return -1;
-		if (!strcmp(type, "disk")) {
+		if (!strcmp(type, "disk") && json_bool(m, "copy_up", 0)) {
+			/* Mounted aside first, filled from what it will cover, then moved
+			 * over it. */
+			char staging[256];
+			snprintf(staging, sizeof(staging), ROOT "/staging/%s", source);
+			if (strchr(source, '/')) {
+				set_err(e, "invalid", EINVAL, "bad disk serial %s", source);
+				return -1;
+			}
+			if (mount_disk(source, staging, 0, e) || copy_up(inside, staging, e) ||
+			    do_mount(staging, inside, NULL, MS_MOVE, NULL, e))
+				return -1;
+			if (ro && do_mount(NULL, inside, NULL, MS_REMOUNT | MS_RDONLY, NULL, e))
+				return -1;
+		} else if (!strcmp(type, "disk")) {
 			if (mount_disk(source, inside, ro, e))
 				return -1;
 		} else if (!strcmp(type, "9p")) {
@@ -367,7 +385,9 @@ int sandbox_setup(const struct json *spec, struct err *e)
 	if (setup_dev(shm > 0 ? shm : 64LL * 1024 * 1024, e))
 		return -1;
 	TRACE("/dev ready");
-	if (setup_files(json_get(spec, "files"), e) || setup_mounts(json_get(spec, "mounts"), e))
+	/* Mounts first: hbd's files (hosts, resolv.conf) then land on top of a
+	 * volume or bind at /etc, as runc orders them. */
+	if (setup_mounts(json_get(spec, "mounts"), e) || setup_files(json_get(spec, "files"), e))
 		return -1;
 	TRACE("files and mounts ready");
 	if (net_configure(spec, e))

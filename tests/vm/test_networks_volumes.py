@@ -234,3 +234,35 @@ def test_volumes_survive_a_daemon_restart(tmp_path_factory: pytest.TempPathFacto
         out = daemon.docker("run", "--rm", "-v", "keep:/data", "busybox", "cat", "/data/f")
         assert out.stdout == b"survives\n"
         assert "keep" in daemon.docker("volume", "ls", "-q").stdout.decode().split()
+
+
+def test_a_new_volume_takes_what_the_image_has_there(hbd: RunningDaemon) -> None:
+    """dockerd's copy-up: an empty volume over a path with content starts as a copy of it."""
+    name, plain, private = (f"{kind}{free_port()}" for kind in ("cu", "nc", "pr"))
+    try:
+        out = hbd.docker("run", "--rm", "-v", f"{name}:/etc", "busybox", "sh", "-c",
+                         "ls /etc; stat -c '%u:%g:%a' /etc; echo extra >> /etc/group"
+                         ).stdout.decode().split()
+        assert {"group", "passwd", "shadow", "hosts", "hostname", "resolv.conf"} <= set(out)
+        assert "0:0:755" in out
+        # The copy is made once: what a container changed in the volume stays.
+        again = hbd.docker("run", "--rm", "-v", f"{name}:/etc", "busybox", "tail", "-1",
+                           "/etc/group").stdout
+        assert again == b"extra\n"
+        listing = hbd.docker("run", "--rm", "-v", f"{plain}:/etc:nocopy", "busybox", "ls",
+                             "/etc").stdout.decode().split()
+        assert "passwd" not in listing and "hosts" in listing
+        mode = hbd.docker("run", "--rm", "--mount", f"type=volume,src={private},dst=/root",
+                          "busybox", "stat", "-c", "%a", "/root").stdout
+        assert mode == b"700\n"
+        # An image's VOLUME: the anonymous volume holds what the image put there.
+        seeded = hbd.docker("run", "-d", "busybox", "sh", "-c",
+                            "mkdir -p /srv/app && echo seed > /srv/app/f").stdout.decode().strip()
+        hbd.docker("wait", seeded)
+        hbd.docker("commit", "--change", "VOLUME /srv/app", seeded, f"{name}:seeded")
+        hbd.docker("rm", seeded)
+        assert hbd.docker("run", "--rm", f"{name}:seeded", "cat", "/srv/app/f").stdout == \
+            b"seed\n"
+    finally:
+        hbd.docker("rmi", f"{name}:seeded", check=False)
+        hbd.docker("volume", "rm", name, plain, private, check=False)
