@@ -3,10 +3,8 @@ instructions), the jsonmessage stream, the cache, tags, errors, /build/prune."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
-import tarfile
 from typing import Any
 
 import docker
@@ -14,23 +12,12 @@ import pytest
 
 from tests.api.conftest import ApiDaemon
 from tests.daemon_fixture import DOCKER_CLI
-
-
-def _tar(files: dict[str, str]) -> io.BytesIO:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    return buf
+from tests.fakes import text_tar
 
 
 def _build(client: docker.DockerClient, files: dict[str, str], **kwargs: Any
            ) -> list[dict[str, Any]]:
-    return list(client.api.build(fileobj=_tar(files), custom_context=True, decode=True,
+    return list(client.api.build(fileobj=text_tar(files), custom_context=True, decode=True,
                                  **kwargs))
 
 
@@ -109,7 +96,7 @@ def test_errors(client: docker.DockerClient) -> None:
         _build(client, {"Other": "FROM busybox\n"})
     # (docker-py checks tags itself: past it, straight to the API)
     bad_tag = client.api._post(client.api._url("/build"), params={"t": "Bad:Tag:"},
-                               data=_tar({"Dockerfile": "FROM busybox\n"}).getvalue())
+                               data=text_tar({"Dockerfile": "FROM busybox\n"}).getvalue())
     assert bad_tag.status_code == 400 and "invalid reference format" in bad_tag.text
     missing = _build(client, {"Dockerfile": "FROM busybox\nCOPY nothere /x\n"})
     assert missing[-1]["error"] == (

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import tarfile
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from hbd.events import EventBus
 from hbd.services.image_archive import EPOCH
 from hbd.services.images import ImageStore
 from hbd.store import StateStore
+from tests.fakes import Body
 
 REPO = Path(__file__).resolve().parents[2]
 ARCHIVE = REPO / "images" / "out" / "debian-python.tar"
@@ -134,18 +134,10 @@ def test_layer_is_trimmed_like_debian_slim(built: Built) -> None:
     assert len(built.files[built.manifest["Layers"][0]]) < 60_000_000  # ~44 MB compressed now
 
 
-class _Body:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    async def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
-        for i in range(0, len(self.data), n):
-            yield self.data[i:i + n]
-
 
 async def test_hbd_loads_it(built: Built, tmp_path: Path) -> None:
     store = ImageStore(StateStore(tmp_path / "state"), tmp_path / "image", EventBus())
-    assert await store.load(_Body(ARCHIVE.read_bytes())) == [f"Loaded image: {REF}\n"]
+    assert await store.load(Body(ARCHIVE.read_bytes())) == [f"Loaded image: {REF}\n"]
     disks = list((tmp_path / "image" / "disks").iterdir())
     assert len(disks) == 1 and disks[0].stat().st_size > 100_000_000
 

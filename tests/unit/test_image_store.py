@@ -8,7 +8,6 @@ import io
 import json
 import sys
 import tarfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,10 @@ from hbd.errors import Conflict, InvalidParameter, NotFound
 from hbd.events import EventBus
 from hbd.services.images import ImageStore
 from hbd.store import StateStore
+from tests.fakes import Body
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "images"))
 from build_image import write_archive
-
-
-class Body:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    async def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
-        for i in range(0, len(self.data), n):
-            yield self.data[i:i + n]
 
 
 def layer(files: dict[str, bytes]) -> bytes:

@@ -30,6 +30,7 @@ from hbd.services.layers import (
 from hbd.services.reference import parse_reference
 from hbd.services.registry import Credentials, Manifest, RegistryError
 from hbd.store import StateStore
+from tests.fakes import Body
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -139,14 +140,6 @@ def oci_archive(layers: list[tuple[str, bytes]], diff_ids: list[str], tag: str) 
         files[f"blobs/sha256/{sha(blob)[7:]}"] = blob
     return tar_of(files)
 
-
-class Body:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    async def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
-        for i in range(0, len(self.data), n):
-            yield self.data[i:i + n]
 
 
 def two_layers() -> tuple[list[bytes], list[tuple[str, bytes]]]:

@@ -17,6 +17,7 @@ import docker
 import pytest
 
 from tests.daemon_fixture import DOCKER_CLI, RunningDaemon
+from tests.fakes import text_tar
 
 DOCKERFILE = """\
 # A comment, then a parser-free line continuation below.
@@ -150,20 +151,9 @@ CMD ["cat", "/a.txt"]
 """
 
 
-def _tar(files: dict[str, str]) -> io.BytesIO:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    return buf
-
 
 def test_multistage_with_the_sdk_and_target(sdk: docker.DockerClient) -> None:
-    image, logs = sdk.images.build(fileobj=_tar({"Dockerfile": MULTISTAGE}),
+    image, logs = sdk.images.build(fileobj=text_tar({"Dockerfile": MULTISTAGE}),
                                    custom_context=True, tag="multi:latest", rm=True)
     assert image.tags == ["multi:latest"]
     text = "".join(str(m.get("stream", "")) for m in logs)
@@ -171,7 +161,7 @@ def test_multistage_with_the_sdk_and_target(sdk: docker.DockerClient) -> None:
     assert "Step 8/8 : CMD [\"cat\", \"/a.txt\"]" in text
     assert sdk.containers.run("multi:latest", remove=True) == b"artifact\n"
     # The scratch stage alone: its one layer holds only what was copied.
-    assets, _ = sdk.images.build(fileobj=_tar({"Dockerfile": MULTISTAGE}),
+    assets, _ = sdk.images.build(fileobj=text_tar({"Dockerfile": MULTISTAGE}),
                                  custom_context=True, target="assets", tag="multi:assets")
     assert len(assets.attrs["RootFS"]["Layers"]) == 1
     assert assets.attrs["Config"]["Cmd"] is None
@@ -182,7 +172,7 @@ def test_multistage_with_the_sdk_and_target(sdk: docker.DockerClient) -> None:
 def test_failing_run_reports_its_exit_code(sdk: docker.DockerClient) -> None:
     dockerfile = "FROM busybox\nRUN echo out; echo err >&2; exit 3\n"
     messages: list[dict[str, Any]] = list(sdk.api.build(
-        fileobj=_tar({"Dockerfile": dockerfile}), custom_context=True, decode=True,
+        fileobj=text_tar({"Dockerfile": dockerfile}), custom_context=True, decode=True,
         forcerm=True))
     streams = "".join(str(m.get("stream", "")) for m in messages)
     assert "out\n" in streams and "\x1b[91merr\n\x1b[0m" in streams
@@ -194,7 +184,7 @@ def test_failing_run_reports_its_exit_code(sdk: docker.DockerClient) -> None:
     # forcerm: the failed step's container is gone too.
     assert not any(c.id.startswith(step.group(1)) for c in sdk.containers.list(all=True))
     with pytest.raises(docker.errors.APIError, match="unknown instruction: BOGUS"):
-        sdk.images.build(fileobj=_tar({"Dockerfile": "FROM busybox\nBOGUS x\n"}),
+        sdk.images.build(fileobj=text_tar({"Dockerfile": "FROM busybox\nBOGUS x\n"}),
                          custom_context=True)
 
 
