@@ -11,18 +11,18 @@ from hbd.drivers.sandbox import QemuSandboxDriver, SandboxDriver
 from hbd.drivers.vm import QemuMicrovmDriver
 from hbd.errors import InvalidParameter
 from hbd.events import EventBus
-from hbd.services.builder import Builder
-from hbd.services.container_files import ContainerFiles
-from hbd.services.containers import ContainerService
-from hbd.services.distribution import Distribution
-from hbd.services.dns import DnsServer, NetworkView
-from hbd.services.execs import ExecService
-from hbd.services.images import ImageStore
-from hbd.services.networks import DEFAULT_BRIDGE, NetworkService, instance_tag
-from hbd.services.registry import RegistryClient, RegistrySettings
-from hbd.services.scratch import ScratchDisks
-from hbd.services.system import SystemService
-from hbd.services.volumes import VolumeService
+from hbd.services.build.builder import Builder
+from hbd.services.container.execs import ExecService
+from hbd.services.container.files import ContainerFiles
+from hbd.services.container.scratch import ScratchDisks
+from hbd.services.container.service import ContainerService
+from hbd.services.image.distribution import Distribution
+from hbd.services.image.registry import RegistryClient, RegistrySettings
+from hbd.services.image.store import ImageStore
+from hbd.services.network.dns import DnsServer, NetworkView
+from hbd.services.network.service import DEFAULT_BRIDGE, NetworkService, instance_tag
+from hbd.services.system.service import SystemService
+from hbd.services.volume.service import VolumeService
 from hbd.store import StateStore
 
 log = logging.getLogger(__name__)

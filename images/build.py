@@ -26,7 +26,7 @@ from build_image import layer_from_tree, write_archive
 HERE = Path(__file__).resolve().parent
 # What the bytes of an archive depend on besides the recipe's own directory.
 BUILDER_FILES = (HERE / "build.py", HERE / "build_image.py",
-                 HERE.parent / "hbd" / "services" / "image_archive.py")
+                 HERE.parent / "hbd" / "services" / "image" / "archive.py")
 
 
 def cache_key(recipe_dir: Path) -> str:

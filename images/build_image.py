@@ -21,7 +21,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from hbd.services.image_archive import (
+from hbd.services.image.archive import (
     EPOCH,
     ArchiveImage,
     ArchiveLayer,

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hbd.services.networks import instance_tag, remove_host_state
+from hbd.services.network.service import instance_tag, remove_host_state
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER_CLI = shutil.which("docker", path="/usr/local/bin") or "docker"

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from hbd import API_VERSION, MIN_API_VERSION
 from hbd.errors import HbdError, InvalidParameter
-from hbd.services.system import ENGINE_VERSION
+from hbd.services.system.service import ENGINE_VERSION
 
 log = logging.getLogger(__name__)
 

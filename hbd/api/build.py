@@ -13,8 +13,8 @@ from aiohttp import web
 from hbd.api.app import Router, json_response, query_bool, query_int
 from hbd.api.context import daemon_of
 from hbd.errors import HbdError, InvalidParameter
-from hbd.services.builder import BuildError, BuildOptions
-from hbd.services.registry import Credentials
+from hbd.services.build.builder import BuildError, BuildOptions
+from hbd.services.image.registry import Credentials
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from hbd.api.streams import (
     stream_content_type,
 )
 from hbd.errors import InvalidParameter
-from hbd.services.container_stats import stats_view
-from hbd.services.containers import Attachment, Container
-from hbd.services.logs import LogQuery, LogRecord
+from hbd.services.container.logs import LogQuery, LogRecord
+from hbd.services.container.service import Attachment, Container
+from hbd.services.container.stats import stats_view
 from hbd.services.timefmt import parse_timestamp_ns, rfc3339_nano
 
 STATS_INTERVAL = 1.0

@@ -11,7 +11,7 @@ from hbd.api.app import Router, json_response, query_int, read_json
 from hbd.api.context import daemon_of
 from hbd.api.streams import Channel, frame, hijack, stream_content_type
 from hbd.errors import HbdError, InvalidParameter
-from hbd.services.execs import ExecInstance, ExecService
+from hbd.services.container.execs import ExecInstance, ExecService
 
 HEADER_GAP = 0.05
 

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from hbd.api.app import Router, json_response, query_filters, read_json
 from hbd.api.context import daemon_of
-from hbd.services.network_filters import NetworkFilter
+from hbd.services.network.filters import NetworkFilter
 
 
 async def list_networks(request: web.Request) -> web.Response:

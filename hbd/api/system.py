@@ -12,8 +12,8 @@ from hbd import API_VERSION
 from hbd.api.app import Router, json_response, query_filters, read_json
 from hbd.api.context import daemon_of
 from hbd.errors import InvalidParameter
-from hbd.services.events_filter import EventFilter
-from hbd.services.registry import Credentials
+from hbd.services.image.registry import Credentials
+from hbd.services.system.events_filter import EventFilter
 from hbd.services.timefmt import parse_timestamp_ns
 
 

@@ -24,7 +24,7 @@ from hbd.api import server
 from hbd.config import Config
 from hbd.daemon import Daemon
 from hbd.drivers.fake import FakeSandboxDriver
-from hbd.services.networks import instance_tag, remove_host_state
+from hbd.services.network.service import instance_tag, remove_host_state
 from tests.daemon_fixture import BUSYBOX_TAR, DOCKER_CLI
 
 

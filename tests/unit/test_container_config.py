@@ -1,7 +1,7 @@
 import pytest
 
 from hbd.errors import InvalidParameter
-from hbd.services import container_config as cc
+from hbd.services.container import config as cc
 
 IMAGE = {
     "Env": ["PATH=/usr/bin:/bin", "LANG=C"],

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from hbd.events import EventBus
-from hbd.services.image_archive import EPOCH
-from hbd.services.images import ImageStore
+from hbd.services.image.archive import EPOCH
+from hbd.services.image.store import ImageStore
 from hbd.store import StateStore
 from tests.fakes import Body
 

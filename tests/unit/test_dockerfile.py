@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from hbd.errors import InvalidParameter
-from hbd.services import build_context as bc
-from hbd.services.builder import BuildOptions, _expose, arg_pairs, parse_duration, plan
-from hbd.services.dockerfile import DockerfileError, expand, key_values, parse, split_words
+from hbd.services.build import context as bc
+from hbd.services.build.builder import BuildOptions, _expose, arg_pairs, parse_duration, plan
+from hbd.services.build.dockerfile import DockerfileError, expand, key_values, parse, split_words
 
 # -- parser -----------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hbd.services.layers import unpack_layer
+from hbd.services.image.layers import unpack_layer
 
 REPO = Path(__file__).resolve().parents[2]
 

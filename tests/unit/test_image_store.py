@@ -14,7 +14,7 @@ import pytest
 
 from hbd.errors import Conflict, InvalidParameter, NotFound
 from hbd.events import EventBus
-from hbd.services.images import ImageStore
+from hbd.services.image.store import ImageStore
 from hbd.store import StateStore
 from tests.fakes import Body
 

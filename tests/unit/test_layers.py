@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hbd.services.layers import LayerError, UnpackLimits, flatten_layers, unpack_layer
+from hbd.services.image.layers import LayerError, UnpackLimits, flatten_layers, unpack_layer
 
 
 def entry(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = "",

@@ -2,7 +2,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from hbd.services.logs import MAX_LINE, JsonFileWriter, LogQuery, query_logs
+from hbd.services.container.logs import MAX_LINE, JsonFileWriter, LogQuery, query_logs
 
 
 async def collect(path: Path, query: LogQuery, writer: JsonFileWriter | None = None) -> list:

@@ -1,7 +1,7 @@
 import pytest
 
 from hbd.errors import InvalidParameter
-from hbd.services.reference import parse_reference
+from hbd.services.image.reference import parse_reference
 
 
 @pytest.mark.parametrize(

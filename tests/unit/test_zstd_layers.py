@@ -17,18 +17,18 @@ import pytest
 import zstandard
 
 from hbd.events import EventBus
-from hbd.services.distribution import Distribution, Platform
-from hbd.services.image_archive import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
-from hbd.services.images import ImageStore
-from hbd.services.layers import (
+from hbd.services.image.archive import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
+from hbd.services.image.distribution import Distribution, Platform
+from hbd.services.image.layers import (
     INFLATE_PIECE,
     GzipInflater,
     LayerError,
     ZstdInflater,
     unpack_layer,
 )
-from hbd.services.reference import parse_reference
-from hbd.services.registry import Credentials, Manifest, RegistryError
+from hbd.services.image.reference import parse_reference
+from hbd.services.image.registry import Credentials, Manifest, RegistryError
+from hbd.services.image.store import ImageStore
 from hbd.store import StateStore
 from tests.fakes import Body
 

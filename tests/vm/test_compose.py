@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hbd.services.networks import instance_tag
+from hbd.services.network.service import instance_tag
 from tests.daemon_fixture import RunningDaemon
 from tests.registry_fixture import free_port
 

@@ -18,7 +18,7 @@ from hbd.drivers import hostmount
 from hbd.drivers.agent import MountSpec
 from hbd.drivers.vm import DiskSpec, ShareSpec
 from hbd.errors import InvalidParameter
-from hbd.services.volumes import VolumeService
+from hbd.services.volume.service import VolumeService
 
 BIND_OPTIONS = {"ro", "rw", "z", "Z", "private", "rprivate", "shared", "rshared", "slave",
                 "rslave", "nocopy", "consistent", "cached", "delegated"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import fnmatch
 
 from hbd.errors import InvalidParameter
-from hbd.services.images import Image, ImageStore
-from hbd.services.reference import parse_reference
+from hbd.services.image.reference import parse_reference
+from hbd.services.image.store import Image, ImageStore
 
 KNOWN = {"dangling", "label", "reference", "before", "since", "until"}
 

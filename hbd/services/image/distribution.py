@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from hbd.errors import HbdError, InvalidParameter, NotFound, Unauthorized
-from hbd.services.blobs import DigestMismatch
-from hbd.services.image_archive import OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
-from hbd.services.images import Image, ImageStore, Layer
-from hbd.services.layers import LayerError, inflater_for_media_type
-from hbd.services.reference import Reference, parse_reference
-from hbd.services.registry import (
+from hbd.services.image.archive import OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
+from hbd.services.image.blobs import DigestMismatch
+from hbd.services.image.layers import LayerError, inflater_for_media_type
+from hbd.services.image.reference import Reference, parse_reference
+from hbd.services.image.registry import (
     MEDIA_CONFIG_V1,
     MEDIA_LAYER_GZIP,
     MEDIA_MANIFEST_LIST,
@@ -38,6 +37,7 @@ from hbd.services.registry import (
     Session,
     sha256_digest,
 )
+from hbd.services.image.store import Image, ImageStore, Layer
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 from hbd.drivers.agent import AgentError, ExitStatus, ProcessSpec
 from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_exec
 from hbd.events import EventBus
-from hbd.services import container_config as cc
-from hbd.services.containers import Container, ContainerService, Run
+from hbd.services.container import config as cc
+from hbd.services.container.service import Container, ContainerService, Run
 from hbd.tasks import spawn
 
 

@@ -29,23 +29,23 @@ from typing import IO, Any, BinaryIO
 from hbd.drivers import disks
 from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_image
 from hbd.events import EventBus
-from hbd.services import container_config as cc
-from hbd.services.blobs import BlobStore, DigestMismatch
-from hbd.services.image_archive import (
+from hbd.services.container import config as cc
+from hbd.services.image.archive import (
     OCI_LAYER_ZSTD,
     ArchiveImage,
     ArchiveLayer,
     oci_layer_media_type,
     write_image_archive,
 )
-from hbd.services.layers import (
+from hbd.services.image.blobs import BlobStore, DigestMismatch
+from hbd.services.image.layers import (
     Inflater,
     LayerError,
     UnpackLimits,
     flatten_layers,
     inflater_for_head,
 )
-from hbd.services.reference import (
+from hbd.services.image.reference import (
     Reference,
     is_full_id,
     looks_like_id_prefix,

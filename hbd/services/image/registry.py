@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from hbd.errors import Forbidden, HbdError, InvalidParameter, NotFound, Unauthorized
-from hbd.services.reference import DEFAULT_DOMAIN, Reference
+from hbd.services.image.reference import DEFAULT_DOMAIN, Reference
 
 log = logging.getLogger(__name__)
 

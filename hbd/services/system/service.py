@@ -11,8 +11,8 @@ import hbd
 from hbd import API_VERSION, MIN_API_VERSION
 from hbd.config import Config
 from hbd.events import EventBus
-from hbd.services.containers import ContainerService
-from hbd.services.images import ImageStore
+from hbd.services.container.service import ContainerService
+from hbd.services.image.store import ImageStore
 from hbd.services.timefmt import rfc3339_nano
 from hbd.store import StateStore
 

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from hbd.errors import InvalidParameter, NotFound
-from hbd.services.networks import (
+from hbd.services.network.service import (
     DEFAULT_BRIDGE,
     Endpoint,
     NetworkService,

@@ -9,7 +9,7 @@ from hbd.errors import InvalidParameter, NotFound
 from hbd.services.timefmt import parse_rfc3339
 
 if TYPE_CHECKING:
-    from hbd.services.containers import Container, ContainerService
+    from hbd.services.container.service import Container, ContainerService
 
 PS_FILTERS = {"ancestor", "before", "expose", "exited", "health", "id", "isolation",
               "is-task", "label", "name", "network", "publish", "since", "status", "volume"}

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hbd.errors import InvalidParameter
-from hbd.services.container_filters import PruneFilter, labels_match
-from hbd.services.networks import Network
+from hbd.services.container.filters import PruneFilter, labels_match
+from hbd.services.network.service import Network
 
 if TYPE_CHECKING:
-    from hbd.services.containers import ContainerService
+    from hbd.services.container.service import ContainerService
 
 LIST_FILTERS = {"dangling", "driver", "id", "label", "name", "scope", "type"}
 

@@ -32,12 +32,8 @@ from typing import Any
 
 from hbd.drivers.agent import AgentError
 from hbd.errors import HbdError, InvalidParameter, NotFound
-from hbd.services import build_context as bc
-from hbd.services import container_config as cc
-from hbd.services.container_files import GO_MODE_DIR, ContainerFiles, CopyIn
-from hbd.services.containers import ContainerService, Run
-from hbd.services.distribution import Distribution, Platform
-from hbd.services.dockerfile import (
+from hbd.services.build import context as bc
+from hbd.services.build.dockerfile import (
     DockerfileError,
     Instruction,
     expand,
@@ -45,10 +41,14 @@ from hbd.services.dockerfile import (
     parse,
     split_words,
 )
-from hbd.services.images import Image, ImageStore, Layer, now_rfc3339, short_id
-from hbd.services.reference import Reference, parse_reference
-from hbd.services.registry import Credentials
-from hbd.services.system import ENGINE_VERSION
+from hbd.services.container import config as cc
+from hbd.services.container.files import GO_MODE_DIR, ContainerFiles, CopyIn
+from hbd.services.container.service import ContainerService, Run
+from hbd.services.image.distribution import Distribution, Platform
+from hbd.services.image.reference import Reference, parse_reference
+from hbd.services.image.registry import Credentials
+from hbd.services.image.store import Image, ImageStore, Layer, now_rfc3339, short_id
+from hbd.services.system.service import ENGINE_VERSION
 from hbd.store import StateStore
 
 log = logging.getLogger(__name__)

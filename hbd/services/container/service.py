@@ -45,21 +45,21 @@ from hbd.errors import (
     no_such_image,
 )
 from hbd.events import EventBus
-from hbd.services import container_config as cc
-from hbd.services import container_network as cn
-from hbd.services.container_filters import ContainerFilter, PruneFilter
-from hbd.services.container_mounts import MountPoint, guest_mounts, resolve_mounts
-from hbd.services.container_network import run_from_record, run_record
-from hbd.services.container_stats import cpu_quota, top_view
-from hbd.services.dns import host_resolvers
-from hbd.services.health import HealthMonitor, HealthState
-from hbd.services.images import ImageStore
-from hbd.services.logs import JsonFileWriter, LogQuery, LogRecord, query_logs
-from hbd.services.networks import NetworkService, RunNetworking
-from hbd.services.reference import parse_reference
-from hbd.services.scratch import ScratchDisks
+from hbd.services.container import config as cc
+from hbd.services.container import network as cn
+from hbd.services.container.filters import ContainerFilter, PruneFilter
+from hbd.services.container.health import HealthMonitor, HealthState
+from hbd.services.container.logs import JsonFileWriter, LogQuery, LogRecord, query_logs
+from hbd.services.container.mounts import MountPoint, guest_mounts, resolve_mounts
+from hbd.services.container.network import run_from_record, run_record
+from hbd.services.container.scratch import ScratchDisks
+from hbd.services.container.stats import cpu_quota, top_view
+from hbd.services.image.reference import parse_reference
+from hbd.services.image.store import ImageStore
+from hbd.services.network.dns import host_resolvers
+from hbd.services.network.service import NetworkService, RunNetworking
 from hbd.services.timefmt import ZERO_TIME, human_duration, parse_rfc3339, rfc3339_nano
-from hbd.services.volumes import VolumeService
+from hbd.services.volume.service import VolumeService
 from hbd.store import StateStore
 from hbd.tasks import cancel_all, spawn
 

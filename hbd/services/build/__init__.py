@@ -1,0 +1,1 @@
+"""The classic builder: build contexts, Dockerfiles, steps."""

@@ -1,0 +1,1 @@
+"""Containers: their model, registry and lifecycle, and what runs in them."""

@@ -1,0 +1,1 @@
+"""Images: the store, its blobs and layers, references, registries."""

@@ -1,0 +1,1 @@
+"""Networks: bridges, endpoints, published ports and the embedded DNS."""

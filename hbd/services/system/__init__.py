@@ -1,0 +1,1 @@
+"""The engine itself: version, info and events."""
