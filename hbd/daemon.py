@@ -20,7 +20,8 @@ from hbd.services.image.distribution import Distribution
 from hbd.services.image.registry import RegistryClient, RegistrySettings
 from hbd.services.image.store import ImageStore
 from hbd.services.network.dns import DnsServer, NetworkView
-from hbd.services.network.service import DEFAULT_BRIDGE, NetworkService, instance_tag
+from hbd.services.network.model import DEFAULT_BRIDGE
+from hbd.services.network.service import NetworkService, instance_tag
 from hbd.services.system.service import SystemService
 from hbd.services.volume.service import VolumeService
 from hbd.store import StateStore

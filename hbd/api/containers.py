@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import time
 from typing import Any
 
 from aiohttp import web
@@ -28,11 +28,8 @@ from hbd.api.streams import (
 )
 from hbd.errors import InvalidParameter
 from hbd.services.container.logs import LogQuery, LogRecord
-from hbd.services.container.service import Attachment, Container
-from hbd.services.container.stats import stats_view
+from hbd.services.container.model import Attachment, Container
 from hbd.services.timefmt import parse_timestamp_ns, rfc3339_nano
-
-STATS_INTERVAL = 1.0
 
 
 async def list_containers(request: web.Request) -> web.Response:
@@ -244,28 +241,16 @@ async def update(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.StreamResponse:
     """One record, or one a second while `stream`; dockerd's precpu is the previous one."""
-    containers = daemon_of(request).containers
-    c = containers.get(request.match_info["id"])
-    stream = query_bool(request, "stream", default=True)
-    one_shot = query_bool(request, "one-shot")
+    records = daemon_of(request).containers.stats(
+        request.match_info["id"], stream=query_bool(request, "stream", default=True),
+        one_shot=query_bool(request, "one-shot"))
     response = web.StreamResponse()
     response.content_type = "application/json"
-    previous: dict[str, Any] | None = None
-    previous_ns = 0
     await response.prepare(request)
     try:
-        while True:
-            sample = await containers.stats_sample(c.id)
-            now_ns = time.time_ns()
-            if stream or one_shot or previous is not None or sample is None:
-                record = stats_view(c.id, c.name, sample, previous, now_ns, previous_ns)
+        async with contextlib.aclosing(records):
+            async for record in records:
                 await response.write(json.dumps(record).encode() + b"\n")
-                if not stream:
-                    break
-            previous, previous_ns = sample, now_ns
-            await asyncio.sleep(STATS_INTERVAL)
-            if c.id not in containers.containers:
-                break
     except ConnectionResetError:
         pass
     return response

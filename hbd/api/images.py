@@ -13,12 +13,12 @@ from aiohttp import web
 from hbd.api.app import Router, json_response, query_bool, query_filters
 from hbd.api.context import daemon_of
 from hbd.errors import HbdError, InvalidParameter
-from hbd.services.container.filters import PruneFilter
+from hbd.services.filters import PruneFilter
 from hbd.services.image.distribution import Platform
 from hbd.services.image.filters import ImageFilter
+from hbd.services.image.model import Image
 from hbd.services.image.reference import Reference, parse_reference, validate_tag
 from hbd.services.image.registry import Credentials
-from hbd.services.image.store import Image
 
 
 async def list_images(request: web.Request) -> web.Response:

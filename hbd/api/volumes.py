@@ -7,7 +7,7 @@ from aiohttp import web
 from hbd.api.app import Router, json_response, query_bool, query_filters, read_json
 from hbd.api.context import daemon_of
 from hbd.errors import InvalidParameter
-from hbd.services.container.filters import PruneFilter, labels_match
+from hbd.services.filters import PruneFilter, labels_match
 
 LIST_FILTERS = {"dangling", "driver", "label", "name"}
 

@@ -43,11 +43,13 @@ from hbd.services.build.dockerfile import (
 )
 from hbd.services.container import config as cc
 from hbd.services.container.files import GO_MODE_DIR, ContainerFiles, CopyIn
-from hbd.services.container.service import ContainerService, Run
+from hbd.services.container.model import Run
+from hbd.services.container.service import ContainerService
 from hbd.services.image.distribution import Distribution, Platform
+from hbd.services.image.model import Image, Layer, now_rfc3339, short_id
 from hbd.services.image.reference import Reference, parse_reference
 from hbd.services.image.registry import Credentials
-from hbd.services.image.store import Image, ImageStore, Layer, now_rfc3339, short_id
+from hbd.services.image.store import ImageStore
 from hbd.services.system.service import ENGINE_VERSION
 from hbd.store import StateStore
 

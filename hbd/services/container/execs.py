@@ -19,7 +19,8 @@ from hbd.drivers.agent import AgentError, ExitStatus, ProcessSpec
 from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_exec
 from hbd.events import EventBus
 from hbd.services.container import config as cc
-from hbd.services.container.service import Container, ContainerService, Run
+from hbd.services.container.model import Container, Run
+from hbd.services.container.service import ContainerService
 from hbd.tasks import spawn
 
 

@@ -20,9 +20,10 @@ from hbd.drivers.agent import AgentError, ExitStatus, ProcessSpec
 from hbd.drivers.sandbox import Sandbox
 from hbd.errors import Conflict, Forbidden, HbdError, InvalidParameter, NotFound, SystemError_
 from hbd.services.container import config as cc
-from hbd.services.container.service import Container, ContainerService
+from hbd.services.container.model import Container
+from hbd.services.container.service import ContainerService
+from hbd.services.image.model import Image, Layer
 from hbd.services.image.reference import parse_reference, validate_tag
-from hbd.services.image.store import Image, Layer
 from hbd.services.timefmt import rfc3339_nano
 
 log = logging.getLogger(__name__)

@@ -1,15 +1,14 @@
-"""`docker ps --filter` and `container prune --filter`, as dockerd applies them."""
+"""`docker ps --filter`, as dockerd applies it."""
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 from hbd.errors import InvalidParameter, NotFound
-from hbd.services.timefmt import parse_rfc3339
-
-if TYPE_CHECKING:
-    from hbd.services.container.service import Container, ContainerService
+from hbd.services.container.model import Container
+from hbd.services.filters import labels_match
+from hbd.services.image.filters import ImageLookup
 
 PS_FILTERS = {"ancestor", "before", "expose", "exited", "health", "id", "isolation",
               "is-task", "label", "name", "network", "publish", "since", "status", "volume"}
@@ -17,16 +16,15 @@ STATUSES = {"created", "restarting", "running", "removing", "paused", "exited", 
 HEALTH = {"starting", "healthy", "unhealthy", "none"}
 
 
-def labels_match(wanted: list[str], labels: dict[str, str]) -> bool:
-    for label in wanted:
-        key, sep, value = label.partition("=")
-        if key not in labels or (sep and labels[key] != value):
-            return False
-    return True
+class ContainerLookup(Protocol):
+    """Resolves the containers that `before` and `since` name."""
+
+    def get(self, ref: str) -> Container: ...
 
 
 class ContainerFilter:
-    def __init__(self, filters: dict[str, list[str]], service: ContainerService) -> None:
+    def __init__(self, filters: dict[str, list[str]], containers: ContainerLookup,
+                 images: ImageLookup) -> None:
         for key in filters:
             if key not in PS_FILTERS:
                 raise InvalidParameter(f"invalid filter '{key}'")
@@ -41,12 +39,12 @@ class ContainerFilter:
             self.exited = {int(v) for v in filters.get("exited", [])}
         except ValueError:
             raise InvalidParameter("invalid filter 'exited'") from None
-        self.before = [service.get(ref).created for ref in filters.get("before", [])]
-        self.since = [service.get(ref).created for ref in filters.get("since", [])]
+        self.before = [containers.get(ref).created for ref in filters.get("before", [])]
+        self.since = [containers.get(ref).created for ref in filters.get("since", [])]
         self.ancestors: set[str] = set()
         for ref in filters.get("ancestor", []):
             try:
-                self.ancestors.add(service.images.get(ref).id)
+                self.ancestors.add(images.get(ref).id)
             except NotFound:
                 self.ancestors.add(ref)
         self.names = [re.compile(n) for n in filters.get("name", [])]
@@ -76,30 +74,3 @@ class ContainerFilter:
             if health not in f["health"]:
                 return False
         return True
-
-
-class PruneFilter:
-    """until=<timestamp>, label=k[=v], label!=k[=v]."""
-
-    def __init__(self, filters: dict[str, list[str]]) -> None:
-        for key in filters:
-            if key not in ("until", "label", "label!"):
-                raise InvalidParameter(f"invalid filter '{key}'")
-        self.until = 0.0
-        for value in filters.get("until", []):
-            try:
-                self.until = float(value)
-            except ValueError:
-                self.until = parse_rfc3339(value)
-                if not self.until:
-                    raise InvalidParameter(f"invalid filter 'until={value}'") from None
-        self.labels = filters.get("label", [])
-        self.not_labels = filters.get("label!", [])
-
-    def __call__(self, created: str, config: dict[str, Any]) -> bool:
-        if self.until and parse_rfc3339(created) >= self.until:
-            return False
-        labels = config.get("Labels") or {}
-        if not labels_match(self.labels, labels):
-            return False
-        return not (self.not_labels and labels_match(self.not_labels, labels))

@@ -187,3 +187,10 @@ def guest_mounts(mounts: list[MountPoint], volumes: VolumeService,
             out.mounts.append(MountSpec(type="tmpfs", target=mp.destination,
                                         options=mp.options, readonly=not mp.rw))
     return out
+
+
+def release_host_resources(volumes: VolumeService, container_id: str,
+                           file_binds: Path) -> None:
+    """What a run held on the host beyond its guest: volumes, file binds."""
+    volumes.detach_all(container_id)
+    hostmount.unbind_all(file_binds)

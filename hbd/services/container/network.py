@@ -10,13 +10,8 @@ from dataclasses import asdict
 from typing import Any
 
 from hbd.errors import InvalidParameter, NotFound
-from hbd.services.network.service import (
-    DEFAULT_BRIDGE,
-    Endpoint,
-    NetworkService,
-    PublishedPort,
-    RunNetworking,
-)
+from hbd.services.network.model import DEFAULT_BRIDGE, Endpoint, PublishedPort, RunNetworking
+from hbd.services.network.service import NetworkService
 
 _PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$")
 

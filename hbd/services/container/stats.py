@@ -1,14 +1,20 @@
-"""`docker top` and `docker stats` views of what the guest reports."""
+"""`docker top` and `docker stats`: what the guest reports, and the views of it."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from hbd.drivers.agent import AgentError
+from hbd.errors import Conflict, SystemError_
+from hbd.services.container.model import Container
 from hbd.services.timefmt import rfc3339_nano
 
 DEFAULT_CPU_PERIOD = 100_000
+STATS_INTERVAL = 1.0
 
 
 def cpu_quota(host_config: dict[str, Any]) -> tuple[int, int]:
@@ -91,3 +97,44 @@ def stats_view(container_id: str, name: str, sample: dict[str, Any] | None,
     if networks:
         out["networks"] = networks
     return out
+
+
+async def top(c: Container) -> dict[str, Any]:
+    run = c.running_run()
+    if c.state.paused:
+        raise Conflict(f"Container {c.id} is paused, unpause the container before top")
+    try:
+        snapshot = await run.sandbox.ps()
+    except AgentError as e:
+        raise SystemError_(f"Cannot top container {c.id}: {e.message}") from e
+    return top_view(snapshot, time.time())
+
+
+async def stats_sample(c: Container) -> dict[str, Any] | None:
+    """One reading of the guest's figures, or None when it is not running."""
+    run = c.run
+    if run is None or not c.state.running or c.state.paused:
+        return None
+    try:
+        return await run.sandbox.stats()
+    except AgentError:
+        return None
+
+
+async def stats_records(c: Container, registered: Callable[[str], bool], stream: bool,
+                        one_shot: bool) -> AsyncGenerator[dict[str, Any], None]:
+    """One record, or one a second while `stream` and the container is
+    `registered`; dockerd's precpu is the previous one."""
+    previous: dict[str, Any] | None = None
+    previous_ns = 0
+    while True:
+        sample = await stats_sample(c)
+        now_ns = time.time_ns()
+        if stream or one_shot or previous is not None or sample is None:
+            yield stats_view(c.id, c.name, sample, previous, now_ns, previous_ns)
+            if not stream:
+                return
+        previous, previous_ns = sample, now_ns
+        await asyncio.sleep(STATS_INTERVAL)
+        if not registered(c.id):
+            return

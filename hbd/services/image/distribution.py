@@ -22,6 +22,7 @@ from hbd.errors import HbdError, InvalidParameter, NotFound, Unauthorized
 from hbd.services.image.archive import OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from hbd.services.image.blobs import DigestMismatch
 from hbd.services.image.layers import LayerError, inflater_for_media_type
+from hbd.services.image.model import Image, Layer
 from hbd.services.image.reference import Reference, parse_reference
 from hbd.services.image.registry import (
     MEDIA_CONFIG_V1,
@@ -37,7 +38,7 @@ from hbd.services.image.registry import (
     Session,
     sha256_digest,
 )
-from hbd.services.image.store import Image, ImageStore, Layer
+from hbd.services.image.store import ImageStore
 
 log = logging.getLogger(__name__)
 

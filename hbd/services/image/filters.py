@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import fnmatch
+from typing import Protocol
 
 from hbd.errors import InvalidParameter
+from hbd.services.filters import labels_match
+from hbd.services.image.model import Image
 from hbd.services.image.reference import parse_reference
-from hbd.services.image.store import Image, ImageStore
 
 KNOWN = {"dangling", "label", "reference", "before", "since", "until"}
 
 
+class ImageLookup(Protocol):
+    """Resolves an image by reference or ID (what the filters name)."""
+
+    def get(self, ref_or_id: str) -> Image: ...
+
+
 class ImageFilter:
-    def __init__(self, filters: dict[str, list[str]], store: ImageStore) -> None:
+    def __init__(self, filters: dict[str, list[str]], store: ImageLookup) -> None:
         for key in filters:
             if key not in KNOWN:
                 raise InvalidParameter(f"invalid filter '{key}'")
@@ -42,10 +50,8 @@ class ImageFilter:
         if self.dangling is not None and self.dangling != (not img.repo_tags):
             return False
         labels = img.container_config.get("Labels") or {}
-        for label in self.filters.get("label", []):
-            key, sep, value = label.partition("=")
-            if key not in labels or (sep and labels[key] != value):
-                return False
+        if not labels_match(self.filters.get("label", []), labels):
+            return False
         if any(img.created_unix >= t for t in self.before):
             return False
         if any(img.created_unix <= t for t in self.since):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime as dt
 import gzip
 import hashlib
 import json
@@ -22,7 +21,7 @@ import shutil
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -45,6 +44,7 @@ from hbd.services.image.layers import (
     flatten_layers,
     inflater_for_head,
 )
+from hbd.services.image.model import Image, Layer, now_rfc3339, short_id
 from hbd.services.image.reference import (
     Reference,
     is_full_id,
@@ -61,77 +61,6 @@ MEDIA_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 MEDIA_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 MAX_JSON = 16 * 1024 * 1024
 CHUNK = 1024 * 1024
-
-
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def short_id(image_id: str) -> str:
-    return image_id.removeprefix("sha256:")[:12]
-
-
-def chain_id(diff_ids: list[str]) -> str:
-    chain = ""
-    for diff_id in diff_ids:
-        chain = diff_id if not chain else "sha256:" + hashlib.sha256(
-            f"{chain} {diff_id}".encode()).hexdigest()
-    return chain
-
-
-@dataclass
-class Layer:
-    digest: str
-    diff_id: str
-    size: int
-    media_type: str
-    # Repositories ("registry/path") known to hold this blob: a push mounts
-    # it from one of them instead of uploading it again.
-    sources: list[str] = field(default_factory=list)
-
-    def record(self) -> dict[str, Any]:
-        return {"digest": self.digest, "diff_id": self.diff_id, "size": self.size,
-                "media_type": self.media_type, "sources": self.sources}
-
-
-@dataclass
-class Image:
-    id: str
-    config: dict[str, Any]
-    layers: list[Layer]
-    repo_tags: list[str] = field(default_factory=list)
-    repo_digests: list[str] = field(default_factory=list)
-    last_tag_time: str = ""
-    # The image a build step made this one from (dockerd's local Parent).
-    parent: str = ""
-
-    @property
-    def size(self) -> int:
-        return sum(layer.size for layer in self.layers)
-
-    @property
-    def chain_id(self) -> str:
-        return chain_id([layer.diff_id for layer in self.layers])
-
-    @property
-    def container_config(self) -> dict[str, Any]:
-        cfg = self.config.get("config") or {}
-        return cfg if isinstance(cfg, dict) else {}
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "layers": [layer.record() for layer in self.layers],
-            "repo_tags": self.repo_tags,
-            "repo_digests": self.repo_digests,
-            "last_tag_time": self.last_tag_time,
-            **({"parent": self.parent} if self.parent else {}),
-        }
-
-    @property
-    def created_unix(self) -> int:
-        created = self.config.get("created")
-        return int(parse_rfc3339(created)) if isinstance(created, str) else 0
 
 
 # The container service tells the image store which containers use an image:

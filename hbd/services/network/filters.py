@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from hbd.errors import InvalidParameter
-from hbd.services.container.filters import PruneFilter, labels_match
-from hbd.services.network.service import Network
-
-if TYPE_CHECKING:
-    from hbd.services.container.service import ContainerService
+from hbd.services.filters import PruneFilter, labels_match
+from hbd.services.network.model import Network, NetworkUsers
 
 LIST_FILTERS = {"dangling", "driver", "id", "label", "name", "scope", "type"}
 
 
 class NetworkFilter:
-    def __init__(self, filters: dict[str, list[str]], containers: ContainerService,
+    def __init__(self, filters: dict[str, list[str]], users: NetworkUsers,
                  prune: bool = False) -> None:
-        self.containers = containers
+        self.users = users
         self.prune_filter = PruneFilter(filters) if prune else None
         if not prune:
             for key in filters:
@@ -46,7 +41,7 @@ class NetworkFilter:
             return False
         if "dangling" in f:
             dangling = f["dangling"][0].lower() in ("true", "1")
-            used = bool(self.containers.configured_on(n.name)) or n.builtin
+            used = bool(self.users.configured_on(n.name)) or n.builtin
             if dangling == used:
                 return False
         return True

@@ -2,7 +2,7 @@
 
 One bridge per network, one tap per container NIC. Addresses are assigned
 by hbd and configured by the guest init (no DHCP). Each network's gateway
-address also serves DNS (hbd.services.dns) for the names on that network.
+address also serves DNS (network/dns.py) for the names on that network.
 Networks are isolated from each other, as Docker's bridge networks are.
 """
 
@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import secrets
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,86 +32,24 @@ from hbd.errors import (
     SystemError_,
 )
 from hbd.events import EventBus
+from hbd.services.network.model import (
+    DEFAULT_BRIDGE,
+    Endpoint,
+    Network,
+    PublishedPort,
+    RunNetworking,
+    network_not_found,
+)
 from hbd.services.timefmt import rfc3339_nano
 from hbd.store import StateStore
 from hbd.tasks import spawn
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BRIDGE = "bridge"
-PREDEFINED = ("bridge", "host", "none")
 # Candidate subnets, in dockerd's default-address-pools order.
 POOLS = [ipaddress.IPv4Network(f"172.{n}.0.0/16") for n in range(17, 32)] + \
     [ipaddress.IPv4Network(f"192.168.{n}.0/20") for n in range(0, 256, 16)]
 EPHEMERAL_PORTS = range(32768, 61000)
-
-
-class NetworkNotFound(NotFound):
-    pass
-
-
-def network_not_found(ref: str) -> NetworkNotFound:
-    return NetworkNotFound(f"network {ref} not found")
-
-
-@dataclass
-class Network:
-    id: str
-    name: str
-    driver: str
-    created: str
-    bridge: str = ""
-    subnet: str = ""
-    gateway: str = ""
-    ip_range: str = ""
-    internal: bool = False
-    attachable: bool = False
-    labels: dict[str, str] = field(default_factory=dict)
-    options: dict[str, str] = field(default_factory=dict)
-    ipam_options: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def network(self) -> ipaddress.IPv4Network | None:
-        return ipaddress.IPv4Network(self.subnet) if self.subnet else None
-
-    @property
-    def builtin(self) -> bool:
-        return self.name in PREDEFINED
-
-
-@dataclass
-class Endpoint:
-    """A container's attachment to one network for one run."""
-
-    network_id: str
-    endpoint_id: str
-    ip: str
-    prefix: int
-    gateway: str
-    mac: str
-    tap: str
-    aliases: list[str]
-    dns_names: list[str]
-
-
-@dataclass
-class PublishedPort:
-    container_port: int
-    protocol: str
-    host_ip: str
-    host_port: int
-
-
-@dataclass
-class RunNetworking:
-    """What a guest needs for its network, and what to undo after its run."""
-
-    interfaces: list[InterfaceSpec]
-    routes: list[RouteSpec]
-    nics: list[NicSpec]
-    nameserver: str
-    endpoints: dict[str, Endpoint]
-    ports: list[PublishedPort]
 
 
 def instance_tag(data_root: Path) -> str:

@@ -1,0 +1,69 @@
+"""A container's streams for clients: attach (output, stdin), logs, and
+`wait` for its exit or removal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from hbd.drivers.agent import AgentError
+from hbd.errors import InvalidParameter
+from hbd.services.container.logs import LogQuery, LogRecord, query_logs
+from hbd.services.container.model import Attachment, Container
+
+
+def attach(c: Container, stdout: bool, stderr: bool) -> Attachment:
+    attachment = Attachment(stdout, stderr)
+    c.attachments.add(attachment)
+    return attachment
+
+
+def detach(c: Container, attachment: Attachment) -> None:
+    c.attachments.discard(attachment)
+
+
+async def write_stdin(c: Container, data: bytes) -> None:
+    """Attached stdin: held until the container runs, as dockerd's stdin pipe does."""
+    if not c.config.get("OpenStdin"):
+        return
+    await c.run_started.wait()
+    run = c.run
+    if run is not None:
+        with contextlib.suppress(AgentError):
+            await run.sandbox.write_stdin(1, data)
+
+
+async def close_stdin(c: Container) -> None:
+    if not (c.config.get("OpenStdin") and c.config.get("StdinOnce")):
+        return
+    await c.run_started.wait()
+    run = c.run
+    if run is not None:
+        with contextlib.suppress(AgentError):
+            await run.sandbox.close_stdin(1)
+
+
+def logs(c: Container, log_path: Path, query: LogQuery) -> AsyncIterator[LogRecord]:
+    """The json-file log, followed (with `follow`) through the running writer."""
+    writer = c.run.log if c.run is not None else None
+    return query_logs(log_path, query, writer)
+
+
+def wait_future(c: Container, condition: str) -> asyncio.Future[int]:
+    """A future for `POST /wait`, registered before the response headers go out."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[int] = loop.create_future()
+    if condition in ("", "not-running"):
+        if not c.state.running:
+            fut.set_result(c.state.exit_code)
+        else:
+            c.exit_waiters.append(fut)
+    elif condition == "next-exit":
+        c.exit_waiters.append(fut)
+    elif condition == "removed":
+        c.remove_waiters.append(fut)
+    else:
+        raise InvalidParameter(f"invalid condition: {condition!r}")
+    return fut

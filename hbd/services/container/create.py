@@ -1,0 +1,111 @@
+"""Creating containers (config from the request merged with the image's,
+name, networks, mounts, scratch disk) and renaming them."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hbd.errors import HbdError, InvalidParameter, NotFound, no_such_image
+from hbd.services.container import config as cc
+from hbd.services.container import network as cn
+from hbd.services.container.model import Container
+from hbd.services.container.mounts import MountPoint, resolve_mounts
+from hbd.services.container.scratch import ScratchDisks
+from hbd.services.container.store import ContainerStore
+from hbd.services.image.reference import parse_reference
+from hbd.services.image.store import ImageStore
+from hbd.services.network.service import NetworkService
+from hbd.services.timefmt import rfc3339_nano
+from hbd.services.volume.service import VolumeService
+
+
+@dataclass
+class Creator:
+    store: ContainerStore
+    images: ImageStore
+    networks: NetworkService
+    volumes: VolumeService
+    scratch: ScratchDisks
+
+    async def create(self, name: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise InvalidParameter("invalid JSON: container config must be an object")
+        config = cc.normalize_config(body)
+        host_config = cc.normalize_host_config(body.get("HostConfig"))
+        if not config["Image"]:
+            raise InvalidParameter("No image was specified")
+        try:
+            img = self.images.get(config["Image"])
+        except NotFound:
+            raise no_such_image(_familiar_or_raw(config["Image"])) from None
+        if name:
+            name = cc.validate_name(name)
+            self.store.check_name_free(name)
+        else:
+            name = "/" + cc.generate_name({n.lstrip("/") for n in self.store.names})
+        cc.merge_image_config(config, img.container_config)
+        args = cc.command_of(config)
+        attachments = cn.attachments_for_create(host_config, body.get("NetworkingConfig"),
+                                                self.networks)
+        cn.published_ports(config, host_config)  # reject bad port specs now, not at start
+        volumes_from = [self._volumes_from(spec) for spec in
+                        host_config.get("VolumesFrom") or []]
+        mounts = await resolve_mounts(config, host_config, self.volumes, volumes_from)
+        cid = secrets.token_hex(32)
+        if not config["Hostname"]:
+            config["Hostname"] = cid[:12]
+        c = Container(
+            id=cid, name=name, created=rfc3339_nano(), image_id=img.id, config=config,
+            host_config=host_config, path=args[0], args=args[1:], networks=attachments,
+            mounts=mounts,
+        )
+        directory = self.store.dir(c)
+        directory.mkdir(parents=True)
+        try:
+            await self.scratch.create(directory / "scratch.qcow2")
+            self.store.add(c)
+        except BaseException:
+            self.store.names.pop(name, None)
+            self.store.containers.pop(cid, None)
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        self.store.event(c, "create")
+        return {"Id": cid, "Warnings": []}
+
+    def _volumes_from(self, spec: str) -> list[MountPoint]:
+        ref, _, mode = spec.partition(":")
+        if mode not in ("", "ro", "rw"):
+            raise InvalidParameter(f"invalid mode for volumes-from: {mode}")
+        source = self.store.get(ref)
+        out = []
+        for mp in source.mounts:
+            if mp.type == "tmpfs":
+                continue
+            copy = MountPoint(**asdict(mp))
+            if mode:
+                copy.rw = mode == "rw"
+            out.append(copy)
+        return out
+
+    def rename(self, ref: str, new_name: str) -> None:
+        c = self.store.get(ref)
+        if not new_name:
+            raise InvalidParameter("Neither old nor new names may be empty")
+        name = cc.validate_name(new_name)
+        if name == c.name:
+            raise InvalidParameter("Renaming a container with the same name as its current "
+                                   "name")
+        self.store.check_name_free(name)
+        old = c.name
+        self.store.rename(c, name)
+        self.store.event(c, "rename", oldName=old)
+
+
+def _familiar_or_raw(ref: str) -> str:
+    try:
+        return parse_reference(ref).with_default_tag().familiar
+    except HbdError:
+        return ref

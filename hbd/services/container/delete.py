@@ -1,0 +1,84 @@
+"""Removing containers: `docker rm` (with -f and -v) and `container prune`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+from hbd.errors import Conflict, HbdError
+from hbd.services.container.model import Container
+from hbd.services.container.restart import RestartManager
+from hbd.services.container.store import ContainerStore
+from hbd.services.filters import PruneFilter
+from hbd.services.volume.service import VolumeService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Remover:
+    store: ContainerStore
+    volumes: VolumeService
+    restarts: RestartManager
+
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        c = self.store.get(ref)
+        if c.removing:
+            raise Conflict(f"removal of container {c.id[:12]} is already in progress")
+        if c.state.running and not force:
+            raise Conflict(
+                f"You cannot remove a running container {c.id}. Stop the container "
+                "before attempting removal or force remove")
+        c.removing = True
+        self.restarts.cancel(c)
+        try:
+            run = c.run
+            if run is not None:
+                await run.sandbox.destroy()
+                await run.finished.wait()
+            c.state.status = "removing"
+            if c.teardown is not None:
+                with contextlib.suppress(Exception):
+                    await c.teardown
+        except BaseException:
+            c.removing = False
+            raise
+        self.store.forget(c)
+        if volumes or c.host_config.get("AutoRemove"):
+            await self._remove_anonymous_volumes(c)
+        await asyncio.to_thread(shutil.rmtree, self.store.dir(c), True)
+        await asyncio.to_thread(shutil.rmtree, self.store.run_dir(c), True)
+        for hook in self.store.on_stopped:
+            hook(c, True)
+        self.store.event(c, "destroy")
+        waiters, c.remove_waiters = c.remove_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(c.state.exit_code)
+
+    async def _remove_anonymous_volumes(self, c: Container) -> None:
+        """The container's anonymous volumes that no other container uses."""
+        for mp in c.mounts:
+            v = self.volumes.volumes.get(mp.source) if mp.type == "volume" else None
+            if v is not None and v.anonymous and not self.store.volume_users(v.name):
+                with contextlib.suppress(HbdError):
+                    await self.volumes.remove(v.name)
+
+    async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
+        matches = PruneFilter(filters)
+        deleted = []
+        for c in list(self.store.containers.values()):
+            if c.state.running or c.removing or not matches(c.created, c.config):
+                continue
+            try:
+                await self.remove(c.id)
+            except HbdError as e:
+                log.warning("prune: cannot remove %s: %s", c.id[:12], e.message)
+                continue
+            deleted.append(c.id)
+        self.store.events.publish("container", "prune", "", {"reclaimed": "0"})
+        return {"ContainersDeleted": deleted or None, "SpaceReclaimed": 0}

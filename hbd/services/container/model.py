@@ -1,0 +1,208 @@
+"""What a container is: its record (persisted in the state store) and, while
+it runs, a `Run`: one boot of its sandbox (guest), the json-file log writer
+and the streams of clients attached to it. The guest's lifetime is the
+container's running lifetime: start boots it, the main process's exit powers
+it off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hbd.drivers.agent import ExitStatus
+from hbd.drivers.sandbox import Sandbox
+from hbd.errors import Conflict
+from hbd.services.container.health import HealthMonitor, HealthState
+from hbd.services.container.logs import JsonFileWriter
+from hbd.services.container.mounts import MountPoint
+from hbd.services.container.network import run_from_record, run_record
+from hbd.services.network.model import RunNetworking
+from hbd.services.timefmt import ZERO_TIME, human_duration, parse_rfc3339
+
+
+@dataclass
+class ContainerState:
+    status: str = "created"
+    running: bool = False
+    paused: bool = False
+    restarting: bool = False
+    oom_killed: bool = False
+    dead: bool = False
+    pid: int = 0
+    exit_code: int = 0
+    error: str = ""
+    started_at: str = ZERO_TIME
+    finished_at: str = ZERO_TIME
+
+    def view(self, health: HealthState | None = None) -> dict[str, Any]:
+        out = {
+            "Status": self.status, "Running": self.running, "Paused": self.paused,
+            "Restarting": self.restarting, "OOMKilled": self.oom_killed, "Dead": self.dead,
+            "Pid": self.pid, "ExitCode": self.exit_code, "Error": self.error,
+            "StartedAt": self.started_at, "FinishedAt": self.finished_at,
+        }
+        if health is not None:
+            out["Health"] = health.view()
+        return out
+
+    def describe(self, health: str = "none") -> str:
+        """`docker ps` STATUS (dockerd's State.String)."""
+        now = time.time()
+        if self.running:
+            if self.restarting:
+                ago = human_duration(now - parse_rfc3339(self.finished_at))
+                return f"Restarting ({self.exit_code}) {ago} ago"
+            up = human_duration(now - parse_rfc3339(self.started_at))
+            if self.paused:
+                return f"Up {up} (Paused)"
+            if health != "none":
+                return f"Up {up} ({health})"
+            return f"Up {up}"
+        if self.status == "removing":
+            return "Removal In Progress"
+        if self.dead:
+            return "Dead"
+        if self.started_at == ZERO_TIME:
+            return "Created"
+        if self.finished_at == ZERO_TIME:
+            return ""
+        ago = human_duration(now - parse_rfc3339(self.finished_at))
+        return f"Exited ({self.exit_code}) {ago} ago"
+
+
+class Attachment:
+    """One client attached to a container's streams (`attach`, `run` without -d)."""
+
+    def __init__(self, stdout: bool, stderr: bool) -> None:
+        self.stdout = stdout
+        self.stderr = stderr
+        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+
+    def feed(self, stream: int, data: bytes) -> None:
+        if (stream == 1 and self.stdout) or (stream == 2 and self.stderr):
+            self._queue.put_nowait((stream, data))
+
+    def end(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def output(self) -> AsyncIterator[tuple[int, bytes]]:
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+
+class Run:
+    """One boot of a container: implements the agent's ProcessOutput for the main process."""
+
+    def __init__(self, container: Container, sandbox: Sandbox, log_writer: JsonFileWriter) -> None:
+        self.container = container
+        self.sandbox = sandbox
+        self.log = log_writer
+        self.exited: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+        # Set once the container's state says the run is over.
+        self.finished = asyncio.Event()
+        self.next_proc = 2
+        self.health: HealthMonitor | None = None
+        self.memory_mib = 0
+
+    def on_output(self, stream: int, data: bytes) -> None:
+        self.log.write(stream, data)
+        for attachment in list(self.container.attachments):
+            attachment.feed(stream, data)
+
+    def on_output_eof(self, stream: int) -> None:
+        self.log.end_stream(stream)
+
+    def on_exit(self, status: ExitStatus) -> None:
+        if not self.exited.done():
+            self.exited.set_result(status)
+
+
+@dataclass
+class Container:
+    id: str
+    name: str
+    created: str
+    image_id: str
+    config: dict[str, Any]
+    host_config: dict[str, Any]
+    path: str
+    args: list[str]
+    state: ContainerState = field(default_factory=ContainerState)
+    restart_count: int = 0
+    # Network name -> EndpointSettings, as configured at create/connect.
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # While running: endpoints and published ports (persisted for re-attach).
+    run_network: RunNetworking | None = None
+    mounts: list[MountPoint] = field(default_factory=list)
+    health: HealthState | None = None
+    # Runtime only, never persisted.
+    run: Run | None = field(default=None, repr=False)
+    attachments: set[Attachment] = field(default_factory=set, repr=False)
+    exit_waiters: list[asyncio.Future[int]] = field(default_factory=list, repr=False)
+    remove_waiters: list[asyncio.Future[int]] = field(default_factory=list, repr=False)
+    # The one lock of a container: start, restart and maintenance boots take it.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    teardown: asyncio.Task[None] | None = field(default=None, repr=False)
+    removing: bool = field(default=False, repr=False)
+    # Stopped through the API: the restart policy leaves it be (dockerd's
+    # HasBeenManuallyStopped).
+    manually_stopped: bool = field(default=False, repr=False)
+    restart_delay: float = field(default=0.0, repr=False)
+    restart_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    run_started: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    # Called with the finished run while its guest is still up, once (a
+    # build's RUN step takes the container's changes from it then).
+    before_poweroff: Callable[[Run], Awaitable[None]] | None = field(default=None, repr=False)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "created": self.created,
+            "image_id": self.image_id, "config": self.config, "host_config": self.host_config,
+            "path": self.path, "args": self.args, "state": asdict(self.state),
+            "restart_count": self.restart_count, "networks": self.networks,
+            "run_network": run_record(self.run_network) if self.run_network else None,
+            "mounts": [asdict(m) for m in self.mounts],
+            "health": asdict(self.health) if self.health else None,
+            "manually_stopped": self.manually_stopped,
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Container:
+        return cls(
+            id=rec["id"], name=rec["name"], created=rec["created"], image_id=rec["image_id"],
+            config=rec["config"], host_config=rec["host_config"], path=rec["path"],
+            args=rec["args"], state=ContainerState(**rec["state"]),
+            restart_count=rec.get("restart_count", 0), networks=rec.get("networks", {}),
+            run_network=run_from_record(rec["run_network"]) if rec.get("run_network")
+            else None,
+            mounts=[MountPoint(**m) for m in rec.get("mounts", [])],
+            health=HealthState(**rec["health"]) if rec.get("health") else None,
+            manually_stopped=rec.get("manually_stopped", False),
+        )
+
+    def health_status(self) -> str:
+        """none | starting | healthy | unhealthy."""
+        return self.health.status if self.health is not None else "none"
+
+    @property
+    def hostname(self) -> str:
+        return str(self.config.get("Hostname") or self.id[:12])
+
+    @property
+    def tty(self) -> bool:
+        return bool(self.config.get("Tty"))
+
+    def event_attributes(self) -> dict[str, str]:
+        attrs = {"image": str(self.config.get("Image", "")), "name": self.name.lstrip("/")}
+        attrs.update({str(k): str(v) for k, v in (self.config.get("Labels") or {}).items()})
+        return attrs
+
+    def running_run(self) -> Run:
+        """The run of a container that is up (not restarting), else Conflict."""
+        if self.run is None or not self.state.running or self.state.restarting:
+            raise Conflict(f"Container {self.id} is not running")
+        return self.run

@@ -1,0 +1,194 @@
+"""A running container's state changes: stop, kill, restart, pause, unpause,
+and `docker update` and tty resizes, which reach into its guest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from hbd.drivers.agent import AgentError, ResourceUpdate
+from hbd.drivers.vm import VMError
+from hbd.errors import Conflict, InvalidParameter, NotModified, SystemError_
+from hbd.services.container import config as cc
+from hbd.services.container.model import Container, Run
+from hbd.services.container.restart import RestartManager
+from hbd.services.container.start import Starter, guest_memory_mib
+from hbd.services.container.stats import cpu_quota
+from hbd.services.container.store import ContainerStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STOP_TIMEOUT = 10
+
+
+@dataclass
+class Stopper:
+    store: ContainerStore
+    restarts: RestartManager
+    starter: Starter
+
+    async def kill(self, ref: str, signal: str | int = "KILL") -> None:
+        c = self.store.get(ref)
+        signum = cc.parse_signal(signal)
+        run = c.run
+        if run is None or not c.state.running:
+            raise Conflict(f"Container {c.id} is not running")
+        await self._resume_if_paused(c, run)
+        try:
+            await run.sandbox.signal(1, signum)
+        except AgentError as e:
+            if signum != 9:
+                raise SystemError_(f"Cannot kill container {c.id}: {e.message}") from e
+            await run.sandbox.destroy()
+        self.store.event(c, "kill", signal=str(signum))
+
+    async def stop(self, ref: str, timeout: int | None = None, signal: str = "") -> None:
+        """dockerd's containerStop: the stop signal, then SIGKILL after the timeout."""
+        c = self.store.get(ref)
+        if self.restarts.cancel(c):
+            c.manually_stopped = True
+            self.store.save(c)
+            self.store.event(c, "stop")
+            return
+        if not c.state.running or c.run is None:
+            raise NotModified("container already stopped")
+        run = c.run
+        signum = cc.parse_signal(signal or c.config.get("StopSignal") or "SIGTERM")
+        if timeout is None:
+            timeout = c.config.get("StopTimeout")
+            if timeout is None:
+                timeout = DEFAULT_STOP_TIMEOUT
+        c.manually_stopped = True
+        self.store.save(c)
+        await self._resume_if_paused(c, run)
+        wait: float | None = None if timeout < 0 else float(timeout)
+        try:
+            await run.sandbox.signal(1, signum)
+            self.store.event(c, "kill", signal=str(signum))
+        except AgentError:
+            wait = 2.0
+        try:
+            await asyncio.wait_for(asyncio.shield(run.finished.wait()), wait)
+        except TimeoutError:
+            log.info("container %s did not exit within %ss of signal %d; killing it",
+                     c.id[:12], timeout, signum)
+            await self._kill_run(c, run)
+        self.store.event(c, "stop")
+
+    async def _kill_run(self, c: Container, run: Run) -> None:
+        """SIGKILL the main process; if the guest does not answer, the guest goes."""
+        try:
+            await asyncio.wait_for(run.sandbox.signal(1, 9), 5)
+            self.store.event(c, "kill", signal="9")
+            await asyncio.wait_for(asyncio.shield(run.finished.wait()), 10)
+        except (AgentError, TimeoutError):
+            await run.sandbox.destroy()
+            await run.finished.wait()
+
+    async def restart(self, ref: str, timeout: int | None = None, signal: str = "") -> None:
+        c = self.store.get(ref)
+        if c.state.running:
+            with contextlib.suppress(NotModified):
+                await self.stop(c.id, timeout, signal)
+        await self.starter.start(c.id)
+        self.store.event(c, "restart")
+
+    async def pause(self, ref: str) -> None:
+        """Freeze the whole guest (QMP stop): every vCPU, hence every process."""
+        c = self.store.get(ref)
+        run = c.running_run()
+        if c.state.paused:
+            raise Conflict(f"Container {c.id} is already paused")
+        try:
+            await run.sandbox.pause()
+        except VMError as e:
+            raise SystemError_(f"Cannot pause container {c.id}: {e}") from e
+        c.state.paused = True
+        c.state.status = "paused"
+        self.store.save(c)
+        self.store.event(c, "pause")
+
+    async def unpause(self, ref: str) -> None:
+        c = self.store.get(ref)
+        run = c.running_run()
+        if not c.state.paused:
+            raise Conflict(f"Container {c.id} is not paused")
+        try:
+            await run.sandbox.resume()
+        except VMError as e:
+            raise SystemError_(f"Cannot unpause container {c.id}: {e}") from e
+        c.state.paused = False
+        c.state.status = "running"
+        self.store.save(c)
+        self.store.event(c, "unpause")
+
+    async def _resume_if_paused(self, c: Container, run: Run) -> None:
+        """A frozen guest cannot take a signal: thaw it first, as dockerd does."""
+        if c.state.paused:
+            with contextlib.suppress(VMError):
+                await run.sandbox.resume()
+            c.state.paused = False
+            c.state.status = "running"
+            self.store.save(c)
+            self.store.event(c, "unpause")
+
+    async def update(self, ref: str, body: dict[str, Any]) -> list[str]:
+        """`docker update`: resources now (in the guest), policy for later."""
+        c = self.store.get(ref)
+        if not isinstance(body, dict):
+            raise InvalidParameter("invalid JSON: update config must be an object")
+        merged = cc.normalize_host_config({**c.host_config, **{
+            k: v for k, v in body.items() if k in cc.HOST_CONFIG_TYPES}})
+        if merged.get("AutoRemove") and (body.get("RestartPolicy") or {}).get("Name", "no") \
+                not in ("", "no"):
+            raise InvalidParameter("Restart policy cannot be updated because AutoRemove is "
+                                   "enabled for the container")
+        warnings: list[str] = []
+        run = c.run
+        if run is not None and c.state.running:
+            warnings = await self._update_guest(c, run, body, merged)
+        c.host_config = merged
+        self.store.save(c)
+        self.store.event(c, "update")
+        return warnings
+
+    @staticmethod
+    async def _update_guest(c: Container, run: Run, body: dict[str, Any],
+                            merged: dict[str, Any]) -> list[str]:
+        """Apply the updated limits inside the running guest; the warnings for the client."""
+        warnings: list[str] = []
+        resources = ResourceUpdate()
+        if "Memory" in body:
+            resources.memory_limit = int(merged.get("Memory") or 0)
+            if guest_memory_mib(resources.memory_limit) > run.memory_mib:
+                warnings.append(
+                    f"the guest booted with {run.memory_mib} MiB of RAM and cannot grow "
+                    "while it runs: the new limit takes full effect at the next start")
+        if "NanoCpus" in body or "CpuQuota" in body or "CpuPeriod" in body:
+            quota, period = cpu_quota(merged)
+            resources.cpu_quota = quota
+            resources.cpu_period = period
+        if "PidsLimit" in body:
+            resources.pids_limit = max(0, int(merged.get("PidsLimit") or 0))
+        try:
+            await run.sandbox.update(resources)
+            if resources.memory_limit > 0 and \
+                    guest_memory_mib(resources.memory_limit) < run.memory_mib:
+                # Shrinking the guest too, so that `free` inside agrees.
+                await run.sandbox.set_memory(guest_memory_mib(resources.memory_limit))
+        except (AgentError, VMError) as e:
+            raise SystemError_(f"Cannot update container {c.id}: {e}") from e
+        return warnings
+
+    async def resize(self, ref: str, height: int, width: int) -> None:
+        c = self.store.get(ref)
+        run = c.run
+        if run is None:
+            raise Conflict(f"Container {c.id} is not running")
+        try:
+            await run.sandbox.resize(1, height, width)
+        except AgentError as e:
+            raise SystemError_(f"Cannot resize container {c.id}: {e.message}") from e

@@ -1,0 +1,114 @@
+"""The in-memory registry of containers, by ID and by name, backed by their
+records in the state store; and where each container's files live."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from hbd.errors import Conflict, InvalidParameter, no_such_container
+from hbd.events import EventBus
+from hbd.services.container.model import Container
+from hbd.store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+class ContainerStore:
+    def __init__(self, state: StateStore, events: EventBus, root: Path,
+                 exec_root: Path) -> None:
+        self.state = state
+        self.events = events
+        self.root = root
+        self.exec_root = exec_root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.containers: dict[str, Container] = {}
+        self.names: dict[str, str] = {}
+        # Told when a container's run ends (removed=False) and when it is
+        # removed (removed=True); exec instances use it to settle and forget.
+        self.on_stopped: list[Callable[[Container, bool], None]] = []
+        for key, rec in state.load("containers"):
+            try:
+                c = Container.from_record(rec)
+            except (KeyError, TypeError) as e:
+                log.error("dropping unreadable container record %s: %s", key, e)
+                continue
+            self.containers[c.id] = c
+            self.names[c.name] = c.id
+
+    def get(self, ref: str) -> Container:
+        """By full ID, name, or unique ID prefix (dockerd's GetContainer order)."""
+        if not ref:
+            raise no_such_container(ref)
+        if ref in self.containers:
+            return self.containers[ref]
+        name = ref if ref.startswith("/") else "/" + ref
+        if name in self.names:
+            return self.containers[self.names[name]]
+        matches = [cid for cid in self.containers if cid.startswith(ref)]
+        if len(matches) == 1:
+            return self.containers[matches[0]]
+        if len(matches) > 1:
+            raise InvalidParameter(f"Multiple IDs found with provided prefix: {ref}")
+        raise no_such_container(ref)
+
+    def check_name_free(self, name: str) -> None:
+        if name in self.names:
+            raise Conflict(
+                f'Conflict. The container name "{name}" is already in use by container '
+                f'"{self.names[name]}". You have to remove (or rename) that container to be '
+                "able to reuse that name.")
+
+    def add(self, c: Container) -> None:
+        self.names[c.name] = c.id
+        self.containers[c.id] = c
+        self.save(c)
+
+    def forget(self, c: Container) -> None:
+        """Out of the registry and out of the state store."""
+        self.names.pop(c.name, None)
+        self.containers.pop(c.id, None)
+        self.state.delete("containers", c.id)
+
+    def rename(self, c: Container, name: str) -> None:
+        del self.names[c.name]
+        self.names[name] = c.id
+        c.name = name
+        self.save(c)
+
+    def save(self, c: Container) -> None:
+        self.state.put("containers", c.id, c.record())
+
+    def event(self, c: Container, action: str, **extra: str) -> None:
+        self.events.publish("container", action, c.id, {**c.event_attributes(), **extra})
+
+    # -- who uses what -----------------------------------------------------------
+
+    def image_usage(self, image_id: str) -> list[tuple[str, bool]]:
+        return [(c.id, c.state.running) for c in self.containers.values()
+                if c.image_id == image_id]
+
+    def volume_users(self, name: str) -> list[str]:
+        return [c.id for c in self.containers.values()
+                if any(m.type == "volume" and m.source == name for m in c.mounts)]
+
+    def configured_on(self, network_name: str) -> list[str]:
+        return [c.id for c in self.containers.values() if network_name in c.networks]
+
+    # -- where a container's files are ---------------------------------------------
+
+    def dir(self, c: Container) -> Path:
+        return self.root / c.id
+
+    def log_path(self, c: Container) -> Path:
+        return self.dir(c) / f"{c.id}-json.log"
+
+    def run_dir(self, c: Container) -> Path:
+        return self.exec_root / c.id
+
+    def maintenance_dir(self, c: Container) -> Path:
+        return self.exec_root / f"{c.id[:48]}-mnt"
+
+    def file_binds(self, c: Container) -> Path:
+        return self.exec_root / f"{c.id[:48]}-binds"

@@ -1,0 +1,103 @@
+"""What the API shows of containers: inspect, the `ps` list, and a network's
+members."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hbd.services.container import network as cn
+from hbd.services.container.filters import ContainerFilter
+from hbd.services.container.model import Container
+from hbd.services.container.store import ContainerStore
+from hbd.services.image.store import ImageStore
+from hbd.services.network.service import NetworkService
+from hbd.services.timefmt import parse_rfc3339
+from hbd.services.volume.service import VolumeService
+
+
+@dataclass
+class ContainerViews:
+    store: ContainerStore
+    images: ImageStore
+    networks: NetworkService
+    volumes: VolumeService
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        c = self.store.get(ref)
+        hc = dict(c.host_config)
+        return {
+            "Id": c.id,
+            "Created": c.created,
+            "Path": c.path,
+            "Args": c.args,
+            "State": c.state.view(c.health),
+            "Image": c.image_id,
+            "ResolvConfPath": "",
+            "HostnamePath": "",
+            "HostsPath": "",
+            "LogPath": str(self.store.log_path(c)),
+            "Name": c.name,
+            "RestartCount": c.restart_count,
+            "Driver": "hbd-ext4",
+            "Platform": "linux",
+            "MountLabel": "",
+            "ProcessLabel": "",
+            "AppArmorProfile": "",
+            "ExecIDs": None,
+            "HostConfig": hc,
+            "GraphDriver": {"Name": "hbd-ext4", "Data": {
+                "ImageDisk": str(self.images.disk_path(self.images.images[c.image_id]))
+                if c.image_id in self.images.images else "",
+                "ScratchDisk": str(self.store.dir(c) / "scratch.qcow2"),
+            }},
+            "Mounts": [m.view(self.volumes) for m in c.mounts],
+            "Config": c.config,
+            "NetworkSettings": cn.network_settings(self.networks, c.networks, c.config,
+                                                   c.run_network),
+        }
+
+    def summary(self, c: Container) -> dict[str, Any]:
+        command = " ".join([c.path, *c.args]) if c.args else c.path
+        return {
+            "Id": c.id,
+            "Names": [c.name],
+            "Image": c.config.get("Image", ""),
+            "ImageID": c.image_id,
+            "Command": command,
+            "Created": int(parse_rfc3339(c.created)),
+            "Ports": cn.summary_ports(c.run_network, c.config),
+            "Labels": c.config.get("Labels") or {},
+            "State": c.state.status,
+            "Status": c.state.describe(c.health_status()),
+            "HostConfig": {"NetworkMode": c.host_config.get("NetworkMode", "default")},
+            "Mounts": [m.view(self.volumes) for m in c.mounts],
+            "NetworkSettings": {"Networks": cn.network_settings(
+                self.networks, c.networks, c.config, c.run_network)["Networks"]},
+        }
+
+    def list_summaries(self, all_: bool = False, limit: int = -1,
+                       filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+        matches = ContainerFilter(filters or {}, self.store, self.images)
+        items = sorted(self.store.containers.values(), key=lambda c: c.created, reverse=True)
+        # A status or exited filter implies --all, as in dockerd.
+        show_all = all_ or limit > 0 or "status" in matches.filters or \
+            "exited" in matches.filters
+        items = [c for c in items if (show_all or c.state.running) and matches(c)]
+        if limit > 0:
+            items = items[:limit]
+        return [self.summary(c) for c in items]
+
+    def network_members(self, network_name: str) -> dict[str, dict[str, Any]]:
+        """`network inspect` Containers: running members with their endpoints."""
+        out = {}
+        for c in self.store.containers.values():
+            run = c.run_network
+            endpoint = run.endpoints.get(network_name) if run is not None else None
+            if endpoint is None:
+                continue
+            out[c.id] = {"Name": c.name.lstrip("/"), "EndpointID": endpoint.endpoint_id,
+                         "MacAddress": endpoint.mac,
+                         "IPv4Address": f"{endpoint.ip}/{endpoint.prefix}",
+                         "IPv6Address": ""}
+        return out
