@@ -85,6 +85,11 @@ class Daemon:
         self.containers = ContainerService(config, self.state, self.images, self.networks,
                                            self.volumes, self.events, self.sandbox_driver,
                                            scratch, self.accel)
+        # Images, volumes and networks ask which containers use them; the
+        # container service answers (they are below it and do not import it).
+        self.images.container_usage = self.containers.store.image_usage
+        self.volumes.container_users = self.containers.volume_users
+        self.networks.users = self.containers
         self.execs = ExecService(self.containers, self.events)
         self.files = ContainerFiles(self.containers)
         self.builder = Builder(self.images, self.containers, self.files, self.distribution,

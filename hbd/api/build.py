@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from hbd.api.app import Router, json_response, query_bool, query_int
-from hbd.api.context import daemon_of
+from hbd.api.backends import BUILDER
 from hbd.errors import HbdError, InvalidParameter
 from hbd.services.build.builder import BuildError, BuildOptions
 from hbd.services.image.registry import Credentials
@@ -113,7 +113,7 @@ async def build(request: web.Request) -> web.StreamResponse:
         host_config=_limits(request),
         credentials=_registry_config(request.headers.get("X-Registry-Config")),
     )
-    messages = await daemon_of(request).builder.build(
+    messages = await request.app[BUILDER].build(
         request.content.iter_chunked(CHUNK), options)
     response = web.StreamResponse()
     response.content_type = "application/json"
@@ -140,7 +140,7 @@ async def build(request: web.Request) -> web.StreamResponse:
 
 
 async def prune(request: web.Request) -> web.Response:
-    return json_response(daemon_of(request).builder.prune_cache())
+    return json_response(request.app[BUILDER].prune_cache())
 
 
 def register(router: Router) -> None:

@@ -1,4 +1,4 @@
-"""Container routes: HTTP in, ContainerService calls, HTTP out."""
+"""Container routes: HTTP in, ContainerBackend and ContainerFilesBackend calls, HTTP out."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hbd.api.app import (
     query_int,
     read_json,
 )
-from hbd.api.context import daemon_of
+from hbd.api.backends import CONTAINER_FILES, CONTAINERS
 from hbd.api.streams import (
     Channel,
     DetachDetector,
@@ -33,7 +33,7 @@ from hbd.services.timefmt import parse_timestamp_ns, rfc3339_nano
 
 
 async def list_containers(request: web.Request) -> web.Response:
-    containers = daemon_of(request).containers
+    containers = request.app[CONTAINERS]
     return json_response(containers.list_summaries(all_=query_bool(request, "all"),
                                          limit=query_int(request, "limit", -1),
                                          filters=query_filters(request)))
@@ -41,22 +41,22 @@ async def list_containers(request: web.Request) -> web.Response:
 
 async def create(request: web.Request) -> web.Response:
     body = await read_json(request)
-    result = await daemon_of(request).containers.create(request.query.get("name"), body)
+    result = await request.app[CONTAINERS].create(request.query.get("name"), body)
     return json_response(result, status=201)
 
 
 async def inspect(request: web.Request) -> web.Response:
-    return json_response(daemon_of(request).containers.inspect(request.match_info["id"]))
+    return json_response(request.app[CONTAINERS].inspect(request.match_info["id"]))
 
 
 async def start(request: web.Request) -> web.Response:
-    await daemon_of(request).containers.start(request.match_info["id"])
+    await request.app[CONTAINERS].start(request.match_info["id"])
     return web.Response(status=204)
 
 
 async def kill(request: web.Request) -> web.Response:
-    await daemon_of(request).containers.kill(request.match_info["id"],
-                                             request.query.get("signal", "") or "KILL")
+    await request.app[CONTAINERS].kill(request.match_info["id"],
+                                       request.query.get("signal", "") or "KILL")
     return web.Response(status=204)
 
 
@@ -68,35 +68,34 @@ def _stop_args(request: web.Request) -> tuple[int | None, str]:
 
 async def stop(request: web.Request) -> web.Response:
     timeout, signal = _stop_args(request)
-    await daemon_of(request).containers.stop(request.match_info["id"], timeout, signal)
+    await request.app[CONTAINERS].stop(request.match_info["id"], timeout, signal)
     return web.Response(status=204)
 
 
 async def restart(request: web.Request) -> web.Response:
     timeout, signal = _stop_args(request)
-    await daemon_of(request).containers.restart(request.match_info["id"], timeout, signal)
+    await request.app[CONTAINERS].restart(request.match_info["id"], timeout, signal)
     return web.Response(status=204)
 
 
 async def rename(request: web.Request) -> web.Response:
-    daemon_of(request).containers.rename(request.match_info["id"],
-                                         request.query.get("name", ""))
+    request.app[CONTAINERS].rename(request.match_info["id"], request.query.get("name", ""))
     return web.Response(status=204)
 
 
 async def prune(request: web.Request) -> web.Response:
-    return json_response(await daemon_of(request).containers.prune(query_filters(request)))
+    return json_response(await request.app[CONTAINERS].prune(query_filters(request)))
 
 
 async def remove(request: web.Request) -> web.Response:
-    await daemon_of(request).containers.remove(
+    await request.app[CONTAINERS].remove(
         request.match_info["id"], force=query_bool(request, "force"),
         volumes=query_bool(request, "v"))
     return web.Response(status=204)
 
 
 async def wait(request: web.Request) -> web.StreamResponse:
-    containers = daemon_of(request).containers
+    containers = request.app[CONTAINERS]
     future = containers.wait_future(request.match_info["id"],
                                     request.query.get("condition", ""))
     # The CLI waits for these headers before it starts the container.
@@ -140,7 +139,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
     query = _log_query(request, follow=query_bool(request, "follow"))
     if not (query.stdout or query.stderr):
         raise InvalidParameter("Bad parameters: you must choose at least one stream")
-    c, records = daemon_of(request).containers.logs(request.match_info["id"], query)
+    c, records = request.app[CONTAINERS].logs(request.match_info["id"], query)
     timestamps = query_bool(request, "timestamps")
     response = web.StreamResponse()
     response.content_type = stream_content_type(request, c.tty)
@@ -161,7 +160,7 @@ async def _pump_output(channel: Channel, attachment: Attachment, tty: bool) -> N
 async def _pump_stdin(request: web.Request, channel: Channel, c: Container,
                       detach: DetachDetector | None) -> bool:
     """Client stdin to the container; True when the client typed the detach keys."""
-    containers = daemon_of(request).containers
+    containers = request.app[CONTAINERS]
     while (data := await channel.read()) is not None:
         detached = False
         if detach is not None:
@@ -175,7 +174,7 @@ async def _pump_stdin(request: web.Request, channel: Channel, c: Container,
 
 
 async def attach(request: web.Request) -> web.StreamResponse:
-    containers = daemon_of(request).containers
+    containers = request.app[CONTAINERS]
     want_stdin = query_bool(request, "stdin")
     detach_keys = parse_detach_keys(request.query.get("detachKeys", ""))
     c, attachment = containers.attach(request.match_info["id"],
@@ -219,29 +218,29 @@ async def attach(request: web.Request) -> web.StreamResponse:
 
 
 async def pause(request: web.Request) -> web.Response:
-    await daemon_of(request).containers.pause(request.match_info["id"])
+    await request.app[CONTAINERS].pause(request.match_info["id"])
     return web.Response(status=204)
 
 
 async def unpause(request: web.Request) -> web.Response:
-    await daemon_of(request).containers.unpause(request.match_info["id"])
+    await request.app[CONTAINERS].unpause(request.match_info["id"])
     return web.Response(status=204)
 
 
 async def top(request: web.Request) -> web.Response:
-    return json_response(await daemon_of(request).containers.top(
+    return json_response(await request.app[CONTAINERS].top(
         request.match_info["id"], request.query.get("ps_args", "")))
 
 
 async def update(request: web.Request) -> web.Response:
     body = await read_json(request)
-    warnings = await daemon_of(request).containers.update(request.match_info["id"], body)
+    warnings = await request.app[CONTAINERS].update(request.match_info["id"], body)
     return json_response({"Warnings": warnings})
 
 
 async def stats(request: web.Request) -> web.StreamResponse:
     """One record, or one a second while `stream`; dockerd's precpu is the previous one."""
-    records = daemon_of(request).containers.stats(
+    records = request.app[CONTAINERS].stats(
         request.match_info["id"], stream=query_bool(request, "stream", default=True),
         one_shot=query_bool(request, "one-shot"))
     response = web.StreamResponse()
@@ -257,13 +256,13 @@ async def stats(request: web.Request) -> web.StreamResponse:
 
 
 async def resize(request: web.Request) -> web.Response:
-    await daemon_of(request).containers.resize(
+    await request.app[CONTAINERS].resize(
         request.match_info["id"], query_int(request, "h", 0), query_int(request, "w", 0))
     return web.Response(status=200)
 
 
 async def archive_head(request: web.Request) -> web.Response:
-    files = daemon_of(request).files
+    files = request.app[CONTAINER_FILES]
     stat = await files.stat(request.match_info["id"], request.query.get("path", ""))
     return web.Response(status=200, headers={
         "X-Docker-Container-Path-Stat": files.stat_header(stat),
@@ -271,7 +270,7 @@ async def archive_head(request: web.Request) -> web.Response:
 
 
 async def archive_get(request: web.Request) -> web.StreamResponse:
-    files = daemon_of(request).files
+    files = request.app[CONTAINER_FILES]
     path = request.query.get("path", "")
     if not path:
         raise InvalidParameter("path is required")
@@ -292,7 +291,7 @@ async def archive_put(request: web.Request) -> web.Response:
     path = request.query.get("path", "")
     if not path:
         raise InvalidParameter("path is required")
-    await daemon_of(request).files.put_archive(
+    await request.app[CONTAINER_FILES].put_archive(
         request.match_info["id"], path, request.content.iter_chunked(1024 * 1024),
         copy_uid_gid=query_bool(request, "copyUIDGID"),
         no_overwrite_dir_non_dir=query_bool(request, "noOverwriteDirNonDir"))
@@ -300,7 +299,7 @@ async def archive_put(request: web.Request) -> web.Response:
 
 
 async def export(request: web.Request) -> web.StreamResponse:
-    stream = daemon_of(request).files.export(request.match_info["id"])
+    stream = request.app[CONTAINER_FILES].export(request.match_info["id"])
     first = await anext(stream, b"")  # errors before any output are HTTP errors
     response = web.StreamResponse()
     response.content_type = "application/x-tar"
@@ -312,7 +311,7 @@ async def export(request: web.Request) -> web.StreamResponse:
 
 
 async def changes(request: web.Request) -> web.Response:
-    result = await daemon_of(request).files.changes(request.match_info["id"])
+    result = await request.app[CONTAINER_FILES].changes(request.match_info["id"])
     return json_response(result or None)
 
 
@@ -320,7 +319,7 @@ async def commit(request: web.Request) -> web.Response:
     body = await read_json(request, allow_empty=True) or {}
     if not isinstance(body, dict):
         raise InvalidParameter("invalid JSON: container config must be an object")
-    image_id = await daemon_of(request).files.commit(
+    image_id = await request.app[CONTAINER_FILES].commit(
         request.query.get("container", ""), request.query.get("repo", ""),
         request.query.get("tag", ""), request.query.get("comment", ""),
         request.query.get("author", ""), query_bool(request, "pause", default=True),

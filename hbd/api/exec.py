@@ -8,17 +8,17 @@ from typing import Any
 from aiohttp import web
 
 from hbd.api.app import Router, json_response, query_int, read_json
-from hbd.api.context import daemon_of
+from hbd.api.backends import EXECS, ExecBackend
 from hbd.api.streams import Channel, frame, hijack, stream_content_type
 from hbd.errors import HbdError, InvalidParameter
-from hbd.services.container.execs import ExecInstance, ExecService
+from hbd.services.container.execs import ExecInstance
 
 HEADER_GAP = 0.05
 
 
 async def create(request: web.Request) -> web.Response:
     body = await read_json(request)
-    exec_id = daemon_of(request).execs.create(request.match_info["id"], body)
+    exec_id = request.app[EXECS].create(request.match_info["id"], body)
     return json_response({"Id": exec_id}, status=201)
 
 
@@ -27,14 +27,14 @@ async def _pump_output(channel: Channel, instance: ExecInstance) -> None:
         await channel.write(data if instance.tty else frame(stream, data))
 
 
-async def _pump_stdin(channel: Channel, execs: ExecService, instance: ExecInstance) -> None:
+async def _pump_stdin(channel: Channel, execs: ExecBackend, instance: ExecInstance) -> None:
     while (data := await channel.read()) is not None:
         await execs.write_stdin(instance, data)
     await execs.close_stdin(instance)
 
 
 async def start(request: web.Request) -> web.StreamResponse:
-    execs = daemon_of(request).execs
+    execs = request.app[EXECS]
     body = await read_json(request, allow_empty=True) or {}
     if not isinstance(body, dict):
         raise InvalidParameter("invalid JSON: exec start config must be an object")
@@ -78,12 +78,12 @@ async def start(request: web.Request) -> web.StreamResponse:
 
 
 async def inspect(request: web.Request) -> web.Response:
-    return json_response(daemon_of(request).execs.get(request.match_info["id"]).inspect())
+    return json_response(request.app[EXECS].get(request.match_info["id"]).inspect())
 
 
 async def resize(request: web.Request) -> web.Response:
-    await daemon_of(request).execs.resize(request.match_info["id"],
-                                          query_int(request, "h", 0), query_int(request, "w", 0))
+    await request.app[EXECS].resize(request.match_info["id"],
+                                    query_int(request, "h", 0), query_int(request, "w", 0))
     return web.Response(status=200)
 
 

@@ -1,4 +1,4 @@
-"""Image routes: HTTP in, ImageStore calls, HTTP out."""
+"""Image routes: HTTP in, ImageBackend/DistributionBackend calls, HTTP out."""
 
 from __future__ import annotations
 
@@ -11,48 +11,38 @@ from typing import Any
 from aiohttp import web
 
 from hbd.api.app import Router, json_response, query_bool, query_filters
-from hbd.api.context import daemon_of
+from hbd.api.backends import DISTRIBUTION, IMAGES
 from hbd.errors import HbdError, InvalidParameter
-from hbd.services.filters import PruneFilter
 from hbd.services.image.distribution import Platform
-from hbd.services.image.filters import ImageFilter
-from hbd.services.image.model import Image
 from hbd.services.image.reference import Reference, parse_reference, validate_tag
 from hbd.services.image.registry import Credentials
 
 
 async def list_images(request: web.Request) -> web.Response:
-    store = daemon_of(request).images
-    matches = ImageFilter(query_filters(request), store)
-    # Without `all`, untagged images a build made others from (intermediate
-    # steps) are left out, as dockerd does.
-    parents = set() if query_bool(request, "all") else \
-        {img.parent for img in store.images.values() if img.parent}
-    images = [img for img in store.all_images() if matches(img) and
-              not (img.id in parents and not img.repo_tags and not img.repo_digests)]
-    return json_response([store.summary(img) for img in images])
+    return json_response(request.app[IMAGES].list_summaries(
+        query_filters(request), all_=query_bool(request, "all")))
 
 
 async def inspect(request: web.Request) -> web.Response:
-    store = daemon_of(request).images
+    store = request.app[IMAGES]
     return json_response(store.inspect(store.get(request.match_info["name"])))
 
 
 async def tag(request: web.Request) -> web.Response:
-    daemon_of(request).images.tag(request.match_info["name"], request.query.get("repo", ""),
-                                  request.query.get("tag", ""))
+    request.app[IMAGES].tag(request.match_info["name"], request.query.get("repo", ""),
+                            request.query.get("tag", ""))
     return web.Response(status=201)
 
 
 async def remove(request: web.Request) -> web.Response:
-    records = await daemon_of(request).images.delete(request.match_info["name"],
-                                                     force=query_bool(request, "force"))
+    records = await request.app[IMAGES].delete(request.match_info["name"],
+                                               force=query_bool(request, "force"))
     return json_response(records)
 
 
 async def load(request: web.Request) -> web.StreamResponse:
     # Errors before any output are HTTP errors, as dockerd answers them.
-    messages = await daemon_of(request).images.load(request.content)
+    messages = await request.app[IMAGES].load(request.content)
     response = web.StreamResponse()
     response.content_type = "application/json"
     await response.prepare(request)
@@ -87,7 +77,6 @@ async def stream_messages(request: web.Request,
 
 async def create(request: web.Request) -> web.StreamResponse:
     """POST /images/create: pull (fromImage)."""
-    d = daemon_of(request)
     from_image = request.query.get("fromImage", "")
     if request.query.get("fromSrc"):
         return await import_image(request)
@@ -102,7 +91,8 @@ async def create(request: web.Request) -> web.StreamResponse:
         ref = ref.with_tag(tag)
     credentials = Credentials.from_header(request.headers.get("X-Registry-Auth"))
     platform = Platform.parse(request.query.get("platform", ""))
-    return await stream_messages(request, d.distribution.pull(ref, platform, credentials))
+    return await stream_messages(request,
+                                 request.app[DISTRIBUTION].pull(ref, platform, credentials))
 
 
 async def import_image(request: web.Request) -> web.Response:
@@ -118,7 +108,7 @@ async def import_image(request: web.Request) -> web.Response:
             validate_tag(tag)
             ref = ref.with_tag(tag)
         ref = ref.with_default_tag()
-    image_id = await daemon_of(request).images.import_tarball(
+    image_id = await request.app[IMAGES].import_tarball(
         request.content, ref, request.query.get("message", ""),
         request.query.getall("changes", []))
     return web.Response(body=json.dumps({"status": image_id}).encode() + b"\n",
@@ -126,15 +116,14 @@ async def import_image(request: web.Request) -> web.Response:
 
 
 async def push(request: web.Request) -> web.StreamResponse:
-    d = daemon_of(request)
     credentials = Credentials.from_header(request.headers.get("X-Registry-Auth"))
-    return await stream_messages(request, d.distribution.push(
+    return await stream_messages(request, request.app[DISTRIBUTION].push(
         request.match_info["name"], request.query.get("tag", ""), credentials))
 
 
 async def save(request: web.Request) -> web.StreamResponse:
     """GET /images/get?names=… and GET /images/{name}/get: an image archive."""
-    store = daemon_of(request).images
+    store = request.app[IMAGES]
     names = [request.match_info["name"]] if "name" in request.match_info else \
         request.query.getall("names", [])
     with tempfile.TemporaryFile(dir=store.tmp_dir) as spool:
@@ -149,19 +138,11 @@ async def save(request: web.Request) -> web.StreamResponse:
 
 
 async def history(request: web.Request) -> web.Response:
-    return json_response(daemon_of(request).images.history(request.match_info["name"]))
+    return json_response(request.app[IMAGES].history(request.match_info["name"]))
 
 
 async def prune(request: web.Request) -> web.Response:
-    store = daemon_of(request).images
-    filters = query_filters(request)
-    dangling = filters.pop("dangling", ["true"])[0].lower() in ("true", "1")
-    prune_filter = PruneFilter(filters)
-
-    def matches(img: Image) -> bool:
-        return prune_filter(str(img.config.get("created", "")), img.container_config)
-
-    return json_response(await store.prune(dangling, matches))
+    return json_response(await request.app[IMAGES].prune(query_filters(request)))
 
 
 def register(router: Router) -> None:

@@ -1,19 +1,29 @@
-"""The aiohttp application with every router registered."""
+"""The aiohttp application with every router registered, and the Daemon's
+services put in as the routers' backends (hbd/api/backends.py)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from hbd.api import backends, containers, exec, images, networks, system, volumes
 from hbd.api import build as build_routes
-from hbd.api import containers, exec, images, networks, system, volumes
 from hbd.api.app import Router, create_app
-from hbd.api.context import DAEMON_KEY
 from hbd.daemon import Daemon
 
 
 def build(daemon: Daemon) -> web.Application:
     app = create_app()
-    app[DAEMON_KEY] = daemon
+    app[backends.CONTAINERS] = daemon.containers
+    app[backends.CONTAINER_FILES] = daemon.files
+    app[backends.CONTAINER_NETWORKS] = daemon.containers
+    app[backends.EXECS] = daemon.execs
+    app[backends.IMAGES] = daemon.images
+    app[backends.DISTRIBUTION] = daemon.distribution
+    app[backends.BUILDER] = daemon.builder
+    app[backends.NETWORKS] = daemon.networks
+    app[backends.VOLUMES] = daemon.volumes
+    app[backends.SYSTEM] = daemon.system
+    app[backends.AUTH] = daemon.registry
     router = Router(app)
     for module in (system, containers, exec, images, networks, volumes, build_routes):
         module.register(router)

@@ -10,10 +10,9 @@ from aiohttp import web
 
 from hbd import API_VERSION
 from hbd.api.app import Router, json_response, query_filters, read_json
-from hbd.api.context import daemon_of
+from hbd.api.backends import AUTH, SYSTEM
 from hbd.errors import InvalidParameter
 from hbd.services.image.registry import Credentials
-from hbd.services.system.events_filter import EventFilter
 from hbd.services.timefmt import parse_timestamp_ns
 
 
@@ -38,11 +37,11 @@ async def ping(request: web.Request) -> web.Response:
 
 
 async def version(request: web.Request) -> web.Response:
-    return json_response(daemon_of(request).system.version())
+    return json_response(request.app[SYSTEM].version())
 
 
 async def info(request: web.Request) -> web.Response:
-    return json_response(daemon_of(request).system.info())
+    return json_response(request.app[SYSTEM].info())
 
 
 def _time_param(request: web.Request, key: str) -> float:
@@ -57,36 +56,25 @@ def _time_param(request: web.Request, key: str) -> float:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    bus = daemon_of(request).events
     since = _time_param(request, "since")
     until = _time_param(request, "until")
-    matches = EventFilter(query_filters(request))
-    # Subscribe before replaying history so nothing falls in between.
-    history, live = bus.subscribe_with_history()
+    subscription = request.app[SYSTEM].subscribe_events(since, until, query_filters(request))
     response = web.StreamResponse()
     response.content_type = "application/json"
     await response.prepare(request)
-
-    def wanted(message: dict[str, object]) -> bool:
-        t = int(message["timeNano"]) / 1e9  # type: ignore[call-overload]
-        return (not since or t >= since) and (not until or t <= until) and matches(message)
-
     try:
-        if since:
-            for message in history:
-                if wanted(message):
-                    await response.write(json.dumps(message).encode() + b"\n")
+        for message in subscription.history:
+            await response.write(json.dumps(message).encode() + b"\n")
         if until and until <= time.time():
             return response
         timeout = (until - time.time()) if until else None
         async with asyncio.timeout(timeout):
-            async for message in live:
-                if wanted(message):
-                    await response.write(json.dumps(message).encode() + b"\n")
+            async for message in subscription.live:
+                await response.write(json.dumps(message).encode() + b"\n")
     except TimeoutError:
         pass
     finally:
-        await live.aclose()
+        await subscription.live.aclose()
     return response
 
 
@@ -97,7 +85,7 @@ async def auth(request: web.Request) -> web.Response:
         raise InvalidParameter("invalid JSON: auth config must be an object")
     credentials = Credentials(str(body.get("username") or ""), str(body.get("password") or ""),
                               str(body.get("identitytoken") or ""))
-    await daemon_of(request).registry.login(str(body.get("serveraddress") or ""), credentials)
+    await request.app[AUTH].login(str(body.get("serveraddress") or ""), credentials)
     return json_response({"Status": "Login Succeeded", "IdentityToken": ""})
 
 

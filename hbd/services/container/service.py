@@ -70,7 +70,6 @@ class ContainerService:
         self.connections = Connections(self.store, networks)
         self.restorer = Restorer(self.store, sandboxes, networks, self.monitor, self.restarts,
                                  self.starter)
-        images.container_usage = self.store.image_usage
 
     async def _relaunch(self, c: Container) -> None:
         # The restart manager boots containers again through the starter,

@@ -29,6 +29,7 @@ from hbd.drivers import disks
 from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_image
 from hbd.events import EventBus
 from hbd.services.container import config as cc
+from hbd.services.filters import PruneFilter
 from hbd.services.image.archive import (
     OCI_LAYER_ZSTD,
     ArchiveImage,
@@ -37,6 +38,7 @@ from hbd.services.image.archive import (
     write_image_archive,
 )
 from hbd.services.image.blobs import BlobStore, DigestMismatch
+from hbd.services.image.filters import ImageFilter
 from hbd.services.image.layers import (
     Inflater,
     LayerError,
@@ -713,8 +715,19 @@ class ImageStore:
         # No history in the config: one entry per layer, as dockerd shows it.
         return [{"created": img.config.get("created", "")} for _ in img.layers]
 
-    async def prune(self, dangling_only: bool, matches: Callable[[Image], bool]
-                    ) -> dict[str, Any]:
+    async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
+        """`image prune`: dangling=true (the default) or false, until, label."""
+        filters = dict(filters)
+        dangling = filters.pop("dangling", ["true"])[0].lower() in ("true", "1")
+        prune_filter = PruneFilter(filters)
+
+        def matches(img: Image) -> bool:
+            return prune_filter(str(img.config.get("created", "")), img.container_config)
+
+        return await self._prune(dangling, matches)
+
+    async def _prune(self, dangling_only: bool, matches: Callable[[Image], bool]
+                     ) -> dict[str, Any]:
         """Remove unused images: untagged ones, or (dangling=false) all unused."""
         deleted: list[dict[str, str]] = []
         reclaimed = 0
@@ -737,6 +750,18 @@ class ImageStore:
         return {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 
     # -- API views -------------------------------------------------------------
+
+    def list_summaries(self, filters: dict[str, list[str]], all_: bool = False
+                       ) -> list[dict[str, Any]]:
+        """`docker images`."""
+        matches = ImageFilter(filters, self)
+        # Without `all`, untagged images a build made others from (intermediate
+        # steps) are left out, as dockerd does.
+        parents = set() if all_ else \
+            {img.parent for img in self.images.values() if img.parent}
+        images = [img for img in self.all_images() if matches(img) and
+                  not (img.id in parents and not img.repo_tags and not img.repo_digests)]
+        return [self.summary(img) for img in images]
 
     def summary(self, img: Image, containers: int = -1) -> dict[str, Any]:
         return {

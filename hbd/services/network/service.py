@@ -32,10 +32,12 @@ from hbd.errors import (
     SystemError_,
 )
 from hbd.events import EventBus
+from hbd.services.network.filters import NetworkFilter
 from hbd.services.network.model import (
     DEFAULT_BRIDGE,
     Endpoint,
     Network,
+    NetworkUsers,
     PublishedPort,
     RunNetworking,
     network_not_found,
@@ -73,6 +75,19 @@ def mac_for(ip: str) -> str:
     return "02:42:" + ":".join(f"{o:02x}" for o in octets)
 
 
+class _NoUsers:
+    """Until the container service is wired in: no container uses any network."""
+
+    def configured_on(self, network_name: str) -> list[str]:
+        return []
+
+    def network_members(self, network_name: str) -> dict[str, dict[str, Any]]:
+        return {}
+
+
+_NO_USERS = _NoUsers()
+
+
 class NetworkService:
     def __init__(self, state: StateStore, events: EventBus, tag: str) -> None:
         """`tag` (4 hex digits, from the data root) keeps the bridges, taps and
@@ -96,6 +111,7 @@ class NetworkService:
         # of the same container waits for its old tap to be gone.
         self._tap_deletions: dict[str, asyncio.Task[None]] = {}
         self.on_change: list[Any] = []  # callbacks (no arguments): DNS reloads its view
+        self.users: NetworkUsers = _NO_USERS
         for _, rec in state.load("networks"):
             n = Network(**rec)
             self.networks[n.id] = n
@@ -279,13 +295,13 @@ class NetworkService:
     def in_use(self, n: Network) -> list[str]:
         return sorted({cid for cid in self.leases.get(n.id, {}).values()})
 
-    async def remove(self, ref: str, attached: list[str]) -> None:
-        """`attached`: containers (running or not) configured on this network."""
+    async def remove(self, ref: str) -> None:
+        """A network that containers are configured on (running or not) stays."""
         n = self.get(ref)
         if n.builtin:
             raise Forbidden(f"{n.name} is a pre-defined network and cannot be removed")
         active = self.in_use(n)
-        if active or attached:
+        if active or self.users.configured_on(n.name):
             raise Forbidden(f"error while removing network: network {n.name} id {n.id} has "
                             "active endpoints")
         async with self._lock:
@@ -296,6 +312,18 @@ class NetworkService:
             await self.apply_rules()
         self.events.publish("network", "destroy", n.id, {"name": n.name, "type": n.driver})
         self._changed()
+
+    async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
+        """`network prune`: the custom networks no container is configured on."""
+        matches = NetworkFilter(filters, self.users, prune=True)
+        deleted = []
+        for n in list(self.networks.values()):
+            if n.builtin or not matches(n) or self.users.configured_on(n.name) or \
+                    self.in_use(n):
+                continue
+            await self.remove(n.id)
+            deleted.append(n.name)
+        return {"NetworksDeleted": deleted or None}
 
     def _changed(self) -> None:
         for callback in self.on_change:
@@ -453,7 +481,17 @@ class NetworkService:
 
     # -- API views -----------------------------------------------------------------
 
-    def inspect(self, n: Network, containers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def list_views(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """`network ls`, oldest first; the list leaves out Containers, as dockerd's does."""
+        matches = NetworkFilter(filters, self.users)
+        return [self._view(n, {}) for n in sorted(self.networks.values(),
+                                                  key=lambda n: n.created) if matches(n)]
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        n = self.get(ref)
+        return self._view(n, self.users.network_members(n.name))
+
+    def _view(self, n: Network, containers: dict[str, dict[str, Any]]) -> dict[str, Any]:
         ipam_config = []
         if n.subnet:
             entry = {"Subnet": n.subnet, "Gateway": n.gateway}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import secrets
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import hbd
@@ -13,6 +15,7 @@ from hbd.config import Config
 from hbd.events import EventBus
 from hbd.services.container.service import ContainerService
 from hbd.services.image.store import ImageStore
+from hbd.services.system.events_filter import EventFilter
 from hbd.services.timefmt import rfc3339_nano
 from hbd.store import StateStore
 
@@ -40,6 +43,26 @@ def _mem_total() -> int:
     except OSError:
         pass
     return 0
+
+
+@dataclass
+class EventSubscription:
+    """`/events` for one client: the kept events it asked for (`since`), then
+    the live ones, both through its filters and time window."""
+
+    history: list[dict[str, Any]]
+    live: AsyncGenerator[dict[str, Any], None]
+
+
+async def _matching(live: AsyncGenerator[dict[str, Any], None],
+                    wanted: Callable[[dict[str, Any]], bool]
+                    ) -> AsyncGenerator[dict[str, Any], None]:
+    try:
+        async for message in live:
+            if wanted(message):
+                yield message
+    finally:
+        await live.aclose()
 
 
 class SystemService:
@@ -80,6 +103,20 @@ class SystemService:
             "KernelVersion": kernel,
             "BuildTime": "",
         }
+
+    def subscribe_events(self, since: float, until: float, filters: dict[str, list[str]]
+                         ) -> EventSubscription:
+        """`since`/`until`: unix seconds, 0 for none."""
+        matches = EventFilter(filters)
+        # Subscribe before replaying history so nothing falls in between.
+        history, live = self.events.subscribe_with_history()
+
+        def wanted(message: dict[str, Any]) -> bool:
+            t = int(message["timeNano"]) / 1e9
+            return (not since or t >= since) and (not until or t <= until) and matches(message)
+
+        replay = [m for m in history if wanted(m)] if since else []
+        return EventSubscription(replay, _matching(live, wanted))
 
     def info(self) -> dict[str, Any]:
         containers = list(self.containers.containers.values())

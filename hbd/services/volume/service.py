@@ -13,6 +13,7 @@ import asyncio
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ from typing import Any
 from hbd.drivers import disks
 from hbd.errors import Conflict, InvalidParameter, NotFound
 from hbd.events import EventBus
+from hbd.services.filters import PruneFilter, labels_match
 from hbd.services.timefmt import rfc3339_nano
 from hbd.store import StateStore
 
 DEFAULT_SIZE = 8 * 1024 * 1024 * 1024
 VALID_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+LIST_FILTERS = {"dangling", "driver", "label", "name"}
 _SIZE = re.compile(r"^(\d+)([kmgt]?)b?$", re.IGNORECASE)
 UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
@@ -57,6 +60,9 @@ class VolumeService:
         self.templates = root / "_templates"
         self.templates.mkdir(parents=True, exist_ok=True)
         self.volumes: dict[str, Volume] = {}
+        # The containers that reference a volume (running or not). The
+        # container service answers; handed in so volumes do not depend on it.
+        self.container_users: Callable[[str], list[str]] = lambda name: []
         # volume name -> id of the running container that has it attached
         self.attached: dict[str, str] = {}
         self._lock = asyncio.Lock()
@@ -119,13 +125,14 @@ class VolumeService:
         self.events.publish("volume", "create", name, {"driver": "local"})
         return v
 
-    async def remove(self, name: str, force: bool = False, users: list[str] | None = None) -> None:
-        """`users`: containers that reference the volume (running or not)."""
+    async def remove(self, name: str, force: bool = False) -> None:
+        """A volume that containers reference (running or not) stays."""
         v = self.volumes.get(name)
         if v is None:
             if force:
                 return
             raise NotFound(f"get {name}: no such volume")
+        users = self.container_users(name)
         if users:
             raise Conflict(f"remove {name}: volume is in use - [{', '.join(users)}]")
         async with self._lock:
@@ -133,6 +140,21 @@ class VolumeService:
             self.state.delete("volumes", name)
             await asyncio.to_thread(shutil.rmtree, self.root / name, True)
         self.events.publish("volume", "destroy", name, {"driver": "local"})
+
+    async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
+        """`volume prune`: since API 1.42 only anonymous volumes unless all=true."""
+        filters = dict(filters)
+        prune_all = filters.pop("all", ["false"])[0].lower() in ("true", "1")
+        matches = PruneFilter(filters)
+        deleted = []
+        for v in list(self.volumes.values()):
+            if (not prune_all and not v.anonymous) or self.container_users(v.name):
+                continue
+            if not matches(v.created, {"Labels": v.labels}):
+                continue
+            await self.remove(v.name)
+            deleted.append(v.name)
+        return {"VolumesDeleted": deleted or None, "SpaceReclaimed": 0}
 
     def attach(self, name: str, container_id: str) -> None:
         holder = self.attached.get(name)
@@ -145,6 +167,26 @@ class VolumeService:
     def detach_all(self, container_id: str) -> None:
         for name in [n for n, cid in self.attached.items() if cid == container_id]:
             del self.attached[name]
+
+    def list_views(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """`volume ls`: dangling, driver, label, name."""
+        for key in filters:
+            if key not in LIST_FILTERS:
+                raise InvalidParameter(f"invalid filter '{key}'")
+        out = []
+        for v in sorted(self.volumes.values(), key=lambda v: v.name):
+            if "name" in filters and not any(n in v.name for n in filters["name"]):
+                continue
+            if "driver" in filters and "local" not in filters["driver"]:
+                continue
+            if not labels_match(filters.get("label", []), v.labels):
+                continue
+            if "dangling" in filters:
+                dangling = filters["dangling"][0].lower() in ("true", "1")
+                if dangling == bool(self.container_users(v.name)):
+                    continue
+            out.append(self.inspect(v))
+        return out
 
     def inspect(self, v: Volume) -> dict[str, Any]:
         return {
