@@ -14,8 +14,8 @@ in its own module (as moby's daemon/{create,start,stop,delete,...}.go):
     views     inspect, ps, network members (views.py)
     restorer  re-attach at daemon start, let go at daemon stop (restore.py)
 
-Every state change of one container that boots or waits for a guest holds
-that container's `lock`.
+A container has one lock, `Container.lock`: whatever boots its guest (start,
+a restart, a maintenance boot for its files) holds it.
 """
 
 from __future__ import annotations
@@ -52,11 +52,9 @@ class ContainerService:
     def __init__(self, config: Config, state: StateStore, images: ImageStore,
                  networks: NetworkService, volumes: VolumeService, events: EventBus,
                  sandboxes: SandboxDriver, scratch: ScratchDisks, accel: str) -> None:
-        self.config = config
+        # Container files (cp, commit) and the builder reach these through us.
         self.images = images
-        self.networks = networks
         self.volumes = volumes
-        self.events = events
         self.store = ContainerStore(state, events, config.data_root / "containers",
                                     config.exec_root)
         self.restarts = RestartManager(self.store, self._relaunch)
