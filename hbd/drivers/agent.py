@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 HEADER = struct.Struct("<IHHI")
 MAX_FRAME = 1024 * 1024
 STREAM_CHUNK = 64 * 1024
@@ -32,16 +32,17 @@ SYNC_MAGIC = b"hbd-sync-v1\0\0\0\0\0"
 # Output held for a process nobody has attached to yet, at most this much.
 UNCLAIMED_LIMIT = 16 * 1024 * 1024
 
-T_HELLO, T_SETUP, T_START, T_SIGNAL, T_RESIZE = 0x01, 0x02, 0x03, 0x04, 0x05
+T_HELLO, T_SANDBOX, T_START, T_SIGNAL, T_RESIZE = 0x01, 0x02, 0x03, 0x04, 0x05
 T_STATE, T_RELEASE, T_STATS, T_POWEROFF, T_PING = 0x06, 0x07, 0x08, 0x09, 0x0A
-T_PS, T_UPDATE = 0x0B, 0x0C
+T_PS, T_UPDATE, T_CREATE, T_DESTROY, T_NETWORK = 0x0B, 0x0C, 0x0D, 0x0E, 0x0F
+T_FREEZE, T_FILES = 0x10, 0x11
 T_STDIN, T_STDIN_EOF = 0x20, 0x21
 T_ACK, T_ERROR, T_EVENT, T_SYNC = 0x80, 0x81, 0x82, 0x83
 T_STDOUT, T_STDERR, T_STDOUT_EOF, T_STDERR_EOF, T_STDIN_ACK = 0xA0, 0xA1, 0xA2, 0xA3, 0xA4
 
 
 class AgentError(Exception):
-    """An ERROR reply (kind per PROTOCOL §8), or a broken channel."""
+    """An ERROR reply (kind per PROTOCOL §9), or a broken channel."""
 
     def __init__(self, kind: str, message: str, errno: int = 0) -> None:
         super().__init__(message)
@@ -65,6 +66,7 @@ class ExitStatus:
 @dataclass(frozen=True)
 class ProcState:
     proc: int
+    container: str
     pid: int
     main: bool
     running: bool
@@ -85,6 +87,8 @@ class ProcessSpec:
     proc: int
     args: list[str]
     env: list[str]
+    # The container (its id in the guest) the process belongs to.
+    container: str = ""
     cwd: str = "/"
     user: str = ""
     tty: bool = False
@@ -106,22 +110,55 @@ class FileSpec:
 
 @dataclass
 class MountSpec:
-    type: Literal["disk", "9p", "tmpfs"]
+    type: Literal["disk", "share", "tmpfs"]
     target: str
+    # disk: its serial; share: an entry of the guest's shared filesystem.
     source: str = ""
-    fstype: str = "ext4"
     options: str = ""
     readonly: bool = False
-    # disk only: an empty volume first takes the content of the path it covers.
+    # An empty volume first takes the content of the path it covers.
     copy_up: bool = False
 
 
 @dataclass
-class InterfaceSpec:
+class NicSlot:
+    """A NIC the guest boots with, found by MAC and renamed to `name`."""
+
     mac: str
     name: str
+
+
+@dataclass
+class SandboxSetup:
+    """SANDBOX: the guest as a whole (PROTOCOL §3)."""
+
+    nics: list[NicSlot] = field(default_factory=list)
+    shared_fs: str = ""
+    # SCSI LUNs of the disks it booted with, beyond the conventional 1 and 2.
+    scan: list[int] = field(default_factory=list)
+    # Host randomness credited to the guest's RNG before any container runs.
+    entropy: bytes = b""
+
+    def payload(self) -> dict[str, Any]:
+        return {"nics": [asdict(n) for n in self.nics], "shared_fs": self.shared_fs,
+                "scan": self.scan, "entropy": base64.b64encode(self.entropy).decode()}
+
+
+@dataclass
+class InterfaceSpec:
+    """A NIC slot handed to a network namespace as `name` (eth0…)."""
+
+    nic: str
+    name: str
+    mac: str
     addresses: list[str]
     mtu: int = 1500
+
+
+@dataclass
+class InterfaceRemoval:
+    name: str
+    nic: str
 
 
 @dataclass
@@ -131,16 +168,38 @@ class RouteSpec:
 
 
 @dataclass
-class SetupSpec:
+class NetworkUpdate:
+    """NETWORK: a network namespace's interfaces and gateway routes."""
+
+    netns: str
+    attach: list[InterfaceSpec] = field(default_factory=list)
+    detach: list[InterfaceRemoval] = field(default_factory=list)
+    # None leaves the routes as they are; a list replaces them.
+    routes: list[RouteSpec] | None = None
+    delete: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.routes is None:
+            del out["routes"]
+        return out
+
+
+@dataclass
+class ContainerSetup:
+    """CREATE: one container's root, mounts, files, namespaces and limits."""
+
+    container: str
+    netns: str
     hostname: str
     domainname: str = ""
     image_disk: str = "image"
     scratch_disk: str = "scratch"
     readonly_rootfs: bool = False
+    pidns: str = ""
+    ipcns: str = ""
     files: list[FileSpec] = field(default_factory=list)
     mounts: list[MountSpec] = field(default_factory=list)
-    interfaces: list[InterfaceSpec] = field(default_factory=list)
-    routes: list[RouteSpec] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
     memory_limit: int = 0
     cpu_quota: int = -1
@@ -150,15 +209,16 @@ class SetupSpec:
 
     def payload(self) -> dict[str, Any]:
         return {
+            "container": self.container,
+            "netns": self.netns,
+            "pidns": self.pidns,
+            "ipcns": self.ipcns,
             "hostname": self.hostname,
             "domainname": self.domainname,
             "rootfs": {"image": self.image_disk, "scratch": self.scratch_disk,
                        "readonly": self.readonly_rootfs},
-            "files": [{"path": f.path, "data": base64.b64encode(f.data).decode(),
-                       "mode": f.mode} for f in self.files],
+            "files": file_payloads(self.files),
             "mounts": [asdict(m) for m in self.mounts],
-            "interfaces": [asdict(i) for i in self.interfaces],
-            "routes": [asdict(r) for r in self.routes],
             "sysctls": self.sysctls,
             "memory_limit": self.memory_limit,
             "cpu_quota": self.cpu_quota,
@@ -166,6 +226,11 @@ class SetupSpec:
             "pids_limit": self.pids_limit,
             "shm_size": self.shm_size,
         }
+
+
+def file_payloads(files: list[FileSpec]) -> list[dict[str, Any]]:
+    return [{"path": f.path, "data": base64.b64encode(f.data).decode(), "mode": f.mode}
+            for f in files]
 
 
 @dataclass
@@ -198,7 +263,8 @@ def _proc_state(raw: Any) -> ProcState | None:
     if not isinstance(raw, dict):
         return None
     return ProcState(
-        proc=_int(raw.get("proc")), pid=_int(raw.get("pid")), main=raw.get("main") is True,
+        proc=_int(raw.get("proc")), container=str(raw.get("container") or ""),
+        pid=_int(raw.get("pid")), main=raw.get("main") is True,
         running=raw.get("running") is True, exit_code=_int(raw.get("exit_code")),
         signal=_int(raw.get("signal")), oom_killed=raw.get("oom_killed") is True,
     )
@@ -226,11 +292,12 @@ class AgentClient:
     @classmethod
     async def connect(cls, socket_path: Path, *, timeout: float = 60.0,
                       on_event: Callable[[dict[str, Any]], None] | None = None,
-                      setup: SetupSpec | None = None) -> AgentClient:
+                      boot: list[tuple[int, dict[str, Any]]] | None = None) -> AgentClient:
         """Connect, resynchronise (HELLO/SYNC) and read the guest's STATE.
 
-        With `setup`, SETUP is sent in the same breath as HELLO: the guest
-        reads them in order, which saves round trips on the boot path."""
+        `boot` requests (SANDBOX, NETWORK, CREATE of a new guest) are sent in
+        the same breath as HELLO: the guest reads them in order, which saves
+        round trips on the boot path. Any of them failing fails the connect."""
         async with asyncio.timeout(timeout):
             while True:
                 try:
@@ -241,7 +308,7 @@ class AgentClient:
                     await asyncio.sleep(0.005)
             client = cls(reader, writer, on_event)
             try:
-                await client._handshake(setup)
+                await client._handshake(boot or [])
             except BaseException:
                 await client.close()
                 raise
@@ -254,10 +321,10 @@ class AgentClient:
         self._writer.write(_frame(type_, ident, json.dumps(body).encode()))
         return future
 
-    async def _handshake(self, setup: SetupSpec | None) -> None:
+    async def _handshake(self, boot: list[tuple[int, dict[str, Any]]]) -> None:
         nonce = secrets.token_hex(16)
         hello = self._queue_request(T_HELLO, {"version": PROTOCOL_VERSION, "nonce": nonce})
-        setup_done = self._queue_request(T_SETUP, setup.payload()) if setup else None
+        booted = [self._queue_request(type_, body) for type_, body in boot]
         state = self._queue_request(T_STATE, {})
         await self._writer.drain()
         # Bytes of a frame an earlier host half read may come first: skip
@@ -281,8 +348,10 @@ class AgentClient:
         if self.guest_info.version != PROTOCOL_VERSION:
             raise AgentError("system", f"guest speaks protocol {self.guest_info.version}, "
                                        f"hbd speaks {PROTOCOL_VERSION}")
-        if setup_done is not None:
-            await setup_done
+        # The guest answers each of them (or the channel breaks, failing all).
+        for outcome in await asyncio.gather(*booted, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
         self.processes = self._proc_states(await state)
 
     @property
@@ -428,8 +497,20 @@ class AgentClient:
         finally:
             self._pending.pop(ident, None)
 
-    async def setup(self, spec: SetupSpec) -> None:
-        await self.request(T_SETUP, spec.payload())
+    async def create(self, spec: ContainerSetup) -> None:
+        await self.request(T_CREATE, spec.payload())
+
+    async def destroy(self, container: str) -> None:
+        await self.request(T_DESTROY, {"container": container})
+
+    async def network(self, update: NetworkUpdate) -> None:
+        await self.request(T_NETWORK, update.payload())
+
+    async def freeze(self, container: str, frozen: bool) -> None:
+        await self.request(T_FREEZE, {"container": container, "frozen": frozen})
+
+    async def rewrite_files(self, container: str, files: list[FileSpec]) -> None:
+        await self.request(T_FILES, {"container": container, "files": file_payloads(files)})
 
     async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int:
         """Start a process; its output goes to `output` from the first byte."""
@@ -487,14 +568,14 @@ class AgentClient:
         self._inflight.pop(proc, None)
         await self.request(T_RELEASE, {"proc": proc})
 
-    async def stats(self) -> dict[str, Any]:
-        return await self.request(T_STATS, {})
+    async def stats(self, container: str) -> dict[str, Any]:
+        return await self.request(T_STATS, {"container": container})
 
-    async def ps(self) -> dict[str, Any]:
-        return await self.request(T_PS, {})
+    async def ps(self, container: str) -> dict[str, Any]:
+        return await self.request(T_PS, {"container": container})
 
-    async def update(self, resources: ResourceUpdate) -> None:
-        await self.request(T_UPDATE, asdict(resources))
+    async def update(self, container: str, resources: ResourceUpdate) -> None:
+        await self.request(T_UPDATE, {"container": container, **asdict(resources)})
 
     async def poweroff(self) -> None:
         await self.request(T_POWEROFF, {"sync": True})

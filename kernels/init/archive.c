@@ -25,9 +25,8 @@
 #include "util.h"
 
 #define BLOCK 512
-#define UPPER ROOT "/scratch/upper"
-#define LOWER ROOT "/image"
-#define CREATED_LIST ROOT "/scratch/hbd-created"
+/* The container the builtin works on (run_builtin sets them). */
+static char layer_upper[160], layer_lower[160], created_list[160], container_cgroup[160];
 /* Build a path; true when it did not fit (the caller skips that entry). */
 #define PATHF(buf, ...) (snprintf(buf, sizeof(buf), __VA_ARGS__) >= (int)sizeof(buf))
 
@@ -293,7 +292,7 @@ static int ncreated;
 static void load_created(void)
 {
 	char text[65536];
-	if (read_file(CREATED_LIST, text, sizeof(text)) <= 0)
+	if (read_file(created_list, text, sizeof(text)) <= 0)
 		return;
 	for (char *save = NULL, *line = strtok_r(text, "\n", &save); line;
 	     line = strtok_r(NULL, "\n", &save)) {
@@ -325,7 +324,7 @@ static int is_opaque(const char *real)
 static int in_lower(const char *name, struct stat *out)
 {
 	char path[PATH_MAX];
-	return !PATHF(path, LOWER "/%s", name) && !lstat(path, out);
+	return !PATHF(path, "%s/%s", layer_lower, name) && !lstat(path, out);
 }
 
 static void change_record(struct buf *out, const char *name, int kind)
@@ -343,7 +342,7 @@ static int list_opaque_deletions(const char *name, const char *upper_dir, struct
 {
 	char lower_dir[PATH_MAX];
 	struct dirent **gone;
-	if (PATHF(lower_dir, LOWER "/%s", name))
+	if (PATHF(lower_dir, "%s/%s", layer_lower, name))
 		return 0;
 	int m = scandir(lower_dir, &gone, NULL, alphasort);
 	int count = 0;
@@ -445,7 +444,9 @@ static int commit_filter(const char *real, const char *name, const struct stat *
 
 static int freeze(int on)
 {
-	return write_file(CGROUP "/cgroup.freeze", on ? "1" : "0", 1, 0644);
+	char path[192];
+	snprintf(path, sizeof(path), "%s/cgroup.freeze", container_cgroup);
+	return write_file(path, on ? "1" : "0", 1, 0644);
 }
 
 /* With `freeze`, the container's processes stand still while the layer is
@@ -456,7 +457,7 @@ static int tar_changes(int frozen)
 	if (frozen && freeze(1))
 		LOG("cannot freeze the container: %s", strerror(errno));
 	struct hardlinks links = {0};
-	int rc = walk(1, UPPER, "", &links, commit_filter);
+	int rc = walk(1, layer_upper, "", &links, commit_filter);
 	if (!rc)
 		rc = end_archive(1);
 	if (frozen)
@@ -910,8 +911,12 @@ static int stat_path(const char *path)
 }
 
 /* The child's entry point for a builtin; returns its exit status. */
-int run_builtin(const char *name, char **args)
+int run_builtin(const struct container *c, const char *name, char **args)
 {
+	container_upper(c, layer_upper, sizeof(layer_upper));
+	container_lower(c, layer_lower, sizeof(layer_lower));
+	container_created_list(c, created_list, sizeof(created_list));
+	snprintf(container_cgroup, sizeof(container_cgroup), "%s", c->cgroup);
 	if (!strcmp(name, "tar-create") && args[0])
 		return tar_create(args[0]);
 	if (!strcmp(name, "tar-extract") && args[0]) {
@@ -929,7 +934,7 @@ int run_builtin(const char *name, char **args)
 	if (!strcmp(name, "changes")) {
 		load_created();
 		struct buf out = {0};
-		list_changes(UPPER, "", &out);
+		list_changes(layer_upper, "", &out);
 		int rc = out.len ? write_all(1, out.data, out.len) : 0;
 		buf_free(&out);
 		return rc ? 1 : 0;
@@ -942,13 +947,15 @@ int run_builtin(const char *name, char **args)
 	return 127;
 }
 
-/* SETUP creates these when the image lacks them; diff and commit skip them. */
-void record_created(const char *path)
+/* CREATE makes these when the image lacks them; diff and commit skip them.
+ * `rel` is the path inside the container, with its leading slash. */
+void record_created(const struct container *c, const char *rel)
 {
-	int fd = open(CREATED_LIST, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	char list[160];
+	container_created_list(c, list, sizeof(list));
+	int fd = open(list, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return;
-	const char *rel = path + strlen(ROOTFS);
 	write_all(fd, rel, strlen(rel));
 	write_all(fd, "\n", 1);
 	close(fd);

@@ -1,8 +1,8 @@
 /* hbd guest init: PID 1 of an initramfs that holds nothing else.
  *
  * One single-threaded poll loop serves the host channel (a virtio-serial
- * port, PROTOCOL.md), the container's processes' stdio and SIGCHLD. PID 1
- * must never die: every failure is reported to the host as ERROR. */
+ * port, PROTOCOL.md), the stdio of every container's processes and SIGCHLD.
+ * PID 1 must never die: every failure is reported to the host as ERROR. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -41,7 +41,6 @@ static size_t outq_frame;       /* start of the frame outq_off is in */
  * whatever comes before our SYNC, so earlier bytes would be lost. */
 static int awaiting_hello = 1;
 static struct proc *procs;
-static pid_t main_pid;
 static long long boot_ms;
 static int sigfd = -1;
 static int poweroff_requested;
@@ -91,6 +90,16 @@ static void reply_error(uint32_t id, const struct err *e)
 	buf_json_string(&b, e->kind ? e->kind : "system");
 	buf_str(&b, "}");
 	queue_json(T_ERROR, id, &b);
+}
+
+void reply_ack_later(uint32_t id)
+{
+	ack_empty(id);
+}
+
+void reply_error_later(uint32_t id, const struct err *e)
+{
+	reply_error(id, e);
 }
 
 static void error_simple(uint32_t id, const char *kind, int errnum, const char *msg)
@@ -166,14 +175,6 @@ static struct proc *find_proc(uint32_t id)
 	return NULL;
 }
 
-static struct proc *main_proc(void)
-{
-	for (struct proc *p = procs; p; p = p->next)
-		if (p->main)
-			return p;
-	return NULL;
-}
-
 static void close_stdin(struct proc *p)
 {
 	if (p->in_fd >= 0) {
@@ -188,10 +189,12 @@ static void close_stdin(struct proc *p)
 
 static void proc_state_json(struct buf *b, const struct proc *p)
 {
+	buf_printf(b, "{\"proc\":%u,\"container\":", p->id);
+	buf_json_string(b, p->container);
 	buf_printf(b,
-		   "{\"proc\":%u,\"pid\":%d,\"main\":%s,\"running\":%s,\"exit_code\":%d,"
+		   ",\"pid\":%d,\"main\":%s,\"running\":%s,\"exit_code\":%d,"
 		   "\"signal\":%d,\"oom_killed\":%s}",
-		   p->id, p->pid, p->main ? "true" : "false", p->exit_sent ? "false" : "true",
+		   p->pid, p->main ? "true" : "false", p->exit_sent ? "false" : "true",
 		   p->exit_code, p->signal, p->oom ? "true" : "false");
 }
 
@@ -228,15 +231,19 @@ static void reap(void)
 			} else {
 				p->exit_code = WEXITSTATUS(status);
 			}
-			long long kills = cgroup_oom_kills();
-			if (kills > p->oom_before) {
+			struct container *c = container_find(p->container);
+			if (c && cgroup_oom_kills(c) > p->oom_before) {
 				p->oom = p->signal == SIGKILL;
 				if (p->main) {
 					struct buf b = {0};
-					buf_str(&b, "{\"type\":\"oom\"}");
+					buf_str(&b, "{\"type\":\"oom\",\"container\":");
+					buf_json_string(&b, p->container);
+					buf_str(&b, "}");
 					queue_json(T_EVENT, 0, &b);
 				}
 			}
+			if (c && p->main)
+				container_main_exited(c);
 		}
 	}
 }
@@ -339,35 +346,83 @@ static void handle_start(uint32_t id, const struct json *req)
 		return error_simple(id, "invalid", EINVAL, "START needs a proc id");
 	if (find_proc((uint32_t)proc_id))
 		return error_simple(id, "state", EEXIST, "proc id already in use");
-	if (!sandbox_ready())
-		return error_simple(id, "state", EAGAIN, "SETUP has not run");
-	struct proc *m = main_proc();
-	if (is_main && m)
+	struct container *c = container_find(json_str(req, "container", ""));
+	if (!c)
+		return error_simple(id, "notfound", ENOENT, "no such container");
+	if (c->destroying)
+		return error_simple(id, "state", ESRCH, "the container is being destroyed");
+	if (is_main && c->main_pid)
 		return error_simple(id, "state", EBUSY, "the container's main process already ran");
 	int builtin = *json_str(req, "builtin", "") != 0;
 	if (is_main && builtin)
 		return error_simple(id, "invalid", EINVAL, "a builtin cannot be the main process");
-	if (!is_main && !builtin && (!m || m->reaped))
+	if (!is_main && !builtin && (!c->main_pid || c->main_exited))
 		return error_simple(id, "state", ESRCH, "the container is not running");
 	struct proc *p = calloc(1, sizeof(*p));
 	if (!p)
 		return error_simple(id, "system", ENOMEM, "out of memory");
 	p->id = (uint32_t)proc_id;
 	p->main = is_main;
-	p->oom_before = cgroup_oom_kills();
+	snprintf(p->container, sizeof(p->container), "%s", c->id);
+	p->oom_before = cgroup_oom_kills(c);
 	TRACE("starting process %u", p->id);
-	if (process_start(req, p, m && !m->reaped ? m->pid : 0, &e)) {
+	if (process_start(req, p, c, &e)) {
 		free(p);
 		return reply_error(id, &e);
 	}
 	p->next = procs;
 	procs = p;
 	if (is_main)
-		main_pid = p->pid;
+		c->main_pid = p->pid;
 	struct buf b = {0};
 	buf_printf(&b, "{\"pid\":%d}", p->pid);
 	ack(id, &b);
 	TRACE("process %u started as %d", p->id, p->pid);
+}
+
+/* The container a request names, or an ERROR reply and NULL. */
+static struct container *named_container(uint32_t id, const struct json *req)
+{
+	struct container *c = container_find(json_str(req, "container", ""));
+	if (!c)
+		error_simple(id, "notfound", ENOENT, "no such container");
+	return c;
+}
+
+static void handle_container_request(uint16_t type, uint32_t id, const struct json *req)
+{
+	struct container *c = named_container(id, req);
+	if (!c)
+		return;
+	struct err e = {0};
+	struct buf b = {0};
+	int rc = 0;
+	switch (type) {
+	case T_STATS:
+		stats_json(c, &b);
+		return ack(id, &b);
+	case T_PS:
+		ps_json(c, &b);
+		return ack(id, &b);
+	case T_UPDATE:
+		rc = cgroup_update(c, req, &e);
+		break;
+	case T_FREEZE:
+		rc = container_freeze(c, json_bool(req, "frozen", 1), &e);
+		break;
+	case T_FILES:
+		rc = container_files(c, json_get(req, "files"), &e);
+		break;
+	case T_DESTROY:
+		/* Answered once its processes are gone and its disks unmounted. */
+		if (container_destroy(c, id, &e))
+			reply_error(id, &e);
+		return;
+	}
+	if (rc)
+		reply_error(id, &e);
+	else
+		ack_empty(id);
 }
 
 static void handle_signal(uint32_t id, const struct json *req)
@@ -417,8 +472,8 @@ static void handle_release(uint32_t id, const struct json *req)
 		struct proc *p = *pp;
 		if (p->id != proc_id)
 			continue;
-		if (!p->exit_sent || p->main)
-			return ack_empty(id); /* kept: still running, or the container itself */
+		if (!p->exit_sent || (p->main && container_find(p->container)))
+			return ack_empty(id); /* kept: still running, or a container's main */
 		*pp = p->next;
 		buf_free(&p->in_pending);
 		free(p);
@@ -457,12 +512,32 @@ static void dispatch(uint16_t type, uint32_t id, const char *payload, uint32_t l
 	case T_HELLO:
 		handle_hello(id, req);
 		break;
-	case T_SETUP:
-		TRACE("setup begins");
+	case T_SANDBOX:
 		if (sandbox_setup(req, &e))
 			reply_error(id, &e);
 		else
 			ack_empty(id);
+		break;
+	case T_CREATE:
+		TRACE("create begins");
+		if (container_create(req, &e))
+			reply_error(id, &e);
+		else
+			ack_empty(id);
+		break;
+	case T_NETWORK:
+		if (network_config(req, &e))
+			reply_error(id, &e);
+		else
+			ack_empty(id);
+		break;
+	case T_STATS:
+	case T_PS:
+	case T_UPDATE:
+	case T_FREEZE:
+	case T_FILES:
+	case T_DESTROY:
+		handle_container_request(type, id, req);
 		break;
 	case T_START:
 		handle_start(id, req);
@@ -478,24 +553,6 @@ static void dispatch(uint16_t type, uint32_t id, const char *payload, uint32_t l
 		break;
 	case T_RELEASE:
 		handle_release(id, req);
-		break;
-	case T_STATS: {
-		struct buf b = {0};
-		stats_json(&b);
-		ack(id, &b);
-		break;
-	}
-	case T_PS: {
-		struct buf b = {0};
-		ps_json(&b);
-		ack(id, &b);
-		break;
-	}
-	case T_UPDATE:
-		if (cgroup_update(req, &e))
-			reply_error(id, &e);
-		else
-			ack_empty(id);
 		break;
 	case T_POWEROFF:
 		ack_empty(id);
@@ -606,8 +663,7 @@ static void early_mounts(void)
 	mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
 	mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
-	mkdir_p(ROOT "/files", 0700);
-	mkdir_p(ROOTFS, 0755);
+	mkdir_p(DISKS, 0755);
 }
 
 static int probe_connected(void)
@@ -634,11 +690,9 @@ int main(void)
 	sigaddset(&mask, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-	/* While the host side of the port is still being announced: the disks
-	 * every container boots with. SETUP finds them mounted, or reports. */
-	struct err early = {0};
-	if (sandbox_prepare_rootfs("image", "scratch", &early))
-		TRACE("early root not prepared: %s", early.msg);
+	/* While the host side of the port is still being announced: the root
+	 * of the container the guest boots with, from its conventional disks. */
+	containers_prepare_boot();
 	chan = open_port();
 	TRACE("port open");
 	if (chan < 0) {
@@ -702,6 +756,7 @@ int main(void)
 				while (read(sigfd, &si, sizeof(si)) == sizeof(si))
 					;
 				reap();
+				containers_progress();
 				break;
 			}
 			case K_OUT:

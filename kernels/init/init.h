@@ -7,7 +7,7 @@
 
 #include "json.h"
 
-#define PROTOCOL_VERSION 1
+#define PROTOCOL_VERSION 2
 #define FRAME_HEADER 12
 #define MAX_FRAME (1024 * 1024)
 #define STREAM_CHUNK (64 * 1024)
@@ -16,7 +16,7 @@
 
 enum frame_type {
 	T_HELLO = 0x01,
-	T_SETUP = 0x02,
+	T_SANDBOX = 0x02,
 	T_START = 0x03,
 	T_SIGNAL = 0x04,
 	T_RESIZE = 0x05,
@@ -27,6 +27,11 @@ enum frame_type {
 	T_PING = 0x0A,
 	T_PS = 0x0B,
 	T_UPDATE = 0x0C,
+	T_CREATE = 0x0D,
+	T_DESTROY = 0x0E,
+	T_NETWORK = 0x0F,
+	T_FREEZE = 0x10,
+	T_FILES = 0x11,
 	T_STDIN = 0x20,
 	T_STDIN_EOF = 0x21,
 	T_ACK = 0x80,
@@ -41,10 +46,17 @@ enum frame_type {
 };
 
 #define ROOT "/run/hbd"
-#define ROOTFS ROOT "/rootfs"
-#define CGROUP "/sys/fs/cgroup/container"
+/* Every disk is mounted once, by serial, under DISKS; containers bind from there. */
+#define DISKS ROOT "/disks"
+/* The guest's shared filesystem (virtiofs) from the host. */
+#define SHARED ROOT "/fs"
+/* Container ids, netns ids and disk serials are host-chosen names of at most
+ * ID_MAX characters from [A-Za-z0-9_.-]. */
+#define ID_MAX 64
+#define MAX_FILES 16
+#define MAX_ROUTES 16
 
-/* An error to report to the host: kind per PROTOCOL.md §8. */
+/* An error to report to the host: kind per PROTOCOL.md §9. */
 struct err {
 	const char *kind;
 	int errnum;
@@ -54,8 +66,47 @@ struct err {
 void set_err(struct err *e, const char *kind, int errnum, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
+/* A network namespace the host named; containers join one. */
+struct netns {
+	char id[ID_MAX + 1];
+	int fd;
+	int nroutes;
+	char routes[MAX_ROUTES][2][48]; /* destination, gateway: what NETWORK installed */
+	struct netns *next;
+};
+
+/* A file hbd owns inside a container (/etc/hosts…): staged on a guest tmpfs
+ * and bind-mounted over its target, so FILES can rewrite it in place. */
+struct owned_file {
+	char target[256];
+	char staged[160];
+};
+
+struct container {
+	char id[ID_MAX + 1];
+	char dir[128];        /* ROOT/c/<id> */
+	char rootfs[160];     /* dir/rootfs: the container's root, overlay + mounts */
+	char cgroup[128];     /* /sys/fs/cgroup/c-<id> */
+	char image[ID_MAX + 1], scratch[ID_MAX + 1];
+	char hostname[65], domainname[65];
+	char pid_peer[ID_MAX + 1]; /* shares this container's pid namespace ("" own) */
+	char ipc_peer[ID_MAX + 1]; /* and this one's ipc namespace */
+	struct netns *net;
+	int ndisks;
+	char disks[32][ID_MAX + 1]; /* volume disks it holds (besides image, scratch) */
+	int nfiles;
+	struct owned_file files[MAX_FILES];
+	struct buf sysctls;   /* "key\0value\0"…, applied by its main process */
+	pid_t main_pid;       /* 0 until its main process starts */
+	int main_exited;
+	int destroying;       /* DESTROY is waiting for its processes to go */
+	uint32_t destroy_request;
+	struct container *next;
+};
+
 struct proc {
 	uint32_t id;
+	char container[ID_MAX + 1];
 	pid_t pid;
 	int main;
 	int tty;
@@ -72,33 +123,60 @@ struct proc {
 	struct proc *next;
 };
 
-/* sandbox.c */
-int sandbox_prepare_rootfs(const char *image, const char *scratch, struct err *e);
+/* init.c: replies for requests answered later (DESTROY). */
+void reply_ack_later(uint32_t id);
+void reply_error_later(uint32_t id, const struct err *e);
+
+/* sandbox.c: the guest as a whole. */
 int sandbox_setup(const struct json *spec, struct err *e);
 int sandbox_ready(void);
 void sandbox_shutdown(void);
-long long cgroup_oom_kills(void);
+
+/* container.c */
+int valid_id(const char *id);
+void containers_prepare_boot(void);
+struct container *container_find(const char *id);
+int container_create(const struct json *spec, struct err *e);
+int container_destroy(struct container *c, uint32_t request, struct err *e);
+void containers_progress(void); /* finish DESTROYs whose processes are gone */
+int container_freeze(struct container *c, int frozen, struct err *e);
+int container_files(struct container *c, const struct json *files, struct err *e);
+long long cgroup_oom_kills(const struct container *c);
+void container_main_exited(struct container *c);
+void containers_unmount_all(void);
+/* Paths of a container's layers: the scratch disk's upper dir, the image disk. */
+void container_upper(const struct container *c, char *out, size_t cap);
+void container_lower(const struct container *c, char *out, size_t cap);
+void container_created_list(const struct container *c, char *out, size_t cap);
 
 /* stats.c */
-void stats_json(struct buf *b);
-void ps_json(struct buf *b);
-int cgroup_update(const struct json *req, struct err *e);
+/* A number of the container's cgroup FILE: its content (0 for "max"), or,
+ * with KEY, the number after KEY at the start of one of its lines (0 if none). */
+long long cgroup_file(const struct container *c, const char *file, const char *key);
+void stats_json(const struct container *c, struct buf *b);
+void ps_json(const struct container *c, struct buf *b);
+int cgroup_update(const struct container *c, const struct json *req, struct err *e);
 
 /* archive.c */
-int run_builtin(const char *name, char **args);
+int run_builtin(const struct container *c, const char *name, char **args);
 void builtin_note_mounts(const char *mountinfo, const char *prefix);
-void record_created(const char *path);
+void record_created(const struct container *c, const char *path);
 
 /* copyup.c: fill an empty volume mounted at VOLUME with what SOURCE holds. */
 int copy_up(const char *source, const char *volume, struct err *e);
 
 /* process.c */
-int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struct err *e);
+int process_start(const struct json *spec, struct proc *p, struct container *c,
+		  struct err *e);
 /* user[:group] as a container's User names it, from its /etc/passwd and /etc/group. */
 int resolve_owner(const char *spec, uid_t *uid, gid_t *gid, char *err, size_t errlen);
 
 /* netconf.c */
 int net_loopback_up(void);
-int net_configure(const struct json *spec, struct err *e);
+int net_name_nics(const struct json *nics, struct err *e);
+struct netns *netns_get(const char *id, int create, struct err *e);
+int network_config(const struct json *req, struct err *e);
+int netns_enter(const struct netns *n); /* returns the fd to return with, or -1 */
+void netns_leave(int own);
 
 #endif

@@ -1,11 +1,21 @@
-/* Interface and route configuration with plain ioctls: the guest needs a
- * handful of IPv4 settings, not a netlink library. */
+/* Networks: the guest's NICs and the network namespaces containers live in.
+ *
+ * A guest boots with a fixed set of NICs (microvm has no hotplug); the host
+ * names them slots (SANDBOX) and hands a slot to a network namespace when a
+ * container joins a network (NETWORK attach), taking it back on detach. A
+ * slot in use lives in its namespace under the container's name for it
+ * (eth0, eth1…) with the endpoint's MAC. Addresses and routes are set with
+ * plain ioctls; only moving a link between namespaces needs rtnetlink. */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <net/route.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,18 +27,24 @@
 #include "init.h"
 #include "util.h"
 
+static struct netns *namespaces;
+static int root_net = -1;
+
 static int ctl_socket(void)
 {
 	return socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 }
 
-static int set_up(int s, const char *name)
+static int set_flags(int s, const char *name, int up)
 {
 	struct ifreq ifr = {0};
 	snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
 	if (ioctl(s, SIOCGIFFLAGS, &ifr))
 		return -1;
-	ifr.ifr_flags |= IFF_UP;
+	if (up)
+		ifr.ifr_flags |= IFF_UP;
+	else
+		ifr.ifr_flags &= ~IFF_UP;
 	return ioctl(s, SIOCSIFFLAGS, &ifr);
 }
 
@@ -37,7 +53,7 @@ int net_loopback_up(void)
 	int s = ctl_socket();
 	if (s < 0)
 		return -1;
-	int rc = set_up(s, "lo");
+	int rc = set_flags(s, "lo", 1);
 	close(s);
 	return rc;
 }
@@ -66,6 +82,19 @@ static int iface_by_mac(const char *mac, char *name, size_t cap)
 	return rc;
 }
 
+static int parse_mac(const char *text, unsigned char out[6])
+{
+	unsigned v[6];
+	if (sscanf(text, "%x:%x:%x:%x:%x:%x", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]) != 6)
+		return -1;
+	for (int i = 0; i < 6; i++) {
+		if (v[i] > 255)
+			return -1;
+		out[i] = (unsigned char)v[i];
+	}
+	return 0;
+}
+
 static int parse_cidr(const char *text, struct in_addr *addr, struct in_addr *mask)
 {
 	char ip[64];
@@ -92,48 +121,230 @@ static void set_sin(struct sockaddr *sa, struct in_addr a)
 	sin->sin_addr = a;
 }
 
-static int configure_iface(int s, const struct json *iface, struct err *e)
+/* -- rtnetlink: move (and rename) a link into another namespace ------------- */
+
+/* The rtnetlink ABI (linux/netlink.h, linux/rtnetlink.h), stable since
+ * Linux 2.6: musl ships no kernel headers, and this is all we use of them. */
+#define NETLINK_ROUTE_ 0
+#define NLM_F_REQUEST_ 1
+#define NLM_F_ACK_ 4
+#define NLMSG_ERROR_ 2
+#define RTM_NEWLINK_ 16
+#define IFLA_IFNAME_ 3
+#define IFLA_NET_NS_FD_ 28
+#define NL_ALIGN(len) (((len) + 3U) & ~3U)
+
+struct nl_header {
+	uint32_t len;
+	uint16_t type, flags;
+	uint32_t seq, pid;
+};
+
+struct nl_ifinfo {
+	unsigned char family, pad;
+	unsigned short type;
+	int index;
+	unsigned flags, change;
+};
+
+struct nl_attr {
+	unsigned short len, type;
+};
+
+struct nl_address {
+	sa_family_t family;
+	unsigned short pad;
+	uint32_t pid, groups;
+};
+
+struct nl_request {
+	struct nl_header h;
+	struct nl_ifinfo ifi;
+	char attrs[256];
+};
+
+static void nl_add_attr(struct nl_request *r, unsigned short type, const void *data, size_t len)
 {
-	const char *mac = json_str(iface, "mac", "");
-	const char *want = json_str(iface, "name", "");
-	char name[IFNAMSIZ];
-	if (iface_by_mac(mac, name, sizeof(name))) {
-		set_err(e, "system", ENODEV, "no network interface with MAC %s", mac);
+	struct nl_attr *a = (struct nl_attr *)((char *)r + NL_ALIGN(r->h.len));
+	a->type = type;
+	a->len = (unsigned short)(sizeof(*a) + len);
+	memcpy(a + 1, data, len);
+	r->h.len = NL_ALIGN(r->h.len) + NL_ALIGN(a->len);
+}
+
+static int nl_talk(struct nl_request *r)
+{
+	int s = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE_);
+	if (s < 0)
+		return -1;
+	struct nl_address sa = {.family = AF_NETLINK};
+	int rc = -1;
+	errno = 0;
+	if (sendto(s, r, r->h.len, 0, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		goto out;
+	/* The answer: a header, then the error number (0 for an ACK). */
+	union {
+		char bytes[4096];
+		struct nl_header h;
+	} reply;
+	ssize_t n = recv(s, reply.bytes, sizeof(reply.bytes), 0);
+	if (n < (ssize_t)(sizeof(struct nl_header) + sizeof(int)) || reply.h.type != NLMSG_ERROR_)
+		goto out;
+	int error;
+	memcpy(&error, reply.bytes + sizeof(struct nl_header), sizeof(error));
+	if (error) {
+		errno = -error;
+		goto out;
+	}
+	rc = 0;
+out:
+	if (rc && !errno)
+		errno = EIO;
+	int saved = errno;
+	close(s);
+	errno = saved;
+	return rc;
+}
+
+/* Run in the namespace that holds `name` now. */
+static int link_move(const char *name, int netns_fd, const char *new_name)
+{
+	unsigned index = if_nametoindex(name);
+	if (!index)
+		return -1;
+	struct nl_request r = {0};
+	r.h.len = sizeof(struct nl_header) + sizeof(struct nl_ifinfo);
+	r.h.type = RTM_NEWLINK_;
+	r.h.flags = NLM_F_REQUEST_ | NLM_F_ACK_;
+	r.ifi.family = AF_UNSPEC;
+	r.ifi.index = (int)index;
+	uint32_t fd = (uint32_t)netns_fd;
+	nl_add_attr(&r, IFLA_NET_NS_FD_, &fd, sizeof(fd));
+	nl_add_attr(&r, IFLA_IFNAME_, new_name, strlen(new_name) + 1);
+	return nl_talk(&r);
+}
+
+/* -- namespaces ---------------------------------------------------------------- */
+
+int netns_enter(const struct netns *n)
+{
+	return setns(n->fd, CLONE_NEWNET);
+}
+
+void netns_leave(int unused)
+{
+	(void)unused;
+	if (setns(root_net, CLONE_NEWNET))
+		LOG("cannot return to the guest's network namespace: %s", strerror(errno));
+}
+
+struct netns *netns_get(const char *id, int create, struct err *e)
+{
+	for (struct netns *n = namespaces; n; n = n->next)
+		if (!strcmp(n->id, id))
+			return n;
+	if (!create) {
+		set_err(e, "notfound", ENOENT, "no network namespace %s", id);
+		return NULL;
+	}
+	if (!valid_id(id)) {
+		set_err(e, "invalid", EINVAL, "bad network namespace id");
+		return NULL;
+	}
+	if (root_net < 0 && (root_net = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)) < 0) {
+		set_err(e, "system", errno, "open own netns: %s", strerror(errno));
+		return NULL;
+	}
+	struct netns *n = calloc(1, sizeof(*n));
+	if (!n || unshare(CLONE_NEWNET)) {
+		set_err(e, "system", errno, "new network namespace: %s", strerror(errno));
+		free(n);
+		return NULL;
+	}
+	n->fd = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+	net_loopback_up();
+	netns_leave(0);
+	if (n->fd < 0) {
+		set_err(e, "system", errno, "open new netns: %s", strerror(errno));
+		free(n);
+		return NULL;
+	}
+	snprintf(n->id, sizeof(n->id), "%s", id);
+	n->next = namespaces;
+	namespaces = n;
+	return n;
+}
+
+/* -- NICs ---------------------------------------------------------------------- */
+
+int net_name_nics(const struct json *nics, struct err *e)
+{
+	int s = ctl_socket();
+	if (s < 0) {
+		set_err(e, "system", errno, "socket: %s", strerror(errno));
 		return -1;
 	}
-	struct ifreq ifr = {0};
-	if (*want && strcmp(want, name)) {
+	int rc = 0;
+	for (const struct json *nic = nics ? nics->child : NULL; nic && !rc; nic = nic->next) {
+		const char *mac = json_str(nic, "mac", "");
+		const char *want = json_str(nic, "name", "");
+		char name[IFNAMSIZ];
+		if (!*want || strlen(want) >= IFNAMSIZ || iface_by_mac(mac, name, sizeof(name))) {
+			set_err(e, "system", ENODEV, "no network interface with MAC %s", mac);
+			rc = -1;
+			break;
+		}
+		if (!strcmp(name, want))
+			continue;
+		struct ifreq ifr = {0};
 		snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
 		snprintf(ifr.ifr_newname, IFNAMSIZ, "%s", want);
 		if (ioctl(s, SIOCSIFNAME, &ifr)) {
 			set_err(e, "system", errno, "rename %s to %s: %s", name, want, strerror(errno));
-			return -1;
+			rc = -1;
 		}
-		snprintf(name, sizeof(name), "%s", want);
 	}
-	long long mtu = json_int(iface, "mtu", 0);
-	memset(&ifr, 0, sizeof(ifr));
+	close(s);
+	return rc;
+}
+
+static int set_mac_mtu(int s, const char *name, const char *mac, long long mtu, struct err *e)
+{
+	struct ifreq ifr = {0};
 	snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
-	if (mtu > 0 && (ioctl(s, SIOCGIFMTU, &ifr) || ifr.ifr_mtu != mtu)) {
+	unsigned char bytes[6];
+	if (parse_mac(mac, bytes)) {
+		set_err(e, "invalid", EINVAL, "bad MAC %s", mac);
+		return -1;
+	}
+	ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+	memcpy(ifr.ifr_hwaddr.sa_data, bytes, 6);
+	if (ioctl(s, SIOCSIFHWADDR, &ifr)) {
+		set_err(e, "system", errno, "MAC of %s: %s", name, strerror(errno));
+		return -1;
+	}
+	if (mtu > 0) {
+		memset(&ifr, 0, sizeof(ifr));
+		snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
 		ifr.ifr_mtu = (int)mtu;
 		if (ioctl(s, SIOCSIFMTU, &ifr)) {
 			set_err(e, "system", errno, "mtu of %s: %s", name, strerror(errno));
 			return -1;
 		}
 	}
-	const struct json *addrs = json_get(iface, "addresses");
-	int first = 1;
+	return 0;
+}
+
+/* Inside the namespace: the interface's address, then up. */
+static int configure_address(int s, const char *name, const struct json *addrs, struct err *e)
+{
+	struct ifreq ifr;
 	for (const struct json *a = addrs ? addrs->child : NULL; a; a = a->next) {
 		struct in_addr ip, mask;
 		if (a->type != J_STR || parse_cidr(a->str, &ip, &mask)) {
 			set_err(e, "invalid", EINVAL, "bad address for %s", name);
 			return -1;
 		}
-		if (!first) {
-			/* ioctls hold one IPv4 address per interface; the rest are aliases. */
-			continue;
-		}
-		first = 0;
 		memset(&ifr, 0, sizeof(ifr));
 		snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
 		set_sin(&ifr.ifr_addr, ip);
@@ -146,21 +357,80 @@ static int configure_iface(int s, const struct json *iface, struct err *e)
 			set_err(e, "system", errno, "netmask of %s: %s", name, strerror(errno));
 			return -1;
 		}
+		break; /* ioctls hold one IPv4 address per interface */
 	}
-	if (set_up(s, name)) {
+	if (set_flags(s, name, 1)) {
 		set_err(e, "system", errno, "bring up %s: %s", name, strerror(errno));
 		return -1;
 	}
 	return 0;
 }
 
-static int add_route(int s, const struct json *route, struct err *e)
+static int attach_nic(struct netns *n, const struct json *spec, struct err *e)
+{
+	const char *nic = json_str(spec, "nic", "");
+	const char *name = json_str(spec, "name", "");
+	if (!*nic || !*name || strlen(name) >= IFNAMSIZ) {
+		set_err(e, "invalid", EINVAL, "attach needs a nic and a name");
+		return -1;
+	}
+	int s = ctl_socket();
+	if (s < 0) {
+		set_err(e, "system", errno, "socket: %s", strerror(errno));
+		return -1;
+	}
+	int rc = -1;
+	set_flags(s, nic, 0);
+	if (set_mac_mtu(s, nic, json_str(spec, "mac", ""), json_int(spec, "mtu", 0), e))
+		goto out;
+	if (link_move(nic, n->fd, name)) {
+		set_err(e, "system", errno, "move %s into namespace %s as %s: %s", nic, n->id, name,
+			strerror(errno));
+		goto out;
+	}
+	close(s);
+	s = -1;
+	if (netns_enter(n)) {
+		set_err(e, "system", errno, "enter namespace %s: %s", n->id, strerror(errno));
+		goto out;
+	}
+	s = ctl_socket();
+	rc = s < 0 ? -1 : configure_address(s, name, json_get(spec, "addresses"), e);
+	netns_leave(0);
+out:
+	if (s >= 0)
+		close(s);
+	return rc;
+}
+
+/* The interface `name` in `n` goes back to the guest's own namespace as `nic`. */
+static int detach_nic(struct netns *n, const char *name, const char *nic, struct err *e)
+{
+	if (netns_enter(n)) {
+		set_err(e, "system", errno, "enter namespace %s: %s", n->id, strerror(errno));
+		return -1;
+	}
+	int s = ctl_socket();
+	if (s >= 0) {
+		set_flags(s, name, 0);
+		close(s);
+	}
+	int rc = link_move(name, root_net, nic);
+	int saved = errno;
+	netns_leave(0);
+	if (rc) {
+		set_err(e, "system", saved, "move %s out of namespace %s: %s", name, n->id,
+			strerror(saved));
+		return -1;
+	}
+	return 0;
+}
+
+static int route_ioctl(int s, unsigned long request, const char *destination, const char *gateway)
 {
 	struct in_addr dst, mask, gw;
-	const char *destination = json_str(route, "destination", "0.0.0.0/0");
-	const char *gateway = json_str(route, "gateway", "");
 	if (parse_cidr(destination, &dst, &mask) || inet_pton(AF_INET, gateway, &gw) != 1) {
-		set_err(e, "invalid", EINVAL, "bad route %s via %s", destination, gateway);
+		errno = EINVAL;
 		return -1;
 	}
 	struct rtentry rt = {0};
@@ -168,28 +438,74 @@ static int add_route(int s, const struct json *route, struct err *e)
 	set_sin(&rt.rt_genmask, mask);
 	set_sin(&rt.rt_gateway, gw);
 	rt.rt_flags = RTF_UP | RTF_GATEWAY;
-	if (ioctl(s, SIOCADDRT, &rt) && errno != EEXIST) {
-		set_err(e, "system", errno, "route %s via %s: %s", destination, gateway,
-			strerror(errno));
-		return -1;
-	}
-	return 0;
+	return ioctl(s, request, &rt);
 }
 
-int net_configure(const struct json *spec, struct err *e)
+/* The namespace's gateway routes become exactly `routes`. */
+static int set_routes(struct netns *n, const struct json *routes, struct err *e)
 {
-	int s = ctl_socket();
-	if (s < 0) {
-		set_err(e, "system", errno, "socket: %s", strerror(errno));
+	if (netns_enter(n)) {
+		set_err(e, "system", errno, "enter namespace %s: %s", n->id, strerror(errno));
 		return -1;
 	}
-	int rc = 0;
-	const struct json *ifaces = json_get(spec, "interfaces");
-	for (const struct json *i = ifaces ? ifaces->child : NULL; i && !rc; i = i->next)
-		rc = configure_iface(s, i, e);
-	const struct json *routes = json_get(spec, "routes");
-	for (const struct json *r = routes ? routes->child : NULL; r && !rc; r = r->next)
-		rc = add_route(s, r, e);
-	close(s);
+	int s = ctl_socket();
+	int rc = s < 0 ? -1 : 0;
+	for (int i = 0; s >= 0 && i < n->nroutes; i++)
+		route_ioctl(s, SIOCDELRT, n->routes[i][0], n->routes[i][1]);
+	n->nroutes = 0;
+	for (const struct json *r = routes ? routes->child : NULL; s >= 0 && r; r = r->next) {
+		const char *destination = json_str(r, "destination", "0.0.0.0/0");
+		const char *gateway = json_str(r, "gateway", "");
+		if (route_ioctl(s, SIOCADDRT, destination, gateway) && errno != EEXIST) {
+			set_err(e, errno == EINVAL ? "invalid" : "system", errno, "route %s via %s: %s",
+				destination, gateway, strerror(errno));
+			rc = -1;
+			break;
+		}
+		if (n->nroutes < MAX_ROUTES) {
+			snprintf(n->routes[n->nroutes][0], 48, "%s", destination);
+			snprintf(n->routes[n->nroutes][1], 48, "%s", gateway);
+			n->nroutes++;
+		}
+	}
+	if (s >= 0)
+		close(s);
+	netns_leave(0);
 	return rc;
+}
+
+static void netns_delete(struct netns *n)
+{
+	for (struct netns **pp = &namespaces; *pp; pp = &(*pp)->next) {
+		if (*pp == n) {
+			*pp = n->next;
+			break;
+		}
+	}
+	close(n->fd); /* processes still inside keep it, with only lo (as dockerd leaves them) */
+	free(n);
+}
+
+int network_config(const struct json *req, struct err *e)
+{
+	const char *id = json_str(req, "netns", "");
+	int deleting = json_bool(req, "delete", 0);
+	struct netns *n = netns_get(id, !deleting, e);
+	if (!n)
+		return deleting ? 0 : -1;
+	for (const struct json *d = json_get(req, "detach") ? json_get(req, "detach")->child : NULL;
+	     d; d = d->next) {
+		if (detach_nic(n, json_str(d, "name", ""), json_str(d, "nic", ""), e))
+			return -1;
+	}
+	for (const struct json *a = json_get(req, "attach") ? json_get(req, "attach")->child : NULL;
+	     a; a = a->next) {
+		if (attach_nic(n, a, e))
+			return -1;
+	}
+	if (json_get(req, "routes") && set_routes(n, json_get(req, "routes"), e))
+		return -1;
+	if (deleting)
+		netns_delete(n);
+	return 0;
 }

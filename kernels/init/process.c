@@ -1,8 +1,9 @@
-/* START: the container's main process (new pid, mount, uts, ipc and cgroup
- * namespaces, rooted at ROOTFS) and exec processes (joining the main
- * process's namespaces). A close-on-exec pipe from the child reports any
- * failure before execve, so START is only acknowledged for a process that
- * really runs its program. */
+/* START: a container's main process (new mount, uts and cgroup namespaces,
+ * its network namespace, a new or a peer's pid and ipc namespace, rooted at
+ * the container's root) and exec processes (joining the main process's
+ * namespaces). A close-on-exec pipe from the child reports any failure
+ * before execve, so START is only acknowledged for a process that really
+ * runs its program. */
 #define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>
@@ -51,7 +52,9 @@ struct spawn {
 	char slave[64];          /* pty slave path inside the container */
 	int stdio[3];            /* child ends for non-tty processes, -1 if unused */
 	int err_pipe;            /* write end: failure reports */
-	pid_t main_pid;
+	struct container *c;
+	pid_t main_pid;          /* the container's running main process, or 0 */
+	pid_t ipc_peer_pid;      /* main process whose ipc namespace a main joins, or 0 */
 	const char *builtin;     /* run this built-in program instead of exec */
 };
 
@@ -236,24 +239,72 @@ static int look_path(const char *name, const char *path_env, char *out, size_t c
 	return -1;
 }
 
+static void join_namespace(struct spawn *s, pid_t pid, const char *name, int type)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/ns/%s", pid, name);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || setns(fd, type))
+		child_fail(s, "state", errno, "join %s namespace: %s", name, strerror(errno));
+	close(fd);
+}
+
+/* Docker's --sysctl, written in the container's own net and ipc namespaces
+ * (the init's /proc answers for the reader's namespaces). */
+static void apply_sysctls(struct spawn *s)
+{
+	const struct buf *b = &s->c->sysctls;
+	for (size_t off = 0; off < b->len;) {
+		const char *key = b->data + off;
+		const char *value = key + strlen(key) + 1;
+		off += strlen(key) + strlen(value) + 2;
+		char path[512] = "/proc/sys/";
+		size_t n = strlen(path);
+		for (const char *k = key; *k && n < sizeof(path) - 1; k++)
+			path[n++] = *k == '.' ? '/' : *k;
+		path[n] = 0;
+		if (write_file(path, value, strlen(value), 0644))
+			child_fail(s, "invalid", errno, "sysctl %s: %s", key, strerror(errno));
+	}
+}
+
+static void mount_in_root(struct spawn *s, const char *fstype, const char *where,
+			  unsigned long flags)
+{
+	char target[256];
+	snprintf(target, sizeof(target), "%s%s", s->c->rootfs, where);
+	if (mount(fstype, target, fstype, flags, NULL))
+		child_fail(s, "system", errno, "mount %s: %s", where, strerror(errno));
+}
+
 static void enter_container_root(struct spawn *s)
 {
+	struct container *c = s->c;
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
 		child_fail(s, "system", errno, "make mounts private: %s", strerror(errno));
-	if (mount("proc", ROOTFS "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
-		child_fail(s, "system", errno, "mount /proc: %s", strerror(errno));
+	if (setns(c->net->fd, CLONE_NEWNET))
+		child_fail(s, "system", errno, "join network namespace: %s", strerror(errno));
+	if (s->ipc_peer_pid)
+		join_namespace(s, s->ipc_peer_pid, "ipc", CLONE_NEWIPC);
+	apply_sysctls(s);
+	if ((*c->hostname && sethostname(c->hostname, strlen(c->hostname))) ||
+	    (*c->domainname && setdomainname(c->domainname, strlen(c->domainname))))
+		child_fail(s, "system", errno, "set hostname: %s", strerror(errno));
+	mount_in_root(s, "proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC);
 	TRACE("child: proc mounted");
-	if (mount("mqueue", ROOTFS "/dev/mqueue", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-		  NULL))
-		child_fail(s, "system", errno, "mount /dev/mqueue: %s", strerror(errno));
+	/* sysfs shows the network namespace of whoever mounts it. */
+	mount_in_root(s, "sysfs", "/sys", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC);
+	mount_in_root(s, "mqueue", "/dev/mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC);
 	/* Born in the container cgroup (CLONE_INTO_CGROUP): the new cgroup
 	 * namespace is rooted there. */
 	if (unshare(CLONE_NEWCGROUP))
 		child_fail(s, "system", errno, "cgroup namespace: %s", strerror(errno));
-	if (mount("cgroup2", ROOTFS "/sys/fs/cgroup", "cgroup2",
-		  MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL))
+	char cgroup[256];
+	snprintf(cgroup, sizeof(cgroup), "%s/sys/fs/cgroup", c->rootfs);
+	if (mount("cgroup2", cgroup, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL))
 		LOG("mount cgroup2 in container: %s", strerror(errno));
-	if (chdir(ROOTFS) || mount(ROOTFS, "/", NULL, MS_MOVE, NULL) || chroot(".") || chdir("/"))
+	if (chdir(c->rootfs) || mount(c->rootfs, "/", NULL, MS_MOVE, NULL) || chroot(".") ||
+	    chdir("/"))
 		child_fail(s, "system", errno, "enter container root: %s", strerror(errno));
 }
 
@@ -263,16 +314,9 @@ static void join_container(struct spawn *s)
 		const char *name;
 		int type;
 	} spaces[] = {{"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS}, {"cgroup", CLONE_NEWCGROUP},
-		      {"mnt", CLONE_NEWNS}};
-	for (size_t i = 0; i < sizeof(spaces) / sizeof(spaces[0]); i++) {
-		char path[64];
-		snprintf(path, sizeof(path), "/proc/%d/ns/%s", s->main_pid, spaces[i].name);
-		int fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || setns(fd, spaces[i].type))
-			child_fail(s, "state", errno, "join %s namespace: %s", spaces[i].name,
-				   strerror(errno));
-		close(fd);
-	}
+		      {"net", CLONE_NEWNET}, {"mnt", CLONE_NEWNS}};
+	for (size_t i = 0; i < sizeof(spaces) / sizeof(spaces[0]); i++)
+		join_namespace(s, s->main_pid, spaces[i].name, spaces[i].type);
 }
 
 /* Builtins that read or write the container's files see them as its
@@ -290,8 +334,8 @@ static void enter_for_builtin(struct spawn *s)
 		join_container(s);
 		return;
 	}
-	builtin_note_mounts("/proc/self/mountinfo", ROOTFS);
-	if (chroot(ROOTFS) || chdir("/"))
+	builtin_note_mounts("/proc/self/mountinfo", s->c->rootfs);
+	if (chroot(s->c->rootfs) || chdir("/"))
 		child_fail(s, "system", errno, "enter container root: %s", strerror(errno));
 }
 
@@ -333,7 +377,7 @@ static void __attribute__((noreturn)) child_main(struct spawn *s)
 	if (s->builtin) {
 		/* Reached the builtin: from here its exit status tells the tale. */
 		close(s->err_pipe);
-		int status = run_builtin(s->builtin, s->argv);
+		int status = run_builtin(s->c, s->builtin, s->argv);
 		fflush(NULL);
 		_exit(status);
 	}
@@ -390,7 +434,9 @@ static char **string_array(const struct json *arr, size_t extra, size_t *count)
 
 static int open_pty(struct proc *p, struct spawn *s, const struct json *spec, struct err *e)
 {
-	int master = open(ROOTFS "/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+	char ptmx[256];
+	snprintf(ptmx, sizeof(ptmx), "%s/dev/pts/ptmx", s->c->rootfs);
+	int master = open(ptmx, O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
 	if (master < 0) {
 		set_err(e, "system", errno, "open ptmx: %s", strerror(errno));
 		return -1;
@@ -421,9 +467,62 @@ static void close_fd(int *fd)
 	*fd = -1;
 }
 
-int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struct err *e)
+/* The main process of a running container, or 0. */
+static pid_t running_main(const struct container *c)
 {
-	struct spawn s = {.spec = spec, .main = p->main, .main_pid = main_pid,
+	return c && c->main_pid && !c->main_exited ? c->main_pid : 0;
+}
+
+/* --pid/--ipc container:X: X must be running in this guest. */
+static int peer_main(const char *peer_id, pid_t *out, struct err *e)
+{
+	*out = 0;
+	if (!*peer_id)
+		return 0;
+	*out = running_main(container_find(peer_id));
+	if (!*out) {
+		set_err(e, "state", ESRCH, "container %s is not running", peer_id);
+		return -1;
+	}
+	return 0;
+}
+
+/* clone3 with the child born in the pid namespace of `pidns_of` (when set):
+ * pid_for_children points there for the call, then back at our own, so we
+ * stay the parent and reaper. */
+static pid_t spawn_child(struct spawn *s, struct clone_args3 *args, pid_t pidns_of,
+			 struct err *e)
+{
+	int target = -1, own = -1;
+	if (pidns_of) {
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/%d/ns/pid", pidns_of);
+		target = open(path, O_RDONLY | O_CLOEXEC);
+		own = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
+		if (target < 0 || own < 0 || setns(target, CLONE_NEWPID)) {
+			set_err(e, "state", errno, "container is not running: %s", strerror(errno));
+			close_fd(&target);
+			close_fd(&own);
+			return -1;
+		}
+		close_fd(&target);
+	}
+	pid_t pid = (pid_t)syscall(SYS_clone3_, args, sizeof(*args));
+	if (pid == 0)
+		child_main(s);
+	int saved = errno;
+	if (own >= 0 && setns(own, CLONE_NEWPID))
+		LOG("cannot return to own pid namespace: %s", strerror(errno));
+	close_fd(&own);
+	if (pid < 0)
+		set_err(e, "system", saved, "clone3: %s", strerror(saved));
+	return pid;
+}
+
+int process_start(const struct json *spec, struct proc *p, struct container *c, struct err *e)
+{
+	pid_t main_pid = running_main(c);
+	struct spawn s = {.spec = spec, .main = p->main, .c = c, .main_pid = main_pid,
 			  .stdio = {-1, -1, -1}, .err_pipe = -1};
 	size_t argc = 0;
 	s.argv = string_array(json_get(spec, "args"), 0, &argc);
@@ -438,12 +537,15 @@ int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struc
 	int rc = -1;
 	int err_pipe[2] = {-1, -1};
 	int in_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1}, errs_pipe[2] = {-1, -1};
-	int own_pidns = -1;
+	pid_t pidns_of = main_pid;
 	p->in_fd = p->out_fd = p->err_fd = -1;
 	if (!s.argv || !s.envp || (argc == 0 && !s.builtin)) {
 		set_err(e, "invalid", EINVAL, "START needs args");
 		goto out;
 	}
+	if (s.main && (peer_main(c->pid_peer, &pidns_of, e) ||
+		       peer_main(c->ipc_peer, &s.ipc_peer_pid, e)))
+		goto out;
 	if (pipe2(err_pipe, O_CLOEXEC)) {
 		set_err(e, "system", errno, "pipe: %s", strerror(errno));
 		goto out;
@@ -470,53 +572,22 @@ int process_start(const struct json *spec, struct proc *p, pid_t main_pid, struc
 	/* Children are born in the container cgroup (CLONE_INTO_CGROUP): moving
 	 * a task between cgroups waits for an RCU grace period, which costs
 	 * ~20 ms under TCG. */
-	int cgroup_fd = open(CGROUP, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int cgroup_fd = open(c->cgroup, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (cgroup_fd < 0) {
-		set_err(e, "system", errno, "open " CGROUP ": %s", strerror(errno));
+		set_err(e, "system", errno, "open %s: %s", c->cgroup, strerror(errno));
 		goto out;
 	}
 	struct clone_args3 args = {.exit_signal = SIGCHLD, .cgroup = (uint64_t)cgroup_fd,
 				   .flags = CLONE_INTO_CGROUP_};
 	if (s.builtin)
 		args.flags = 0; /* the init's own work: not the container's, not frozen with it */
-	pid_t pid;
-	if (s.main) {
-		args.flags |= CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC;
-		pid = (pid_t)syscall(SYS_clone3_, &args, sizeof(args));
-		if (pid == 0)
-			child_main(&s);
-	} else if (!main_pid) {
-		/* A builtin with no container running: a plain child of ours. */
-		pid = (pid_t)syscall(SYS_clone3_, &args, sizeof(args));
-		if (pid == 0)
-			child_main(&s);
-	} else {
-		/* Children of ours are born in the container's pid namespace while
-		 * pid_for_children points there; our own pid namespace is restored
-		 * right after, so we stay their parent and reaper. */
-		char path[64];
-		snprintf(path, sizeof(path), "/proc/%d/ns/pid", main_pid);
-		int target = open(path, O_RDONLY | O_CLOEXEC);
-		own_pidns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
-		if (target < 0 || own_pidns < 0 || setns(target, CLONE_NEWPID)) {
-			set_err(e, "state", errno, "container is not running: %s", strerror(errno));
-			if (target >= 0)
-				close(target);
-			close(cgroup_fd);
-			goto out;
-		}
-		close(target);
-		pid = (pid_t)syscall(SYS_clone3_, &args, sizeof(args));
-		if (pid == 0)
-			child_main(&s);
-		if (setns(own_pidns, CLONE_NEWPID))
-			LOG("cannot return to own pid namespace: %s", strerror(errno));
-	}
+	if (s.main)
+		args.flags |= CLONE_NEWNS | CLONE_NEWUTS | (pidns_of ? 0 : CLONE_NEWPID) |
+			      (s.ipc_peer_pid ? 0 : CLONE_NEWIPC);
+	pid_t pid = spawn_child(&s, &args, pidns_of, e);
 	close(cgroup_fd);
-	if (pid < 0) {
-		set_err(e, "system", errno, "clone3: %s", strerror(errno));
+	if (pid < 0)
 		goto out;
-	}
 	close_fd(&err_pipe[1]);
 	close_fd(&s.stdio[0]);
 	close_fd(&s.stdio[1]);
@@ -573,7 +644,6 @@ out:
 	close_fd(&s.stdio[0]);
 	close_fd(&s.stdio[1]);
 	close_fd(&s.stdio[2]);
-	close_fd(&own_pidns);
 	free(s.argv);
 	free(s.envp);
 	return rc;

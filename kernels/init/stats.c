@@ -1,5 +1,5 @@
-/* STATS, PS and UPDATE: the container as its guest sees it, from /proc and
- * the container cgroup. */
+/* STATS, PS and UPDATE: a container as its guest sees it, from /proc, its
+ * network namespace and its cgroup. */
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -26,10 +26,10 @@ static long long field(const char *text, const char *key)
 	return 0;
 }
 
-static long long cgroup_file(const char *file, const char *key)
+long long cgroup_file(const struct container *c, const char *file, const char *key)
 {
-	char text[8192], path[128];
-	snprintf(path, sizeof(path), CGROUP "/%s", file);
+	char text[8192], path[256];
+	snprintf(path, sizeof(path), "%s/%s", c->cgroup, file);
 	if (read_file(path, text, sizeof(text)) < 0)
 		return 0;
 	if (!key)
@@ -37,10 +37,15 @@ static long long cgroup_file(const char *file, const char *key)
 	return field(text, key);
 }
 
-static void net_json(struct buf *b)
+static void net_json(const struct container *c, struct buf *b)
 {
 	char text[8192];
-	if (read_file("/proc/net/dev", text, sizeof(text)) < 0)
+	/* /proc/self/net is the reader's network namespace. */
+	if (netns_enter(c->net))
+		return;
+	ssize_t n = read_file("/proc/self/net/dev", text, sizeof(text));
+	netns_leave(0);
+	if (n < 0)
 		return;
 	int first = 1;
 	char *save = NULL;
@@ -68,12 +73,13 @@ static void net_json(struct buf *b)
 	}
 }
 
-void stats_json(struct buf *b)
+void stats_json(const struct container *c, struct buf *b)
 {
-	char mem[4096], stat[4096], memstat[8192];
+	char mem[4096], stat[4096], memstat[8192], path[256];
 	read_file("/proc/meminfo", mem, sizeof(mem));
 	read_file("/proc/stat", stat, sizeof(stat));
-	if (read_file(CGROUP "/memory.stat", memstat, sizeof(memstat)) < 0)
+	snprintf(path, sizeof(path), "%s/memory.stat", c->cgroup);
+	if (read_file(path, memstat, sizeof(memstat)) < 0)
 		memstat[0] = 0;
 	unsigned long long v[8] = {0};
 	sscanf(stat, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
@@ -84,37 +90,39 @@ void stats_json(struct buf *b)
 	long hz = sysconf(_SC_CLK_TCK);
 	unsigned long long ns_per_tick = 1000000000ULL / (unsigned long long)(hz > 0 ? hz : 100);
 	long long total = field(mem, "MemTotal:") * 1024;
-	long long limit = cgroup_file("memory.max", NULL);
+	long long limit = cgroup_file(c, "memory.max", NULL);
 	buf_printf(b,
 		   "{\"memory\":{\"total\":%lld,\"free\":%lld,\"available\":%lld,\"usage\":%lld,"
 		   "\"limit\":%lld,\"cache\":%lld,\"anon\":%lld,\"file\":%lld,"
 		   "\"inactive_file\":%lld,\"active_file\":%lld,\"max_usage\":%lld},",
 		   total, field(mem, "MemFree:") * 1024, field(mem, "MemAvailable:") * 1024,
-		   cgroup_file("memory.current", NULL), limit && limit < total ? limit : total,
+		   cgroup_file(c, "memory.current", NULL), limit && limit < total ? limit : total,
 		   field(memstat, "file "), field(memstat, "anon "), field(memstat, "file "),
 		   field(memstat, "inactive_file "), field(memstat, "active_file "),
-		   cgroup_file("memory.peak", NULL));
+		   cgroup_file(c, "memory.peak", NULL));
 	buf_printf(b,
 		   "\"cpu\":{\"usage_ns\":%lld,\"user_ns\":%lld,\"kernel_ns\":%lld,"
 		   "\"system_ns\":%llu,\"online\":%ld,\"throttled_periods\":%lld,"
 		   "\"periods\":%lld,\"throttled_ns\":%lld},",
-		   cgroup_file("cpu.stat", "usage_usec ") * 1000,
-		   cgroup_file("cpu.stat", "user_usec ") * 1000,
-		   cgroup_file("cpu.stat", "system_usec ") * 1000, ticks * ns_per_tick,
-		   sysconf(_SC_NPROCESSORS_ONLN), cgroup_file("cpu.stat", "nr_throttled "),
-		   cgroup_file("cpu.stat", "nr_periods "),
-		   cgroup_file("cpu.stat", "throttled_usec ") * 1000);
+		   cgroup_file(c, "cpu.stat", "usage_usec ") * 1000,
+		   cgroup_file(c, "cpu.stat", "user_usec ") * 1000,
+		   cgroup_file(c, "cpu.stat", "system_usec ") * 1000, ticks * ns_per_tick,
+		   sysconf(_SC_NPROCESSORS_ONLN), cgroup_file(c, "cpu.stat", "nr_throttled "),
+		   cgroup_file(c, "cpu.stat", "nr_periods "),
+		   cgroup_file(c, "cpu.stat", "throttled_usec ") * 1000);
 	buf_printf(b, "\"pids\":%lld,\"pids_limit\":%lld,\"networks\":{",
-		   cgroup_file("pids.current", NULL), cgroup_file("pids.max", NULL));
-	net_json(b);
+		   cgroup_file(c, "pids.current", NULL), cgroup_file(c, "pids.max", NULL));
+	net_json(c, b);
 	buf_str(b, "}}");
 }
 
 /* /etc/passwd of the container: uid -> name, as docker top shows users. */
-static void user_name(unsigned uid, char *out, size_t cap)
+static void user_name(const struct container *c, unsigned uid, char *out, size_t cap)
 {
 	snprintf(out, cap, "%u", uid);
-	FILE *f = fopen(ROOTFS "/etc/passwd", "re");
+	char passwd[256];
+	snprintf(passwd, sizeof(passwd), "%s/etc/passwd", c->rootfs);
+	FILE *f = fopen(passwd, "re");
 	if (!f)
 		return;
 	char line[1024];
@@ -149,13 +157,14 @@ static long ns_pid(const char *status)
 	return last;
 }
 
-void ps_json(struct buf *b)
+void ps_json(const struct container *c, struct buf *b)
 {
 	long hz = sysconf(_SC_CLK_TCK);
 	buf_printf(b, "{\"hz\":%ld,\"processes\":[", hz > 0 ? hz : 100);
-	char procs[65536];
+	char procs[65536], procs_path[256];
 	int first = 1;
-	if (read_file(CGROUP "/cgroup.procs", procs, sizeof(procs)) > 0) {
+	snprintf(procs_path, sizeof(procs_path), "%s/cgroup.procs", c->cgroup);
+	if (read_file(procs_path, procs, sizeof(procs)) > 0) {
 		char *save = NULL;
 		for (char *tok = strtok_r(procs, "\n", &save); tok; tok = strtok_r(NULL, "\n", &save)) {
 			int pid = atoi(tok);
@@ -184,7 +193,7 @@ void ps_json(struct buf *b)
 			if (n <= 0)
 				snprintf(cmd, sizeof(cmd), "[%s]", name);
 			unsigned uid = (unsigned)field(status, "Uid:");
-			user_name(uid, user, sizeof(user));
+			user_name(c, uid, user, sizeof(user));
 			char ppath[64], pstatus[4096];
 			snprintf(ppath, sizeof(ppath), "/proc/%d/status", ppid);
 			long container_ppid = read_file(ppath, pstatus, sizeof(pstatus)) > 0 ? ns_pid(pstatus) : 0;
@@ -208,10 +217,11 @@ void ps_json(struct buf *b)
 	buf_printf(b, "],\"uptime_ms\":%lld}", (long long)(up * 1000));
 }
 
-static int write_cgroup(const char *file, const char *value, struct err *e)
+static int write_cgroup(const struct container *c, const char *file, const char *value,
+			struct err *e)
 {
-	char path[128];
-	snprintf(path, sizeof(path), CGROUP "/%s", file);
+	char path[256];
+	snprintf(path, sizeof(path), "%s/%s", c->cgroup, file);
 	if (write_file(path, value, strlen(value), 0644)) {
 		set_err(e, "system", errno, "%s: %s", file, strerror(errno));
 		return -1;
@@ -219,7 +229,7 @@ static int write_cgroup(const char *file, const char *value, struct err *e)
 	return 0;
 }
 
-int cgroup_update(const struct json *req, struct err *e)
+int cgroup_update(const struct container *c, const struct json *req, struct err *e)
 {
 	char value[64];
 	long long memory = json_int(req, "memory_limit", -1);
@@ -228,7 +238,7 @@ int cgroup_update(const struct json *req, struct err *e)
 			snprintf(value, sizeof(value), "%lld", memory);
 		else
 			snprintf(value, sizeof(value), "max");
-		if (write_cgroup("memory.max", value, e))
+		if (write_cgroup(c, "memory.max", value, e))
 			return -1;
 	}
 	long long quota = json_int(req, "cpu_quota", -1);
@@ -238,7 +248,7 @@ int cgroup_update(const struct json *req, struct err *e)
 			snprintf(value, sizeof(value), "%lld %lld", quota, period > 0 ? period : 100000);
 		else
 			snprintf(value, sizeof(value), "max %lld", period > 0 ? period : 100000);
-		if (write_cgroup("cpu.max", value, e))
+		if (write_cgroup(c, "cpu.max", value, e))
 			return -1;
 	}
 	long long pids = json_int(req, "pids_limit", -1);
@@ -247,7 +257,7 @@ int cgroup_update(const struct json *req, struct err *e)
 			snprintf(value, sizeof(value), "%lld", pids);
 		else
 			snprintf(value, sizeof(value), "max");
-		if (write_cgroup("pids.max", value, e))
+		if (write_cgroup(c, "pids.max", value, e))
 			return -1;
 	}
 	return 0;

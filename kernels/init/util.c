@@ -155,7 +155,35 @@ unsigned char *base64_decode(const char *in, size_t *out_len)
 	return out;
 }
 
-int find_disk(const char *serial, char *out, size_t cap)
+/* The serial of /sys/block/NAME: virtio-blk's `serial`, or a SCSI disk's
+ * unit serial number (VPD page 0x80: 4 header bytes, then the serial). */
+static int disk_serial(const char *name, char *out, size_t cap)
+{
+	char path[512];
+	if (!strncmp(name, "vd", 2)) {
+		snprintf(path, sizeof(path), "/sys/block/%s/serial", name);
+		if (read_file(path, out, cap) < 0)
+			return -1;
+		out[strcspn(out, "\n")] = 0;
+		return 0;
+	}
+	if (strncmp(name, "sd", 2))
+		return -1;
+	unsigned char page[256];
+	snprintf(path, sizeof(path), "/sys/block/%s/device/vpd_pg80", name);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, page, sizeof(page));
+	close(fd);
+	if (n < 4 || (size_t)page[3] + 4 > (size_t)n || page[3] >= cap)
+		return -1;
+	memcpy(out, page + 4, page[3]);
+	out[page[3]] = 0;
+	return 0;
+}
+
+static int find_disk_now(const char *serial, char *out, size_t cap)
 {
 	DIR *d = opendir("/sys/block");
 	if (!d)
@@ -163,21 +191,56 @@ int find_disk(const char *serial, char *out, size_t cap)
 	struct dirent *e;
 	int found = -1;
 	while ((e = readdir(d))) {
-		if (strncmp(e->d_name, "vd", 2))
+		char value[128];
+		if (disk_serial(e->d_name, value, sizeof(value)) || strcmp(value, serial))
 			continue;
-		char path[512], value[128];
-		snprintf(path, sizeof(path), "/sys/block/%s/serial", e->d_name);
-		if (read_file(path, value, sizeof(value)) < 0)
-			continue;
-		value[strcspn(value, "\n")] = 0;
-		if (!strcmp(value, serial)) {
-			snprintf(out, cap, "/dev/%s", e->d_name);
-			found = 0;
-			break;
-		}
+		snprintf(out, cap, "/dev/%s", e->d_name);
+		found = 0;
+		break;
 	}
 	closedir(d);
 	return found;
+}
+
+/* The kernel never scans the SCSI bus (scsi_mod.scan=manual); the disks a
+ * guest boots with are looked for one LUN at a time (target 0). Disks added
+ * later arrive by hotplug events. */
+int scsi_scan_lun(int lun)
+{
+	DIR *d = opendir("/sys/class/scsi_host");
+	if (!d)
+		return -1;
+	struct dirent *e;
+	int rc = -1;
+	while ((e = readdir(d))) {
+		if (strncmp(e->d_name, "host", 4))
+			continue;
+		char path[300], request[32];
+		snprintf(path, sizeof(path), "/sys/class/scsi_host/%s/scan", e->d_name);
+		int n = snprintf(request, sizeof(request), "0 0 %d", lun);
+		int fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		rc = write_all(fd, request, (size_t)n);
+		close(fd);
+		break;
+	}
+	closedir(d);
+	return rc;
+}
+
+int find_disk(const char *serial, char *out, size_t cap, int wait_ms)
+{
+	/* A disk hot-added on the SCSI bus shows up a moment after the host
+	 * added it: the guest learns of it from an event on the bus. */
+	long long deadline = monotonic_ms() + wait_ms;
+	while (find_disk_now(serial, out, cap)) {
+		if (monotonic_ms() >= deadline)
+			return -1;
+		struct timespec ts = {0, 2000000};
+		nanosleep(&ts, NULL);
+	}
+	return 0;
 }
 
 long long monotonic_ms(void)

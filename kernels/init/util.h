@@ -20,8 +20,11 @@ ssize_t read_file(const char *path, char *out, size_t cap);
 int write_all(int fd, const void *data, size_t len);
 /* Decode base64 in place-safe fashion into a new malloc'd buffer. */
 unsigned char *base64_decode(const char *in, size_t *out_len);
-/* The /dev/vdX device node whose virtio serial is `serial`, into out. */
-int find_disk(const char *serial, char *out, size_t cap);
+/* The /dev node of the disk whose serial is `serial`, into out; waits up to
+ * wait_ms for it to appear. */
+int find_disk(const char *serial, char *out, size_t cap, int wait_ms);
+/* Ask the SCSI bus for the disk at target 0, `lun`. */
+int scsi_scan_lun(int lun);
 long long monotonic_ms(void);
 
 #endif
