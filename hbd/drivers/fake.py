@@ -1,8 +1,8 @@
-"""A sandbox driver that runs container processes directly on the host.
+"""A guest driver that runs container processes directly on the host.
 
 For fast tests of the API and service layers only: no VM, no isolation, the
 image's filesystem is ignored (commands resolve against the host's PATH). It
-speaks the same `Sandbox` interface as the QEMU driver, errors included, so
+speaks the same `Guest` interface as the QEMU driver, errors included, so
 the state machine above it is the real one.
 """
 
@@ -18,13 +18,17 @@ from typing import Any
 
 from hbd.drivers.agent import (
     AgentError,
+    ContainerSetup,
     ExitStatus,
+    FileSpec,
+    NetworkUpdate,
     ProcessOutput,
     ProcessSpec,
     ProcState,
     ResourceUpdate,
 )
-from hbd.drivers.sandbox import Sandbox, SandboxSpec
+from hbd.drivers.guest import Guest, GuestSpec
+from hbd.drivers.vm import DiskSpec
 from hbd.tasks import spawn
 
 
@@ -32,15 +36,76 @@ def _exec_error(message: str) -> AgentError:
     return AgentError("exec", message, 2)
 
 
-class FakeSandbox:
-    def __init__(self, spec: SandboxSpec) -> None:
+class FakeGuest:
+    def __init__(self, spec: GuestSpec) -> None:
         self.spec = spec
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._states: dict[int, ProcState] = {}
         self._exited = asyncio.Event()
         self._args: dict[int, list[str]] = {}
-        self.resources = ResourceUpdate()
+        self.containers: dict[str, ContainerSetup] = {}
+        self.networks: list[NetworkUpdate] = []
+        self.disks: dict[str, DiskSpec] = {}
+        self.frozen: set[str] = set()
+        self.files: dict[str, list[FileSpec]] = {}
+        self.resources: dict[str, ResourceUpdate] = {}
         self.memory_mib = spec.vm.memory_mib
+        # Held as QEMU holds them: the taps exist while the guest does.
+        self._taps = [os.dup(nic.fd) for nic in spec.vm.nics]
+        if spec.network is not None:
+            self.networks.append(spec.network)
+        if spec.container is not None:
+            self.containers[spec.container.container] = spec.container
+            self.files[spec.container.container] = list(spec.container.files)
+
+    def _container(self, container: str) -> ContainerSetup:
+        if container not in self.containers:
+            raise AgentError("notfound", "no such container", 0)
+        return self.containers[container]
+
+    async def create(self, spec: ContainerSetup) -> None:
+        if spec.container in self.containers:
+            raise AgentError("state", f"container {spec.container} exists", 0)
+        self.containers[spec.container] = spec
+        self.files[spec.container] = list(spec.files)
+
+    async def destroy_container(self, container: str) -> None:
+        self._container(container)
+        for proc, state in list(self._states.items()):
+            if state.container == container and state.running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._procs[proc].pid, signal.SIGKILL)
+        del self.containers[container]
+
+    async def network(self, update: NetworkUpdate) -> None:
+        self.networks.append(update)
+
+    async def add_disk(self, disk: DiskSpec) -> None:
+        self.disks[disk.serial] = disk
+
+    async def remove_disk(self, serial: str) -> None:
+        self.disks.pop(serial, None)
+
+    async def freeze(self, container: str, frozen: bool) -> None:
+        self._container(container)
+        for proc, state in self._states.items():
+            if state.container == container and state.running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._procs[proc].pid,
+                              signal.SIGSTOP if frozen else signal.SIGCONT)
+        if frozen:
+            self.frozen.add(container)
+        else:
+            self.frozen.discard(container)
+
+    async def rewrite_files(self, container: str, files: list[FileSpec]) -> None:
+        self._container(container)
+        held = {f.path: f for f in self.files[container]}
+        for f in files:
+            if f.path not in held:
+                raise AgentError("notfound", f"hbd owns no file {f.path}", 0)
+            held[f.path] = f
+        self.files[container] = list(held.values())
 
     @property
     def pid(self) -> int:
@@ -52,7 +117,8 @@ class FakeSandbox:
 
     async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int:
         if self._exited.is_set():
-            raise AgentError("state", "sandbox is gone", 0)
+            raise AgentError("state", "the guest is gone", 0)
+        self._container(spec.container)
         env = dict(e.split("=", 1) for e in spec.env if "=" in e)
         program = spec.args[0]
         if "/" not in program:
@@ -71,7 +137,8 @@ class FakeSandbox:
         )
         self._procs[spec.proc] = proc
         self._args[spec.proc] = spec.args
-        self._states[spec.proc] = ProcState(spec.proc, proc.pid, spec.main, True, 0, 0, False)
+        self._states[spec.proc] = ProcState(spec.proc, spec.container, proc.pid, spec.main, True,
+                                            0, 0, False)
         spawn(self._pump(spec, proc, output))
         return proc.pid
 
@@ -88,11 +155,15 @@ class FakeSandbox:
         code = await proc.wait()
         signum = -code if code < 0 else 0
         status = ExitStatus(128 + signum if signum else code, signum, False)
-        self._states[spec.proc] = ProcState(spec.proc, proc.pid, spec.main, False,
-                                            status.exit_code, signum, False)
-        output.on_exit(status)
+        self._states[spec.proc] = ProcState(spec.proc, spec.container, proc.pid, spec.main,
+                                            False, status.exit_code, signum, False)
         if spec.main:
-            await self.destroy()
+            # Every process of the container dies with its main one.
+            for other, state in self._states.items():
+                if state.container == spec.container and state.running:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self._procs[other].pid, signal.SIGKILL)
+        output.on_exit(status)
 
     def attach_output(self, proc: int, output: ProcessOutput) -> None:
         raise AgentError("notfound", "the fake driver cannot reattach", 0)
@@ -124,37 +195,35 @@ class FakeSandbox:
     async def release(self, proc: int) -> None:
         self._states.pop(proc, None)
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self, container: str) -> dict[str, Any]:
+        self._container(container)
         return {"memory": {"total": 0, "free": 0, "available": 0, "usage": 0, "limit": 0,
                            "cache": 0}, "cpu": {"usage_ns": 0, "system_ns": 0, "online": 1},
-                "pids": len([s for s in self._states.values() if s.running])}
+                "pids": len([s for s in self._states.values()
+                             if s.running and s.container == container])}
 
-    async def ps(self) -> dict[str, Any]:
+    async def ps(self, container: str) -> dict[str, Any]:
+        self._container(container)
         procs = [{"pid": p.pid, "ppid": os.getpid(), "user": "root", "tty": 0, "cpu_ticks": 0,
                   "start_ticks": 0, "cmd": " ".join(self._args[i])}
-                 for i, p in self._procs.items() if p.returncode is None]
+                 for i, p in self._procs.items()
+                 if p.returncode is None and self._states[i].container == container]
         return {"hz": 100, "processes": procs, "uptime_ms": 0}
 
-    async def update(self, resources: ResourceUpdate) -> None:
-        self.resources = resources
+    async def update(self, container: str, resources: ResourceUpdate) -> None:
+        self._container(container)
+        self.resources[container] = resources
 
     async def set_memory(self, mib: int) -> None:
         self.memory_mib = mib
 
-    async def pause(self) -> None:
-        for proc in self._procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGSTOP)
-
-    async def resume(self) -> None:
-        for proc in self._procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGCONT)
-
     async def poweroff(self, timeout: float) -> None:
-        await self.destroy()
+        await self.kill()
 
-    async def destroy(self) -> None:
+    async def kill(self) -> None:
+        for fd in self._taps:
+            os.close(fd)
+        self._taps = []
         for proc in self._procs.values():
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -168,14 +237,14 @@ class FakeSandbox:
         pass
 
 
-class FakeSandboxDriver:
+class FakeGuestDriver:
     def __init__(self) -> None:
-        self.booted: list[FakeSandbox] = []
+        self.booted: list[FakeGuest] = []
 
-    async def boot(self, spec: SandboxSpec) -> Sandbox:
-        sandbox = FakeSandbox(spec)
-        self.booted.append(sandbox)
-        return sandbox
+    async def boot(self, spec: GuestSpec) -> Guest:
+        guest = FakeGuest(spec)
+        self.booted.append(guest)
+        return guest
 
-    async def reattach(self, run_dir: Path) -> Sandbox | None:
+    async def reattach(self, run_dir: Path) -> Guest | None:
         return None

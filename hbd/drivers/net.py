@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import ipaddress
 import logging
+import os
+import struct
 from dataclasses import dataclass, field
 
 from pyroute2 import AsyncIPRoute
@@ -63,21 +66,47 @@ async def delete_link(name: str) -> None:
                 await ipr.link("del", index=idx)
 
 
-async def create_tap(name: str, bridge: str, mtu: int = 1500) -> None:
-    """A persistent tap enslaved to `bridge`; QEMU opens it by name."""
+TUNSETIFF = 0x400454CA
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+
+
+def open_tap(name: str) -> int:
+    """A new tap named `name`, as an open file descriptor for QEMU.
+
+    Not persistent: the tap exists while a descriptor of it is open, so it
+    goes when QEMU goes, whatever happens to hbd. With a virtio-net header,
+    so that QEMU can offload checksums and segmentation."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        request = struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+        fcntl.ioctl(fd, TUNSETIFF, request)
+    except OSError as e:
+        os.close(fd)
+        raise NetError(f"cannot create tap {name}: {e.strerror}") from e
+    return fd
+
+
+async def plug_tap(name: str, bridge: str, mtu: int = 1500) -> None:
+    """Make the tap a port of `bridge`, up."""
     async with AsyncIPRoute() as ipr:
         bridge_idx = await _index(ipr, bridge)
+        idx = await _index(ipr, name)
         if bridge_idx is None:
             raise NetError(f"bridge {bridge} does not exist")
-        idx = await _index(ipr, name)
         if idx is None:
-            try:
-                await ipr.link("add", ifname=name, kind="tuntap", mode="tap")
-            except NetlinkError as e:
-                raise NetError(f"cannot create tap {name}: {e}") from e
-            idx = await _index(ipr, name)
-            assert idx is not None
+            raise NetError(f"tap {name} does not exist")
         await ipr.link("set", index=idx, master=bridge_idx, mtu=mtu, state="up")
+
+
+async def unplug_tap(name: str) -> None:
+    """Take the tap off its bridge, down (a spare NIC slot again)."""
+    async with AsyncIPRoute() as ipr:
+        idx = await _index(ipr, name)
+        if idx is not None:
+            with contextlib.suppress(NetlinkError):
+                await ipr.link("set", index=idx, master=0, state="down")
 
 
 async def links_with_prefix(prefix: str) -> list[str]:

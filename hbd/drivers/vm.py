@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -20,11 +21,15 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
+from hbd.drivers.procwatch import ProcessWatch, cmdline_of
+
 log = logging.getLogger(__name__)
 
 TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt"
 # Unix socket paths are limited by sun_path (108 bytes, one for the NUL).
 MAX_SOCKET_PATH = 107
+# A QMP connection or command that takes longer means QEMU is stuck.
+QMP_TIMEOUT = 10.0
 
 
 class VMError(Exception):
@@ -33,25 +38,36 @@ class VMError(Exception):
 
 @dataclass(frozen=True)
 class DiskSpec:
+    """A disk on the guest's SCSI bus: target 0, logical unit `lun` (1 and up:
+    the guest adds a hot-plugged LUN 0 only by scanning the bus, which it
+    never does; any other LUN it adds when told of it)."""
+
     path: Path
     serial: str
+    lun: int
     readonly: bool = False
     format: str = "raw"
 
 
 @dataclass(frozen=True)
 class NicSpec:
+    """A virtio-net device on a tap hbd opened (`fd`, handed to QEMU: the tap
+    lives as long as QEMU holds it, and goes with it)."""
+
     tap: str
     mac: str
+    fd: int
 
 
-@dataclass(frozen=True)
-class ShareSpec:
-    """A host directory exported to the guest over virtio-9p."""
-
-    path: Path
-    tag: str
-    readonly: bool = False
+SHARED_FS_TAG = "hbdfs"
+# Every disk sits on one virtio-scsi bus: microvm has no PCI hotplug, but a
+# SCSI bus takes and drops devices at any time, and it costs one of the
+# machine's eight virtio-mmio transports for any number of disks.
+SCSI_BUS = "scsi0.0"
+SCSI_LUNS = 16383
+# microvm has eight virtio-mmio transports: the agent's serial port, the
+# balloon, the SCSI bus, the shared filesystem and at most four NICs.
+MAX_NICS = 4
 
 
 @dataclass
@@ -62,9 +78,14 @@ class VMSpec:
     accel: str = "tcg"
     memory_mib: int = 256
     vcpus: int = 1
+    # Disks the guest boots with; more come and go while it runs.
     disks: list[DiskSpec] = field(default_factory=list)
+    # Every NIC the guest will ever have: taps of spare slots may be
+    # missing, QEMU then makes them (and they go when it exits).
     nics: list[NicSpec] = field(default_factory=list)
-    shares: list[ShareSpec] = field(default_factory=list)
+    # A running virtiofsd's vhost-user socket: the guest's shared filesystem.
+    # Guest RAM is then a shared memfd, which vhost-user needs.
+    shared_fs_socket: Path | None = None
     cmdline: str = ""
     tcg_tb_size_mib: int = 32
     balloon: bool = True
@@ -89,7 +110,9 @@ def host_tsc_khz() -> int | None:
 def kernel_cmdline(accel: str, extra: str = "") -> str:
     # reboot=t + panic=-1 with QEMU's -no-reboot: a guest reboot or panic ends
     # the QEMU process (microvm has no ACPI to power off through).
-    parts = ["console=ttyS0", "reboot=t", "panic=-1", "quiet"]
+    # scan=manual: the SCSI bus is never scanned; disks arrive as hotplug
+    # events, which the guest handles without a scan.
+    parts = ["console=ttyS0", "reboot=t", "panic=-1", "quiet", "scsi_mod.scan=manual"]
     if accel == "tcg":
         # Under TCG the APIC timer calibration and TSC calibration each spin
         # for a measurable share of the boot.
@@ -120,16 +143,25 @@ def build_argv(qemu: str, spec: VMSpec) -> list[str]:
         # faster (busybox-static's `true` takes 40 ms instead of 75 ms here).
         # -cpu host trips an MSR assertion under TCG.
         cpu = TCG_CPU
+    machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off"
+    memory = []
+    if spec.shared_fs_socket is not None:
+        machine += ",memory-backend=ram"
+        memory = ["-object",
+                  f"memory-backend-memfd,id=ram,size={spec.memory_mib}M,share=on"]
     argv = [
         qemu,
         "-name", run.name,
-        "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off",
+        "-M", machine,
+        *memory,
         "-accel", accel,
         "-cpu", cpu,
         "-m", str(spec.memory_mib),
         "-smp", str(spec.vcpus),
         "-nodefaults", "-no-user-config", "-no-reboot",
         "-display", "none",
+        # Modern virtio-mmio: vhost-user (virtiofsd) refuses legacy devices.
+        "-global", "virtio-mmio.force-legacy=false",
         "-kernel", str(spec.kernel),
         "-initrd", str(spec.initrd),
         "-append", kernel_cmdline(spec.accel, spec.cmdline),
@@ -140,31 +172,43 @@ def build_argv(qemu: str, spec: VMSpec) -> list[str]:
         "-device", "virtio-serial-device,max_ports=2",
         "-chardev", f"socket,id=agent,path={run / 'agent.sock'},server=on,wait=off",
         "-device", "virtserialport,chardev=agent,name=hbd.0",
-        "-object", "rng-random,id=rng0,filename=/dev/urandom",
-        "-device", "virtio-rng-device,rng=rng0",
+        "-device", "virtio-scsi-device,id=scsi0",
     ]
     if spec.balloon:
         argv += ["-device", "virtio-balloon-device,free-page-reporting=on"]
-    for i, disk in enumerate(spec.disks):
-        ro = ",readonly=on" if disk.readonly else ""
+    if len(spec.nics) > MAX_NICS:
+        raise VMError(f"a microvm has room for at most {MAX_NICS} NICs")
+    for disk in spec.disks:
+        node = hot_disk_id(disk.serial)
         argv += [
-            "-drive",
-            f"id=disk{i},file={disk.path},format={disk.format},if=none,"
-            f"cache=writeback,aio=threads,discard=unmap{ro}",
-            "-device", f"virtio-blk-device,drive=disk{i},serial={disk.serial}",
+            # JSON: a path with a comma in it cannot break the option apart.
+            "-blockdev", json.dumps(blockdev(disk)),
+            "-device", f"scsi-hd,bus={SCSI_BUS},drive={node},id={node},scsi-id=0,"
+                       f"lun={disk.lun},serial={disk.serial}",
         ]
     for i, nic in enumerate(spec.nics):
         argv += [
-            "-netdev", f"tap,id=net{i},ifname={nic.tap},script=no,downscript=no",
+            "-netdev", f"tap,id=net{i},fd={nic.fd}",
             "-device", f"virtio-net-device,netdev=net{i},mac={nic.mac}",
         ]
-    for i, share in enumerate(spec.shares):
-        ro = ",readonly=on" if share.readonly else ""
+    if spec.shared_fs_socket is not None:
         argv += [
-            "-fsdev", f"local,id=fs{i},path={share.path},security_model=passthrough{ro}",
-            "-device", f"virtio-9p-device,fsdev=fs{i},mount_tag={share.tag}",
+            "-chardev", f"socket,id=fs,path={spec.shared_fs_socket}",
+            "-device", f"vhost-user-fs-device,chardev=fs,tag={SHARED_FS_TAG}",
         ]
     return argv
+
+
+def hot_disk_id(serial: str) -> str:
+    """QEMU's node and device id of a disk."""
+    return f"hd-{serial}"
+
+
+def blockdev(disk: DiskSpec) -> dict[str, Any]:
+    """The block node of a disk, for -blockdev and QMP blockdev-add alike."""
+    return {"driver": disk.format, "node-name": hot_disk_id(disk.serial),
+            "read-only": disk.readonly, "discard": "unmap",
+            "file": {"driver": "file", "filename": str(disk.path), "aio": "threads"}}
 
 
 class MicroVM:
@@ -173,14 +217,8 @@ class MicroVM:
     def __init__(self, run_dir: Path, pid: int) -> None:
         self.run_dir = run_dir
         self.pid = pid
-        self._exited = asyncio.Event()
-        self._pidfd: int | None = None
-        try:
-            self._pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            self._exited.set()
-            return
-        asyncio.get_running_loop().add_reader(self._pidfd, self._on_pidfd)
+        self._qmp_lock = asyncio.Lock()
+        self._process = ProcessWatch(pid)
 
     @property
     def agent_socket(self) -> Path:
@@ -194,53 +232,62 @@ class MicroVM:
     def console_log(self) -> Path:
         return self.run_dir / "console.log"
 
-    def _on_pidfd(self) -> None:
-        assert self._pidfd is not None
-        asyncio.get_running_loop().remove_reader(self._pidfd)
-        # hbd is a child subreaper, so a QEMU it launched is its child once
-        # -daemonize's intermediate parent exits: reap it. After an hbd
-        # restart it is somebody else's child, and waitid says so.
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
-        os.close(self._pidfd)
-        self._pidfd = None
-        self._exited.set()
-
     @property
     def running(self) -> bool:
-        return not self._exited.is_set()
+        return self._process.running
 
     async def wait_exit(self) -> None:
-        await self._exited.wait()
+        await self._process.wait()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.running:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
+        self._process.kill(sig)
 
     async def destroy(self, timeout: float = 5.0) -> None:
         """Make sure QEMU is gone: SIGTERM, then SIGKILL after `timeout`."""
-        if not self.running:
-            return
-        self.kill(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.wait_exit(), timeout)
-        except TimeoutError:
-            self.kill(signal.SIGKILL)
-            await self.wait_exit()
+        await self._process.terminate(timeout)
 
     async def qmp(self, command: str, **arguments: Any) -> Any:
-        client = QMPClient(self.run_dir.name)
+        # QEMU serves one QMP client at a time; calls queue here, not in its backlog.
+        async with self._qmp_lock:
+            client = QMPClient(self.run_dir.name)
+            try:
+                async with asyncio.timeout(QMP_TIMEOUT):
+                    await client.connect(str(self.qmp_socket))
+            except Exception as e:  # qemu.qmp raises its own ConnectError hierarchy
+                raise VMError(f"cannot reach QMP of {self.run_dir.name}: {e}") from e
+            try:
+                async with asyncio.timeout(QMP_TIMEOUT):
+                    return await client.execute(command, arguments or None)
+            except Exception as e:
+                raise VMError(f"QMP {command} failed: {e}") from e
+            finally:
+                await client.disconnect()
+
+    async def add_disk(self, disk: DiskSpec) -> None:
+        """Attach a disk to the running guest."""
+        node = hot_disk_id(disk.serial)
+        await self.qmp("blockdev-add", **blockdev(disk))
         try:
-            await client.connect(str(self.qmp_socket))
-        except Exception as e:  # qemu.qmp raises its own ConnectError hierarchy
-            raise VMError(f"cannot reach QMP of {self.run_dir.name}: {e}") from e
-        try:
-            return await client.execute(command, arguments or None)
-        except Exception as e:
-            raise VMError(f"QMP {command} failed: {e}") from e
-        finally:
-            await client.disconnect()
+            await self.qmp("device_add", driver="scsi-hd", id=node, bus=SCSI_BUS, drive=node,
+                           serial=disk.serial, **{"scsi-id": 0, "lun": disk.lun})
+        except VMError:
+            with contextlib.suppress(VMError):
+                await self.qmp("blockdev-del", **{"node-name": node})
+            raise
+
+    async def remove_disk(self, serial: str) -> None:
+        """Detach a disk (the guest has unmounted it)."""
+        node = hot_disk_id(serial)
+        with contextlib.suppress(VMError):
+            await self.qmp("device_del", id=node)
+        # The device lets go of its drive once it is unrealized.
+        for _ in range(50):
+            try:
+                await self.qmp("blockdev-del", **{"node-name": node})
+                return
+            except VMError:
+                await asyncio.sleep(0.02)
+        raise VMError(f"disk {serial} is still in use by the guest")
 
     async def pause(self) -> None:
         await self.qmp("stop")
@@ -250,22 +297,18 @@ class MicroVM:
 
     def close(self) -> None:
         """Stop watching the process (hbd is shutting down; QEMU keeps running)."""
-        if self._pidfd is not None:
-            asyncio.get_running_loop().remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+        self._process.close()
 
     @classmethod
     def find(cls, run_dir: Path) -> MicroVM | None:
         """Re-attach to the QEMU that owns `run_dir`, if it is still running."""
         try:
             pid = int((run_dir / "qemu.pid").read_text().strip())
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
         except (OSError, ValueError):
             return None
+        argv = cmdline_of(pid)
         # The pid may have been reused by an unrelated process.
-        if f"file:{run_dir / 'console.log'}".encode() not in argv:
+        if argv is None or f"file:{run_dir / 'console.log'}".encode() not in argv:
             return None
         return cls(run_dir, pid)
 
@@ -331,6 +374,7 @@ class QemuMicrovmDriver:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            pass_fds=[nic.fd for nic in spec.nics],
         )
         # With -daemonize the first process exits once the guest is set up
         # (sockets listening); its status and stderr tell whether QEMU started.

@@ -1,0 +1,306 @@
+"""A guest: one booted microvm, its agent channel and, when it shares host
+directories, its virtiofsd. Knows nothing of Docker.
+
+The container service's `Sandbox` drives a `Guest`: it boots it with the
+container it starts with, adds containers, disks and network interfaces to
+it while it runs, and powers it off when its last container has gone.
+`QemuGuestDriver` boots real microvms (with a boot watchdog and retry: boots
+can stall on a loaded host); `hbd.drivers.fake.FakeGuestDriver` runs
+processes on the host for fast tests of the layers above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from hbd.drivers.agent import (
+    T_CREATE,
+    T_NETWORK,
+    T_SANDBOX,
+    AgentClient,
+    AgentDisconnected,
+    AgentError,
+    ContainerSetup,
+    FileSpec,
+    NetworkUpdate,
+    ProcessOutput,
+    ProcessSpec,
+    ProcState,
+    ResourceUpdate,
+    SandboxSetup,
+)
+from hbd.drivers.virtiofs import Virtiofsd, VirtiofsdError
+from hbd.drivers.vm import DiskSpec, MicroVM, QemuMicrovmDriver, VMError, VMSpec
+
+log = logging.getLogger(__name__)
+
+
+class BootError(Exception):
+    """The guest did not come up (QEMU refused, or the agent never answered)."""
+
+
+@dataclass
+class GuestSpec:
+    vm: VMSpec
+    setup: SandboxSetup
+    # The container the guest boots with, and its network namespace: sent
+    # with the handshake, so the guest sets them up as soon as it can.
+    network: NetworkUpdate | None = None
+    container: ContainerSetup | None = None
+    # Exported to the guest by a virtiofsd of its own (its shared filesystem).
+    shared_dir: Path | None = None
+
+
+class Guest(Protocol):
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def processes(self) -> list[ProcState]: ...
+
+    async def create(self, spec: ContainerSetup) -> None: ...
+
+    async def destroy_container(self, container: str) -> None: ...
+
+    async def network(self, update: NetworkUpdate) -> None: ...
+
+    async def add_disk(self, disk: DiskSpec) -> None: ...
+
+    async def remove_disk(self, serial: str) -> None: ...
+
+    async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int: ...
+
+    def attach_output(self, proc: int, output: ProcessOutput) -> None: ...
+
+    async def write_stdin(self, proc: int, data: bytes) -> None: ...
+
+    async def close_stdin(self, proc: int) -> None: ...
+
+    async def signal(self, proc: int, signum: int) -> None: ...
+
+    async def resize(self, proc: int, height: int, width: int) -> None: ...
+
+    async def release(self, proc: int) -> None: ...
+
+    async def stats(self, container: str) -> dict[str, Any]: ...
+
+    async def ps(self, container: str) -> dict[str, Any]: ...
+
+    async def update(self, container: str, resources: ResourceUpdate) -> None: ...
+
+    async def freeze(self, container: str, frozen: bool) -> None: ...
+
+    async def rewrite_files(self, container: str, files: list[FileSpec]) -> None: ...
+
+    async def set_memory(self, mib: int) -> None: ...
+
+    async def poweroff(self, timeout: float) -> None: ...
+
+    async def kill(self) -> None: ...
+
+    async def wait_exit(self) -> None: ...
+
+    def detach(self) -> None: ...
+
+
+class GuestDriver(Protocol):
+    async def boot(self, spec: GuestSpec) -> Guest: ...
+
+    async def reattach(self, run_dir: Path) -> Guest | None: ...
+
+
+class QemuGuest:
+    def __init__(self, vm: MicroVM, agent: AgentClient, virtiofsd: Virtiofsd | None) -> None:
+        self.vm = vm
+        self.agent = agent
+        self.virtiofsd = virtiofsd
+
+    @property
+    def pid(self) -> int:
+        return self.vm.pid
+
+    @property
+    def processes(self) -> list[ProcState]:
+        return self.agent.processes
+
+    async def create(self, spec: ContainerSetup) -> None:
+        await self.agent.create(spec)
+
+    async def destroy_container(self, container: str) -> None:
+        await self.agent.destroy(container)
+
+    async def network(self, update: NetworkUpdate) -> None:
+        await self.agent.network(update)
+
+    async def add_disk(self, disk: DiskSpec) -> None:
+        await self.vm.add_disk(disk)
+
+    async def remove_disk(self, serial: str) -> None:
+        await self.vm.remove_disk(serial)
+
+    async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int:
+        return await self.agent.start(spec, output)
+
+    def attach_output(self, proc: int, output: ProcessOutput) -> None:
+        self.agent.attach_output(proc, output)
+
+    async def write_stdin(self, proc: int, data: bytes) -> None:
+        await self.agent.write_stdin(proc, data)
+
+    async def close_stdin(self, proc: int) -> None:
+        await self.agent.close_stdin(proc)
+
+    async def signal(self, proc: int, signum: int) -> None:
+        await self.agent.signal(proc, signum)
+
+    async def resize(self, proc: int, height: int, width: int) -> None:
+        await self.agent.resize(proc, height, width)
+
+    async def release(self, proc: int) -> None:
+        await self.agent.release(proc)
+
+    async def stats(self, container: str) -> dict[str, Any]:
+        return await self.agent.stats(container)
+
+    async def ps(self, container: str) -> dict[str, Any]:
+        return await self.agent.ps(container)
+
+    async def update(self, container: str, resources: ResourceUpdate) -> None:
+        await self.agent.update(container, resources)
+
+    async def freeze(self, container: str, frozen: bool) -> None:
+        await self.agent.freeze(container, frozen)
+
+    async def rewrite_files(self, container: str, files: list[FileSpec]) -> None:
+        await self.agent.rewrite_files(container, files)
+
+    async def set_memory(self, mib: int) -> None:
+        """Balloon the guest to `mib` of RAM (at most what it booted with)."""
+        await self.vm.qmp("balloon", value=mib * 1024 * 1024)
+
+    async def poweroff(self, timeout: float) -> None:
+        """Let the guest sync its disks and power off; force it after `timeout`."""
+        with contextlib.suppress(AgentError, OSError):
+            await asyncio.wait_for(self.agent.poweroff(), timeout)
+        try:
+            await asyncio.wait_for(self.vm.wait_exit(), timeout)
+        except TimeoutError:
+            log.warning("guest %s did not power off in %.0fs; killing it",
+                        self.vm.run_dir.name, timeout)
+        await self.kill()
+
+    async def kill(self) -> None:
+        await self.agent.close()
+        await self.vm.destroy()
+        if self.virtiofsd is not None:
+            # It exits when QEMU lets go of it; this is for one that hangs.
+            await self.virtiofsd.stop()
+
+    async def wait_exit(self) -> None:
+        await self.vm.wait_exit()
+
+    def detach(self) -> None:
+        self.vm.close()
+        if self.virtiofsd is not None:
+            self.virtiofsd.close()
+
+
+class QemuGuestDriver:
+    def __init__(self, vm_driver: QemuMicrovmDriver, boot_timeout: float,
+                 boot_retries: int) -> None:
+        self.vm_driver = vm_driver
+        self.boot_timeout = boot_timeout
+        self.boot_retries = boot_retries
+
+    async def boot(self, spec: GuestSpec) -> Guest:
+        last_error = ""
+        for attempt in range(self.boot_retries + 1):
+            virtiofsd = await self._start_virtiofsd(spec)
+            try:
+                vm = await self.vm_driver.launch(spec.vm)
+            except VMError as e:
+                if virtiofsd is not None:
+                    await virtiofsd.stop()
+                raise BootError(str(e)) from e
+            guest = None
+            try:
+                guest = QemuGuest(vm, await self._connect(vm, spec), virtiofsd)
+                return guest
+            except AgentDisconnected as e:
+                last_error = f"{type(e).__name__}: {e}"
+            except AgentError as e:
+                # The guest answered and refused: retrying cannot help.
+                await self._abandon(vm, virtiofsd)
+                raise BootError(f"guest setup failed: {e.message}") from e
+            except (TimeoutError, OSError) as e:
+                last_error = f"{type(e).__name__}: {e}"
+            except BaseException:
+                await self._abandon(vm, virtiofsd)
+                raise
+            log.warning("guest %s failed to boot (attempt %d): %s\n%s", spec.vm.run_dir.name,
+                        attempt + 1, last_error, _tail(vm.console_log))
+            await self._abandon(vm, virtiofsd)
+        raise BootError(f"guest did not boot: {last_error}")
+
+    @staticmethod
+    async def _start_virtiofsd(spec: GuestSpec) -> Virtiofsd | None:
+        if spec.shared_dir is None:
+            spec.vm.shared_fs_socket = None
+            return None
+        try:
+            virtiofsd = await Virtiofsd.start(spec.vm.run_dir, spec.shared_dir)
+        except (VirtiofsdError, OSError, TimeoutError) as e:
+            raise BootError(f"cannot share files with the guest: {e}") from e
+        spec.vm.shared_fs_socket = virtiofsd.socket
+        return virtiofsd
+
+    @staticmethod
+    async def _abandon(vm: MicroVM, virtiofsd: Virtiofsd | None) -> None:
+        await vm.destroy()
+        if virtiofsd is not None:
+            await virtiofsd.stop()
+
+    async def _connect(self, vm: MicroVM, spec: GuestSpec) -> AgentClient:
+        boot = [(T_SANDBOX, spec.setup.payload())]
+        if spec.network is not None:
+            boot.append((T_NETWORK, spec.network.payload()))
+        if spec.container is not None:
+            boot.append((T_CREATE, spec.container.payload()))
+        connect = asyncio.ensure_future(AgentClient.connect(
+            vm.agent_socket, timeout=self.boot_timeout, boot=boot))
+        died = asyncio.ensure_future(vm.wait_exit())
+        try:
+            done, _ = await asyncio.wait({connect, died}, return_when=asyncio.FIRST_COMPLETED)
+            if connect in done:
+                return connect.result()
+            raise AgentDisconnected("QEMU exited during boot")
+        finally:
+            died.cancel()
+            if not connect.done():
+                connect.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await connect
+
+    async def reattach(self, run_dir: Path) -> Guest | None:
+        vm = MicroVM.find(run_dir)
+        if vm is None:
+            return None
+        try:
+            agent = await AgentClient.connect(vm.agent_socket, timeout=self.boot_timeout)
+        except (TimeoutError, AgentError, OSError) as e:
+            log.warning("cannot reattach to guest %s: %s", run_dir.name, e)
+            await vm.destroy()
+            return None
+        return QemuGuest(vm, agent, Virtiofsd.find(run_dir))
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    try:
+        return path.read_bytes()[-limit:].decode(errors="replace")
+    except OSError:
+        return "(no console log)"

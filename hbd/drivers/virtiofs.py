@@ -1,0 +1,106 @@
+"""virtiofsd: the host side of a guest's shared filesystem. Knows nothing of Docker.
+
+One virtiofsd per guest (QEMU 7.2's C virtiofsd, /usr/lib/qemu/virtiofsd)
+exports one directory. It runs sandboxed in its own mount, pid and network
+namespaces, pivoted into that directory (`sandbox=namespace`), so it sees
+nothing of the host but what is mounted there. hbd mounts each share into
+the directory while the guest runs: the directory is a shared mount, so
+those mounts propagate into virtiofsd's (slave) copy of it.
+
+virtiofsd serves one QEMU and exits when that QEMU disconnects, so it never
+outlives its guest. It is started detached, like QEMU, and survives an hbd
+restart with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from hbd.drivers.procwatch import ProcessWatch, cmdline_of
+
+log = logging.getLogger(__name__)
+
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+START_TIMEOUT = 10.0
+
+
+class VirtiofsdError(Exception):
+    pass
+
+
+class Virtiofsd:
+    def __init__(self, pid: int, socket: Path) -> None:
+        self.pid = pid
+        self.socket = socket
+        self._process = ProcessWatch(pid)
+
+    @classmethod
+    async def start(cls, run_dir: Path, source: Path, binary: str = VIRTIOFSD) -> Virtiofsd:
+        """Start virtiofsd for `source`; returns once its socket listens."""
+        socket = run_dir / "virtiofsd.sock"
+        socket.unlink(missing_ok=True)
+        argv = [
+            binary, f"--socket-path={socket}", "-o", f"source={source}",
+            # cache=auto: the guest caches data and attributes for a second,
+            # and re-reads a file that changed on the host when it opens it.
+            "-o", "cache=auto", "-o", "sandbox=namespace",
+            # Each share is a mount of its own: the guest sees them as
+            # separate filesystems, so inode numbers never collide.
+            "-o", "announce_submounts",
+        ]
+        log_path = run_dir / "virtiofsd.log"
+        stdio = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                 (os.POSIX_SPAWN_OPEN, 1, str(log_path),
+                  os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                 (os.POSIX_SPAWN_DUP2, 1, 2)]
+        # Spawned directly, not as an asyncio subprocess: ProcessWatch reaps it
+        # (now or, after an hbd restart, never: it is then not hbd's child).
+        # posix_spawn returns at once; nothing here waits for the process.
+        pid = os.posix_spawn(binary, argv, os.environ, setsid=True,  # noqa: ASYNC221
+                             file_actions=stdio)
+        (run_dir / "virtiofsd.pid").write_text(f"{pid}\n")
+        daemon = cls(pid, socket)
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                while not socket.exists():
+                    if not daemon.running:
+                        raise VirtiofsdError("virtiofsd exited at start: " + _tail(run_dir))
+                    await asyncio.sleep(0.002)
+        except BaseException:
+            await daemon.stop()
+            raise
+        return daemon
+
+    @classmethod
+    def find(cls, run_dir: Path) -> Virtiofsd | None:
+        """The virtiofsd an earlier hbd started for `run_dir`, if it still runs."""
+        try:
+            pid = int((run_dir / "virtiofsd.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        socket = run_dir / "virtiofsd.sock"
+        argv = cmdline_of(pid)
+        if argv is None or f"--socket-path={socket}".encode() not in argv:
+            return None
+        return cls(pid, socket)
+
+    @property
+    def running(self) -> bool:
+        return self._process.running
+
+    async def stop(self) -> None:
+        await self._process.terminate(2.0)
+
+    def close(self) -> None:
+        self._process.close()
+
+
+def _tail(run_dir: Path) -> str:
+    try:
+        return (run_dir / "virtiofsd.log").read_text(errors="replace")[-1000:].strip()
+    except OSError:
+        return ""
+
