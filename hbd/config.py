@@ -36,6 +36,7 @@ class VMSettings:
     boot_timeout: float = 30.0
     boot_retries: int = 1
     tcg_tb_size_mib: int = 32
+    nic_slots: int = 4
     guest_trace: bool = False
 
     def kernel_path(self) -> Path:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from hbd.config import Config
 from hbd.drivers.accel import choose_accel
-from hbd.drivers.sandbox import QemuSandboxDriver, SandboxDriver
+from hbd.drivers.guest import GuestDriver, QemuGuestDriver
 from hbd.drivers.vm import QemuMicrovmDriver
 from hbd.errors import InvalidParameter
 from hbd.events import EventBus
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Daemon:
     config: Config
-    sandbox_driver: SandboxDriver | None = None
+    guest_driver: GuestDriver | None = None
     accel: str = ""
     state: StateStore = field(init=False)
     events: EventBus = field(init=False)
@@ -61,7 +61,7 @@ class Daemon:
         self.distribution = Distribution(self.images, self.registry)
         scratch = ScratchDisks(config.data_root / "vm")
         await scratch.prepare()
-        if self.sandbox_driver is None:
+        if self.guest_driver is None:
             kernel = config.vm.kernel_path()
             for path in (kernel, config.vm.initrd_path()):
                 if not path.exists():
@@ -69,7 +69,7 @@ class Daemon:
                         f"{path} is missing: build the guest with kernels/build.sh")
             self.accel = await choose_accel(config.vm.accel, config.vm.qemu, kernel,
                                             config.exec_root)
-            self.sandbox_driver = QemuSandboxDriver(
+            self.guest_driver = QemuGuestDriver(
                 QemuMicrovmDriver(config.vm.qemu), config.vm.boot_timeout,
                 config.vm.boot_retries)
         else:
@@ -83,7 +83,7 @@ class Daemon:
         await self.dns.reconcile()
         self.volumes = VolumeService(self.state, config.data_root / "volumes", self.events)
         self.containers = ContainerService(config, self.state, self.images, self.networks,
-                                           self.volumes, self.events, self.sandbox_driver,
+                                           self.volumes, self.events, self.guest_driver,
                                            scratch, self.accel)
         # Images, volumes and networks ask which containers use them; the
         # container service answers (they are below it and do not import it).
@@ -99,20 +99,25 @@ class Daemon:
         await self.containers.restore()
 
     def _dns_views(self) -> list[NetworkView]:
-        """Per bridge network: its gateway and the names of running containers on it."""
+        """Per bridge network: its gateway, the names of running containers on
+        it, and which other networks (gateways) each of them is on."""
         views = []
         for n in self.networks.networks.values():
             if n.driver != "bridge" or not n.gateway:
                 continue
             names: dict[str, list[str]] = {}
-            if n.name != DEFAULT_BRIDGE:  # dockerd serves no names on the default bridge
-                for run in self.networks.runs.values():
-                    endpoint = run.endpoints.get(n.name)
-                    if endpoint is None:
-                        continue
-                    for name in endpoint.dns_names:
-                        names.setdefault(name.lower(), []).append(endpoint.ip)
-            views.append(NetworkView(n.gateway, n.name, names))
+            clients: dict[str, list[str]] = {}
+            for run in self.networks.runs.values():
+                endpoint = run.endpoints.get(n.name)
+                if endpoint is None:
+                    continue
+                clients[endpoint.ip] = [e.gateway for name, e in run.endpoints.items()
+                                        if name != n.name]
+                if n.name == DEFAULT_BRIDGE:  # dockerd serves no names on the default bridge
+                    continue
+                for name in endpoint.dns_names:
+                    names.setdefault(name.lower(), []).append(endpoint.ip)
+            views.append(NetworkView(n.gateway, n.name, names, clients))
         return views
 
     async def stop(self) -> None:

@@ -28,7 +28,7 @@ async def remove(request: web.Request) -> web.Response:
 
 async def connect(request: web.Request) -> web.Response:
     body = await read_json(request)
-    request.app[CONTAINER_NETWORKS].connect(str(body.get("Container", "")),
+    await request.app[CONTAINER_NETWORKS].connect(str(body.get("Container", "")),
                                             request.match_info["id"],
                                             body.get("EndpointConfig") or {})
     return web.Response(status=200)
@@ -36,7 +36,7 @@ async def connect(request: web.Request) -> web.Response:
 
 async def disconnect(request: web.Request) -> web.Response:
     body = await read_json(request)
-    request.app[CONTAINER_NETWORKS].disconnect(str(body.get("Container", "")),
+    await request.app[CONTAINER_NETWORKS].disconnect(str(body.get("Container", "")),
                                                request.match_info["id"],
                                                bool(body.get("Force")))
     return web.Response(status=200)

@@ -732,7 +732,7 @@ class _Run:
                 changes.cancel()  # the step failed (or its guest vanished): no layer
                 return
             try:
-                layer = await self.b.files.layer_of_run(run.sandbox, run.next_proc)
+                layer = await self.b.files.layer_of_run(run.guest)
             except (HbdError, AgentError) as e:
                 if not changes.done():
                     changes.set_exception(e)

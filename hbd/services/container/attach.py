@@ -32,7 +32,7 @@ async def write_stdin(c: Container, data: bytes) -> None:
     run = c.run
     if run is not None:
         with contextlib.suppress(AgentError):
-            await run.sandbox.write_stdin(1, data)
+            await run.guest.write_stdin(run.guest.main_proc, data)
 
 
 async def close_stdin(c: Container) -> None:
@@ -42,7 +42,7 @@ async def close_stdin(c: Container) -> None:
     run = c.run
     if run is not None:
         with contextlib.suppress(AgentError):
-            await run.sandbox.close_stdin(1)
+            await run.guest.close_stdin(run.guest.main_proc)
 
 
 def logs(c: Container, log_path: Path, query: LogQuery) -> AsyncIterator[LogRecord]:

@@ -1,14 +1,21 @@
-"""Connecting a stopped container to a network and disconnecting it: the
-configuration its next start brings up (a microvm has no NIC hotplug)."""
+"""`docker network connect` and `disconnect`: a stopped container's
+configuration for its next start, or, for a running one, a NIC slot of its
+guest moved in or out of its network namespace at once, with DNS, its
+/etc/hosts and inspect following."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from hbd.errors import Conflict, Forbidden
+from hbd.errors import Forbidden, InvalidParameter, SystemError_
 from hbd.services.container import network as cn
+from hbd.services.container.model import Container, Run
+from hbd.services.container.namespaces import peer_ref
+from hbd.services.container.sandboxes import EndpointPlan, SandboxManager
+from hbd.services.container.start import guest_files
 from hbd.services.container.store import ContainerStore
+from hbd.services.network.model import Network
 from hbd.services.network.service import NetworkService
 
 
@@ -16,38 +23,72 @@ from hbd.services.network.service import NetworkService
 class Connections:
     store: ContainerStore
     networks: NetworkService
+    sandboxes: SandboxManager
 
-    def connect(self, ref: str, network_ref: str, settings: dict[str, Any]) -> None:
+    async def connect(self, ref: str, network_ref: str, settings: dict[str, Any]) -> None:
         c = self.store.get(ref)
         n = self.networks.get(network_ref)
-        if c.state.running:
-            raise Conflict(
-                f"cannot connect running container {c.name.lstrip('/')} to network {n.name}: "
-                "a microvm has no hotplug; stop the container, connect it, start it again")
+        mode = str(c.host_config.get("NetworkMode") or "")
+        if peer_ref(mode):
+            raise Forbidden("container sharing network namespace with another container or "
+                            "host cannot be connected to any other network")
         if n.name in c.networks:
             raise Forbidden(f"endpoint with name {c.name.lstrip('/')} already exists in "
                             f"network {n.name}")
-        if not c.networks and c.host_config.get("NetworkMode") == "none":
-            raise Forbidden("container cannot be disconnected from host network or "
-                            "connected to host network")
+        if not c.networks and mode == "none":
+            raise InvalidParameter("container cannot be connected to multiple networks with "
+                                   "one of the networks in private (none) mode")
         attach = cn.attachments_for_create({"NetworkMode": n.name},
                                            {"EndpointsConfig": {n.name: settings or {}}},
                                            self.networks)
+        run = c.run
+        if run is not None and c.state.running and c.run_network is not None:
+            await self._connect_running(c, run, n, attach[n.name])
         c.networks.update(attach)
         self.store.save(c)
         self.store.events.publish("network", "connect", n.id,
                                   {"container": c.id, "name": n.name, "type": n.driver})
 
-    def disconnect(self, ref: str, network_ref: str, force: bool = False) -> None:
+    async def _connect_running(self, c: Container, run: Run, n: Network,
+                               settings: dict[str, Any]) -> None:
+        assert c.run_network is not None
+        endpoint = await self.networks.add_endpoint(
+            c.id, c.run_network, n.name, settings, [c.name.lstrip("/"), c.id[:12]])
+        try:
+            await self.sandboxes.connect(run.guest, EndpointPlan(n.name, endpoint, n.bridge,
+                                                                 n.internal))
+        except BaseException:
+            await self.networks.remove_endpoint(c.id, c.run_network, n.name)
+            raise
+        await self._rewrite_hosts(c, run)
+
+    async def disconnect(self, ref: str, network_ref: str, force: bool = False) -> None:
         c = self.store.get(ref)
         n = self.networks.get(network_ref)
-        if c.state.running and not force:
-            raise Conflict(
-                f"cannot disconnect running container {c.name.lstrip('/')} from network "
-                f"{n.name}: a microvm has no hotplug; stop the container first")
+        run = c.run
+        running = run is not None and c.state.running
         if n.name not in c.networks:
+            if running:
+                raise SystemError_(f"container {c.id} is not connected to network {n.name}")
             raise Forbidden(f"container {c.id} is not connected to network {n.name}")
+        if run is not None and running and c.run_network is not None and \
+                n.name in c.run_network.endpoints:
+            await self.sandboxes.disconnect(run.guest, n.name)
+            await self.networks.remove_endpoint(c.id, c.run_network, n.name)
+            await self._rewrite_hosts(c, run)
         del c.networks[n.name]
         self.store.save(c)
         self.store.events.publish("network", "disconnect", n.id,
                                   {"container": c.id, "name": n.name, "type": n.driver})
+
+    async def _rewrite_hosts(self, owner: Container, run: Run) -> None:
+        """/etc/hosts of every container in the owner's network namespace
+        lists the owner's addresses on all its networks, as dockerd's does."""
+        for cid in self.sandboxes.netns_members(run.guest):
+            member = self.store.containers.get(cid)
+            if member is None or member.run is None:
+                continue
+            hosts = [f for f in guest_files(member, owner.run_network)
+                     if f.path == "/etc/hosts"]
+            if hosts:
+                await self.sandboxes.rewrite_files(member.run.guest, hosts)

@@ -10,6 +10,7 @@ from typing import Any
 
 from hbd.errors import HbdError, InvalidParameter, NotFound, no_such_image
 from hbd.services.container import config as cc
+from hbd.services.container import namespaces as ns
 from hbd.services.container import network as cn
 from hbd.services.container.model import Container
 from hbd.services.container.mounts import MountPoint, resolve_mounts
@@ -35,6 +36,9 @@ class Creator:
             raise InvalidParameter("invalid JSON: container config must be an object")
         config = cc.normalize_config(body)
         host_config = cc.normalize_host_config(body.get("HostConfig"))
+        ns.check_network_mode(body, host_config)
+        ns.resolve_pid_and_ipc_modes(host_config, self.store)
+        ns.resolve_network_mode(host_config, self.store)
         if not config["Image"]:
             raise InvalidParameter("No image was specified")
         try:

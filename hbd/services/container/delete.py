@@ -38,7 +38,7 @@ class Remover:
         try:
             run = c.run
             if run is not None:
-                await run.sandbox.destroy()
+                await run.guest.kill()
                 await run.finished.wait()
             c.state.status = "removing"
             if c.teardown is not None:
@@ -51,7 +51,6 @@ class Remover:
         if volumes or c.host_config.get("AutoRemove"):
             await self._remove_anonymous_volumes(c)
         await asyncio.to_thread(shutil.rmtree, self.store.dir(c), True)
-        await asyncio.to_thread(shutil.rmtree, self.store.run_dir(c), True)
         for hook in self.store.on_stopped:
             hook(c, True)
         self.store.event(c, "destroy")

@@ -167,8 +167,7 @@ class ExecService:
             instance.console = console
         if detach:
             instance.stdout = instance.stderr = instance.stdin = False
-        instance.proc = run.next_proc
-        run.next_proc += 1
+        instance.proc = run.guest.take_proc()
         instance.run = run
         instance.running = True
         self._event(instance, f"exec_start: {' '.join(instance.args)}")
@@ -178,7 +177,7 @@ class ExecService:
             height=instance.console[0], width=instance.console[1],
         )
         try:
-            instance.pid = await run.sandbox.start(spec, instance)
+            instance.pid = await run.guest.start(spec, instance)
         except AgentError as e:
             instance.running = False
             instance.exit_code = 126 if ("permission denied" in e.message or
@@ -197,23 +196,23 @@ class ExecService:
         self._event(instance, "exec_die", exitCode=str(instance.exit_code))
         if instance.run is not None:
             with contextlib.suppress(AgentError):
-                await instance.run.sandbox.release(instance.proc)
+                await instance.run.guest.release(instance.proc)
 
     async def write_stdin(self, instance: ExecInstance, data: bytes) -> None:
         if instance.run is not None and instance.running:
             with contextlib.suppress(AgentError):
-                await instance.run.sandbox.write_stdin(instance.proc, data)
+                await instance.run.guest.write_stdin(instance.proc, data)
 
     async def close_stdin(self, instance: ExecInstance) -> None:
         if instance.run is not None and instance.running:
             with contextlib.suppress(AgentError):
-                await instance.run.sandbox.close_stdin(instance.proc)
+                await instance.run.guest.close_stdin(instance.proc)
 
     async def resize(self, exec_id: str, height: int, width: int) -> None:
         instance = self.get(exec_id)
         if instance.run is None or not instance.running:
             raise Conflict(f"Exec {exec_id} is not running")
         try:
-            await instance.run.sandbox.resize(instance.proc, height, width)
+            await instance.run.guest.resize(instance.proc, height, width)
         except AgentError as e:
             raise SystemError_(f"cannot resize exec {exec_id}: {e.message}") from e

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hbd.drivers.agent import AgentError, ExitStatus, ProcessSpec
-from hbd.drivers.sandbox import Sandbox
 from hbd.errors import Conflict, Forbidden, HbdError, InvalidParameter, NotFound, SystemError_
 from hbd.services.container import config as cc
 from hbd.services.container.model import Container
+from hbd.services.container.sandbox import ContainerInGuest
 from hbd.services.container.service import ContainerService
 from hbd.services.image.model import Image, Layer
 from hbd.services.image.reference import parse_reference, validate_tag
@@ -87,54 +87,43 @@ class _Pipe:
             yield chunk
 
 
-@dataclass
-class _Guest:
-    sandbox: Sandbox
-    next_proc: int
-
-
 class ContainerFiles:
     def __init__(self, containers: ContainerService) -> None:
         self.containers = containers
 
     @contextlib.asynccontextmanager
-    async def _guest(self, c: Container) -> AsyncIterator[_Guest]:
-        """The container's running guest, or one booted just for this."""
+    async def _guest(self, c: Container) -> AsyncIterator[ContainerInGuest]:
+        """The container in its running guest, or in a guest for just this."""
         run = c.run
         if run is not None and c.state.running and not c.state.restarting:
             if c.state.paused:
                 raise Conflict(f"Container {c.id} is paused, unpause the container first")
-            guest = _Guest(run.sandbox, run.next_proc)
-            try:
-                yield guest
-            finally:
-                run.next_proc = max(run.next_proc, guest.next_proc)
+            yield run.guest
             return
         async with c.lock:
             if c.state.running:
                 raise Conflict(f"Container {c.id} is starting; try again")
-            sandbox = await self.containers.boot_maintenance(c)
+            guest = await self.containers.boot_maintenance(c)
             try:
-                yield _Guest(sandbox, 2)
+                yield guest
             finally:
-                await self.containers.end_maintenance(c, sandbox)
+                await self.containers.end_maintenance(c, guest)
 
-    async def _builtin(self, guest: _Guest, name: str, args: list[str], stdin: bool = False
-                       ) -> tuple[int, _Pipe]:
-        proc = guest.next_proc
-        guest.next_proc += 1
+    async def _builtin(self, guest: ContainerInGuest, name: str, args: list[str],
+                       stdin: bool = False) -> tuple[int, _Pipe]:
+        proc = guest.take_proc()
         pipe = _Pipe()
         spec = ProcessSpec(proc=proc, args=args, env=["PATH=/bin"], builtin=name, stdin=stdin)
         try:
-            await guest.sandbox.start(spec, pipe)
+            await guest.start(spec, pipe)
         except AgentError as e:
             raise SystemError_(f"guest refused {name}: {e.message}") from e
         return proc, pipe
 
-    async def _finish(self, guest: _Guest, proc: int, pipe: _Pipe) -> int:
+    async def _finish(self, guest: ContainerInGuest, proc: int, pipe: _Pipe) -> int:
         status = await pipe.exited
         with contextlib.suppress(AgentError):
-            await guest.sandbox.release(proc)
+            await guest.release(proc)
         return status.exit_code
 
     # -- stat / get / put ----------------------------------------------------------
@@ -144,7 +133,7 @@ class ContainerFiles:
         async with self._guest(c) as guest:
             return await self._stat(guest, c, path)
 
-    async def _stat(self, guest: _Guest, c: Container, path: str) -> dict[str, Any]:
+    async def _stat(self, guest: ContainerInGuest, c: Container, path: str) -> dict[str, Any]:
         proc, pipe = await self._builtin(guest, "stat", [_absolute(path)])
         out = b"".join([chunk async for chunk in pipe.stdout()])
         code = await self._finish(guest, proc, pipe)
@@ -201,10 +190,10 @@ class ContainerFiles:
             proc, pipe = await self._builtin(guest, "tar-extract", args, stdin=True)
             try:
                 async for chunk in body:
-                    await guest.sandbox.write_stdin(proc, chunk)
+                    await guest.write_stdin(proc, chunk)
             finally:
                 with contextlib.suppress(AgentError):
-                    await guest.sandbox.close_stdin(proc)
+                    await guest.close_stdin(proc)
             async for _ in pipe.stdout():
                 pass
             code = await self._finish(guest, proc, pipe)
@@ -277,7 +266,7 @@ class ContainerFiles:
         return image_id
 
 
-    async def _changes_layer(self, guest: _Guest, freeze: bool) -> Layer:
+    async def _changes_layer(self, guest: ContainerInGuest, freeze: bool) -> Layer:
         """The container's changes as a layer blob in the image store."""
         store = self.containers.images
         proc, pipe = await self._builtin(guest, "tar-changes", ["freeze"] if freeze else [])
@@ -311,22 +300,22 @@ class ContainerFiles:
                 await self._copy_in(guest, copy)
             return await self._changes_layer(guest, freeze=False)
 
-    async def layer_of_run(self, sandbox: Sandbox, next_proc: int) -> Layer:
+    async def layer_of_run(self, guest: ContainerInGuest) -> Layer:
         """The changes of a container whose main process just exited, from its
-        guest before it powers off (no second boot for a RUN step)."""
-        return await self._changes_layer(_Guest(sandbox, next_proc), freeze=False)
+        guest before it leaves it (no second boot for a RUN step)."""
+        return await self._changes_layer(guest, freeze=False)
 
-    async def _copy_in(self, guest: _Guest, copy: CopyIn) -> None:
+    async def _copy_in(self, guest: ContainerInGuest, copy: CopyIn) -> None:
         args = [copy.dest, copy.mode, *([copy.owner] if copy.owner else [])]
         proc, pipe = await self._builtin(guest, "copy-in", args, stdin=True)
 
         async def feed() -> None:
             try:
                 async for chunk in copy.body:
-                    await guest.sandbox.write_stdin(proc, chunk)
+                    await guest.write_stdin(proc, chunk)
             finally:
                 with contextlib.suppress(AgentError):
-                    await guest.sandbox.close_stdin(proc)
+                    await guest.close_stdin(proc)
                 close = getattr(copy.body, "aclose", None)
                 if close is not None:  # a generator holding a guest (COPY --from)
                     await close()

@@ -118,24 +118,23 @@ class HealthMonitor:
         assert self.command is not None
         start = rfc3339_nano()
         collector = _Collector()
-        proc = self.run.next_proc
-        self.run.next_proc += 1
+        proc = self.run.guest.take_proc()
         spec = ProcessSpec(proc=proc, args=self.command, env=self.env, cwd=self.cwd,
                            user=self.user)
         try:
-            await self.run.sandbox.start(spec, collector)
+            await self.run.guest.start(spec, collector)
             status = await asyncio.wait_for(asyncio.shield(collector.exited), self.timeout)
             exit_code, output = status.exit_code, collector.output.decode(errors="replace")
         except TimeoutError:
             with contextlib.suppress(AgentError):
-                await self.run.sandbox.signal(proc, 9)
+                await self.run.guest.signal(proc, 9)
             exit_code = -1
             output = f"Health check exceeded timeout ({self.timeout:g}s)"
         except AgentError as e:
             exit_code, output = (127 if e.kind == "exec" else 1), e.message
         finally:
             with contextlib.suppress(AgentError):
-                await self.run.sandbox.release(proc)
+                await self.run.guest.release(proc)
         self._record(start, exit_code, output, in_start_period)
 
     def _record(self, start: str, exit_code: int, output: str, in_start_period: bool) -> None:

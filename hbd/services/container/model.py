@@ -1,8 +1,7 @@
 """What a container is: its record (persisted in the state store) and, while
-it runs, a `Run`: one boot of its sandbox (guest), the json-file log writer
-and the streams of clients attached to it. The guest's lifetime is the
-container's running lifetime: start boots it, the main process's exit powers
-it off.
+it runs, a `Run`: its place in a sandbox (guest), the json-file log writer
+and the streams of clients attached to it. A run lasts from the main
+process's start to its exit.
 """
 
 from __future__ import annotations
@@ -14,12 +13,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hbd.drivers.agent import ExitStatus
-from hbd.drivers.sandbox import Sandbox
 from hbd.errors import Conflict
 from hbd.services.container.health import HealthMonitor, HealthState
 from hbd.services.container.logs import JsonFileWriter
 from hbd.services.container.mounts import MountPoint
 from hbd.services.container.network import run_from_record, run_record
+from hbd.services.container.sandbox import ContainerInGuest
 from hbd.services.network.model import RunNetworking
 from hbd.services.timefmt import ZERO_TIME, human_duration, parse_rfc3339
 
@@ -95,17 +94,18 @@ class Attachment:
 
 
 class Run:
-    """One boot of a container: implements the agent's ProcessOutput for the main process."""
+    """One run of a container: implements the agent's ProcessOutput for the main process."""
 
-    def __init__(self, container: Container, sandbox: Sandbox, log_writer: JsonFileWriter) -> None:
+    def __init__(self, container: Container, guest: ContainerInGuest,
+                 log_writer: JsonFileWriter) -> None:
         self.container = container
-        self.sandbox = sandbox
+        self.guest = guest
         self.log = log_writer
         self.exited: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
         # Set once the container's state says the run is over.
         self.finished = asyncio.Event()
-        self.next_proc = 2
         self.health: HealthMonitor | None = None
+        # RAM of the guest it booted (0: it joined another container's guest).
         self.memory_mib = 0
 
     def on_output(self, stream: int, data: bytes) -> None:

@@ -1,6 +1,6 @@
 """Watching a run: its health checks, the main process's exit (or the guest
-vanishing), settling the container's state when the run ends, the guest's
-teardown, and what comes next (auto-remove or the restart manager)."""
+vanishing), settling the container's state when the run ends, its leaving
+its sandbox, and what comes next (auto-remove or the restart manager)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from hbd.services.container import config as cc
 from hbd.services.container.delete import Remover
 from hbd.services.container.health import HealthMonitor
 from hbd.services.container.model import Container, ContainerState, Run
-from hbd.services.container.mounts import release_host_resources
 from hbd.services.container.restart import RestartManager
+from hbd.services.container.sandboxes import SandboxManager
 from hbd.services.container.store import ContainerStore
 from hbd.services.network.service import NetworkService
 from hbd.services.timefmt import rfc3339_nano
@@ -25,8 +25,6 @@ from hbd.tasks import spawn
 
 log = logging.getLogger(__name__)
 
-# How long a guest may take to sync and power off before it is killed.
-POWEROFF_TIMEOUT = 10.0
 # Exit code reported when the guest vanished without reporting its process's
 # exit (QEMU killed): what dockerd reports for a SIGKILLed task.
 VANISHED_EXIT_CODE = 137
@@ -37,6 +35,7 @@ class Monitor:
     store: ContainerStore
     networks: NetworkService
     volumes: VolumeService
+    sandboxes: SandboxManager
     restarts: RestartManager
     remover: Remover
 
@@ -63,7 +62,7 @@ class Monitor:
 
     async def _watch(self, c: Container, run: Run) -> None:
         """Wait for the main process to exit, or for the guest to vanish."""
-        vanished: asyncio.Future[None] = asyncio.ensure_future(run.sandbox.wait_exit())
+        vanished: asyncio.Future[None] = asyncio.ensure_future(run.guest.wait_gone())
         waiting: set[asyncio.Future[Any]] = {run.exited, vanished}
         try:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -106,7 +105,7 @@ class Monitor:
         going = c.removing or bool(c.host_config.get("AutoRemove"))
         # A container that is going keeps nothing in its scratch disk worth a
         # sync, but its volumes' data must reach their disks.
-        clean = not going or any(m.type == "volume" for m in c.mounts)
+        clean = not going or any(m.type in ("volume", "bind") for m in c.mounts)
         c.teardown = spawn(self._teardown(c, run, clean))
         if going and not c.removing:
             await self.auto_remove(c)
@@ -121,13 +120,10 @@ class Monitor:
                     await hook(run)
                 except Exception:
                     log.exception("before-poweroff hook of %s failed", c.id[:12])
-            if clean:
-                await run.sandbox.poweroff(POWEROFF_TIMEOUT)
-            else:
-                await run.sandbox.destroy()
+            await self.sandboxes.leave(run.guest, clean)
         finally:
-            # Only now may another guest mount these volumes.
-            release_host_resources(self.volumes, c.id, self.store.file_binds(c))
+            # Only now may another guest mount its block volumes.
+            self.volumes.detach_all(c.id)
 
     async def auto_remove(self, c: Container) -> None:
         try:

@@ -1,9 +1,9 @@
 """A container's mounts: `-v`, `--mount`, `--tmpfs`, image VOLUMEs, `--volumes-from`.
 
 Resolved once at create into MountPoints (what `inspect` shows as Mounts);
-turned into guest devices at each start: named and anonymous volumes become
-virtio-blk disks, bind mounts virtio-9p shares, tmpfs mounts are made in
-the guest.
+its sandbox provides them at each start: shared volumes and bind mounts
+through the guest's shared filesystem, block volumes as disks, tmpfs mounts
+made in the guest.
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hbd.drivers import hostmount
-from hbd.drivers.agent import MountSpec
-from hbd.drivers.vm import DiskSpec, ShareSpec
 from hbd.errors import InvalidParameter
 from hbd.services.volume.service import VolumeService
 
@@ -147,50 +144,3 @@ async def resolve_mounts(config: dict[str, Any], host_config: dict[str, Any],
             mp.source = v.name
     # Parents before children, as the guest mounts them in order.
     return sorted(mounts.values(), key=lambda m: (m.destination.count("/"), m.destination))
-
-
-@dataclass
-class GuestMounts:
-    disks: list[DiskSpec]
-    shares: list[ShareSpec]
-    mounts: list[MountSpec]
-
-
-def guest_mounts(mounts: list[MountPoint], volumes: VolumeService,
-                 file_binds: Path) -> GuestMounts:
-    """Devices and mounts for a guest. Bound files are bind-mounted on the
-    host under `file_binds` (undo with hostmount.unbind_all after the run)."""
-    out = GuestMounts([], [], [])
-    for i, mp in enumerate(mounts):
-        if mp.type == "volume":
-            v = volumes.get(mp.source)
-            serial = f"vol{i}"
-            out.disks.append(DiskSpec(volumes.disk(v), serial, format="qcow2"))
-            out.mounts.append(MountSpec(type="disk", target=mp.destination, source=serial,
-                                        readonly=not mp.rw, copy_up=not mp.nocopy))
-        elif mp.type == "bind":
-            tag = f"bind{i}"
-            source = Path(mp.source)
-            options = ""
-            if not source.is_dir():
-                # 9p shares directories: share a private one holding just the file.
-                try:
-                    hostmount.bind_file(source, file_binds / str(i))
-                except OSError as e:
-                    raise InvalidParameter(f"cannot bind {source}: {e.strerror}") from e
-                source = file_binds / str(i)
-                options = f"file={Path(mp.source).name}"
-            out.shares.append(ShareSpec(source, tag, readonly=not mp.rw))
-            out.mounts.append(MountSpec(type="9p", target=mp.destination, source=tag,
-                                        options=options, readonly=not mp.rw))
-        else:
-            out.mounts.append(MountSpec(type="tmpfs", target=mp.destination,
-                                        options=mp.options, readonly=not mp.rw))
-    return out
-
-
-def release_host_resources(volumes: VolumeService, container_id: str,
-                           file_binds: Path) -> None:
-    """What a run held on the host beyond its guest: volumes, file binds."""
-    volumes.detach_all(container_id)
-    hostmount.unbind_all(file_binds)

@@ -26,9 +26,7 @@ def attachments_for_create(host_config: dict[str, Any], networking: dict[str, An
         raise InvalidParameter("hbd runs each container in its own virtual machine: host "
                                "networking (--network host) is not available")
     if mode.startswith("container:"):
-        raise InvalidParameter("hbd runs each container in its own virtual machine: sharing "
-                               "another container's network (--network container:) is not "
-                               "available")
+        return {}  # it lives in the other container's network namespace
     endpoints = {DEFAULT_BRIDGE if name == "default" else name: settings for name, settings in
                  ((networking or {}).get("EndpointsConfig") or {}).items()}
     if mode == "none":
@@ -106,9 +104,9 @@ def hosts_file(hostname: str, run: RunNetworking | None, extra_hosts: list[str])
         if not sep or not name:
             raise InvalidParameter(f"invalid IP address in add-host: \"{address}\"")
         lines.append(f"{address}\t{name}")
-    if run is not None and run.endpoints:
-        first = next(iter(run.endpoints.values()))
-        lines.append(f"{first.ip}\t{hostname}")
+    # dockerd writes the container's address on each of its networks.
+    for endpoint in (run.endpoints.values() if run is not None else []):
+        lines.append(f"{endpoint.ip}\t{hostname}")
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -191,7 +189,7 @@ def run_record(run: RunNetworking) -> dict[str, Any]:
 
 def run_from_record(rec: dict[str, Any]) -> RunNetworking:
     return RunNetworking(
-        interfaces=[], routes=[], nics=[], nameserver=rec.get("nameserver", ""),
-        endpoints={k: Endpoint(**v) for k, v in rec.get("endpoints", {}).items()},
+        nameserver=rec.get("nameserver", ""),
+        endpoints={k: Endpoint.from_record(v) for k, v in rec.get("endpoints", {}).items()},
         ports=[PublishedPort(**p) for p in rec.get("ports", [])],
     )

@@ -6,7 +6,8 @@ in its own module (as moby's daemon/{create,start,stop,delete,...}.go):
 
     store     the registry of containers and their records (store.py)
     creator   create and rename (create.py)
-    starter   start, the sandbox spec, maintenance boots (start.py)
+    sandboxes the sandboxes (guests) and the containers in them (sandboxes.py)
+    starter   start: which sandbox, what the container needs there (start.py)
     monitor   a run's health checks, its end, its teardown (monitor.py)
     restarts  the restart manager (restart.py)
     stopper   stop, kill, restart, pause, unpause, update, resize (stop.py)
@@ -25,7 +26,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from hbd.config import Config
-from hbd.drivers.sandbox import Sandbox, SandboxDriver
+from hbd.drivers.guest import GuestDriver
 from hbd.events import EventBus
 from hbd.services.container import attach as attaching
 from hbd.services.container import stats
@@ -37,6 +38,8 @@ from hbd.services.container.model import Attachment, Container
 from hbd.services.container.monitor import Monitor
 from hbd.services.container.restart import RestartManager
 from hbd.services.container.restore import Restorer
+from hbd.services.container.sandbox import ContainerInGuest
+from hbd.services.container.sandboxes import SandboxManager
 from hbd.services.container.scratch import ScratchDisks
 from hbd.services.container.start import Starter
 from hbd.services.container.stop import Stopper
@@ -51,23 +54,25 @@ from hbd.store import StateStore
 class ContainerService:
     def __init__(self, config: Config, state: StateStore, images: ImageStore,
                  networks: NetworkService, volumes: VolumeService, events: EventBus,
-                 sandboxes: SandboxDriver, scratch: ScratchDisks, accel: str) -> None:
+                 guests: GuestDriver, scratch: ScratchDisks, accel: str) -> None:
         # Container files (cp, commit) and the builder reach these through us.
         self.images = images
         self.volumes = volumes
         self.store = ContainerStore(state, events, config.data_root / "containers",
                                     config.exec_root)
         self.restarts = RestartManager(self.store, self._relaunch)
+        self.sandboxes = SandboxManager(config, state, guests, accel, networks.tap_prefix)
         self.remover = Remover(self.store, volumes, self.restarts)
-        self.monitor = Monitor(self.store, networks, volumes, self.restarts, self.remover)
-        self.starter = Starter(config, self.store, images, networks, volumes, sandboxes, accel,
+        self.monitor = Monitor(self.store, networks, volumes, self.sandboxes, self.restarts,
+                               self.remover)
+        self.starter = Starter(config, self.store, images, networks, volumes, self.sandboxes,
                                self.monitor, self.restarts)
         self.creator = Creator(self.store, images, networks, volumes, scratch)
         self.stopper = Stopper(self.store, self.restarts, self.starter)
         self.views = ContainerViews(self.store, images, networks, volumes)
-        self.connections = Connections(self.store, networks)
-        self.restorer = Restorer(self.store, sandboxes, networks, self.monitor, self.restarts,
-                                 self.starter)
+        self.connections = Connections(self.store, networks, self.sandboxes)
+        self.restorer = Restorer(self.store, self.sandboxes, networks, self.monitor,
+                                 self.restarts, self.starter)
 
     async def _relaunch(self, c: Container) -> None:
         # The restart manager boots containers again through the starter,
@@ -104,11 +109,11 @@ class ContainerService:
     async def start(self, ref: str) -> None:
         await self.starter.start(ref)
 
-    async def boot_maintenance(self, c: Container) -> Sandbox:
+    async def boot_maintenance(self, c: Container) -> ContainerInGuest:
         return await self.starter.boot_maintenance(c)
 
-    async def end_maintenance(self, c: Container, sandbox: Sandbox) -> None:
-        await self.starter.end_maintenance(c, sandbox)
+    async def end_maintenance(self, c: Container, guest: ContainerInGuest) -> None:
+        await self.starter.end_maintenance(c, guest)
 
     async def kill(self, ref: str, signal: str | int = "KILL") -> None:
         await self.stopper.kill(ref, signal)
@@ -170,11 +175,11 @@ class ContainerService:
 
     # -- networks ------------------------------------------------------------------------
 
-    def connect(self, ref: str, network_ref: str, settings: dict[str, Any]) -> None:
-        self.connections.connect(ref, network_ref, settings)
+    async def connect(self, ref: str, network_ref: str, settings: dict[str, Any]) -> None:
+        await self.connections.connect(ref, network_ref, settings)
 
-    def disconnect(self, ref: str, network_ref: str, force: bool = False) -> None:
-        self.connections.disconnect(ref, network_ref, force)
+    async def disconnect(self, ref: str, network_ref: str, force: bool = False) -> None:
+        await self.connections.disconnect(ref, network_ref, force)
 
     def network_members(self, network_name: str) -> dict[str, dict[str, Any]]:
         return self.views.network_members(network_name)

@@ -1,29 +1,35 @@
-"""Starting a container: its sandbox spec (guest, disks, mounts, network,
-the files hbd writes into it), the boot, the main process; and maintenance
-boots, which give cp, export, diff and commit a stopped container's files."""
+"""Starting a container: which sandbox it runs in (a new one, or the one of
+the containers whose namespaces it shares), what it needs there (disks,
+mounts, network endpoints, the files hbd writes into it), its main process;
+and maintenance guests, which give cp, export, diff and commit a stopped
+container's files."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 from hbd.config import Config
-from hbd.drivers.agent import AgentError, FileSpec, ProcessSpec, SetupSpec
-from hbd.drivers.sandbox import BootError, Sandbox, SandboxDriver, SandboxSpec
-from hbd.drivers.vm import DiskSpec, VMSpec
+from hbd.drivers.agent import AgentError, ContainerSetup, FileSpec, ProcessSpec
+from hbd.drivers.guest import BootError
 from hbd.errors import Conflict, HbdError, InvalidParameter, NotModified, SystemError_
 from hbd.services.container import config as cc
 from hbd.services.container import network as cn
 from hbd.services.container.logs import JsonFileWriter
 from hbd.services.container.model import Container, ContainerState, Run
-from hbd.services.container.monitor import POWEROFF_TIMEOUT, Monitor
-from hbd.services.container.mounts import guest_mounts, release_host_resources
+from hbd.services.container.monitor import Monitor
+from hbd.services.container.namespaces import SharedNamespaces, shared_namespaces
 from hbd.services.container.restart import RestartManager
+from hbd.services.container.sandbox import ContainerInGuest, Sandbox
+from hbd.services.container.sandboxes import (
+    ContainerPlan,
+    EndpointPlan,
+    MountPlan,
+    SandboxManager,
+)
 from hbd.services.container.stats import cpu_quota
 from hbd.services.container.store import ContainerStore
 from hbd.services.image.store import ImageStore
@@ -44,6 +50,20 @@ def guest_memory_mib(limit: int) -> int:
     return max(MIN_GUEST_MIB, math.ceil(limit / (1024 * 1024)) + GUEST_KERNEL_MIB)
 
 
+def guest_files(c: Container, network: RunNetworking | None) -> list[FileSpec]:
+    """/etc/hostname, /etc/hosts and /etc/resolv.conf, as hbd writes them."""
+    hc = c.host_config
+    files = [
+        FileSpec("/etc/hostname", f"{c.hostname}\n".encode()),
+        FileSpec("/etc/hosts", cn.hosts_file(c.hostname, network,
+                                             list(hc.get("ExtraHosts") or []))),
+        FileSpec("/etc/resolv.conf", cn.resolv_conf(network, hc, host_resolvers())),
+    ]
+    # A file the user mounts there himself is his, as in dockerd.
+    mounted = {mp.destination for mp in c.mounts}
+    return [f for f in files if f.path not in mounted]
+
+
 @dataclass
 class Starter:
     config: Config
@@ -51,8 +71,7 @@ class Starter:
     images: ImageStore
     networks: NetworkService
     volumes: VolumeService
-    sandboxes: SandboxDriver
-    accel: str
+    sandboxes: SandboxManager
     monitor: Monitor
     restarts: RestartManager
 
@@ -79,16 +98,28 @@ class Starter:
                 raise
 
     async def start_locked(self, c: Container) -> None:
-        """Boot the container's guest and run its main process; the caller holds c.lock."""
+        """Put the container in its sandbox and run its main process; the caller
+        holds c.lock."""
         disk = await self._image_disk(c)
+        shared = shared_namespaces(c, self.store)
+        target = self._sandbox_for(c, shared)
         await self._volumes_released(c)
         self._claim_mounts(c)
-        network = await self.networks.connect_run(
-            c.id, c.networks, [c.name.lstrip("/"), c.id[:12]],
-            cn.published_ports(c.config, c.host_config))
+        network = None
+        if shared.network is None:
+            network = await self.networks.connect_run(
+                c.id, c.networks, [c.name.lstrip("/"), c.id[:12]],
+                cn.published_ports(c.config, c.host_config))
+        else:
+            # dockerd: the container takes the hostname of the one whose
+            # network it shares.
+            c.config["Hostname"] = shared.network.hostname
         try:
-            spec = self._sandbox_spec(c, disk, network)
-            sandbox = await self.sandboxes.boot(spec)
+            plan = self._plan(c, disk, network, shared)
+            if target is None:
+                view = await self.sandboxes.boot(plan)
+            else:
+                view = await self.sandboxes.join(target, plan)
         except BootError as e:
             await self._undo_run_resources(c)
             self._start_failed(c, f"failed to boot guest: {e}", 128)
@@ -97,19 +128,19 @@ class Starter:
             await self._undo_run_resources(c)
             raise
         writer = JsonFileWriter(self.store.log_path(c))
-        run = Run(c, sandbox, writer)
-        run.memory_mib = spec.vm.memory_mib
+        run = Run(c, view, writer)
+        run.memory_mib = plan.memory_mib if target is None else 0
         try:
-            await sandbox.start(self._main_process(c), run)
+            await view.start(self._main_process(c, view), run)
         except AgentError as e:
             writer.close()
-            await sandbox.destroy()
+            await self.sandboxes.leave(view, clean=True)
             await self._undo_run_resources(c)
             self._main_process_failed(c, e)
         c.run = run
         c.run_network = network
         c.state = ContainerState(
-            status="running", running=True, pid=sandbox.pid, started_at=rfc3339_nano(),
+            status="running", running=True, pid=view.pid, started_at=rfc3339_nano(),
         )
         self.monitor.begin_health(c, run)
         self.store.save(c)
@@ -117,17 +148,32 @@ class Starter:
         self.store.event(c, "start")
         self.monitor.watch(c, run)
 
+    def _sandbox_for(self, c: Container, shared: SharedNamespaces) -> Sandbox | None:
+        """The running sandbox the container must join (that of the containers
+        whose namespaces it shares), or None for a new one."""
+        sandboxes = {}
+        for peer in shared.peers:
+            sb = self.sandboxes.holding(peer.id)
+            if sb is None:
+                raise Conflict(f"container {peer.id} is not running")
+            sandboxes[sb.id] = sb
+        if len(sandboxes) > 1:
+            raise InvalidParameter("hbd runs each group of containers that share namespaces "
+                                   "in one virtual machine: the containers named in "
+                                   "--network, --pid and --ipc run in different ones")
+        return next(iter(sandboxes.values()), None)
+
     async def _image_disk(self, c: Container) -> Path:
         if c.teardown is not None:
-            await c.teardown  # the last run's guest still has the disks
+            await c.teardown  # the last run may still be leaving its sandbox
         img = self.images.images.get(c.image_id)
         if img is None:
             raise SystemError_(f"image {c.image_id} of container {c.id[:12]} is gone")
         return await self.images.ensure_disk(img)
 
     async def _volumes_released(self, c: Container) -> None:
-        """A container that just exited may still be syncing a volume we need:
-        wait for its guest to be gone rather than refuse the volume."""
+        """A container that just exited may still be syncing a block volume we
+        need: wait for it to leave its sandbox rather than refuse the volume."""
         for mp in c.mounts:
             holder_id = self.volumes.attached.get(mp.source) if mp.type == "volume" else None
             holder = self.store.containers.get(holder_id) if holder_id else None
@@ -136,7 +182,8 @@ class Starter:
                 await holder.teardown
 
     def _claim_mounts(self, c: Container) -> None:
-        """Attach the container's volumes to it; every bind source must exist."""
+        """Block volumes are the container's alone while it runs; every bind
+        source must exist."""
         for mp in c.mounts:
             if mp.type == "volume":
                 try:
@@ -150,12 +197,9 @@ class Starter:
                                        f"path does not exist: {mp.source}")
 
     async def _undo_run_resources(self, c: Container) -> None:
-        """A start that failed gives back its network and host resources."""
+        """A start that failed gives back its network and volumes."""
         await self.networks.disconnect_run(c.id)
-        self._release_host_resources(c)
-
-    def _release_host_resources(self, c: Container) -> None:
-        release_host_resources(self.volumes, c.id, self.store.file_binds(c))
+        self.volumes.detach_all(c.id)
 
     def _main_process_failed(self, c: Container, e: AgentError) -> NoReturn:
         """Record why the main process did not start, and raise dockerd's error for it."""
@@ -174,10 +218,11 @@ class Starter:
         c.state.exit_code = exit_code
         self.store.save(c)
 
-    def _sandbox_spec(self, c: Container, image_disk: Path,
-                      network: RunNetworking) -> SandboxSpec:
+    # -- what the sandbox needs to know ------------------------------------------------
+
+    def _plan(self, c: Container, image_disk: Path, network: RunNetworking | None,
+              shared: SharedNamespaces) -> ContainerPlan:
         hc = c.host_config
-        guest = guest_mounts(c.mounts, self.volumes, self.store.file_binds(c))
         memory_mib = self.config.vm.memory_mib
         if hc.get("Memory"):
             # The guest is the limit: `free` inside shows it (the guest
@@ -187,58 +232,64 @@ class Starter:
         vcpus = self.config.vm.vcpus
         if hc.get("NanoCpus"):
             vcpus = max(1, math.ceil(hc["NanoCpus"] / 1e9))
-        vm = VMSpec(
-            run_dir=self.store.run_dir(c),
-            kernel=self.config.vm.kernel_path(),
-            initrd=self.config.vm.initrd_path(),
-            accel=self.accel,
-            memory_mib=memory_mib,
-            vcpus=vcpus,
-            disks=[
-                DiskSpec(image_disk, "image", readonly=True),
-                DiskSpec(self.store.dir(c) / "scratch.qcow2", "scratch", format="qcow2"),
-                *guest.disks,
-            ],
-            nics=network.nics,
-            shares=guest.shares,
-            tcg_tb_size_mib=self.config.vm.tcg_tb_size_mib,
-            cmdline="hbd.trace" if self.config.vm.guest_trace else "",
-        )
-        setup = SetupSpec(
+        files_network = network if shared.network is None else shared.network.run_network
+        setup = ContainerSetup(
+            container="", netns="",
             hostname=c.hostname,
             domainname=str(c.config.get("Domainname") or ""),
             readonly_rootfs=bool(hc.get("ReadonlyRootfs")),
-            files=self._guest_files(c, network),
-            mounts=guest.mounts,
-            interfaces=network.interfaces,
-            routes=network.routes,
+            files=guest_files(c, files_network),
             sysctls={str(k): str(v) for k, v in (hc.get("Sysctls") or {}).items()},
             memory_limit=int(hc.get("Memory") or 0),
             shm_size=int(hc.get("ShmSize") or cc.DEFAULT_SHM_SIZE),
             pids_limit=int(hc.get("PidsLimit") or -1) if (hc.get("PidsLimit") or 0) > 0 else -1,
         )
         setup.cpu_quota, setup.cpu_period = cpu_quota(hc)
-        return SandboxSpec(vm=vm, setup=setup)
+        return ContainerPlan(
+            container_id=c.id, image_id=c.image_id, image_disk=image_disk,
+            scratch_disk=self.store.dir(c) / "scratch.qcow2", setup=setup,
+            mounts=self._mount_plans(c),
+            endpoints=self._endpoint_plans(network),
+            netns_of=shared.network.id if shared.network else "",
+            pid_of=shared.pid.id if shared.pid else "",
+            ipc_of=shared.ipc.id if shared.ipc else "",
+            memory_mib=memory_mib, vcpus=vcpus,
+        )
+
+    def _mount_plans(self, c: Container) -> list[MountPlan]:
+        plans = []
+        for mp in c.mounts:
+            if mp.type == "volume":
+                v = self.volumes.get(mp.source)
+                if v.block:
+                    plans.append(MountPlan("block", mp.destination, self.volumes.disk(v),
+                                           not mp.rw, not mp.nocopy))
+                else:
+                    plans.append(MountPlan("dir", mp.destination, self.volumes.data_dir(v),
+                                           not mp.rw, not mp.nocopy))
+            elif mp.type == "bind":
+                plans.append(MountPlan("dir", mp.destination, Path(mp.source), not mp.rw,
+                                       host_readonly=not mp.rw))
+            else:
+                plans.append(MountPlan("tmpfs", mp.destination, None, not mp.rw,
+                                       options=mp.options))
+        return plans
+
+    def _endpoint_plans(self, network: RunNetworking | None) -> list[EndpointPlan]:
+        if network is None:
+            return []
+        plans = []
+        for name, endpoint in network.endpoints.items():
+            n = self.networks.get(name)
+            plans.append(EndpointPlan(name, endpoint, n.bridge, n.internal))
+        return plans
 
     @staticmethod
-    def _guest_files(c: Container, network: RunNetworking) -> list[FileSpec]:
-        """/etc/hostname, /etc/hosts and /etc/resolv.conf, as hbd writes them."""
-        hc = c.host_config
-        files = [
-            FileSpec("/etc/hostname", f"{c.hostname}\n".encode()),
-            FileSpec("/etc/hosts", cn.hosts_file(c.hostname, network,
-                                                 list(hc.get("ExtraHosts") or []))),
-            FileSpec("/etc/resolv.conf", cn.resolv_conf(network, hc, host_resolvers())),
-        ]
-        # A file the user mounts there himself is his, as in dockerd.
-        mounted = {mp.destination for mp in c.mounts}
-        return [f for f in files if f.path not in mounted]
-
-    @staticmethod
-    def _main_process(c: Container) -> ProcessSpec:
+    def _main_process(c: Container, view: ContainerInGuest) -> ProcessSpec:
         console = c.host_config.get("ConsoleSize") or [0, 0]
         return ProcessSpec(
-            proc=1,
+            proc=view.main_proc,
+            container=view.guest_id,
             main=True,
             args=[c.path, *c.args],
             env=cc.process_env(c.config, c.hostname),
@@ -250,32 +301,31 @@ class Starter:
             width=int(console[1]),
         )
 
-    # -- maintenance boots -----------------------------------------------------------
+    # -- maintenance guests -----------------------------------------------------------
 
-    async def boot_maintenance(self, c: Container) -> Sandbox:
-        """Boot a stopped container's guest with its disks and mounts but no
-        network and no main process, for work on its files (cp, export,
-        diff, commit). The caller holds c.lock and calls end_maintenance after."""
+    async def boot_maintenance(self, c: Container) -> ContainerInGuest:
+        """A stopped container's files, with its disks and mounts but no
+        network and no main process, for cp, export, diff and commit, in a
+        small guest booted for this. The caller holds c.lock and calls
+        end_maintenance after."""
         disk = await self._image_disk(c)
         for mp in c.mounts:
             if mp.type == "volume":
                 self.volumes.attach(mp.source, c.id)
         try:
-            spec = self._sandbox_spec(c, disk, RunNetworking([], [], [], "", {}, []))
-            spec.vm.memory_mib = MIN_GUEST_MIB * 2
-            spec.vm.run_dir = self.store.maintenance_dir(c)
-            sandbox = await self.sandboxes.boot(spec)
+            plan = self._plan(c, disk, None, SharedNamespaces())
+            plan.memory_mib = MIN_GUEST_MIB * 2
+            plan.vcpus = 1
+            return await self.sandboxes.boot(plan, maintenance=True)
         except BootError as e:
-            self._release_host_resources(c)
+            self.volumes.detach_all(c.id)
             raise SystemError_(f"cannot reach the files of {c.id[:12]}: {e}") from e
         except BaseException:
-            self._release_host_resources(c)
+            self.volumes.detach_all(c.id)
             raise
-        return sandbox
 
-    async def end_maintenance(self, c: Container, sandbox: Sandbox) -> None:
+    async def end_maintenance(self, c: Container, view: ContainerInGuest) -> None:
         try:
-            await sandbox.poweroff(POWEROFF_TIMEOUT)
+            await self.sandboxes.leave(view, clean=True)
         finally:
-            self._release_host_resources(c)
-            await asyncio.to_thread(shutil.rmtree, self.store.maintenance_dir(c), True)
+            self.volumes.detach_all(c.id)

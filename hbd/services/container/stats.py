@@ -104,7 +104,7 @@ async def top(c: Container) -> dict[str, Any]:
     if c.state.paused:
         raise Conflict(f"Container {c.id} is paused, unpause the container before top")
     try:
-        snapshot = await run.sandbox.ps()
+        snapshot = await run.guest.ps()
     except AgentError as e:
         raise SystemError_(f"Cannot top container {c.id}: {e.message}") from e
     return top_view(snapshot, time.time())
@@ -116,7 +116,7 @@ async def stats_sample(c: Container) -> dict[str, Any] | None:
     if run is None or not c.state.running or c.state.paused:
         return None
     try:
-        return await run.sandbox.stats()
+        return await run.guest.stats()
     except AgentError:
         return None
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from hbd.drivers.agent import AgentError, ResourceUpdate
-from hbd.drivers.vm import VMError
 from hbd.errors import Conflict, InvalidParameter, NotModified, SystemError_
 from hbd.services.container import config as cc
 from hbd.services.container.model import Container, Run
@@ -38,11 +37,11 @@ class Stopper:
             raise Conflict(f"Container {c.id} is not running")
         await self._resume_if_paused(c, run)
         try:
-            await run.sandbox.signal(1, signum)
+            await run.guest.signal(run.guest.main_proc, signum)
         except AgentError as e:
             if signum != 9:
                 raise SystemError_(f"Cannot kill container {c.id}: {e.message}") from e
-            await run.sandbox.destroy()
+            await run.guest.kill()
         self.store.event(c, "kill", signal=str(signum))
 
     async def stop(self, ref: str, timeout: int | None = None, signal: str = "") -> None:
@@ -66,7 +65,7 @@ class Stopper:
         await self._resume_if_paused(c, run)
         wait: float | None = None if timeout < 0 else float(timeout)
         try:
-            await run.sandbox.signal(1, signum)
+            await run.guest.signal(run.guest.main_proc, signum)
             self.store.event(c, "kill", signal=str(signum))
         except AgentError:
             wait = 2.0
@@ -81,11 +80,11 @@ class Stopper:
     async def _kill_run(self, c: Container, run: Run) -> None:
         """SIGKILL the main process; if the guest does not answer, the guest goes."""
         try:
-            await asyncio.wait_for(run.sandbox.signal(1, 9), 5)
+            await asyncio.wait_for(run.guest.signal(run.guest.main_proc, 9), 5)
             self.store.event(c, "kill", signal="9")
             await asyncio.wait_for(asyncio.shield(run.finished.wait()), 10)
         except (AgentError, TimeoutError):
-            await run.sandbox.destroy()
+            await run.guest.kill()
             await run.finished.wait()
 
     async def restart(self, ref: str, timeout: int | None = None, signal: str = "") -> None:
@@ -97,15 +96,15 @@ class Stopper:
         self.store.event(c, "restart")
 
     async def pause(self, ref: str) -> None:
-        """Freeze the whole guest (QMP stop): every vCPU, hence every process."""
+        """Freeze the container's cgroup in its guest, as runc freezes it."""
         c = self.store.get(ref)
         run = c.running_run()
         if c.state.paused:
             raise Conflict(f"Container {c.id} is already paused")
         try:
-            await run.sandbox.pause()
-        except VMError as e:
-            raise SystemError_(f"Cannot pause container {c.id}: {e}") from e
+            await run.guest.freeze(True)
+        except AgentError as e:
+            raise SystemError_(f"Cannot pause container {c.id}: {e.message}") from e
         c.state.paused = True
         c.state.status = "paused"
         self.store.save(c)
@@ -117,19 +116,19 @@ class Stopper:
         if not c.state.paused:
             raise Conflict(f"Container {c.id} is not paused")
         try:
-            await run.sandbox.resume()
-        except VMError as e:
-            raise SystemError_(f"Cannot unpause container {c.id}: {e}") from e
+            await run.guest.freeze(False)
+        except AgentError as e:
+            raise SystemError_(f"Cannot unpause container {c.id}: {e.message}") from e
         c.state.paused = False
         c.state.status = "running"
         self.store.save(c)
         self.store.event(c, "unpause")
 
     async def _resume_if_paused(self, c: Container, run: Run) -> None:
-        """A frozen guest cannot take a signal: thaw it first, as dockerd does."""
+        """A frozen container cannot take a signal: thaw it first, as dockerd does."""
         if c.state.paused:
-            with contextlib.suppress(VMError):
-                await run.sandbox.resume()
+            with contextlib.suppress(AgentError):
+                await run.guest.freeze(False)
             c.state.paused = False
             c.state.status = "running"
             self.store.save(c)
@@ -163,7 +162,7 @@ class Stopper:
         resources = ResourceUpdate()
         if "Memory" in body:
             resources.memory_limit = int(merged.get("Memory") or 0)
-            if guest_memory_mib(resources.memory_limit) > run.memory_mib:
+            if run.memory_mib and guest_memory_mib(resources.memory_limit) > run.memory_mib:
                 warnings.append(
                     f"the guest booted with {run.memory_mib} MiB of RAM and cannot grow "
                     "while it runs: the new limit takes full effect at the next start")
@@ -174,12 +173,12 @@ class Stopper:
         if "PidsLimit" in body:
             resources.pids_limit = max(0, int(merged.get("PidsLimit") or 0))
         try:
-            await run.sandbox.update(resources)
-            if resources.memory_limit > 0 and \
+            await run.guest.update(resources)
+            if resources.memory_limit > 0 and run.guest.alone and \
                     guest_memory_mib(resources.memory_limit) < run.memory_mib:
                 # Shrinking the guest too, so that `free` inside agrees.
-                await run.sandbox.set_memory(guest_memory_mib(resources.memory_limit))
-        except (AgentError, VMError) as e:
+                await run.guest.set_memory(guest_memory_mib(resources.memory_limit))
+        except AgentError as e:
             raise SystemError_(f"Cannot update container {c.id}: {e}") from e
         return warnings
 
@@ -189,6 +188,6 @@ class Stopper:
         if run is None:
             raise Conflict(f"Container {c.id} is not running")
         try:
-            await run.sandbox.resize(1, height, width)
+            await run.guest.resize(run.guest.main_proc, height, width)
         except AgentError as e:
             raise SystemError_(f"Cannot resize container {c.id}: {e.message}") from e

@@ -104,11 +104,3 @@ class ContainerStore:
     def log_path(self, c: Container) -> Path:
         return self.dir(c) / f"{c.id}-json.log"
 
-    def run_dir(self, c: Container) -> Path:
-        return self.exec_root / c.id
-
-    def maintenance_dir(self, c: Container) -> Path:
-        return self.exec_root / f"{c.id[:48]}-mnt"
-
-    def file_binds(self, c: Container) -> Path:
-        return self.exec_root / f"{c.id[:48]}-binds"

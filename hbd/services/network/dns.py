@@ -1,8 +1,11 @@
 """The DNS server guests use: one listener on each network's gateway address.
 
-It answers the names of containers on that network (container name, short
-ID, network aliases, hence compose service names) and only those: a
-container on another network does not resolve. Everything else is forwarded
+It answers the names of containers (container name, short ID, network
+aliases, hence compose service names) on the asking container's networks:
+those on that network, and on every other network the asker is on (it asks
+its first network's gateway, and may have joined more since), as dockerd's
+embedded resolver does. A container on a network the asker is not on does
+not resolve. Everything else is forwarded
 to the host's resolvers (hbd runs on the host, so even a loopback resolver
 such as systemd-resolved's works). dockerd does the same with its embedded
 server at 127.0.0.11; names on the default bridge network are not served,
@@ -16,7 +19,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dns.exception
 import dns.flags
@@ -54,6 +57,8 @@ class NetworkView:
     gateway: str
     network: str
     names: dict[str, list[str]]  # lower-case name -> IPv4 addresses
+    # A container's address on this network -> the gateways of its other networks.
+    clients: dict[str, list[str]] = field(default_factory=dict)
 
 
 class _Forwarder:
@@ -117,7 +122,7 @@ class _Listener:
         self.tcp = await asyncio.start_server(self._serve_tcp, self.gateway, 53)
 
     async def _answer_udp(self, data: bytes, addr: tuple[str, int]) -> None:
-        reply = await self.server.answer(self.gateway, data)
+        reply = await self.server.answer(self.gateway, data, addr[0])
         if reply is not None and self.udp is not None:
             self.udp.sendto(reply, addr)
 
@@ -126,7 +131,9 @@ class _Listener:
         try:
             while True:
                 size = int.from_bytes(await reader.readexactly(2), "big")
+                peer = writer.get_extra_info("peername") or ("", 0)
                 reply = await self.server.answer(self.gateway, await reader.readexactly(size),
+                                                 str(peer[0]),
                                                  tcp=True)
                 if reply is None:
                     return
@@ -173,7 +180,25 @@ class DnsServer:
         """Names changed (a container started or stopped): serve the new view."""
         spawn(self.reconcile())
 
-    async def answer(self, gateway: str, data: bytes, tcp: bool = False) -> bytes | None:
+    def _lookup(self, gateway: str, name: str, client: str) -> list[str] | None:
+        """The addresses of `name` on the listener's network, else on the
+        client's other networks."""
+        view = self._views.get(gateway)
+        if view is None:
+            return None
+        for other in [gateway, *view.clients.get(client, [])]:
+            candidate = self._views.get(other)
+            if candidate is None:
+                continue
+            # "web" and "web.<network>" both name the container, as in dockerd.
+            suffix = "." + candidate.network.lower()
+            short = name[: -len(suffix)] if name.endswith(suffix) else name
+            if short in candidate.names:
+                return candidate.names[short]
+        return None
+
+    async def answer(self, gateway: str, data: bytes, client: str = "",
+                     tcp: bool = False) -> bytes | None:
         try:
             query = dns.message.from_wire(data)
         except dns.exception.DNSException:
@@ -182,13 +207,7 @@ class DnsServer:
             return None
         question = query.question[0]
         name = question.name.to_text(omit_final_dot=True).lower()
-        view = self._views.get(gateway)
-        addresses = None
-        if view is not None:
-            # "web" and "web.<network>" both name the container, as in dockerd.
-            suffix = "." + view.network.lower()
-            short = name[: -len(suffix)] if name.endswith(suffix) else name
-            addresses = view.names.get(short)
+        addresses = self._lookup(gateway, name, client)
         if addresses is not None and question.rdclass == dns.rdataclass.IN:
             response = dns.message.make_response(query)
             response.flags |= dns.flags.AA | dns.flags.RA

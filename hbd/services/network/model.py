@@ -6,8 +6,6 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from hbd.drivers.agent import InterfaceSpec, RouteSpec
-from hbd.drivers.vm import NicSpec
 from hbd.errors import NotFound
 
 DEFAULT_BRIDGE = "bridge"
@@ -57,9 +55,15 @@ class Endpoint:
     prefix: int
     gateway: str
     mac: str
-    tap: str
+    ifname: str  # the interface's name in the container: eth0, eth1…
     aliases: list[str]
     dns_names: list[str]
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Endpoint:
+        return cls(rec["network_id"], rec["endpoint_id"], rec["ip"], rec["prefix"],
+                   rec["gateway"], rec["mac"], rec.get("ifname", "eth0"), rec["aliases"],
+                   rec["dns_names"])
 
 
 @dataclass
@@ -72,14 +76,16 @@ class PublishedPort:
 
 @dataclass
 class RunNetworking:
-    """What a guest needs for its network, and what to undo after its run."""
+    """A running container's endpoints (network name -> endpoint, in the order
+    it joined them) and published ports: what to undo after its run."""
 
-    interfaces: list[InterfaceSpec]
-    routes: list[RouteSpec]
-    nics: list[NicSpec]
     nameserver: str
-    endpoints: dict[str, Endpoint]
-    ports: list[PublishedPort]
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    ports: list[PublishedPort] = field(default_factory=list)
+
+    def next_ifname(self) -> str:
+        taken = {e.ifname for e in self.endpoints.values()}
+        return next(f"eth{i}" for i in range(len(taken) + 1) if f"eth{i}" not in taken)
 
 
 class NetworkUsers(Protocol):

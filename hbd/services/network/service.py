@@ -1,7 +1,8 @@
 """Docker networks on Linux bridges: IPAM, endpoints, published ports, isolation.
 
-One bridge per network, one tap per container NIC. Addresses are assigned
-by hbd and configured by the guest init (no DHCP). Each network's gateway
+One bridge per network; a container's NIC on it is a tap of its guest
+(the sandbox plugs it in). Addresses are assigned by hbd and configured by
+the guest init (no DHCP). Each network's gateway
 address also serves DNS (network/dns.py) for the names on that network.
 Networks are isolated from each other, as Docker's bridge networks are.
 """
@@ -21,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from hbd.drivers import net
-from hbd.drivers.agent import InterfaceSpec, RouteSpec
-from hbd.drivers.vm import NicSpec
 from hbd.errors import (
     Conflict,
     Forbidden,
@@ -44,7 +43,6 @@ from hbd.services.network.model import (
 )
 from hbd.services.timefmt import rfc3339_nano
 from hbd.store import StateStore
-from hbd.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +105,6 @@ class NetworkService:
         self._reservations: dict[tuple[str, str, int], socket.socket] = {}
         self._lock = asyncio.Lock()
         self._applied_rules = ""
-        # Taps of finished runs are deleted off the critical path; a new run
-        # of the same container waits for its old tap to be gone.
-        self._tap_deletions: dict[str, asyncio.Task[None]] = {}
         self.on_change: list[Any] = []  # callbacks (no arguments): DNS reloads its view
         self.users: NetworkUsers = _NO_USERS
         for _, rec in state.load("networks"):
@@ -356,42 +351,31 @@ class NetworkService:
         raise SystemError_(f"no available IPv4 addresses on this network's address pools: "
                            f"{n.name} ({n.id})")
 
-    def tap_name(self, container_id: str, network_id: str) -> str:
-        digest = hashlib.sha256(f"{container_id}/{network_id}".encode()).hexdigest()
-        return f"{self.tap_prefix}{digest[:9]}"
+    def _endpoint(self, n: Network, container_id: str, settings: dict[str, Any],
+                  names: list[str], ifname: str) -> Endpoint:
+        wanted = ((settings.get("IPAMConfig") or {}).get("IPv4Address") or "")
+        ip = self._allocate_ip(n, container_id, wanted)
+        prefix = n.network.prefixlen if n.network else 32
+        mac = settings.get("MacAddress") or mac_for(ip)
+        aliases = [a for a in settings.get("Aliases") or [] if a]
+        return Endpoint(n.id, secrets.token_hex(32), ip, prefix, n.gateway, mac, ifname,
+                        aliases, list(dict.fromkeys([*names, *aliases])))
 
     async def connect_run(self, container_id: str, attachments: dict[str, dict[str, Any]],
                           names: list[str], publish: list[PublishedPort]) -> RunNetworking:
-        """Endpoints, taps and port forwards for a container that is starting.
+        """Endpoints (addresses) and port forwards for a container that is starting.
 
         `attachments` maps network name to the container's EndpointSettings.
         """
-        run = RunNetworking([], [], [], "", {}, [])
+        run = RunNetworking("")
         try:
             async with self._lock:
-                for index, (net_name, settings) in enumerate(attachments.items()):
+                for net_name, settings in attachments.items():
                     n = self.get(net_name)
                     if n.driver != "bridge":
                         continue
-                    wanted = ((settings.get("IPAMConfig") or {}).get("IPv4Address") or "")
-                    ip = self._allocate_ip(n, container_id, wanted)
-                    prefix = n.network.prefixlen if n.network else 32
-                    mac = settings.get("MacAddress") or mac_for(ip)
-                    tap = self.tap_name(container_id, n.id)
-                    aliases = [a for a in settings.get("Aliases") or [] if a]
-                    endpoint = Endpoint(n.id, secrets.token_hex(32), ip, prefix, n.gateway,
-                                        mac, tap, aliases, list(dict.fromkeys(
-                                            [*names, *aliases])))
-                    run.endpoints[n.name] = endpoint
-                    pending = self._tap_deletions.pop(tap, None)
-                    if pending is not None:
-                        await pending
-                    await net.create_tap(tap, n.bridge)
-                    run.nics.append(NicSpec(tap, mac))
-                    run.interfaces.append(InterfaceSpec(mac=mac, name=f"eth{index}",
-                                                        addresses=[f"{ip}/{prefix}"]))
-                    if not run.routes and not n.internal:
-                        run.routes.append(RouteSpec("0.0.0.0/0", n.gateway))
+                    run.endpoints[n.name] = self._endpoint(n, container_id, settings, names,
+                                                           run.next_ifname())
                     if not run.nameserver:
                         run.nameserver = n.gateway
                 if publish and run.endpoints:
@@ -403,6 +387,31 @@ class NetworkService:
             raise
         self._changed()
         return run
+
+    async def add_endpoint(self, container_id: str, run: RunNetworking, network: str,
+                           settings: dict[str, Any], names: list[str]) -> Endpoint:
+        """A running container joins one more network (`docker network connect`)."""
+        async with self._lock:
+            n = self.get(network)
+            endpoint = self._endpoint(n, container_id, settings, names, run.next_ifname())
+            run.endpoints[n.name] = endpoint
+            if not run.nameserver:
+                run.nameserver = n.gateway
+            await self.apply_rules()
+        self._changed()
+        return endpoint
+
+    async def remove_endpoint(self, container_id: str, run: RunNetworking,
+                              network: str) -> None:
+        """A running container leaves one of its networks."""
+        async with self._lock:
+            endpoint = run.endpoints.pop(network, None)
+            if endpoint is not None:
+                leases = self.leases.get(endpoint.network_id, {})
+                if leases.get(endpoint.ip) == container_id:
+                    del leases[endpoint.ip]
+            await self.apply_rules()
+        self._changed()
 
     def _reserve_ports(self, publish: list[PublishedPort]) -> list[PublishedPort]:
         """Bind each host port (as docker-proxy would) so nobody else takes it.
@@ -449,19 +458,11 @@ class NetworkService:
             leases = self.leases.get(endpoint.network_id, {})
             if leases.get(endpoint.ip) == container_id:
                 del leases[endpoint.ip]
-            self._tap_deletions[endpoint.tap] = spawn(self._delete_tap(endpoint.tap))
         for p in run.ports:
             sock = self._reservations.pop((p.protocol, p.host_ip, p.host_port), None)
             if sock is not None:
                 sock.close()
         self.runs.pop(container_id, None)
-
-    async def _delete_tap(self, tap: str) -> None:
-        try:
-            await net.delete_link(tap)
-        finally:
-            if self._tap_deletions.get(tap) is asyncio.current_task():
-                del self._tap_deletions[tap]
 
     async def adopt_run(self, container_id: str, run: RunNetworking) -> None:
         """After an hbd restart: a surviving guest's endpoints become ours again."""
@@ -472,12 +473,6 @@ class NetworkService:
         self.runs[container_id] = run
         await self.apply_rules()
         self._changed()
-
-    async def remove_leaked_taps(self) -> None:
-        live = {e.tap for run in self.runs.values() for e in run.endpoints.values()}
-        for name in await net.links_with_prefix(self.tap_prefix):
-            if name not in live:
-                await net.delete_link(name)
 
     # -- API views -----------------------------------------------------------------
 

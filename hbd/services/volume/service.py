@@ -1,10 +1,15 @@
-"""Named volumes: each one an ext4 disk image attached to guests as virtio-blk.
+"""Named volumes, of two kinds.
 
-A volume is a qcow2 overlay of an empty, pre-formatted ext4 template of its
-size (one template per size, made once), so `docker volume create` is a
-file copy. A block device cannot be mounted by two guests at once, so a
-volume is attached to at most one running container at a time; a second
-one gets a clear error instead of a corrupted filesystem.
+- shared (the default): a host directory, `<volumes>/<name>/_data` as in
+  dockerd, shared into guests over virtiofs. Any number of running
+  containers use it at once, read and write, and see each other's changes.
+- block (`docker volume create -o type=block [-o size=…]`): an ext4 disk
+  image attached straight to the guest (Hummingbird's cloud-disk model), the
+  fastest, but one running container at a time: a block device cannot be
+  mounted by two guests at once, so a second one gets a clear error instead
+  of a corrupted filesystem. It is a qcow2 overlay of an empty,
+  pre-formatted ext4 template of its size (one template per size, made
+  once), so creating one is a file copy.
 """
 
 from __future__ import annotations
@@ -50,6 +55,12 @@ class Volume:
     labels: dict[str, str] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
     anonymous: bool = False
+    # Records from before shared volumes existed are block volumes.
+    kind: str = "block"
+
+    @property
+    def block(self) -> bool:
+        return self.kind == "block"
 
 
 class VolumeService:
@@ -79,8 +90,11 @@ class VolumeService:
     def disk(self, v: Volume) -> Path:
         return self.root / v.name / "disk.qcow2"
 
+    def data_dir(self, v: Volume) -> Path:
+        return self.root / v.name / "_data"
+
     def mountpoint(self, v: Volume) -> str:
-        return str(self.disk(v))
+        return str(self.disk(v) if v.block else self.data_dir(v))
 
     async def _template(self, size: int) -> Path:
         base = self.templates / f"ext4-{size}.raw"
@@ -102,21 +116,23 @@ class VolumeService:
                                    "are allowed. If you intended to pass a host directory, "
                                    "use absolute path")
         options = {str(k): str(v) for k, v in (options or {}).items()}
-        for key in options:
-            if key != "size":
-                raise InvalidParameter(f"create {name}: invalid option: \"{key}\": hbd's "
-                                       "local volumes take only size")
+        kind = self._kind(name, options)
         async with self._lock:
             if name in self.volumes:
                 existing = self.volumes[name]
                 # dockerd returns the existing volume when nothing conflicts.
                 return existing
-            size = parse_size(options["size"]) if "size" in options else DEFAULT_SIZE
-            v = Volume(name, rfc3339_nano(), size, dict(labels or {}), options, anonymous)
+            size = parse_size(options["size"]) if "size" in options else \
+                (DEFAULT_SIZE if kind == "block" else 0)
+            v = Volume(name, rfc3339_nano(), size, dict(labels or {}), options, anonymous,
+                       kind)
             directory = self.root / name
             directory.mkdir(parents=True, exist_ok=True)
             try:
-                await disks.qcow2_overlay(await self._template(size), self.disk(v))
+                if v.block:
+                    await disks.qcow2_overlay(await self._template(size), self.disk(v))
+                else:
+                    self.data_dir(v).mkdir(mode=0o755)
             except BaseException:
                 shutil.rmtree(directory, ignore_errors=True)
                 raise
@@ -124,6 +140,22 @@ class VolumeService:
             self.state.put("volumes", name, asdict(v))
         self.events.publish("volume", "create", name, {"driver": "local"})
         return v
+
+    @staticmethod
+    def _kind(name: str, options: dict[str, str]) -> str:
+        for key in options:
+            if key not in ("size", "type"):
+                raise InvalidParameter(f"create {name}: invalid option: \"{key}\": hbd's "
+                                       "local volumes take type (shared, block) and size")
+        kind = options.get("type", "shared")
+        if kind not in ("shared", "block"):
+            raise InvalidParameter(f"create {name}: invalid volume type \"{kind}\": hbd's "
+                                   "local volumes are shared (a host directory) or block "
+                                   "(a disk)")
+        if kind == "shared" and "size" in options:
+            # dockerd's words for a size on a filesystem without quotas.
+            raise InvalidParameter("quota size requested but no quota support")
+        return kind
 
     async def remove(self, name: str, force: bool = False) -> None:
         """A volume that containers reference (running or not) stays."""
@@ -157,6 +189,9 @@ class VolumeService:
         return {"VolumesDeleted": deleted or None, "SpaceReclaimed": 0}
 
     def attach(self, name: str, container_id: str) -> None:
+        """A running container takes a block volume; shared ones take any number."""
+        if not self.get(name).block:
+            return
         holder = self.attached.get(name)
         if holder is not None and holder != container_id:
             raise Conflict(f"volume {name} is attached to running container {holder[:12]}: a "

@@ -1,0 +1,519 @@
+"""The sandboxes: booting one for a container, adding containers to a running
+one, taking them out, networks joined and left while running, and finding
+them all again after an hbd restart.
+
+What goes where in a guest:
+- every disk (image, scratch, block volumes) is on its SCSI bus: a
+  container's disks come with it (on the command line for the container a
+  guest boots with, hot-added for one that joins) and leave with it, but
+  for an image disk another container of the image still uses;
+- volumes and bind mounts of every container are entries of the sandbox's
+  shared filesystem: host directories (or files) mounted into the directory
+  its virtiofsd exports;
+- each network a container is on takes one of the guest's NIC slots: the
+  slot's tap is plugged into the network's bridge and the guest moves the
+  NIC into the container's network namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hbd.config import Config
+from hbd.drivers import hostmount, net
+from hbd.drivers.agent import (
+    AgentError,
+    ContainerSetup,
+    FileSpec,
+    InterfaceRemoval,
+    InterfaceSpec,
+    MountSpec,
+    NetworkUpdate,
+    NicSlot,
+    RouteSpec,
+    SandboxSetup,
+)
+from hbd.drivers.guest import Guest, GuestDriver, GuestSpec
+from hbd.drivers.vm import DiskSpec, NicSpec, VMError, VMSpec
+from hbd.errors import Conflict, InvalidParameter, SystemError_
+from hbd.services.container.sandbox import ContainerInGuest, Member, Sandbox, SandboxRecord, Slot
+from hbd.services.network.model import Endpoint
+from hbd.store import StateStore
+
+log = logging.getLogger(__name__)
+
+# How long a guest may take to sync and power off before it is killed.
+POWEROFF_TIMEOUT = 10.0
+
+
+@dataclass
+class MountPlan:
+    """One of a container's mounts, as the sandbox provides it."""
+
+    kind: Literal["block", "dir", "tmpfs"]
+    target: str
+    source: Path | None = None  # block: the disk image; dir: a host directory or file
+    readonly: bool = False
+    copy_up: bool = False
+    options: str = ""
+    # A read-only bind mount is read-only on the host too; a volume is not
+    # (an empty one takes the image's content first, read-only mount or not).
+    host_readonly: bool = False
+
+
+@dataclass
+class EndpointPlan:
+    """A network endpoint of the container, with what its slot needs."""
+
+    network: str
+    endpoint: Endpoint
+    bridge: str
+    internal: bool
+
+
+@dataclass
+class ContainerPlan:
+    """Everything the sandbox needs to know of a container to run it."""
+
+    container_id: str
+    image_id: str
+    image_disk: Path
+    scratch_disk: Path
+    setup: ContainerSetup  # ids, disks and mounts are filled in by the sandbox
+    mounts: list[MountPlan] = field(default_factory=list)
+    endpoints: list[EndpointPlan] = field(default_factory=list)
+    # --network/--pid/--ipc container:X: X's container id.
+    netns_of: str = ""
+    pid_of: str = ""
+    ipc_of: str = ""
+    memory_mib: int = 256
+    vcpus: int = 1
+
+
+class SandboxManager:
+    def __init__(self, config: Config, state: StateStore, driver: GuestDriver, accel: str,
+                 tap_prefix: str) -> None:
+        self.config = config
+        self.state = state
+        self.driver = driver
+        self.accel = accel
+        self.tap_prefix = tap_prefix
+        self.sandboxes: dict[str, Sandbox] = {}
+
+    def _save(self, sb: Sandbox) -> None:
+        self.state.put("sandboxes", sb.id, sb.record.to_dict())
+
+    def holding(self, container_id: str) -> Sandbox | None:
+        """The live sandbox a container is a member of (running or not)."""
+        for sb in self.sandboxes.values():
+            if container_id in sb.record.members and not sb.gone.is_set():
+                return sb
+        return None
+
+    # -- boot --------------------------------------------------------------------------
+
+    async def boot(self, plan: ContainerPlan, maintenance: bool = False) -> ContainerInGuest:
+        """A new guest with `plan`'s container in it (created, not started).
+
+        A maintenance guest (for cp, export, diff and commit of a stopped
+        container) has no network and small RAM."""
+        sid = secrets.token_hex(16)
+        run_dir = self.config.exec_root / sid
+        run_dir.mkdir(parents=True)
+        record = SandboxRecord(id=sid, owner=plan.container_id,
+                               shared_fs=not maintenance or any(m.kind == "dir"
+                                                                for m in plan.mounts))
+        member = Member(plan.container_id, record.new_name("c"), record.new_name("n"), True)
+        tap_fds: list[int] = []
+        try:
+            nics = self._make_slots(record, sid, 0 if maintenance else self.config.vm.nic_slots,
+                                    plan.endpoints, tap_fds)
+            disks = self._boot_disks(record, member, plan)
+            if record.shared_fs:
+                hostmount.make_export_dir(run_dir / "fs")
+            setup = self._container_setup(record, member, plan, run_dir / "fs", hot=False)
+            attach = [self._take_slot(record, member.netns, e) for e in plan.endpoints]
+            for slot in record.slots:
+                if slot.network:
+                    await net.plug_tap(slot.tap, self._bridge(plan, slot.network))
+            spec = GuestSpec(
+                vm=VMSpec(
+                    run_dir=run_dir, kernel=self.config.vm.kernel_path(),
+                    initrd=self.config.vm.initrd_path(), accel=self.accel,
+                    memory_mib=plan.memory_mib, vcpus=plan.vcpus, disks=disks, nics=nics,
+                    tcg_tb_size_mib=self.config.vm.tcg_tb_size_mib,
+                    cmdline="hbd.trace" if self.config.vm.guest_trace else ""),
+                setup=SandboxSetup(nics=[NicSlot(s.boot_mac, s.name) for s in record.slots],
+                                   shared_fs="hbdfs" if record.shared_fs else "",
+                                   scan=[d.lun for d in disks if d.lun > 2],
+                                   entropy=secrets.token_bytes(64)),
+                network=NetworkUpdate(member.netns, attach=attach,
+                                      routes=self._routes(record, member.netns)),
+                container=setup,
+                shared_dir=run_dir / "fs" if record.shared_fs else None,
+            )
+            guest = await self.driver.boot(spec)
+        except net.NetError as e:
+            hostmount.remove_export_dir(run_dir / "fs")
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise SystemError_(f"failed to create task for container: {e}") from e
+        except BaseException:
+            hostmount.remove_export_dir(run_dir / "fs")
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        finally:
+            for fd in tap_fds:
+                os.close(fd)  # QEMU holds its own: the taps go when it goes
+        member.main_proc = record.take_proc()
+        record.members[plan.container_id] = member
+        sb = Sandbox(record, run_dir, guest)
+        self.sandboxes[sid] = sb
+        self._save(sb)
+        return ContainerInGuest(sb, member)
+
+    def _make_slots(self, record: SandboxRecord, sid: str, count: int,
+                    endpoints: list[EndpointPlan], fds: list[int]) -> list[NicSpec]:
+        if len(endpoints) > count:
+            raise InvalidParameter(
+                f"a container can be on at most {count} networks (hbd.toml: vm.nic_slots)")
+        nics = []
+        for i in range(count):
+            # The slots a container starts on get its endpoints' MACs at once.
+            mac = endpoints[i].endpoint.mac if i < len(endpoints) else \
+                "02:68:62:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+            tap = f"{self.tap_prefix}{sid[:8]}{i:x}"
+            fds.append(net.open_tap(tap))
+            record.slots.append(Slot(i, tap, mac))
+            nics.append(NicSpec(tap, mac, fds[-1]))
+        return nics
+
+    @staticmethod
+    def _bridge(plan: ContainerPlan, network: str) -> str:
+        return next(e.bridge for e in plan.endpoints if e.network == network)
+
+    @staticmethod
+    def _boot_disks(record: SandboxRecord, member: Member,
+                    plan: ContainerPlan) -> list[DiskSpec]:
+        """The disks of the container a guest boots with: image and scratch
+        with their conventional serials and LUNs (the guest mounts those
+        before it is even asked), then its block volumes."""
+        disks = [DiskSpec(plan.image_disk, "image", 1, readonly=True),
+                 DiskSpec(plan.scratch_disk, "scratch", 2, format="qcow2")]
+        record.image_serials[plan.image_id] = "image"
+        for mount in plan.mounts:
+            if mount.kind == "block":
+                assert mount.source is not None
+                disks.append(DiskSpec(mount.source, record.new_name("d"), len(disks) + 1,
+                                      format="qcow2"))
+        for disk in disks:
+            record.disks[disk.serial] = disk.lun
+            member.disks.append(disk.serial)
+        return disks
+
+    # -- what a container is in the guest ---------------------------------------------------
+
+    def _container_setup(self, record: SandboxRecord, member: Member, plan: ContainerPlan,
+                         export_dir: Path, hot: bool) -> ContainerSetup:
+        """CREATE for the container: its ids, disks, mounts. Shares are mounted
+        into the export directory here; `hot` disks have been added already."""
+        setup = plan.setup
+        setup.container = member.guest_id
+        setup.netns = member.netns
+        setup.pidns = self._guest_id(record, plan.pid_of)
+        setup.ipcns = self._guest_id(record, plan.ipc_of)
+        serials = [s for s in member.disks]
+        setup.image_disk, setup.scratch_disk = serials[0], serials[1]
+        volumes = iter(serials[2:])
+        setup.mounts = []
+        for mount in plan.mounts:
+            if mount.kind == "tmpfs":
+                setup.mounts.append(MountSpec("tmpfs", mount.target, options=mount.options,
+                                              readonly=mount.readonly))
+            elif mount.kind == "block":
+                setup.mounts.append(MountSpec("disk", mount.target, next(volumes),
+                                              readonly=mount.readonly, copy_up=mount.copy_up))
+            else:
+                assert mount.source is not None
+                entry = record.new_name("s")
+                try:
+                    hostmount.attach_share(mount.source, export_dir / entry,
+                                           mount.host_readonly)
+                except OSError as e:
+                    raise InvalidParameter(f"cannot mount {mount.source}: {e.strerror}") from e
+                member.shares.append(entry)
+                setup.mounts.append(MountSpec("share", mount.target, entry,
+                                              readonly=mount.readonly, copy_up=mount.copy_up))
+        return setup
+
+    @staticmethod
+    def _guest_id(record: SandboxRecord, container_id: str) -> str:
+        if not container_id:
+            return ""
+        peer = record.members.get(container_id)
+        if peer is None:
+            raise Conflict(f"container {container_id} is not running")
+        return peer.guest_id
+
+    @staticmethod
+    def _take_slot(record: SandboxRecord, netns: str, plan: EndpointPlan) -> InterfaceSpec:
+        spare = record.spare_slots()
+        if not spare:
+            raise Conflict(f"no free network slot in the guest: each holds "
+                           f"{len(record.slots)} NICs (hbd.toml: vm.nic_slots)")
+        slot = spare[0]
+        slot.netns, slot.ifname = netns, plan.endpoint.ifname
+        slot.network, slot.gateway, slot.internal = plan.network, plan.endpoint.gateway, \
+            plan.internal
+        e = plan.endpoint
+        return InterfaceSpec(nic=slot.name, name=e.ifname, mac=e.mac,
+                             addresses=[f"{e.ip}/{e.prefix}"])
+
+    @staticmethod
+    def _routes(record: SandboxRecord, netns: str) -> list[RouteSpec]:
+        """The default route goes through the first network (in the order the
+        container joined them) that is not internal."""
+        for slot in record.netns_slots(netns):
+            if not slot.internal and slot.gateway:
+                return [RouteSpec("0.0.0.0/0", slot.gateway)]
+        return []
+
+    # -- joining a running sandbox ---------------------------------------------------------------
+
+    async def join(self, sb: Sandbox, plan: ContainerPlan) -> ContainerInGuest:
+        """Add `plan`'s container to a running sandbox (created, not started)."""
+        async with sb.lock:
+            record = sb.record
+            if plan.container_id in record.members:
+                raise Conflict(f"container {plan.container_id[:12]} is in its sandbox already")
+            if plan.netns_of:
+                peer = record.members.get(plan.netns_of)
+                if peer is None:
+                    raise Conflict(f"cannot join network of a non running container: "
+                                   f"{plan.netns_of}")
+                member = Member(plan.container_id, record.new_name("c"), peer.netns, False)
+            else:
+                member = Member(plan.container_id, record.new_name("c"), record.new_name("n"),
+                                True)
+            added: list[str] = []
+            plugged: list[Slot] = []
+            try:
+                await self._add_disks(sb, member, plan, added)
+                setup = self._container_setup(record, member, plan, sb.export_dir, hot=True)
+                if member.owns_netns:
+                    update = NetworkUpdate(member.netns)
+                    for endpoint in plan.endpoints:
+                        update.attach.append(self._take_slot(record, member.netns, endpoint))
+                        slot = record.netns_slots(member.netns)[-1]
+                        plugged.append(slot)
+                        await net.plug_tap(slot.tap, endpoint.bridge)
+                    update.routes = self._routes(record, member.netns)
+                    await sb.guest.network(update)
+                await sb.guest.create(setup)
+            except (AgentError, net.NetError) as e:
+                await self._undo_join(sb, member, added, plugged)
+                raise SystemError_(f"failed to create task for container: {e}") from e
+            except BaseException:
+                await self._undo_join(sb, member, added, plugged)
+                raise
+            member.main_proc = record.take_proc()
+            record.members[plan.container_id] = member
+            self._save(sb)
+            return ContainerInGuest(sb, member)
+
+    async def _add_disks(self, sb: Sandbox, member: Member, plan: ContainerPlan,
+                         added: list[str]) -> None:
+        """The image disk (shared with a container of the same image), the
+        scratch disk and block volumes."""
+        record = sb.record
+        image = record.image_serials.get(plan.image_id)
+        if image is None or image not in record.disks:
+            image = record.new_name("d")
+            await self._hot_add(sb, plan.image_disk, image, added, readonly=True, fmt="raw")
+            record.image_serials[plan.image_id] = image
+        member.disks.append(image)
+        scratch = record.new_name("d")
+        await self._hot_add(sb, plan.scratch_disk, scratch, added)
+        member.disks.append(scratch)
+        for mount in plan.mounts:
+            if mount.kind == "block":
+                assert mount.source is not None
+                serial = record.new_name("d")
+                await self._hot_add(sb, mount.source, serial, added)
+                member.disks.append(serial)
+
+    @staticmethod
+    async def _hot_add(sb: Sandbox, path: Path, serial: str, added: list[str],
+                       readonly: bool = False, fmt: str = "qcow2") -> None:
+        disk = DiskSpec(path, serial, sb.record.free_lun(), readonly=readonly, format=fmt)
+        try:
+            await sb.guest.add_disk(disk)
+        except VMError as e:
+            raise SystemError_(f"cannot attach {path.name} to the guest: {e}") from e
+        sb.record.disks[serial] = disk.lun
+        added.append(serial)
+
+    async def _undo_join(self, sb: Sandbox, member: Member, added: list[str],
+                         plugged: list[Slot]) -> None:
+        for slot in plugged:
+            await net.unplug_tap(slot.tap)
+            slot.release()
+        for serial in added:
+            with contextlib.suppress(VMError):
+                await sb.guest.remove_disk(serial)
+            sb.record.disks.pop(serial, None)
+        for entry in member.shares:
+            hostmount.detach_share(sb.export_dir / entry)
+
+    # -- leaving ------------------------------------------------------------------------------
+
+    async def leave(self, view: ContainerInGuest, clean: bool) -> None:
+        """The container's main process has exited: take it out of its sandbox.
+        The last one out powers the guest off (`clean`: syncing its disks
+        first), or kills it."""
+        sb, member = view.sandbox, view.member
+        async with sb.lock:
+            record = sb.record
+            if member.container_id not in record.members:
+                return
+            if len(record.members) == 1:
+                await self._end(sb, clean)
+                return
+            try:
+                await sb.guest.destroy_container(member.guest_id)
+            except AgentError as e:
+                log.warning("guest of sandbox %s could not destroy %s: %s", sb.id[:12],
+                            member.container_id[:12], e.message)
+            del record.members[member.container_id]
+            await self._release(sb, member)
+            self._save(sb)
+
+    async def _release(self, sb: Sandbox, member: Member) -> None:
+        """What a container that left held: its network namespace's slots (if it
+        made it), its disks no other container uses, its shares."""
+        record = sb.record
+        if member.owns_netns:
+            slots = record.netns_slots(member.netns)
+            update = NetworkUpdate(member.netns, delete=True,
+                                   detach=[InterfaceRemoval(s.ifname, s.name) for s in slots])
+            with contextlib.suppress(AgentError):
+                await sb.guest.network(update)
+            for slot in slots:
+                await net.unplug_tap(slot.tap)
+                slot.release()
+        for serial in member.disks:
+            if serial in record.disks and not record.disk_users(serial):
+                try:
+                    await sb.guest.remove_disk(serial)
+                except VMError as e:
+                    log.warning("cannot detach disk %s: %s", serial, e)
+                    continue
+                del record.disks[serial]
+        for entry in member.shares:
+            hostmount.detach_share(sb.export_dir / entry)
+
+    async def _end(self, sb: Sandbox, clean: bool) -> None:
+        if clean:
+            await sb.guest.poweroff(POWEROFF_TIMEOUT)
+        else:
+            await sb.guest.kill()
+        self._forget(sb)
+
+    def _forget(self, sb: Sandbox) -> None:
+        sb.gone.set()
+        self.sandboxes.pop(sb.id, None)
+        self.state.delete("sandboxes", sb.id)
+        hostmount.remove_export_dir(sb.export_dir)
+        shutil.rmtree(sb.run_dir, ignore_errors=True)
+
+    # -- networks joined and left while running ---------------------------------------------------
+
+    async def connect(self, view: ContainerInGuest, endpoint: EndpointPlan) -> None:
+        sb, member = view.sandbox, view.member
+        async with sb.lock:
+            record = sb.record
+            update = NetworkUpdate(member.netns)
+            update.attach.append(self._take_slot(record, member.netns, endpoint))
+            slot = next(s for s in record.slots if s.netns == member.netns and
+                        s.network == endpoint.network)
+            try:
+                await net.plug_tap(slot.tap, endpoint.bridge)
+                update.routes = self._routes(record, member.netns)
+                await sb.guest.network(update)
+            except (AgentError, net.NetError) as e:
+                await net.unplug_tap(slot.tap)
+                slot.release()
+                raise SystemError_(f"cannot connect the container to {endpoint.network}: "
+                                   f"{e}") from e
+            except BaseException:
+                await net.unplug_tap(slot.tap)
+                slot.release()
+                raise
+            self._save(sb)
+
+    async def disconnect(self, view: ContainerInGuest, network: str) -> None:
+        sb, member = view.sandbox, view.member
+        async with sb.lock:
+            record = sb.record
+            slot = next((s for s in record.slots if s.netns == member.netns and
+                         s.network == network), None)
+            if slot is None:
+                return
+            removal = InterfaceRemoval(slot.ifname, slot.name)
+            slot.release()
+            update = NetworkUpdate(member.netns, detach=[removal],
+                                   routes=self._routes(record, member.netns))
+            try:
+                await sb.guest.network(update)
+            finally:
+                await net.unplug_tap(slot.tap)
+                self._save(sb)
+
+    def netns_members(self, view: ContainerInGuest) -> list[str]:
+        """Containers sharing the view's network namespace (itself included)."""
+        return [cid for cid, m in view.sandbox.record.members.items()
+                if m.netns == view.member.netns]
+
+    async def rewrite_files(self, view: ContainerInGuest, files: list[FileSpec]) -> None:
+        with contextlib.suppress(AgentError):
+            await view.rewrite_files(files)
+
+    # -- after an hbd restart -------------------------------------------------------------
+
+    async def restore(self) -> dict[str, ContainerInGuest]:
+        """Re-attach every sandbox that still runs; the containers in them, by id."""
+        found: dict[str, ContainerInGuest] = {}
+        for key, rec in self.state.load("sandboxes"):
+            try:
+                record = SandboxRecord.from_dict(rec)
+            except (KeyError, TypeError, ValueError) as e:
+                log.error("dropping unreadable sandbox record %s: %s", key, e)
+                self.state.delete("sandboxes", key)
+                continue
+            run_dir = self.config.exec_root / record.id
+            guest: Guest | None = await self.driver.reattach(run_dir)
+            if guest is None:
+                log.info("sandbox %s ended while hbd was down", record.id[:12])
+                self.state.delete("sandboxes", record.id)
+                hostmount.remove_export_dir(run_dir / "fs")
+                shutil.rmtree(run_dir, ignore_errors=True)
+                continue
+            sb = Sandbox(record, run_dir, guest)
+            # Process ids go on from the highest the guest has seen.
+            record.next_proc = max([record.next_proc] + [p.proc + 1 for p in guest.processes])
+            self.sandboxes[record.id] = sb
+            for cid, member in record.members.items():
+                found[cid] = ContainerInGuest(sb, member)
+        return found
+
+    def detach_all(self) -> None:
+        """hbd is stopping: guests keep running, we stop watching them."""
+        for sb in self.sandboxes.values():
+            sb.guest.detach()
+
