@@ -23,7 +23,7 @@ from aiohttp import web
 from hbd.api import server
 from hbd.config import Config
 from hbd.daemon import Daemon
-from hbd.drivers.fake import FakeSandboxDriver
+from hbd.drivers.fake import FakeGuestDriver
 from hbd.services.network.service import instance_tag, remove_host_state
 from tests.daemon_fixture import BUSYBOX_TAR, DOCKER_CLI
 
@@ -65,7 +65,7 @@ def api_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
     errors: list[BaseException] = []
 
     async def serve() -> None:
-        daemon = Daemon(config, sandbox_driver=FakeSandboxDriver())
+        daemon = Daemon(config, guest_driver=FakeGuestDriver())
         await daemon.start()
         holder["daemon"] = daemon
         runner = web.AppRunner(server.build(daemon), access_log=None)
