@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hbd.drivers import hostmount
 from hbd.services.network.service import instance_tag, remove_host_state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,10 +97,13 @@ def wait_for_socket(socket: Path, process: subprocess.Popen[bytes], log: Path,
 
 
 def kill_guests(exec_root: Path) -> None:
-    """Kill any QEMU whose run directory is under exec_root (a test's leftovers)."""
+    """Kill any QEMU whose run directory is under exec_root (a test's leftovers),
+    and unmount their shared directories (else the exec root cannot go)."""
     for pidfile in exec_root.glob("*/qemu.pid"):
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+    for export_dir in exec_root.glob("*/fs"):
+        hostmount.remove_export_dir(export_dir)
 
 
 @contextlib.contextmanager
