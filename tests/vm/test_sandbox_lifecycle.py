@@ -394,30 +394,58 @@ def test_rm_f_of_the_owner_then_of_its_sidecar_leaves_nothing(
     hbd.docker("volume", "rm", volume)
 
 
-def test_guests_that_end_while_the_daemon_is_down_leave_nothing(tmp_path: Path) -> None:
+def test_what_ends_while_the_daemon_is_down_is_settled_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    """One guest dies while hbd is down, and one container of another guest
+    exits: the restarted hbd settles both and cleans up after them."""
     with hbd_daemon() as daemon:
         daemon.docker("volume", "create", "shared")
+        data = Path(json.loads(daemon.docker("volume", "inspect", "shared").stdout)[0]
+                    ["Mountpoint"])
         daemon.docker("run", "-d", "--name", "owner", "-v", "shared:/data", "-v",
                       f"{tmp_path}:/host", "busybox", "sh", "-c", IDLE)
-        daemon.docker("run", "-d", "--name", "side", "--network", "container:owner", "-v",
-                      "shared:/data", "busybox", "sh", "-c", IDLE)
+        pair = sandbox_ids(daemon)
+        daemon.docker("run", "-d", "--name", "quitter", "--network", "container:owner", "-v",
+                      "shared:/data", "-v", f"{tmp_path}:/host", "busybox", "sh", "-c",
+                      AWAIT_FILE + "while [ ! -f /data/quit ]; do await /data/quit; done; "
+                      "touch /data/gone; exit 3")
         daemon.docker("run", "-d", "--name", "alone", "-v", "shared:/data", "busybox", "sh",
                       "-c", IDLE)
+        alone = sandbox_ids(daemon) - pair
+        assert len(pair) == 1 and len(alone) == 1
         running = host_state(daemon)
         assert_holds_guests(running)
-        assert len(running.run_dirs) == 2
-        # hbd stops (its guests run on), then every guest dies before it is back.
+        pair_mounts = len(host_state(daemon, pair).mounts)
+        assert pair_mounts == 5  # the exported directory and four shares
+
+        # hbd stops (its guests run on); while it is down, one guest dies and
+        # a container of the other exits.
         daemon.stop()
-        for run_dir in running.run_dirs:
-            os.kill(int(Path(run_dir, "qemu.pid").read_text()), signal.SIGKILL)
+        (alone_dir,) = (daemon.exec_root / sid for sid in alone)
+        os.kill(int((alone_dir / "qemu.pid").read_text()), signal.SIGKILL)
+        (data / "quit").touch()
+        deadline = time.monotonic() + 15
+        while not (data / "gone").exists():
+            assert time.monotonic() < deadline, "quitter did not see /data/quit"
+            time.sleep(0.1)
+        time.sleep(0.5)
         daemon.crash_and_restart()
-        assert_nothing_left(daemon)
-        for name in ("owner", "side", "alone"):
-            state = inspect(daemon, name)["State"]
-            assert not state["Running"] and state["ExitCode"] == 137, (name, state)
-        daemon.docker("rm", "owner", "side", "alone")
+
+        assert_nothing_left(daemon, alone)
+        state = inspect(daemon, "alone")["State"]
+        assert not state["Running"] and state["ExitCode"] == 137, state
+        state = inspect(daemon, "quitter")["State"]
+        assert not state["Running"] and state["ExitCode"] == 3, state
+        assert inspect(daemon, "owner")["State"]["Running"]
+        # The quitter's two shares left the guest; the owner's stay.
+        deadline = time.monotonic() + 20
+        while len(host_state(daemon, pair).mounts) != pair_mounts - 2:
+            assert time.monotonic() < deadline, host_state(daemon, pair).mounts
+            time.sleep(0.2)
+        assert sh(daemon, "owner", "ls /data").split() == ["gone", "quit"]
+        daemon.docker("rm", "-f", "owner", "quitter", "alone")
         daemon.docker("volume", "rm", "shared")
-        assert_nothing_left(daemon, timeout=0)
+        assert_nothing_left(daemon)
 
 
 # -- a sandbox of several containers across a daemon restart ------------------------------------
@@ -462,8 +490,9 @@ def test_restart_reattaches_a_sandbox_of_three_containers(tmp_path: Path) -> Non
 
         daemon.crash_and_restart()
 
-        # The same guest, found again with all three in it.
-        assert host_state(daemon).run_dirs == before.run_dirs
+        # The same guest, found again with all three in it: the same
+        # processes, mounts and taps, nothing more.
+        assert host_state(daemon) == before
         listed = daemon.docker("ps", "--no-trunc", "--format", "{{.ID}} {{.Names}}"
                                ).stdout.decode().split("\n")
         assert sorted(filter(None, listed)) == sorted(f"{ids[n]} {n}" for n in names)
