@@ -243,7 +243,8 @@ def test_compose_run_rm_shares_a_named_volume_with_the_running_service(
         # Two guests: the service's and the one-off's.
         one_off_sandbox = sandbox_ids(hbd) - before - service
         assert len(one_off_sandbox) == 1
-        # The service sees what the one-off wrote, while both run.
+        # The service sees what the one-off wrote, while both run (a guest
+        # caches attributes and lookups for at most a second).
         seen = ""
         while seen != "from-run":
             assert time.monotonic() - wrote_at < 3, "the service did not see the one-off's file"
@@ -474,7 +475,7 @@ def wait_ticks(daemon: RunningDaemon, container: str, past: int, timeout: float 
         time.sleep(0.2)
 
 
-def test_restart_reattaches_a_sandbox_of_three_containers(tmp_path: Path) -> None:
+def test_restart_reattaches_a_sandbox_of_three_containers() -> None:
     names = ("owner", "netside", "pidside")
     with hbd_daemon() as daemon:
         daemon.docker("volume", "create", "shared")
