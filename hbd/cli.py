@@ -10,6 +10,7 @@ import grp
 import logging
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,7 +19,8 @@ from aiohttp import web
 
 from hbd import __version__
 from hbd.api import server
-from hbd.config import Config, load_config
+from hbd.api.tls import serve_tls
+from hbd.config import Config, DaemonSettings, load_config
 from hbd.daemon import Daemon
 from hbd.errors import HbdError
 
@@ -38,6 +40,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-l", "--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("-D", "--debug", action="store_true", help="debug logging")
     p.add_argument("-p", "--pidfile", help="write the daemon's pid here")
+    p.add_argument("--tls", action="store_true", default=None,
+                   help="serve TLS on tcp:// hosts (with --tlscert/--tlskey)")
+    p.add_argument("--tlsverify", action="store_true", default=None,
+                   help="TLS and require client certificates signed by --tlscacert")
+    p.add_argument("--tlscacert", help="CA that signs client certificates")
+    p.add_argument("--tlscert", help="the server's certificate")
+    p.add_argument("--tlskey", help="the server's key")
     p.add_argument("-v", "--version", action="version", version=f"hbd {__version__}")
     return p.parse_args(argv)
 
@@ -54,7 +63,33 @@ def build_config(args: argparse.Namespace) -> Config:
         config.daemon.log_level = args.log_level
     if args.debug:
         config.daemon.log_level = "debug"
+    daemon = config.daemon
+    daemon.tls = bool(args.tls) if args.tls is not None else daemon.tls
+    daemon.tls_verify = bool(args.tlsverify) if args.tlsverify is not None else daemon.tls_verify
+    daemon.tls_cacert = args.tlscacert or daemon.tls_cacert
+    daemon.tls_cert = args.tlscert or daemon.tls_cert
+    daemon.tls_key = args.tlskey or daemon.tls_key
     return config
+
+
+def tls_context(settings: DaemonSettings) -> ssl.SSLContext | None:
+    """The server side of dockerd's TLS: none, TLS, or TLS with client certificates."""
+    if not (settings.tls or settings.tls_verify):
+        return None
+    if not settings.tls_cert or not settings.tls_key:
+        raise HbdError("--tls needs --tlscert and --tlskey")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        if settings.tls_verify:
+            if not settings.tls_cacert:
+                raise HbdError("--tlsverify needs --tlscacert")
+            context.load_verify_locations(settings.tls_cacert)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as e:
+        raise HbdError(f"cannot load TLS certificates: {e}") from e
+    return context
 
 
 def _become_subreaper() -> None:
@@ -64,7 +99,8 @@ def _become_subreaper() -> None:
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-async def _listen(runner: web.AppRunner, host: str) -> web.BaseSite:
+async def _listen(runner: web.AppRunner, host: str, tls: ssl.SSLContext | None,
+                  exec_root: Path) -> web.BaseSite | asyncio.Server:
     url = urlparse(host)
     if url.scheme == "unix":
         path = url.path or "/run/hbd.sock"
@@ -77,21 +113,33 @@ async def _listen(runner: web.AppRunner, host: str) -> web.BaseSite:
             os.chown(path, 0, grp.getgrnam("docker").gr_gid)
         return site
     if url.scheme == "tcp":
-        log.warning("listening on %s without TLS: anyone who reaches it is root", host)
-        site = web.TCPSite(runner, url.hostname or "127.0.0.1", url.port or 2375)
-        await site.start()
-        return site
+        address, port = url.hostname or "127.0.0.1", url.port or (2376 if tls else 2375)
+        if tls is None:
+            log.warning("listening on %s without TLS: anyone who reaches it is root", host)
+            site = web.TCPSite(runner, address, port)
+            await site.start()
+            return site
+        if tls.verify_mode != ssl.CERT_REQUIRED:
+            log.warning("listening on %s without --tlsverify: anyone who reaches it is root",
+                        host)
+        # TLS is terminated in front of a private unix socket (hbd/api/tls.py).
+        backend = exec_root / f"api-tls-{port}.sock"
+        backend.unlink(missing_ok=True)
+        await web.UnixSite(runner, str(backend)).start()
+        os.chmod(backend, 0o600)
+        return await serve_tls(address, port, tls, backend)
     raise HbdError(f"unsupported host {host!r}: use unix:///path or tcp://addr:port")
 
 
 async def run(config: Config, pidfile: str | None) -> None:
+    tls = tls_context(config.daemon)  # bad certificates stop hbd before anything starts
     daemon = Daemon(config)
     await daemon.start()
     runner = web.AppRunner(server.build(daemon), access_log=None, handle_signals=False,
                            shutdown_timeout=1.0)
     await runner.setup()
     for host in config.daemon.hosts:
-        await _listen(runner, host)
+        await _listen(runner, host, tls, config.exec_root)
         log.info("API listen on %s", host)
     if pidfile:
         Path(pidfile).write_text(f"{os.getpid()}\n")

@@ -23,6 +23,12 @@ class DaemonSettings:
     data_root: str = "/var/lib/hbd"
     exec_root: str = "/run/hbd"
     log_level: str = "info"
+    # TLS on tcp:// listeners, as dockerd's --tls/--tlsverify/--tlscacert/--tlscert/--tlskey.
+    tls: bool = False
+    tls_verify: bool = False
+    tls_cacert: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclass

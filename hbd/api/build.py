@@ -21,17 +21,26 @@ log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
 
 
-def _json_map(request: web.Request, key: str) -> dict[str, Any]:
+def _json_query(request: web.Request, key: str, kind: type) -> Any:
     raw = request.query.get(key, "")
     if not raw:
-        return {}
+        return kind()
     try:
         value = json.loads(raw)
     except ValueError:
         raise InvalidParameter(f"invalid {key}: not JSON") from None
-    if not isinstance(value, dict):
-        raise InvalidParameter(f"invalid {key}: not an object")
+    if not isinstance(value, kind):
+        raise InvalidParameter(f"invalid {key}: not a JSON {kind.__name__}")
     return value
+
+
+def _json_map(request: web.Request, key: str) -> dict[str, Any]:
+    value: dict[str, Any] = _json_query(request, key, dict)
+    return value
+
+
+def _json_list(request: web.Request, key: str) -> list[str]:
+    return [str(v) for v in _json_query(request, key, list)]
 
 
 def _registry_config(header: str | None) -> dict[str, Credentials]:
@@ -110,6 +119,7 @@ async def build(request: web.Request) -> web.StreamResponse:
         quiet=query_bool(request, "q"),
         network_mode=q.get("networkmode", ""),
         pull=query_bool(request, "pull"),
+        cache_from=_json_list(request, "cachefrom"),
         host_config=_limits(request),
         credentials=_registry_config(request.headers.get("X-Registry-Config")),
     )

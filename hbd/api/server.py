@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hbd.api import backends, containers, exec, images, networks, system, volumes
+from hbd.api import backends, containers, exec, images, networks, swarm, system, volumes
 from hbd.api import build as build_routes
 from hbd.api.app import Router, create_app
 from hbd.daemon import Daemon
@@ -25,6 +25,6 @@ def build(daemon: Daemon) -> web.Application:
     app[backends.SYSTEM] = daemon.system
     app[backends.AUTH] = daemon.registry
     router = Router(app)
-    for module in (system, containers, exec, images, networks, volumes, build_routes):
+    for module in (system, containers, exec, images, networks, volumes, build_routes, swarm):
         module.register(router)
     return app

@@ -207,3 +207,51 @@ def test_compose_build_uses_the_classic_builder(hbd: RunningDaemon, tmp_path: Pa
         "Config"]["Labels"]
     assert labels.get("com.docker.compose.image.builder") == "classic"
     hbd.docker("rmi", "composed-web:dev")
+
+
+@pytest.mark.parametrize("where", ["nested", "absolute", "outside"])
+def test_dockerfile_named_with_f(sdk: docker.DockerClient, tmp_path: Path, where: str) -> None:
+    """docker-py's dockerfile= a path in a subdirectory, an absolute path in the
+    context, or a file outside it (which it sends as a hidden extra file that
+    its .dockerignore names: neither may land in the image)."""
+    ctx = tmp_path / "ctx"
+    (ctx / "hello" / "world").mkdir(parents=True)
+    (ctx / "file.txt").write_text("hello world")
+    dockerfile = "FROM busybox\nCOPY . /src\nWORKDIR /src\n"
+    if where == "outside":
+        (ctx / ".dockerignore").write_text(".dockerignore\n")
+        (tmp_path / "Dockerfile").write_text(dockerfile)
+        name = str(tmp_path / "Dockerfile")
+    elif where == "nested":
+        (ctx / "hello" / "world" / "custom.dockerfile").write_text(dockerfile)
+        name = "hello/world/custom.dockerfile"
+    else:
+        (ctx / "custom.dockerfile").write_text(dockerfile)
+        name = str(ctx / "custom.dockerfile")
+    tag = f"dockerfile-{where}"
+    sdk.images.build(path=str(ctx), dockerfile=name, tag=tag, rm=True)
+    try:
+        listing = sdk.containers.run(tag, ["ls", "-a"], remove=True).split()
+        expected = {"nested": {b".", b"..", b"file.txt", b"hello"},
+                    "absolute": {b".", b"..", b"file.txt", b"custom.dockerfile", b"hello"},
+                    "outside": {b".", b"..", b"file.txt", b"hello"}}[where]
+        assert set(listing) == expected
+    finally:
+        sdk.images.remove(tag, force=True)
+
+
+def test_cache_from_limits_the_cache_to_those_images(sdk: docker.DockerClient) -> None:
+    script = b"FROM busybox\nENV FOO=bar\nRUN touch baz\nRUN touch bax\n"
+
+    def cached_steps(**kwargs: Any) -> int:
+        logs = sdk.api.build(fileobj=io.BytesIO(script), decode=True, rm=True, **kwargs)
+        return sum("Using cache" in chunk.get("stream", "") for chunk in logs)
+
+    cached_steps(tag="cachefrom1")
+    try:
+        assert cached_steps(tag="cachefrom2", cache_from=["cachefrom1"]) == 3
+        assert cached_steps(tag="cachefrom3", cache_from=["nosuchtag"]) == 0
+        assert cached_steps(tag="cachefrom4") == 3  # the local cache, without --cache-from
+    finally:
+        for tag in ("cachefrom1", "cachefrom2", "cachefrom3", "cachefrom4"):
+            sdk.images.remove(tag, force=True)

@@ -88,6 +88,8 @@ class BuildOptions:
     quiet: bool = False
     network_mode: str = ""
     pull: bool = False
+    # --cache-from: only these images' histories serve as the cache.
+    cache_from: list[str] = field(default_factory=list)
     # Limits for the RUN steps' containers (memory, shmsize, cpu…), as HostConfig.
     host_config: dict[str, Any] = field(default_factory=dict)
     credentials: dict[str, Credentials] = field(default_factory=dict)
@@ -414,6 +416,34 @@ class _Run:
         self.interrupted = False
         self.made: list[Image] = []  # images with a new layer, made by this build
         self._tmp_counter = 0
+        self.cache_sources = self._cache_sources(options.cache_from)
+
+    def _cache_sources(self, refs: list[str]) -> set[str] | None:
+        """With --cache-from, the images whose histories may serve as the cache:
+        each one named (those that exist) and its parents. None: the local cache."""
+        if not refs:
+            return None
+        sources: set[str] = set()
+        for ref in refs:
+            try:
+                img: Image | None = self.b.images.get(ref)
+            except NotFound:
+                continue
+            while img is not None and img.id not in sources:
+                sources.add(img.id)
+                img = self.b.images.images.get(img.parent) if img.parent else None
+        return sources
+
+    def cache_hit(self, key: str) -> Image | None:
+        """The image a step made before, unless --no-cache; with --cache-from
+        only one from those images' histories (dockerd's classic builder then
+        ignores the rest of the local cache)."""
+        if self.options.nocache:
+            return None
+        hit = self.b.cached(key)
+        if hit is None or (self.cache_sources is not None and hit.id not in self.cache_sources):
+            return None
+        return hit
 
     @property
     def total(self) -> int:
@@ -634,7 +664,7 @@ class _Run:
     def commit_config(self, stage: _Stage, created_by: str) -> dict[str, Any] | None:
         assert stage.image is not None
         key = self.b.cache_key(stage.image.id, created_by, stage.config)
-        hit = None if self.options.nocache else self.b.cached(key)
+        hit = self.cache_hit(key)
         if hit is not None:
             stage.image = hit
             return stream(" ---> Using cache\n")
@@ -697,7 +727,7 @@ class _Run:
         if arg_env:
             created_by = f"|{len(arg_env)} {' '.join(arg_env)} {created_by}"
         key = self.b.cache_key(stage.image.id, created_by, stage.config)
-        hit = None if self.options.nocache else self.b.cached(key)
+        hit = self.cache_hit(key)
         if hit is not None:
             stage.image = hit
             yield stream(" ---> Using cache\n")
@@ -821,7 +851,7 @@ class _Run:
         created_by = (f"/bin/sh -c #(nop) {k} {'--chown=' + chown + ' ' if chown else ''}"
                       f"{summary} in {dest_text} ")
         key = self.b.cache_key(stage.image.id, created_by, stage.config)
-        hit = None if self.options.nocache else self.b.cached(key)
+        hit = self.cache_hit(key)
         if hit is not None:
             for c in copies:
                 await _close(c.body)

@@ -290,6 +290,9 @@ class SandboxManager:
         """Add `plan`'s container to a running sandbox (created, not started)."""
         async with sb.lock:
             record = sb.record
+            if sb.gone.is_set():
+                # Its last container left while this one waited for the lock.
+                raise Conflict("the containers this one shares namespaces with have stopped")
             if plan.container_id in record.members:
                 raise Conflict(f"container {plan.container_id[:12]} is in its sandbox already")
             if plan.netns_of:
