@@ -83,6 +83,7 @@ class Monitor:
         c.run = None
         c.run_started.clear()
         c.run_network = None
+        await self.sandboxes.release_network(run.guest)
         await self.networks.disconnect_run(c.id)
         c.state = ContainerState(
             status="exited", exit_code=status.exit_code, oom_killed=status.oom_killed,

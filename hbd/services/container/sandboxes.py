@@ -397,19 +397,44 @@ class SandboxManager:
             await self._release(sb, member)
             self._save(sb)
 
+    async def release_network(self, view: ContainerInGuest) -> None:
+        """A container whose main process has exited leaves its networks at once,
+        ahead of the rest of its leaving: when `docker stop` returns, the
+        containers sharing its network namespace have lost its interfaces, as
+        in dockerd. (A guest's only container takes them along when it powers
+        off.)"""
+        sb, member = view.sandbox, view.member
+        if view.alone or not member.owns_netns:
+            return
+        async with sb.lock:
+            if member.container_id in sb.record.members:
+                await self._release_netns(sb, member)
+                self._save(sb)
+
+    async def _release_netns(self, sb: Sandbox, leaving: Member) -> None:
+        """The slots of the network namespace the leaving container made go back
+        to spare; the namespace itself goes once no other container lives in
+        it (one that shares it keeps it, with only `lo`)."""
+        record = sb.record
+        slots = record.netns_slots(leaving.netns) if leaving.owns_netns else []
+        still_used = any(m.netns == leaving.netns and m.container_id != leaving.container_id
+                         for m in record.members.values())
+        if not slots and still_used:
+            return
+        update = NetworkUpdate(leaving.netns, delete=not still_used,
+                               detach=[InterfaceRemoval(s.ifname, s.name) for s in slots])
+        with contextlib.suppress(AgentError):
+            await sb.guest.network(update)
+        for slot in slots:
+            await net.unplug_tap(slot.tap)
+            slot.release()
+
     async def _release(self, sb: Sandbox, member: Member) -> None:
         """What a container that left held: its network namespace's slots (if it
-        made it), its disks no other container uses, its shares."""
+        made it) and the namespace (if nobody else is in it), its disks no other
+        container uses, its shares."""
         record = sb.record
-        if member.owns_netns:
-            slots = record.netns_slots(member.netns)
-            update = NetworkUpdate(member.netns, delete=True,
-                                   detach=[InterfaceRemoval(s.ifname, s.name) for s in slots])
-            with contextlib.suppress(AgentError):
-                await sb.guest.network(update)
-            for slot in slots:
-                await net.unplug_tap(slot.tap)
-                slot.release()
+        await self._release_netns(sb, member)
         for serial in member.disks:
             if serial in record.disks and not record.disk_users(serial):
                 try:
