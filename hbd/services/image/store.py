@@ -761,14 +761,17 @@ class ImageStore:
             {img.parent for img in self.images.values() if img.parent}
         images = [img for img in self.all_images() if matches(img) and
                   not (img.id in parents and not img.repo_tags and not img.repo_digests)]
-        return [self.summary(img) for img in images]
+        return [self.summary(img, *matches.matching_refs(img)) for img in images]
 
-    def summary(self, img: Image, containers: int = -1) -> dict[str, Any]:
+    def summary(self, img: Image, tags: list[str] | None = None,
+                digests: list[str] | None = None, containers: int = -1) -> dict[str, Any]:
+        """An ImageSummary listing `tags` and `digests` (those a filter let
+        through; all the image's without a filter)."""
         return {
             "Id": img.id,
             "ParentId": img.parent,
-            "RepoTags": [parse_reference(t).familiar for t in img.repo_tags],
-            "RepoDigests": [parse_reference(d).familiar for d in img.repo_digests],
+            "RepoTags": familiar_sorted(img.repo_tags if tags is None else tags),
+            "RepoDigests": familiar_sorted(img.repo_digests if digests is None else digests),
             "Created": img.created_unix,
             "Size": img.size,
             "SharedSize": -1,
@@ -780,8 +783,8 @@ class ImageStore:
         cfg = img.config
         return {
             "Id": img.id,
-            "RepoTags": [parse_reference(t).familiar for t in img.repo_tags],
-            "RepoDigests": [parse_reference(d).familiar for d in img.repo_digests],
+            "RepoTags": familiar_sorted(img.repo_tags),
+            "RepoDigests": familiar_sorted(img.repo_digests),
             "Parent": img.parent,
             "Comment": cfg.get("comment", ""),
             "Created": cfg.get("created", ""),
@@ -801,6 +804,12 @@ class ImageStore:
 
 def short_key(image_id: str) -> str:
     return image_id.removeprefix("sha256:")
+
+
+def familiar_sorted(refs: list[str]) -> list[str]:
+    """Full references in familiar form, in the order dockerd's reference
+    store gives them: sorted by the full form."""
+    return [parse_reference(r).familiar for r in sorted(refs)]
 
 
 _CONFIG_FIELDS = ("Hostname", "Domainname", "User", "AttachStdin", "AttachStdout",
