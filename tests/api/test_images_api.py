@@ -1,9 +1,14 @@
-"""Image endpoints with the fake guest driver (dockerd 20.10's answers as expected)."""
+"""Image endpoints with the fake guest driver: the `reference` filter, and
+`docker load` of what is not an image (dockerd 20.10's answers as expected)."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import tarfile
 from collections.abc import Iterator
+from typing import Any
 
 import docker
 import pytest
@@ -75,3 +80,73 @@ def test_cli_lists_one_row_per_matching_tag(api_daemon: ApiDaemon, tagged: str) 
     out = api_daemon.docker("images", "--format", "{{.Repository}}:{{.Tag}}",
                             "busybox:latest").stdout.decode().split()
     assert out == ["busybox:latest"]
+
+
+# -- docker load of what is not an image ----------------------------------------------
+
+def _tar(files: dict[str, bytes], dirs: tuple[str, ...] = ()) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name in dirs:
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _load(raw: docker.APIClient, body: bytes) -> tuple[int, list[dict[str, Any]]]:
+    r = raw._post(raw._url("/images/load"), data=body, params={"quiet": "1"},
+                  headers={"Content-Type": "application/x-tar"})
+    return r.status_code, [json.loads(line) for line in r.text.splitlines() if line]
+
+
+DIRECTORY = _tar({"./a": b"hi\n", "./sub/b": b"x\n"}, dirs=("./", "./sub"))
+NOT_IMAGES = [
+    # (body, what dockerd says; {root} is the directory it extracted to)
+    (DIRECTORY, "open {root}/sub/json: no such file or directory"),
+    (gzip.compress(DIRECTORY), "open {root}/sub/json: no such file or directory"),
+    (_tar({}), "open {root}/repositories: no such file or directory"),
+    (b"", "open {root}/repositories: no such file or directory"),
+    (_tar({"top.txt": b"hi\n"}), "open {root}/repositories: no such file or directory"),
+    (bytes(range(256)) * 12, "Error processing tar file(exit status 1): "
+                             "archive/tar: invalid tar header"),
+    (b"hello\n", "Error processing tar file(exit status 1): unexpected EOF"),
+    (DIRECTORY[:1000], "Error processing tar file(exit status 1): unexpected EOF"),
+    (gzip.compress(DIRECTORY)[:100], "Error processing tar file(exit status 1): "
+                                     "unexpected EOF"),
+    (_tar({"manifest.json": b'{"a": 1}'}),
+     "json: cannot unmarshal object into Go value of type []tarexport.manifestItem"),
+    (_tar({"manifest.json": b'[{"Config": "c.json", "RepoTags": ["x:y"], '
+                            b'"Layers": ["l.tar"]}]'}),
+     "open {root}/c.json: no such file or directory"),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), NOT_IMAGES)
+def test_load_of_a_non_image_fails_in_the_stream(raw: docker.APIClient, body: bytes,
+                                                 expected: str) -> None:
+    before = {i["Id"] for i in raw.images(all=True)}
+    status, messages = _load(raw, body)
+    assert status == 200  # dockerd answers 200 and reports the failure in the stream
+    assert len(messages) == 1 and messages[0]["error"] == \
+        messages[0]["errorDetail"]["message"]
+    root, sep, rest = messages[0]["error"].partition("/docker-import-")
+    if "{root}" in expected:
+        assert sep and root.startswith("open /")
+        expected = expected.format(root=root.removeprefix("open ") + sep +
+                                   rest.split("/", 1)[0])
+    assert messages[0]["error"] == expected
+    assert {i["Id"] for i in raw.images(all=True)} == before
+
+
+def test_load_failure_through_the_cli_and_sdk(api_daemon: ApiDaemon,
+                                              client: docker.DockerClient) -> None:
+    result = api_daemon.docker("load", input=DIRECTORY, check=False)
+    assert result.returncode == 1
+    assert result.stderr.decode().strip().endswith("/sub/json: no such file or directory")
+    with pytest.raises(docker.errors.ImageLoadError, match="invalid tar header"):
+        client.images.load(bytes(range(256)) * 12)

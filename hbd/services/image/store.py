@@ -16,14 +16,13 @@ import gzip
 import hashlib
 import json
 import logging
-import posixpath
 import shutil
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from hbd.drivers import disks
 from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_image
@@ -46,6 +45,12 @@ from hbd.services.image.layers import (
     flatten_layers,
     inflater_for_head,
 )
+from hbd.services.image.loadarchive import (
+    GO_UNEXPECTED_EOF,
+    ArchiveReader,
+    archive_images,
+    tar_error,
+)
 from hbd.services.image.model import Image, Layer, now_rfc3339, short_id
 from hbd.services.image.reference import (
     Reference,
@@ -61,7 +66,6 @@ log = logging.getLogger(__name__)
 
 MEDIA_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 MEDIA_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-MAX_JSON = 16 * 1024 * 1024
 CHUNK = 1024 * 1024
 
 
@@ -79,68 +83,6 @@ class _Conflict:
 def _delete_conflict(image_id: str, c: _Conflict) -> Conflict:
     force = "cannot be forced" if c.hard else "must be forced"
     return Conflict(f"conflict: unable to delete {short_id(image_id)} ({force}) - {c.message}")
-
-
-class _ArchiveReader:
-    """Members of a `docker save` tarball, read by name, with bounded JSON."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            self.tar = tarfile.open(path, "r:")  # noqa: SIM115 - closed by close()
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise InvalidParameter(f"failed to read image archive: {e}") from e
-        self.names = {m.name.lstrip("./") if m.name.startswith("./") else m.name: m
-                      for m in self._members()}
-
-    def _members(self) -> list[tarfile.TarInfo]:
-        try:
-            return self.tar.getmembers()
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise InvalidParameter(f"failed to read image archive: {e}") from e
-
-    def has(self, name: str) -> bool:
-        return name in self.names
-
-    def open(self, name: str) -> IO[bytes]:
-        member = self.names.get(name)
-        if member is None:
-            raise InvalidParameter(f"invalid image archive: missing {name}")
-        if member.issym() or member.islnk():
-            # A layer stored once and linked from a second image's directory.
-            target = self.names.get(posixpath.normpath(posixpath.join(
-                posixpath.dirname(name), member.linkname)) if member.issym()
-                else member.linkname)
-            if target is None or target.issym() or target.islnk():
-                raise InvalidParameter(f"invalid image archive: {name} links nowhere")
-            member = target
-        f = self.tar.extractfile(member)
-        if f is None:
-            raise InvalidParameter(f"invalid image archive: {name} is not a file")
-        return f
-
-    def read(self, name: str) -> bytes:
-        with self.open(name) as f:
-            data = f.read(MAX_JSON + 1)
-        if len(data) > MAX_JSON:
-            raise InvalidParameter(f"invalid image archive: {name} is too large")
-        return data
-
-    def json(self, name: str) -> Any:
-        try:
-            return json.loads(self.read(name))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidParameter(f"invalid image archive: {name}: {e}") from e
-
-    def close(self) -> None:
-        self.tar.close()
-
-
-@dataclass
-class _ArchiveImage:
-    config_member: str
-    layer_members: list[str]
-    layer_digests: list[str | None]
-    names: list[str]
 
 
 class ImageStore:
@@ -408,7 +350,8 @@ class ImageStore:
         Everything is verified and every disk built before any image is
         recorded, so a bad archive leaves no trace.
         """
-        archive_path = self._tmp("load")
+        # Named as dockerd's extraction directory, which its errors name.
+        archive_path = self._tmp("docker-import")
         try:
             await self._receive_archive(body, archive_path)
             async with self._store_lock:
@@ -439,66 +382,12 @@ class ImageStore:
                     for data in decompressor.pieces(received):
                         f.write(data)
                 except LayerError as e:  # "not valid gzip: ..."
-                    raise InvalidParameter(f"invalid image archive: {e}") from e
-        if first:
-            raise InvalidParameter("empty image archive")
+                    # dockerd's words: "Error processing tar file(flate: corrupt input ...): "
+                    raise InvalidParameter(f"Error processing tar file({e}): ") from e
         if decompressor is not None and not decompressor.eof:
-            raise InvalidParameter(f"invalid image archive: truncated {decompressor.kind}")
+            raise tar_error(GO_UNEXPECTED_EOF)
 
-    def _archive_images(self, ar: _ArchiveReader) -> list[_ArchiveImage]:
-        if ar.has("manifest.json"):
-            manifest = ar.json("manifest.json")
-            if not isinstance(manifest, list):
-                raise InvalidParameter("invalid image archive: manifest.json is not a list")
-            out = []
-            for entry in manifest:
-                if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) or \
-                        not isinstance(entry.get("Layers"), list):
-                    raise InvalidParameter("invalid image archive: malformed manifest.json")
-                out.append(_ArchiveImage(
-                    config_member=entry["Config"],
-                    layer_members=[str(x) for x in entry["Layers"]],
-                    layer_digests=[None] * len(entry["Layers"]),
-                    names=[str(t) for t in entry.get("RepoTags") or []],
-                ))
-            return out
-        if ar.has("index.json"):
-            return self._oci_images(ar)
-        raise InvalidParameter(
-            "invalid image archive: neither manifest.json nor index.json found")
-
-    def _oci_images(self, ar: _ArchiveReader) -> list[_ArchiveImage]:
-        def blob(digest: str) -> str:
-            algo, _, hexpart = digest.partition(":")
-            return f"blobs/{algo}/{hexpart}"
-
-        out = []
-        pending = [(d, None) for d in ar.json("index.json").get("manifests", [])]
-        while pending:
-            desc, name = pending.pop(0)
-            annotations = desc.get("annotations") or {}
-            name = annotations.get("io.containerd.image.name") or name
-            media = desc.get("mediaType", "")
-            doc = ar.json(blob(desc["digest"]))
-            if "manifests" in doc:  # an index: take linux/amd64
-                for sub in doc["manifests"]:
-                    plat = sub.get("platform") or {}
-                    if plat.get("os", "linux") == "linux" and \
-                            plat.get("architecture", "amd64") == "amd64":
-                        pending.append((sub, name))
-                        break
-                continue
-            if "config" not in doc:
-                raise InvalidParameter(f"invalid image archive: unsupported manifest {media}")
-            out.append(_ArchiveImage(
-                config_member=blob(doc["config"]["digest"]),
-                layer_members=[blob(layer["digest"]) for layer in doc["layers"]],
-                layer_digests=[layer["digest"] for layer in doc["layers"]],
-                names=[name] if name else [],
-            ))
-        return out
-
-    def _store_layer(self, ar: _ArchiveReader, member: str,
+    def _store_layer(self, ar: ArchiveReader, member: str,
                      expected_digest: str | None) -> tuple[str, str, int, str]:
         """Copy one layer into the blob store: (digest, diff_id, size, media type)."""
         writer = self.blobs.writer()
@@ -533,10 +422,10 @@ class ImageStore:
 
     def _stage_archive(self, path: Path) -> list[tuple[Image, list[Reference]]]:
         """Store an archive's blobs; the caller records the images."""
-        ar = _ArchiveReader(path)
+        ar = ArchiveReader(path, shown_root=str(path))
         try:
             staged: list[tuple[Image, list[Reference]]] = []
-            for entry in self._archive_images(ar):
+            for entry in archive_images(ar):
                 config_bytes = ar.read(entry.config_member)
                 try:
                     config = json.loads(config_bytes)
