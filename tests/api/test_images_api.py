@@ -150,3 +150,58 @@ def test_load_failure_through_the_cli_and_sdk(api_daemon: ApiDaemon,
     assert result.stderr.decode().strip().endswith("/sub/json: no such file or directory")
     with pytest.raises(docker.errors.ImageLoadError, match="invalid tar header"):
         client.images.load(bytes(range(256)) * 12)
+
+
+# -- commit and import --change: refused before any guest work ------------------------
+
+@pytest.fixture
+def container(client: docker.DockerClient) -> Iterator[str]:
+    c = client.containers.create("busybox", ["sh", "-c", "echo hi"], environment={"A": "1"})
+    yield c.id
+    c.remove(force=True)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("RUN true", "run is not a valid change command"),
+    ("ENV A=1 B", 'Syntax error - can\'t find = in "B". Must be of the form: name=value'),
+    ("EXPOSE 80/xyz", "Invalid proto: xyz"),
+    ("HEALTHCHECK --retries=0 CMD true", "--retries must be at least 1 (not 0)"),
+    ("", "file with no instructions"),
+])
+def test_commit_with_a_bad_change_is_dockers_400(raw: docker.APIClient, container: str,
+                                                 change: str, message: str) -> None:
+    before = {i["Id"] for i in raw.images(all=True)}
+    r = raw._post(raw._url("/commit"), params={"container": container, "repo": "never",
+                                                "changes": change})
+    assert r.status_code == 400 and r.json() == {"message": message}
+    assert {i["Id"] for i in raw.images(all=True)} == before
+
+
+def test_commit_with_a_mistyped_config_is_refused(client: docker.DockerClient,
+                                                  container: str) -> None:
+    with pytest.raises(docker.errors.APIError) as e:
+        client.containers.get(container).commit("never", conf={"Env": "A=2"})
+    assert e.value.status_code == 400
+    assert "ContainerConfigWrapper.Env" in str(e.value.explanation)
+
+
+def test_cli_commit_change_error(api_daemon: ApiDaemon, container: str) -> None:
+    result = api_daemon.docker("commit", "-c", "FROM busybox", container, check=False)
+    assert result.returncode == 1
+    assert "from is not a valid change command" in result.stderr.decode()
+
+
+def test_import_applies_changes_as_dockerd(api_daemon: ApiDaemon,
+                                           raw: docker.APIClient) -> None:
+    api_daemon.docker("import", "-c", "ENV A=1", "-c", "ENV B=$A", "-c", 'CMD ["x"]',
+                      "-c", "EXPOSE 80", "-", "i9import:changes", input=DIRECTORY)
+    try:
+        config = raw.inspect_image("i9import:changes")["Config"]
+        assert config["Env"] == ["A=1", "B=1"] and config["Cmd"] == ["x"]
+        assert config["ExposedPorts"] == {"80/tcp": {}}
+    finally:
+        raw.remove_image("i9import:changes")
+    result = api_daemon.docker("import", "-c", "RUN x", "-", "i9import:bad", input=DIRECTORY,
+                               check=False)
+    assert result.returncode == 1 and "run is not a valid change command" in \
+        result.stderr.decode()

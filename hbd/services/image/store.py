@@ -27,7 +27,6 @@ from typing import Any, BinaryIO
 from hbd.drivers import disks
 from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_image
 from hbd.events import EventBus
-from hbd.services.container import config as cc
 from hbd.services.filters import PruneFilter
 from hbd.services.image.archive import (
     OCI_LAYER_ZSTD,
@@ -37,6 +36,7 @@ from hbd.services.image.archive import (
     write_image_archive,
 )
 from hbd.services.image.blobs import BlobStore, DigestMismatch
+from hbd.services.image.changes import apply_changes
 from hbd.services.image.filters import ImageFilter
 from hbd.services.image.layers import (
     Inflater,
@@ -491,6 +491,7 @@ class ImageStore:
     async def import_tarball(self, body: Any, ref: Reference | None, message: str,
                              changes: list[str]) -> str:
         """`docker import`: a filesystem tarball becomes a one-layer image."""
+        image_config = apply_changes({}, changes)  # bad changes fail before any upload
         archive = self._tmp("import")
         try:
             await self._receive_archive(body, archive)  # gunzipped on the way in
@@ -498,15 +499,13 @@ class ImageStore:
                 digest, diff_id, size = await asyncio.to_thread(self._store_file_layer, archive)
                 config: dict[str, Any] = {
                     "architecture": "amd64", "os": "linux", "created": now_rfc3339(),
-                    "config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+                    "config": image_config,
+                    "rootfs": {"type": "layers", "diff_ids": [diff_id]},
                     "history": [{"created": now_rfc3339(), "created_by": "docker import",
                                  **({"comment": message} if message else {})}],
                 }
                 if message:
                     config["comment"] = message
-                container_config: dict[str, Any] = {}
-                cc.apply_changes(container_config, changes)
-                config["config"] = container_config
                 config_bytes = json.dumps(config, separators=(",", ":")).encode()
                 image_id = self.blobs.put_bytes(config_bytes)
                 img = Image(id=image_id, config=config,
