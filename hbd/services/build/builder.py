@@ -246,13 +246,22 @@ class Builder:
         self._cache[key] = img.id
         self.state.put(CACHE_KIND, key, {"image": img.id})
 
-    def prune_cache(self) -> dict[str, Any]:
-        """`POST /build/prune`: forget every cached step (the images stay as images)."""
+    def cached_steps(self) -> dict[str, Image]:
+        """The cache: key -> the image the step made (of those still here)."""
+        return {key: img for key, image_id in self._cache.items()
+                if (img := self.images.images.get(image_id)) is not None}
+
+    async def prune_cache(self) -> dict[str, Any]:
+        """`POST /build/prune`: forget every cached step, and remove the
+        intermediate images that were kept only as the cache (images that
+        `docker images` lists stay); the space that freed."""
         deleted = sorted(self._cache)
+        image_ids = set(self._cache.values())
         for key in deleted:
             self.state.delete(CACHE_KIND, key)
         self._cache.clear()
-        return {"CachesDeleted": deleted or None, "SpaceReclaimed": 0}
+        reclaimed = await self.images.remove_intermediates(image_ids)
+        return {"CachesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 
     # -- images -----------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from hbd.drivers import disks
 from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_image
 from hbd.events import EventBus
 from hbd.services.filters import PruneFilter
+from hbd.services.image import usage
 from hbd.services.image.archive import (
     OCI_LAYER_ZSTD,
     ArchiveImage,
@@ -617,25 +618,37 @@ class ImageStore:
     async def _prune(self, dangling_only: bool, matches: Callable[[Image], bool]
                      ) -> dict[str, Any]:
         """Remove unused images: untagged ones, or (dangling=false) all unused."""
-        deleted: list[dict[str, str]] = []
-        reclaimed = 0
         async with self._store_lock:
-            for img in list(self.images.values()):
-                if self.container_usage(img.id) or not matches(img):
-                    continue
-                if dangling_only and (img.repo_tags or img.repo_digests):
-                    continue
-                for full in list(img.repo_tags + img.repo_digests):
-                    self._remove_ref(full)
-                    deleted.append({"Untagged": parse_reference(full).familiar})
-                reclaimed += img.size
-                del self.images[img.id]
-                self.state.delete("images", short_key(img.id))
-                deleted.append({"Deleted": img.id})
-                self.events.publish("image", "delete", img.id, {"name": img.id})
-            self.collect_garbage()
+            doomed = [img for img in self.images.values()
+                      if not self.container_usage(img.id) and matches(img) and
+                      not (dangling_only and (img.repo_tags or img.repo_digests))]
+            deleted, reclaimed = self._remove_images(doomed)
         self.events.publish("image", "prune", "", {"reclaimed": str(reclaimed)})
         return {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
+
+    async def remove_intermediates(self, image_ids: Iterable[str]) -> int:
+        """Remove those of these images that `docker images` does not list (a
+        build's intermediate steps) and no container uses; the space freed."""
+        async with self._store_lock:
+            listed = {img.id for img in self.listed_images()}
+            doomed = [img for i in image_ids if (img := self.images.get(i)) is not None and
+                      i not in listed and not self.container_usage(i)]
+            return self._remove_images(doomed)[1]
+
+    def _remove_images(self, doomed: list[Image]) -> tuple[list[dict[str, str]], int]:
+        """Untag and delete the images: the records for the API, the space freed."""
+        before = list(self.images.values())
+        deleted: list[dict[str, str]] = []
+        for img in doomed:
+            for full in list(img.repo_tags + img.repo_digests):
+                self._remove_ref(full)
+                deleted.append({"Untagged": parse_reference(full).familiar})
+            del self.images[img.id]
+            self.state.delete("images", short_key(img.id))
+            deleted.append({"Deleted": img.id})
+            self.events.publish("image", "delete", img.id, {"name": img.id})
+        self.collect_garbage()
+        return deleted, usage.freed(before, self.images.values())
 
     # -- API views -------------------------------------------------------------
 
@@ -643,16 +656,29 @@ class ImageStore:
                        ) -> list[dict[str, Any]]:
         """`docker images`."""
         matches = ImageFilter(filters, self)
-        # Without `all`, untagged images a build made others from (intermediate
-        # steps) are left out, as dockerd does.
-        parents = set() if all_ else \
-            {img.parent for img in self.images.values() if img.parent}
-        images = [img for img in self.all_images() if matches(img) and
-                  not (img.id in parents and not img.repo_tags and not img.repo_digests)]
-        return [self.summary(img, *matches.matching_refs(img)) for img in images]
+        images = self.all_images() if all_ else self.listed_images()
+        return [self.summary(img, *matches.matching_refs(img))
+                for img in images if matches(img)]
+
+    def listed_images(self) -> list[Image]:
+        """What `docker images` lists: all but the untagged images a build made
+        others from (intermediate steps), as dockerd leaves them out."""
+        parents = {img.parent for img in self.images.values() if img.parent}
+        return [img for img in self.all_images()
+                if not (img.id in parents and not img.repo_tags and not img.repo_digests)]
+
+    def disk_usage(self) -> tuple[int, list[dict[str, Any]]]:
+        """`system df`: the size of all layers, and the listed images with how
+        many containers use each and how much of it others share."""
+        listed = self.listed_images()
+        shared = usage.shared_sizes(listed)
+        return usage.layers_size(self.images.values()), [
+            self.summary(img, containers=len(self.container_usage(img.id)),
+                         shared_size=shared[img.id]) for img in listed]
 
     def summary(self, img: Image, tags: list[str] | None = None,
-                digests: list[str] | None = None, containers: int = -1) -> dict[str, Any]:
+                digests: list[str] | None = None, containers: int = -1,
+                shared_size: int = -1) -> dict[str, Any]:
         """An ImageSummary listing `tags` and `digests` (those a filter let
         through; all the image's without a filter)."""
         return {
@@ -662,7 +688,7 @@ class ImageStore:
             "RepoDigests": familiar_sorted(img.repo_digests if digests is None else digests),
             "Created": img.created_unix,
             "Size": img.size,
-            "SharedSize": -1,
+            "SharedSize": shared_size,
             "Labels": img.container_config.get("Labels") or {},
             "Containers": containers,
         }
