@@ -18,7 +18,7 @@ import pytest
 
 from tests.api.conftest import ApiDaemon, serve_api_daemon
 from tests.conformance import validate_response
-from tests.fakes import text_tar
+from tests.fakes import human_size, text_tar
 
 MIB = 1024 * 1024
 
@@ -210,16 +210,6 @@ def test_system_prune_totals_every_kind(api: ApiDaemon, raw: docker.APIClient) -
     (Path(anonymous["Mountpoint"]) / "f").write_bytes(b"a" * 50_000)
     out = api.docker("system", "prune", "-a", "-f", "--volumes").stdout.decode()
     expected = written + df["LayersSize"] + 50_000
-    assert f"Total reclaimed space: {_human(expected)}" in out
+    assert f"Total reclaimed space: {human_size(expected)}" in out
     assert _df(raw)["LayersSize"] == 0 and _df(raw)["Volumes"] == []
 
-
-def _human(size: int) -> str:
-    """go-units HumanSize, as the CLI prints the total."""
-    units = ["B", "kB", "MB", "GB", "TB"]
-    value = float(size)
-    i = 0
-    while value >= 1000 and i < len(units) - 1:
-        value /= 1000
-        i += 1
-    return f"{value:.4g}{units[i]}"
