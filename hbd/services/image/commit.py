@@ -64,11 +64,19 @@ def body_config(body: dict[str, Any] | None) -> dict[str, Any] | None:
     cc.check_types(body, cc.CONFIG_TYPES, "ContainerConfigWrapper")
     labels = body.get("Labels") or {}
     for value in labels.values():
-        if not isinstance(value, str):
-            got = "number" if isinstance(value, int | float) else type(value).__name__
-            raise InvalidParameter(f"json: cannot unmarshal {got} into Go struct field "
-                                   "ContainerConfigWrapper.Labels of type string")
+        if value is not None and not isinstance(value, str):
+            raise InvalidParameter(f"json: cannot unmarshal {_json_kind(value)} into Go "
+                                   "struct field ContainerConfigWrapper.Labels of type string")
     return cc.normalize_config(body)
+
+
+def _json_kind(value: Any) -> str:
+    """What Go's decoder calls a JSON value's kind in its errors."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return "array" if isinstance(value, list) else "object"
 
 
 def merge(user: dict[str, Any], container: dict[str, Any]) -> None:

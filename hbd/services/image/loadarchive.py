@@ -26,7 +26,7 @@ BLOCK = 512
 GO_UNEXPECTED_EOF = "unexpected EOF"
 GO_BAD_HEADER = "archive/tar: invalid tar header"
 _GO_JSON_KINDS = {dict: "object", str: "string", int: "number", float: "number",
-                  bool: "bool"}
+                  bool: "bool"}  # what Go's decoder calls them in its errors
 
 
 def tar_error(go_error: str) -> InvalidParameter:
@@ -178,8 +178,10 @@ def _legacy_failure(ar: ArchiveReader) -> InvalidParameter:
 
 def _docker_images(ar: ArchiveReader) -> list[ArchiveEntry]:
     manifest = ar.json("manifest.json")
+    if manifest is None:  # Go reads null as an empty list: nothing to load
+        return []
     if not isinstance(manifest, list):
-        kind = _GO_JSON_KINDS.get(type(manifest), "null")
+        kind = _GO_JSON_KINDS.get(type(manifest), "value")
         raise InvalidParameter(
             f"json: cannot unmarshal {kind} into Go value of type []tarexport.manifestItem")
     out = []

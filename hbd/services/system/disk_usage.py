@@ -54,7 +54,7 @@ class DiskUsage:
         if "container" in wanted:
             out["Containers"] = self.container_usage()
         if "volume" in wanted:
-            out["Volumes"] = await asyncio.to_thread(self.volume_usage)
+            out["Volumes"] = await self.volume_usage()
         if "build-cache" in wanted:
             out["BuildCache"] = self.build_cache_usage()
         return out
@@ -62,7 +62,9 @@ class DiskUsage:
     def container_usage(self) -> list[dict[str, Any]]:
         out = []
         for summary in self.containers.list_summaries(all_=True):
-            c = self.containers.get(summary["Id"])
+            c = self.containers.containers.get(summary["Id"])
+            if c is None:
+                continue  # removed meanwhile
             image = self.images.images.get(c.image_id)
             size_rw = self.containers.size_rw(c)
             if size_rw:  # omitted when 0, as dockerd does
@@ -71,9 +73,15 @@ class DiskUsage:
             out.append(summary)
         return out
 
-    def volume_usage(self) -> list[dict[str, Any]]:
-        return [{**view, "UsageData": self.volumes.usage_data(self.volumes.get(view["Name"]))}
-                for view in self.volumes.list_views({})]
+    async def volume_usage(self) -> list[dict[str, Any]]:
+        views = self.volumes.list_views({})
+        found = [self.volumes.volumes.get(view["Name"]) for view in views]
+        # Walking a shared volume's files may take a while: not on the loop.
+        sizes = await asyncio.to_thread(
+            lambda: [self.volumes.disk_usage(v) if v is not None else 0 for v in found])
+        return [{**view, "UsageData": {
+            "Size": size, "RefCount": len(self.volumes.container_users(view["Name"]))}}
+            for view, size in zip(views, sizes, strict=True)]
 
     def build_cache_usage(self) -> list[dict[str, Any]]:
         steps = self.build_cache.cached_steps()

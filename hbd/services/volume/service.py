@@ -202,10 +202,6 @@ class VolumeService:
             return disks.allocated_bytes(self.disk(v))
         return directory_size(self.data_dir(v))
 
-    def usage_data(self, v: Volume) -> dict[str, int]:
-        """`system df`'s UsageData: its size and how many containers use it."""
-        return {"Size": self.disk_usage(v), "RefCount": len(self.container_users(v.name))}
-
     def attach(self, name: str, container_id: str) -> None:
         """A running container takes a block volume; shared ones take any number."""
         if not self.get(name).block:
