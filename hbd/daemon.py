@@ -22,6 +22,7 @@ from hbd.services.image.store import ImageStore
 from hbd.services.network.dns import DnsServer, NetworkView
 from hbd.services.network.model import DEFAULT_BRIDGE
 from hbd.services.network.service import NetworkService, instance_tag
+from hbd.services.system.disk_usage import DiskUsage
 from hbd.services.system.service import SystemService
 from hbd.services.volume.service import VolumeService
 from hbd.store import StateStore
@@ -47,6 +48,7 @@ class Daemon:
     files: ContainerFiles = field(init=False)
     builder: Builder = field(init=False)
     system: SystemService = field(init=False)
+    disk_usage: DiskUsage = field(init=False)
 
     async def start(self) -> None:
         config = self.config
@@ -96,6 +98,7 @@ class Daemon:
                                self.state, config.data_root / "build")
         self.system = SystemService(config, self.state, self.images, self.containers,
                                     self.events, self.accel)
+        self.disk_usage = DiskUsage(self.images, self.containers, self.volumes, self.builder)
         await self.containers.restore()
 
     def _dns_views(self) -> list[NetworkView]:

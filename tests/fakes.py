@@ -1,4 +1,5 @@
-"""Small stand-ins shared by the tests: request bodies and in-memory tars."""
+"""Small stand-ins shared by the tests: request bodies, in-memory tars, sizes as
+the CLI prints them."""
 
 from __future__ import annotations
 
@@ -29,3 +30,14 @@ def text_tar(files: dict[str, str]) -> io.BytesIO:
             tar.addfile(info, io.BytesIO(data))
     buf.seek(0)
     return buf
+
+
+def human_size(size: int) -> str:
+    """go-units HumanSize: how the docker CLI prints a size ("Total reclaimed space")."""
+    units = ["B", "kB", "MB", "GB", "TB"]
+    value = float(size)
+    i = 0
+    while value >= 1000 and i < len(units) - 1:
+        value /= 1000
+        i += 1
+    return f"{value:.4g}{units[i]}"

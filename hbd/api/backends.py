@@ -161,7 +161,7 @@ class BuildBackend(Protocol):
     async def build(self, body: AsyncIterator[bytes], options: BuildOptions
                     ) -> AsyncGenerator[dict[str, Any], None]: ...
 
-    def prune_cache(self) -> dict[str, Any]: ...
+    async def prune_cache(self) -> dict[str, Any]: ...
 
 
 # -- networks and volumes ------------------------------------------------------------
@@ -217,6 +217,12 @@ class SystemBackend(Protocol):
                          ) -> EventSubscription: ...
 
 
+class DiskUsageBackend(Protocol):
+    """`system df`: the space each kind of object takes."""
+
+    async def report(self, kinds: list[str]) -> dict[str, Any]: ...
+
+
 class AuthBackend(Protocol):
     """`docker login`: credentials checked against a registry."""
 
@@ -233,4 +239,5 @@ BUILDER = web.AppKey[BuildBackend]("builder")
 NETWORKS = web.AppKey[NetworkBackend]("networks")
 VOLUMES = web.AppKey[VolumeBackend]("volumes")
 SYSTEM = web.AppKey[SystemBackend]("system")
+DISK_USAGE = web.AppKey[DiskUsageBackend]("disk_usage")
 AUTH = web.AppKey[AuthBackend]("auth")

@@ -150,7 +150,7 @@ async def build(request: web.Request) -> web.StreamResponse:
 
 
 async def prune(request: web.Request) -> web.Response:
-    return json_response(request.app[BUILDER].prune_cache())
+    return json_response(await request.app[BUILDER].prune_cache())
 
 
 def register(router: Router) -> None:

@@ -41,18 +41,21 @@ async def remove(request: web.Request) -> web.Response:
 
 
 async def load(request: web.Request) -> web.StreamResponse:
-    # Errors before any output are HTTP errors, as dockerd answers them.
-    messages = await request.app[IMAGES].load(request.content)
+    # dockerd answers 200 whatever happens and puts a failure in the stream.
+    try:
+        messages = [{"stream": m} for m in await request.app[IMAGES].load(request.content)]
+    except HbdError as e:
+        messages = [_error_record(e.message)]
     response = web.StreamResponse()
     response.content_type = "application/json"
     await response.prepare(request)
     for message in messages:
-        await response.write(json.dumps({"stream": message}).encode() + b"\n")
+        await response.write(json.dumps(message).encode() + b"\n")
     return response
 
 
-def _error_message(message: str) -> bytes:
-    return json.dumps({"errorDetail": {"message": message}, "error": message}).encode() + b"\n"
+def _error_record(message: str) -> dict[str, Any]:
+    return {"errorDetail": {"message": message}, "error": message}
 
 
 async def stream_messages(request: web.Request,
@@ -69,7 +72,7 @@ async def stream_messages(request: web.Request,
         async for message in messages:
             await response.write(json.dumps(message).encode() + b"\n")
     except HbdError as e:
-        await response.write(_error_message(e.message))
+        await response.write(json.dumps(_error_record(e.message)).encode() + b"\n")
     except ConnectionResetError:
         pass
     return response

@@ -23,6 +23,7 @@ def build(daemon: Daemon) -> web.Application:
     app[backends.NETWORKS] = daemon.networks
     app[backends.VOLUMES] = daemon.volumes
     app[backends.SYSTEM] = daemon.system
+    app[backends.DISK_USAGE] = daemon.disk_usage
     app[backends.AUTH] = daemon.registry
     router = Router(app)
     for module in (system, containers, exec, images, networks, volumes, build_routes, swarm):

@@ -1,4 +1,4 @@
-"""System routes: _ping, version, info, events."""
+"""System routes: _ping, version, info, events, df, auth."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aiohttp import web
 
 from hbd import API_VERSION
 from hbd.api.app import Router, json_response, query_filters, read_json
-from hbd.api.backends import AUTH, SYSTEM
+from hbd.api.backends import AUTH, DISK_USAGE, SYSTEM
 from hbd.errors import InvalidParameter
 from hbd.services.image.registry import Credentials
 from hbd.services.timefmt import parse_timestamp_ns
@@ -78,6 +78,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def disk_usage(request: web.Request) -> web.Response:
+    """GET /system/df (`docker system df`); `type` picks what to count (API 1.42)."""
+    return json_response(await request.app[DISK_USAGE].report(request.query.getall("type", [])))
+
+
 async def auth(request: web.Request) -> web.Response:
     """POST /auth: check credentials against a registry (docker login)."""
     body = await read_json(request)
@@ -95,4 +100,5 @@ def register(router: Router) -> None:
     router.add("GET", "/version", version)
     router.add("GET", "/info", info)
     router.add("GET", "/events", events)
+    router.add("GET", "/system/df", disk_usage)
     router.add("POST", "/auth", auth)

@@ -100,3 +100,10 @@ async def qcow2_overlay(backing: Path, out: Path, backing_format: str = "raw") -
     finally:
         tmp.unlink(missing_ok=True)
 
+
+def allocated_bytes(path: Path) -> int:
+    """What a (sparse) disk file takes on the host: its allocated blocks; 0 if gone."""
+    try:
+        return path.stat().st_blocks * 512
+    except OSError:
+        return 0

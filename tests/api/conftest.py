@@ -7,6 +7,7 @@ host instead of in guests, so these tests need no VM and take milliseconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -52,7 +53,13 @@ class ApiDaemon:
 
 @pytest.fixture(scope="session")
 def api_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
-    base = tmp_path_factory.mktemp("hbd-api")
+    with serve_api_daemon(tmp_path_factory.mktemp("hbd-api")) as api:
+        yield api
+
+
+@contextlib.contextmanager
+def serve_api_daemon(base: Path) -> Iterator[ApiDaemon]:
+    """A daemon of its own (for tests that change what every other test sees)."""
     exec_root = Path(f"/run/hbd-api-{secrets.token_hex(4)}")
     config = Config()
     config.daemon.data_root = str(base / "data")

@@ -12,8 +12,16 @@ import pytest
 
 from hbd.errors import InvalidParameter
 from hbd.services.build import context as bc
-from hbd.services.build.builder import BuildOptions, _expose, arg_pairs, parse_duration, plan
-from hbd.services.build.dockerfile import DockerfileError, expand, key_values, parse, split_words
+from hbd.services.build.builder import BuildOptions, arg_pairs, plan
+from hbd.services.build.dockerfile import (
+    DockerfileError,
+    expand,
+    expose_ports,
+    key_values,
+    parse,
+    parse_duration,
+    split_words,
+)
 
 # -- parser -----------------------------------------------------------------------
 
@@ -77,15 +85,15 @@ def test_words_and_key_values() -> None:
 
 
 def test_durations_and_ports() -> None:
-    assert parse_duration("5s", "interval") == 5_000_000_000
-    assert parse_duration("1m30s", "interval") == 90_000_000_000
-    assert parse_duration("250ms", "timeout") == 250_000_000
+    assert parse_duration("5s") == 5_000_000_000
+    assert parse_duration("1m30s") == 90_000_000_000
+    assert parse_duration("250ms") == 250_000_000
     with pytest.raises(DockerfileError, match="invalid duration"):
-        parse_duration("5 s", "interval")
-    assert _expose(["80", "53/UDP", "8000-8002"]) == ["80/tcp", "53/udp", "8000/tcp",
+        parse_duration("5 s")
+    assert expose_ports(["80", "53/UDP", "8000-8002"]) == ["80/tcp", "53/udp", "8000/tcp",
                                                      "8001/tcp", "8002/tcp"]
     with pytest.raises(DockerfileError):
-        _expose(["http"])
+        expose_ports(["http"])
 
 
 # -- .dockerignore ----------------------------------------------------------------

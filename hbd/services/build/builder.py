@@ -37,8 +37,11 @@ from hbd.services.build.dockerfile import (
     DockerfileError,
     Instruction,
     expand,
+    expose_ports,
+    healthcheck,
     key_values,
     parse,
+    set_env,
     split_words,
 )
 from hbd.services.container import config as cc
@@ -62,9 +65,6 @@ PROXY_ARGS = {"HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PRO
               "ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"}
 SCRATCH_CONFIG: dict[str, Any] = {"architecture": "amd64", "os": "linux", "config": {},
                                   "rootfs": {"type": "layers", "diff_ids": []}}
-_DURATION = re.compile(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h)")
-_DURATION_NS = {"ns": 1, "us": 1000, "µs": 1000, "ms": 10**6, "s": 10**9, "m": 60 * 10**9,
-                "h": 3600 * 10**9}
 
 
 class BuildError(InvalidParameter):
@@ -121,37 +121,8 @@ def stream(text: str) -> dict[str, Any]:
     return {"stream": text}
 
 
-def parse_duration(text: str, flag: str) -> int:
-    """Go's time.ParseDuration, to nanoseconds."""
-    if text in ("0", ""):
-        return 0
-    pos = 0
-    total = 0.0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _DURATION_NS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or pos == 0:
-        raise DockerfileError(f'time: invalid duration "{text}" for --{flag}')
-    return int(total)
-
-
 def _clean_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if v not in (None, "", [], {}, False)}
-
-
-def _expose(ports: list[str]) -> list[str]:
-    out = []
-    for p in ports:
-        number, _, proto = p.partition("/")
-        proto = (proto or "tcp").lower()
-        if not re.fullmatch(r"\d+(-\d+)?", number):
-            raise DockerfileError(f"Invalid containerPort: {number}")
-        low, _, high = number.partition("-")
-        for n in range(int(low), int(high or low) + 1):
-            out.append(f"{n}/{proto}")
-    return out
 
 
 class Builder:
@@ -277,13 +248,22 @@ class Builder:
         self._cache[key] = img.id
         self.state.put(CACHE_KIND, key, {"image": img.id})
 
-    def prune_cache(self) -> dict[str, Any]:
-        """`POST /build/prune`: forget every cached step (the images stay as images)."""
+    def cached_steps(self) -> dict[str, Image]:
+        """The cache: key -> the image the step made (of those still here)."""
+        return {key: img for key, image_id in self._cache.items()
+                if (img := self.images.images.get(image_id)) is not None}
+
+    async def prune_cache(self) -> dict[str, Any]:
+        """`POST /build/prune`: forget every cached step, and remove the
+        intermediate images that were kept only as the cache (images that
+        `docker images` lists stay); the space that freed."""
         deleted = sorted(self._cache)
+        image_ids = set(self._cache.values())
         for key in deleted:
             self.state.delete(CACHE_KIND, key)
         self._cache.clear()
-        return {"CachesDeleted": deleted or None, "SpaceReclaimed": 0}
+        reclaimed = await self.images.remove_intermediates(image_ids)
+        return {"CachesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 
     # -- images -----------------------------------------------------------------
 
@@ -568,7 +548,7 @@ class _Run:
             pairs = key_values(self.x(stage, ins.rest), "ENV")
             env = list(cfg.get("Env") or [])
             for name, value in pairs:
-                env = [e for e in env if e.partition("=")[0] != name] + [f"{name}={value}"]
+                env = set_env(env, name, value)
             cfg["Env"] = env
             comment = "ENV " + " ".join(f"{n}={v}" for n, v in pairs)
         elif k == "ARG":
@@ -607,7 +587,7 @@ class _Run:
             cfg["User"] = user
             comment = f"USER {user}"
         elif k == "EXPOSE":
-            ports = _expose(split_words(self.x(stage, ins.rest)))
+            ports = expose_ports(split_words(self.x(stage, ins.rest)))
             exposed = dict(cfg.get("ExposedPorts") or {})
             exposed.update({p: {} for p in ports})
             cfg["ExposedPorts"] = exposed
@@ -647,7 +627,7 @@ class _Run:
             cfg["Shell"] = args
             comment = f"SHELL {json.dumps(args)}"
         elif k == "HEALTHCHECK":
-            cfg["Healthcheck"] = self.healthcheck(ins)
+            cfg["Healthcheck"] = healthcheck(ins)
             comment = f"HEALTHCHECK {json.dumps(cfg['Healthcheck'], sort_keys=True)}"
         elif k == "ONBUILD":
             trigger = ins.rest.strip()
@@ -671,41 +651,6 @@ class _Run:
         stage.image = self.b.child(stage.image, stage.config, stage.author, created_by, None)
         self.b.remember(key, stage.image)
         return None
-
-    def healthcheck(self, ins: Instruction) -> dict[str, Any]:
-        rest = ins.rest.strip()
-        word, _, cmd = rest.partition(" ")
-        if word.upper() == "NONE":
-            if ins.flags or cmd.strip():
-                raise DockerfileError("HEALTHCHECK NONE takes no arguments")
-            return {"Test": ["NONE"]}
-        if word.upper() != "CMD":
-            raise DockerfileError(f"Unknown type \"{word}\" in HEALTHCHECK (try CMD)")
-        probe = Instruction("CMD", cmd.strip())
-        args = probe.json_args()
-        test = ["CMD", *args] if args is not None else ["CMD-SHELL", cmd.strip()]
-        out: dict[str, Any] = {"Test": test}
-        for flag, key in (("interval", "Interval"), ("timeout", "Timeout"),
-                          ("start-period", "StartPeriod"),
-                          ("start-interval", "StartInterval")):
-            if flag in ins.flags:
-                value = parse_duration(ins.flags[flag], flag)
-                if value:
-                    out[key] = value
-        if "retries" in ins.flags:
-            try:
-                retries = int(ins.flags["retries"])
-            except ValueError:
-                raise DockerfileError(f"invalid --retries: {ins.flags['retries']}") from None
-            if retries < 0:
-                raise DockerfileError("--retries cannot be negative")
-            if retries:
-                out["Retries"] = retries
-        unknown = set(ins.flags) - {"interval", "timeout", "start-period", "start-interval",
-                                    "retries"}
-        if unknown:
-            raise DockerfileError(f"Unknown flag: {sorted(unknown)[0]}")
-        return out
 
     # -- RUN ----------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 `parse` turns the text into instructions: parser directives (`# escape=`),
 comments, line continuations, JSON ("exec") and shell forms, `--flag=value`
 options. `expand` substitutes `$VAR`, `${VAR}`, `${VAR:-default}` and
-`${VAR:+alternative}` from the build environment.
+`${VAR:+alternative}` from the build environment. The arguments of some
+instructions (ENV/LABEL pairs, EXPOSE, HEALTHCHECK) are read here too, with
+dockerd's errors: the builder and `docker commit --change` share them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from hbd.errors import InvalidParameter
 
@@ -48,6 +51,15 @@ class Instruction:
 
 
 def parse(text: str) -> list[Instruction]:
+    instructions = [instruction(line, number) for number, line in logical_lines(text)]
+    if not instructions:
+        raise DockerfileError("the Dockerfile (Dockerfile) cannot be empty")
+    return instructions
+
+
+def logical_lines(text: str) -> list[tuple[int, str]]:
+    """(first line number, text) of each instruction: parser directives read,
+    comments and blank lines dropped, continued lines joined."""
     escape = "\\"
     lines = text.splitlines()
     # Parser directives: only at the very top, before any other line.
@@ -62,7 +74,7 @@ def parse(text: str) -> list[Instruction]:
                                       "match ` or \\")
             escape = m.group(2)
         start = i + 1
-    instructions: list[Instruction] = []
+    out: list[tuple[int, str]] = []
     pending = ""
     first_line = 0
     for number, raw in enumerate(lines[start:], start=start + 1):
@@ -77,16 +89,15 @@ def parse(text: str) -> list[Instruction]:
             pending += raw.rstrip()[:-1]
             continue
         pending += raw
-        instructions.append(_instruction(pending.strip(), first_line))
+        out.append((first_line, pending.strip()))
         pending = ""
     if pending.strip():
-        instructions.append(_instruction(pending.strip(), first_line))
-    if not instructions:
-        raise DockerfileError("the Dockerfile (Dockerfile) cannot be empty")
-    return instructions
+        out.append((first_line, pending.strip()))
+    return out
 
 
-def _instruction(text: str, line: int) -> Instruction:
+def instruction(text: str, line: int) -> Instruction:
+    """One instruction: its keyword (known), --flags where it takes them, the rest."""
     keyword, _, rest = text.partition(" ")
     if "\t" in keyword:
         keyword, _, more = keyword.partition("\t")
@@ -209,11 +220,106 @@ def key_values(text: str, keyword: str) -> list[tuple[str, str]]:
         if keyword == "ARG":
             return [(words[0], "")]
         name, _, value = text.strip().partition(" ")
-        return [(name, " ".join(split_words(value)) if value.strip() else "")]
+        if not value.strip():
+            raise DockerfileError(f"{keyword} must have two arguments")
+        return [(name, " ".join(split_words(value)))]
     pairs = []
     for w in words:
         name, sep, value = w.partition("=")
         if not sep and keyword != "ARG":
+            raise DockerfileError(f'Syntax error - can\'t find = in "{w}". Must be of the '
+                                  "form: name=value")
+        if not name:
             raise DockerfileError(f"{keyword} names can not be blank")
         pairs.append((name, value))
     return pairs
+
+
+def set_env(env: list[str], name: str, value: str) -> list[str]:
+    """ENV's effect on a config's Env: a variable set before keeps its place."""
+    entry = f"{name}={value}"
+    names = [e.partition("=")[0] for e in env]
+    if name in names:
+        return [entry if n == name else e for n, e in zip(names, env, strict=True)]
+    return [*env, entry]
+
+
+# -- instruction arguments ------------------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_NS = {"ns": 1, "us": 1000, "µs": 1000, "ms": 10**6, "s": 10**9, "m": 60 * 10**9,
+                "h": 3600 * 10**9}
+_PORT_PROTOCOLS = ("tcp", "udp", "sctp")
+_HEALTHCHECK_DURATIONS = (("interval", "Interval"), ("timeout", "Timeout"),
+                          ("start-period", "StartPeriod"), ("start-interval", "StartInterval"))
+
+
+def parse_duration(text: str) -> int:
+    """Go's time.ParseDuration, to nanoseconds."""
+    if text in ("0", ""):
+        return 0
+    pos = 0
+    total = 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_NS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or pos == 0:
+        raise DockerfileError(f'time: invalid duration "{text}"')
+    return int(total)
+
+
+def expose_ports(ports: list[str]) -> list[str]:
+    """EXPOSE's words as "port/proto" keys, ranges spelt out (nat.ParsePortSpecs)."""
+    out = []
+    for p in ports:
+        number, _, proto = p.partition("/")
+        proto = (proto or "tcp").lower()
+        if not re.fullmatch(r"\d+(-\d+)?", number):
+            raise DockerfileError(f"Invalid containerPort: {number}")
+        if proto not in _PORT_PROTOCOLS:
+            raise DockerfileError(f"Invalid proto: {proto}")
+        low, _, high = number.partition("-")
+        for n in range(int(low), int(high or low) + 1):
+            out.append(f"{n}/{proto}")
+    return out
+
+
+def healthcheck(ins: Instruction) -> dict[str, Any]:
+    """HEALTHCHECK's config: NONE, or CMD with its options (dockerd's checks and words)."""
+    word, _, cmd = ins.rest.strip().partition(" ")
+    kind = word.upper()
+    if kind == "NONE":
+        if ins.flags or cmd.strip():
+            raise DockerfileError("HEALTHCHECK NONE takes no arguments")
+        return {"Test": ["NONE"]}
+    unknown = set(ins.flags) - {flag for flag, _ in _HEALTHCHECK_DURATIONS} - {"retries"}
+    if unknown:
+        raise DockerfileError(f"Unknown flag: {sorted(unknown)[0]}")
+    if kind != "CMD":
+        raise DockerfileError(f"Unknown type \"{kind}\" in HEALTHCHECK (try CMD)")
+    if not cmd.strip():
+        raise DockerfileError("Missing command after HEALTHCHECK CMD")
+    args = Instruction("CMD", cmd.strip()).json_args()
+    out: dict[str, Any] = {"Test": ["CMD", *args] if args is not None
+                           else ["CMD-SHELL", cmd.strip()]}
+    for flag, key in _HEALTHCHECK_DURATIONS:
+        value = parse_duration(ins.flags.get(flag, ""))
+        if 0 < value < 10**6:  # dockerd says "Interval" whichever flag it is
+            raise DockerfileError(f'Interval "{flag}" cannot be less than 1ms')
+        if value:
+            out[key] = value
+    if "retries" in ins.flags:
+        out["Retries"] = _retries(ins.flags["retries"])
+    return out
+
+
+def _retries(text: str) -> int:
+    try:
+        retries = int(text)
+    except ValueError:
+        raise DockerfileError(f'strconv.ParseInt: parsing "{text}": invalid syntax') from None
+    if retries < 1:
+        raise DockerfileError(f"--retries must be at least 1 (not {retries})")
+    return retries

@@ -7,7 +7,6 @@ What dockerd does in daemon/create.go and daemon/commit.go (`merge`), so that
 from __future__ import annotations
 
 import copy
-import json
 import re
 import secrets
 import signal as signal_module
@@ -322,48 +321,3 @@ def parse_signal(text: str | int) -> int:
     if number <= 0 or number > 64:
         raise InvalidParameter(f"Invalid signal: {text}")
     return number
-
-
-def apply_changes(config: dict[str, Any], changes: list[str]) -> None:
-    """`docker commit --change`: the Dockerfile instructions that set config."""
-    for change in changes:
-        instruction, _, value = change.strip().partition(" ")
-        key = instruction.upper()
-        value = value.strip()
-        parsed: Any
-        try:
-            parsed = json.loads(value) if value.startswith("[") else value
-        except ValueError:
-            parsed = value
-        if key in ("CMD", "ENTRYPOINT"):
-            field = "Cmd" if key == "CMD" else "Entrypoint"
-            config[field] = parsed if isinstance(parsed, list) else ["/bin/sh", "-c", value]
-        elif key == "ENV":
-            name, sep, val = value.partition("=")
-            if not sep:
-                name, _, val = value.partition(" ")
-            env = [e for e in config.get("Env") or [] if e.split("=", 1)[0] != name]
-            config["Env"] = [*env, f"{name}={val}"]
-        elif key == "WORKDIR":
-            config["WorkingDir"] = value
-        elif key == "USER":
-            config["User"] = value
-        elif key == "LABEL":
-            name, _, val = value.partition("=")
-            config.setdefault("Labels", {})
-            config["Labels"] = {**(config["Labels"] or {}), name: val.strip('"')}
-        elif key == "EXPOSE":
-            ports = dict(config.get("ExposedPorts") or {})
-            for port in value.split():
-                ports[port if "/" in port else f"{port}/tcp"] = {}
-            config["ExposedPorts"] = ports
-        elif key == "VOLUME":
-            volumes = dict(config.get("Volumes") or {})
-            for v in (parsed if isinstance(parsed, list) else value.split()):
-                volumes[v] = {}
-            config["Volumes"] = volumes
-        elif key == "STOPSIGNAL":
-            config["StopSignal"] = value
-        else:
-            raise InvalidParameter(f"{instruction} is not a valid change command")
-

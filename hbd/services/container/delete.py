@@ -12,6 +12,7 @@ from typing import Any
 from hbd.errors import Conflict, HbdError
 from hbd.services.container.model import Container
 from hbd.services.container.restart import RestartManager
+from hbd.services.container.scratch import ScratchDisks
 from hbd.services.container.store import ContainerStore
 from hbd.services.filters import PruneFilter
 from hbd.services.volume.service import VolumeService
@@ -24,6 +25,7 @@ class Remover:
     store: ContainerStore
     volumes: VolumeService
     restarts: RestartManager
+    scratch: ScratchDisks
 
     async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
         c = self.store.get(ref)
@@ -70,14 +72,17 @@ class Remover:
     async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
         matches = PruneFilter(filters)
         deleted = []
+        reclaimed = 0
         for c in list(self.store.containers.values()):
             if c.state.running or c.removing or not matches(c.created, c.config):
                 continue
+            size = self.scratch.size_rw(self.store.dir(c))  # dockerd counts SizeRw
             try:
                 await self.remove(c.id)
             except HbdError as e:
                 log.warning("prune: cannot remove %s: %s", c.id[:12], e.message)
                 continue
             deleted.append(c.id)
-        self.store.events.publish("container", "prune", "", {"reclaimed": "0"})
-        return {"ContainersDeleted": deleted or None, "SpaceReclaimed": 0}
+            reclaimed += size
+        self.store.events.publish("container", "prune", "", {"reclaimed": str(reclaimed)})
+        return {"ContainersDeleted": deleted or None, "SpaceReclaimed": reclaimed}

@@ -18,10 +18,10 @@ from typing import Any
 
 from hbd.drivers.agent import AgentError, ExitStatus, ProcessSpec
 from hbd.errors import Conflict, Forbidden, HbdError, InvalidParameter, NotFound, SystemError_
-from hbd.services.container import config as cc
 from hbd.services.container.model import Container
 from hbd.services.container.sandbox import ContainerInGuest
 from hbd.services.container.service import ContainerService
+from hbd.services.image.commit import CommitRequest, committed_config
 from hbd.services.image.model import Image, Layer
 from hbd.services.image.reference import parse_reference, validate_tag
 from hbd.services.timefmt import rfc3339_nano
@@ -247,9 +247,11 @@ class ContainerFiles:
         # Pausing means freezing the container's cgroup in the guest while the
         # init (outside it) reads the changes; the VM itself keeps running.
         freeze = pause and c.state.running and not c.state.paused
+        # The config first, as dockerd does: bad changes fail before any guest work.
+        request = CommitRequest(comment, author, config_overrides, tuple(changes))
+        config = committed_config(base, c.id, c.config, " ".join([c.path, *c.args]), request)
         async with self._guest(c) as guest:
             layer = await self._changes_layer(guest, freeze)
-        config = _committed_config(base, c, comment, author, config_overrides or {}, changes)
         config["rootfs"] = {"type": "layers",
                             "diff_ids": [*(x.diff_id for x in base.layers), layer.diff_id]}
         config_bytes = json.dumps(config, separators=(",", ":")).encode()
@@ -351,28 +353,3 @@ class CopyIn:
 
 def _absolute(path: str) -> str:
     return path if path.startswith("/") else "/" + path
-
-
-def _committed_config(base: Image, c: Container, comment: str, author: str,
-                      overrides: dict[str, Any], changes: list[str]) -> dict[str, Any]:
-    config: dict[str, Any] = json.loads(json.dumps(base.config))
-    container_config = dict(c.config)
-    container_config.pop("Hostname", None)
-    container_config.update({k: v for k, v in overrides.items() if v is not None})
-    cc.apply_changes(container_config, changes)
-    config["config"] = {k: v for k, v in container_config.items()
-                        if k not in ("AttachStdin", "AttachStdout", "AttachStderr", "Tty",
-                                     "OpenStdin", "StdinOnce") and v not in (None, "", [], {})}
-    config["created"] = rfc3339_nano()
-    config["container"] = c.id
-    if author:
-        config["author"] = author
-    if comment:
-        config["comment"] = comment
-    history = list(config.get("history") or [])
-    history.append({"created": config["created"],
-                    "created_by": " ".join([c.path, *c.args]),
-                    **({"comment": comment} if comment else {}),
-                    **({"author": author} if author else {})})
-    config["history"] = history
-    return config

@@ -15,6 +15,7 @@ from pathlib import Path
 from hbd.drivers import disks
 
 SCRATCH_SIZE = 8 * 1024 * 1024 * 1024
+SCRATCH_DISK = "scratch.qcow2"  # in the container's directory
 
 
 class ScratchDisks:
@@ -34,3 +35,11 @@ class ScratchDisks:
 
     async def create(self, path: Path) -> None:
         await asyncio.to_thread(shutil.copyfile, self.overlay, path)
+
+    def size_rw(self, container_dir: Path) -> int:
+        """What a container wrote (its SizeRw): the bytes its scratch disk has
+        allocated on the host beyond those of the empty overlay it was copied
+        from, so that one that wrote nothing has 0, as with dockerd. Counted in
+        qcow2 clusters, with the ext4 metadata the guest wrote."""
+        return max(0, disks.allocated_bytes(container_dir / SCRATCH_DISK) -
+                   disks.allocated_bytes(self.overlay))

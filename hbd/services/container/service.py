@@ -62,7 +62,7 @@ class ContainerService:
                                     config.exec_root)
         self.restarts = RestartManager(self.store, self._relaunch)
         self.sandboxes = SandboxManager(config, state, guests, accel, networks.tap_prefix)
-        self.remover = Remover(self.store, volumes, self.restarts)
+        self.remover = Remover(self.store, volumes, self.restarts, scratch)
         self.monitor = Monitor(self.store, networks, volumes, self.sandboxes, self.restarts,
                                self.remover)
         self.starter = Starter(config, self.store, images, networks, volumes, self.sandboxes,
@@ -97,6 +97,10 @@ class ContainerService:
 
     def configured_on(self, network_name: str) -> list[str]:
         return self.store.configured_on(network_name)
+
+    def size_rw(self, c: Container) -> int:
+        """The bytes the container wrote (its scratch disk's own)."""
+        return self.creator.scratch.size_rw(self.store.dir(c))
 
     # -- lifecycle -------------------------------------------------------------------
 

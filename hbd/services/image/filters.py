@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Protocol
 
-from hbd.errors import InvalidParameter
+from hbd.errors import InvalidParameter, SystemError_
 from hbd.services.filters import labels_match
+from hbd.services.image import pathmatch
 from hbd.services.image.model import Image
-from hbd.services.image.reference import parse_reference
+from hbd.services.image.reference import Reference, parse_reference
 
 KNOWN = {"dangling", "label", "reference", "before", "since", "until"}
 
@@ -34,17 +34,14 @@ class ImageFilter:
         self.before = [store.get(ref).created_unix for ref in filters.get("before", [])]
         self.since = [store.get(ref).created_unix for ref in filters.get("since", [])]
 
-    def _reference_matches(self, img: Image) -> bool:
+    def matching_refs(self, img: Image) -> tuple[list[str], list[str]]:
+        """The image's tags and digests that the `reference` filter lets through
+        (all of them without one): dockerd lists only those."""
         patterns = self.filters.get("reference")
         if not patterns:
-            return True
-        for full in img.repo_tags + img.repo_digests:
-            ref = parse_reference(full)
-            candidates = [ref.familiar_name, ref.familiar]
-            for pattern in patterns:
-                if any(fnmatch.fnmatchcase(c, pattern) for c in candidates):
-                    return True
-        return False
+            return img.repo_tags, img.repo_digests
+        return ([t for t in img.repo_tags if _familiar_match(patterns, parse_reference(t))],
+                [d for d in img.repo_digests if _familiar_match(patterns, parse_reference(d))])
 
     def __call__(self, img: Image) -> bool:
         if self.dangling is not None and self.dangling != (not img.repo_tags):
@@ -56,4 +53,17 @@ class ImageFilter:
             return False
         if any(img.created_unix <= t for t in self.since):
             return False
-        return self._reference_matches(img)
+        if "reference" not in self.filters:
+            return True
+        tags, digests = self.matching_refs(img)
+        return bool(tags or digests)
+
+
+def _familiar_match(patterns: list[str], ref: Reference) -> bool:
+    """reference.FamiliarMatch: a pattern matches "name:tag" (or "name@digest")
+    or the bare familiar name, the way Go's path.Match does."""
+    try:
+        return any(pathmatch.match(p, ref.familiar) or pathmatch.match(p, ref.familiar_name)
+                   for p in patterns)
+    except pathmatch.BadPattern as e:
+        raise SystemError_(str(e)) from e  # dockerd answers 500 with Go's words

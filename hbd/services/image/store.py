@@ -16,20 +16,19 @@ import gzip
 import hashlib
 import json
 import logging
-import posixpath
 import shutil
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from hbd.drivers import disks
 from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_image
 from hbd.events import EventBus
-from hbd.services.container import config as cc
 from hbd.services.filters import PruneFilter
+from hbd.services.image import usage
 from hbd.services.image.archive import (
     OCI_LAYER_ZSTD,
     ArchiveImage,
@@ -38,6 +37,7 @@ from hbd.services.image.archive import (
     write_image_archive,
 )
 from hbd.services.image.blobs import BlobStore, DigestMismatch
+from hbd.services.image.changes import apply_changes
 from hbd.services.image.filters import ImageFilter
 from hbd.services.image.layers import (
     Inflater,
@@ -45,6 +45,12 @@ from hbd.services.image.layers import (
     UnpackLimits,
     flatten_layers,
     inflater_for_head,
+)
+from hbd.services.image.loadarchive import (
+    GO_UNEXPECTED_EOF,
+    ArchiveReader,
+    archive_images,
+    tar_error,
 )
 from hbd.services.image.model import Image, Layer, now_rfc3339, short_id
 from hbd.services.image.reference import (
@@ -61,7 +67,6 @@ log = logging.getLogger(__name__)
 
 MEDIA_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 MEDIA_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-MAX_JSON = 16 * 1024 * 1024
 CHUNK = 1024 * 1024
 
 
@@ -79,68 +84,6 @@ class _Conflict:
 def _delete_conflict(image_id: str, c: _Conflict) -> Conflict:
     force = "cannot be forced" if c.hard else "must be forced"
     return Conflict(f"conflict: unable to delete {short_id(image_id)} ({force}) - {c.message}")
-
-
-class _ArchiveReader:
-    """Members of a `docker save` tarball, read by name, with bounded JSON."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            self.tar = tarfile.open(path, "r:")  # noqa: SIM115 - closed by close()
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise InvalidParameter(f"failed to read image archive: {e}") from e
-        self.names = {m.name.lstrip("./") if m.name.startswith("./") else m.name: m
-                      for m in self._members()}
-
-    def _members(self) -> list[tarfile.TarInfo]:
-        try:
-            return self.tar.getmembers()
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise InvalidParameter(f"failed to read image archive: {e}") from e
-
-    def has(self, name: str) -> bool:
-        return name in self.names
-
-    def open(self, name: str) -> IO[bytes]:
-        member = self.names.get(name)
-        if member is None:
-            raise InvalidParameter(f"invalid image archive: missing {name}")
-        if member.issym() or member.islnk():
-            # A layer stored once and linked from a second image's directory.
-            target = self.names.get(posixpath.normpath(posixpath.join(
-                posixpath.dirname(name), member.linkname)) if member.issym()
-                else member.linkname)
-            if target is None or target.issym() or target.islnk():
-                raise InvalidParameter(f"invalid image archive: {name} links nowhere")
-            member = target
-        f = self.tar.extractfile(member)
-        if f is None:
-            raise InvalidParameter(f"invalid image archive: {name} is not a file")
-        return f
-
-    def read(self, name: str) -> bytes:
-        with self.open(name) as f:
-            data = f.read(MAX_JSON + 1)
-        if len(data) > MAX_JSON:
-            raise InvalidParameter(f"invalid image archive: {name} is too large")
-        return data
-
-    def json(self, name: str) -> Any:
-        try:
-            return json.loads(self.read(name))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidParameter(f"invalid image archive: {name}: {e}") from e
-
-    def close(self) -> None:
-        self.tar.close()
-
-
-@dataclass
-class _ArchiveImage:
-    config_member: str
-    layer_members: list[str]
-    layer_digests: list[str | None]
-    names: list[str]
 
 
 class ImageStore:
@@ -408,7 +351,8 @@ class ImageStore:
         Everything is verified and every disk built before any image is
         recorded, so a bad archive leaves no trace.
         """
-        archive_path = self._tmp("load")
+        # Named as dockerd's extraction directory, which its errors name.
+        archive_path = self._tmp("docker-import")
         try:
             await self._receive_archive(body, archive_path)
             async with self._store_lock:
@@ -439,66 +383,12 @@ class ImageStore:
                     for data in decompressor.pieces(received):
                         f.write(data)
                 except LayerError as e:  # "not valid gzip: ..."
-                    raise InvalidParameter(f"invalid image archive: {e}") from e
-        if first:
-            raise InvalidParameter("empty image archive")
+                    # dockerd's words: "Error processing tar file(flate: corrupt input ...): "
+                    raise InvalidParameter(f"Error processing tar file({e}): ") from e
         if decompressor is not None and not decompressor.eof:
-            raise InvalidParameter(f"invalid image archive: truncated {decompressor.kind}")
+            raise tar_error(GO_UNEXPECTED_EOF)
 
-    def _archive_images(self, ar: _ArchiveReader) -> list[_ArchiveImage]:
-        if ar.has("manifest.json"):
-            manifest = ar.json("manifest.json")
-            if not isinstance(manifest, list):
-                raise InvalidParameter("invalid image archive: manifest.json is not a list")
-            out = []
-            for entry in manifest:
-                if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str) or \
-                        not isinstance(entry.get("Layers"), list):
-                    raise InvalidParameter("invalid image archive: malformed manifest.json")
-                out.append(_ArchiveImage(
-                    config_member=entry["Config"],
-                    layer_members=[str(x) for x in entry["Layers"]],
-                    layer_digests=[None] * len(entry["Layers"]),
-                    names=[str(t) for t in entry.get("RepoTags") or []],
-                ))
-            return out
-        if ar.has("index.json"):
-            return self._oci_images(ar)
-        raise InvalidParameter(
-            "invalid image archive: neither manifest.json nor index.json found")
-
-    def _oci_images(self, ar: _ArchiveReader) -> list[_ArchiveImage]:
-        def blob(digest: str) -> str:
-            algo, _, hexpart = digest.partition(":")
-            return f"blobs/{algo}/{hexpart}"
-
-        out = []
-        pending = [(d, None) for d in ar.json("index.json").get("manifests", [])]
-        while pending:
-            desc, name = pending.pop(0)
-            annotations = desc.get("annotations") or {}
-            name = annotations.get("io.containerd.image.name") or name
-            media = desc.get("mediaType", "")
-            doc = ar.json(blob(desc["digest"]))
-            if "manifests" in doc:  # an index: take linux/amd64
-                for sub in doc["manifests"]:
-                    plat = sub.get("platform") or {}
-                    if plat.get("os", "linux") == "linux" and \
-                            plat.get("architecture", "amd64") == "amd64":
-                        pending.append((sub, name))
-                        break
-                continue
-            if "config" not in doc:
-                raise InvalidParameter(f"invalid image archive: unsupported manifest {media}")
-            out.append(_ArchiveImage(
-                config_member=blob(doc["config"]["digest"]),
-                layer_members=[blob(layer["digest"]) for layer in doc["layers"]],
-                layer_digests=[layer["digest"] for layer in doc["layers"]],
-                names=[name] if name else [],
-            ))
-        return out
-
-    def _store_layer(self, ar: _ArchiveReader, member: str,
+    def _store_layer(self, ar: ArchiveReader, member: str,
                      expected_digest: str | None) -> tuple[str, str, int, str]:
         """Copy one layer into the blob store: (digest, diff_id, size, media type)."""
         writer = self.blobs.writer()
@@ -533,10 +423,10 @@ class ImageStore:
 
     def _stage_archive(self, path: Path) -> list[tuple[Image, list[Reference]]]:
         """Store an archive's blobs; the caller records the images."""
-        ar = _ArchiveReader(path)
+        ar = ArchiveReader(path, shown_root=str(path))
         try:
             staged: list[tuple[Image, list[Reference]]] = []
-            for entry in self._archive_images(ar):
+            for entry in archive_images(ar):
                 config_bytes = ar.read(entry.config_member)
                 try:
                     config = json.loads(config_bytes)
@@ -602,6 +492,7 @@ class ImageStore:
     async def import_tarball(self, body: Any, ref: Reference | None, message: str,
                              changes: list[str]) -> str:
         """`docker import`: a filesystem tarball becomes a one-layer image."""
+        image_config = apply_changes({}, changes)  # bad changes fail before any upload
         archive = self._tmp("import")
         try:
             await self._receive_archive(body, archive)  # gunzipped on the way in
@@ -609,15 +500,13 @@ class ImageStore:
                 digest, diff_id, size = await asyncio.to_thread(self._store_file_layer, archive)
                 config: dict[str, Any] = {
                     "architecture": "amd64", "os": "linux", "created": now_rfc3339(),
-                    "config": {}, "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+                    "config": image_config,
+                    "rootfs": {"type": "layers", "diff_ids": [diff_id]},
                     "history": [{"created": now_rfc3339(), "created_by": "docker import",
                                  **({"comment": message} if message else {})}],
                 }
                 if message:
                     config["comment"] = message
-                container_config: dict[str, Any] = {}
-                cc.apply_changes(container_config, changes)
-                config["config"] = container_config
                 config_bytes = json.dumps(config, separators=(",", ":")).encode()
                 image_id = self.blobs.put_bytes(config_bytes)
                 img = Image(id=image_id, config=config,
@@ -729,25 +618,37 @@ class ImageStore:
     async def _prune(self, dangling_only: bool, matches: Callable[[Image], bool]
                      ) -> dict[str, Any]:
         """Remove unused images: untagged ones, or (dangling=false) all unused."""
-        deleted: list[dict[str, str]] = []
-        reclaimed = 0
         async with self._store_lock:
-            for img in list(self.images.values()):
-                if self.container_usage(img.id) or not matches(img):
-                    continue
-                if dangling_only and (img.repo_tags or img.repo_digests):
-                    continue
-                for full in list(img.repo_tags + img.repo_digests):
-                    self._remove_ref(full)
-                    deleted.append({"Untagged": parse_reference(full).familiar})
-                reclaimed += img.size
-                del self.images[img.id]
-                self.state.delete("images", short_key(img.id))
-                deleted.append({"Deleted": img.id})
-                self.events.publish("image", "delete", img.id, {"name": img.id})
-            self.collect_garbage()
+            doomed = [img for img in self.images.values()
+                      if not self.container_usage(img.id) and matches(img) and
+                      not (dangling_only and (img.repo_tags or img.repo_digests))]
+            deleted, reclaimed = self._remove_images(doomed)
         self.events.publish("image", "prune", "", {"reclaimed": str(reclaimed)})
         return {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
+
+    async def remove_intermediates(self, image_ids: Iterable[str]) -> int:
+        """Remove those of these images that `docker images` does not list (a
+        build's intermediate steps) and no container uses; the space freed."""
+        async with self._store_lock:
+            listed = {img.id for img in self.listed_images()}
+            doomed = [img for i in image_ids if (img := self.images.get(i)) is not None and
+                      i not in listed and not self.container_usage(i)]
+            return self._remove_images(doomed)[1]
+
+    def _remove_images(self, doomed: list[Image]) -> tuple[list[dict[str, str]], int]:
+        """Untag and delete the images: the records for the API, the space freed."""
+        before = list(self.images.values())
+        deleted: list[dict[str, str]] = []
+        for img in doomed:
+            for full in list(img.repo_tags + img.repo_digests):
+                self._remove_ref(full)
+                deleted.append({"Untagged": parse_reference(full).familiar})
+            del self.images[img.id]
+            self.state.delete("images", short_key(img.id))
+            deleted.append({"Deleted": img.id})
+            self.events.publish("image", "delete", img.id, {"name": img.id})
+        self.collect_garbage()
+        return deleted, usage.freed(before, self.images.values())
 
     # -- API views -------------------------------------------------------------
 
@@ -755,23 +656,39 @@ class ImageStore:
                        ) -> list[dict[str, Any]]:
         """`docker images`."""
         matches = ImageFilter(filters, self)
-        # Without `all`, untagged images a build made others from (intermediate
-        # steps) are left out, as dockerd does.
-        parents = set() if all_ else \
-            {img.parent for img in self.images.values() if img.parent}
-        images = [img for img in self.all_images() if matches(img) and
-                  not (img.id in parents and not img.repo_tags and not img.repo_digests)]
-        return [self.summary(img) for img in images]
+        images = self.all_images() if all_ else self.listed_images()
+        return [self.summary(img, *matches.matching_refs(img))
+                for img in images if matches(img)]
 
-    def summary(self, img: Image, containers: int = -1) -> dict[str, Any]:
+    def listed_images(self) -> list[Image]:
+        """What `docker images` lists: all but the untagged images a build made
+        others from (intermediate steps), as dockerd leaves them out."""
+        parents = {img.parent for img in self.images.values() if img.parent}
+        return [img for img in self.all_images()
+                if not (img.id in parents and not img.repo_tags and not img.repo_digests)]
+
+    def disk_usage(self) -> tuple[int, list[dict[str, Any]]]:
+        """`system df`: the size of all layers, and the listed images with how
+        many containers use each and how much of it others share."""
+        listed = self.listed_images()
+        shared = usage.shared_sizes(listed)
+        return usage.layers_size(self.images.values()), [
+            self.summary(img, containers=len(self.container_usage(img.id)),
+                         shared_size=shared[img.id]) for img in listed]
+
+    def summary(self, img: Image, tags: list[str] | None = None,
+                digests: list[str] | None = None, containers: int = -1,
+                shared_size: int = -1) -> dict[str, Any]:
+        """An ImageSummary listing `tags` and `digests` (those a filter let
+        through; all the image's without a filter)."""
         return {
             "Id": img.id,
             "ParentId": img.parent,
-            "RepoTags": [parse_reference(t).familiar for t in img.repo_tags],
-            "RepoDigests": [parse_reference(d).familiar for d in img.repo_digests],
+            "RepoTags": familiar_sorted(img.repo_tags if tags is None else tags),
+            "RepoDigests": familiar_sorted(img.repo_digests if digests is None else digests),
             "Created": img.created_unix,
             "Size": img.size,
-            "SharedSize": -1,
+            "SharedSize": shared_size,
             "Labels": img.container_config.get("Labels") or {},
             "Containers": containers,
         }
@@ -780,8 +697,8 @@ class ImageStore:
         cfg = img.config
         return {
             "Id": img.id,
-            "RepoTags": [parse_reference(t).familiar for t in img.repo_tags],
-            "RepoDigests": [parse_reference(d).familiar for d in img.repo_digests],
+            "RepoTags": familiar_sorted(img.repo_tags),
+            "RepoDigests": familiar_sorted(img.repo_digests),
             "Parent": img.parent,
             "Comment": cfg.get("comment", ""),
             "Created": cfg.get("created", ""),
@@ -801,6 +718,12 @@ class ImageStore:
 
 def short_key(image_id: str) -> str:
     return image_id.removeprefix("sha256:")
+
+
+def familiar_sorted(refs: list[str]) -> list[str]:
+    """Full references in familiar form, in the order dockerd's reference
+    store gives them: sorted by the full form."""
+    return [parse_reference(r).familiar for r in sorted(refs)]
 
 
 _CONFIG_FIELDS = ("Hostname", "Domainname", "User", "AttachStdin", "AttachStdout",
