@@ -15,8 +15,10 @@ restart with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 from pathlib import Path
 
 from hbd.drivers.procwatch import ProcessWatch, cmdline_of
@@ -92,10 +94,24 @@ class Virtiofsd:
         return self._process.running
 
     async def stop(self) -> None:
+        # sandbox=namespace forks: the process we started only waits for its
+        # sandboxed child. Signalled itself, it exits without waiting, and the
+        # child, handed to hbd (a subreaper), would die as hbd's zombie. So the
+        # child goes first; its parent then exits on its own.
+        for child in _children_of(self.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
         await self._process.terminate(2.0)
 
     def close(self) -> None:
         self._process.close()
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
 
 
 def _tail(run_dir: Path) -> str:

@@ -331,7 +331,9 @@ def reap_daemonize_intermediates(exclude: set[int]) -> None:
     The middle process exits at once and nobody waits for it; when the first
     process exits, it is handed to hbd (a child subreaper) as a zombie. Left
     alone, every container start would leave one behind. Only QEMU zombies
-    that no asyncio launch is waiting for are taken."""
+    that no asyncio launch is waiting for are taken, and sandboxed virtiofsd
+    children whose parent was killed before them (nobody else waits for
+    those; a parent's own ProcessWatch tolerates finding it reaped)."""
     me = os.getpid()
     for children in Path(f"/proc/{me}/task").glob("*/children"):
         try:
@@ -347,7 +349,7 @@ def reap_daemonize_intermediates(exclude: set[int]) -> None:
                 continue
             end = stat.rfind(")")
             comm, state = stat[stat.find("(") + 1:end], stat[end + 2:end + 3]
-            if state == "Z" and comm.startswith("qemu-system"):
+            if state == "Z" and comm.startswith(("qemu-system", "virtiofsd")):
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
 

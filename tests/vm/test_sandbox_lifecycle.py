@@ -197,8 +197,9 @@ class Lines:
             raise AssertionError(f"no output within {timeout}s") from None
 
 
-# Waits (up to 10 s) for a file to appear in the guest.
-AWAIT_FILE = 'await() { i=0; while [ ! -f "$1" ] && [ $i -lt 100 ]; do sleep 0.1; ' \
+# Waits (up to a minute) for a file to appear in the guest.
+# Patient: under TCG on a loaded CI machine a docker exec can take seconds.
+AWAIT_FILE = 'await() { i=0; while [ ! -f "$1" ] && [ $i -lt 600 ]; do sleep 0.1; ' \
              'i=$((i+1)); done; }; '
 # A main process that stops at once on SIGTERM.
 IDLE = "trap 'exit 0' TERM; while true; do sleep 0.2; done"
