@@ -4,7 +4,14 @@
 
 Rows, measured in one run on this machine:
   bare floor   QEMU + the hbd guest kernel booting an init that powers off at
-               once, with the same machine and devices hbd uses (no disks)
+               once, launched by hbd's own drivers with the devices hbd boots
+               a container's guest with: the SCSI bus with its image and
+               scratch disks, 4 NICs on taps hbd opens, the balloon, the
+               agent's serial port, and a virtiofsd with the vhost-user-fs
+               device (so guest RAM on a shared memfd). Each boot opens its
+               taps and starts its virtiofsd, as hbd does for each guest.
+               What it leaves out is hbd's own work: the agent handshake,
+               mounting the container's disks and shares, its processes.
   hbd          the docker CLI against hbd: create, attach, start, wait, remove
   runc         the docker CLI against a private real dockerd (Debian docker.io)
 The target (shared/DESIGN.md §4) is hbd <= 1.3 times the bare floor under TCG.
@@ -14,6 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,8 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DOCKER_CLI, REPO, Timing, docker_env, measure, real_dockerd, run, table
 from hbd.config import VMSettings
+from hbd.drivers import hostmount, net
 from hbd.drivers.accel import choose_accel
-from hbd.drivers.vm import VMSpec, build_argv
+from hbd.drivers.virtiofs import Virtiofsd
+from hbd.drivers.vm import DiskSpec, NicSpec, QemuMicrovmDriver, VMSpec
 from tests.daemon_fixture import BUSYBOX_TAR, hbd_daemon
 
 
@@ -40,20 +52,59 @@ def bare_initrd(work: Path) -> Path:
     return initrd
 
 
+async def bare_boot(driver: QemuMicrovmDriver, spec: VMSpec, export: Path) -> None:
+    """One boot of the bare guest, set up as hbd sets up a container's guest."""
+    tag = secrets.token_hex(4)
+    fds: list[int] = []
+    virtiofsd = None
+    try:
+        for i in range(len(spec.nics)):
+            tap = f"bfl{tag}{i:x}"
+            fds.append(net.open_tap(tap))
+            spec.nics[i] = NicSpec(tap, spec.nics[i].mac, fds[-1])
+        hostmount.make_export_dir(export)
+        virtiofsd = await Virtiofsd.start(spec.run_dir, export)
+        spec.shared_fs_socket = virtiofsd.socket
+        vm = await driver.launch(spec)
+        await vm.wait_exit()
+    finally:
+        for fd in fds:
+            os.close(fd)  # QEMU is gone: so are the taps
+        if virtiofsd is not None:
+            await virtiofsd.stop()  # it exits once QEMU lets go; stop() sees it gone
+        hostmount.remove_export_dir(export)
+
+
 def bare_floor(runs: int, work: Path) -> Timing:
     settings = VMSettings()
     accel = asyncio.run(choose_accel(settings.accel, settings.qemu, settings.kernel_path(),
                                      Path("/run/hbd")))
-    spec = VMSpec(run_dir=work / "vm", kernel=settings.kernel_path(),
+    # The image and scratch disks are never read: the guest sees them only
+    # when its init asks for them (scsi_mod.scan=manual), and this one does not.
+    image, scratch = work / "image.raw", work / "scratch.qcow2"
+    image.write_bytes(b"")
+    os.truncate(image, 16 << 20)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", str(scratch), "1G"])
+    run_dir = Path(tempfile.mkdtemp(prefix="bfl-", dir="/run"))  # short: socket paths
+    spec = VMSpec(run_dir=run_dir, kernel=settings.kernel_path(),
                   initrd=bare_initrd(work), accel=accel, memory_mib=settings.memory_mib,
-                  tcg_tb_size_mib=settings.tcg_tb_size_mib)
-    spec.run_dir.mkdir()
-    argv = [a for a in build_argv(settings.qemu, spec) if a != "-daemonize"]
+                  vcpus=settings.vcpus, tcg_tb_size_mib=settings.tcg_tb_size_mib,
+                  disks=[DiskSpec(image, "image", 1, readonly=True),
+                         DiskSpec(scratch, "scratch", 2, format="qcow2")],
+                  nics=[NicSpec("", f"02:68:62:00:00:{i:02x}", -1)
+                        for i in range(settings.nic_slots)])
+    loop = asyncio.new_event_loop()
+    try:
+        # Its constructor turns transparent huge pages off, as hbd's does.
+        driver = QemuMicrovmDriver(settings.qemu)
 
-    def boot() -> None:
-        run(argv)
+        def boot() -> None:
+            loop.run_until_complete(bare_boot(driver, spec, run_dir / "fs"))
 
-    return measure(f"bare floor: QEMU + kernel to init, off ({accel})", runs, boot)
+        return measure(f"bare floor: QEMU + kernel to init, off ({accel})", runs, boot)
+    finally:
+        loop.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def docker_run(host: str) -> None:

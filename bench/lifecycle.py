@@ -6,7 +6,9 @@ Rows:
   docker exec c true        one exec into a running container (CLI end to end)
   docker run -d x N         N detached `busybox sleep` containers, one after another
   docker ps (N running)     listing them
-and, for hbd, the host memory of the N idle guests (QEMU RSS, summed).
+and host memory (RSS and PSS, /proc/PID/smaps_rollup): of one idle container
+(hbd: its QEMU and its virtiofsd; runc: its containerd-shim and its process)
+and of the N idle containers, per container.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,25 +37,87 @@ def run_quiet(argv: list[str], env: dict[str, str]) -> None:
     run(argv, env=env)
 
 
-def qemu_rss_mib(pids: list[int]) -> float:
-    total = 0
+@dataclass
+class Memory:
+    """Host memory of some processes, MiB."""
+
+    rss: float = 0.0
+    pss: float = 0.0
+    processes: int = 0
+
+    def __add__(self, other: Memory) -> Memory:
+        return Memory(self.rss + other.rss, self.pss + other.pss,
+                      self.processes + other.processes)
+
+
+def process_memory(pids: list[int]) -> Memory:
+    """RSS and PSS of `pids` (those still running), from smaps_rollup."""
+    total = Memory()
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        fields = {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines()[1:]}
+        total += Memory(fields["Rss"] / 1024, fields["Pss"] / 1024, 1)
+    return total
+
+
+def with_children(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    pids = [pid]
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            for child in children.read_text().split():
+                pids += with_children(int(child))
         except OSError:
             pass
-    return total / 1024
+    return pids
 
 
-def bench_engine(label: str, host: str, runs: int, containers: int) -> tuple[list[Timing], str]:
+def guest_memory(qemu_pid: int) -> tuple[Memory, Memory]:
+    """(QEMU, virtiofsd) of the hbd guest whose QEMU is `qemu_pid`; virtiofsd
+    is a process and the child it forks into its own pid namespace."""
+    argv = Path(f"/proc/{qemu_pid}/cmdline").read_bytes().split(b"\0")
+    run_dir = Path(argv[argv.index(b"-pidfile") + 1].decode()).parent
+    try:
+        virtiofsd = int((run_dir / "virtiofsd.pid").read_text())
+    except (OSError, ValueError):
+        return process_memory([qemu_pid]), Memory()
+    return process_memory([qemu_pid]), process_memory(with_children(virtiofsd))
+
+
+def parent_pid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rfind(")") + 2:].split()[1])
+
+
+def container_memory(label: str, env: dict[str, str], cid: str) -> list[tuple[str, Memory]]:
+    """What one container costs the host: (what, memory) rows."""
+    pid = int(run([DOCKER_CLI, "inspect", "-f", "{{.State.Pid}}", cid], env=env).stdout)
+    if label == "hbd":
+        qemu, virtiofsd = guest_memory(pid)
+        return [("QEMU", qemu), ("virtiofsd", virtiofsd), ("total", qemu + virtiofsd)]
+    # runc: the container's process and the containerd-shim it runs under
+    shim, process = process_memory([parent_pid(pid)]), process_memory(with_children(pid))
+    return [("containerd-shim", shim), ("container processes", process),
+            ("total", shim + process)]
+
+
+IDLE_SECONDS = 5  # for the guests to go idle before their memory is read
+
+
+def bench_engine(label: str, host: str, runs: int, containers: int
+                 ) -> tuple[list[Timing], list[tuple[str, Memory]], list[tuple[str, Memory]]]:
+    """(timings, memory of one idle container, memory of `containers` idle ones)."""
     env = docker_env(host)
     rows = []
     cid = run([DOCKER_CLI, "run", "-d", "busybox", "sleep", "3600"], env=env).stdout.decode(
     ).strip()
     rows.append(measure(f"{label}: docker exec c true", runs,
                         lambda: run_quiet([DOCKER_CLI, "exec", cid, "true"], env)))
+    time.sleep(IDLE_SECONDS)
+    one = container_memory(label, env, cid)
     run([DOCKER_CLI, "rm", "-f", cid], env=env)
     ids: list[str] = []
 
@@ -69,16 +134,25 @@ def bench_engine(label: str, host: str, runs: int, containers: int) -> tuple[lis
     assert len(listed) >= containers, listed
     rows.append(measure(f"{label}: docker ps ({containers} running)", runs,
                         lambda: run_quiet([DOCKER_CLI, "ps"], env)))
-    note = ""
-    if label == "hbd":
-        pids = [int(run([DOCKER_CLI, "inspect", "-f", "{{.State.Pid}}", i], env=env
-                        ).stdout) for i in ids]
-        time.sleep(5)  # let the guests go idle
-        rss = qemu_rss_mib(pids)
-        note = (f"hbd: {containers} idle guests use {rss:.0f} MiB of host RSS "
-                f"({rss / containers:.1f} MiB each, guest RAM included)")
+    time.sleep(IDLE_SECONDS)
+    many: dict[str, Memory] = {}
+    for i in ids:
+        for what, memory in container_memory(label, env, i):
+            many[what] = many.get(what, Memory()) + memory
     run([DOCKER_CLI, "rm", "-f", *ids], env=env)
-    return rows, note
+    return rows, one, list(many.items())
+
+
+def named(engine: str, rows: list[tuple[str, Memory]]) -> list[tuple[str, Memory]]:
+    return [(f"{engine}: {what}", m) for what, m in rows]
+
+
+def memory_table(title: str, rows: list[tuple[str, Memory]], per: int = 1) -> str:
+    lines = [f"{title:<44} {'RSS MiB':>8} {'PSS MiB':>8} {'procs':>6}"]
+    for what, m in rows:
+        lines.append(f"{what:<44} {m.rss / per:8.1f} {m.pss / per:8.1f} "
+                     f"{m.processes / per:6.1f}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -87,16 +161,23 @@ def main() -> None:
     parser.add_argument("--containers", type=int, default=20)
     args = parser.parse_args()
     with hbd_daemon() as daemon:
-        hbd_rows, note = bench_engine("hbd", daemon.host, args.runs, args.containers)
+        hbd_rows, hbd_one, hbd_many = bench_engine("hbd", daemon.host, args.runs,
+                                                   args.containers)
     with real_dockerd() as host:
         run([DOCKER_CLI, "load", "-q", "-i", str(BUSYBOX_TAR)], env=docker_env(host))
-        runc_rows, _ = bench_engine("runc", host, args.runs, args.containers)
+        runc_rows, runc_one, runc_many = bench_engine("runc", host, args.runs, args.containers)
     rows = [row for pair in zip(hbd_rows, runc_rows, strict=True) for row in pair]
     print(table(rows))
     for h, r in zip(hbd_rows, runc_rows, strict=True):
         print(f"{h.name.split(': ', 1)[1]}: hbd/runc = {h.median / r.median:.2f}x")
-    print(note)
-
+    print()
+    print(memory_table(f"one idle container ({IDLE_SECONDS} s idle)",
+                       named("hbd", hbd_one) + named("runc", runc_one)))
+    print()
+    print(memory_table(f"{args.containers} idle containers, per container",
+                       named("hbd", hbd_many) + named("runc", runc_many), args.containers))
+    print("(hbd: guest RAM is in QEMU's RSS; PSS splits the pages the guests share, "
+          "QEMU's and virtiofsd's own code among them)")
 
 if __name__ == "__main__":
     main()

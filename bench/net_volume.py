@@ -1,6 +1,7 @@
 """Container networking and storage: hbd vs dockerd + runc, side by side in one run.
 
     python3 -m bench.net_volume [--runs N] [--files N] [--seconds S] [--no-direct]
+                                [--no-network] [--no-files]
     python3 bench/net_volume.py ...     (the same)
 
 Network (iperf3, host <-> container): a container runs `iperf3 -s` with its
@@ -15,9 +16,13 @@ container's address on its bridge (no port publishing in the way).
 
 Files (busybox sh in a container): create --files small files, `find | wc -l`,
 `cat` them all, `rm -r` them, in the container's own rootfs, on a named
-volume and on a bind mount of a host directory. The phases are timed inside
-the container ($EPOCHREALTIME), so guest boot is excluded; the whole
-`docker run --rm` is timed from the host as well. Medians of --runs.
+volume and on a bind mount of a host directory; for hbd also on a block
+volume (`docker volume create -o type=block`). hbd's named volumes and bind
+mounts are host directories over virtiofs, its rootfs and block volumes ext4
+on disks on the guest's SCSI bus. The phases are timed inside the container
+($EPOCHREALTIME), so guest boot is excluded; the whole `docker run --rm` is
+timed from the host as well. Medians of --runs. The target (shared/DESIGN.md
+§4): small-file work on a bind mount within 2x of runc's.
 """
 
 from __future__ import annotations
@@ -186,17 +191,32 @@ def file_run(env: dict[str, str], mount: list[str], directory: str, files: int
     return phases, whole
 
 
+# Where the workload runs: (key, what the mount is, for each engine), in table order.
+PLACES = {
+    "rootfs": {"hbd": "ext4 image + scratch overlay, SCSI", "runc": "overlay2"},
+    "named volume": {"hbd": "shared, virtiofs", "runc": "host directory"},
+    "block volume": {"hbd": "-o type=block, ext4 on SCSI"},
+    "bind mount": {"hbd": "virtiofs", "runc": "host directory"},
+}
+
+
 def bench_files(label: str, env: dict[str, str], runs: int, files: int, bind_dir: Path
                 ) -> list[tuple[str, str, dict[str, float], float]]:
     """(engine, where, {phase: median s}, median whole-run s) rows."""
-    volume = f"bench-files-{secrets.token_hex(4)}"
-    run([DOCKER_CLI, "volume", "create", volume], env=env)
+    shared = f"bench-files-{secrets.token_hex(4)}"
+    block = f"bench-block-{secrets.token_hex(4)}"
+    mounts = {"rootfs": ([], "/root"),
+              "named volume": (["-v", f"{shared}:/data"], "/data"),
+              "block volume": (["-v", f"{block}:/data"], "/data"),
+              "bind mount": (["-v", f"{bind_dir}:/data"], "/data")}
+    places = [where for where, engines in PLACES.items() if label in engines]
+    run([DOCKER_CLI, "volume", "create", shared], env=env)
+    if "block volume" in places:
+        run([DOCKER_CLI, "volume", "create", "-o", "type=block", block], env=env)
     try:
-        places = [("rootfs", [], "/root"),
-                  ("named volume", ["-v", f"{volume}:/data"], "/data"),
-                  ("bind mount", ["-v", f"{bind_dir}:/data"], "/data")]
         rows = []
-        for where, mount, directory in places:
+        for where in places:
+            mount, directory = mounts[where]
             samples = [file_run(env, mount, directory, files) for _ in range(runs)]
             phases = {p: statistics.median(s[0][p] for s in samples) for p in PHASES}
             whole = statistics.median(s[1] for s in samples)
@@ -205,7 +225,36 @@ def bench_files(label: str, env: dict[str, str], runs: int, files: int, bind_dir
                   + f"; docker run {whole:.2f}s", flush=True)
         return rows
     finally:
-        run([DOCKER_CLI, "volume", "rm", "-f", volume], env=env, check=False)
+        run([DOCKER_CLI, "volume", "rm", "-f", shared, block], env=env, check=False)
+
+
+def print_files(file_rows: list[tuple[str, str, dict[str, float], float]], files: int,
+                runs: int) -> None:
+    print(f"\n{files} small files, busybox sh; seconds inside the container "
+          f"(median of {runs}), then the whole docker run --rm")
+    print(f"{'engine: where (what it is)':<52}" + "".join(f"{p:>8}" for p in PHASES)
+          + f"{'run':>8}")
+    for engine, where, phases, whole in file_rows:
+        name = f"{engine}: {where} ({PLACES[where][engine]})"
+        print(f"{name:<52}" + "".join(f"{phases[p]:8.3f}" for p in PHASES) + f"{whole:8.2f}")
+    by_key = {(engine, where): (phases, whole) for engine, where, phases, whole in file_rows}
+    print(f"\n{'hbd / runc, same place':<52}" + "".join(f"{p:>8}" for p in PHASES)
+          + f"{'run':>8}")
+    for where in PLACES:
+        if ("hbd", where) not in by_key or ("runc", where) not in by_key:
+            continue
+        (hp, hw), (rp, rw) = by_key[("hbd", where)], by_key[("runc", where)]
+        print(f"{where:<52}" + "".join(f"{hp[p] / rp[p]:7.2f}x" for p in PHASES)
+              + f"{hw / rw:7.2f}x")
+    if ("hbd", "bind mount") in by_key and ("runc", "bind mount") in by_key:
+        hp, rp = by_key[("hbd", "bind mount")][0], by_key[("runc", "bind mount")][0]
+        worst = max(PHASES, key=lambda p: hp[p] / rp[p])
+        print(f"bind mount, worst phase: {worst} {hp[worst] / rp[worst]:.2f}x runc "
+              f"(target <= 2x)")
+    if ("hbd", "named volume") in by_key and ("hbd", "block volume") in by_key:
+        sp, bp = by_key[("hbd", "named volume")][0], by_key[("hbd", "block volume")][0]
+        print(f"{'hbd: virtiofs volume / block volume':<52}"
+              + "".join(f"{sp[p] / bp[p]:7.2f}x" for p in PHASES))
 
 
 # -- both engines ------------------------------------------------------------------
@@ -214,11 +263,23 @@ def bench_files(label: str, env: dict[str, str], runs: int, files: int, bind_dir
 def bench_engine(label: str, env: dict[str, str], network: list[str], args: argparse.Namespace,
                  image: Path) -> tuple[list[tuple[str, str, float, int]],
                                        list[tuple[str, str, dict[str, float], float]]]:
-    run([DOCKER_CLI, "load", "-q", "-i", str(image)], env=env)
-    net_rows = bench_network(label, env, network, args.seconds, args.direct)
-    with tempfile.TemporaryDirectory(prefix="bench-bind-") as bind_dir:
-        file_rows = bench_files(label, env, args.runs, args.files, Path(bind_dir))
+    net_rows, file_rows = [], []
+    if args.network:
+        run([DOCKER_CLI, "load", "-q", "-i", str(image)], env=env)
+        net_rows = bench_network(label, env, network, args.seconds, args.direct)
+    if args.files_work:
+        with tempfile.TemporaryDirectory(prefix="bench-bind-") as bind_dir:
+            file_rows = bench_files(label, env, args.runs, args.files, Path(bind_dir))
     return net_rows, file_rows
+
+
+def print_net(net_rows: list[tuple[str, str, float, int]], seconds: int) -> None:
+    print(f"\niperf3 -t {seconds}, one stream, TCP; Gbit/s received")
+    print(f"{'what':<52} {'hbd':>8} {'runc':>8} {'hbd/runc':>9}")
+    by_key = {(engine, what): (gbps, rt) for engine, what, gbps, rt in net_rows}
+    for what in dict.fromkeys(what for _, what, _, _ in net_rows):
+        h, r = by_key[("hbd", what)][0], by_key[("runc", what)][0]
+        print(f"{what:<52} {h:8.2f} {r:8.2f} {h / r:8.2f}x")
 
 
 @contextlib.contextmanager
@@ -239,6 +300,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="of each iperf3 test")
     parser.add_argument("--no-direct", dest="direct", action="store_false",
                         help="skip iperf3 to the container's bridge address")
+    parser.add_argument("--no-network", dest="network", action="store_false",
+                        help="skip iperf3 altogether")
+    parser.add_argument("--no-files", dest="files_work", action="store_false",
+                        help="skip the small-file workload")
     args = parser.parse_args()
     net_rows: list[tuple[str, str, float, int]] = []
     file_rows: list[tuple[str, str, dict[str, float], float]] = []
@@ -256,18 +321,10 @@ def main() -> None:
                 n, f = bench_engine("runc", env, network, args, image)
                 net_rows += n
                 file_rows += f
-    print(f"\niperf3 -t {args.seconds}, one stream, TCP; Gbit/s received")
-    print(f"{'what':<52} {'hbd':>8} {'runc':>8} {'hbd/runc':>9}")
-    by_key = {(engine, what): (gbps, rt) for engine, what, gbps, rt in net_rows}
-    for what in dict.fromkeys(what for _, what, _, _ in net_rows):
-        h, r = by_key[("hbd", what)][0], by_key[("runc", what)][0]
-        print(f"{what:<52} {h:8.2f} {r:8.2f} {h / r:8.2f}x")
-    print(f"\n{args.files} small files, busybox sh; seconds inside the container "
-          f"(median of {args.runs}), then the whole docker run --rm")
-    print(f"{'engine: where':<24}" + "".join(f"{p:>8}" for p in PHASES) + f"{'run':>8}")
-    for engine, where, phases, whole in file_rows:
-        print(f"{engine + ': ' + where:<24}" + "".join(f"{phases[p]:8.3f}" for p in PHASES)
-              + f"{whole:8.2f}")
+    if net_rows:
+        print_net(net_rows, args.seconds)
+    if file_rows:
+        print_files(file_rows, args.files, args.runs)
 
 
 if __name__ == "__main__":
