@@ -111,12 +111,13 @@ class Daemon:
                 endpoint = run.endpoints.get(n.name)
                 if endpoint is None:
                     continue
-                clients[endpoint.ip] = [e.gateway for name, e in run.endpoints.items()
-                                        if name != n.name]
+                others = [e.gateway for name, e in run.endpoints.items() if name != n.name]
+                for address in endpoint.addresses:
+                    clients[address] = others
                 if n.name == DEFAULT_BRIDGE:  # dockerd serves no names on the default bridge
                     continue
                 for name in endpoint.dns_names:
-                    names.setdefault(name.lower(), []).append(endpoint.ip)
+                    names.setdefault(name.lower(), []).extend(endpoint.addresses)
             views.append(NetworkView(n.gateway, n.name, names, clients))
         return views
 

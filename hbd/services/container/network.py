@@ -10,6 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from hbd.errors import InvalidParameter, NotFound
+from hbd.services.network.ipam import parse_address
 from hbd.services.network.model import DEFAULT_BRIDGE, Endpoint, PublishedPort, RunNetworking
 from hbd.services.network.service import NetworkService
 
@@ -49,12 +50,24 @@ def attachments_for_create(host_config: dict[str, Any], networking: dict[str, An
         if aliases and n.name == DEFAULT_BRIDGE:
             raise InvalidParameter("network-scoped alias is supported only for containers "
                                    "in user defined networks")
-        wanted = (settings.get("IPAMConfig") or {}).get("IPv4Address")
-        if wanted and n.name == DEFAULT_BRIDGE:
-            raise InvalidParameter("user specified IP address is supported on user defined "
-                                   "networks only")
+        _check_ipam_config(settings, n.name)
         out[n.name] = settings
     return out
+
+
+def _check_ipam_config(settings: dict[str, Any], network: str) -> None:
+    """The static addresses of EndpointSettings.IPAMConfig, as dockerd checks
+    them at create (link-local ones are checked at start, as in dockerd)."""
+    ipam = settings.get("IPAMConfig") or {}
+    if not isinstance(ipam, dict):
+        raise InvalidParameter("invalid IPAMConfig: must be an object")
+    wanted = {4: str(ipam.get("IPv4Address") or ""), 6: str(ipam.get("IPv6Address") or "")}
+    if any(wanted.values()) and network == DEFAULT_BRIDGE:
+        raise InvalidParameter("user specified IP address is supported on user defined "
+                               "networks only")
+    for version, address in wanted.items():
+        if address:
+            parse_address(address, version)
 
 
 def parse_port(spec: str) -> tuple[int, int, str]:
@@ -104,9 +117,9 @@ def hosts_file(hostname: str, run: RunNetworking | None, extra_hosts: list[str])
         if not sep or not name:
             raise InvalidParameter(f"invalid IP address in add-host: \"{address}\"")
         lines.append(f"{address}\t{name}")
-    # dockerd writes the container's address on each of its networks.
+    # dockerd writes the container's addresses (IPv4, then IPv6) on each of its networks.
     for endpoint in (run.endpoints.values() if run is not None else []):
-        lines.append(f"{endpoint.ip}\t{hostname}")
+        lines += [f"{address}\t{hostname}" for address in endpoint.addresses]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -157,10 +170,12 @@ def network_settings(networks: NetworkService, attachments: dict[str, dict[str, 
         "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None,
         "EndpointID": bridge.endpoint_id if bridge else "",
         "Gateway": bridge.gateway if bridge else "",
-        "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+        "GlobalIPv6Address": bridge.ip6 if bridge else "",
+        "GlobalIPv6PrefixLen": bridge.prefix6 if bridge else 0,
         "IPAddress": bridge.ip if bridge else "",
         "IPPrefixLen": bridge.prefix if bridge else 0,
-        "IPv6Gateway": "", "MacAddress": bridge.mac if bridge else "",
+        "IPv6Gateway": bridge.gateway6 if bridge else "",
+        "MacAddress": bridge.mac if bridge else "",
         "Networks": per_network,
     }
 

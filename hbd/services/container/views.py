@@ -99,5 +99,6 @@ class ContainerViews:
             out[c.id] = {"Name": c.name.lstrip("/"), "EndpointID": endpoint.endpoint_id,
                          "MacAddress": endpoint.mac,
                          "IPv4Address": f"{endpoint.ip}/{endpoint.prefix}",
-                         "IPv6Address": ""}
+                         "IPv6Address": f"{endpoint.ip6}/{endpoint.prefix6}"
+                         if endpoint.ip6 else ""}
         return out
