@@ -10,6 +10,7 @@ from typing import Any
 
 from hbd.errors import HbdError, InvalidParameter, NotFound, no_such_image
 from hbd.services.container import config as cc
+from hbd.services.container import links
 from hbd.services.container import namespaces as ns
 from hbd.services.container import network as cn
 from hbd.services.container.model import Container
@@ -55,6 +56,7 @@ class Creator:
         attachments = cn.attachments_for_create(host_config, body.get("NetworkingConfig"),
                                                 self.networks)
         cn.published_ports(config, host_config)  # reject bad port specs now, not at start
+        legacy_links = links.register(host_config, self.store)
         volumes_from = [self._volumes_from(spec) for spec in
                         host_config.get("VolumesFrom") or []]
         mounts = await resolve_mounts(config, host_config, self.volumes, volumes_from)
@@ -64,7 +66,7 @@ class Creator:
         c = Container(
             id=cid, name=name, created=rfc3339_nano(), image_id=img.id, config=config,
             host_config=host_config, path=args[0], args=args[1:], networks=attachments,
-            mounts=mounts,
+            mounts=mounts, links=legacy_links,
         )
         directory = self.store.dir(c)
         directory.mkdir(parents=True)

@@ -108,7 +108,10 @@ def published_ports(config: dict[str, Any], host_config: dict[str, Any]) -> list
     return out
 
 
-def hosts_file(hostname: str, run: RunNetworking | None, extra_hosts: list[str]) -> bytes:
+def hosts_file(hostname: str, run: RunNetworking | None, extra_hosts: list[str],
+               link_lines: list[str]) -> bytes:
+    """Extra hosts, then legacy links' lines, then the container's own, as
+    dockerd orders them."""
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
              "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes",
              "ff02::2\tip6-allrouters"]
@@ -117,6 +120,7 @@ def hosts_file(hostname: str, run: RunNetworking | None, extra_hosts: list[str])
         if not sep or not name:
             raise InvalidParameter(f"invalid IP address in add-host: \"{address}\"")
         lines.append(f"{address}\t{name}")
+    lines += link_lines
     # dockerd writes the container's addresses (IPv4, then IPv6) on each of its networks.
     for endpoint in (run.endpoints.values() if run is not None else []):
         lines += [f"{address}\t{hostname}" for address in endpoint.addresses]

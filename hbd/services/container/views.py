@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hbd.services.container import links
 from hbd.services.container import network as cn
 from hbd.services.container.filters import ContainerFilter
 from hbd.services.container.model import Container
@@ -26,6 +27,7 @@ class ContainerViews:
     def inspect(self, ref: str) -> dict[str, Any]:
         c = self.store.get(ref)
         hc = dict(c.host_config)
+        hc["Links"] = links.view(c, self.store)
         return {
             "Id": c.id,
             "Created": c.created,

@@ -59,6 +59,9 @@ class NetworkView:
     names: dict[str, list[str]]  # lower-case name -> addresses (IPv4 and IPv6)
     # A container's address on this network -> the gateways of its other networks.
     clients: dict[str, list[str]] = field(default_factory=dict)
+    # Legacy links on this network: any address of the linking container ->
+    # {lower-case alias: the name it stands for}; only that container resolves them.
+    links: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class _Forwarder:
@@ -182,12 +185,17 @@ class DnsServer:
 
     def _lookup(self, gateway: str, name: str, client: str) -> list[str] | None:
         """The addresses of `name` on the listener's network, else on the
-        client's other networks."""
+        client's other networks; the client's link aliases come first, as in
+        dockerd."""
         view = self._views.get(gateway)
         if view is None:
             return None
         candidates = [v for v in (self._views.get(g) for g in
                                   [gateway, *view.clients.get(client, [])]) if v is not None]
+        for candidate in candidates:
+            target = candidate.links.get(client, {}).get(self._short(name, candidate))
+            if target is not None and target.lower() in candidate.names:
+                return candidate.names[target.lower()]
         for candidate in candidates:
             short = self._short(name, candidate)
             if short in candidate.names:

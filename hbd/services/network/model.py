@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from hbd.errors import NotFound
+from hbd.errors import NotFound, SystemError_
 
 DEFAULT_BRIDGE = "bridge"
 PREDEFINED = ("bridge", "host", "none")
@@ -84,13 +84,17 @@ class Endpoint:
     prefix6: int = 0
     gateway6: str = ""
     link_local: list[str] = field(default_factory=list)  # CIDRs (--link-local-ip)
+    # Legacy links on a user-defined network: alias -> the name it stands for,
+    # resolved by DNS for this container only.
+    links: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Endpoint:
         return cls(rec["network_id"], rec["endpoint_id"], rec["ip"], rec["prefix"],
                    rec["gateway"], rec["mac"], rec.get("ifname", "eth0"), rec["aliases"],
                    rec["dns_names"], rec.get("ip6", ""), rec.get("prefix6", 0),
-                   rec.get("gateway6", ""), list(rec.get("link_local", [])))
+                   rec.get("gateway6", ""), list(rec.get("link_local", [])),
+                   dict(rec.get("links", {})))
 
     @property
     def addresses(self) -> list[str]:
@@ -105,6 +109,22 @@ class Endpoint:
         link4 = [c for c in self.link_local if ":" not in c]
         link6 = [c for c in self.link_local if ":" in c]
         return own + link4 + ([f"{self.ip6}/{self.prefix6}"] if self.ip6 else []) + link6
+
+
+def parse_link(text: str) -> tuple[str, str]:
+    """A legacy link, `name:alias` or `name`, as (name, alias): dockerd's
+    opts.ParseLink, which also takes inspect's own `/name:/parent/alias`."""
+    if not text:
+        raise SystemError_("empty string specified for links")
+    parts = text.split(":")
+    if len(parts) > 2:
+        raise SystemError_(f"bad format for links: {text}")
+    if len(parts) == 1:
+        return text, text
+    name, alias = parts
+    if name.startswith("/"):
+        return name[1:], alias.rsplit("/", 1)[-1]
+    return name, alias
 
 
 @dataclass

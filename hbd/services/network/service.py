@@ -41,6 +41,7 @@ from hbd.services.network.model import (
     PublishedPort,
     RunNetworking,
     network_not_found,
+    parse_link,
 )
 from hbd.services.timefmt import rfc3339_nano
 from hbd.store import StateStore
@@ -340,10 +341,12 @@ class NetworkService:
     def _endpoint(self, n: Network, container_id: str, settings: dict[str, Any],
                   names: list[str], ifname: str) -> Endpoint:
         """A new endpoint with its addresses leased. What dockerd checks only
-        when it makes the endpoint (link-local addresses) fails the start, with
-        its messages."""
+        when it makes the endpoint (link-local addresses, links) fails the
+        start, with its messages."""
         ipam = settings.get("IPAMConfig") or {}
         link_local = ipam_rules.link_local_cidrs(ipam.get("LinkLocalIPs") or [])
+        links = {alias: name for name, alias in
+                 (parse_link(str(link)) for link in settings.get("Links") or [])}
         ip = self._lease(n, container_id, 4, str(ipam.get("IPv4Address") or ""))
         ip6 = ""
         if n.ipv6:  # dockerd ignores --ip6 on a network without IPv6
@@ -358,7 +361,7 @@ class NetworkService:
             n.gateway, settings.get("MacAddress") or mac_for(ip), ifname, aliases,
             list(dict.fromkeys([*names, *aliases])),
             ip6=ip6, prefix6=n.network6.prefixlen if ip6 and n.network6 else 0,
-            gateway6=n.ipv6_gateway if ip6 else "", link_local=link_local)
+            gateway6=n.ipv6_gateway if ip6 else "", link_local=link_local, links=links)
 
     async def connect_run(self, container_id: str, attachments: dict[str, dict[str, Any]],
                           names: list[str], publish: list[PublishedPort]) -> RunNetworking:
