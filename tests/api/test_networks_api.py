@@ -6,6 +6,7 @@ statuses as real dockerd answers them)."""
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,7 +41,7 @@ def create(raw: docker.APIClient, name: str, network: str = "", endpoint: dict[s
            | None = None, **config: Any) -> str:
     body: dict[str, Any] = {"Image": "busybox", "Cmd": ["sleep", "600"], **config}
     if network:
-        body["HostConfig"] = {"NetworkMode": network}
+        body["HostConfig"] = {**body.get("HostConfig", {}), "NetworkMode": network}
         body["NetworkingConfig"] = {"EndpointsConfig": {network: endpoint or {}}}
     r = post(raw, "/containers/create", body, name=name)
     assert r.status_code == 201, r.text
@@ -252,3 +253,111 @@ def test_link_local_errors_at_start(raw: docker.APIClient, addresses: list[str],
     r = raw._post(raw._url(f"/containers/{c}/start"))
     assert (r.status_code, r.json()) == (500, {"message": message})
     assert raw.inspect_container(c)["State"]["Running"] is False
+
+
+# -- legacy links ------------------------------------------------------------------------
+
+
+def create_linking(raw: docker.APIClient, name: str, links: list[str],
+                   cmd: list[str] | None = None, **host_config: Any) -> Any:
+    body = {"Image": "busybox", "Cmd": cmd or ["sleep", "600"],
+            "HostConfig": {"Links": links, **host_config}}
+    return post(raw, "/containers/create", body, name=name)
+
+
+def test_link_on_the_default_bridge(api_daemon: ApiDaemon, raw: docker.APIClient) -> None:
+    child = create(raw, "lchild", Env=["FOO=bar", "MULTI=a=b"], Hostname="chost",
+                   ExposedPorts={"80/tcp": {}, "53/udp": {}})
+    raw.start(child)
+    r = create_linking(raw, "lparent", ["lchild:db", "lchild"], ["sh", "-c", "env; sleep 600"],
+                       ExtraHosts=["extra:1.2.3.4"])
+    parent = r.json()["Id"]
+    raw.start(parent)
+    assert sorted(raw.inspect_container(parent)["HostConfig"]["Links"]) == \
+        ["/lchild:/lparent/db", "/lchild:/lparent/lchild"]
+    ip = raw.inspect_container(child)["NetworkSettings"]["IPAddress"]
+    own = raw.inspect_container(parent)["NetworkSettings"]["IPAddress"]
+    hosts = hosts_file(guest(api_daemon, parent)).splitlines()
+    # Extra hosts, then links (alias, hostname, name), then the container itself.
+    assert hosts[6:] == ["1.2.3.4\textra", f"{ip}\tdb chost lchild", f"{ip}\tlchild chost",
+                         f"{own}\t{parent[:12]}"]
+    env = wait_for_log(raw, parent, "DB_NAME")
+    for entry in ("DB_NAME=/lparent/db", f"DB_PORT=udp://{ip}:53",
+                  f"DB_PORT_80_TCP=tcp://{ip}:80", f"DB_PORT_80_TCP_ADDR={ip}",
+                  "DB_PORT_80_TCP_PORT=80", "DB_PORT_80_TCP_PROTO=tcp",
+                  f"DB_PORT_53_UDP=udp://{ip}:53", "DB_ENV_FOO=bar", "DB_ENV_MULTI=a=b",
+                  "LCHILD_NAME=/lparent/lchild", "LCHILD_ENV_FOO=bar"):
+        assert entry in env.splitlines(), entry
+    assert "DB_ENV_PATH" not in env
+    # An exec sees them too, as in dockerd.
+    exec_id = raw.exec_create(parent, ["env"])["Id"]
+    assert "DB_NAME=/lparent/db" in raw.exec_start(exec_id).decode()
+
+
+def wait_for_log(raw: docker.APIClient, cid: str, needle: str) -> str:
+    for _ in range(100):
+        out = raw.logs(cid).decode()
+        if needle in out:
+            return out
+        time.sleep(0.05)
+    raise AssertionError(f"{needle} never showed in the logs of {cid[:12]}")
+
+
+def test_a_child_that_moves_is_followed(api_daemon: ApiDaemon, raw: docker.APIClient) -> None:
+    child = create(raw, "mover")
+    raw.start(child)
+    parent = create_linking(raw, "follower", ["mover:m"]).json()["Id"]
+    raw.start(parent)
+    raw.stop(child, timeout=0)
+    squatter = create(raw, "squatter")  # takes the child's old address
+    raw.start(squatter)
+    raw.start(child)
+    ip = raw.inspect_container(child)["NetworkSettings"]["IPAddress"]
+    assert ip != raw.inspect_container(squatter)["NetworkSettings"]["IPAddress"]
+    assert f"{ip}\tm {child[:12]} mover" in hosts_file(guest(api_daemon, parent))
+
+
+def test_link_errors(raw: docker.APIClient) -> None:
+    r = create_linking(raw, "nolink", ["nosuch:x"])
+    assert (r.status_code, r.json()) == \
+        (400, {"message": "could not get container for nosuch: No such container: nosuch"})
+    r = create_linking(raw, "badlink", ["a:b:c"])
+    assert (r.status_code, r.json()) == (500, {"message": "bad format for links: a:b:c"})
+    r = create_linking(raw, "emptylink", [""])
+    assert (r.status_code, r.json()) == (500, {"message": "empty string specified for links"})
+    create(raw, "sleeper")
+    parent = create_linking(raw, "waiter", ["sleeper:st"]).json()["Id"]
+    r = raw._post(raw._url(f"/containers/{parent}/start"))
+    assert (r.status_code, r.json()) == \
+        (500, {"message": "Cannot link to a non running container: /sleeper AS /waiter/st"})
+    raw.create_network("elsewhere")
+    away = create(raw, "away", "elsewhere")
+    raw.start(away)
+    parent = create_linking(raw, "seeker", ["away:a"]).json()["Id"]
+    r = raw._post(raw._url(f"/containers/{parent}/start"))
+    assert (r.status_code, r.json()) == \
+        (500, {"message": "Cannot link to /away, as it does not belong to the default network"})
+
+
+def test_a_removed_child_stays_linked_as_in_dockerd(raw: docker.APIClient) -> None:
+    child = create(raw, "gone")
+    raw.start(child)
+    parent = create_linking(raw, "orphan", ["gone:g"]).json()["Id"]
+    raw.remove_container(child, force=True)
+    assert raw.inspect_container(parent)["HostConfig"]["Links"] == ["/gone:/orphan/g"]
+    r = raw._post(raw._url(f"/containers/{parent}/start"))
+    assert r.json() == {"message": "Cannot link to a non running container: /gone AS /orphan/g"}
+
+
+def test_links_on_a_user_network_are_dns_aliases(api_daemon: ApiDaemon,
+                                                 raw: docker.APIClient) -> None:
+    raw.create_network("linknet")
+    # dockerd does not look the target up on a user-defined network.
+    c = create(raw, "aliaser", "linknet", {"Links": ["nosuch:foo", "other"]},
+               HostConfig={"Links": ["nosuch:foo", "other"]})
+    raw.start(c)
+    info = raw.inspect_container(c)
+    assert info["HostConfig"]["Links"] is None
+    assert info["NetworkSettings"]["Networks"]["linknet"]["Links"] == ["nosuch:foo", "other"]
+    run = api_daemon.daemon.networks.runs[c]
+    assert run.endpoints["linknet"].links == {"foo": "nosuch", "other": "other"}
