@@ -39,7 +39,8 @@ class Connections:
             raise InvalidParameter("container cannot be connected to multiple networks with "
                                    "one of the networks in private (none) mode")
         attach = cn.attachments_for_create({"NetworkMode": n.name},
-                                           {"EndpointsConfig": {n.name: settings or {}}},
+                                           cn.endpoints_config({"EndpointsConfig":
+                                                                {n.name: settings or {}}}),
                                            self.networks)
         run = c.run
         if run is not None and c.state.running and c.run_network is not None:

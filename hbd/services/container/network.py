@@ -17,9 +17,74 @@ from hbd.services.network.service import NetworkService
 _PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$")
 
 
-def attachments_for_create(host_config: dict[str, Any], networking: dict[str, Any] | None,
+MAC_DEPRECATED = ("The container-wide MacAddress field is now deprecated. It should be "
+                  "specified in EndpointsConfig instead.")
+
+
+def endpoints_config(networking: Any) -> dict[str, dict[str, Any]]:
+    """NetworkingConfig.EndpointsConfig, checked and copied, `default` as `bridge`."""
+    if networking is not None and not isinstance(networking, dict):
+        raise InvalidParameter("invalid NetworkingConfig: must be an object")
+    raw = (networking or {}).get("EndpointsConfig") or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict | None) for v in raw.values()):
+        raise InvalidParameter("invalid EndpointsConfig: must map networks to objects")
+    return {DEFAULT_BRIDGE if name == "default" else name: dict(settings or {})
+            for name, settings in raw.items()}
+
+
+def migrate_mac_address(config: dict[str, Any], host_config: dict[str, Any],
+                        endpoints: dict[str, dict[str, Any]], api_version: str) -> list[str]:
+    """dockerd's handleMACAddressBC: the container-wide Config.MacAddress is
+    the MAC of the endpoint on the NetworkMode network; API 1.44 moved it to
+    EndpointSettings.MacAddress. Updates `endpoints` (and `config`), returns
+    the warnings for the client."""
+    mac = str(config.get("MacAddress") or "")
+    mode = str(host_config.get("NetworkMode") or "default")
+    network = DEFAULT_BRIDGE if mode == "default" else mode
+    on_network = mode not in ("host", "none") and not mode.startswith("container:")
+    if _older_than(api_version, (1, 44)):
+        for settings in endpoints.values():
+            settings["MacAddress"] = mac  # what an older API gave per endpoint was ignored
+        if mac and not on_network:
+            raise InvalidParameter("conflicting options: mac-address and the network mode")
+        if mac and not endpoints:
+            endpoints[network] = {"MacAddress": mac}
+        return []
+    if not mac:
+        return []
+    if on_network:
+        if endpoints and network not in endpoints:
+            raise InvalidParameter("if a container-wide MAC address is supplied, "
+                                   "HostConfig.NetworkMode must match the identity of a "
+                                   "network in NetworkSettings.Networks")
+        settings = endpoints.setdefault(network, {})
+        if settings.get("MacAddress") and settings["MacAddress"] != mac:
+            raise InvalidParameter("the container-wide MAC address must match the "
+                                   "endpoint-specific MAC address for the main network, or "
+                                   "be left empty")
+        settings["MacAddress"] = mac
+    del config["MacAddress"]
+    return [MAC_DEPRECATED]
+
+
+def _older_than(api_version: str, version: tuple[int, int]) -> bool:
+    try:
+        return bool(api_version) and tuple(int(p) for p in api_version.split(".")) < version
+    except ValueError:
+        return False
+
+
+def desired_mac(host_config: dict[str, Any], attachments: dict[str, dict[str, Any]]) -> str:
+    """The MAC configured for the NetworkMode network: inspect's Config.MacAddress."""
+    mode = str(host_config.get("NetworkMode") or "default")
+    settings = attachments.get(DEFAULT_BRIDGE if mode == "default" else mode) or {}
+    return str(settings.get("MacAddress") or "")
+
+
+def attachments_for_create(host_config: dict[str, Any], endpoints: dict[str, dict[str, Any]],
                            networks: NetworkService) -> dict[str, dict[str, Any]]:
-    """The networks a new container joins, each with its EndpointSettings."""
+    """The networks a new container joins, each with its EndpointSettings
+    (`endpoints`: the request's, from endpoints_config)."""
     mode = host_config.get("NetworkMode") or "default"
     if mode == "default":
         mode = DEFAULT_BRIDGE
@@ -28,8 +93,6 @@ def attachments_for_create(host_config: dict[str, Any], networking: dict[str, An
                                "networking (--network host) is not available")
     if mode.startswith("container:"):
         return {}  # it lives in the other container's network namespace
-    endpoints = {DEFAULT_BRIDGE if name == "default" else name: settings for name, settings in
-                 ((networking or {}).get("EndpointsConfig") or {}).items()}
     if mode == "none":
         if any(name != "none" for name in endpoints):
             raise InvalidParameter("container cannot be disconnected from host network or "

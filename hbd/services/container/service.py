@@ -106,8 +106,9 @@ class ContainerService:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def create(self, name: str | None, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.creator.create(name, body)
+    async def create(self, name: str | None, body: dict[str, Any],
+                     api_version: str = "") -> dict[str, Any]:
+        return await self.creator.create(name, body, api_version)
 
     def rename(self, ref: str, new_name: str) -> None:
         self.creator.rename(ref, new_name)

@@ -54,10 +54,17 @@ class ContainerViews:
                 "ScratchDisk": str(self.store.dir(c) / "scratch.qcow2"),
             }},
             "Mounts": [m.view(self.volumes) for m in c.mounts],
-            "Config": c.config,
+            "Config": self._config_view(c),
             "NetworkSettings": cn.network_settings(self.networks, c.networks, c.config,
                                                    c.run_network),
         }
+
+    @staticmethod
+    def _config_view(c: Container) -> dict[str, Any]:
+        """Config, with the MAC of the NetworkMode network as MacAddress (what
+        API clients before 1.44 set there), as dockerd shows it."""
+        mac = c.config.get("MacAddress") or cn.desired_mac(c.host_config, c.networks)
+        return {**c.config, "MacAddress": mac} if mac else c.config
 
     def summary(self, c: Container) -> dict[str, Any]:
         command = " ".join([c.path, *c.args]) if c.args else c.path

@@ -1,11 +1,12 @@
 """IPAM: a network's subnets (at most one IPv4 and one IPv6, as dockerd's
 bridge driver) and the addresses of its endpoints, with dockerd's checks and
 messages; and the other per-endpoint settings checked when an endpoint is
-made (link-local addresses)."""
+made (MAC address, link-local addresses)."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,13 @@ NO_IPV6_POOL = ("could not find an available, non-overlapping IPv6 address pool 
 ALREADY_IN_USE = "Address already in use"
 # What dockerd gives link-local addresses (--link-local-ip) on the interface.
 LINK_LOCAL_PREFIX = {4: 16, 6: 64}
+
+# Go's net.ParseMAC, for 6-byte addresses: 01:23:45:67:89:ab, 01-23-45-67-89-ab,
+# 0123.4567.89ab.
+_MAC_FORMS = (re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"),
+              re.compile(r"^[0-9A-Fa-f]{2}(-[0-9A-Fa-f]{2}){5}$"),
+              re.compile(r"^[0-9A-Fa-f]{4}(\.[0-9A-Fa-f]{4}){2}$"))
+
 
 @dataclass
 class Pool:
@@ -148,6 +156,20 @@ def link_local_cidrs(raw: list[Any]) -> list[str]:
             raise SystemError_(f"invalid link local IP address: {address}")
         out.append(f"{address}/{LINK_LOCAL_PREFIX[address.version]}")
     return out
+
+
+def parse_mac(raw: str, ifname: str) -> str:
+    """A MAC address given by the user, as the interface gets it (lower case,
+    colons); dockerd's errors for one it cannot use."""
+    if not any(form.match(raw) for form in _MAC_FORMS):
+        raise SystemError_(f"address {raw}: invalid MAC address")
+    digits = re.sub(r"[^0-9a-f]", "", raw.lower())
+    mac = ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+    if int(digits[:2], 16) & 1:
+        # A group address: the kernel refuses it for an interface.
+        raise SystemError_(f"error setting interface \"{ifname}\" MAC to \"{mac}\": cannot "
+                           "assign requested address")
+    return mac
 
 
 def require_ipv6_pool(enable_ipv6: bool, v6: dict[str, Any] | None) -> None:

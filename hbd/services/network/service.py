@@ -341,9 +341,11 @@ class NetworkService:
     def _endpoint(self, n: Network, container_id: str, settings: dict[str, Any],
                   names: list[str], ifname: str) -> Endpoint:
         """A new endpoint with its addresses leased. What dockerd checks only
-        when it makes the endpoint (link-local addresses, links) fails the
+        when it makes the endpoint (MAC, link-local addresses, links) fails the
         start, with its messages."""
         ipam = settings.get("IPAMConfig") or {}
+        raw_mac = str(settings.get("MacAddress") or "")
+        mac = ipam_rules.parse_mac(raw_mac, ifname) if raw_mac else ""
         link_local = ipam_rules.link_local_cidrs(ipam.get("LinkLocalIPs") or [])
         links = {alias: name for name, alias in
                  (parse_link(str(link)) for link in settings.get("Links") or [])}
@@ -358,7 +360,7 @@ class NetworkService:
         aliases = [a for a in settings.get("Aliases") or [] if a]
         return Endpoint(
             n.id, secrets.token_hex(32), ip, n.network.prefixlen if n.network else 32,
-            n.gateway, settings.get("MacAddress") or mac_for(ip), ifname, aliases,
+            n.gateway, mac or mac_for(ip), ifname, aliases,
             list(dict.fromkeys([*names, *aliases])),
             ip6=ip6, prefix6=n.network6.prefixlen if ip6 and n.network6 else 0,
             gateway6=n.ipv6_gateway if ip6 else "", link_local=link_local, links=links)
