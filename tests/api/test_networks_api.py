@@ -361,3 +361,78 @@ def test_links_on_a_user_network_are_dns_aliases(api_daemon: ApiDaemon,
     assert info["NetworkSettings"]["Networks"]["linknet"]["Links"] == ["nosuch:foo", "other"]
     run = api_daemon.daemon.networks.runs[c]
     assert run.endpoints["linknet"].links == {"foo": "nosuch", "other": "other"}
+
+
+# -- MAC addresses ---------------------------------------------------------------------------
+
+
+def test_cli_mac_address_reaches_the_guest(api_daemon: ApiDaemon, raw: docker.APIClient) -> None:
+    # CLI 28 sends EndpointSettings.MacAddress (API >= 1.44), not Config.MacAddress.
+    cid = api_daemon.docker("create", "--mac-address", "02:42:AC:11:00:99", "busybox",
+                            "sleep", "600").stdout.decode().strip()
+    info = raw.inspect_container(cid)
+    assert info["Config"]["MacAddress"] == "02:42:AC:11:00:99"
+    assert info["NetworkSettings"]["Networks"]["bridge"]["MacAddress"] == "02:42:AC:11:00:99"
+    raw.start(cid)
+    assert first_network_update(guest(api_daemon, cid)).attach[0].mac == "02:42:ac:11:00:99"
+    settings = raw.inspect_container(cid)["NetworkSettings"]
+    assert settings["MacAddress"] == settings["Networks"]["bridge"]["MacAddress"] == \
+        "02:42:ac:11:00:99"
+
+
+def create_at(raw: docker.APIClient, version: str, body: dict[str, Any]) -> Any:
+    url = raw._url("/containers/create").replace("/v1.47/", f"/v{version}/")
+    return raw._post_json(url, data={"Image": "busybox", "Cmd": ["sleep", "600"], **body})
+
+
+@pytest.mark.parametrize(("version", "mac", "message"), [
+    ("1.41", "zz", "address zz: invalid MAC address"),
+    ("1.41", "02:42:ac:11:00:99:11", "address 02:42:ac:11:00:99:11: invalid MAC address"),
+    ("1.47", "01:42:ac:11:00:99", 'error setting interface "eth0" MAC to "01:42:ac:11:00:99": '
+                                  "cannot assign requested address"),
+])
+def test_bad_macs_fail_the_start_as_in_dockerd(raw: docker.APIClient, version: str, mac: str,
+                                                message: str) -> None:
+    r = create_at(raw, version, {"MacAddress": mac})
+    assert r.status_code == 201
+    r = raw._post(raw._url(f"/containers/{r.json()['Id']}/start"))
+    assert (r.status_code, r.json()) == (500, {"message": message})
+
+
+def test_mac_address_forms_and_versions(api_daemon: ApiDaemon, raw: docker.APIClient) -> None:
+    # Before 1.44: Config.MacAddress is the container's; EndpointSettings' is ignored.
+    old = create_at(raw, "1.43", {"MacAddress": "02-42-ac-11-00-98"}).json()
+    ignored = create_at(raw, "1.43", {"NetworkingConfig": {"EndpointsConfig": {
+        "bridge": {"MacAddress": "02:42:ac:11:00:97"}}}}).json()
+    # From 1.44 on, Config.MacAddress moves to the endpoint, with a warning.
+    new = create_at(raw, "1.47", {"MacAddress": "0242.ac11.0096"}).json()
+    assert old["Warnings"] == ignored["Warnings"] == []
+    assert new["Warnings"] == ["The container-wide MacAddress field is now deprecated. It "
+                               "should be specified in EndpointsConfig instead."]
+    assert raw.inspect_container(new["Id"])["Config"]["MacAddress"] == "0242.ac11.0096"
+    macs = {}
+    for cid in (old["Id"], ignored["Id"], new["Id"]):
+        raw.start(cid)
+        macs[cid] = first_network_update(guest(api_daemon, cid)).attach[0].mac
+    assert macs[old["Id"]] == "02:42:ac:11:00:98"
+    assert macs[new["Id"]] == "02:42:ac:11:00:96"
+    ip = raw.inspect_container(ignored["Id"])["NetworkSettings"]["IPAddress"]
+    assert macs[ignored["Id"]] == "02:42:" + ":".join(f"{int(o):02x}" for o in ip.split("."))
+
+
+@pytest.mark.parametrize(("version", "body", "message"), [
+    ("1.43", {"MacAddress": "02:42:ac:11:00:99", "HostConfig": {"NetworkMode": "none"}},
+     "conflicting options: mac-address and the network mode"),
+    ("1.47", {"MacAddress": "02:42:ac:11:00:99", "NetworkingConfig": {"EndpointsConfig": {
+        "bridge": {"MacAddress": "02:42:ac:11:00:98"}}}},
+     "the container-wide MAC address must match the endpoint-specific MAC address for the "
+     "main network, or be left empty"),
+    ("1.47", {"MacAddress": "02:42:ac:11:00:99", "HostConfig": {"NetworkMode": "bridge"},
+              "NetworkingConfig": {"EndpointsConfig": {"other": {}}}},
+     "if a container-wide MAC address is supplied, HostConfig.NetworkMode must match the "
+     "identity of a network in NetworkSettings.Networks"),
+])
+def test_mac_address_conflicts(raw: docker.APIClient, version: str, body: dict[str, Any],
+                               message: str) -> None:
+    r = create_at(raw, version, body)
+    assert (r.status_code, r.json()) == (400, {"message": message})
