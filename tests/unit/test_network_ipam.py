@@ -1,14 +1,20 @@
-"""IPAM rules: allocation order per family, static addresses, link-local ones."""
+"""IPAM rules: allocation order per family, static addresses, link-local ones; and
+the records that keep them."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from dataclasses import asdict
 
 import pytest
 
 from hbd.errors import Forbidden, InvalidParameter, SystemError_
+from hbd.services.container.model import Container, Link
+from hbd.services.container.network import run_from_record, run_record
+from hbd.services.container.sandbox import Slot
 from hbd.services.network import ipam
+from hbd.services.network.model import Endpoint, Network, RunNetworking
 
 
 def message_of(error: type[Exception], call: Callable[[], object]) -> str:
@@ -70,3 +76,29 @@ def test_one_subnet_per_family() -> None:
     assert message_of(Forbidden, lambda: ipam.family_configs(
         [{"Subnet": "10.1.0.0/16"}, {"Subnet": "10.2.0.0/16"}])) == \
         "bridge driver doesn't support multiple subnets"
+
+
+def test_records_round_trip_and_older_ones_load() -> None:
+    """Network, endpoint, slot and container records written now load again;
+    those written before IPv6, link-local addresses and links load too."""
+    n = Network("id", "v6", "bridge", "now", subnet="10.1.0.0/16", gateway="10.1.0.1",
+                enable_ipv6=True, subnet6="2001:db8::/64")
+    assert Network(**asdict(n)) == n and n.ipv6_gateway == "2001:db8::1"
+    old_network = {k: v for k, v in asdict(n).items()
+                   if k not in ("enable_ipv6", "subnet6", "gateway6", "ip_range6")}
+    assert not Network(**old_network).ipv6
+    e = Endpoint("n", "e", "10.1.0.2", 16, "10.1.0.1", "02:42:0a:01:00:02", "eth0", [], ["c"],
+                 ip6="2001:db8::2", prefix6=64, gateway6="2001:db8::1",
+                 link_local=["169.254.1.1/16"], links={"db": "web"})
+    run = RunNetworking("10.1.0.1", {"v6": e})
+    assert run_from_record(run_record(run)) == run
+    old_endpoint = {k: v for k, v in asdict(e).items()
+                    if k not in ("ip6", "prefix6", "gateway6", "link_local", "links")}
+    assert Endpoint.from_record(old_endpoint).cidrs == ["10.1.0.2/16"]
+    slot = Slot(0, "tap", "02:68:62:00:00:01", gateway6="2001:db8::1")
+    assert Slot(**asdict(slot)) == slot
+    assert Slot(**{k: v for k, v in asdict(slot).items() if k != "gateway6"}).gateway6 == ""
+    c = Container("id", "/p", "now", "img", {}, {}, "sh", [], links=[Link("cid", "db", "/c")])
+    assert Container.from_record(c.record()).links == c.links
+    older = {k: v for k, v in c.record().items() if k != "links"}
+    assert Container.from_record(older).links == []
