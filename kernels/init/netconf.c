@@ -36,6 +36,20 @@ static int ctl_socket(void)
 	return socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 }
 
+/* One ioctl on a socket of `family` (made in the current network namespace);
+ * errno is the ioctl's. */
+static int family_ioctl(int family, unsigned long request, void *arg)
+{
+	int s = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return -1;
+	int rc = ioctl(s, request, arg);
+	int saved = errno;
+	close(s);
+	errno = saved;
+	return rc;
+}
+
 static int set_flags(int s, const char *name, int up)
 {
 	struct ifreq ifr = {0};
@@ -399,14 +413,12 @@ static int add_ipv6(const char *ifname, const char *cidr, struct err *e)
 	}
 	req.prefixlen = (uint32_t)prefix;
 	req.ifindex = (int)if_nametoindex(ifname);
-	int s = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	/* EEXIST: the link-local address the kernel made from the MAC itself. */
-	int rc = s < 0 || (ioctl(s, SIOCSIFADDR, &req) && errno != EEXIST) ? -1 : 0;
-	if (rc)
+	if (family_ioctl(AF_INET6, SIOCSIFADDR, &req) && errno != EEXIST) {
 		set_err(e, "system", errno, "address %s of %s: %s", cidr, ifname, strerror(errno));
-	if (s >= 0)
-		close(s);
-	return rc;
+		return -1;
+	}
+	return 0;
 }
 
 /* An IPv6 setting of the interface, in the current network namespace. */
@@ -534,13 +546,7 @@ static int route4_ioctl(unsigned long request, const char *destination, const ch
 	set_sin(&rt.rt_genmask, mask);
 	set_sin(&rt.rt_gateway, gw);
 	rt.rt_flags = RTF_UP | RTF_GATEWAY;
-	int s = ctl_socket();
-	int rc = s < 0 ? -1 : ioctl(s, request, &rt);
-	int saved = errno;
-	if (s >= 0)
-		close(s);
-	errno = saved;
-	return rc;
+	return family_ioctl(AF_INET, request, &rt);
 }
 
 static int route6_ioctl(unsigned long request, const char *destination, const char *gateway)
@@ -555,13 +561,7 @@ static int route6_ioctl(unsigned long request, const char *destination, const ch
 	rt.rtmsg_dst_len = (uint16_t)prefix;
 	rt.rtmsg_metric = 1024; /* what `ip -6 route add` gives, and dockerd's default route has */
 	rt.rtmsg_flags = RTF_UP | RTF_GATEWAY;
-	int s = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	int rc = s < 0 ? -1 : ioctl(s, request, &rt);
-	int saved = errno;
-	if (s >= 0)
-		close(s);
-	errno = saved;
-	return rc;
+	return family_ioctl(AF_INET6, request, &rt);
 }
 
 static int route_ioctl(unsigned long request, const char *destination, const char *gateway)
