@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import dns.message
@@ -19,18 +18,6 @@ from hbd.drivers.agent import FileSpec, NetworkUpdate
 from hbd.drivers.fake import FakeGuest
 from tests.api.conftest import ApiDaemon
 from tests.conformance import validate_response
-
-
-@pytest.fixture
-def raw(api_daemon: ApiDaemon) -> Iterator[docker.APIClient]:
-    c = docker.APIClient(base_url=api_daemon.host, version="1.47")
-    yield c
-    for container in c.containers(all=True):
-        c.remove_container(container["Id"], force=True)
-    for n in c.networks():
-        if n["Name"] not in ("bridge", "host", "none"):
-            c.remove_network(n["Id"])
-    c.close()
 
 
 def post(raw: docker.APIClient, path: str, body: dict[str, Any], **params: str) -> Any:
