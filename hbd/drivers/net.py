@@ -49,6 +49,10 @@ async def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface | None,
             idx = await _index(ipr, name)
             assert idx is not None
         await ipr.link("set", index=idx, mtu=mtu)
+        # The host does not forward IPv6, so it would take router advertisements
+        # from a guest on the bridge as its own routes: it takes none.
+        if os.path.exists(f"/proc/sys/net/ipv6/conf/{name}"):
+            _sysctl(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", "0")
         if gateway is not None:
             await _own_address(ipr, idx, gateway)
         if gateway6 is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import dns.message
@@ -70,9 +71,12 @@ def test_ipv6_network_shows_its_ipam_as_dockerd(raw: docker.APIClient) -> None:
                   "Gateway": "2001:db8:91::fe"}
     # No IPv6 gateway given: none shown (the bridge still takes ::1).
     assert raw.inspect_network("v6plain")["IPAM"]["Config"][1] == {"Subnet": "2001:db8:92::/64"}
-    bridge = raw.inspect_network("v6plain")["Id"][:8]
     out = subprocess.run(["ip", "-6", "-o", "addr", "show"], capture_output=True, text=True)
-    assert any(bridge in line and "2001:db8:92::1/64" in line for line in out.stdout.splitlines())
+    bridge = next(line.split()[1] for line in out.stdout.splitlines()
+                  if "2001:db8:92::1/64" in line)
+    assert raw.inspect_network("v6plain")["Id"][:8] in bridge
+    # The host takes no router advertisement from a guest (it does not forward IPv6).
+    assert Path(f"/proc/sys/net/ipv6/conf/{bridge}/accept_ra").read_text().strip() == "0"
 
 
 @pytest.mark.parametrize(("body", "status", "message"), [
