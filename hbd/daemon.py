@@ -103,24 +103,30 @@ class Daemon:
 
     def _dns_views(self) -> list[NetworkView]:
         """Per bridge network: its gateway, the names of running containers on
-        it, and which other networks (gateways) each of them is on."""
+        it, which other networks (gateways) each of them is on, and the
+        aliases of their legacy links there."""
         views = []
         for n in self.networks.networks.values():
             if n.driver != "bridge" or not n.gateway:
                 continue
             names: dict[str, list[str]] = {}
             clients: dict[str, list[str]] = {}
+            links: dict[str, dict[str, str]] = {}
             for run in self.networks.runs.values():
                 endpoint = run.endpoints.get(n.name)
                 if endpoint is None:
                     continue
-                clients[endpoint.ip] = [e.gateway for name, e in run.endpoints.items()
-                                        if name != n.name]
+                others = [e.gateway for name, e in run.endpoints.items() if name != n.name]
+                for address in endpoint.addresses:
+                    clients[address] = others
+                aliases = {alias.lower(): target for alias, target in endpoint.links.items()}
+                for address in (a for e in run.endpoints.values() for a in e.addresses):
+                    links[address] = aliases
                 if n.name == DEFAULT_BRIDGE:  # dockerd serves no names on the default bridge
                     continue
                 for name in endpoint.dns_names:
-                    names.setdefault(name.lower(), []).append(endpoint.ip)
-            views.append(NetworkView(n.gateway, n.name, names, clients))
+                    names.setdefault(name.lower(), []).extend(endpoint.addresses)
+            views.append(NetworkView(n.gateway, n.name, names, clients, links))
         return views
 
     async def stop(self) -> None:

@@ -16,6 +16,7 @@ from hbd.api.app import (
     query_filters,
     query_int,
     read_json,
+    request_version,
 )
 from hbd.api.backends import CONTAINER_FILES, CONTAINERS
 from hbd.api.streams import (
@@ -41,7 +42,8 @@ async def list_containers(request: web.Request) -> web.Response:
 
 async def create(request: web.Request) -> web.Response:
     body = await read_json(request)
-    result = await request.app[CONTAINERS].create(request.query.get("name"), body)
+    result = await request.app[CONTAINERS].create(request.query.get("name"), body,
+                                                  request_version(request))
     return json_response(result, status=201)
 
 

@@ -35,8 +35,10 @@ async def _index(ipr: AsyncIPRoute, name: str) -> int | None:
 
 
 async def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface | None,
+                        gateway6: ipaddress.IPv6Interface | None = None,
                         mtu: int = 1500) -> None:
-    """A bridge named `name`, up, holding `gateway` (and no other address)."""
+    """A bridge named `name`, up, holding `gateway` and `gateway6` (and no
+    other address of either family, link-local ones aside)."""
     async with AsyncIPRoute() as ipr:
         idx = await _index(ipr, name)
         if idx is None:
@@ -47,15 +49,36 @@ async def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface | None,
             idx = await _index(ipr, name)
             assert idx is not None
         await ipr.link("set", index=idx, mtu=mtu)
+        # The host does not forward IPv6, so it would take router advertisements
+        # from a guest on the bridge as its own routes: it takes none.
+        if os.path.exists(f"/proc/sys/net/ipv6/conf/{name}"):
+            _sysctl(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", "0")
         if gateway is not None:
-            have = {(a.get("address"), a["prefixlen"])
-                    async for a in await ipr.get_addr(index=idx, family=2)}
-            want = (str(gateway.ip), gateway.network.prefixlen)
-            for address, prefix in have - {want}:
-                await ipr.addr("del", index=idx, address=address, prefixlen=prefix)
-            if want not in have:
-                await ipr.addr("add", index=idx, address=want[0], prefixlen=want[1])
+            await _own_address(ipr, idx, gateway)
+        if gateway6 is not None:
+            _sysctl(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "0")
+            await _own_address(ipr, idx, gateway6)
         await ipr.link("set", index=idx, state="up")
+
+
+async def _own_address(ipr: AsyncIPRoute, idx: int,
+                       want: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
+    """`want` becomes the link's one global address of its family. An IPv6 one
+    skips duplicate address detection (as dockerd's bridge address does), so
+    that guests reach it at once."""
+    family = 2 if want.version == 4 else 10
+    have = {(a.get("address"), a["prefixlen"])
+            async for a in await ipr.get_addr(index=idx, family=family)
+            if a["scope"] == 0}  # universe: link-local addresses stay
+    wanted = (str(want.ip), want.network.prefixlen)
+    for address, prefix in have - {wanted}:
+        await ipr.addr("del", index=idx, address=address, prefixlen=prefix)
+    if wanted not in have:
+        flags = {} if want.version == 4 else {"flags": IFA_F_NODAD}
+        try:
+            await ipr.addr("add", index=idx, address=wanted[0], prefixlen=wanted[1], **flags)
+        except NetlinkError as e:
+            raise NetError(f"cannot add {want} to the bridge: {e}") from e
 
 
 async def delete_link(name: str) -> None:
@@ -66,6 +89,7 @@ async def delete_link(name: str) -> None:
                 await ipr.link("del", index=idx)
 
 
+IFA_F_NODAD = 0x02
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
@@ -211,11 +235,17 @@ async def remove_ruleset(table: str) -> None:
 
 def enable_forwarding() -> None:
     """Guests reach the outside through the host: IPv4 forwarding on, and
-    DNAT of 127.0.0.1 allowed (route_localnet) for ports published on loopback."""
+    DNAT of 127.0.0.1 allowed (route_localnet) for ports published on loopback.
+    IPv6 is never forwarded: containers of a network reach each other on its
+    bridge, and the host on its address."""
     for path in ("/proc/sys/net/ipv4/ip_forward",
                  "/proc/sys/net/ipv4/conf/all/route_localnet"):
-        try:
-            with open(path, "w") as f:
-                f.write("1")
-        except OSError as e:
-            log.warning("cannot set %s: %s", path, e)
+        _sysctl(path, "1")
+
+
+def _sysctl(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as e:
+        log.warning("cannot set %s: %s", path, e)

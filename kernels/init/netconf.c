@@ -4,8 +4,9 @@
  * names them slots (SANDBOX) and hands a slot to a network namespace when a
  * container joins a network (NETWORK attach), taking it back on detach. A
  * slot in use lives in its namespace under the container's name for it
- * (eth0, eth1…) with the endpoint's MAC. Addresses and routes are set with
- * plain ioctls; only moving a link between namespaces needs rtnetlink. */
+ * (eth0, eth1…) with the endpoint's MAC. Addresses and routes of both
+ * families are set with plain ioctls; only moving a link between namespaces
+ * needs rtnetlink. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -33,6 +34,20 @@ static int root_net = -1;
 static int ctl_socket(void)
 {
 	return socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+}
+
+/* One ioctl on a socket of `family` (made in the current network namespace);
+ * errno is the ioctl's. */
+static int family_ioctl(int family, unsigned long request, void *arg)
+{
+	int s = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return -1;
+	int rc = ioctl(s, request, arg);
+	int saved = errno;
+	close(s);
+	errno = saved;
+	return rc;
 }
 
 static int set_flags(int s, const char *name, int up)
@@ -113,6 +128,28 @@ static int parse_cidr(const char *text, struct in_addr *addr, struct in_addr *ma
 	return 0;
 }
 
+static int parse_cidr6(const char *text, struct in6_addr *addr, int *prefix)
+{
+	char ip[64];
+	snprintf(ip, sizeof(ip), "%s", text);
+	char *slash = strchr(ip, '/');
+	*prefix = 128;
+	if (slash) {
+		*slash = 0;
+		char *end;
+		long bits = strtol(slash + 1, &end, 10);
+		if (end == slash + 1 || *end || bits < 0 || bits > 128)
+			return -1;
+		*prefix = (int)bits;
+	}
+	return inet_pton(AF_INET6, ip, addr) == 1 ? 0 : -1;
+}
+
+static int is_ipv6(const char *text)
+{
+	return strchr(text, ':') != NULL;
+}
+
 static void set_sin(struct sockaddr *sa, struct in_addr a)
 {
 	struct sockaddr_in *sin = (struct sockaddr_in *)sa;
@@ -120,6 +157,14 @@ static void set_sin(struct sockaddr *sa, struct in_addr a)
 	sin->sin_family = AF_INET;
 	sin->sin_addr = a;
 }
+
+/* SIOCSIFADDR on an AF_INET6 socket takes this (linux/ipv6.h: musl ships no
+ * kernel headers). */
+struct in6_ifreq_ {
+	struct in6_addr addr;
+	uint32_t prefixlen;
+	int ifindex;
+};
 
 /* -- rtnetlink: move (and rename) a link into another namespace ------------- */
 
@@ -335,33 +380,96 @@ static int set_mac_mtu(int s, const char *name, const char *mac, long long mtu, 
 	return 0;
 }
 
-/* Inside the namespace: the interface's address, then up. */
+/* An IPv4 address on `ifname`, which may be an alias (eth0:1). */
+static int add_ipv4(int s, const char *ifname, const char *cidr, struct err *e)
+{
+	struct in_addr ip, mask;
+	if (parse_cidr(cidr, &ip, &mask)) {
+		set_err(e, "invalid", EINVAL, "bad address %s for %s", cidr, ifname);
+		return -1;
+	}
+	struct ifreq ifr = {0};
+	snprintf(ifr.ifr_name, IFNAMSIZ, "%s", ifname);
+	set_sin(&ifr.ifr_addr, ip);
+	if (ioctl(s, SIOCSIFADDR, &ifr)) {
+		set_err(e, "system", errno, "address %s of %s: %s", cidr, ifname, strerror(errno));
+		return -1;
+	}
+	set_sin(&ifr.ifr_netmask, mask);
+	if (ioctl(s, SIOCSIFNETMASK, &ifr)) {
+		set_err(e, "system", errno, "netmask of %s: %s", ifname, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int add_ipv6(const char *ifname, const char *cidr, struct err *e)
+{
+	struct in6_ifreq_ req = {0};
+	int prefix;
+	if (parse_cidr6(cidr, &req.addr, &prefix)) {
+		set_err(e, "invalid", EINVAL, "bad address %s for %s", cidr, ifname);
+		return -1;
+	}
+	req.prefixlen = (uint32_t)prefix;
+	req.ifindex = (int)if_nametoindex(ifname);
+	/* EEXIST: the link-local address the kernel made from the MAC itself. */
+	if (family_ioctl(AF_INET6, SIOCSIFADDR, &req) && errno != EEXIST) {
+		set_err(e, "system", errno, "address %s of %s: %s", cidr, ifname, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* An IPv6 setting of the interface, in the current network namespace. */
+static int ipv6_conf(const char *ifname, const char *key, const char *value)
+{
+	char path[96];
+	snprintf(path, sizeof(path), "/proc/sys/net/ipv6/conf/%s/%s", ifname, key);
+	return write_file(path, value, strlen(value), 0644);
+}
+
+/* Inside the namespace: IPv6 on or off, the IPv4 addresses (the first on the
+ * interface, more on aliases), up, then the IPv6 addresses: with DAD off
+ * they are usable at once. */
 static int configure_address(int s, const char *name, const struct json *addrs, struct err *e)
 {
-	struct ifreq ifr;
+	int has_ipv6 = 0;
 	for (const struct json *a = addrs ? addrs->child : NULL; a; a = a->next) {
-		struct in_addr ip, mask;
-		if (a->type != J_STR || parse_cidr(a->str, &ip, &mask)) {
+		if (a->type != J_STR) {
 			set_err(e, "invalid", EINVAL, "bad address for %s", name);
 			return -1;
 		}
-		memset(&ifr, 0, sizeof(ifr));
-		snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
-		set_sin(&ifr.ifr_addr, ip);
-		if (ioctl(s, SIOCSIFADDR, &ifr)) {
-			set_err(e, "system", errno, "address of %s: %s", name, strerror(errno));
+		has_ipv6 |= is_ipv6(a->str);
+	}
+	if (has_ipv6 && (ipv6_conf(name, "disable_ipv6", "0") || ipv6_conf(name, "accept_dad", "0"))) {
+		set_err(e, "system", errno, "IPv6 on %s: %s", name, strerror(errno));
+		return -1;
+	}
+	if (!has_ipv6)
+		ipv6_conf(name, "disable_ipv6", "1"); /* best effort: a kernel may lack IPv6 */
+	int aliases = 0;
+	for (const struct json *a = addrs ? addrs->child : NULL; a; a = a->next) {
+		if (is_ipv6(a->str))
+			continue;
+		char ifname[IFNAMSIZ];
+		int len = aliases ? snprintf(ifname, sizeof(ifname), "%s:%d", name, aliases)
+				  : snprintf(ifname, sizeof(ifname), "%s", name);
+		if (len < 0 || len >= IFNAMSIZ) {
+			set_err(e, "invalid", EINVAL, "too many addresses for %s", name);
 			return -1;
 		}
-		set_sin(&ifr.ifr_netmask, mask);
-		if (ioctl(s, SIOCSIFNETMASK, &ifr)) {
-			set_err(e, "system", errno, "netmask of %s: %s", name, strerror(errno));
+		if (add_ipv4(s, ifname, a->str, e))
 			return -1;
-		}
-		break; /* ioctls hold one IPv4 address per interface */
+		aliases++;
 	}
 	if (set_flags(s, name, 1)) {
 		set_err(e, "system", errno, "bring up %s: %s", name, strerror(errno));
 		return -1;
+	}
+	for (const struct json *a = addrs ? addrs->child : NULL; a; a = a->next) {
+		if (is_ipv6(a->str) && add_ipv6(name, a->str, e))
+			return -1;
 	}
 	return 0;
 }
@@ -426,7 +534,7 @@ static int detach_nic(struct netns *n, const char *name, const char *nic, struct
 	return 0;
 }
 
-static int route_ioctl(int s, unsigned long request, const char *destination, const char *gateway)
+static int route4_ioctl(unsigned long request, const char *destination, const char *gateway)
 {
 	struct in_addr dst, mask, gw;
 	if (parse_cidr(destination, &dst, &mask) || inet_pton(AF_INET, gateway, &gw) != 1) {
@@ -438,7 +546,28 @@ static int route_ioctl(int s, unsigned long request, const char *destination, co
 	set_sin(&rt.rt_genmask, mask);
 	set_sin(&rt.rt_gateway, gw);
 	rt.rt_flags = RTF_UP | RTF_GATEWAY;
-	return ioctl(s, request, &rt);
+	return family_ioctl(AF_INET, request, &rt);
+}
+
+static int route6_ioctl(unsigned long request, const char *destination, const char *gateway)
+{
+	struct in6_rtmsg rt = {0};
+	int prefix;
+	if (parse_cidr6(destination, &rt.rtmsg_dst, &prefix) ||
+	    inet_pton(AF_INET6, gateway, &rt.rtmsg_gateway) != 1) {
+		errno = EINVAL;
+		return -1;
+	}
+	rt.rtmsg_dst_len = (uint16_t)prefix;
+	rt.rtmsg_metric = 1024; /* what `ip -6 route add` gives, and dockerd's default route has */
+	rt.rtmsg_flags = RTF_UP | RTF_GATEWAY;
+	return family_ioctl(AF_INET6, request, &rt);
+}
+
+static int route_ioctl(unsigned long request, const char *destination, const char *gateway)
+{
+	return is_ipv6(destination) ? route6_ioctl(request, destination, gateway)
+				    : route4_ioctl(request, destination, gateway);
 }
 
 /* The namespace's gateway routes become exactly `routes`. */
@@ -448,15 +577,14 @@ static int set_routes(struct netns *n, const struct json *routes, struct err *e)
 		set_err(e, "system", errno, "enter namespace %s: %s", n->id, strerror(errno));
 		return -1;
 	}
-	int s = ctl_socket();
-	int rc = s < 0 ? -1 : 0;
-	for (int i = 0; s >= 0 && i < n->nroutes; i++)
-		route_ioctl(s, SIOCDELRT, n->routes[i][0], n->routes[i][1]);
+	int rc = 0;
+	for (int i = 0; i < n->nroutes; i++)
+		route_ioctl(SIOCDELRT, n->routes[i][0], n->routes[i][1]);
 	n->nroutes = 0;
-	for (const struct json *r = routes ? routes->child : NULL; s >= 0 && r; r = r->next) {
+	for (const struct json *r = routes ? routes->child : NULL; r; r = r->next) {
 		const char *destination = json_str(r, "destination", "0.0.0.0/0");
 		const char *gateway = json_str(r, "gateway", "");
-		if (route_ioctl(s, SIOCADDRT, destination, gateway) && errno != EEXIST) {
+		if (route_ioctl(SIOCADDRT, destination, gateway) && errno != EEXIST) {
 			set_err(e, errno == EINVAL ? "invalid" : "system", errno, "route %s via %s: %s",
 				destination, gateway, strerror(errno));
 			rc = -1;
@@ -468,8 +596,6 @@ static int set_routes(struct netns *n, const struct json *routes, struct err *e)
 			n->nroutes++;
 		}
 	}
-	if (s >= 0)
-		close(s);
 	netns_leave(0);
 	return rc;
 }

@@ -112,3 +112,16 @@ def client(api_daemon: ApiDaemon) -> Iterator[docker.DockerClient]:
     c = docker.DockerClient(base_url=api_daemon.host, version="1.47")
     yield c
     c.close()
+
+
+@pytest.fixture
+def raw(api_daemon: ApiDaemon) -> Iterator[docker.APIClient]:
+    """The low-level client; the containers and networks a test made go after it."""
+    c = docker.APIClient(base_url=api_daemon.host, version="1.47")
+    yield c
+    for container in c.containers(all=True):
+        c.remove_container(container["Id"], force=True)
+    for n in c.networks():
+        if n["Name"] not in ("bridge", "host", "none"):
+            c.remove_network(n["Id"])
+    c.close()

@@ -3,22 +3,11 @@ guest driver): where each one runs, what inspect shows, dockerd's errors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import docker
 import pytest
 
 from hbd.drivers.fake import FakeGuest, FakeGuestDriver
 from tests.api.conftest import ApiDaemon
-
-
-@pytest.fixture
-def raw(api_daemon: ApiDaemon) -> Iterator[docker.APIClient]:
-    c = docker.APIClient(base_url=api_daemon.host, version="1.47")
-    yield c
-    for container in c.containers(all=True):
-        c.remove_container(container["Id"], force=True)
-    c.close()
 
 
 def driver(api_daemon: ApiDaemon) -> FakeGuestDriver:

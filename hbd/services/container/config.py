@@ -273,12 +273,14 @@ def command_of(config: dict[str, Any]) -> list[str]:
     return args
 
 
-def process_env(config: dict[str, Any], hostname: str) -> list[str]:
-    """The environment dockerd gives a container's process (CreateDaemonEnvironment)."""
+def process_env(config: dict[str, Any], hostname: str,
+                linked: list[str] | None = None) -> list[str]:
+    """The environment dockerd gives a container's process
+    (CreateDaemonEnvironment): `linked` is what its legacy links set."""
     env = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"]
     if config["Tty"]:
         env.append("TERM=xterm")
-    return replace_or_append_env(env, config["Env"] or [])
+    return replace_or_append_env(env + list(linked or []), config["Env"] or [])
 
 
 def replace_or_append_env(base: list[str], overrides: list[str]) -> list[str]:

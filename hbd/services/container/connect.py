@@ -13,7 +13,7 @@ from hbd.services.container import network as cn
 from hbd.services.container.model import Container, Run
 from hbd.services.container.namespaces import peer_ref
 from hbd.services.container.sandboxes import EndpointPlan, SandboxManager
-from hbd.services.container.start import guest_files
+from hbd.services.container.start import rewrite_hosts
 from hbd.services.container.store import ContainerStore
 from hbd.services.network.model import Network
 from hbd.services.network.service import NetworkService
@@ -39,7 +39,8 @@ class Connections:
             raise InvalidParameter("container cannot be connected to multiple networks with "
                                    "one of the networks in private (none) mode")
         attach = cn.attachments_for_create({"NetworkMode": n.name},
-                                           {"EndpointsConfig": {n.name: settings or {}}},
+                                           cn.endpoints_config({"EndpointsConfig":
+                                                                {n.name: settings or {}}}),
                                            self.networks)
         run = c.run
         if run is not None and c.state.running and c.run_network is not None:
@@ -60,7 +61,7 @@ class Connections:
         except BaseException:
             await self.networks.remove_endpoint(c.id, c.run_network, n.name)
             raise
-        await self._rewrite_hosts(c, run)
+        await rewrite_hosts(self.store, self.sandboxes, c)
 
     async def disconnect(self, ref: str, network_ref: str, force: bool = False) -> None:
         c = self.store.get(ref)
@@ -75,20 +76,8 @@ class Connections:
                 n.name in c.run_network.endpoints:
             await self.sandboxes.disconnect(run.guest, n.name)
             await self.networks.remove_endpoint(c.id, c.run_network, n.name)
-            await self._rewrite_hosts(c, run)
+            await rewrite_hosts(self.store, self.sandboxes, c)
         del c.networks[n.name]
         self.store.save(c)
         self.store.events.publish("network", "disconnect", n.id,
                                   {"container": c.id, "name": n.name, "type": n.driver})
-
-    async def _rewrite_hosts(self, owner: Container, run: Run) -> None:
-        """/etc/hosts of every container in the owner's network namespace
-        lists the owner's addresses on all its networks, as dockerd's does."""
-        for cid in self.sandboxes.netns_members(run.guest):
-            member = self.store.containers.get(cid)
-            if member is None or member.run is None:
-                continue
-            hosts = [f for f in guest_files(member, owner.run_network)
-                     if f.path == "/etc/hosts"]
-            if hosts:
-                await self.sandboxes.rewrite_files(member.run.guest, hosts)

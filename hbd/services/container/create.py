@@ -10,6 +10,7 @@ from typing import Any
 
 from hbd.errors import HbdError, InvalidParameter, NotFound, no_such_image
 from hbd.services.container import config as cc
+from hbd.services.container import links
 from hbd.services.container import namespaces as ns
 from hbd.services.container import network as cn
 from hbd.services.container.model import Container
@@ -31,7 +32,10 @@ class Creator:
     volumes: VolumeService
     scratch: ScratchDisks
 
-    async def create(self, name: str | None, body: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, name: str | None, body: dict[str, Any],
+                     api_version: str = "") -> dict[str, Any]:
+        """`api_version`: the client's ("" for the latest), for what older
+        API versions meant by a field."""
         if not isinstance(body, dict):
             raise InvalidParameter("invalid JSON: container config must be an object")
         config = cc.normalize_config(body)
@@ -52,9 +56,11 @@ class Creator:
             name = "/" + cc.generate_name({n.lstrip("/") for n in self.store.names})
         cc.merge_image_config(config, img.container_config)
         args = cc.command_of(config)
-        attachments = cn.attachments_for_create(host_config, body.get("NetworkingConfig"),
-                                                self.networks)
+        endpoints = cn.endpoints_config(body.get("NetworkingConfig"))
+        warnings = cn.migrate_mac_address(config, host_config, endpoints, api_version)
+        attachments = cn.attachments_for_create(host_config, endpoints, self.networks)
         cn.published_ports(config, host_config)  # reject bad port specs now, not at start
+        legacy_links = links.register(host_config, self.store)
         volumes_from = [self._volumes_from(spec) for spec in
                         host_config.get("VolumesFrom") or []]
         mounts = await resolve_mounts(config, host_config, self.volumes, volumes_from)
@@ -64,7 +70,7 @@ class Creator:
         c = Container(
             id=cid, name=name, created=rfc3339_nano(), image_id=img.id, config=config,
             host_config=host_config, path=args[0], args=args[1:], networks=attachments,
-            mounts=mounts,
+            mounts=mounts, links=legacy_links,
         )
         directory = self.store.dir(c)
         directory.mkdir(parents=True)
@@ -77,7 +83,7 @@ class Creator:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         self.store.event(c, "create")
-        return {"Id": cid, "Warnings": []}
+        return {"Id": cid, "Warnings": warnings}
 
     def _volumes_from(self, spec: str) -> list[MountPoint]:
         ref, _, mode = spec.partition(":")

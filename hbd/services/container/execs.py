@@ -136,7 +136,7 @@ class ExecService:
         console = body.get("ConsoleSize") or [0, 0]
         instance = ExecInstance(
             id=secrets.token_hex(32), container=c, args=list(args),
-            env=cc.replace_or_append_env(cc.process_env(c.config, c.hostname), env),
+            env=cc.replace_or_append_env(self.containers.process_env(c), env),
             user=str(body.get("User") or c.config.get("User") or ""),
             cwd=str(body.get("WorkingDir") or c.config.get("WorkingDir") or "/"),
             tty=bool(body.get("Tty")), stdin=bool(body.get("AttachStdin")),

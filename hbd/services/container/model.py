@@ -122,6 +122,16 @@ class Run:
 
 
 @dataclass
+class Link:
+    """A legacy link (`--link name:alias`) to another container, its child."""
+
+    child_id: str
+    alias: str
+    # The child's name when linked: shown, and named in errors, once it is gone.
+    child_name: str
+
+
+@dataclass
 class Container:
     id: str
     name: str
@@ -139,6 +149,8 @@ class Container:
     run_network: RunNetworking | None = None
     mounts: list[MountPoint] = field(default_factory=list)
     health: HealthState | None = None
+    # Legacy links, registered at create (not on user-defined networks).
+    links: list[Link] = field(default_factory=list)
     # Runtime only, never persisted.
     run: Run | None = field(default=None, repr=False)
     attachments: set[Attachment] = field(default_factory=set, repr=False)
@@ -168,6 +180,7 @@ class Container:
             "mounts": [asdict(m) for m in self.mounts],
             "health": asdict(self.health) if self.health else None,
             "manually_stopped": self.manually_stopped,
+            "links": [asdict(link) for link in self.links],
         }
 
     @classmethod
@@ -182,6 +195,7 @@ class Container:
             mounts=[MountPoint(**m) for m in rec.get("mounts", [])],
             health=HealthState(**rec["health"]) if rec.get("health") else None,
             manually_stopped=rec.get("manually_stopped", False),
+            links=[Link(**link) for link in rec.get("links", [])],
         )
 
     def health_status(self) -> str:

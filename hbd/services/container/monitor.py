@@ -12,6 +12,7 @@ from typing import Any
 from hbd.drivers.agent import ExitStatus
 from hbd.errors import HbdError
 from hbd.services.container import config as cc
+from hbd.services.container import links
 from hbd.services.container.delete import Remover
 from hbd.services.container.health import HealthMonitor
 from hbd.services.container.model import Container, ContainerState, Run
@@ -42,7 +43,8 @@ class Monitor:
     def begin_health(self, c: Container, run: Run) -> None:
         healthcheck = c.config.get("Healthcheck")
         monitor = HealthMonitor(
-            healthcheck or {}, run, cc.process_env(c.config, c.hostname),
+            healthcheck or {}, run,
+            cc.process_env(c.config, c.hostname, links.environment(c, self.store)),
             str(c.config.get("User") or ""), str(c.config.get("WorkingDir") or "/"),
             lambda status: self._health_changed(c, status))
         if not healthcheck or not monitor.enabled:

@@ -10,15 +10,81 @@ from dataclasses import asdict
 from typing import Any
 
 from hbd.errors import InvalidParameter, NotFound
+from hbd.services.network.ipam import parse_address
 from hbd.services.network.model import DEFAULT_BRIDGE, Endpoint, PublishedPort, RunNetworking
 from hbd.services.network.service import NetworkService
 
 _PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$")
 
 
-def attachments_for_create(host_config: dict[str, Any], networking: dict[str, Any] | None,
+MAC_DEPRECATED = ("The container-wide MacAddress field is now deprecated. It should be "
+                  "specified in EndpointsConfig instead.")
+
+
+def endpoints_config(networking: Any) -> dict[str, dict[str, Any]]:
+    """NetworkingConfig.EndpointsConfig, checked and copied, `default` as `bridge`."""
+    if networking is not None and not isinstance(networking, dict):
+        raise InvalidParameter("invalid NetworkingConfig: must be an object")
+    raw = (networking or {}).get("EndpointsConfig") or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict | None) for v in raw.values()):
+        raise InvalidParameter("invalid EndpointsConfig: must map networks to objects")
+    return {DEFAULT_BRIDGE if name == "default" else name: dict(settings or {})
+            for name, settings in raw.items()}
+
+
+def migrate_mac_address(config: dict[str, Any], host_config: dict[str, Any],
+                        endpoints: dict[str, dict[str, Any]], api_version: str) -> list[str]:
+    """dockerd's handleMACAddressBC: the container-wide Config.MacAddress is
+    the MAC of the endpoint on the NetworkMode network; API 1.44 moved it to
+    EndpointSettings.MacAddress. Updates `endpoints` (and `config`), returns
+    the warnings for the client."""
+    mac = str(config.get("MacAddress") or "")
+    mode = str(host_config.get("NetworkMode") or "default")
+    network = DEFAULT_BRIDGE if mode == "default" else mode
+    on_network = mode not in ("host", "none") and not mode.startswith("container:")
+    if _older_than(api_version, (1, 44)):
+        for settings in endpoints.values():
+            settings["MacAddress"] = mac  # what an older API gave per endpoint was ignored
+        if mac and not on_network:
+            raise InvalidParameter("conflicting options: mac-address and the network mode")
+        if mac and not endpoints:
+            endpoints[network] = {"MacAddress": mac}
+        return []
+    if not mac:
+        return []
+    if on_network:
+        if endpoints and network not in endpoints:
+            raise InvalidParameter("if a container-wide MAC address is supplied, "
+                                   "HostConfig.NetworkMode must match the identity of a "
+                                   "network in NetworkSettings.Networks")
+        settings = endpoints.setdefault(network, {})
+        if settings.get("MacAddress") and settings["MacAddress"] != mac:
+            raise InvalidParameter("the container-wide MAC address must match the "
+                                   "endpoint-specific MAC address for the main network, or "
+                                   "be left empty")
+        settings["MacAddress"] = mac
+    del config["MacAddress"]
+    return [MAC_DEPRECATED]
+
+
+def _older_than(api_version: str, version: tuple[int, int]) -> bool:
+    try:
+        return bool(api_version) and tuple(int(p) for p in api_version.split(".")) < version
+    except ValueError:
+        return False
+
+
+def desired_mac(host_config: dict[str, Any], attachments: dict[str, dict[str, Any]]) -> str:
+    """The MAC configured for the NetworkMode network: inspect's Config.MacAddress."""
+    mode = str(host_config.get("NetworkMode") or "default")
+    settings = attachments.get(DEFAULT_BRIDGE if mode == "default" else mode) or {}
+    return str(settings.get("MacAddress") or "")
+
+
+def attachments_for_create(host_config: dict[str, Any], endpoints: dict[str, dict[str, Any]],
                            networks: NetworkService) -> dict[str, dict[str, Any]]:
-    """The networks a new container joins, each with its EndpointSettings."""
+    """The networks a new container joins, each with its EndpointSettings
+    (`endpoints`: the request's, from endpoints_config)."""
     mode = host_config.get("NetworkMode") or "default"
     if mode == "default":
         mode = DEFAULT_BRIDGE
@@ -27,8 +93,6 @@ def attachments_for_create(host_config: dict[str, Any], networking: dict[str, An
                                "networking (--network host) is not available")
     if mode.startswith("container:"):
         return {}  # it lives in the other container's network namespace
-    endpoints = {DEFAULT_BRIDGE if name == "default" else name: settings for name, settings in
-                 ((networking or {}).get("EndpointsConfig") or {}).items()}
     if mode == "none":
         if any(name != "none" for name in endpoints):
             raise InvalidParameter("container cannot be disconnected from host network or "
@@ -49,12 +113,24 @@ def attachments_for_create(host_config: dict[str, Any], networking: dict[str, An
         if aliases and n.name == DEFAULT_BRIDGE:
             raise InvalidParameter("network-scoped alias is supported only for containers "
                                    "in user defined networks")
-        wanted = (settings.get("IPAMConfig") or {}).get("IPv4Address")
-        if wanted and n.name == DEFAULT_BRIDGE:
-            raise InvalidParameter("user specified IP address is supported on user defined "
-                                   "networks only")
+        _check_ipam_config(settings, n.name)
         out[n.name] = settings
     return out
+
+
+def _check_ipam_config(settings: dict[str, Any], network: str) -> None:
+    """The static addresses of EndpointSettings.IPAMConfig, as dockerd checks
+    them at create (link-local ones are checked at start, as in dockerd)."""
+    ipam = settings.get("IPAMConfig") or {}
+    if not isinstance(ipam, dict):
+        raise InvalidParameter("invalid IPAMConfig: must be an object")
+    wanted = {4: str(ipam.get("IPv4Address") or ""), 6: str(ipam.get("IPv6Address") or "")}
+    if any(wanted.values()) and network == DEFAULT_BRIDGE:
+        raise InvalidParameter("user specified IP address is supported on user defined "
+                               "networks only")
+    for version, address in wanted.items():
+        if address:
+            parse_address(address, version)
 
 
 def parse_port(spec: str) -> tuple[int, int, str]:
@@ -95,7 +171,10 @@ def published_ports(config: dict[str, Any], host_config: dict[str, Any]) -> list
     return out
 
 
-def hosts_file(hostname: str, run: RunNetworking | None, extra_hosts: list[str]) -> bytes:
+def hosts_file(hostname: str, run: RunNetworking | None, extra_hosts: list[str],
+               link_lines: list[str]) -> bytes:
+    """Extra hosts, then legacy links' lines, then the container's own, as
+    dockerd orders them."""
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
              "fe00::0\tip6-localnet", "ff00::0\tip6-mcastprefix", "ff02::1\tip6-allnodes",
              "ff02::2\tip6-allrouters"]
@@ -104,9 +183,10 @@ def hosts_file(hostname: str, run: RunNetworking | None, extra_hosts: list[str])
         if not sep or not name:
             raise InvalidParameter(f"invalid IP address in add-host: \"{address}\"")
         lines.append(f"{address}\t{name}")
-    # dockerd writes the container's address on each of its networks.
+    lines += link_lines
+    # dockerd writes the container's addresses (IPv4, then IPv6) on each of its networks.
     for endpoint in (run.endpoints.values() if run is not None else []):
-        lines.append(f"{endpoint.ip}\t{hostname}")
+        lines += [f"{address}\t{hostname}" for address in endpoint.addresses]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -157,10 +237,12 @@ def network_settings(networks: NetworkService, attachments: dict[str, dict[str, 
         "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None,
         "EndpointID": bridge.endpoint_id if bridge else "",
         "Gateway": bridge.gateway if bridge else "",
-        "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+        "GlobalIPv6Address": bridge.ip6 if bridge else "",
+        "GlobalIPv6PrefixLen": bridge.prefix6 if bridge else 0,
         "IPAddress": bridge.ip if bridge else "",
         "IPPrefixLen": bridge.prefix if bridge else 0,
-        "IPv6Gateway": "", "MacAddress": bridge.mac if bridge else "",
+        "IPv6Gateway": bridge.gateway6 if bridge else "",
+        "MacAddress": bridge.mac if bridge else "",
         "Networks": per_network,
     }
 

@@ -47,6 +47,7 @@ class Slot:
     network: str = ""    # the network whose bridge its tap is plugged into
     gateway: str = ""
     internal: bool = False
+    gateway6: str = ""   # "" on a network without IPv6
 
     @property
     def name(self) -> str:
@@ -54,7 +55,7 @@ class Slot:
         return f"slot{self.index}"
 
     def release(self) -> None:
-        self.netns = self.ifname = self.network = self.gateway = ""
+        self.netns = self.ifname = self.network = self.gateway = self.gateway6 = ""
         self.internal = False
 
 

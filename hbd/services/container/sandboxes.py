@@ -269,20 +269,19 @@ class SandboxManager:
                            f"{len(record.slots)} NICs (hbd.toml: vm.nic_slots)")
         slot = spare[0]
         slot.netns, slot.ifname = netns, plan.endpoint.ifname
-        slot.network, slot.gateway, slot.internal = plan.network, plan.endpoint.gateway, \
-            plan.internal
         e = plan.endpoint
-        return InterfaceSpec(nic=slot.name, name=e.ifname, mac=e.mac,
-                             addresses=[f"{e.ip}/{e.prefix}"])
+        slot.network, slot.gateway, slot.gateway6 = plan.network, e.gateway, e.gateway6
+        slot.internal = plan.internal
+        return InterfaceSpec(nic=slot.name, name=e.ifname, mac=e.mac, addresses=e.cidrs)
 
     @staticmethod
     def _routes(record: SandboxRecord, netns: str) -> list[RouteSpec]:
-        """The default route goes through the first network (in the order the
-        container joined them) that is not internal."""
-        for slot in record.netns_slots(netns):
-            if not slot.internal and slot.gateway:
-                return [RouteSpec("0.0.0.0/0", slot.gateway)]
-        return []
+        """Each family's default route goes through the first network (in the
+        order the container joined them) that is not internal and has a
+        gateway of that family."""
+        slots = [s for s in record.netns_slots(netns) if not s.internal]
+        routes = [RouteSpec("0.0.0.0/0", s.gateway) for s in slots if s.gateway][:1]
+        return routes + [RouteSpec("::/0", s.gateway6) for s in slots if s.gateway6][:1]
 
     # -- joining a running sandbox ---------------------------------------------------------------
 

@@ -29,7 +29,8 @@ from hbd.config import Config
 from hbd.drivers.guest import GuestDriver
 from hbd.events import EventBus
 from hbd.services.container import attach as attaching
-from hbd.services.container import stats
+from hbd.services.container import config as cc
+from hbd.services.container import links, stats
 from hbd.services.container.connect import Connections
 from hbd.services.container.create import Creator
 from hbd.services.container.delete import Remover
@@ -92,6 +93,11 @@ class ContainerService:
     def get(self, ref: str) -> Container:
         return self.store.get(ref)
 
+    def process_env(self, c: Container) -> list[str]:
+        """The environment of the container's processes (its execs' too): its
+        own, with what its legacy links set."""
+        return cc.process_env(c.config, c.hostname, links.environment(c, self.store))
+
     def volume_users(self, name: str) -> list[str]:
         return self.store.volume_users(name)
 
@@ -104,8 +110,9 @@ class ContainerService:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def create(self, name: str | None, body: dict[str, Any]) -> dict[str, Any]:
-        return await self.creator.create(name, body)
+    async def create(self, name: str | None, body: dict[str, Any],
+                     api_version: str = "") -> dict[str, Any]:
+        return await self.creator.create(name, body, api_version)
 
     def rename(self, ref: str, new_name: str) -> None:
         self.creator.rename(ref, new_name)

@@ -17,6 +17,7 @@ from hbd.drivers.agent import AgentError, ContainerSetup, FileSpec, ProcessSpec
 from hbd.drivers.guest import BootError
 from hbd.errors import Conflict, HbdError, InvalidParameter, NotModified, SystemError_
 from hbd.services.container import config as cc
+from hbd.services.container import links
 from hbd.services.container import network as cn
 from hbd.services.container.logs import JsonFileWriter
 from hbd.services.container.model import Container, ContainerState, Run
@@ -50,18 +51,36 @@ def guest_memory_mib(limit: int) -> int:
     return max(MIN_GUEST_MIB, math.ceil(limit / (1024 * 1024)) + GUEST_KERNEL_MIB)
 
 
-def guest_files(c: Container, network: RunNetworking | None) -> list[FileSpec]:
+def guest_files(c: Container, network: RunNetworking | None,
+                link_lines: list[str]) -> list[FileSpec]:
     """/etc/hostname, /etc/hosts and /etc/resolv.conf, as hbd writes them."""
     hc = c.host_config
     files = [
         FileSpec("/etc/hostname", f"{c.hostname}\n".encode()),
         FileSpec("/etc/hosts", cn.hosts_file(c.hostname, network,
-                                             list(hc.get("ExtraHosts") or []))),
+                                             list(hc.get("ExtraHosts") or []), link_lines)),
         FileSpec("/etc/resolv.conf", cn.resolv_conf(network, hc, host_resolvers())),
     ]
     # A file the user mounts there himself is his, as in dockerd.
     mounted = {mp.destination for mp in c.mounts}
     return [f for f in files if f.path not in mounted]
+
+
+async def rewrite_hosts(store: ContainerStore, sandboxes: SandboxManager,
+                        owner: Container) -> None:
+    """/etc/hosts of every container in the owner's network namespace lists
+    the owner's addresses on all its networks and its links, as dockerd's."""
+    if owner.run is None:
+        return
+    link_lines = links.hosts_lines(owner, store)
+    for cid in sandboxes.netns_members(owner.run.guest):
+        member = store.containers.get(cid)
+        if member is None or member.run is None:
+            continue
+        hosts = [f for f in guest_files(member, owner.run_network, link_lines)
+                 if f.path == "/etc/hosts"]
+        if hosts:
+            await sandboxes.rewrite_files(member.run.guest, hosts)
 
 
 @dataclass
@@ -103,6 +122,7 @@ class Starter:
         disk = await self._image_disk(c)
         shared = shared_namespaces(c, self.store)
         target = self._sandbox_for(c, shared)
+        links.check_children(c, self.store)
         await self._volumes_released(c)
         self._claim_mounts(c)
         network = None
@@ -147,6 +167,9 @@ class Starter:
         c.run_started.set()
         self.store.event(c, "start")
         self.monitor.watch(c, run)
+        # dockerd's parent update: containers linking to this one see its new address.
+        for parent in links.parents(c, self.store):
+            await rewrite_hosts(self.store, self.sandboxes, parent)
 
     def _sandbox_for(self, c: Container, shared: SharedNamespaces) -> Sandbox | None:
         """The running sandbox the container must join (that of the containers
@@ -232,13 +255,15 @@ class Starter:
         vcpus = self.config.vm.vcpus
         if hc.get("NanoCpus"):
             vcpus = max(1, math.ceil(hc["NanoCpus"] / 1e9))
+        # Sharing another's network namespace, it shares its /etc/hosts.
+        hosts_owner = c if shared.network is None else shared.network
         files_network = network if shared.network is None else shared.network.run_network
         setup = ContainerSetup(
             container="", netns="",
             hostname=c.hostname,
             domainname=str(c.config.get("Domainname") or ""),
             readonly_rootfs=bool(hc.get("ReadonlyRootfs")),
-            files=guest_files(c, files_network),
+            files=guest_files(c, files_network, links.hosts_lines(hosts_owner, self.store)),
             sysctls={str(k): str(v) for k, v in (hc.get("Sysctls") or {}).items()},
             memory_limit=int(hc.get("Memory") or 0),
             shm_size=int(hc.get("ShmSize") or cc.DEFAULT_SHM_SIZE),
@@ -284,15 +309,14 @@ class Starter:
             plans.append(EndpointPlan(name, endpoint, n.bridge, n.internal))
         return plans
 
-    @staticmethod
-    def _main_process(c: Container, view: ContainerInGuest) -> ProcessSpec:
+    def _main_process(self, c: Container, view: ContainerInGuest) -> ProcessSpec:
         console = c.host_config.get("ConsoleSize") or [0, 0]
         return ProcessSpec(
             proc=view.main_proc,
             container=view.guest_id,
             main=True,
             args=[c.path, *c.args],
-            env=cc.process_env(c.config, c.hostname),
+            env=cc.process_env(c.config, c.hostname, links.environment(c, self.store)),
             cwd=str(c.config.get("WorkingDir") or "/"),
             user=str(c.config.get("User") or ""),
             tty=c.tty,

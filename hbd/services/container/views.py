@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hbd.services.container import links
 from hbd.services.container import network as cn
 from hbd.services.container.filters import ContainerFilter
 from hbd.services.container.model import Container
@@ -26,6 +27,7 @@ class ContainerViews:
     def inspect(self, ref: str) -> dict[str, Any]:
         c = self.store.get(ref)
         hc = dict(c.host_config)
+        hc["Links"] = links.view(c, self.store)
         return {
             "Id": c.id,
             "Created": c.created,
@@ -52,10 +54,17 @@ class ContainerViews:
                 "ScratchDisk": str(self.store.dir(c) / "scratch.qcow2"),
             }},
             "Mounts": [m.view(self.volumes) for m in c.mounts],
-            "Config": c.config,
+            "Config": self._config_view(c),
             "NetworkSettings": cn.network_settings(self.networks, c.networks, c.config,
                                                    c.run_network),
         }
+
+    @staticmethod
+    def _config_view(c: Container) -> dict[str, Any]:
+        """Config, with the MAC of the NetworkMode network as MacAddress (what
+        API clients before 1.44 set there), as dockerd shows it."""
+        mac = c.config.get("MacAddress") or cn.desired_mac(c.host_config, c.networks)
+        return {**c.config, "MacAddress": mac} if mac else c.config
 
     def summary(self, c: Container) -> dict[str, Any]:
         command = " ".join([c.path, *c.args]) if c.args else c.path
@@ -99,5 +108,6 @@ class ContainerViews:
             out[c.id] = {"Name": c.name.lstrip("/"), "EndpointID": endpoint.endpoint_id,
                          "MacAddress": endpoint.mac,
                          "IPv4Address": f"{endpoint.ip}/{endpoint.prefix}",
-                         "IPv6Address": ""}
+                         "IPv6Address": f"{endpoint.ip6}/{endpoint.prefix6}"
+                         if endpoint.ip6 else ""}
         return out

@@ -56,9 +56,12 @@ class NetworkView:
 
     gateway: str
     network: str
-    names: dict[str, list[str]]  # lower-case name -> IPv4 addresses
+    names: dict[str, list[str]]  # lower-case name -> addresses (IPv4 and IPv6)
     # A container's address on this network -> the gateways of its other networks.
     clients: dict[str, list[str]] = field(default_factory=dict)
+    # Legacy links on this network: any address of the linking container ->
+    # {lower-case alias: the name it stands for}; only that container resolves them.
+    links: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class _Forwarder:
@@ -182,20 +185,28 @@ class DnsServer:
 
     def _lookup(self, gateway: str, name: str, client: str) -> list[str] | None:
         """The addresses of `name` on the listener's network, else on the
-        client's other networks."""
+        client's other networks; the client's link aliases come first, as in
+        dockerd."""
         view = self._views.get(gateway)
         if view is None:
             return None
-        for other in [gateway, *view.clients.get(client, [])]:
-            candidate = self._views.get(other)
-            if candidate is None:
-                continue
-            # "web" and "web.<network>" both name the container, as in dockerd.
-            suffix = "." + candidate.network.lower()
-            short = name[: -len(suffix)] if name.endswith(suffix) else name
+        candidates = [v for v in (self._views.get(g) for g in
+                                  [gateway, *view.clients.get(client, [])]) if v is not None]
+        for candidate in candidates:
+            target = candidate.links.get(client, {}).get(self._short(name, candidate))
+            if target is not None and target.lower() in candidate.names:
+                return candidate.names[target.lower()]
+        for candidate in candidates:
+            short = self._short(name, candidate)
             if short in candidate.names:
                 return candidate.names[short]
         return None
+
+    @staticmethod
+    def _short(name: str, view: NetworkView) -> str:
+        """"web" and "web.<network>" both name the container, as in dockerd."""
+        suffix = "." + view.network.lower()
+        return name[: -len(suffix)] if name.endswith(suffix) else name
 
     async def answer(self, gateway: str, data: bytes, client: str = "",
                      tcp: bool = False) -> bytes | None:
@@ -209,18 +220,27 @@ class DnsServer:
         name = question.name.to_text(omit_final_dot=True).lower()
         addresses = self._lookup(gateway, name, client)
         if addresses is not None and question.rdclass == dns.rdataclass.IN:
-            response = dns.message.make_response(query)
-            response.flags |= dns.flags.AA | dns.flags.RA
-            if question.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY):
-                response.answer.append(dns.rrset.from_text_list(
-                    question.name, TTL, "IN", "A", addresses))
-            return response.to_wire()
+            return self._local_answer(query, addresses)
         reply = await self._forwarder.resolve(query)
         reply.id = query.id
         with contextlib.suppress(dns.exception.DNSException):
             return reply.to_wire(max_size=65535 if tcp else 512)
         response = dns.message.make_response(query)
         response.flags |= dns.flags.TC
+        return response.to_wire()
+
+    @staticmethod
+    def _local_answer(query: dns.message.Message, addresses: list[str]) -> bytes:
+        """A for the IPv4 addresses, AAAA for the IPv6 ones; a name without
+        addresses of the asked family gets an empty answer (not forwarded)."""
+        question = query.question[0]
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA | dns.flags.RA
+        for rdtype, family in ((dns.rdatatype.A, [a for a in addresses if ":" not in a]),
+                               (dns.rdatatype.AAAA, [a for a in addresses if ":" in a])):
+            if family and question.rdtype in (rdtype, dns.rdatatype.ANY):
+                response.answer.append(dns.rrset.from_text_list(
+                    question.name, TTL, "IN", dns.rdatatype.to_text(rdtype), family))
         return response.to_wire()
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from hbd.errors import NotFound
+from hbd.errors import NotFound, SystemError_
 
 DEFAULT_BRIDGE = "bridge"
 PREDEFINED = ("bridge", "host", "none")
@@ -35,10 +35,32 @@ class Network:
     labels: dict[str, str] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
     ipam_options: dict[str, str] = field(default_factory=dict)
+    # IPv6: the subnet may be configured without IPv6 being enabled (dockerd
+    # keeps it, and gives containers no IPv6 address then).
+    enable_ipv6: bool = False
+    subnet6: str = ""
+    gateway6: str = ""  # as configured: "" means the subnet's first address
+    ip_range6: str = ""
 
     @property
     def network(self) -> ipaddress.IPv4Network | None:
         return ipaddress.IPv4Network(self.subnet) if self.subnet else None
+
+    @property
+    def network6(self) -> ipaddress.IPv6Network | None:
+        return ipaddress.IPv6Network(self.subnet6) if self.subnet6 else None
+
+    @property
+    def ipv6(self) -> bool:
+        """Whether containers on it get IPv6 addresses."""
+        return self.enable_ipv6 and bool(self.subnet6)
+
+    @property
+    def ipv6_gateway(self) -> str:
+        """The bridge's IPv6 address, the containers' IPv6 gateway."""
+        if not self.ipv6:
+            return ""
+        return self.gateway6 or str(ipaddress.IPv6Network(self.subnet6).network_address + 1)
 
     @property
     def builtin(self) -> bool:
@@ -58,12 +80,51 @@ class Endpoint:
     ifname: str  # the interface's name in the container: eth0, eth1…
     aliases: list[str]
     dns_names: list[str]
+    ip6: str = ""
+    prefix6: int = 0
+    gateway6: str = ""
+    link_local: list[str] = field(default_factory=list)  # CIDRs (--link-local-ip)
+    # Legacy links on a user-defined network: alias -> the name it stands for,
+    # resolved by DNS for this container only.
+    links: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> Endpoint:
         return cls(rec["network_id"], rec["endpoint_id"], rec["ip"], rec["prefix"],
                    rec["gateway"], rec["mac"], rec.get("ifname", "eth0"), rec["aliases"],
-                   rec["dns_names"])
+                   rec["dns_names"], rec.get("ip6", ""), rec.get("prefix6", 0),
+                   rec.get("gateway6", ""), list(rec.get("link_local", [])),
+                   dict(rec.get("links", {})))
+
+    @property
+    def addresses(self) -> list[str]:
+        """Its leased addresses (IPv4, and IPv6 when the network has it)."""
+        return [a for a in (self.ip, self.ip6) if a]
+
+    @property
+    def cidrs(self) -> list[str]:
+        """Every address of the interface: the IPv4 one first (the others are
+        aliases of it in the guest), then link-local ones, then IPv6."""
+        own = [f"{self.ip}/{self.prefix}"]
+        link4 = [c for c in self.link_local if ":" not in c]
+        link6 = [c for c in self.link_local if ":" in c]
+        return own + link4 + ([f"{self.ip6}/{self.prefix6}"] if self.ip6 else []) + link6
+
+
+def parse_link(text: str) -> tuple[str, str]:
+    """A legacy link, `name:alias` or `name`, as (name, alias): dockerd's
+    opts.ParseLink, which also takes inspect's own `/name:/parent/alias`."""
+    if not text:
+        raise SystemError_("empty string specified for links")
+    parts = text.split(":")
+    if len(parts) > 2:
+        raise SystemError_(f"bad format for links: {text}")
+    if len(parts) == 1:
+        return text, text
+    name, alias = parts
+    if name.startswith("/"):
+        return name[1:], alias.rsplit("/", 1)[-1]
+    return name, alias
 
 
 @dataclass

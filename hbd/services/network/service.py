@@ -31,6 +31,7 @@ from hbd.errors import (
     SystemError_,
 )
 from hbd.events import EventBus
+from hbd.services.network import ipam as ipam_rules
 from hbd.services.network.filters import NetworkFilter
 from hbd.services.network.model import (
     DEFAULT_BRIDGE,
@@ -40,6 +41,7 @@ from hbd.services.network.model import (
     PublishedPort,
     RunNetworking,
     network_not_found,
+    parse_link,
 )
 from hbd.services.timefmt import rfc3339_nano
 from hbd.store import StateStore
@@ -169,7 +171,9 @@ class NetworkService:
     async def _bring_up(n: Network) -> None:
         gateway = ipaddress.IPv4Interface(f"{n.gateway}/{n.network.prefixlen}") \
             if n.network is not None and n.gateway else None
-        await net.ensure_bridge(n.bridge, gateway)
+        gateway6 = ipaddress.IPv6Interface(f"{n.ipv6_gateway}/{n.network6.prefixlen}") \
+            if n.network6 is not None and n.ipv6 else None
+        await net.ensure_bridge(n.bridge, gateway, gateway6)
 
     async def _free_subnet(self) -> ipaddress.IPv4Network:
         used = [n.network for n in self.networks.values() if n.network is not None]
@@ -223,18 +227,17 @@ class NetworkService:
             if any(n.name == name for n in self.networks.values()):
                 raise Conflict(f"network with name {name} already exists")
             ipam = body.get("IPAM") or {}
-            configs = ipam.get("Config") or []
-            if len(configs) > 1:
-                raise InvalidParameter("hbd supports one IPv4 subnet per network")
-            config = configs[0] if configs else {}
-            subnet, gateway, ip_range = await self._ipam(config)
+            v4, v6 = await self._ipam(ipam.get("Config") or [], bool(body.get("EnableIPv6")))
             nid = secrets.token_hex(32)
             options = {str(k): str(v) for k, v in (body.get("Options") or {}).items()}
             n = Network(
                 id=nid, name=name, driver="bridge", created=rfc3339_nano(),
                 bridge=options.get("com.docker.network.bridge.name") or
                 f"{self.bridge_prefix}{nid[:8]}",
-                subnet=str(subnet), gateway=str(gateway), ip_range=ip_range,
+                subnet=str(v4.subnet), gateway=v4.gateway or ipam_rules.first_host(v4.subnet),
+                ip_range=v4.ip_range, enable_ipv6=bool(body.get("EnableIPv6")),
+                subnet6=str(v6.subnet) if v6 else "", gateway6=v6.gateway if v6 else "",
+                ip_range6=v6.ip_range if v6 else "",
                 internal=bool(body.get("Internal")), attachable=bool(body.get("Attachable")),
                 labels={str(k): str(v) for k, v in (body.get("Labels") or {}).items()},
                 options=options,
@@ -250,42 +253,34 @@ class NetworkService:
         self._changed()
         return {"Id": n.id, "Warning": ""}
 
-    async def _ipam(self, config: dict[str, Any]) -> tuple[ipaddress.IPv4Network,
-                                                      ipaddress.IPv4Address, str]:
-        raw_subnet = config.get("Subnet")
-        if raw_subnet:
-            try:
-                subnet = ipaddress.IPv4Network(raw_subnet, strict=False)
-            except ValueError:
-                raise InvalidParameter(f"invalid subnet {raw_subnet}") from None
-            if ipaddress.IPv4Interface(raw_subnet).ip != subnet.network_address:
-                raise InvalidParameter(f"invalid subnet {raw_subnet}: it should be {subnet}")
-            for other in self.networks.values():
-                if other.network is not None and other.network.overlaps(subnet):
-                    raise Forbidden("Pool overlaps with other one on this address space")
+    async def _ipam(self, configs: list[Any], enable_ipv6: bool
+                    ) -> tuple[ipam_rules.Pool, ipam_rules.Pool | None]:
+        """The network's IPv4 pool (from the default pools when no subnet is
+        given) and its IPv6 one, if configured."""
+        config4, config6 = ipam_rules.family_configs(configs)
+        ipam_rules.require_ipv6_pool(enable_ipv6, config6)
+        raw = str(config4.get("Subnet") or "")
+        if raw:
+            subnet: ipam_rules.IPNetwork = ipam_rules.parse_subnet(raw, 4)
+            self._check_overlap(subnet)
         else:
             subnet = await self._free_subnet()
-        if subnet.num_addresses < 4:
-            raise InvalidParameter(f"subnet {subnet} is too small")
-        raw_gateway = config.get("Gateway")
-        if raw_gateway:
-            try:
-                gateway = ipaddress.IPv4Address(raw_gateway)
-            except ValueError:
-                raise InvalidParameter(f"invalid gateway {raw_gateway}") from None
-            if gateway not in subnet:
-                raise Forbidden(f"no matching subnet for gateway {raw_gateway}")
-        else:
-            gateway = next(subnet.hosts())
-        ip_range = config.get("IPRange") or ""
-        if ip_range:
-            try:
-                rng = ipaddress.IPv4Network(ip_range, strict=False)
-            except ValueError:
-                raise InvalidParameter(f"invalid ip-range {ip_range}") from None
-            if not rng.subnet_of(subnet):
-                raise InvalidParameter(f"ip-range {ip_range} is not within subnet {subnet}")
-        return subnet, gateway, ip_range
+        v4 = ipam_rules.check_pool(subnet, config4)
+        if config6 is None:
+            return v4, None
+        raw = str(config6.get("Subnet") or "")
+        if not raw:
+            raise NotFound(ipam_rules.NO_IPV6_POOL)
+        subnet = ipam_rules.parse_subnet(raw, 6)
+        self._check_overlap(subnet)
+        return v4, ipam_rules.check_pool(subnet, config6)
+
+    def _check_overlap(self, subnet: ipam_rules.IPNetwork) -> None:
+        for other in self.networks.values():
+            for used in (other.network, other.network6):
+                if used is not None and used.version == subnet.version and \
+                        used.overlaps(subnet):
+                    raise Forbidden("Pool overlaps with other one on this address space")
 
     def in_use(self, n: Network) -> list[str]:
         return sorted({cid for cid in self.leases.get(n.id, {}).values()})
@@ -326,40 +321,49 @@ class NetworkService:
 
     # -- endpoints for a container run ---------------------------------------------
 
-    def _allocate_ip(self, n: Network, container_id: str, wanted: str) -> str:
-        subnet = n.network
-        assert subnet is not None
+    def _lease(self, n: Network, container_id: str, version: int, wanted: str) -> str:
+        """An address of the network's IPv4 (or IPv6) pool for the container."""
+        if version == 4:
+            assert n.network is not None
+            subnet: ipam_rules.IPNetwork = n.network
+            ip_range, gateway = n.ip_range, n.gateway
+        else:
+            assert n.network6 is not None
+            subnet, ip_range, gateway = n.network6, n.ip_range6, n.ipv6_gateway
         leases = self.leases.setdefault(n.id, {})
-        if wanted:
-            try:
-                ip = ipaddress.IPv4Address(wanted)
-            except ValueError:
-                raise InvalidParameter(f"invalid IPv4 address: {wanted}") from None
-            if ip not in subnet:
-                raise InvalidParameter(f"no configured subnet or ip-range contain the IP "
-                                       f"address {wanted}")
-            if str(ip) in leases or str(ip) == n.gateway:
-                raise Conflict(f"Address already in use: {wanted}")
-            leases[str(ip)] = container_id
-            return str(ip)
-        pool = ipaddress.IPv4Network(n.ip_range) if n.ip_range else subnet
-        for ip in pool.hosts():
-            text = str(ip)
-            if text != n.gateway and text not in leases:
-                leases[text] = container_id
-                return text
-        raise SystemError_(f"no available IPv4 addresses on this network's address pools: "
-                           f"{n.name} ({n.id})")
+        try:
+            address = ipam_rules.lease(subnet, ip_range, gateway, leases, wanted)
+        except SystemError_ as e:
+            raise SystemError_(f"{e.message}: {n.name} ({n.id})") from None
+        leases[address] = container_id
+        return address
 
     def _endpoint(self, n: Network, container_id: str, settings: dict[str, Any],
                   names: list[str], ifname: str) -> Endpoint:
-        wanted = ((settings.get("IPAMConfig") or {}).get("IPv4Address") or "")
-        ip = self._allocate_ip(n, container_id, wanted)
-        prefix = n.network.prefixlen if n.network else 32
-        mac = settings.get("MacAddress") or mac_for(ip)
+        """A new endpoint with its addresses leased. What dockerd checks only
+        when it makes the endpoint (MAC, link-local addresses, links) fails the
+        start, with its messages."""
+        ipam = settings.get("IPAMConfig") or {}
+        raw_mac = str(settings.get("MacAddress") or "")
+        mac = ipam_rules.parse_mac(raw_mac, ifname) if raw_mac else ""
+        link_local = ipam_rules.link_local_cidrs(ipam.get("LinkLocalIPs") or [])
+        links = {alias: name for name, alias in
+                 (parse_link(str(link)) for link in settings.get("Links") or [])}
+        ip = self._lease(n, container_id, 4, str(ipam.get("IPv4Address") or ""))
+        ip6 = ""
+        if n.ipv6:  # dockerd ignores --ip6 on a network without IPv6
+            try:
+                ip6 = self._lease(n, container_id, 6, str(ipam.get("IPv6Address") or ""))
+            except BaseException:
+                del self.leases[n.id][ip]
+                raise
         aliases = [a for a in settings.get("Aliases") or [] if a]
-        return Endpoint(n.id, secrets.token_hex(32), ip, prefix, n.gateway, mac, ifname,
-                        aliases, list(dict.fromkeys([*names, *aliases])))
+        return Endpoint(
+            n.id, secrets.token_hex(32), ip, n.network.prefixlen if n.network else 32,
+            n.gateway, mac or mac_for(ip), ifname, aliases,
+            list(dict.fromkeys([*names, *aliases])),
+            ip6=ip6, prefix6=n.network6.prefixlen if ip6 and n.network6 else 0,
+            gateway6=n.ipv6_gateway if ip6 else "", link_local=link_local, links=links)
 
     async def connect_run(self, container_id: str, attachments: dict[str, dict[str, Any]],
                           names: list[str], publish: list[PublishedPort]) -> RunNetworking:
@@ -407,9 +411,7 @@ class NetworkService:
         async with self._lock:
             endpoint = run.endpoints.pop(network, None)
             if endpoint is not None:
-                leases = self.leases.get(endpoint.network_id, {})
-                if leases.get(endpoint.ip) == container_id:
-                    del leases[endpoint.ip]
+                self._release_addresses(container_id, endpoint)
             await self.apply_rules()
         self._changed()
 
@@ -453,11 +455,15 @@ class NetworkService:
             await self.apply_rules()
         self._changed()
 
+    def _release_addresses(self, container_id: str, endpoint: Endpoint) -> None:
+        leases = self.leases.get(endpoint.network_id, {})
+        for address in endpoint.addresses:
+            if leases.get(address) == container_id:
+                del leases[address]
+
     async def _release(self, container_id: str, run: RunNetworking) -> None:
         for endpoint in run.endpoints.values():
-            leases = self.leases.get(endpoint.network_id, {})
-            if leases.get(endpoint.ip) == container_id:
-                del leases[endpoint.ip]
+            self._release_addresses(container_id, endpoint)
         for p in run.ports:
             sock = self._reservations.pop((p.protocol, p.host_ip, p.host_port), None)
             if sock is not None:
@@ -467,7 +473,8 @@ class NetworkService:
     async def adopt_run(self, container_id: str, run: RunNetworking) -> None:
         """After an hbd restart: a surviving guest's endpoints become ours again."""
         for endpoint in run.endpoints.values():
-            self.leases.setdefault(endpoint.network_id, {})[endpoint.ip] = container_id
+            for address in endpoint.addresses:
+                self.leases.setdefault(endpoint.network_id, {})[address] = container_id
         with contextlib.suppress(HbdError):
             run.ports = self._reserve_ports(run.ports)
         self.runs[container_id] = run
@@ -487,15 +494,21 @@ class NetworkService:
         return self._view(n, self.users.network_members(n.name))
 
     def _view(self, n: Network, containers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        # Keys in dockerd's order (Subnet, IPRange, Gateway); an IPv6 gateway
+        # is shown only when it was configured, as dockerd shows it.
         ipam_config = []
-        if n.subnet:
-            entry = {"Subnet": n.subnet, "Gateway": n.gateway}
-            if n.ip_range:
-                entry["IPRange"] = n.ip_range
-            ipam_config.append(entry)
+        for subnet, ip_range, gateway in ((n.subnet, n.ip_range, n.gateway),
+                                          (n.subnet6, n.ip_range6, n.gateway6)):
+            if subnet:
+                entry = {"Subnet": subnet}
+                if ip_range:
+                    entry["IPRange"] = ip_range
+                if gateway:
+                    entry["Gateway"] = gateway
+                ipam_config.append(entry)
         return {
             "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local",
-            "Driver": n.driver, "EnableIPv6": False,
+            "Driver": n.driver, "EnableIPv6": n.enable_ipv6,
             "IPAM": {"Driver": "default", "Options": n.ipam_options or None,
                      "Config": ipam_config},
             "Internal": n.internal, "Attachable": n.attachable, "Ingress": False,
@@ -517,6 +530,8 @@ class NetworkService:
             "Gateway": endpoint.gateway if endpoint else "",
             "IPAddress": endpoint.ip if endpoint else "",
             "IPPrefixLen": endpoint.prefix if endpoint else 0,
-            "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+            "IPv6Gateway": endpoint.gateway6 if endpoint else "",
+            "GlobalIPv6Address": endpoint.ip6 if endpoint else "",
+            "GlobalIPv6PrefixLen": endpoint.prefix6 if endpoint else 0,
             "DNSNames": endpoint.dns_names if endpoint and n.name != DEFAULT_BRIDGE else None,
         }
