@@ -9,10 +9,12 @@ from __future__ import annotations
 import copy
 import re
 import secrets
-import signal as signal_module
 from typing import Any
 
 from hbd.errors import InvalidParameter
+
+# Re-exported: the builder and commit --change check STOPSIGNAL through this module.
+from hbd.services.container.signals import parse_signal as parse_signal  # noqa: PLC0414
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHM_SIZE = 64 * 1024 * 1024
@@ -164,6 +166,8 @@ def normalize_config(body: dict[str, Any]) -> dict[str, Any]:
     for env in config["Env"] or []:
         if env.startswith("="):
             raise InvalidParameter(f"invalid environment variable: {env}")
+    if config.get("StopSignal"):
+        parse_signal(config["StopSignal"])
     return config
 
 
@@ -297,27 +301,3 @@ def replace_or_append_env(base: list[str], overrides: list[str]) -> list[str]:
             index[key] = len(out)
             out.append(entry)
     return [e for e in out if e]
-
-
-SIGNALS: dict[str, int] = {
-    name[3:]: int(value) for name, value in signal_module.Signals.__members__.items()
-    if name.startswith("SIG") and not name.startswith("SIG_")
-}
-
-
-def parse_signal(text: str | int) -> int:
-    """`SIGTERM`, `TERM`, `15` → 15; dockerd's error for anything else."""
-    if isinstance(text, int):
-        number = text
-    else:
-        raw = text.strip()
-        if raw.isdigit():
-            number = int(raw)
-        else:
-            name = raw.upper().removeprefix("SIG")
-            if name not in SIGNALS:
-                raise InvalidParameter(f"Invalid signal: {text}")
-            number = SIGNALS[name]
-    if number <= 0 or number > 64:
-        raise InvalidParameter(f"Invalid signal: {text}")
-    return number

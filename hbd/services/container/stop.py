@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hbd.drivers.agent import AgentError, ResourceUpdate
-from hbd.errors import Conflict, InvalidParameter, NotModified, SystemError_
+from hbd.errors import Conflict, HbdError, InvalidParameter, NotModified, SystemError_
 from hbd.services.container import config as cc
+from hbd.services.container import signals
 from hbd.services.container.model import Container, Run
 from hbd.services.container.restart import RestartManager
 from hbd.services.container.start import Starter, guest_memory_mib
@@ -23,6 +24,15 @@ log = logging.getLogger(__name__)
 DEFAULT_STOP_TIMEOUT = 10
 
 
+def _stop_signal(c: Container) -> int:
+    """The container's StopSignal, SIGTERM when it has none or none that parses
+    (dockerd's Container.StopSignal)."""
+    try:
+        return signals.parse_signal(c.config.get("StopSignal") or "SIGTERM")
+    except InvalidParameter:
+        return signals.SIGNAL_MAP["TERM"]
+
+
 @dataclass
 class Stopper:
     store: ContainerStore
@@ -30,8 +40,19 @@ class Stopper:
     starter: Starter
 
     async def kill(self, ref: str, signal: str | int = "KILL") -> None:
+        """dockerd's kill: the signal parsed first (400), then every other
+        error worded "Cannot kill container: REF: …"."""
+        signum = signals.parse_signal(signal)
+        try:
+            await self._kill(ref, signum)
+        except HbdError as e:
+            raise type(e)(f"Cannot kill container: {ref}: {e.message}") from e
+
+    async def _kill(self, ref: str, signum: int) -> None:
         c = self.store.get(ref)
-        signum = cc.parse_signal(signal)
+        if not signals.valid_for_platform(signum):
+            raise SystemError_("The linux daemon does not support signal "
+                               f"{signals.as_go_uint64(signum)}")
         run = c.run
         if run is None or not c.state.running:
             raise Conflict(f"Container {c.id} is not running")
@@ -40,7 +61,7 @@ class Stopper:
             await run.guest.signal(run.guest.main_proc, signum)
         except AgentError as e:
             if signum != 9:
-                raise SystemError_(f"Cannot kill container {c.id}: {e.message}") from e
+                raise SystemError_(e.message) from e
             await run.guest.kill()
         self.store.event(c, "kill", signal=str(signum))
 
@@ -55,7 +76,7 @@ class Stopper:
         if not c.state.running or c.run is None:
             raise NotModified("container already stopped")
         run = c.run
-        signum = cc.parse_signal(signal or c.config.get("StopSignal") or "SIGTERM")
+        signum = signals.parse_signal(signal) if signal else _stop_signal(c)
         if timeout is None:
             timeout = c.config.get("StopTimeout")
             if timeout is None:
