@@ -53,6 +53,7 @@ class FakeGuest:
         self.memory_mib = spec.vm.memory_mib
         # Every START, as sent.
         self.started: list[ProcessSpec] = []
+        self.host_cpus = list(spec.vm.host_cpus)
         # Held as QEMU holds them: the taps exist while the guest does.
         self._taps = [os.dup(nic.fd) for nic in spec.vm.nics]
         if spec.network is not None:
@@ -228,6 +229,9 @@ class FakeGuest:
 
     async def set_memory(self, mib: int) -> None:
         self.memory_mib = mib
+
+    def set_host_cpus(self, host_cpus: list[int]) -> None:
+        self.host_cpus = list(host_cpus)
 
     async def poweroff(self, timeout: float) -> None:
         await self.kill()

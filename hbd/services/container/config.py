@@ -12,6 +12,7 @@ import secrets
 from typing import Any
 
 from hbd.errors import InvalidParameter
+from hbd.services.container import hostconfig
 
 # Re-exported: the builder and commit --change check STOPSIGNAL through this module.
 from hbd.services.container.signals import parse_signal as parse_signal  # noqa: PLC0414
@@ -201,9 +202,10 @@ def normalize_host_config(body: dict[str, Any] | None) -> dict[str, Any]:
     hc["RestartPolicy"] = {"Name": name, "MaximumRetryCount": retries}
     if hc.get("AutoRemove") and name != "no":
         raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
-    for key in ("Memory", "NanoCpus", "ShmSize", "CpuShares", "CpuQuota", "CpuPeriod"):
-        value = hc.get(key) or 0
-        if not isinstance(value, int) or value < 0:
+    if (hc.get("ShmSize") or 0) < 0:
+        raise InvalidParameter("SHM size can not be less than 0")
+    for key in ("Memory", "CpuShares", "CpuPeriod"):
+        if (hc.get(key) or 0) < 0:
             raise InvalidParameter(f"invalid {key}: must be a non-negative integer")
     if hc["Memory"] and hc["Memory"] < 6 * 1024 * 1024:
         raise InvalidParameter("Minimum memory limit allowed is 6MB")
@@ -214,6 +216,7 @@ def normalize_host_config(body: dict[str, Any] | None) -> dict[str, Any]:
             all(isinstance(v, int) and v >= 0 for v in console)):
         raise InvalidParameter("invalid ConsoleSize")
     hc["ConsoleSize"] = console
+    hostconfig.check(hc)
     return hc
 
 

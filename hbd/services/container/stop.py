@@ -12,7 +12,7 @@ from typing import Any
 from hbd.drivers.agent import AgentError, ResourceUpdate
 from hbd.errors import Conflict, HbdError, InvalidParameter, NotModified, SystemError_
 from hbd.services.container import config as cc
-from hbd.services.container import signals
+from hbd.services.container import hostconfig, signals
 from hbd.services.container.model import Container, Run
 from hbd.services.container.restart import RestartManager
 from hbd.services.container.start import Starter, guest_memory_mib
@@ -22,6 +22,17 @@ from hbd.services.container.store import ContainerStore
 log = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT = 10
+
+
+def _update_host_cpus(run: Run, merged: dict[str, Any]) -> list[str]:
+    """`docker update --cpuset-cpus`: a guest of its own moves to those host
+    CPUs now (its vCPU count changes at the next start); a shared one waits."""
+    cpus = hostconfig.host_cpus(merged)
+    if not run.guest.alone:
+        return ["the container shares its guest with others: its CPU set takes effect "
+                "at its next start in a guest of its own"]
+    run.guest.set_host_cpus(cpus)
+    return []
 
 
 def _stop_signal(c: Container) -> int:
@@ -193,6 +204,12 @@ class Stopper:
             resources.cpu_period = period
         if "PidsLimit" in body:
             resources.pids_limit = max(0, int(merged.get("PidsLimit") or 0))
+        if "CpuShares" in body:
+            resources.cpu_weight = hostconfig.cpu_weight(int(merged.get("CpuShares") or 0))
+        if "MemoryReservation" in body:
+            resources.memory_low = int(merged.get("MemoryReservation") or 0)
+        if "CpusetCpus" in body:
+            warnings += _update_host_cpus(run, merged)
         try:
             await run.guest.update(resources)
             if resources.memory_limit > 0 and run.guest.alone and \
