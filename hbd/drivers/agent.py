@@ -29,6 +29,8 @@ MAX_FRAME = 1024 * 1024
 STREAM_CHUNK = 64 * 1024
 STDIN_WINDOW = 256 * 1024
 SYNC_MAGIC = b"hbd-sync-v1\0\0\0\0\0"
+# Where CREATE's `init` binds the guest init, which runs as docker-init there.
+DOCKER_INIT = "/sbin/docker-init"
 # Output held for a process nobody has attached to yet, at most this much.
 UNCLAIMED_LIMIT = 16 * 1024 * 1024
 
@@ -118,6 +120,8 @@ class MountSpec:
     readonly: bool = False
     # An empty volume first takes the content of the path it covers.
     copy_up: bool = False
+    # Mount this path of the source (relative, resolved beneath it) instead of its root.
+    subpath: str = ""
 
 
 @dataclass
@@ -186,6 +190,15 @@ class NetworkUpdate:
 
 
 @dataclass
+class Rlimit:
+    """One setrlimit: `type` is the resource without RLIMIT_; -1 is unlimited."""
+
+    type: str
+    soft: int
+    hard: int
+
+
+@dataclass
 class ContainerSetup:
     """CREATE: one container's root, mounts, files, namespaces and limits."""
 
@@ -205,7 +218,15 @@ class ContainerSetup:
     cpu_quota: int = -1
     cpu_period: int = 100_000
     pids_limit: int = -1
+    cpu_weight: int = 0
+    memory_low: int = 0
     shm_size: int = 64 * 1024 * 1024
+    # What every process of the container gets, main and exec (PROTOCOL §3).
+    group_add: list[str] = field(default_factory=list)
+    rlimits: list[Rlimit] = field(default_factory=list)
+    oom_score_adj: int = 0
+    # /sbin/docker-init in the container (docker run --init).
+    init: bool = False
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -224,7 +245,13 @@ class ContainerSetup:
             "cpu_quota": self.cpu_quota,
             "cpu_period": self.cpu_period,
             "pids_limit": self.pids_limit,
+            "cpu_weight": self.cpu_weight,
+            "memory_low": self.memory_low,
             "shm_size": self.shm_size,
+            "group_add": self.group_add,
+            "rlimits": [asdict(r) for r in self.rlimits],
+            "oom_score_adj": self.oom_score_adj,
+            "init": self.init,
         }
 
 
@@ -241,6 +268,9 @@ class ResourceUpdate:
     cpu_quota: int = -1
     cpu_period: int = 100_000
     pids_limit: int = -1
+    # 0 restores the default weight (100); 0 lifts the reservation.
+    cpu_weight: int = -1
+    memory_low: int = -1
 
 
 class ProcessOutput(Protocol):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hbd.drivers.agent import (
+    DOCKER_INIT,
     AgentError,
     ContainerSetup,
     ExitStatus,
@@ -50,6 +51,9 @@ class FakeGuest:
         self.files: dict[str, list[FileSpec]] = {}
         self.resources: dict[str, ResourceUpdate] = {}
         self.memory_mib = spec.vm.memory_mib
+        # Every START, as sent.
+        self.started: list[ProcessSpec] = []
+        self.host_cpus = list(spec.vm.host_cpus)
         # Held as QEMU holds them: the taps exist while the guest does.
         self._taps = [os.dup(nic.fd) for nic in spec.vm.nics]
         if spec.network is not None:
@@ -118,9 +122,10 @@ class FakeGuest:
     async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int:
         if self._exited.is_set():
             raise AgentError("state", "the guest is gone", 0)
-        self._container(spec.container)
+        self.started.append(spec)
+        args = self._without_init(spec)
         env = dict(e.split("=", 1) for e in spec.env if "=" in e)
-        program = spec.args[0]
+        program = args[0]
         if "/" not in program:
             found = shutil.which(program, path=env.get("PATH", os.defpath))
             if found is None:
@@ -128,7 +133,7 @@ class FakeGuest:
         elif not Path(program).exists():
             raise _exec_error(f'exec: "{program}": stat {program}: no such file or directory')
         proc = await asyncio.create_subprocess_exec(
-            *spec.args,
+            *args,
             env=env,
             stdin=asyncio.subprocess.PIPE if spec.stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -141,6 +146,14 @@ class FakeGuest:
                                             0, 0, False)
         spawn(self._pump(spec, proc, output))
         return proc.pid
+
+    def _without_init(self, spec: ProcessSpec) -> list[str]:
+        """The command a guest's docker-init (bound for `init`) would run: the
+        host has no /sbin/docker-init, so the fake runs the command itself."""
+        setup = self._container(spec.container)
+        if setup.init and spec.main and spec.args[:2] == [DOCKER_INIT, "--"]:
+            return spec.args[2:]
+        return spec.args
 
     async def _pump(self, spec: ProcessSpec, proc: asyncio.subprocess.Process,
                     output: ProcessOutput) -> None:
@@ -216,6 +229,9 @@ class FakeGuest:
 
     async def set_memory(self, mib: int) -> None:
         self.memory_mib = mib
+
+    def set_host_cpus(self, host_cpus: list[int]) -> None:
+        self.host_cpus = list(host_cpus)
 
     async def poweroff(self, timeout: float) -> None:
         await self.kill()

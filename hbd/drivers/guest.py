@@ -35,13 +35,25 @@ from hbd.drivers.agent import (
     SandboxSetup,
 )
 from hbd.drivers.virtiofs import Virtiofsd, VirtiofsdError
-from hbd.drivers.vm import DiskSpec, MicroVM, QemuMicrovmDriver, VMError, VMSpec
+from hbd.drivers.vm import (
+    DiskSpec,
+    MicroVM,
+    QemuMicrovmDriver,
+    VMError,
+    VMSpec,
+    set_affinity,
+)
 
 log = logging.getLogger(__name__)
 
 
 class BootError(Exception):
-    """The guest did not come up (QEMU refused, or the agent never answered)."""
+    """The guest did not come up (QEMU refused, or the agent never answered),
+    or refused its setup: `refusal` is then the guest's ERROR."""
+
+    def __init__(self, message: str, refusal: AgentError | None = None) -> None:
+        super().__init__(message)
+        self.refusal = refusal
 
 
 @dataclass
@@ -98,6 +110,8 @@ class Guest(Protocol):
     async def rewrite_files(self, container: str, files: list[FileSpec]) -> None: ...
 
     async def set_memory(self, mib: int) -> None: ...
+
+    def set_host_cpus(self, host_cpus: list[int]) -> None: ...
 
     async def poweroff(self, timeout: float) -> None: ...
 
@@ -183,6 +197,10 @@ class QemuGuest:
         """Balloon the guest to `mib` of RAM (at most what it booted with)."""
         await self.vm.qmp("balloon", value=mib * 1024 * 1024)
 
+    def set_host_cpus(self, host_cpus: list[int]) -> None:
+        """Run the guest's vCPUs on those host CPUs only ([] for any)."""
+        set_affinity(self.vm.pid, host_cpus)
+
     async def poweroff(self, timeout: float) -> None:
         """Let the guest sync its disks and power off; force it after `timeout`."""
         with contextlib.suppress(AgentError, OSError):
@@ -236,7 +254,7 @@ class QemuGuestDriver:
             except AgentError as e:
                 # The guest answered and refused: retrying cannot help.
                 await self._abandon(vm, virtiofsd)
-                raise BootError(f"guest setup failed: {e.message}") from e
+                raise BootError(f"guest setup failed: {e.message}", e) from e
             except (TimeoutError, OSError) as e:
                 last_error = f"{type(e).__name__}: {e}"
             except BaseException:

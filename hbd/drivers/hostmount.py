@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import stat
 from pathlib import Path
 
 MS_BIND = 0x1000
@@ -32,6 +33,10 @@ OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOUNT_ATTR_RDONLY = 0x1
+SYS_OPENAT2 = 437
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
@@ -41,8 +46,30 @@ class MountAttr(ctypes.Structure):
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
 
+class OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
 class MountError(OSError):
     pass
+
+
+class NotAccessible(Exception):
+    """A subpath that does not exist (or cannot be looked up)."""
+
+    def __init__(self, path: Path, cause: OSError) -> None:
+        reason = (cause.strerror or str(cause)).lower()
+        super().__init__(f"cannot access path {path}: lstat {cause.filename or path}: "
+                         f"{reason}")
+
+
+class EscapesBase(Exception):
+    """A subpath that leads out of its base directory."""
+
+    def __init__(self, base: Path, subpath: str) -> None:
+        super().__init__(f"path concatenation escapes the base directory, base: {base}, "
+                         f"subpath: {subpath}")
 
 
 def _check(result: int, what: str) -> int:
@@ -62,17 +89,61 @@ def make_export_dir(directory: Path) -> None:
     _check(_libc.mount(None, path, None, MS_SHARED, None), f"share {directory}")
 
 
-def attach_share(source: Path, target: Path, readonly: bool) -> None:
-    """Mount `source` (a directory or a file) at `target`, a new entry of an
-    export directory, read-only from the first moment when asked."""
-    if source.is_dir():
-        target.mkdir(exist_ok=True)
-    else:
-        target.touch(exist_ok=True)
-    tree = _check(_libc.open_tree(AT_FDCWD, str(source).encode(),
-                                  OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE),
-                  f"clone {source}")
+def resolve_beneath(base: Path, subpath: str) -> str:
+    """`subpath` of `base` with its symlinks resolved, as a relative path that
+    stays in `base` (moby's safepath evaluation)."""
+    real_base = Path(os.path.realpath(base))
+    combined = real_base / subpath
     try:
+        resolved = os.path.realpath(combined, strict=True)
+    except OSError as e:
+        raise NotAccessible(combined, e) from None
+    relative = os.path.relpath(resolved, real_base)
+    if relative == ".." or relative.startswith("../"):
+        raise EscapesBase(real_base, subpath)
+    return relative
+
+
+def _open_beneath(base: Path, subpath: str) -> int:
+    """An O_PATH fd of `subpath` under `base`: no symlink followed, nothing
+    outside `base` reached, whatever changed since resolve_beneath."""
+    relative = resolve_beneath(base, subpath)
+    directory = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        how = OpenHow(os.O_PATH | os.O_CLOEXEC, 0,
+                      RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+        return _check(_libc.syscall(SYS_OPENAT2, directory, relative.encode(),
+                                    ctypes.byref(how), ctypes.sizeof(how)),
+                      f"open {subpath} in {base}")
+    finally:
+        os.close(directory)
+
+
+def _clone_tree(source: Path, subpath: str) -> int:
+    """A detached recursive copy of the mount tree at `source` (or at its
+    `subpath`), as a mount fd."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+    if not subpath:
+        return _check(_libc.open_tree(AT_FDCWD, str(source).encode(), flags),
+                      f"clone {source}")
+    fd = _open_beneath(source, subpath)
+    try:
+        return _check(_libc.open_tree(fd, b"", flags | AT_EMPTY_PATH),
+                      f"clone {subpath} of {source}")
+    finally:
+        os.close(fd)
+
+
+def attach_share(source: Path, target: Path, readonly: bool, subpath: str = "") -> None:
+    """Mount `source` (a directory or a file), or its `subpath`, at `target`, a
+    new entry of an export directory, read-only from the first moment when
+    asked."""
+    tree = _clone_tree(source, subpath)
+    try:
+        if stat.S_ISDIR(os.fstat(tree).st_mode):
+            target.mkdir(exist_ok=True)
+        else:
+            target.touch(exist_ok=True)
         if readonly:
             attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
             _check(_libc.mount_setattr(tree, b"", AT_EMPTY_PATH | AT_RECURSIVE,

@@ -89,6 +89,10 @@ class VMSpec:
     cmdline: str = ""
     tcg_tb_size_mib: int = 32
     balloon: bool = True
+    # Host CPUs QEMU (every vCPU thread) may run on; []: any.
+    host_cpus: list[int] = field(default_factory=list)
+    # Host NUMA nodes guest RAM is bound to; []: no binding.
+    host_nodes: list[int] = field(default_factory=list)
 
 
 def host_tsc_khz() -> int | None:
@@ -130,6 +134,39 @@ def kernel_cmdline(accel: str, extra: str = "") -> str:
     return cmdline
 
 
+def memory_backend(spec: VMSpec) -> list[str]:
+    """Guest RAM as an explicit backend when it must be one: a shared memfd for
+    vhost-user (virtiofsd), bound to host NUMA nodes when asked."""
+    shared = spec.shared_fs_socket is not None
+    if not shared and not spec.host_nodes:
+        return []
+    backend: dict[str, object] = {
+        "qom-type": "memory-backend-memfd" if shared else "memory-backend-ram",
+        "id": "ram", "size": spec.memory_mib * 1024 * 1024}
+    if shared:
+        backend["share"] = True
+    if spec.host_nodes:
+        backend.update({"host-nodes": spec.host_nodes, "policy": "bind"})
+    return ["-object", json.dumps(backend)]
+
+
+def pinned(argv: list[str], host_cpus: list[int]) -> list[str]:
+    """`argv` run on those host CPUs only, from its first instruction (every
+    thread QEMU makes inherits the affinity)."""
+    if not host_cpus:
+        return argv
+    return ["taskset", "-c", ",".join(str(c) for c in host_cpus), *argv]
+
+
+def set_affinity(pid: int, host_cpus: list[int]) -> None:
+    """Move every thread of a running process onto those host CPUs (all CPUs
+    for []); threads it makes later inherit it."""
+    cpus = set(host_cpus) or os.sched_getaffinity(0)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def build_argv(qemu: str, spec: VMSpec) -> list[str]:
     run = spec.run_dir
     if spec.accel == "kvm":
@@ -144,11 +181,9 @@ def build_argv(qemu: str, spec: VMSpec) -> list[str]:
         # -cpu host trips an MSR assertion under TCG.
         cpu = TCG_CPU
     machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off"
-    memory = []
-    if spec.shared_fs_socket is not None:
+    memory = memory_backend(spec)
+    if memory:
         machine += ",memory-backend=ram"
-        memory = ["-object",
-                  f"memory-backend-memfd,id=ram,size={spec.memory_mib}M,share=on"]
     argv = [
         qemu,
         "-name", run.name,
@@ -368,7 +403,7 @@ class QemuMicrovmDriver:
         run.mkdir(parents=True, exist_ok=True)
         for name in ("agent.sock", "qmp.sock", "qemu.pid"):
             (run / name).unlink(missing_ok=True)
-        argv = build_argv(self.qemu, spec)
+        argv = pinned(build_argv(self.qemu, spec), spec.host_cpus)
         log.debug("launch %s", " ".join(argv))
         proc = await asyncio.create_subprocess_exec(
             *argv,

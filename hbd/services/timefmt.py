@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -83,3 +84,38 @@ def parse_timestamp_ns(text: str) -> int:
     if seconds.isdigit() and (not dot or fraction.isdigit()):
         return int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9] or "0")
     return parse_rfc3339_ns(text)
+
+
+_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
+                   "m": 60.0, "h": 3600.0}
+_UNIX_TIME = re.compile(r"^\d+(\.\d+)?$")
+
+
+def parse_go_duration(text: str) -> float | None:
+    """Go's time.ParseDuration in seconds ("1h30m", "-5s", "300ms"), or None."""
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text[1:] if text[:1] in "+-" else text
+    parts = _DURATION_PART.findall(body)
+    if not body or "".join(n + u for n, u in parts) != body:
+        return None
+    return sign * sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+def parse_go_timestamp(text: str, now: float | None = None) -> float:
+    """A filter's time as dockerd's GetTimestamp reads it: a duration before
+    `now` ("10m"), an RFC 3339 date or part of one (local time without a
+    zone), or unix seconds[.fraction]. ValueError with dockerd's words else."""
+    now = time.time() if now is None else now
+    duration = parse_go_duration(text) if text != "0" else None
+    if duration is not None:
+        return float(int(now - duration))
+    if "-" in text:
+        try:
+            stamp = dt.datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            raise ValueError(f"failed to parse value as time or duration: \"{text}\"") from None
+        return stamp.timestamp() if stamp.tzinfo else stamp.astimezone().timestamp()
+    if _UNIX_TIME.match(text):
+        return float(text)
+    raise ValueError(f"failed to parse value as time or duration: \"{text}\"")

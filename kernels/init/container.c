@@ -13,11 +13,19 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "init.h"
 #include "util.h"
+
+/* openat2 (Linux >= 5.6): musl has neither the wrapper nor the ABI. */
+struct open_how_ {
+	unsigned long long flags, mode, resolve;
+};
+#define RESOLVE_NO_MAGICLINKS_ 0x02
+#define RESOLVE_BENEATH_ 0x08
 
 /* How long CREATE waits for a disk the host has just hot-added. */
 #define DISK_WAIT_MS 10000
@@ -485,14 +493,9 @@ static int mount_source(struct container *c, const char *type, const char *sourc
 	return 0;
 }
 
-static int bind_mount(struct container *c, const struct json *m, const char *inside,
-		      struct err *e)
+static int bind_source(struct container *c, const struct json *m, const char *source,
+		       const char *inside, int ro, struct err *e)
 {
-	const char *type = json_str(m, "type", "");
-	int ro = json_bool(m, "readonly", 0);
-	char source[160];
-	if (mount_source(c, type, json_str(m, "source", ""), source, sizeof(source), e))
-		return -1;
 	struct stat st;
 	int is_file = !stat(source, &st) && !S_ISDIR(st.st_mode);
 	if (is_file) {
@@ -508,6 +511,58 @@ static int bind_mount(struct container *c, const struct json *m, const char *ins
 	if (ro && do_mount(NULL, inside, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL, e))
 		return -1;
 	return 0;
+}
+
+/* --mount volume-subpath: SUBPATH resolved beneath BASE, never leaving it
+ * (RESOLVE_BENEATH, as dockerd's safepath). On success `out` names the
+ * opened path (/proc/self/fd/N) and *fd must be closed after mounting. */
+static int open_subpath(const char *base, const char *subpath, const char *target, int *fd,
+			char *out, size_t cap, struct err *e)
+{
+	int dir = open(base, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (dir < 0) {
+		set_err(e, "system", errno, "open %s: %s", base, strerror(errno));
+		return -1;
+	}
+	struct open_how_ how = {.flags = O_PATH | O_CLOEXEC,
+				.resolve = RESOLVE_BENEATH_ | RESOLVE_NO_MAGICLINKS_};
+	*fd = (int)syscall(SYS_openat2, dir, subpath, &how, sizeof(how));
+	int saved = errno;
+	close(dir);
+	if (*fd >= 0) {
+		snprintf(out, cap, "/proc/self/fd/%d", *fd);
+		return 0;
+	}
+	if (saved == EXDEV)
+		set_err(e, "invalid", saved,
+			"path concatenation escapes the base directory, subpath: %s", subpath);
+	else if (saved == ENOENT || saved == ELOOP || saved == ENOTDIR)
+		set_err(e, "notfound", saved, "cannot access path %s of the mount at %s: %s",
+			subpath, target, errno_text(saved));
+	else
+		set_err(e, "system", saved, "openat2 %s: %s", subpath, strerror(saved));
+	return -1;
+}
+
+static int bind_mount(struct container *c, const struct json *m, const char *inside,
+		      struct err *e)
+{
+	const char *type = json_str(m, "type", "");
+	const char *subpath = json_str(m, "subpath", "");
+	int ro = json_bool(m, "readonly", 0);
+	char base[160], source[160];
+	if (mount_source(c, type, json_str(m, "source", ""), base, sizeof(base), e))
+		return -1;
+	int fd = -1;
+	if (!*subpath)
+		snprintf(source, sizeof(source), "%s", base);
+	else if (open_subpath(base, subpath, json_str(m, "target", ""), &fd, source,
+			      sizeof(source), e))
+		return -1;
+	int rc = bind_source(c, m, source, inside, ro, e);
+	if (fd >= 0)
+		close(fd);
+	return rc;
 }
 
 static int setup_mounts(struct container *c, const struct json *mounts, struct err *e)
@@ -539,6 +594,18 @@ static int setup_mounts(struct container *c, const struct json *mounts, struct e
 	return 0;
 }
 
+/* --init: the init's own binary at /sbin/docker-init, read-only, where
+ * dockerd binds its docker-init. */
+static int bind_docker_init(struct container *c, struct err *e)
+{
+	char inside[4096];
+	if (rootfs_path(c, DOCKER_INIT_PATH, inside, sizeof(inside), e) ||
+	    ensure_target(c, inside, 1, e) ||
+	    do_mount("/proc/self/exe", inside, NULL, MS_BIND, NULL, e))
+		return -1;
+	return do_mount(NULL, inside, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL, e);
+}
+
 long long cgroup_oom_kills(const struct container *c)
 {
 	return cgroup_file(c, "memory.events", "oom_kill ");
@@ -558,6 +625,67 @@ static int setup_cgroup(struct container *c, const struct json *spec, struct err
 		return -1;
 	}
 	return cgroup_update(c, spec, e);
+}
+
+static void free_spec(struct container *c)
+{
+	buf_free(&c->sysctls);
+	buf_free(&c->group_add);
+}
+
+static int copy_sysctls(struct container *c, const struct json *sysctls, struct err *e)
+{
+	for (const struct json *kv = sysctls ? sysctls->child : NULL; kv; kv = kv->next) {
+		if (kv->type != J_STR || !kv->key || !*kv->key || strstr(kv->key, "..") ||
+		    strchr(kv->key, '/')) {
+			set_err(e, "invalid", EINVAL, "bad sysctl");
+			return -1;
+		}
+		buf_add(&c->sysctls, kv->key, strlen(kv->key) + 1);
+		buf_add(&c->sysctls, kv->str, strlen(kv->str) + 1);
+	}
+	return 0;
+}
+
+static int copy_rlimits(struct container *c, const struct json *rlimits, struct err *e)
+{
+	for (const struct json *r = rlimits ? rlimits->child : NULL; r; r = r->next) {
+		const char *type = json_str(r, "type", "");
+		int resource = rlimit_resource(type);
+		if (resource < 0) {
+			set_err(e, "invalid", EINVAL, "wrong rlimit value: RLIMIT_%s", type);
+			return -1;
+		}
+		if (c->nrlimits == MAX_RLIMITS) {
+			set_err(e, "invalid", E2BIG, "too many rlimits");
+			return -1;
+		}
+		/* -1 is RLIM_INFINITY, as Go's uint64 conversion makes it. */
+		c->rlimits[c->nrlimits++] = (struct rlimit_spec){
+			resource, (unsigned long long)json_int(r, "soft", 0),
+			(unsigned long long)json_int(r, "hard", 0)};
+	}
+	return 0;
+}
+
+/* What every process of the container gets: groups, rlimits, OOM score. */
+static int copy_process_settings(struct container *c, const struct json *spec, struct err *e)
+{
+	const struct json *groups = json_get(spec, "group_add");
+	for (const struct json *g = groups ? groups->child : NULL; g; g = g->next) {
+		if (g->type != J_STR) {
+			set_err(e, "invalid", EINVAL, "group_add holds strings");
+			return -1;
+		}
+		buf_add(&c->group_add, g->str, strlen(g->str) + 1);
+	}
+	long long adj = json_int(spec, "oom_score_adj", 0);
+	if (adj < -1000 || adj > 1000) {
+		set_err(e, "invalid", EINVAL, "oom_score_adj %lld is out of [-1000, 1000]", adj);
+		return -1;
+	}
+	c->oom_score_adj = (int)adj;
+	return copy_rlimits(c, json_get(spec, "rlimits"), e);
 }
 
 static int copy_spec(struct container *c, const struct json *spec, struct err *e)
@@ -587,20 +715,13 @@ static int copy_spec(struct container *c, const struct json *spec, struct err *e
 	snprintf(c->domainname, sizeof(c->domainname), "%s", json_str(spec, "domainname", ""));
 	snprintf(c->pid_peer, sizeof(c->pid_peer), "%s", pid_peer);
 	snprintf(c->ipc_peer, sizeof(c->ipc_peer), "%s", ipc_peer);
-	const struct json *sysctls = json_get(spec, "sysctls");
-	for (const struct json *kv = sysctls ? sysctls->child : NULL; kv; kv = kv->next) {
-		if (kv->type != J_STR || !kv->key || !*kv->key || strstr(kv->key, "..") ||
-		    strchr(kv->key, '/')) {
-			set_err(e, "invalid", EINVAL, "bad sysctl");
-			buf_free(&c->sysctls);
-			return -1;
-		}
-		buf_add(&c->sysctls, kv->key, strlen(kv->key) + 1);
-		buf_add(&c->sysctls, kv->str, strlen(kv->str) + 1);
+	if (copy_sysctls(c, json_get(spec, "sysctls"), e) || copy_process_settings(c, spec, e)) {
+		free_spec(c);
+		return -1;
 	}
 	c->net = netns_get(json_str(spec, "netns", ""), 1, e);
 	if (!c->net)
-		buf_free(&c->sysctls);
+		free_spec(c);
 	return c->net ? 0 : -1;
 }
 
@@ -622,7 +743,7 @@ static void teardown(struct container *c)
 	rmdir(files);
 	rmdir(c->rootfs);
 	rmdir(c->dir);
-	buf_free(&c->sysctls);
+	free_spec(c);
 }
 
 int container_create(const struct json *spec, struct err *e)
@@ -638,7 +759,7 @@ int container_create(const struct json *spec, struct err *e)
 	}
 	if (mkdir_p(c->dir, 0700)) {
 		set_err(e, "system", errno, "mkdir %s: %s", c->dir, strerror(errno));
-		buf_free(&c->sysctls);
+		free_spec(c);
 		free(c);
 		return -1;
 	}
@@ -648,12 +769,13 @@ int container_create(const struct json *spec, struct err *e)
 	 * volume or bind at /etc, as runc orders them. */
 	if (setup_rootfs(c, e)) {
 		rmdir(c->dir);
-		buf_free(&c->sysctls);
+		free_spec(c);
 		free(c);
 		return -1;
 	}
 	if (setup_dev(c, shm > 0 ? shm : 64LL * 1024 * 1024, e) ||
 	    setup_mounts(c, json_get(spec, "mounts"), e) ||
+	    (json_bool(spec, "init", 0) && bind_docker_init(c, e)) ||
 	    setup_files(c, json_get(spec, "files"), e) || setup_cgroup(c, spec, e) ||
 	    (json_bool(rootfs, "readonly", 0) &&
 	     do_mount(NULL, c->rootfs, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL, e))) {

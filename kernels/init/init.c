@@ -674,8 +674,12 @@ static int probe_connected(void)
 	return !(pfd.revents & POLLHUP);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	/* The same binary is the container's /sbin/docker-init (--init). */
+	const char *name = argc > 0 ? strrchr(argv[0], '/') : NULL;
+	if (argc > 0 && !strcmp(name ? name + 1 : argv[0], "docker-init"))
+		return docker_init_main(argc, argv);
 	char uptime[64], cmdline[4096];
 	early_mounts();
 	if (read_file("/proc/cmdline", cmdline, sizeof(cmdline)) > 0)

@@ -75,6 +75,13 @@ struct netns {
 	struct netns *next;
 };
 
+/* Docker's --ulimit: one setrlimit for every process of a container. */
+#define MAX_RLIMITS 16
+struct rlimit_spec {
+	int resource;
+	unsigned long long soft, hard;
+};
+
 /* A file hbd owns inside a container (/etc/hosts…): staged on a guest tmpfs
  * and bind-mounted over its target, so FILES can rewrite it in place. */
 struct owned_file {
@@ -97,6 +104,11 @@ struct container {
 	int nfiles;
 	struct owned_file files[MAX_FILES];
 	struct buf sysctls;   /* "key\0value\0"…, applied by its main process */
+	/* What every process of the container gets (main and exec): */
+	struct buf group_add; /* "name\0"…: Docker's GroupAdd, resolved at START */
+	int nrlimits;
+	struct rlimit_spec rlimits[MAX_RLIMITS];
+	int oom_score_adj;
 	pid_t main_pid;       /* 0 until its main process starts */
 	int main_exited;
 	int destroying;       /* DESTROY is waiting for its processes to go */
@@ -164,6 +176,14 @@ void record_created(const struct container *c, const char *path);
 
 /* copyup.c: fill an empty volume mounted at VOLUME with what SOURCE holds. */
 int copy_up(const char *source, const char *volume, struct err *e);
+
+/* rlimit.c: RLIMIT_<NAME> for a --ulimit name (any case), or -1. */
+int rlimit_resource(const char *name);
+
+/* dockerinit.c: run as /sbin/docker-init (docker run --init). */
+int docker_init_main(int argc, char **argv);
+/* Where CREATE binds the init's own binary for --init. */
+#define DOCKER_INIT_PATH "/sbin/docker-init"
 
 /* process.c */
 int process_start(const struct json *spec, struct proc *p, struct container *c,

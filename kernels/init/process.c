@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -115,6 +116,18 @@ struct identity {
 	int ngroups;
 };
 
+/* Once each; beyond MAX_GROUPS they are dropped (and reported by the caller). */
+static int add_group(struct identity *id, gid_t gid)
+{
+	for (int i = 0; i < id->ngroups; i++)
+		if (id->groups[i] == gid)
+			return 0;
+	if (id->ngroups == MAX_GROUPS)
+		return -1;
+	id->groups[id->ngroups++] = gid;
+	return 0;
+}
+
 /* Docker's User: "", name, uid, name:group, uid:gid, resolved as runc does
  * against the container's own /etc/passwd and /etc/group. */
 static int resolve_user(const char *spec, struct identity *id, char *err, size_t errlen)
@@ -175,11 +188,11 @@ static int resolve_user(const char *spec, struct identity *id, char *err, size_t
 			found_group = 1;
 		}
 		/* Supplementary groups list the user by name. */
-		if (!*group && id->name[0] && id->ngroups < MAX_GROUPS) {
+		if (!*group && id->name[0]) {
 			char *members = fl[3];
 			for (char *m = strtok(members, ","); m; m = strtok(NULL, ","))
 				if (!strcmp(m, id->name))
-					id->groups[id->ngroups++] = gid;
+					add_group(id, gid);
 		}
 	}
 	if (f)
@@ -193,6 +206,104 @@ static int resolve_user(const char *spec, struct identity *id, char *err, size_t
 		id->gid = (gid_t)strtoul(group, NULL, 10);
 	}
 	return 0;
+}
+
+/* The first entry of the container's /etc/group named or numbered NAME
+ * whose gid GroupAdd has not taken yet (runc's GetAdditionalGroups). */
+static int group_entry(const char *name, const gid_t *taken, int ntaken, gid_t *out)
+{
+	char line[4096];
+	FILE *f = fopen("/etc/group", "re");
+	int found = 0;
+	while (f && !found && fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = 0;
+		char *fl[4];
+		if (split_fields(line, fl, 4) < 3 || (strcmp(fl[0], name) && strcmp(fl[2], name)))
+			continue;
+		*out = (gid_t)strtoul(fl[2], NULL, 10);
+		found = 1;
+		for (int i = 0; i < ntaken; i++)
+			found &= taken[i] != *out;
+	}
+	if (f)
+		fclose(f);
+	return found;
+}
+
+/* A GroupAdd entry that names no group: a number in 0-2147483647. */
+static int group_number(const char *name, gid_t *out, char *err, size_t errlen)
+{
+	char *end;
+	errno = 0;
+	long long n = strtoll(name, &end, 10);
+	if (!*name || *end || errno) {
+		snprintf(err, errlen, "Unable to find group %s: no matching entries in group file",
+			 name);
+		return -1;
+	}
+	if (n < 0 || n > 2147483647) {
+		snprintf(err, errlen, "uids and gids must be in range 0-2147483647");
+		return -1;
+	}
+	*out = (gid_t)n;
+	return 0;
+}
+
+/* Docker's GroupAdd: names or numbers, after the user's own groups. */
+static int add_extra_groups(const struct buf *names, struct identity *id, char *err,
+			    size_t errlen)
+{
+	gid_t taken[MAX_GROUPS];
+	int ntaken = 0;
+	for (size_t off = 0; off < names->len; off += strlen(names->data + off) + 1) {
+		const char *name = names->data + off;
+		gid_t gid;
+		if (!group_entry(name, taken, ntaken, &gid) &&
+		    group_number(name, &gid, err, errlen))
+			return -1;
+		if (ntaken < MAX_GROUPS)
+			taken[ntaken++] = gid;
+		if (add_group(id, gid)) {
+			snprintf(err, errlen, "more than %d supplementary groups", MAX_GROUPS);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* The user, and the supplementary groups every process of the container
+ * gets: its primary group, its /etc/group memberships, then GroupAdd
+ * (PROTOCOL.md §4), each once. */
+static int resolve_identity(const struct spawn *s, struct identity *id, char *err,
+			    size_t errlen)
+{
+	if (resolve_user(s->user, id, err, errlen))
+		return -1;
+	struct identity own = *id;
+	id->ngroups = 0;
+	add_group(id, own.gid);
+	for (int i = 0; i < own.ngroups; i++)
+		add_group(id, own.groups[i]);
+	return add_extra_groups(&s->c->group_add, id, err, errlen);
+}
+
+/* --ulimit and --oom-score-adj, before the user changes (raising a limit or
+ * lowering the score takes root). */
+static void apply_limits(struct spawn *s)
+{
+	const struct container *c = s->c;
+	for (int i = 0; i < c->nrlimits; i++) {
+		struct rlimit rl = {.rlim_cur = c->rlimits[i].soft, .rlim_max = c->rlimits[i].hard};
+		if (setrlimit(c->rlimits[i].resource, &rl))
+			child_fail(s, "system", errno, "error setting rlimit type %d: %s",
+				   c->rlimits[i].resource, errno_text(errno));
+	}
+	if (!c->oom_score_adj)
+		return;
+	char value[16];
+	int n = snprintf(value, sizeof(value), "%d", c->oom_score_adj);
+	if (write_file("/proc/self/oom_score_adj", value, (size_t)n, 0644))
+		child_fail(s, "system", errno, "write oom_score_adj: %s", errno_text(errno));
 }
 
 int resolve_owner(const char *spec, uid_t *uid, gid_t *gid, char *err, size_t errlen)
@@ -263,8 +374,13 @@ static void apply_sysctls(struct spawn *s)
 		for (const char *k = key; *k && n < sizeof(path) - 1; k++)
 			path[n++] = *k == '.' ? '/' : *k;
 		path[n] = 0;
-		if (write_file(path, value, strlen(value), 0644))
-			child_fail(s, "invalid", errno, "sysctl %s: %s", key, strerror(errno));
+		/* runc's words: which of open and write failed, errno as Go says it. */
+		int fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd < 0)
+			child_fail(s, "invalid", errno, "open %s: %s", path, errno_text(errno));
+		if (write_all(fd, value, strlen(value)))
+			child_fail(s, "invalid", errno, "write %s: %s", path, errno_text(errno));
+		close(fd);
 	}
 }
 
@@ -383,8 +499,9 @@ static void __attribute__((noreturn)) child_main(struct spawn *s)
 	}
 	struct identity id;
 	char err[900];
-	if (resolve_user(s->user, &id, err, sizeof(err)))
+	if (resolve_identity(s, &id, err, sizeof(err)))
 		child_fail(s, "user", ENOENT, "%s", err);
+	apply_limits(s);
 	if (!env_get(s->envp, "HOME")) {
 		static char home[1100];
 		snprintf(home, sizeof(home), "HOME=%s", id.home);

@@ -229,6 +229,27 @@ static int write_cgroup(const struct container *c, const char *file, const char 
 	return 0;
 }
 
+/* --cpu-shares (as cpu.weight) and --memory-reservation (memory.low), as
+ * runc sets them on cgroup v2. */
+static int cgroup_update_shares(const struct container *c, const struct json *req,
+				struct err *e)
+{
+	char value[64];
+	long long weight = json_int(req, "cpu_weight", -1);
+	if (weight >= 0) {
+		snprintf(value, sizeof(value), "%lld", weight ? weight : 100);
+		if (write_cgroup(c, "cpu.weight", value, e))
+			return -1;
+	}
+	long long low = json_int(req, "memory_low", -1);
+	if (low >= 0) {
+		snprintf(value, sizeof(value), "%lld", low);
+		if (write_cgroup(c, "memory.low", value, e))
+			return -1;
+	}
+	return 0;
+}
+
 int cgroup_update(const struct container *c, const struct json *req, struct err *e)
 {
 	char value[64];
@@ -260,5 +281,5 @@ int cgroup_update(const struct container *c, const struct json *req, struct err 
 		if (write_cgroup(c, "pids.max", value, e))
 			return -1;
 	}
-	return 0;
+	return cgroup_update_shares(c, req, e);
 }

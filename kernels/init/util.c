@@ -1,5 +1,6 @@
 #include "util.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -248,4 +249,12 @@ long long monotonic_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_BOOTTIME, &ts);
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+const char *errno_text(int errnum)
+{
+	static char text[128];
+	snprintf(text, sizeof(text), "%s", strerror(errnum));
+	text[0] = (char)tolower((unsigned char)text[0]);
+	return text;
 }

@@ -26,5 +26,8 @@ int find_disk(const char *serial, char *out, size_t cap, int wait_ms);
 /* Ask the SCSI bus for the disk at target 0, `lun`. */
 int scsi_scan_lun(int lun);
 long long monotonic_ms(void);
+/* strerror as Go words it (runc's and dockerd's texts): "no such file or
+ * directory". A static buffer: one use per message. */
+const char *errno_text(int errnum);
 
 #endif

@@ -2,6 +2,7 @@ import pytest
 
 from hbd.errors import InvalidParameter
 from hbd.services.container import config as cc
+from hbd.services.container import signals
 
 IMAGE = {
     "Env": ["PATH=/usr/bin:/bin", "LANG=C"],
@@ -71,16 +72,28 @@ def test_process_env_defaults_and_overrides() -> None:
     assert env == ["PATH=/x", "HOSTNAME=host1", "TERM=xterm", "A=1"]
 
 
-@pytest.mark.parametrize(("text", "number"), [("KILL", 9), ("SIGTERM", 15), ("15", 15),
-                                              ("sigint", 2), (10, 10)])
+@pytest.mark.parametrize(("text", "number"), [
+    ("KILL", 9), ("SIGTERM", 15), ("15", 15), ("sigint", 2), (10, 10), ("RTMIN", 34),
+    ("SIGRTMIN+3", 37), ("rtmin+15", 49), ("RTMAX-14", 50), ("SIGRTMAX-2", 62),
+    ("RTMAX", 64), ("CLD", 17), ("POLL", 29), ("IOT", 6), ("+9", 9),
+    # Parsed as dockerd parses them; `kill` refuses those Linux has no name for.
+    ("65", 65), ("-1", -1), ("32", 32)])
 def test_parse_signal(text: str | int, number: int) -> None:
     assert cc.parse_signal(text) == number
 
 
-@pytest.mark.parametrize("bad", ["NOPE", "0", "65", "-1", ""])
+@pytest.mark.parametrize("bad", ["NOPE", "0", "", " 9", "1.5", "SIGRTMIN+16", "RTMIN+",
+                                 "RTMAX+1", "RTMIN-1", "1_0", "99999999999999999999"])
 def test_parse_signal_rejects(bad: str) -> None:
     with pytest.raises(InvalidParameter, match="Invalid signal"):
         cc.parse_signal(bad)
+
+
+@pytest.mark.parametrize(("number", "valid"), [(1, True), (31, True), (32, False),
+                                               (33, False), (34, True), (64, True),
+                                               (65, False), (-1, False)])
+def test_signals_linux_names(number: int, valid: bool) -> None:
+    assert signals.valid_for_platform(number) is valid
 
 
 def test_host_config_defaults_and_restart_policy_checks() -> None:

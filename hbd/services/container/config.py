@@ -9,10 +9,13 @@ from __future__ import annotations
 import copy
 import re
 import secrets
-import signal as signal_module
 from typing import Any
 
 from hbd.errors import InvalidParameter
+from hbd.services.container import hostconfig
+
+# Re-exported: the builder and commit --change check STOPSIGNAL through this module.
+from hbd.services.container.signals import parse_signal as parse_signal  # noqa: PLC0414
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHM_SIZE = 64 * 1024 * 1024
@@ -164,6 +167,8 @@ def normalize_config(body: dict[str, Any]) -> dict[str, Any]:
     for env in config["Env"] or []:
         if env.startswith("="):
             raise InvalidParameter(f"invalid environment variable: {env}")
+    if config.get("StopSignal"):
+        parse_signal(config["StopSignal"])
     return config
 
 
@@ -197,9 +202,10 @@ def normalize_host_config(body: dict[str, Any] | None) -> dict[str, Any]:
     hc["RestartPolicy"] = {"Name": name, "MaximumRetryCount": retries}
     if hc.get("AutoRemove") and name != "no":
         raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
-    for key in ("Memory", "NanoCpus", "ShmSize", "CpuShares", "CpuQuota", "CpuPeriod"):
-        value = hc.get(key) or 0
-        if not isinstance(value, int) or value < 0:
+    if (hc.get("ShmSize") or 0) < 0:
+        raise InvalidParameter("SHM size can not be less than 0")
+    for key in ("Memory", "CpuShares", "CpuPeriod"):
+        if (hc.get(key) or 0) < 0:
             raise InvalidParameter(f"invalid {key}: must be a non-negative integer")
     if hc["Memory"] and hc["Memory"] < 6 * 1024 * 1024:
         raise InvalidParameter("Minimum memory limit allowed is 6MB")
@@ -210,6 +216,7 @@ def normalize_host_config(body: dict[str, Any] | None) -> dict[str, Any]:
             all(isinstance(v, int) and v >= 0 for v in console)):
         raise InvalidParameter("invalid ConsoleSize")
     hc["ConsoleSize"] = console
+    hostconfig.check(hc)
     return hc
 
 
@@ -299,27 +306,3 @@ def replace_or_append_env(base: list[str], overrides: list[str]) -> list[str]:
             index[key] = len(out)
             out.append(entry)
     return [e for e in out if e]
-
-
-SIGNALS: dict[str, int] = {
-    name[3:]: int(value) for name, value in signal_module.Signals.__members__.items()
-    if name.startswith("SIG") and not name.startswith("SIG_")
-}
-
-
-def parse_signal(text: str | int) -> int:
-    """`SIGTERM`, `TERM`, `15` → 15; dockerd's error for anything else."""
-    if isinstance(text, int):
-        number = text
-    else:
-        raw = text.strip()
-        if raw.isdigit():
-            number = int(raw)
-        else:
-            name = raw.upper().removeprefix("SIG")
-            if name not in SIGNALS:
-                raise InvalidParameter(f"Invalid signal: {text}")
-            number = SIGNALS[name]
-    if number <= 0 or number > 64:
-        raise InvalidParameter(f"Invalid signal: {text}")
-    return number

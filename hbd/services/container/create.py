@@ -10,7 +10,7 @@ from typing import Any
 
 from hbd.errors import HbdError, InvalidParameter, NotFound, no_such_image
 from hbd.services.container import config as cc
-from hbd.services.container import links
+from hbd.services.container import hostconfig, links
 from hbd.services.container import namespaces as ns
 from hbd.services.container import network as cn
 from hbd.services.container.model import Container
@@ -75,7 +75,8 @@ class Creator:
         directory = self.store.dir(c)
         directory.mkdir(parents=True)
         try:
-            await self.scratch.create(directory / "scratch.qcow2")
+            await self.scratch.create(directory / "scratch.qcow2",
+                                      hostconfig.storage_size(host_config))
             self.store.add(c)
         except BaseException:
             self.store.names.pop(name, None)

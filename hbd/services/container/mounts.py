@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hbd.errors import InvalidParameter
-from hbd.services.volume.service import VolumeService
+from hbd.errors import InvalidParameter, NotFound
+from hbd.services.volume.service import Volume, VolumeService
 
 BIND_OPTIONS = {"ro", "rw", "z", "Z", "private", "rprivate", "shared", "rshared", "slave",
                 "rslave", "nocopy", "consistent", "cached", "delegated"}
@@ -30,6 +30,8 @@ class MountPoint:
     mode: str = ""
     options: str = ""  # tmpfs options
     nocopy: bool = False
+    # A volume's subdirectory mounted instead of its root (VolumeOptions.Subpath).
+    subpath: str = ""
 
     def view(self, volumes: VolumeService) -> dict[str, Any]:
         out: dict[str, Any] = {"Type": self.type}
@@ -76,6 +78,22 @@ def _parse_bind(spec: str) -> MountPoint:
                       nocopy="nocopy" in options)
 
 
+def _volume_subpath(source: str, subpath: str) -> str:
+    """dockerd's checks (>= 26): a named volume, and a path that stays in it
+    (Go's filepath.IsLocal)."""
+    if not subpath:
+        return ""
+    if not source:
+        raise InvalidParameter('invalid mount config for type "volume": must not set Subpath '
+                               "when using anonymous volumes")
+    cleaned = posixpath.normpath(subpath)
+    if subpath.startswith("/") or cleaned == ".." or cleaned.startswith("../") or \
+            "\0" in subpath:
+        raise InvalidParameter('invalid mount config for type "volume": subpath must be a '
+                               "relative path within the volume")
+    return cleaned
+
+
 def _parse_mount(m: dict[str, Any]) -> MountPoint:
     kind = m.get("Type") or ""
     target = m.get("Target") or ""
@@ -94,8 +112,10 @@ def _parse_mount(m: dict[str, Any]) -> MountPoint:
                                    f"does not exist: {source}")
         return MountPoint("bind", target, os.path.normpath(source), rw)
     if kind == "volume":
-        nocopy = bool((m.get("VolumeOptions") or {}).get("NoCopy"))
-        return MountPoint("volume", target, source, rw, nocopy=nocopy)
+        options = m.get("VolumeOptions") or {}
+        subpath = _volume_subpath(source, str(options.get("Subpath") or ""))
+        return MountPoint("volume", target, source, rw, nocopy=bool(options.get("NoCopy")),
+                          subpath=subpath)
     if kind == "tmpfs":
         if source:
             raise InvalidParameter("invalid mount config for type \"tmpfs\": field Source "
@@ -108,6 +128,16 @@ def _parse_mount(m: dict[str, Any]) -> MountPoint:
             options.append(f"mode={int(opts['Mode']):o}")
         return MountPoint("tmpfs", target, "", rw, options=",".join(options))
     raise InvalidParameter(f"mount type unknown: \"{kind}\"")
+
+
+async def _volume_for(volumes: VolumeService, name: str, driver: str) -> Volume:
+    """The named volume (created if need be) or a new anonymous one, with
+    HostConfig.VolumeDriver's error as dockerd words it for a driver hbd has not."""
+    try:
+        return await volumes.create(name, driver=driver)
+    except NotFound as e:
+        message = f"error looking up volume plugin {driver}: {e.message}"
+        raise NotFound(f"create {name}: {message}" if name else message) from None
 
 
 async def resolve_mounts(config: dict[str, Any], host_config: dict[str, Any],
@@ -138,9 +168,9 @@ async def resolve_mounts(config: dict[str, Any], host_config: dict[str, Any],
         cleaned = _clean_target(target)
         if cleaned not in mounts:
             mounts[cleaned] = MountPoint("volume", cleaned)
+    driver = str(host_config.get("VolumeDriver") or "")
     for mp in mounts.values():
         if mp.type == "volume":
-            v = await volumes.create(mp.source) if mp.source else await volumes.create()
-            mp.source = v.name
+            mp.source = (await _volume_for(volumes, mp.source, driver)).name
     # Parents before children, as the guest mounts them in order.
     return sorted(mounts.values(), key=lambda m: (m.destination.count("/"), m.destination))

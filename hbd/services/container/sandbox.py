@@ -231,6 +231,9 @@ class ContainerInGuest:
     async def set_memory(self, mib: int) -> None:
         await self.sandbox.guest.set_memory(mib)
 
+    def set_host_cpus(self, host_cpus: list[int]) -> None:
+        self.sandbox.guest.set_host_cpus(host_cpus)
+
     async def wait_gone(self) -> None:
         """Until the guest itself is gone (killed, crashed, powered off)."""
         await self.sandbox.guest.wait_exit()

@@ -42,7 +42,7 @@ from hbd.drivers.agent import (
 )
 from hbd.drivers.guest import Guest, GuestDriver, GuestSpec
 from hbd.drivers.vm import DiskSpec, NicSpec, VMError, VMSpec
-from hbd.errors import Conflict, InvalidParameter, SystemError_
+from hbd.errors import Conflict, HbdError, InvalidParameter, NotFound, SystemError_
 from hbd.services.container.sandbox import ContainerInGuest, Member, Sandbox, SandboxRecord, Slot
 from hbd.services.network.model import Endpoint
 from hbd.store import StateStore
@@ -66,6 +66,8 @@ class MountPlan:
     # A read-only bind mount is read-only on the host too; a volume is not
     # (an empty one takes the image's content first, read-only mount or not).
     host_readonly: bool = False
+    # A volume's subdirectory to mount instead of its root.
+    subpath: str = ""
 
 
 @dataclass
@@ -95,6 +97,20 @@ class ContainerPlan:
     ipc_of: str = ""
     memory_mib: int = 256
     vcpus: int = 1
+    # Host CPUs the guest runs on and host NUMA nodes its RAM comes from ([]: any).
+    host_cpus: list[int] = field(default_factory=list)
+    host_nodes: list[int] = field(default_factory=list)
+
+
+def refused_setup(e: AgentError) -> HbdError | None:
+    """dockerd's error when a guest refuses a container's setup for what the
+    user asked (a volume subpath that is missing or leaves its volume): 404 or
+    400; None for the guest's own failures."""
+    if e.kind == "notfound":
+        return NotFound(e.message)
+    if e.kind == "invalid":
+        return InvalidParameter(e.message)
+    return None
 
 
 class SandboxManager:
@@ -148,6 +164,7 @@ class SandboxManager:
                     run_dir=run_dir, kernel=self.config.vm.kernel_path(),
                     initrd=self.config.vm.initrd_path(), accel=self.accel,
                     memory_mib=plan.memory_mib, vcpus=plan.vcpus, disks=disks, nics=nics,
+                    host_cpus=plan.host_cpus, host_nodes=plan.host_nodes,
                     tcg_tb_size_mib=self.config.vm.tcg_tb_size_mib,
                     cmdline="hbd.trace" if self.config.vm.guest_trace else ""),
                 setup=SandboxSetup(nics=[NicSlot(s.boot_mac, s.name) for s in record.slots],
@@ -237,16 +254,22 @@ class SandboxManager:
                 setup.mounts.append(MountSpec("tmpfs", mount.target, options=mount.options,
                                               readonly=mount.readonly))
             elif mount.kind == "block":
+                # The guest resolves a block volume's subpath: only it reads that disk.
                 setup.mounts.append(MountSpec("disk", mount.target, next(volumes),
-                                              readonly=mount.readonly, copy_up=mount.copy_up))
+                                              readonly=mount.readonly, copy_up=mount.copy_up,
+                                              subpath=mount.subpath))
             else:
                 assert mount.source is not None
                 entry = record.new_name("s")
                 try:
                     hostmount.attach_share(mount.source, export_dir / entry,
-                                           mount.host_readonly)
+                                           mount.host_readonly, mount.subpath)
                 except OSError as e:
                     raise InvalidParameter(f"cannot mount {mount.source}: {e.strerror}") from e
+                except hostmount.NotAccessible as e:
+                    raise NotFound(str(e)) from e
+                except hostmount.EscapesBase as e:
+                    raise InvalidParameter(str(e)) from e
                 member.shares.append(entry)
                 setup.mounts.append(MountSpec("share", mount.target, entry,
                                               readonly=mount.readonly, copy_up=mount.copy_up))
@@ -318,7 +341,11 @@ class SandboxManager:
                     update.routes = self._routes(record, member.netns)
                     await sb.guest.network(update)
                 await sb.guest.create(setup)
-            except (AgentError, net.NetError) as e:
+            except AgentError as e:
+                await self._undo_join(sb, member, added, plugged)
+                raise (refused_setup(e) or
+                       SystemError_(f"failed to create task for container: {e}")) from e
+            except net.NetError as e:
                 await self._undo_join(sb, member, added, plugged)
                 raise SystemError_(f"failed to create task for container: {e}") from e
             except BaseException:

@@ -13,15 +13,31 @@ from pathlib import Path
 from typing import NoReturn
 
 from hbd.config import Config
-from hbd.drivers.agent import AgentError, ContainerSetup, FileSpec, ProcessSpec
+from hbd.drivers import hostmount
+from hbd.drivers.agent import (
+    DOCKER_INIT,
+    AgentError,
+    ContainerSetup,
+    FileSpec,
+    ProcessSpec,
+    Rlimit,
+)
 from hbd.drivers.guest import BootError
-from hbd.errors import Conflict, HbdError, InvalidParameter, NotModified, SystemError_
+from hbd.errors import (
+    Conflict,
+    HbdError,
+    InvalidParameter,
+    NotFound,
+    NotModified,
+    SystemError_,
+)
 from hbd.services.container import config as cc
-from hbd.services.container import links
+from hbd.services.container import hostconfig, links
 from hbd.services.container import network as cn
 from hbd.services.container.logs import JsonFileWriter
 from hbd.services.container.model import Container, ContainerState, Run
 from hbd.services.container.monitor import Monitor
+from hbd.services.container.mounts import MountPoint
 from hbd.services.container.namespaces import SharedNamespaces, shared_namespaces
 from hbd.services.container.restart import RestartManager
 from hbd.services.container.sandbox import ContainerInGuest, Sandbox
@@ -30,6 +46,7 @@ from hbd.services.container.sandboxes import (
     EndpointPlan,
     MountPlan,
     SandboxManager,
+    refused_setup,
 )
 from hbd.services.container.stats import cpu_quota
 from hbd.services.container.store import ContainerStore
@@ -108,7 +125,9 @@ class Starter:
                 await self.start_locked(c)
             except HbdError as e:
                 if not c.state.error:
+                    # dockerd's exitUnknown unless the failure set its own.
                     c.state.error = e.message
+                    c.state.exit_code = c.state.exit_code or 128
                     self.store.save(c)
                 # dockerd removes an --rm container whose start failed, which is
                 # what `docker run --rm` waits for.
@@ -123,6 +142,7 @@ class Starter:
         shared = shared_namespaces(c, self.store)
         target = self._sandbox_for(c, shared)
         links.check_children(c, self.store)
+        hostconfig.check_at_start(c.host_config, own_guest=target is None)
         await self._volumes_released(c)
         self._claim_mounts(c)
         network = None
@@ -142,6 +162,9 @@ class Starter:
                 view = await self.sandboxes.join(target, plan)
         except BootError as e:
             await self._undo_run_resources(c)
+            refused = refused_setup(e.refusal) if e.refusal is not None else None
+            if refused is not None:
+                raise refused from e
             self._start_failed(c, f"failed to boot guest: {e}", 128)
             raise SystemError_(f"failed to create task for container: {e}") from e
         except BaseException:
@@ -211,6 +234,7 @@ class Starter:
             if mp.type == "volume":
                 try:
                     self.volumes.attach(mp.source, c.id)
+                    self._check_subpath(mp)
                 except HbdError:
                     self.volumes.detach_all(c.id)
                     raise
@@ -219,19 +243,38 @@ class Starter:
                 raise InvalidParameter(f"invalid mount config for type \"bind\": bind source "
                                        f"path does not exist: {mp.source}")
 
+    def _check_subpath(self, mp: MountPoint) -> None:
+        """A volume subpath must exist when the container starts (dockerd's
+        safepath errors). A block volume's is checked by its guest."""
+        v = self.volumes.get(mp.source)
+        if not mp.subpath or v.block:
+            return
+        try:
+            hostmount.resolve_beneath(self.volumes.data_dir(v), mp.subpath)
+        except hostmount.EscapesBase as e:
+            raise InvalidParameter(str(e)) from None
+        except hostmount.NotAccessible as e:
+            raise NotFound(str(e)) from None
+
     async def _undo_run_resources(self, c: Container) -> None:
         """A start that failed gives back its network and volumes."""
         await self.networks.disconnect_run(c.id)
         self.volumes.detach_all(c.id)
 
     def _main_process_failed(self, c: Container, e: AgentError) -> NoReturn:
-        """Record why the main process did not start, and raise dockerd's error for it."""
+        """Record why the main process did not start, and raise dockerd's error
+        for it: dockerd resolves the user itself (500, its own words); runc's
+        errors are sorted as dockerd's translateContainerdStartErr sorts them."""
+        if e.kind == "user":
+            self._start_failed(c, e.message, 128)
+            raise SystemError_(e.message) from e
         message = ("failed to create task for container: unable to start container "
                    f"process: {e.message}: unknown")
-        exit_code = 126 if "permission denied" in e.message or \
-            "is a directory" in e.message else 127
-        if e.kind in ("exec", "user"):
-            self._start_failed(c, message, exit_code if e.kind == "exec" else 128)
+        if "permission denied" in e.message or "is a directory" in e.message:
+            self._start_failed(c, message, 126)
+            raise InvalidParameter(message) from e
+        if e.kind == "exec" or "no such file or directory" in e.message:
+            self._start_failed(c, message, 127)
             raise InvalidParameter(message) from e
         self._start_failed(c, message, 128)
         raise SystemError_(message) from e
@@ -252,9 +295,7 @@ class Starter:
             # kernel keeps GUEST_KERNEL_MIB for itself), and the cgroup
             # enforces it exactly.
             memory_mib = guest_memory_mib(int(hc["Memory"]))
-        vcpus = self.config.vm.vcpus
-        if hc.get("NanoCpus"):
-            vcpus = max(1, math.ceil(hc["NanoCpus"] / 1e9))
+        vcpus = hostconfig.vcpus_for(hc, self.config.vm.vcpus)
         # Sharing another's network namespace, it shares its /etc/hosts.
         hosts_owner = c if shared.network is None else shared.network
         files_network = network if shared.network is None else shared.network.run_network
@@ -268,6 +309,13 @@ class Starter:
             memory_limit=int(hc.get("Memory") or 0),
             shm_size=int(hc.get("ShmSize") or cc.DEFAULT_SHM_SIZE),
             pids_limit=int(hc.get("PidsLimit") or -1) if (hc.get("PidsLimit") or 0) > 0 else -1,
+            cpu_weight=hostconfig.cpu_weight(int(hc.get("CpuShares") or 0)),
+            memory_low=int(hc.get("MemoryReservation") or 0),
+            group_add=[str(g) for g in hc.get("GroupAdd") or []],
+            rlimits=[Rlimit(str(u["Name"]).lower(), int(u.get("Soft") or 0),
+                            int(u.get("Hard") or 0)) for u in hc.get("Ulimits") or []],
+            oom_score_adj=int(hc.get("OomScoreAdj") or 0),
+            init=bool(hc.get("Init")),
         )
         setup.cpu_quota, setup.cpu_period = cpu_quota(hc)
         return ContainerPlan(
@@ -278,7 +326,8 @@ class Starter:
             netns_of=shared.network.id if shared.network else "",
             pid_of=shared.pid.id if shared.pid else "",
             ipc_of=shared.ipc.id if shared.ipc else "",
-            memory_mib=memory_mib, vcpus=vcpus,
+            memory_mib=memory_mib, vcpus=vcpus, host_cpus=hostconfig.host_cpus(hc),
+            host_nodes=hostconfig.host_nodes(hc),
         )
 
     def _mount_plans(self, c: Container) -> list[MountPlan]:
@@ -288,10 +337,10 @@ class Starter:
                 v = self.volumes.get(mp.source)
                 if v.block:
                     plans.append(MountPlan("block", mp.destination, self.volumes.disk(v),
-                                           not mp.rw, not mp.nocopy))
+                                           not mp.rw, not mp.nocopy, subpath=mp.subpath))
                 else:
                     plans.append(MountPlan("dir", mp.destination, self.volumes.data_dir(v),
-                                           not mp.rw, not mp.nocopy))
+                                           not mp.rw, not mp.nocopy, subpath=mp.subpath))
             elif mp.type == "bind":
                 plans.append(MountPlan("dir", mp.destination, Path(mp.source), not mp.rw,
                                        host_readonly=not mp.rw))
@@ -311,11 +360,15 @@ class Starter:
 
     def _main_process(self, c: Container, view: ContainerInGuest) -> ProcessSpec:
         console = c.host_config.get("ConsoleSize") or [0, 0]
+        args = [c.path, *c.args]
+        if c.host_config.get("Init"):
+            # As dockerd: its docker-init runs the command (the guest binds it there).
+            args = [DOCKER_INIT, "--", *args]
         return ProcessSpec(
             proc=view.main_proc,
             container=view.guest_id,
             main=True,
-            args=[c.path, *c.args],
+            args=args,
             env=cc.process_env(c.config, c.hostname, links.environment(c, self.store)),
             cwd=str(c.config.get("WorkingDir") or "/"),
             user=str(c.config.get("User") or ""),

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hbd.drivers.agent import AgentError, ResourceUpdate
-from hbd.errors import Conflict, InvalidParameter, NotModified, SystemError_
+from hbd.errors import Conflict, HbdError, InvalidParameter, NotModified, SystemError_
 from hbd.services.container import config as cc
+from hbd.services.container import hostconfig, signals
 from hbd.services.container.model import Container, Run
 from hbd.services.container.restart import RestartManager
 from hbd.services.container.start import Starter, guest_memory_mib
@@ -23,6 +24,26 @@ log = logging.getLogger(__name__)
 DEFAULT_STOP_TIMEOUT = 10
 
 
+def _update_host_cpus(run: Run, merged: dict[str, Any]) -> list[str]:
+    """`docker update --cpuset-cpus`: a guest of its own moves to those host
+    CPUs now (its vCPU count changes at the next start); a shared one waits."""
+    cpus = hostconfig.host_cpus(merged)
+    if not run.guest.alone:
+        return ["the container shares its guest with others: its CPU set takes effect "
+                "at its next start in a guest of its own"]
+    run.guest.set_host_cpus(cpus)
+    return []
+
+
+def _stop_signal(c: Container) -> int:
+    """The container's StopSignal, SIGTERM when it has none or none that parses
+    (dockerd's Container.StopSignal)."""
+    try:
+        return signals.parse_signal(c.config.get("StopSignal") or "SIGTERM")
+    except InvalidParameter:
+        return signals.SIGNAL_MAP["TERM"]
+
+
 @dataclass
 class Stopper:
     store: ContainerStore
@@ -30,8 +51,19 @@ class Stopper:
     starter: Starter
 
     async def kill(self, ref: str, signal: str | int = "KILL") -> None:
+        """dockerd's kill: the signal parsed first (400), then every other
+        error worded "Cannot kill container: REF: …"."""
+        signum = signals.parse_signal(signal)
+        try:
+            await self._kill(ref, signum)
+        except HbdError as e:
+            raise type(e)(f"Cannot kill container: {ref}: {e.message}") from e
+
+    async def _kill(self, ref: str, signum: int) -> None:
         c = self.store.get(ref)
-        signum = cc.parse_signal(signal)
+        if not signals.valid_for_platform(signum):
+            raise SystemError_("The linux daemon does not support signal "
+                               f"{signals.as_go_uint64(signum)}")
         run = c.run
         if run is None or not c.state.running:
             raise Conflict(f"Container {c.id} is not running")
@@ -40,7 +72,7 @@ class Stopper:
             await run.guest.signal(run.guest.main_proc, signum)
         except AgentError as e:
             if signum != 9:
-                raise SystemError_(f"Cannot kill container {c.id}: {e.message}") from e
+                raise SystemError_(e.message) from e
             await run.guest.kill()
         self.store.event(c, "kill", signal=str(signum))
 
@@ -55,7 +87,7 @@ class Stopper:
         if not c.state.running or c.run is None:
             raise NotModified("container already stopped")
         run = c.run
-        signum = cc.parse_signal(signal or c.config.get("StopSignal") or "SIGTERM")
+        signum = signals.parse_signal(signal) if signal else _stop_signal(c)
         if timeout is None:
             timeout = c.config.get("StopTimeout")
             if timeout is None:
@@ -172,6 +204,12 @@ class Stopper:
             resources.cpu_period = period
         if "PidsLimit" in body:
             resources.pids_limit = max(0, int(merged.get("PidsLimit") or 0))
+        if "CpuShares" in body:
+            resources.cpu_weight = hostconfig.cpu_weight(int(merged.get("CpuShares") or 0))
+        if "MemoryReservation" in body:
+            resources.memory_low = int(merged.get("MemoryReservation") or 0)
+        if "CpusetCpus" in body:
+            warnings += _update_host_cpus(run, merged)
         try:
             await run.guest.update(resources)
             if resources.memory_limit > 0 and run.guest.alone and \

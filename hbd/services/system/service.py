@@ -13,6 +13,7 @@ import hbd
 from hbd import API_VERSION, MIN_API_VERSION
 from hbd.config import Config
 from hbd.events import EventBus
+from hbd.services.container import hostconfig
 from hbd.services.container.service import ContainerService
 from hbd.services.image.store import ImageStore
 from hbd.services.system.events_filter import EventFilter
@@ -118,6 +119,15 @@ class SystemService:
         replay = [m for m in history if wanted(m)] if since else []
         return EventSubscription(replay, _matching(live, wanted))
 
+    def _runtimes(self) -> dict[str, Any]:
+        """hbd's runtime, and the names dockerd hosts give theirs as its aliases
+        (a compose file with `runtime: runc` runs unchanged, in a guest)."""
+        runtimes: dict[str, Any] = {hostconfig.DEFAULT_RUNTIME: {"path": self.config.vm.qemu}}
+        for alias in hostconfig.RUNTIME_ALIASES:
+            runtimes[alias] = {"path": self.config.vm.qemu,
+                               "status": {"hbd.alias-of": hostconfig.DEFAULT_RUNTIME}}
+        return runtimes
+
     def info(self) -> dict[str, Any]:
         containers = list(self.containers.containers.values())
         running = sum(1 for c in containers if c.state.running and not c.state.paused)
@@ -166,13 +176,13 @@ class SystemService:
             "Labels": [],
             "ExperimentalBuild": False,
             "ServerVersion": ENGINE_VERSION,
-            "Runtimes": {"hbd": {"path": self.config.vm.qemu}},
-            "DefaultRuntime": "hbd",
+            "Runtimes": self._runtimes(),
+            "DefaultRuntime": hostconfig.DEFAULT_RUNTIME,
             "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
                       "ControlAvailable": False, "Error": "", "RemoteManagers": None},
             "LiveRestoreEnabled": True,
             "Isolation": "",
-            "InitBinary": "",
+            "InitBinary": "docker-init",
             "ContainerdCommit": {"ID": ""}, "RuncCommit": {"ID": ""},
             "InitCommit": {"ID": ""},
             "SecurityOptions": [f"name=microvm,accel={self.accel}"],
