@@ -27,6 +27,7 @@ from hbd.api.streams import (
     stream_content_type,
 )
 from hbd.errors import InvalidParameter
+from hbd.services import goparse
 from hbd.services.container.logs import LogQuery, LogRecord
 from hbd.services.container.model import Attachment, Container
 from hbd.services.timefmt import parse_timestamp_ns, rfc3339_nano
@@ -119,7 +120,7 @@ def _log_query(request: web.Request, follow: bool) -> LogQuery:
 
     tail_raw = request.query.get("tail", "all")
     try:
-        tail = -1 if tail_raw in ("all", "") else int(tail_raw)
+        tail = -1 if tail_raw == "all" else goparse.atoi(tail_raw)
     except ValueError:
         tail = -1  # dockerd treats an unparsable tail as "all"
     return LogQuery(
@@ -145,8 +146,9 @@ async def logs(request: web.Request) -> web.StreamResponse:
     response.content_type = stream_content_type(request, c.tty)
     await response.prepare(request)
     try:
-        async for record in records:
-            await response.write(_render(record, c.tty, timestamps))
+        async with contextlib.aclosing(records):
+            async for record in records:
+                await response.write(_render(record, c.tty, timestamps))
     except ConnectionResetError:
         pass
     return response
@@ -184,10 +186,9 @@ async def attach(request: web.Request) -> web.StreamResponse:
     tasks: list[asyncio.Future[Any]] = []
     try:
         if query_bool(request, "logs"):
-            _, records = containers.logs(c.id, LogQuery(stdout=attachment.stdout,
-                                                        stderr=attachment.stderr))
-            async for record in records:
-                await channel.write(_render(record, c.tty, False))
+            async with contextlib.aclosing(containers.attach_logs(c, attachment)) as records:
+                async for record in records:
+                    await channel.write(_render(record, c.tty, False))
         if not query_bool(request, "stream"):
             return response
         output = asyncio.ensure_future(_pump_output(channel, attachment, c.tty))

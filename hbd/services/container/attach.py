@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncGenerator
 
 from hbd.drivers.agent import AgentError
 from hbd.errors import InvalidParameter
-from hbd.services.container.logs import LogQuery, LogRecord, query_logs
+from hbd.services.container.logs import LogDriver, LogQuery, LogRecord, query_logs
 from hbd.services.container.model import Attachment, Container
 
 
@@ -45,10 +44,10 @@ async def close_stdin(c: Container) -> None:
             await run.guest.close_stdin(run.guest.main_proc)
 
 
-def logs(c: Container, log_path: Path, query: LogQuery) -> AsyncIterator[LogRecord]:
-    """The json-file log, followed (with `follow`) through the running writer."""
+def logs(c: Container, driver: LogDriver, query: LogQuery) -> AsyncGenerator[LogRecord, None]:
+    """The log, followed (with `follow`) through the running writer."""
     writer = c.run.log if c.run is not None else None
-    return query_logs(log_path, query, writer)
+    return query_logs(driver, query, writer)
 
 
 def wait_future(c: Container, condition: str) -> asyncio.Future[int]:

@@ -18,7 +18,7 @@ from hbd.drivers.guest import BootError
 from hbd.errors import Conflict, HbdError, InvalidParameter, NotModified, SystemError_
 from hbd.services.container import config as cc
 from hbd.services.container import network as cn
-from hbd.services.container.logs import JsonFileWriter
+from hbd.services.container.logs import LogDriver
 from hbd.services.container.model import Container, ContainerState, Run
 from hbd.services.container.monitor import Monitor
 from hbd.services.container.namespaces import SharedNamespaces, shared_namespaces
@@ -100,6 +100,7 @@ class Starter:
     async def start_locked(self, c: Container) -> None:
         """Put the container in its sandbox and run its main process; the caller
         holds c.lock."""
+        log = self._log_driver(c)
         disk = await self._image_disk(c)
         shared = shared_namespaces(c, self.store)
         target = self._sandbox_for(c, shared)
@@ -127,7 +128,7 @@ class Starter:
         except BaseException:
             await self._undo_run_resources(c)
             raise
-        writer = JsonFileWriter(self.store.log_path(c))
+        writer = log.open()
         run = Run(c, view, writer)
         run.memory_mib = plan.memory_mib if target is None else 0
         try:
@@ -147,6 +148,14 @@ class Starter:
         c.run_started.set()
         self.store.event(c, "start")
         self.monitor.watch(c, run)
+
+    def _log_driver(self, c: Container) -> LogDriver:
+        """The logger first, as dockerd: bad option values fail the start."""
+        try:
+            return self.store.log_driver(c)
+        except HbdError as e:
+            self._start_failed(c, e.message, 128)
+            raise
 
     def _sandbox_for(self, c: Container, shared: SharedNamespaces) -> Sandbox | None:
         """The running sandbox the container must join (that of the containers
