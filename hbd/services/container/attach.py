@@ -8,12 +8,18 @@ import contextlib
 from collections.abc import AsyncGenerator
 
 from hbd.drivers.agent import AgentError
-from hbd.errors import InvalidParameter
+from hbd.errors import Conflict, InvalidParameter
 from hbd.services.container.logs import LogDriver, LogQuery, LogRecord, query_logs
 from hbd.services.container.model import Attachment, Container
 
 
-def attach(c: Container, stdout: bool, stderr: bool) -> Attachment:
+def attach(c: Container, ref: str, stdout: bool, stderr: bool) -> Attachment:
+    """A new client of the container's output; dockerd's errors (with the
+    reference as the client gave it) for a container it cannot attach to."""
+    if c.state.paused:
+        raise Conflict(f"container {ref} is paused, unpause the container before attach")
+    if c.state.restarting:
+        raise Conflict(f"container {ref} is restarting, wait until the container is running")
     attachment = Attachment(stdout, stderr)
     c.attachments.add(attachment)
     return attachment

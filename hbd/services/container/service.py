@@ -154,7 +154,13 @@ class ContainerService:
 
     def attach(self, ref: str, stdout: bool, stderr: bool) -> tuple[Container, Attachment]:
         c = self.get(ref)
-        return c, attaching.attach(c, stdout, stderr)
+        attachment = attaching.attach(c, ref, stdout, stderr)
+        self.store.event(c, "attach")
+        return c, attachment
+
+    def detached(self, c: Container) -> None:
+        """The client typed the detach keys."""
+        self.store.event(c, "detach")
 
     def detach(self, c: Container, attachment: Attachment) -> None:
         attaching.detach(c, attachment)
