@@ -178,11 +178,13 @@ async def attach(request: web.Request) -> web.StreamResponse:
     c, attachment = containers.attach(request.match_info["id"],
                                       stdout=query_bool(request, "stdout"),
                                       stderr=query_bool(request, "stderr"))
+    # Taken with the attachment (no await between): no output in both, none in neither.
+    records = containers.attach_logs(c, attachment) if query_bool(request, "logs") else None
     try:
         response, channel = await hijack(request, stream_content_type(request, c.tty))
         try:
-            if query_bool(request, "logs"):
-                async with contextlib.aclosing(containers.attach_logs(c, attachment)) as records:
+            if records is not None:
+                async with contextlib.aclosing(records):
                     async for record in records:
                         await channel.write(_render(record, c.tty, False))
             if query_bool(request, "stream"):

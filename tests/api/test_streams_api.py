@@ -243,3 +243,24 @@ def test_exec_stdin_end(api_daemon: ApiDaemon, raw: docker.APIClient, cat: str) 
     s.close_write()
     assert s.read_until_eof() == b""
     assert raw.exec_inspect(exec_id)["Running"] is True
+
+
+def test_attach_with_logs_to_a_running_container_shows_each_line_once(
+        raw: docker.APIClient) -> None:
+    cid = raw.create_container("busybox", ["sh", "-c", "i=0; while :; do echo $i; "
+                                                       "i=$((i+1)); done"], detach=True)["Id"]
+    try:
+        raw.start(cid)
+        text = b""
+        stream = raw.attach(cid, stream=True, logs=True)
+        try:
+            for chunk in stream:
+                text += chunk
+                if text.count(b"\n") > 20000:
+                    break
+        finally:
+            stream.close()
+        numbers = [int(line) for line in text.split(b"\n")[:20000]]
+        assert numbers == list(range(20000))
+    finally:
+        raw.remove_container(cid, force=True)

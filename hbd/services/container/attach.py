@@ -9,7 +9,14 @@ from collections.abc import AsyncGenerator
 
 from hbd.drivers.agent import AgentError
 from hbd.errors import Conflict, InvalidParameter
-from hbd.services.container.logs import LogDriver, LogQuery, LogRecord, query_logs
+from hbd.services.container.logs import (
+    LogDriver,
+    LogQuery,
+    LogRecord,
+    open_snapshot,
+    query_logs,
+    replay_snapshot,
+)
 from hbd.services.container.model import Attachment, Container
 
 
@@ -54,6 +61,11 @@ def logs(c: Container, driver: LogDriver, query: LogQuery) -> AsyncGenerator[Log
     """The log, followed (with `follow`) through the running writer."""
     writer = c.run.log if c.run is not None else None
     return query_logs(driver, query, writer)
+
+
+def replay(c: Container, driver: LogDriver, query: LogQuery) -> AsyncGenerator[LogRecord, None]:
+    """The log as it is at this call (not when the records are read)."""
+    return replay_snapshot(open_snapshot(driver, c.run.log if c.run is not None else None), query)
 
 
 def wait_future(c: Container, condition: str) -> asyncio.Future[int]:

@@ -19,14 +19,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hbd.errors import NotImplementedByHbd, SystemError_
 from hbd.services import goparse
-from hbd.services.container.logfile import LogFile, Rotation, Segment, snapshot
+from hbd.services.container.logfile import LogFile, Rotation, Segment, Snapshot, snapshot
 from hbd.services.timefmt import parse_rfc3339_ns, rfc3339_nano
 
 MAX_LINE = 16 * 1024
@@ -235,26 +235,53 @@ class LogQuery:
         return bool(self.until_ns) and rec.time_ns > self.until_ns
 
 
+def open_snapshot(driver: LogDriver, writer: LogWriter | None) -> Snapshot | None:
+    """The log's files as they are now (None: the driver keeps none)."""
+    if driver.path is None:
+        return None
+    log = writer.log if writer is not None and not writer.closed else None
+    return snapshot(driver.path, driver.rotation.max_file, log)
+
+
+def backlog(snap: Snapshot, query: LogQuery) -> Iterator[LogRecord]:
+    """What a snapshot holds for the query, as dockerd reads it: the last `tail`
+    records of all files, then since/until and the streams."""
+    if query.tail == 0:
+        return
+    segments = snap.tail(query.tail) if query.tail > 0 else snap.segments
+    for rec in _records(_lines_of(segments)):
+        if query.past_until(rec):
+            return
+        if query.wants(rec):
+            yield rec
+
+
+async def replay_snapshot(snap: Snapshot | None,
+                          query: LogQuery) -> AsyncGenerator[LogRecord, None]:
+    """A snapshot's records, for a client that takes them one by one."""
+    if snap is None:
+        return
+    try:
+        for rec in backlog(snap, query):
+            yield rec
+    finally:
+        snap.close()
+
+
 async def query_logs(driver: LogDriver, query: LogQuery,
                      writer: LogWriter | None) -> AsyncGenerator[LogRecord, None]:
-    """What `docker logs` returns, as dockerd reads it: the last `tail` records
-    of all files, then since/until and the streams; with follow, new records
-    until the writer closes. Memory does not grow with the log's size."""
-    if driver.path is None:
+    """What `docker logs` returns: the backlog; with follow, new records until
+    the writer closes. Memory does not grow with the log's size."""
+    # Taken together, before any await: the follower starts where the snapshot ends.
+    snap = open_snapshot(driver, writer)
+    if snap is None:
         return
     log = writer.log if writer is not None and not writer.closed else None
-    # Taken together, before any await: the follower starts where the snapshot ends.
-    snap = snapshot(driver.path, driver.rotation.max_file, log)
     follower = log.follow() if log is not None and query.follow else None
     try:
-        if query.tail != 0:
-            segments = snap.tail(query.tail) if query.tail > 0 else snap.segments
-            for rec in _records(_lines_of(segments)):
-                if query.past_until(rec):
-                    return
-                if query.wants(rec):
-                    yield rec
-        snap.close()
+        for rec in backlog(snap, query):
+            yield rec
+        snap.close()  # before a long follow
         if follower is None or writer is None:
             return
         while True:
@@ -276,12 +303,12 @@ async def query_logs(driver: LogDriver, query: LogQuery,
             log.unfollow(follower)
 
 
-def _lines_of(segments: list[Segment]) -> Iterable[bytes]:
+def _lines_of(segments: list[Segment]) -> Iterator[bytes]:
     for segment in segments:
         yield from segment.lines()
 
 
-def _records(lines: Iterable[bytes]) -> Iterable[LogRecord]:
+def _records(lines: Iterable[bytes]) -> Iterator[LogRecord]:
     for line in lines:
         record = decode(line)
         if record is not None:

@@ -179,13 +179,15 @@ class ContainerService:
         return c, attaching.logs(c, driver, query)
 
     def attach_logs(self, c: Container, attachment: Attachment) -> AsyncGenerator[LogRecord, None]:
-        """What `attach` with logs=1 replays: nothing where the driver keeps nothing."""
+        """What `attach` with logs=1 replays: the log as it is now, so that with
+        the attachment made at the same time no output is shown twice or lost;
+        nothing where the driver keeps nothing."""
         query = LogQuery(stdout=attachment.stdout, stderr=attachment.stderr)
         try:
             driver = self.store.log_driver(c)
         except HbdError:
             driver = LogDriver("none", None)  # its logger never started: nothing logged
-        return attaching.logs(c, driver, query)
+        return attaching.replay(c, driver, query)
 
     async def top(self, ref: str, ps_args: str = "") -> dict[str, Any]:
         return await stats.top(self.get(ref))
