@@ -300,3 +300,32 @@ def test_the_writer_closes_its_file(tmp_path: Path) -> None:
     log.close()
     log.close()
     assert (tmp_path / "x.log").read_bytes() == b"a\n"
+
+
+async def test_a_damaged_compressed_file_is_read_as_far_as_it_goes(tmp_path: Path) -> None:
+    path = tmp_path / "c-json.log"
+    good = gzip.compress(b"".join(encode(1, f"old-{i}\n".encode(), 0) for i in range(50)))
+    (tmp_path / "c-json.log.1.gz").write_bytes(good[: len(good) // 2])
+    driver, w = json_file(path, Rotation(max_size=10_000, max_file=2, compress=True))
+    w.write(1, b"new\n")
+    w.close()
+    everything = await data(driver, LogQuery())
+    old = everything[:-1]
+    assert 0 < len(old) < 50 and old == [f"old-{i}\n".encode() for i in range(len(old))]
+    assert everything[-1] == b"new\n"
+    assert await data(driver, LogQuery(tail=2)) == everything[-2:]
+
+
+@pytest.mark.parametrize("max_file", [0, 1])
+async def test_follow_with_a_single_file(tmp_path: Path, max_file: int) -> None:
+    path = tmp_path / "c-json.log"
+    driver, w = json_file(path, Rotation(max_size=record_size() * 2, max_file=max_file))
+    numbered(w, 1)
+    records = query_logs(driver, LogQuery(follow=True), w)
+    first = await anext(records)
+    for i in range(1, 5):  # two rotations, each file unlinked
+        w.write(1, f"line-{i:03}\n".encode())
+    w.close()
+    rest = [r.data async for r in records]
+    assert [first.data, *rest] == [f"line-{i:03}\n".encode() for i in range(5)]
+    assert len(path.read_text().splitlines()) == 1

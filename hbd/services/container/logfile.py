@@ -20,6 +20,7 @@ import gzip
 import os
 import shutil
 import threading
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -131,7 +132,7 @@ class LogFile:
         """A follower that starts after the last record written so far."""
         current = open(self.path, "rb")  # noqa: SIM115 - the follower closes it
         current.seek(self.size)
-        follower = Follower(current, self.rotation.max_file)
+        follower = Follower(current, max(2, self.rotation.max_file))
         self._followers.add(follower)
         return follower
 
@@ -176,10 +177,11 @@ class Segment:
 
     def lines(self) -> Iterator[bytes]:
         if self.compressed:
-            self.file.seek(0)
-            for number, line in enumerate(self.file):
-                if number >= self.start and line.endswith(b"\n"):
-                    yield line
+            with _unless_damaged():
+                self.file.seek(0)
+                for number, line in enumerate(self.file):
+                    if number >= self.start and line.endswith(b"\n"):
+                        yield line
             return
         self.file.seek(self.start)
         left = self.end - self.start if self.end is not None else -1
@@ -203,8 +205,23 @@ class Segment:
 
 
 def count_lines(f: BinaryIO) -> int:
-    f.seek(0)
-    return sum(block.count(b"\n") for block in iter(lambda: f.read(BLOCK), b""))
+    """The complete lines of a compressed file: as many as Segment.lines() gives."""
+    count = 0
+    with _unless_damaged():
+        f.seek(0)
+        for line in f:
+            count += line.endswith(b"\n")
+    return count
+
+
+@contextlib.contextmanager
+def _unless_damaged() -> Iterator[None]:
+    """A compressed file cut short (hbd stopped while compressing it) is read
+    as far as it goes."""
+    try:
+        yield
+    except (OSError, EOFError, zlib.error):
+        return
 
 
 def complete_end(f: BinaryIO, end: int | None) -> int:
