@@ -3,13 +3,17 @@ daemon sends, headers and framing included, over its unix socket."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import docker
 
 # Detach keys count only when the daemon reads them alone (as a terminal sends
 # a keypress); the pause between sends keeps them apart, as docker-py's tests do.
@@ -75,6 +79,19 @@ def hijack(socket_path: Path | str, path: str, body: Any = None) -> Hijacked:
     status_line, *lines = raw.decode().split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
     return Hijacked(sock, int(status_line.split()[1]), headers)
+
+
+@contextlib.contextmanager
+def running_cat(api: docker.APIClient, tty: bool = False) -> Iterator[str]:
+    """docker-py's stream tests' container: `cat`, stdin open and not closed when
+    a client's ends (as `docker run -d -i`)."""
+    cid = str(api.create_container("busybox", "cat", stdin_open=True, tty=tty,
+                                   detach=True)["Id"])
+    try:
+        api.start(cid)
+        yield cid
+    finally:
+        api.remove_container(cid, force=True)
 
 
 def frames(data: bytes) -> list[tuple[int, bytes]]:

@@ -14,7 +14,7 @@ import docker
 import pytest
 
 from tests.api.conftest import ApiDaemon
-from tests.hijack import ctrl, frames, hijack
+from tests.hijack import ctrl, frames, hijack, running_cat
 
 STDOUT, STDERR = 1, 2
 DETACHED = b"exec attach failed: error on attach stdin: read escape sequence\r\n"
@@ -29,20 +29,14 @@ def raw(api_daemon: ApiDaemon) -> Iterator[docker.APIClient]:
 
 @pytest.fixture
 def cat(raw: docker.APIClient) -> Iterator[str]:
-    """A running `cat` with stdin open, not closed when a client's ends (non-tty)."""
-    cid = str(raw.create_container("busybox", "cat", stdin_open=True, detach=True)["Id"])
-    raw.start(cid)
-    yield cid
-    raw.remove_container(cid, force=True)
+    with running_cat(raw) as cid:
+        yield cid
 
 
 @pytest.fixture
 def tty_cat(raw: docker.APIClient) -> Iterator[str]:
-    cid = str(raw.create_container("busybox", "cat", stdin_open=True, tty=True,
-                                   detach=True)["Id"])
-    raw.start(cid)
-    yield cid
-    raw.remove_container(cid, force=True)
+    with running_cat(raw, tty=True) as cid:
+        yield cid
 
 
 def running(raw: docker.APIClient, cid: str) -> bool:

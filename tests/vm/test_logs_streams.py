@@ -15,7 +15,7 @@ import docker
 import pytest
 
 from tests.daemon_fixture import RunningDaemon
-from tests.hijack import KEY_PAUSE, ctrl
+from tests.hijack import KEY_PAUSE, ctrl, running_cat
 from tests.vm.test_lifecycle import Terminal
 
 DETACHED = b"exec attach failed: error on attach stdin: read escape sequence\r\n"
@@ -29,11 +29,8 @@ def api(sdk: docker.DockerClient) -> docker.APIClient:
 
 @pytest.fixture
 def cat(api: docker.APIClient) -> Iterator[str]:
-    """docker-py's tests' container: `cat` with stdin open."""
-    cid = str(api.create_container("busybox", "cat", detach=True, stdin_open=True)["Id"])
-    api.start(cid)
-    yield cid
-    api.remove_container(cid, force=True)
+    with running_cat(api) as cid:
+        yield cid
 
 
 def raw_socket(sock: Any) -> socket.socket:
@@ -157,17 +154,13 @@ def test_attach_detach_keys(api: docker.APIClient, configured: str | None,
     """docker-py's attach detach tests (it sends the config file's keys too)."""
     if configured:
         api._general_configs["detachKeys"] = configured
-    cid = api.create_container("busybox", "cat", detach=True, stdin_open=True, tty=True)["Id"]
-    try:
-        api.start(cid)
+    with running_cat(api, tty=True) as cid:
         sock = api.attach_socket(cid, {"stdin": True, "stream": True, **query})
         try:
             assert detached_with(sock, keys) == b""
         finally:
             sock.close()
         assert api.inspect_container(cid)["State"]["Running"] is True
-    finally:
-        api.remove_container(cid, force=True)
 
 
 def test_cli_run_and_attach_detach_keys(hbd: RunningDaemon, tmp_path: Path) -> None:
