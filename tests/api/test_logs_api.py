@@ -10,6 +10,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from hbd.services.container.logfile import settle
 from tests.api.conftest import ApiDaemon
 
 
@@ -125,6 +126,7 @@ def test_compressed_rotation(raw: docker.APIClient) -> None:
                                                "compress": "true"})
     try:
         path = Path(raw.inspect_container(cid)["LogPath"])
+        settle(path)  # the last rotated file's compression, in a thread of the daemon
         names = sorted(p.name for p in path.parent.glob(f"{cid}-json.log*"))
         assert names == [f"{cid}-json.log", f"{cid}-json.log.1.gz", f"{cid}-json.log.2.gz"]
         assert raw.logs(cid, tail=3).decode().splitlines() == [f"{i:040d}"

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from hbd.errors import NotImplementedByHbd, SystemError_
-from hbd.services.container.logfile import BLOCK, LogFile, Rotation, Segment, Snapshot
+from hbd.services.container.logfile import (
+    BLOCK,
+    LogFile,
+    Rotation,
+    Segment,
+    Snapshot,
+    settle,
+)
 from hbd.services.container.logs import (
     MAX_LINE,
     LogDriver,
@@ -140,7 +147,8 @@ async def test_compressed_rotation(tmp_path: Path) -> None:
     driver, w = json_file(path, Rotation(max_size=record_size() * 4, max_file=3,
                                          compress=True))
     numbered(w, 10)
-    w.close()  # waits for the compression in flight
+    w.close()
+    settle(path)  # the compression in flight
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["c-json.log", "c-json.log.1.gz", "c-json.log.2.gz"]
     with gzip.open(tmp_path / "c-json.log.2.gz") as f:
@@ -289,6 +297,7 @@ async def test_local_driver_rotates_into_its_directory(tmp_path: Path) -> None:
     w = driver.open()
     numbered(w, 40)
     w.close()
+    settle(tmp_path / "local-logs" / "container.log")
     assert sorted(p.name for p in (tmp_path / "local-logs").iterdir()) == [
         "container.log", "container.log.1.gz"]
     assert (await data(driver, LogQuery(tail=1))) == [b"line-039\n"]
@@ -329,3 +338,30 @@ async def test_follow_with_a_single_file(tmp_path: Path, max_file: int) -> None:
     rest = [r.data async for r in records]
     assert [first.data, *rest] == [f"line-{i:03}\n".encode() for i in range(5)]
     assert len(path.read_text().splitlines()) == 1
+
+
+def test_a_log_that_cannot_be_written_loses_records_not_the_container(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    directory = tmp_path / "gone"
+    _, w = json_file(directory / "c-json.log", Rotation(max_size=1, max_file=2))
+    w.write(1, b"kept\n")
+    (directory / "c-json.log").unlink()
+    directory.rmdir()
+    w.write(1, b"lost\n")  # the rotation cannot rename: no exception to the guest's reader
+    w.write(1, b"lost too\n")
+    w.close()
+    assert [r.message for r in caplog.records].count(
+        f"cannot write the log {directory / 'c-json.log'}: "
+        f"[Errno 2] No such file or directory: '{directory / 'c-json.log'}' -> "
+        f"'{directory / 'c-json.log.1'}'") == 1
+
+
+def test_a_rotated_file_left_plain_is_compressed_when_the_log_opens(tmp_path: Path) -> None:
+    path = tmp_path / "c-json.log"
+    (tmp_path / "c-json.log.1").write_bytes(encode(1, b"old\n", 0))
+    (tmp_path / "c-json.log.1.gz").write_bytes(b"\x1f\x8b cut short")
+    LogFile(path, Rotation(max_size=1000, max_file=2, compress=True)).close()
+    settle(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c-json.log", "c-json.log.1.gz"]
+    with gzip.open(tmp_path / "c-json.log.1.gz") as f:
+        assert f.read() == encode(1, b"old\n", 0)

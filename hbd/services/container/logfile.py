@@ -76,6 +76,25 @@ class Follower:
             self._files.popleft().close()
 
 
+# Compressions under way, by log: they outlive a writer (a container's run),
+# and the next rotation of the same log waits for them.
+_compressing: dict[Path, threading.Thread] = {}
+
+
+def _compress_rotated(path: Path) -> None:
+    thread = threading.Thread(target=compress_file, args=(rotated_name(path, 1, False),),
+                              daemon=True)
+    _compressing[path] = thread
+    thread.start()
+
+
+def settle(path: Path) -> None:
+    """Wait for the compression of the log's last rotated file, if under way."""
+    thread = _compressing.pop(path, None)
+    if thread is not None:
+        thread.join()
+
+
 class LogFile:
     """The writing side: appends records, rotates as configured."""
 
@@ -85,8 +104,10 @@ class LogFile:
         self.rotation = rotation
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self.size = os.fstat(self._fd).st_size
-        self._compressing: threading.Thread | None = None
         self._followers: set[Follower] = set()
+        if rotation.compress and path not in _compressing and \
+                rotated_name(path, 1, False).exists():
+            _compress_rotated(path)  # left plain when hbd stopped while compressing it
 
     def append(self, record: bytes) -> None:
         if 0 <= self.rotation.max_size <= self.size:
@@ -97,12 +118,10 @@ class LogFile:
         self.size += len(record)
 
     def _rotate(self) -> None:
-        os.close(self._fd)
-        self._fd = -1
-        if self._compressing is not None:
-            # As dockerd: a rotation waits for the last one's compression.
-            self._compressing.join()
-            self._compressing = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        settle(self.path)  # as dockerd: a rotation waits for the last one's compression
         rotation = self.rotation
         if rotation.max_file < 2:
             self.path.unlink(missing_ok=True)
@@ -115,9 +134,7 @@ class LogFile:
         for follower in self._followers:
             follower.next_file(open(self.path, "rb"))  # noqa: SIM115 - the follower closes it
         if rotation.compress and rotation.max_file >= 2:
-            self._compressing = threading.Thread(
-                target=compress_file, args=(rotated_name(self.path, 1, False),), daemon=True)
-            self._compressing.start()
+            _compress_rotated(self.path)
 
     def _shift_rotated(self) -> None:
         compressed = self.rotation.compress
@@ -141,12 +158,10 @@ class LogFile:
         follower.close()
 
     def close(self) -> None:
+        """Stop writing; a compression under way goes on (see settle)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        if self._compressing is not None:
-            self._compressing.join()
-            self._compressing = None
 
 
 def compress_file(path: Path) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from hbd.errors import NotImplementedByHbd, SystemError_
 from hbd.services import goparse
 from hbd.services.container.logfile import LogFile, Rotation, Segment, Snapshot, snapshot
 from hbd.services.timefmt import parse_rfc3339_ns, rfc3339_nano
+
+log = logging.getLogger(__name__)
 
 MAX_LINE = 16 * 1024
 STREAM_NAMES = {1: "stdout", 2: "stderr"}
@@ -160,6 +163,7 @@ class LogWriter:
     def __init__(self, log: LogFile | None) -> None:
         self.log = log
         self._closed = False
+        self._failed = False
         self._pending: dict[int, bytes] = {1: b"", 2: b""}
         self._changed = asyncio.Event()
 
@@ -168,8 +172,15 @@ class LogWriter:
         return self._closed
 
     def _emit(self, stream: int, data: bytes, now_ns: int) -> None:
-        if self.log is not None:
+        if self.log is None:
+            return
+        try:
             self.log.append(encode(stream, data, now_ns))
+        except OSError as e:
+            # As dockerd: the record is lost, the container runs on (said once).
+            if not self._failed:
+                log.warning("cannot write the log %s: %s", self.log.path, e)
+                self._failed = True
 
     def write(self, stream: int, data: bytes) -> None:
         if self.closed:
@@ -235,12 +246,16 @@ class LogQuery:
         return bool(self.until_ns) and rec.time_ns > self.until_ns
 
 
+def _open_file(writer: LogWriter | None) -> LogFile | None:
+    """The file a run's writer still writes (a closed one's is complete)."""
+    return writer.log if writer is not None and not writer.closed else None
+
+
 def open_snapshot(driver: LogDriver, writer: LogWriter | None) -> Snapshot | None:
     """The log's files as they are now (None: the driver keeps none)."""
     if driver.path is None:
         return None
-    log = writer.log if writer is not None and not writer.closed else None
-    return snapshot(driver.path, driver.rotation.max_file, log)
+    return snapshot(driver.path, driver.rotation.max_file, _open_file(writer))
 
 
 def backlog(snap: Snapshot, query: LogQuery) -> Iterator[LogRecord]:
@@ -276,8 +291,8 @@ async def query_logs(driver: LogDriver, query: LogQuery,
     snap = open_snapshot(driver, writer)
     if snap is None:
         return
-    log = writer.log if writer is not None and not writer.closed else None
-    follower = log.follow() if log is not None and query.follow else None
+    log_file = _open_file(writer)
+    follower = log_file.follow() if log_file is not None and query.follow else None
     try:
         for rec in backlog(snap, query):
             yield rec
@@ -299,8 +314,8 @@ async def query_logs(driver: LogDriver, query: LogQuery,
             await changed.wait()
     finally:
         snap.close()
-        if follower is not None and log is not None:
-            log.unfollow(follower)
+        if follower is not None and log_file is not None:
+            log_file.unfollow(follower)
 
 
 def _lines_of(segments: list[Segment]) -> Iterator[bytes]:
