@@ -112,3 +112,11 @@ def client(api_daemon: ApiDaemon) -> Iterator[docker.DockerClient]:
     c = docker.DockerClient(base_url=api_daemon.host, version="1.47")
     yield c
     c.close()
+
+
+@pytest.fixture
+def raw(api_daemon: ApiDaemon) -> Iterator[docker.APIClient]:
+    """The low-level client (a test file may still define its own)."""
+    c = docker.APIClient(base_url=api_daemon.host, version="1.47")
+    yield c
+    c.close()

@@ -4,7 +4,6 @@ what dockerd 20.10 answers, checked against it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -12,13 +11,6 @@ import pytest
 
 from hbd.services.container.logfile import settle
 from tests.api.conftest import ApiDaemon
-
-
-@pytest.fixture
-def raw(api_daemon: ApiDaemon) -> Iterator[docker.APIClient]:
-    c = docker.APIClient(base_url=api_daemon.host, version="1.47")
-    yield c
-    c.close()
 
 
 def create(raw: docker.APIClient, cmd: list[str], log_type: str, **opts: str) -> str:

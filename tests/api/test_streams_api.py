@@ -21,13 +21,6 @@ DETACHED = b"exec attach failed: error on attach stdin: read escape sequence\r\n
 
 
 @pytest.fixture
-def raw(api_daemon: ApiDaemon) -> Iterator[docker.APIClient]:
-    c = docker.APIClient(base_url=api_daemon.host, version="1.47")
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def cat(raw: docker.APIClient) -> Iterator[str]:
     with running_cat(raw) as cid:
         yield cid
