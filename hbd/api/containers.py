@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from typing import Any
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -19,15 +18,10 @@ from hbd.api.app import (
     request_version,
 )
 from hbd.api.backends import CONTAINER_FILES, CONTAINERS
-from hbd.api.streams import (
-    Channel,
-    DetachDetector,
-    frame,
-    hijack,
-    parse_detach_keys,
-    stream_content_type,
-)
+from hbd.api.streams import StdinPlan, frame, hijack, serve_stdio, stream_content_type
 from hbd.errors import InvalidParameter
+from hbd.services import goparse
+from hbd.services.container.detach import DetachDetector, parse_detach_keys
 from hbd.services.container.logs import LogQuery, LogRecord
 from hbd.services.container.model import Attachment, Container
 from hbd.services.timefmt import parse_timestamp_ns, rfc3339_nano
@@ -121,7 +115,7 @@ def _log_query(request: web.Request, follow: bool) -> LogQuery:
 
     tail_raw = request.query.get("tail", "all")
     try:
-        tail = -1 if tail_raw in ("all", "") else int(tail_raw)
+        tail = -1 if tail_raw == "all" else goparse.atoi(tail_raw)
     except ValueError:
         tail = -1  # dockerd treats an unparsable tail as "all"
     return LogQuery(
@@ -147,75 +141,64 @@ async def logs(request: web.Request) -> web.StreamResponse:
     response.content_type = stream_content_type(request, c.tty)
     await response.prepare(request)
     try:
-        async for record in records:
-            await response.write(_render(record, c.tty, timestamps))
+        async with contextlib.aclosing(records):
+            async for record in records:
+                await response.write(_render(record, c.tty, timestamps))
     except ConnectionResetError:
         pass
     return response
 
 
-async def _pump_output(channel: Channel, attachment: Attachment, tty: bool) -> None:
+def _detach_keys(request: web.Request) -> bytes:
+    spec = request.query.get("detachKeys", "")
+    try:
+        return parse_detach_keys(spec)
+    except ValueError as e:
+        raise InvalidParameter(f"Invalid detach keys ({spec}) provided") from e
+
+
+async def _rendered(attachment: Attachment, tty: bool) -> AsyncIterator[bytes]:
     async for stream, data in attachment.output():
-        await channel.write(data if tty else frame(stream, data))
+        yield data if tty else frame(stream, data)
 
 
-async def _pump_stdin(request: web.Request, channel: Channel, c: Container,
-                      detach: DetachDetector | None) -> bool:
-    """Client stdin to the container; True when the client typed the detach keys."""
+def _attach_stdin(request: web.Request, c: Container, keys: bytes) -> StdinPlan | None:
+    """dockerd reads the client's stdin only for a container with OpenStdin."""
+    if not (query_bool(request, "stdin") and c.config.get("OpenStdin")):
+        return None
     containers = request.app[CONTAINERS]
-    while (data := await channel.read()) is not None:
-        detached = False
-        if detach is not None:
-            data, detached = detach.feed(data)
-        if data:
-            await containers.write_stdin(c, data)
-        if detached:
-            return True
-    await containers.close_stdin(c)
-    return False
+    return StdinPlan(
+        write=lambda data: containers.write_stdin(c, data),
+        close=lambda: containers.close_stdin(c),
+        close_on_eof=bool(c.config.get("StdinOnce")) and not c.tty,
+        detect=DetachDetector(keys) if c.tty else None)
 
 
 async def attach(request: web.Request) -> web.StreamResponse:
     containers = request.app[CONTAINERS]
-    want_stdin = query_bool(request, "stdin")
-    detach_keys = parse_detach_keys(request.query.get("detachKeys", ""))
+    keys = _detach_keys(request)
     c, attachment = containers.attach(request.match_info["id"],
                                       stdout=query_bool(request, "stdout"),
                                       stderr=query_bool(request, "stderr"))
-    response, channel = await hijack(request, stream_content_type(request, c.tty))
-    tasks: list[asyncio.Future[Any]] = []
+    # Taken with the attachment (no await between): no output in both, none in neither.
+    records = containers.attach_logs(c, attachment) if query_bool(request, "logs") else None
     try:
-        if query_bool(request, "logs"):
-            _, records = containers.logs(c.id, LogQuery(stdout=attachment.stdout,
-                                                        stderr=attachment.stderr))
-            async for record in records:
-                await channel.write(_render(record, c.tty, False))
-        if not query_bool(request, "stream"):
-            return response
-        output = asyncio.ensure_future(_pump_output(channel, attachment, c.tty))
-        tasks.append(output)
-        lost = asyncio.ensure_future(channel.lost.wait())
-        tasks.append(lost)
-        waiting: set[asyncio.Future[Any]] = {output, lost}
-        stdin: asyncio.Future[bool] | None = None
-        if want_stdin:
-            # Only a tty attach watches for the detach keys, as dockerd does.
-            detector = DetachDetector(detach_keys) if c.tty else None
-            stdin = asyncio.ensure_future(_pump_stdin(request, channel, c, detector))
-            tasks.append(stdin)
-            if detector is not None:
-                waiting.add(stdin)
-        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if stdin is not None and done == {stdin} and not stdin.result():
-            # The client's stdin ended (no detach): output still flows until exit.
-            await asyncio.wait({output, lost}, return_when=asyncio.FIRST_COMPLETED)
-    except ConnectionResetError:
-        pass
+        response, channel = await hijack(request, stream_content_type(request, c.tty))
+        try:
+            if records is not None:
+                async with contextlib.aclosing(records):
+                    async for record in records:
+                        await channel.write(_render(record, c.tty, False))
+            if query_bool(request, "stream"):
+                output = _rendered(attachment, c.tty)
+                if await serve_stdio(channel, output, _attach_stdin(request, c, keys)):
+                    containers.detached(c)
+        except ConnectionError:
+            pass
+        finally:
+            channel.close()
     finally:
-        for task in tasks:
-            task.cancel()
         containers.detach(c, attachment)
-        channel.close()
     return response
 
 

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from hbd.api.app import Router, json_response, query_int, read_json
 from hbd.api.backends import EXECS, ExecBackend
-from hbd.api.streams import Channel, frame, hijack, stream_content_type
+from hbd.api.streams import (
+    STDOUT,
+    StdinPlan,
+    frame,
+    hijack,
+    serve_stdio,
+    stream_content_type,
+)
 from hbd.errors import HbdError, InvalidParameter
+from hbd.services.container.detach import DetachDetector
 from hbd.services.container.execs import ExecInstance
 
-HEADER_GAP = 0.05
+# What dockerd writes into an exec's stream when its client detaches: moby
+# wraps the detach as an error on stdin, so the exec reports it as failed.
+DETACHED_MESSAGE = b"exec attach failed: error on attach stdin: read escape sequence\r\n"
 
 
 async def create(request: web.Request) -> web.Response:
@@ -22,57 +33,67 @@ async def create(request: web.Request) -> web.Response:
     return json_response({"Id": exec_id}, status=201)
 
 
-async def _pump_output(channel: Channel, instance: ExecInstance) -> None:
-    async for stream, data in instance.output():
-        await channel.write(data if instance.tty else frame(stream, data))
+@dataclass(frozen=True)
+class Framing:
+    """How an exec's output goes to its client, by the start request's `Tty`
+    (not the process's): raw stdout, with stderr dropped (dockerd passes no
+    stderr writer then); else stdcopy frames of both."""
+
+    raw: bool
+
+    def render(self, stream: int, data: bytes) -> bytes:
+        if not self.raw:
+            return frame(stream, data)
+        return data if stream == STDOUT else b""
+
+    async def output(self, instance: ExecInstance) -> AsyncIterator[bytes]:
+        async for stream, data in instance.output():
+            if rendered := self.render(stream, data):
+                yield rendered
 
 
-async def _pump_stdin(channel: Channel, execs: ExecBackend, instance: ExecInstance) -> None:
-    while (data := await channel.read()) is not None:
-        await execs.write_stdin(instance, data)
-    await execs.close_stdin(instance)
+def _start_options(body: Any) -> tuple[bool, bool, tuple[int, int] | None]:
+    """(detach, tty, console size) of an exec start request."""
+    if not isinstance(body, dict):
+        raise InvalidParameter("invalid JSON: exec start config must be an object")
+    console = body.get("ConsoleSize")
+    size = (int(console[0]), int(console[1])) if isinstance(console, list) and \
+        len(console) == 2 else None
+    return bool(body.get("Detach")), bool(body.get("Tty")), size
+
+
+def _exec_stdin(execs: ExecBackend, instance: ExecInstance) -> StdinPlan | None:
+    if not instance.stdin:
+        return None
+    return StdinPlan(
+        write=lambda data: execs.write_stdin(instance, data),
+        close=lambda: execs.close_stdin(instance),
+        close_on_eof=not instance.tty,
+        detect=DetachDetector(instance.detach_keys) if instance.tty else None)
 
 
 async def start(request: web.Request) -> web.StreamResponse:
     execs = request.app[EXECS]
-    body = await read_json(request, allow_empty=True) or {}
-    if not isinstance(body, dict):
-        raise InvalidParameter("invalid JSON: exec start config must be an object")
-    detach = bool(body.get("Detach"))
-    tty = body.get("Tty")
-    console = body.get("ConsoleSize")
-    size = (int(console[0]), int(console[1])) if isinstance(console, list) and \
-        len(console) == 2 else None
+    detach, tty, size = _start_options(await read_json(request, allow_empty=True) or {})
     instance = execs.get(request.match_info["id"])
     if detach:
-        await execs.start(instance.id, detach=True, tty=tty, console=size)
-        return json_response({}, status=200)
-    response, channel = await hijack(request, stream_content_type(request, bool(
-        instance.tty if tty is None else tty)))
-    tasks: list[asyncio.Future[Any]] = []
+        await execs.start(instance.id, detach=True, console=size)
+        return web.Response(status=200)
+    framing = Framing(raw=tty)
+    response, channel = await hijack(request, stream_content_type(request, tty))
     try:
         try:
-            await execs.start(instance.id, detach=False, tty=tty, console=size)
+            await execs.start(instance.id, detach=False, console=size)
         except HbdError as e:
             # dockerd reports a failed start inside the already-hijacked stream.
-            # docker-py reads that stream from the raw socket, past the buffer
-            # its HTTP parser filled: bytes that arrive together with the 101
-            # headers are lost to it. Let the headers go out on their own.
-            await asyncio.sleep(HEADER_GAP)
-            message = (e.message + "\r\n").encode()
-            await channel.write(message if instance.tty else frame(1, message))
+            await channel.write(framing.render(STDOUT, (e.message + "\r\n").encode()))
             return response
-        output = asyncio.ensure_future(_pump_output(channel, instance))
-        lost = asyncio.ensure_future(channel.lost.wait())
-        tasks += [output, lost]
-        if instance.stdin:
-            tasks.append(asyncio.ensure_future(_pump_stdin(channel, execs, instance)))
-        await asyncio.wait({output, lost}, return_when=asyncio.FIRST_COMPLETED)
-    except ConnectionResetError:
+        if await serve_stdio(channel, framing.output(instance), _exec_stdin(execs, instance)):
+            await channel.write(framing.render(STDOUT, DETACHED_MESSAGE))
+    except ConnectionError:
         pass
     finally:
-        for task in tasks:
-            task.cancel()
+        instance.stop_output()
         channel.close()
     return response
 

@@ -5,23 +5,39 @@ answer `101 UPGRADED` (the client asked `Upgrade: tcp`), then the socket is
 a raw byte stream both ways. The client half-closes its side when its stdin
 ends and keeps reading output, so the connection must survive an EOF from
 the client: aiohttp's protocol would close on it, hence our own protocol.
+
+`serve_stdio` then runs one client's session with a process, with dockerd's
+rules for how it ends (container/stream/attach.go): when the output ends;
+when the client goes; when it types the detach keys (tty only); and when its
+stdin ends: a process that closes stdin then (exec, `StdinOnce` attach, no
+tty) gets EOF and its output flows on to its end, any other session ends
+there, the process still running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
+import fcntl
+import socket
 import struct
+import termios
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from hbd.api.app import version_at_least
-from hbd.errors import InvalidParameter
+from hbd.services.container.detach import DetachDetector
 
 RAW_STREAM = "application/vnd.docker.raw-stream"
 MULTIPLEXED_STREAM = "application/vnd.docker.multiplexed-stream"
 STDIN, STDOUT, STDERR, SYSTEMERR = 0, 1, 2, 3
 READ_HIGH_WATER = 1024 * 1024
+# How long the stream waits for the client to read the 101 headers.
+HEADERS_READ_WAIT = 0.5
 
 
 def frame(stream: int, data: bytes) -> bytes:
@@ -35,53 +51,9 @@ def stream_content_type(request: web.Request, tty: bool) -> str:
     return RAW_STREAM
 
 
-DEFAULT_DETACH_KEYS = "ctrl-p,ctrl-q"
-
-
-def parse_detach_keys(spec: str) -> bytes:
-    """dockerd's term.ToBytes: "ctrl-p,ctrl-q" -> b"\\x10\\x11"."""
-    out = bytearray()
-    for raw in (spec or DEFAULT_DETACH_KEYS).split(","):
-        key = raw.strip()
-        if len(key) == 1:
-            out.append(ord(key))
-        elif key.lower().startswith("ctrl-") and len(key) == 6:
-            c = key[5].lower()
-            if "a" <= c <= "z":
-                out.append(ord(c) - ord("a") + 1)
-            elif c in "@[\\]^_":
-                out.append({"@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}[c])
-            else:
-                raise InvalidParameter(f"Invalid escape keys ({spec}) provided")
-        else:
-            raise InvalidParameter(f"Invalid escape keys ({spec}) provided")
-    return bytes(out)
-
-
-class DetachDetector:
-    """Watches stdin for the detach sequence; holds back a partial match."""
-
-    def __init__(self, keys: bytes) -> None:
-        self.keys = keys
-        self._held = b""
-
-    def feed(self, data: bytes) -> tuple[bytes, bool]:
-        """(bytes to pass on, whether the sequence was typed)."""
-        out = bytearray()
-        for byte in data:
-            candidate = self._held + bytes([byte])
-            if self.keys.startswith(candidate):
-                if candidate == self.keys:
-                    self._held = b""
-                    return bytes(out), True
-                self._held = candidate
-            else:
-                out += candidate
-                self._held = b""
-        return bytes(out), False
-
-
 class HijackedConnection(asyncio.Protocol):
+    carries_stdin = True
+
     def __init__(self, transport: asyncio.Transport, initial: bytes) -> None:
         self.transport = transport
         self._incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -145,6 +117,8 @@ class ResponseChannel:
     ask to upgrade: output is the (chunked) response body, and there is no
     stdin."""
 
+    carries_stdin = False
+
     def __init__(self, response: web.StreamResponse) -> None:
         self.response = response
         self.lost = asyncio.Event()
@@ -191,4 +165,93 @@ async def hijack(request: web.Request, content_type: str) -> tuple[web.StreamRes
         protocol._message_tail = b""
     hijacked = HijackedConnection(transport, initial)
     transport.set_protocol(hijacked)
+    await _headers_read(transport)
     return response, hijacked
+
+
+async def _headers_read(transport: asyncio.Transport) -> None:
+    """docker-py reads a hijacked stream from the raw socket, past the buffer
+    its HTTP parser filled: bytes that arrive together with the 101 headers are
+    lost to it. So the stream starts once the client has read the headers. On
+    a unix socket the kernel counts what the peer has not read yet (SIOCOUTQ);
+    a client that does not read within HEADERS_READ_WAIT gets the stream anyway."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HEADERS_READ_WAIT
+    while loop.time() < deadline:
+        if transport.get_write_buffer_size() == 0 and _unread_by_peer(sock.fileno()) == 0:
+            return
+        await asyncio.sleep(0.001)
+
+
+def _unread_by_peer(fd: int) -> int:
+    try:
+        raw = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", raw)[0])
+
+
+# -- one client's session with a process ------------------------------------------------
+
+
+class _StdinEnd(enum.Enum):
+    CLOSED = "closed"  # the process's stdin was closed; its output flows on
+    ENDED = "ended"  # the client's stdin ended: the session ends with it
+    DETACHED = "detached"  # the client typed the detach keys
+
+
+@dataclass
+class StdinPlan:
+    """Where a session's stdin goes, and what ends it."""
+
+    write: Callable[[bytes], Awaitable[None]]
+    close: Callable[[], Awaitable[None]]
+    close_on_eof: bool  # dockerd's CloseStdin and no tty
+    detect: DetachDetector | None  # tty only
+
+
+async def serve_stdio(channel: Channel, output: AsyncIterator[bytes],
+                      stdin: StdinPlan | None) -> bool:
+    """Copy `output` to the client and (with a plan) its stdin to the process,
+    until the session ends; True when the client detached with the keys."""
+    sending = asyncio.ensure_future(_send(channel, output))
+    lost = asyncio.ensure_future(channel.lost.wait())
+    tasks: set[asyncio.Future[Any]] = {sending, lost}
+    reading: asyncio.Future[_StdinEnd] | None = None
+    if stdin is not None and channel.carries_stdin:
+        reading = asyncio.ensure_future(_copy_stdin(channel, stdin))
+        tasks.add(reading)
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if reading in done and reading.result() is _StdinEnd.CLOSED:
+            await asyncio.wait({sending, lost}, return_when=asyncio.FIRST_COMPLETED)
+        return reading in done and reading.result() is _StdinEnd.DETACHED
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _send(channel: Channel, output: AsyncIterator[bytes]) -> None:
+    with contextlib.suppress(ConnectionError):
+        async for data in output:
+            await channel.write(data)
+
+
+async def _copy_stdin(channel: Channel, stdin: StdinPlan) -> _StdinEnd:
+    while (data := await channel.read()) is not None:
+        detached = False
+        if stdin.detect is not None:
+            data, detached = stdin.detect.feed(data)
+        if data:
+            await stdin.write(data)
+        if detached:
+            return _StdinEnd.DETACHED
+    if stdin.detect is not None and (held := stdin.detect.flush()):
+        await stdin.write(held)
+    if not stdin.close_on_eof:
+        return _StdinEnd.ENDED
+    await stdin.close()
+    return _StdinEnd.CLOSED

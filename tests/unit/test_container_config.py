@@ -115,3 +115,53 @@ def test_names() -> None:
         cc.validate_name("bad name")
     taken = {cc.generate_name(set()) for _ in range(20)}
     assert all("_" in n for n in taken)
+
+
+def log_config(log: dict | None) -> dict:
+    return cc.normalize_host_config({"LogConfig": log})["LogConfig"]
+
+
+@pytest.mark.parametrize(("given", "kept"), [
+    (None, {"Type": "json-file", "Config": {}}),
+    ({"Type": "", "Config": None}, {"Type": "json-file", "Config": {}}),
+    ({"Type": "local"}, {"Type": "local", "Config": {}}),
+    # dockerd checks nothing of the none driver's options.
+    ({"Type": "none", "Config": {"mode": "bogus", "x": "1"}},
+     {"Type": "none", "Config": {"mode": "bogus", "x": "1"}}),
+    # Values are read when the container starts, not here.
+    ({"Type": "json-file", "Config": {"max-size": "abc", "labels-regex": "a", "tag": "t",
+                                      "cache-disabled": "true", "cache-max-size": "zz"}},
+     {"Type": "json-file", "Config": {"max-size": "abc", "labels-regex": "a", "tag": "t",
+                                      "cache-disabled": "true", "cache-max-size": "zz"}}),
+    ({"Type": "local", "Config": {"mode": "non-blocking", "max-buffer-size": "1m"}},
+     {"Type": "local", "Config": {"mode": "non-blocking", "max-buffer-size": "1m"}}),
+])
+def test_log_config_is_normalized(given: dict | None, kept: dict) -> None:
+    assert log_config(given) == kept
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"Type": "nope"}, 'error looking up logging plugin nope: plugin "nope" not found'),
+    ({"Type": "NONE"}, 'error looking up logging plugin NONE: plugin "NONE" not found'),
+    ({"Type": "json-file", "Config": {"foo": "bar"}},
+     "unknown log opt 'foo' for json-file log driver"),
+    ({"Type": "local", "Config": {"tag": "x"}}, "unknown log opt 'tag' for log driver local"),
+    ({"Type": "nope", "Config": {"mode": "bad"}}, "logger: logging mode not supported: bad"),
+    ({"Type": "json-file", "Config": {"max-buffer-size": "1m"}},
+     "logger: max-buffer-size option is only supported with 'mode=non-blocking'"),
+    ({"Type": "json-file", "Config": {"mode": "non-blocking", "max-buffer-size": "-1"}},
+     "error parsing option max-buffer-size: invalid size: '-1'"),
+    ({"Type": "json-file", "Config": {"cache-disabled": "maybe"}},
+     "invalid value for option cache-disabled: maybe"),
+    ({"Type": "syslog"}, "hbd does not serve the syslog logging driver: use json-file, "
+                         "local or none"),
+    ({"Type": 5}, "json: cannot unmarshal number into Go struct field "
+                  "LogConfig.HostConfig.LogConfig.Type of type string"),
+    ({"Type": "json-file", "Config": {"max-size": 5}},
+     "json: cannot unmarshal number into Go struct field "
+     "LogConfig.HostConfig.LogConfig.Config of type string"),
+])
+def test_log_config_is_refused_as_dockerd(given: dict, message: str) -> None:
+    with pytest.raises(InvalidParameter) as e:
+        log_config(given)
+    assert e.value.message == message

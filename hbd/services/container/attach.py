@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncGenerator
 
 from hbd.drivers.agent import AgentError
-from hbd.errors import InvalidParameter
-from hbd.services.container.logs import LogQuery, LogRecord, query_logs
+from hbd.errors import Conflict, InvalidParameter
+from hbd.services.container.logs import (
+    LogDriver,
+    LogQuery,
+    LogRecord,
+    open_snapshot,
+    query_logs,
+    replay_snapshot,
+)
 from hbd.services.container.model import Attachment, Container
 
 
-def attach(c: Container, stdout: bool, stderr: bool) -> Attachment:
+def attach(c: Container, ref: str, stdout: bool, stderr: bool) -> Attachment:
+    """A new client of the container's output; dockerd's errors (with the
+    reference as the client gave it) for a container it cannot attach to."""
+    if c.state.paused:
+        raise Conflict(f"container {ref} is paused, unpause the container before attach")
+    if c.state.restarting:
+        raise Conflict(f"container {ref} is restarting, wait until the container is running")
     attachment = Attachment(stdout, stderr)
     c.attachments.add(attachment)
     return attachment
@@ -45,10 +57,15 @@ async def close_stdin(c: Container) -> None:
             await run.guest.close_stdin(run.guest.main_proc)
 
 
-def logs(c: Container, log_path: Path, query: LogQuery) -> AsyncIterator[LogRecord]:
-    """The json-file log, followed (with `follow`) through the running writer."""
+def logs(c: Container, driver: LogDriver, query: LogQuery) -> AsyncGenerator[LogRecord, None]:
+    """The log, followed (with `follow`) through the running writer."""
     writer = c.run.log if c.run is not None else None
-    return query_logs(log_path, query, writer)
+    return query_logs(driver, query, writer)
+
+
+def replay(c: Container, driver: LogDriver, query: LogQuery) -> AsyncGenerator[LogRecord, None]:
+    """The log as it is at this call (not when the records are read)."""
+    return replay_snapshot(open_snapshot(driver, c.run.log if c.run is not None else None), query)
 
 
 def wait_future(c: Container, condition: str) -> asyncio.Future[int]:

@@ -12,6 +12,7 @@ import secrets
 from typing import Any
 
 from hbd.errors import InvalidParameter
+from hbd.services import goparse
 from hbd.services.container import hostconfig
 
 # Re-exported: the builder and commit --change check STOPSIGNAL through this module.
@@ -61,6 +62,20 @@ HOST_CONFIG_DEFAULTS: dict[str, Any] = {
 HOST_CONFIG_OPTIONAL = ("Mounts", "Tmpfs", "Sysctls", "StorageOpt", "Annotations")
 
 RESTART_POLICIES = ("", "no", "always", "unless-stopped", "on-failure")
+
+# Log drivers hbd serves (and "none"), with the options each takes (as dockerd's
+# validators).
+LOG_DRIVER_OPTS: dict[str, frozenset[str]] = {
+    "json-file": frozenset({"max-file", "max-size", "compress", "labels", "labels-regex",
+                            "env", "env-regex", "tag"}),
+    "local": frozenset({"max-file", "max-size", "compress"}),
+}
+# dockerd's other built-in drivers: they ship logs elsewhere; hbd refuses them.
+LOG_DRIVERS_REFUSED = ("syslog", "journald", "gelf", "fluentd", "awslogs", "splunk",
+                       "gcplogs", "logentries")
+# What every driver accepts: the delivery mode, its buffer, dockerd's log cache.
+LOG_COMMON_OPTS = frozenset({"mode", "max-buffer-size", "cache-disabled", "cache-max-file",
+                             "cache-max-size", "cache-compress"})
 
 # JSON types of the request fields, checked before anything reads them (Go's
 # decoder refuses a mistyped field with a 400; so do we).
@@ -217,7 +232,51 @@ def normalize_host_config(body: dict[str, Any] | None) -> dict[str, Any]:
         raise InvalidParameter("invalid ConsoleSize")
     hc["ConsoleSize"] = console
     hostconfig.check(hc)
+    hc["LogConfig"] = normalize_log_config(hc["LogConfig"])
     return hc
+
+
+def normalize_log_config(log_config: dict[str, Any]) -> dict[str, Any]:
+    """dockerd's mergeAndVerifyLogConfig: the default driver for none given,
+    the options checked in its order. Option values are read at start."""
+    check_types(log_config, {"Type": str, "Config": dict}, "LogConfig.HostConfig.LogConfig")
+    opts = log_config.get("Config") or {}
+    for value in opts.values():
+        if not isinstance(value, str):
+            raise InvalidParameter(
+                f"json: cannot unmarshal {_JSON_NAMES.get(type(value), 'value')} into Go "
+                "struct field LogConfig.HostConfig.LogConfig.Config of type string")
+    driver = log_config.get("Type") or "json-file"
+    if driver != "none":
+        _check_log_opts(driver, opts)
+    return {"Type": driver, "Config": dict(opts)}
+
+
+def _check_log_opts(driver: str, opts: dict[str, str]) -> None:
+    mode = opts.get("mode", "")
+    if mode not in ("", "blocking", "non-blocking"):
+        raise InvalidParameter(f"logger: logging mode not supported: {mode}")
+    if "max-buffer-size" in opts:
+        if mode != "non-blocking":
+            raise InvalidParameter("logger: max-buffer-size option is only supported with "
+                                   "'mode=non-blocking'")
+        try:
+            goparse.size(opts["max-buffer-size"], binary=True)
+        except ValueError as e:
+            raise InvalidParameter(f"error parsing option max-buffer-size: {e}") from e
+    cache_disabled = opts.get("cache-disabled", "")
+    if cache_disabled and cache_disabled not in goparse.BOOLS:
+        raise InvalidParameter(f"invalid value for option cache-disabled: {cache_disabled}")
+    if driver in LOG_DRIVERS_REFUSED:
+        raise InvalidParameter(f"hbd does not serve the {driver} logging driver: "
+                               "use json-file, local or none")
+    if driver not in LOG_DRIVER_OPTS:
+        raise InvalidParameter(
+            f'error looking up logging plugin {driver}: plugin "{driver}" not found')
+    for key in opts:
+        if key not in LOG_COMMON_OPTS and key not in LOG_DRIVER_OPTS[driver]:
+            where = "json-file log driver" if driver == "json-file" else f"log driver {driver}"
+            raise InvalidParameter(f"unknown log opt '{key}' for {where}")
 
 
 def merge_image_config(config: dict[str, Any], image_config: dict[str, Any]) -> None:

@@ -3,12 +3,15 @@
 Exec instances live in memory, as in dockerd, and are forgotten when their
 container stops. A process's output is forwarded to the one client attached
 to its start request; its exit is recorded before that stream ends, so the
-CLI's inspect right after the stream sees the exit code.
+CLI's inspect right after the stream sees the exit code. The process has a
+tty if it was created with one; the start request's `Tty` only says how its
+output is framed (the API layer's business).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
@@ -19,9 +22,25 @@ from hbd.drivers.agent import AgentError, ExitStatus, ProcessSpec
 from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_exec
 from hbd.events import EventBus
 from hbd.services.container import config as cc
+from hbd.services.container.detach import parse_detach_keys
 from hbd.services.container.model import Container, Run
 from hbd.services.container.service import ContainerService
 from hbd.tasks import spawn
+
+EXEC_CONFIG_FIELDS = ("User", "Privileged", "Tty", "ConsoleSize", "AttachStdin",
+                      "AttachStdout", "AttachStderr", "DetachKeys", "Env", "WorkingDir", "Cmd")
+
+
+def go_field_names(body: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """Go's JSON decoder takes a key for a field whatever its case, an exact
+    match first: docker-py sends `detachKeys` for DetachKeys."""
+    by_folded = {name.lower(): name for name in fields}
+    out = dict(body)
+    for key, value in body.items():
+        name = by_folded.get(key.lower())
+        if name is not None and name not in body:
+            out[name] = value
+    return out
 
 
 @dataclass
@@ -37,7 +56,7 @@ class ExecInstance:
     stdout: bool
     stderr: bool
     privileged: bool
-    detach_keys: str
+    detach_keys: bytes
     console: tuple[int, int]
     running: bool = False
     exit_code: int | None = None
@@ -55,6 +74,10 @@ class ExecInstance:
 
     def on_output_eof(self, stream: int) -> None:
         pass
+
+    def stop_output(self) -> None:
+        """Its client left (or detached): the process runs on, its output goes nowhere."""
+        self.stdout = self.stderr = False
 
     def on_exit(self, status: ExitStatus) -> None:
         self.running = False
@@ -80,7 +103,8 @@ class ExecInstance:
             "OpenStdout": self.stdout,
             "CanRemove": False,
             "ContainerID": self.container.id,
-            "DetachKeys": self.detach_keys,
+            # dockerd's []byte, which Go's JSON writes as base64.
+            "DetachKeys": base64.b64encode(self.detach_keys).decode(),
             "Pid": self.pid,
         }
 
@@ -120,6 +144,7 @@ class ExecService:
     def create(self, ref: str, body: dict[str, Any]) -> str:
         if not isinstance(body, dict):
             raise InvalidParameter("invalid JSON: exec config must be an object")
+        body = go_field_names(body, EXEC_CONFIG_FIELDS)
         c = self.containers.get(ref)
         if not c.state.running:
             raise Conflict(f"Container {c.id} is not running")
@@ -134,6 +159,11 @@ class ExecService:
         if not isinstance(env, list):
             raise InvalidParameter("invalid Env: must be a list of strings")
         console = body.get("ConsoleSize") or [0, 0]
+        keys = str(body.get("DetachKeys") or "")
+        try:
+            detach_keys = parse_detach_keys(keys) if keys else b""
+        except ValueError as e:
+            raise SystemError_(f"Invalid escape keys ({keys}) provided") from e
         instance = ExecInstance(
             id=secrets.token_hex(32), container=c, args=list(args),
             env=cc.replace_or_append_env(self.containers.process_env(c), env),
@@ -142,18 +172,20 @@ class ExecService:
             tty=bool(body.get("Tty")), stdin=bool(body.get("AttachStdin")),
             stdout=bool(body.get("AttachStdout")), stderr=bool(body.get("AttachStderr")),
             privileged=bool(body.get("Privileged")),
-            detach_keys=str(body.get("DetachKeys") or ""),
+            detach_keys=detach_keys,
             console=(int(console[0]), int(console[1])),
         )
         self.execs[instance.id] = instance
         self._event(instance, f"exec_create: {' '.join(instance.args)}")
         return instance.id
 
-    async def start(self, exec_id: str, detach: bool, tty: bool | None = None,
+    async def start(self, exec_id: str, detach: bool,
                     console: tuple[int, int] | None = None) -> ExecInstance:
         """Start the process; raises for errors that the API reports as such."""
         instance = self.get(exec_id)
-        if instance.running or instance.exit_code is not None:
+        if instance.running:
+            raise Conflict(f"Error: Exec command {exec_id} is already running")
+        if instance.exit_code is not None:
             raise Conflict(f"Error: Exec command {exec_id} has already run")
         c = instance.container
         run = c.run
@@ -161,8 +193,6 @@ class ExecService:
             raise Conflict(f"Container {c.id} is not running")
         if c.state.paused:
             raise Conflict(f"Container {c.id} is paused, unpause the container before exec")
-        if tty is not None:
-            instance.tty = tty
         if console:
             instance.console = console
         if detach:

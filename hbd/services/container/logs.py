@@ -1,6 +1,14 @@
-"""Container logs in dockerd's json-file format, kept on the host.
+"""Container logs as dockerd keeps them: the log drivers hbd serves, the
+records, and `docker logs`.
 
-One JSON object per line: `{"log":"hello\\n","stream":"stdout","time":"…Z"}`.
+`json-file` writes dockerd's format, one JSON object per line:
+`{"log":"hello\\n","stream":"stdout","time":"…Z"}`, in
+`<container dir>/<id>-json.log`, rotated by `max-size`/`max-file` (see
+logfile.py). `local` keeps the same records under `local-logs/container.log`
+with the local driver's defaults (5 files of 20 MiB, compressed); its file
+format is private to the daemon in dockerd too, so clients see no difference.
+`none` keeps nothing, and `docker logs` says it cannot read.
+
 Output is split into lines as dockerd's log copier does; a final fragment
 without a newline is logged as it is when its stream ends. Lines longer than
 `MAX_LINE` are cut into several records, as dockerd does at 16 KiB.
@@ -10,16 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
+import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from hbd.errors import NotImplementedByHbd, SystemError_
+from hbd.services import goparse
+from hbd.services.container.logfile import LogFile, Rotation, Segment, Snapshot, snapshot
 from hbd.services.timefmt import parse_rfc3339_ns, rfc3339_nano
+
+log = logging.getLogger(__name__)
 
 MAX_LINE = 16 * 1024
 STREAM_NAMES = {1: "stdout", 2: "stderr"}
+LOCAL_DEFAULTS = Rotation(max_size=20 * 1024 * 1024, max_file=5, compress=True)
 
 
 @dataclass
@@ -29,26 +44,143 @@ class LogRecord:
     time_ns: int
 
 
-class JsonFileWriter:
-    """Appends one container run's output to its log file."""
+def encode(stream: int, data: bytes, time_ns: int) -> bytes:
+    return (json.dumps({
+        "log": data.decode("utf-8", errors="replace"),
+        "stream": STREAM_NAMES[stream],
+        "time": rfc3339_nano(time_ns),
+    }, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+
+def decode(line: bytes) -> LogRecord | None:
+    try:
+        obj = json.loads(line)
+        return LogRecord(2 if obj["stream"] == "stderr" else 1, obj["log"].encode(),
+                         parse_rfc3339_ns(obj["time"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+# -- drivers ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogDriver:
+    """Where a container's output goes, from its (create-checked) LogConfig."""
+
+    name: str
+    path: Path | None  # None: the output is not kept
+    rotation: Rotation = field(default_factory=Rotation)
+
+    def open(self) -> LogWriter:
+        return LogWriter(LogFile(self.path, self.rotation) if self.path is not None else None)
+
+    def readable(self) -> None:
+        if self.path is None:
+            raise NotImplementedByHbd("configured logging driver does not support reading")
+
+
+def json_file_name(container_id: str) -> str:
+    return f"{container_id}-json.log"
+
+
+def log_driver(log_config: dict[str, Any], directory: Path, container_id: str) -> LogDriver:
+    """The driver and its options' values, which dockerd reads when the logger
+    starts: a bad value fails the start, with dockerd's words."""
+    name = str(log_config.get("Type") or "json-file")
+    opts = dict(log_config.get("Config") or {})
+    try:
+        if name == "json-file":
+            return LogDriver(name, directory / json_file_name(container_id),
+                             json_file_rotation(opts))
+        if name == "local":
+            return LogDriver(name, directory / "local-logs" / "container.log",
+                             local_rotation(opts))
+        if name == "none":
+            return LogDriver(name, None)
+        raise ValueError(f"hbd does not serve the {name} logging driver")
+    except ValueError as e:
+        raise SystemError_(f"failed to initialize logging driver: {e}") from e
+
+
+def json_file_rotation(opts: dict[str, str]) -> Rotation:
+    """json-file's max-size, max-file and compress, checked as its New() does."""
+    max_size = -1
+    if "max-size" in opts:
+        max_size = goparse.size(opts["max-size"])
+        if max_size <= 0:
+            raise ValueError("max-size must be a positive number")
+    max_file = 1
+    if "max-file" in opts:
+        max_file = goparse.atoi(opts["max-file"])
+        if max_file < 1:
+            raise ValueError("max-file cannot be less than 1")
+    compress = False
+    if "compress" in opts:
+        compress = goparse.parse_bool(opts["compress"])
+        if compress and (max_file == 1 or max_size == -1):
+            raise ValueError("compress cannot be true when max-file is less than 2 or "
+                             "max-size is not set")
+    return Rotation(max_size, max_file, compress)
+
+
+def local_rotation(opts: dict[str, str]) -> Rotation:
+    """The local driver's options over its defaults, checked as its New() does."""
+    max_size, max_file, compress = (LOCAL_DEFAULTS.max_size, LOCAL_DEFAULTS.max_file,
+                                    LOCAL_DEFAULTS.compress)
+    if "max-size" in opts:
+        max_size = _wrapped(goparse.size, opts["max-size"],
+                            f"invalid value for max-size: {opts['max-size']}")
+    if "max-file" in opts:
+        max_file = _wrapped(goparse.atoi, opts["max-file"],
+                            f"invalid value for max-file: {opts['max-file']}")
+    if "compress" in opts:
+        compress = _wrapped(goparse.parse_bool, opts["compress"],
+                            "error reading compress log option")
+    if max_size < 0:
+        raise ValueError("max size should be a positive number")
+    if max_file < 0:
+        raise ValueError("max file count cannot be less than 0")
+    if compress and max_file <= 1:
+        raise ValueError("compression cannot be enabled when max file count is 1")
+    return Rotation(max_size, max_file, compress)
+
+
+def _wrapped(parse: Any, text: str, context: str) -> Any:
+    """Go's errors.Wrap: the context, then the parser's own words."""
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise ValueError(f"{context}: {e}") from e
+
+
+# -- writing ----------------------------------------------------------------------------
+
+
+class LogWriter:
+    """Turns one run's output into records in its log file (or nowhere)."""
+
+    def __init__(self, log: LogFile | None) -> None:
+        self.log = log
+        self._closed = False
+        self._failed = False
         self._pending: dict[int, bytes] = {1: b"", 2: b""}
         self._changed = asyncio.Event()
 
     @property
     def closed(self) -> bool:
-        return self._fd < 0
+        return self._closed
 
     def _emit(self, stream: int, data: bytes, now_ns: int) -> None:
-        record = json.dumps({
-            "log": data.decode("utf-8", errors="replace"),
-            "stream": STREAM_NAMES[stream],
-            "time": rfc3339_nano(now_ns),
-        }, ensure_ascii=False, separators=(",", ":")) + "\n"
-        os.write(self._fd, record.encode())
+        if self.log is None:
+            return
+        try:
+            self.log.append(encode(stream, data, now_ns))
+        except OSError as e:
+            # As dockerd: the record is lost, the container runs on (said once).
+            if not self._failed:
+                log.warning("cannot write the log %s: %s", self.log.path, e)
+                self._failed = True
 
     def write(self, stream: int, data: bytes) -> None:
         if self.closed:
@@ -87,30 +219,13 @@ class JsonFileWriter:
             return
         for stream in (1, 2):
             self.end_stream(stream)
-        os.close(self._fd)
-        self._fd = -1
+        self._closed = True
+        if self.log is not None:
+            self.log.close()
         self._notify()
 
 
-def read_records(path: Path, offset: int = 0) -> Iterator[tuple[LogRecord, int]]:
-    """Complete records from `offset` on, each with the offset after it."""
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by the with below
-    except FileNotFoundError:
-        return
-    with f:
-        f.seek(offset)
-        for line in f:
-            if not line.endswith(b"\n"):
-                return  # a record still being written
-            offset += len(line)
-            try:
-                obj = json.loads(line)
-                record = LogRecord(2 if obj["stream"] == "stderr" else 1,
-                                   obj["log"].encode(), parse_rfc3339_ns(obj["time"]))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue
-            yield record, offset
+# -- reading ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -119,43 +234,97 @@ class LogQuery:
     stderr: bool = True
     since_ns: int = 0
     until_ns: int = 0
-    tail: int = -1
+    tail: int = -1  # the last N records (of both streams, as dockerd counts); < 0: all
     follow: bool = False
 
     def wants(self, rec: LogRecord) -> bool:
         if (rec.stream == 1 and not self.stdout) or (rec.stream == 2 and not self.stderr):
             return False
-        if self.since_ns and rec.time_ns < self.since_ns:
-            return False
-        return not (self.until_ns and rec.time_ns > self.until_ns)
+        return not (self.since_ns and rec.time_ns < self.since_ns)
+
+    def past_until(self, rec: LogRecord) -> bool:
+        return bool(self.until_ns) and rec.time_ns > self.until_ns
 
 
-async def query_logs(path: Path, query: LogQuery,
-                     writer: JsonFileWriter | None) -> AsyncIterator[LogRecord]:
-    """What `docker logs` returns; with follow, new records until the writer closes."""
-    offset = 0
-    backlog: list[LogRecord] = []
-    for rec, end in read_records(path):
-        offset = end
-        if query.wants(rec):
-            backlog.append(rec)
-    if query.tail >= 0:
-        backlog = backlog[len(backlog) - query.tail:] if query.tail else []
-    for rec in backlog:
-        yield rec
-    if not query.follow or writer is None:
+def _open_file(writer: LogWriter | None) -> LogFile | None:
+    """The file a run's writer still writes (a closed one's is complete)."""
+    return writer.log if writer is not None and not writer.closed else None
+
+
+def open_snapshot(driver: LogDriver, writer: LogWriter | None) -> Snapshot | None:
+    """The log's files as they are now (None: the driver keeps none)."""
+    if driver.path is None:
+        return None
+    return snapshot(driver.path, driver.rotation.max_file, _open_file(writer))
+
+
+def backlog(snap: Snapshot, query: LogQuery) -> Iterator[LogRecord]:
+    """What a snapshot holds for the query, as dockerd reads it: the last `tail`
+    records of all files, then since/until and the streams."""
+    if query.tail == 0:
         return
-    while True:
-        # Both taken before reading: a write or close while we read (or while
-        # the consumer holds a record) sets this event, so nothing is missed.
-        changed = writer.changed
-        was_closed = writer.closed
-        for rec, end in read_records(path, offset):
-            offset = end
-            if query.until_ns and rec.time_ns > query.until_ns:
-                return
-            if query.wants(rec):
-                yield rec
-        if was_closed:
+    segments = snap.tail(query.tail) if query.tail > 0 else snap.segments
+    for rec in _records(_lines_of(segments)):
+        if query.past_until(rec):
             return
-        await changed.wait()
+        if query.wants(rec):
+            yield rec
+
+
+async def replay_snapshot(snap: Snapshot | None,
+                          query: LogQuery) -> AsyncGenerator[LogRecord, None]:
+    """A snapshot's records, for a client that takes them one by one."""
+    if snap is None:
+        return
+    try:
+        for rec in backlog(snap, query):
+            yield rec
+    finally:
+        snap.close()
+
+
+async def query_logs(driver: LogDriver, query: LogQuery,
+                     writer: LogWriter | None) -> AsyncGenerator[LogRecord, None]:
+    """What `docker logs` returns: the backlog; with follow, new records until
+    the writer closes. Memory does not grow with the log's size."""
+    # Taken together, before any await: the follower starts where the snapshot ends.
+    snap = open_snapshot(driver, writer)
+    if snap is None:
+        return
+    log_file = _open_file(writer)
+    follower = log_file.follow() if log_file is not None and query.follow else None
+    try:
+        for rec in backlog(snap, query):
+            yield rec
+        snap.close()  # before a long follow
+        if follower is None or writer is None:
+            return
+        while True:
+            # Both taken before reading: a write or close while we read (or while
+            # the consumer holds a record) sets this event, so nothing is missed.
+            changed = writer.changed
+            was_closed = writer.closed
+            for rec in _records(follower.lines()):
+                if query.past_until(rec):
+                    return
+                if query.wants(rec):
+                    yield rec
+            if was_closed:
+                return
+            await changed.wait()
+    finally:
+        snap.close()
+        if follower is not None and log_file is not None:
+            log_file.unfollow(follower)
+
+
+def _lines_of(segments: list[Segment]) -> Iterator[bytes]:
+    for segment in segments:
+        yield from segment.lines()
+
+
+def _records(lines: Iterable[bytes]) -> Iterator[LogRecord]:
+    for line in lines:
+        record = decode(line)
+        if record is not None:
+            yield record

@@ -1,5 +1,5 @@
 """What a container is: its record (persisted in the state store) and, while
-it runs, a `Run`: its place in a sandbox (guest), the json-file log writer
+it runs, a `Run`: its place in a sandbox (guest), the log writer
 and the streams of clients attached to it. A run lasts from the main
 process's start to its exit.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from hbd.drivers.agent import ExitStatus
 from hbd.errors import Conflict
 from hbd.services.container.health import HealthMonitor, HealthState
-from hbd.services.container.logs import JsonFileWriter
+from hbd.services.container.logs import LogWriter
 from hbd.services.container.mounts import MountPoint
 from hbd.services.container.network import run_from_record, run_record
 from hbd.services.container.sandbox import ContainerInGuest
@@ -97,7 +97,7 @@ class Run:
     """One run of a container: implements the agent's ProcessOutput for the main process."""
 
     def __init__(self, container: Container, guest: ContainerInGuest,
-                 log_writer: JsonFileWriter) -> None:
+                 log_writer: LogWriter) -> None:
         self.container = container
         self.guest = guest
         self.log = log_writer

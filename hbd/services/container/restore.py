@@ -9,7 +9,6 @@ import logging
 from dataclasses import dataclass
 
 from hbd.errors import HbdError
-from hbd.services.container.logs import JsonFileWriter
 from hbd.services.container.model import Container, ContainerState, Run
 from hbd.services.container.monitor import VANISHED_EXIT_CODE, Monitor
 from hbd.services.container.restart import RestartManager
@@ -56,7 +55,7 @@ class Restorer:
             return
         if c.run_network is not None:
             await self.networks.adopt_run(c.id, c.run_network)
-        writer = JsonFileWriter(self.store.log_path(c))
+        writer = self.store.log_driver(c).open()
         run = Run(c, guest, writer)
         # Output and exit the guest queued while nobody listened arrive
         # (in order) before STATE's answer; the agent holds them for us.

@@ -22,11 +22,12 @@ a restart, a maintenance boot for its files) holds it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from hbd.config import Config
 from hbd.drivers.guest import GuestDriver
+from hbd.errors import HbdError
 from hbd.events import EventBus
 from hbd.services.container import attach as attaching
 from hbd.services.container import config as cc
@@ -34,7 +35,7 @@ from hbd.services.container import links, stats
 from hbd.services.container.connect import Connections
 from hbd.services.container.create import Creator
 from hbd.services.container.delete import Remover
-from hbd.services.container.logs import LogQuery, LogRecord
+from hbd.services.container.logs import LogDriver, LogQuery, LogRecord
 from hbd.services.container.model import Attachment, Container
 from hbd.services.container.monitor import Monitor
 from hbd.services.container.restart import RestartManager
@@ -160,7 +161,13 @@ class ContainerService:
 
     def attach(self, ref: str, stdout: bool, stderr: bool) -> tuple[Container, Attachment]:
         c = self.get(ref)
-        return c, attaching.attach(c, stdout, stderr)
+        attachment = attaching.attach(c, ref, stdout, stderr)
+        self.store.event(c, "attach")
+        return c, attachment
+
+    def detached(self, c: Container) -> None:
+        """The client typed the detach keys."""
+        self.store.event(c, "detach")
 
     def detach(self, c: Container, attachment: Attachment) -> None:
         attaching.detach(c, attachment)
@@ -171,9 +178,23 @@ class ContainerService:
     async def close_stdin(self, c: Container) -> None:
         await attaching.close_stdin(c)
 
-    def logs(self, ref: str, query: LogQuery) -> tuple[Container, AsyncIterator[LogRecord]]:
+    def logs(self, ref: str, query: LogQuery) -> tuple[Container, AsyncGenerator[LogRecord, None]]:
+        """`docker logs`; errors (a driver that cannot read) come before any record."""
         c = self.get(ref)
-        return c, attaching.logs(c, self.store.log_path(c), query)
+        driver = self.store.log_driver(c)
+        driver.readable()
+        return c, attaching.logs(c, driver, query)
+
+    def attach_logs(self, c: Container, attachment: Attachment) -> AsyncGenerator[LogRecord, None]:
+        """What `attach` with logs=1 replays: the log as it is now, so that with
+        the attachment made at the same time no output is shown twice or lost;
+        nothing where the driver keeps nothing."""
+        query = LogQuery(stdout=attachment.stdout, stderr=attachment.stderr)
+        try:
+            driver = self.store.log_driver(c)
+        except HbdError:
+            driver = LogDriver("none", None)  # its logger never started: nothing logged
+        return attaching.replay(c, driver, query)
 
     async def top(self, ref: str, ps_args: str = "") -> dict[str, Any]:
         return await stats.top(self.get(ref))

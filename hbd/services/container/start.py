@@ -34,7 +34,7 @@ from hbd.errors import (
 from hbd.services.container import config as cc
 from hbd.services.container import hostconfig, links
 from hbd.services.container import network as cn
-from hbd.services.container.logs import JsonFileWriter
+from hbd.services.container.logs import LogDriver
 from hbd.services.container.model import Container, ContainerState, Run
 from hbd.services.container.monitor import Monitor
 from hbd.services.container.mounts import MountPoint
@@ -138,6 +138,7 @@ class Starter:
     async def start_locked(self, c: Container) -> None:
         """Put the container in its sandbox and run its main process; the caller
         holds c.lock."""
+        log = self._log_driver(c)
         disk = await self._image_disk(c)
         shared = shared_namespaces(c, self.store)
         target = self._sandbox_for(c, shared)
@@ -170,7 +171,7 @@ class Starter:
         except BaseException:
             await self._undo_run_resources(c)
             raise
-        writer = JsonFileWriter(self.store.log_path(c))
+        writer = log.open()
         run = Run(c, view, writer)
         run.memory_mib = plan.memory_mib if target is None else 0
         try:
@@ -193,6 +194,14 @@ class Starter:
         # dockerd's parent update: containers linking to this one see its new address.
         for parent in links.parents(c, self.store):
             await rewrite_hosts(self.store, self.sandboxes, parent)
+
+    def _log_driver(self, c: Container) -> LogDriver:
+        """The logger first, as dockerd: bad option values fail the start."""
+        try:
+            return self.store.log_driver(c)
+        except HbdError as e:
+            self._start_failed(c, e.message, 128)
+            raise
 
     def _sandbox_for(self, c: Container, shared: SharedNamespaces) -> Sandbox | None:
         """The running sandbox the container must join (that of the containers

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from hbd.errors import Conflict, InvalidParameter, no_such_container
 from hbd.events import EventBus
+from hbd.services.container.logs import LogDriver, json_file_name, log_driver
 from hbd.services.container.model import Container
+from hbd.services.timefmt import ZERO_TIME
 from hbd.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,16 @@ class ContainerStore:
     def dir(self, c: Container) -> Path:
         return self.root / c.id
 
-    def log_path(self, c: Container) -> Path:
-        return self.dir(c) / f"{c.id}-json.log"
+    def log_driver(self, c: Container) -> LogDriver:
+        """Where the container's output goes; SystemError_ for the option values
+        that dockerd refuses when the logger starts."""
+        return log_driver(c.host_config.get("LogConfig") or {}, self.dir(c), c.id)
+
+    def log_path_shown(self, c: Container) -> str:
+        """Inspect's LogPath: dockerd sets it when a json-file logger starts; the
+        files of other drivers are private."""
+        driver = (c.host_config.get("LogConfig") or {}).get("Type") or "json-file"
+        if driver != "json-file" or c.state.started_at == ZERO_TIME:
+            return ""
+        return str(self.dir(c) / json_file_name(c.id))
 

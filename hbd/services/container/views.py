@@ -38,7 +38,7 @@ class ContainerViews:
             "ResolvConfPath": "",
             "HostnamePath": "",
             "HostsPath": "",
-            "LogPath": str(self.store.log_path(c)),
+            "LogPath": self.store.log_path_shown(c),
             "Name": c.name,
             "RestartCount": c.restart_count,
             "Driver": "hbd-ext4",

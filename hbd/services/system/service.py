@@ -145,7 +145,7 @@ class SystemService:
                              ["Container disks", "qcow2 overlay of an ext4 template"]],
             "DockerRootDir": str(self.config.data_root),
             "Plugins": {"Volume": ["local"], "Network": ["bridge", "null"],
-                        "Authorization": None, "Log": ["json-file"]},
+                        "Authorization": None, "Log": ["json-file", "local"]},
             "MemoryLimit": True, "SwapLimit": False, "KernelMemoryTCP": False,
             "CpuCfsPeriod": True, "CpuCfsQuota": True, "CPUShares": True, "CPUSet": False,
             "PidsLimit": True, "OomKillDisable": False, "IPv4Forwarding": True,
