@@ -54,8 +54,9 @@ class VirtiofsdBinary:
                 "-o", "cache=auto", "-o", "sandbox=namespace", "-o", "announce_submounts"]
 
 
-# Where Debian installs them. Where both are (Debian 12 with the backported
-# package), the Rust one, which is maintained.
+# Where Debian installs them, the Rust one first: Debian 13's virtiofsd package
+# also links /usr/lib/qemu/virtiofsd to it (the C one's old path), and where
+# both really are (Debian 12 with the backported package) it is the maintained one.
 VIRTIOFSD_BINARIES = (VirtiofsdBinary("/usr/libexec/virtiofsd", rust=True),
                       VirtiofsdBinary("/usr/lib/qemu/virtiofsd", rust=False))
 

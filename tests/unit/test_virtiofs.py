@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -49,7 +50,16 @@ async def test_this_hosts_virtiofsd_takes_hbds_options(tmp_path: Path) -> None:
     shared.mkdir()
     daemon = await Virtiofsd.start(tmp_path, shared)
     try:
-        assert daemon.running and daemon.socket.exists()
+        # Both say so once they listen; the Rust one only after entering its
+        # sandbox, which can still fail after its socket appeared.
+        log = tmp_path / "virtiofsd.log"
+        async with asyncio.timeout(10):
+            while daemon.running:
+                if b"Waiting for vhost-user socket connection" in log.read_bytes():
+                    break
+                await asyncio.sleep(0.01)
+        assert daemon.running, log.read_text()
+        assert daemon.socket.exists()
         again = Virtiofsd.find(tmp_path)  # as an hbd restarted meanwhile would
         assert again is not None and again.pid == daemon.pid
         again.close()
