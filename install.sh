@@ -55,11 +55,16 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
-# virtiofsd, the host side of the guests' shared files: QEMU 7.2 (Debian 12)
-# ships the C one in qemu-system-common; QEMU 8 dropped it, and Debian 13 has
-# the Rust one as a package of its own (/usr/libexec/virtiofsd). hbd speaks both.
-if [ ! -x /usr/lib/qemu/virtiofsd ] && [ ! -x /usr/libexec/virtiofsd ]; then
-    apt_install virtiofsd
+# What Debian 13 moved into packages of its own (Debian 12 has no such packages):
+#  * the docker CLI: in docker.io up to 12, docker-cli (only recommended) since;
+#  * virtiofsd, the host side of the guests' shared files: QEMU 7.2 (Debian 12)
+#    ships the C one in qemu-system-common; QEMU 8 dropped it, and Debian 13 has
+#    the Rust one (/usr/libexec/virtiofsd). hbd speaks both.
+split=()
+command -v docker >/dev/null || split+=(docker-cli)
+[ -x /usr/lib/qemu/virtiofsd ] || [ -x /usr/libexec/virtiofsd ] || split+=(virtiofsd)
+if [ ${#split[@]} -gt 0 ]; then
+    apt_install "${split[@]}"
 fi
 # Debian's docker.io and docker-registry start their services where systemd
 # runs; hbd's tests start their own instances on private sockets and ports.
