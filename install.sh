@@ -6,7 +6,7 @@
 #   ./install.sh --no-daemon  install and build only (what CI does)
 #
 # Idempotent: a second run only redoes what changed (the guest kernel build is
-# cached by its source and configuration, 5-15 minutes the first time).
+# cached by its source and configuration, ~5 minutes the first time).
 set -euo pipefail
 cd "$(dirname "$0")"
 start_daemon=1
