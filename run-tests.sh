@@ -5,6 +5,11 @@
 #   ./run-tests.sh -m 'not vm'   only the fast tests
 set -euo pipefail
 cd "$(dirname "$0")"
+# install.sh's virtualenv, when it made one (Debian's own python3 is externally
+# managed): its python3, ruff, mypy and docker-compose are the ones to test with.
+if [ -d .venv ]; then
+    export PATH="$PWD/.venv/bin:$PATH"
+fi
 ruff check hbd tests bench
 mypy
 exec python3 -m pytest -q -p no:cacheprovider "$@" tests

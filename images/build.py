@@ -19,7 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# images/ for build_image, and this checkout's root for the hbd modules it uses
+# (stdlib only): the archive writer of this checkout, which the cache key below
+# covers, not whichever hbd the running python3 has installed (if any).
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
 from build_image import layer_from_tree, write_archive
 

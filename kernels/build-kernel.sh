@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the hbd guest kernel (uncompressed vmlinux, booted by QEMU microvm via PVH)
-# from Debian's linux-source-6.1, once per (source version, config, this script).
+# from Debian's kernel source: linux-source-6.1 on Debian 12, linux-source-6.12
+# on Debian 13 (the newest linux-source-X.Y installed, if there are several),
+# once per (source version, config, this script).
 #
 #   kernels/build-kernel.sh [CACHE_DIR]      prints the path of the cached vmlinux
 #
@@ -10,11 +12,12 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${1:-${HBD_CACHE:-/var/cache/hbd}}
-src_tar=/usr/src/linux-source-6.1.tar.xz
-[ -f "$src_tar" ] || { echo "missing $src_tar (apt install linux-source-6.1)" >&2; exit 1; }
+src_tar=$(find /usr/src -maxdepth 1 -name 'linux-source-*.tar.xz' | sort -V | tail -n 1)
+[ -n "$src_tar" ] || { echo "missing /usr/src/linux-source-*.tar.xz (apt install linux-source)" >&2; exit 1; }
+src_name=$(basename "$src_tar" .tar.xz)   # linux-source-X.Y: the package and the tree's top directory
 
-src_version=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null || stat -c %s "$src_tar")
-hash=$( { echo "$src_version"; cat "$here/config/guest.config" "$here/build-kernel.sh"; } | sha256sum | cut -c1-16)
+src_version=$(dpkg-query -W -f='${Version}' "$src_name" 2>/dev/null || stat -c %s "$src_tar")
+hash=$( { echo "$src_name $src_version"; cat "$here/config/guest.config" "$here/build-kernel.sh"; } | sha256sum | cut -c1-16)
 out="$cache/kernel/$hash"
 if [ -f "$out/vmlinux" ]; then
     echo "$out/vmlinux"
@@ -26,10 +29,14 @@ rm -rf "$work"
 mkdir -p "$work"
 echo "hbd: building guest kernel $hash in $work (several minutes, once)" >&2
 tar -xJf "$src_tar" -C "$work"
-cd "$work/linux-source-6.1"
+cd "$work/$src_name"
 
+# free_init_pages() passes POISON_FREE_INITMEM to free_reserved_area() on a line
+# of its own in both 6.1 and 6.12; a poison value above 0xff skips the memset.
+# Should a later source differ, build unpatched (only the boot gets slower) and say so.
 sed -i 's/POISON_FREE_INITMEM, what);/-1, what); \/* hbd: no init poisoning *\//' arch/x86/mm/init.c
-grep -q 'hbd: no init poisoning' arch/x86/mm/init.c
+grep -q 'hbd: no init poisoning' arch/x86/mm/init.c ||
+    echo "hbd: warning: init poisoning not patched out in $src_name (arch/x86/mm/init.c differs)" >&2
 
 make -s ARCH=x86_64 tinyconfig >&2
 ./scripts/kconfig/merge_config.sh -m .config "$here/config/guest.config" >&2

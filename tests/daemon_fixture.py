@@ -22,7 +22,10 @@ from hbd.drivers import hostmount
 from hbd.services.network.service import instance_tag, remove_host_state
 
 REPO = Path(__file__).resolve().parent.parent
-DOCKER_CLI = shutil.which("docker", path="/usr/local/bin") or "docker"
+# A newer CLI in /usr/local/bin if there is one, else the distribution's; a full
+# path either way (os.execv does not search PATH).
+DOCKER_CLI = (shutil.which("docker", path="/usr/local/bin") or shutil.which("docker")
+              or "docker")
 BUSYBOX_TAR = REPO / "images" / "out" / "busybox.tar"
 
 

@@ -1,9 +1,11 @@
 """virtiofsd: the host side of a guest's shared filesystem. Knows nothing of Docker.
 
-One virtiofsd per guest (QEMU 7.2's C virtiofsd, /usr/lib/qemu/virtiofsd)
-exports one directory. It runs sandboxed in its own mount, pid and network
-namespaces, pivoted into that directory (`sandbox=namespace`), so it sees
-nothing of the host but what is mounted there. hbd mounts each share into
+One virtiofsd per guest exports one directory: the Rust virtiofsd
+(/usr/libexec/virtiofsd, Debian 13's virtiofsd package) or QEMU 7.2's C one
+(/usr/lib/qemu/virtiofsd, Debian 12; QEMU 8 dropped it). They take different
+options for the same things. It runs sandboxed in its own mount, pid and
+network namespaces, pivoted into that directory (sandbox namespace), so it
+sees nothing of the host but what is mounted there. hbd mounts each share into
 the directory while the guest runs: the directory is a shared mount, so
 those mounts propagate into virtiofsd's (slave) copy of it.
 
@@ -19,18 +21,56 @@ import contextlib
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from hbd.drivers.procwatch import ProcessWatch, cmdline_of
 
 log = logging.getLogger(__name__)
 
-VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 START_TIMEOUT = 10.0
 
 
 class VirtiofsdError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class VirtiofsdBinary:
+    path: str
+    # The Rust virtiofsd (--shared-dir, --cache, ...) rather than QEMU's C one (-o ...).
+    rust: bool
+
+    def argv(self, socket: Path, source: Path) -> list[str]:
+        # The same settings in each one's words:
+        #  * cache auto: the guest caches data and attributes for a second, and
+        #    re-reads a file that changed on the host when it opens it;
+        #  * sandbox namespace: see the module docstring;
+        #  * announce submounts: each share is a mount of its own, and the guest
+        #    sees them as separate filesystems, so inode numbers never collide.
+        # --socket-path=... is spelled alike (Virtiofsd.find looks for it).
+        if self.rust:
+            return [self.path, f"--socket-path={socket}", f"--shared-dir={source}",
+                    "--cache=auto", "--sandbox=namespace", "--announce-submounts"]
+        return [self.path, f"--socket-path={socket}", "-o", f"source={source}",
+                "-o", "cache=auto", "-o", "sandbox=namespace", "-o", "announce_submounts"]
+
+
+# Where Debian installs them, the Rust one first: Debian 13's virtiofsd package
+# also links /usr/lib/qemu/virtiofsd to it (the C one's old path), and where
+# both really are (Debian 12 with the backported package) it is the maintained one.
+VIRTIOFSD_BINARIES = (VirtiofsdBinary("/usr/libexec/virtiofsd", rust=True),
+                      VirtiofsdBinary("/usr/lib/qemu/virtiofsd", rust=False))
+
+
+def find_virtiofsd(candidates: tuple[VirtiofsdBinary, ...] = VIRTIOFSD_BINARIES,
+                   ) -> VirtiofsdBinary:
+    """The virtiofsd this host has."""
+    for binary in candidates:
+        if os.access(binary.path, os.X_OK):
+            return binary
+    raise VirtiofsdError("no virtiofsd at " + " or ".join(b.path for b in candidates)
+                         + " (./install.sh installs it)")
 
 
 class Virtiofsd:
@@ -40,19 +80,13 @@ class Virtiofsd:
         self._process = ProcessWatch(pid)
 
     @classmethod
-    async def start(cls, run_dir: Path, source: Path, binary: str = VIRTIOFSD) -> Virtiofsd:
+    async def start(cls, run_dir: Path, source: Path,
+                    binary: VirtiofsdBinary | None = None) -> Virtiofsd:
         """Start virtiofsd for `source`; returns once its socket listens."""
+        binary = binary or find_virtiofsd()
         socket = run_dir / "virtiofsd.sock"
         socket.unlink(missing_ok=True)
-        argv = [
-            binary, f"--socket-path={socket}", "-o", f"source={source}",
-            # cache=auto: the guest caches data and attributes for a second,
-            # and re-reads a file that changed on the host when it opens it.
-            "-o", "cache=auto", "-o", "sandbox=namespace",
-            # Each share is a mount of its own: the guest sees them as
-            # separate filesystems, so inode numbers never collide.
-            "-o", "announce_submounts",
-        ]
+        argv = binary.argv(socket, source)
         log_path = run_dir / "virtiofsd.log"
         stdio = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                  (os.POSIX_SPAWN_OPEN, 1, str(log_path),
@@ -61,7 +95,7 @@ class Virtiofsd:
         # Spawned directly, not as an asyncio subprocess: ProcessWatch reaps it
         # (now or, after an hbd restart, never: it is then not hbd's child).
         # posix_spawn returns at once; nothing here waits for the process.
-        pid = os.posix_spawn(binary, argv, os.environ, setsid=True,  # noqa: ASYNC221
+        pid = os.posix_spawn(binary.path, argv, os.environ, setsid=True,  # noqa: ASYNC221
                              file_actions=stdio)
         (run_dir / "virtiofsd.pid").write_text(f"{pid}\n")
         daemon = cls(pid, socket)

@@ -69,7 +69,9 @@ def busybox_binary(work: Path) -> Path:
     deb = next(work.glob("busybox-static_*.deb"))
     unpacked = work / "deb"
     subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
-    return unpacked / "bin" / "busybox"
+    # /bin up to Debian 12; Debian 13's packages moved it to /usr/bin (merged /usr)
+    return next(p for p in (unpacked / "bin" / "busybox", unpacked / "usr" / "bin" / "busybox")
+                if p.exists())
 
 
 def build_tree(tree: Path) -> None:
@@ -77,7 +79,8 @@ def build_tree(tree: Path) -> None:
         try:
             binary = busybox_binary(Path(tmp))
         except (subprocess.CalledProcessError, StopIteration):
-            # No network: the installed package's binary is the same file.
+            # No network: the installed package's binary is the same file
+            # (/bin/busybox on both releases, through merged /usr on Debian 13).
             binary = Path("/bin/busybox")
         for d in ("bin", "dev", "etc", "home", "proc", "root", "sys", "tmp", "usr/sbin",
                   "var/spool/mail", "var/www"):

@@ -3,7 +3,9 @@
 Built with mmdebstrap (packaged in bookworm; it resolves with apt, so it is
 faster than debootstrap and honours SOURCE_DATE_EPOCH for reproducible
 output) from the Debian mirrors this machine's apt already uses: the sources
-are read from /etc/apt at build time, nothing here names a host.
+are read from /etc/apt at build time, nothing here names a host. On a host of
+another release (Debian 13) the image is still bookworm, from the mirrors of
+the host's own release's sources.
 
 What is kept and why:
   * minbase (the Essential and Priority: required packages and apt, as for
@@ -137,8 +139,26 @@ def _deb822_sources(text: str) -> list[AptSource]:
     return found
 
 
-def host_sources(etc_apt: Path = Path("/etc/apt")) -> list[AptSource]:
-    """The host's Debian sources for SUITES, in SUITES order (several mirrors kept)."""
+def host_codename(os_release: Path = Path("/etc/os-release")) -> str | None:
+    """The host's release (VERSION_CODENAME of os-release), if it says."""
+    try:
+        text = os_release.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "VERSION_CODENAME":
+            return value.strip().strip("\"'") or None
+    return None
+
+
+def host_sources(etc_apt: Path = Path("/etc/apt"),
+                 os_release: Path = Path("/etc/os-release")) -> list[AptSource]:
+    """The host's Debian sources for SUITES, in SUITES order (several mirrors kept).
+
+    A host of another release has no SUITE sources: its own release's ones
+    (trixie, trixie-updates, trixie-security) name the mirrors, which serve
+    SUITE too (bookworm, bookworm-updates, bookworm-security)."""
     found: list[AptSource] = []
     main = etc_apt / "sources.list"
     if main.is_file():
@@ -149,10 +169,15 @@ def host_sources(etc_apt: Path = Path("/etc/apt")) -> list[AptSource]:
             found += _one_line_sources(path.read_text())
         elif path.suffix == ".sources":
             found += _deb822_sources(path.read_text())
+    codename = host_codename(os_release)
+    if codename and codename != SUITE and not any(s.suite == SUITE for s in found):
+        found = [AptSource(s.uri, SUITE + s.suite.removeprefix(codename)) for s in found
+                 if s.suite == codename or s.suite.startswith(f"{codename}-")]
     wanted = [s for suite in SUITES for s in found if s.suite == suite]
     unique = list(dict.fromkeys(wanted))
     if not any(s.suite == SUITE for s in unique):
-        raise SystemExit(f"debian-python: the host's apt has no '{SUITE}' source in {etc_apt}")
+        raise SystemExit(f"debian-python: the host's apt has no '{SUITE}' source"
+                         f" (nor one of its own release, {codename}) in {etc_apt}")
     return unique
 
 
