@@ -68,6 +68,9 @@ async def ext4_from_tree(root: Path, out: Path, label: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+SMALL_DISK = 256 * 1024 * 1024
+
+
 async def empty_ext4(out: Path, size_bytes: int, label: str) -> None:
     """A formatted, empty ext4 image with every inode table initialised.
 
@@ -77,8 +80,11 @@ async def empty_ext4(out: Path, size_bytes: int, label: str) -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.unlink(missing_ok=True)
     try:
+        # A 16 MiB journal fits only a disk many times its size; a small disk
+        # takes mkfs's own choice (mkfs refuses a journal that does not fit).
+        journal = ["-J", "size=16"] if size_bytes >= SMALL_DISK else []
         await _run(
-            "mkfs.ext4", "-q", "-F", "-L", label, "-J", "size=16", "-i", "32768", "-m", "0",
+            "mkfs.ext4", "-q", "-F", "-L", label, *journal, "-i", "32768", "-m", "0",
             "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard",
             str(tmp), f"{size_bytes // 1024}k",
         )

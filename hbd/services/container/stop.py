@@ -75,6 +75,14 @@ class Stopper:
                 raise SystemError_(e.message) from e
             await run.guest.kill()
         self.store.event(c, "kill", signal=str(signum))
+        if signum == 9:
+            # As dockerd's Kill: SIGKILL returns once the container has
+            # stopped, so `docker kill` then `docker rm` never meets it running.
+            try:
+                await asyncio.wait_for(asyncio.shield(run.finished.wait()), 10)
+            except TimeoutError:
+                await run.guest.kill()
+                await run.finished.wait()
 
     async def stop(self, ref: str, timeout: int | None = None, signal: str = "") -> None:
         """dockerd's containerStop: the stop signal, then SIGKILL after the timeout."""
