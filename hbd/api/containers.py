@@ -86,7 +86,7 @@ async def prune(request: web.Request) -> web.Response:
 async def remove(request: web.Request) -> web.Response:
     await request.app[CONTAINERS].remove(
         request.match_info["id"], force=query_bool(request, "force"),
-        volumes=query_bool(request, "v"))
+        volumes=query_bool(request, "v"), link=query_bool(request, "link"))
     return web.Response(status=204)
 
 
@@ -332,6 +332,8 @@ def register(router: Router) -> None:
     router.add("GET", "/containers/{id}/logs", logs)
     router.add("POST", "/containers/{id}/resize", resize)
     router.add("DELETE", "/containers/{id}", remove)
+    # `docker rm --link PARENT/ALIAS`: the name holds a slash.
+    router.add("DELETE", "/containers/{id:[^/]+/[^/]+}", remove)
     router.add("HEAD", "/containers/{id}/archive", archive_head)
     router.add("GET", "/containers/{id}/archive", archive_get)
     router.add("PUT", "/containers/{id}/archive", archive_put)

@@ -14,6 +14,7 @@ import dns.message
 import dns.query
 import docker
 import pytest
+import requests
 
 from hbd.drivers.agent import FileSpec, NetworkUpdate
 from hbd.drivers.fake import FakeGuest
@@ -330,6 +331,28 @@ def test_link_errors(raw: docker.APIClient) -> None:
         (500, {"message": "Cannot link to /away, as it does not belong to the default network"})
 
 
+def test_rm_link_forgets_only_the_link(raw: docker.APIClient) -> None:
+    child = create(raw, "linked")
+    parent = create_linking(raw, "linker", ["linked:al"]).json()["Id"]
+
+    def rm_link(name: str) -> requests.Response:
+        return raw._delete(raw._url("/containers/{0}", name), params={"link": 1})
+
+    # As dockerd 20.10 answers each.
+    r = rm_link("linker/nope")
+    assert (r.status_code, r.json()) == (404, {"message": "No such container: linker/nope"})
+    r = rm_link("linked")
+    assert (r.status_code, r.json()) == \
+        (500, {"message": "Conflict, cannot remove the default link name of the container"})
+    r = rm_link("nope/al")
+    assert (r.status_code, r.json()) == (404, {"message": "No such container: nope/al"})
+    raw.remove_container("linker/al", link=True)
+    assert not raw.inspect_container(parent)["HostConfig"]["Links"]
+    assert raw.inspect_container(child)["State"]["Status"] == "created"
+    r = rm_link("linker/al")
+    assert r.status_code == 404
+
+
 def test_a_removed_child_stays_linked_as_in_dockerd(raw: docker.APIClient) -> None:
     child = create(raw, "gone")
     raw.start(child)
@@ -427,3 +450,40 @@ def test_mac_address_conflicts(raw: docker.APIClient, version: str, body: dict[s
                                message: str) -> None:
     r = create_at(raw, version, body)
     assert (r.status_code, r.json()) == (400, {"message": message})
+
+
+def test_auxiliary_addresses_are_kept_and_never_leased(raw: docker.APIClient) -> None:
+    aux = {"a": "172.28.1.5", "b": "172.28.5.1"}
+    config = {"Subnet": "172.28.0.0/16", "IPRange": "172.28.5.0/24",
+              "Gateway": "172.28.5.254", "AuxiliaryAddresses": aux}
+    r = post(raw, "/networks/create", {"Name": "auxnet", "IPAM": {"Config": [config]}})
+    assert r.status_code == 201, r.text
+    assert raw.inspect_network("auxnet")["IPAM"]["Config"] == [config]
+    c = create(raw, "auxuser", "auxnet")
+    raw.start(c)
+    ip = raw.inspect_container(c)["NetworkSettings"]["Networks"]["auxnet"]["IPAddress"]
+    assert ip == "172.28.5.2"
+    r = post(raw, "/containers/create", {
+        "Image": "busybox", "HostConfig": {"NetworkMode": "auxnet"},
+        "NetworkingConfig": {"EndpointsConfig": {"auxnet": {
+            "IPAMConfig": {"IPv4Address": "172.28.1.5"}}}}}, name="auxclash")
+    assert r.status_code == 201
+    r = raw._post(raw._url("/containers/auxclash/start"))
+    assert r.status_code == 403 and "Address already in use" in r.json()["message"]
+
+
+@pytest.mark.parametrize(("aux", "status", "message"), [
+    ({"a": "10.0.0.1"}, 403,
+     "auxiliary address: (a:10.0.0.1) must belong to the master pool: 10.98.0.0/16"),
+    ({"a": "bogus"}, 500, "non parsable secondary ip address (a:bogus) passed for network auxbad"),
+    ({"a": "10.98.0.1"}, 500,
+     "failed to allocate secondary ip address (a:10.98.0.1): Address already in use"),
+])
+def test_auxiliary_address_errors(raw: docker.APIClient, aux: dict[str, str], status: int,
+                                  message: str) -> None:
+    body = {"Name": "auxbad", "IPAM": {"Config": [{"Subnet": "10.98.0.0/16",
+                                                   "AuxiliaryAddresses": aux}]}}
+    r = post(raw, "/networks/create", body)
+    # As dockerd 20.10 answers.
+    assert (r.status_code, r.json()) == (status, {"message": message})
+    assert not raw.networks(names=["auxbad"])

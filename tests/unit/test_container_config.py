@@ -1,3 +1,5 @@
+from typing import Any
+
 import pytest
 
 from hbd.errors import InvalidParameter
@@ -165,3 +167,19 @@ def test_log_config_is_refused_as_dockerd(given: dict, message: str) -> None:
     with pytest.raises(InvalidParameter) as e:
         log_config(given)
     assert e.value.message == message
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    # No HostConfig object: the top-level fields are the host config.
+    ({"Runtime": "runc", "Memory": 8000000}, {"Runtime": "runc", "Memory": 8000000}),
+    ({"HostConfig": None, "Runtime": "runc"}, {"Runtime": "runc"}),
+    # With one, only four fields fill in its zero values (as dockerd 20.10 answers).
+    ({"Runtime": "bogus", "HostConfig": {"Runtime": "runc"}}, {"Runtime": "runc"}),
+    ({"Runtime": "bogus", "HostConfig": {}}, {}),
+    ({"Memory": 8000000, "CpuShares": 7, "HostConfig": {"CpuShares": 3}},
+     {"Memory": 8000000, "CpuShares": 3}),
+    ({"Cpuset": "0", "HostConfig": {}}, {"CpusetCpus": "0"}),
+    ({"Image": "busybox"}, None),
+])
+def test_host_config_at_the_top_level(body: dict[str, Any], expected: Any) -> None:
+    assert cc.host_config_of(body) == expected

@@ -70,6 +70,8 @@ def test_sdk_commit_with_a_config(hbd: RunningDaemon, sdk: docker.DockerClient,
         changes=["LABEL d=2"])
     try:
         config = image.attrs["Config"]
+        # As in dockerd, the container's image is the commit's parent.
+        assert image.attrs["Parent"] == sdk.images.get("busybox").id
         # The body config, completed from the container's (its Env, its labels).
         assert config["Env"][0] == "FROM_CONF=1" and "A=base" in config["Env"]
         assert config["Labels"] == {"c": "1", "d": "2"}

@@ -187,6 +187,34 @@ def normalize_config(body: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+# moby's ContainerConfigWrapper still embeds a deprecated HostConfig at the
+# top level of a create body (docker-py sends `runtime=` there). With no
+# "HostConfig" object, those top-level fields are the host config; with one,
+# only these fill in its zero values.
+LEGACY_MERGED = ("Memory", "MemorySwap", "CpuShares", "CpusetCpus")
+
+
+def host_config_of(body: dict[str, Any]) -> Any:
+    """The host config a create body asks for, as dockerd's getHostConfig reads it."""
+    inner = body.get("HostConfig")
+    top = {k: v for k, v in body.items() if k in HOST_CONFIG_DEFAULTS or k in HOST_CONFIG_TYPES}
+    if inner is None:
+        hc: Any = top or None
+    elif isinstance(inner, dict):
+        hc = dict(inner)
+        for key in LEGACY_MERGED:
+            if top.get(key) and not hc.get(key):
+                hc[key] = top[key]
+    else:
+        return inner  # normalize_host_config words the error
+    cpuset = body.get("Cpuset")
+    if isinstance(cpuset, str) and cpuset:
+        hc = hc if hc is not None else {}
+        if not hc.get("CpusetCpus"):
+            hc["CpusetCpus"] = cpuset
+    return hc
+
+
 def normalize_host_config(body: dict[str, Any] | None) -> dict[str, Any]:
     if body is not None and not isinstance(body, dict):
         raise InvalidParameter("json: cannot unmarshal into Go struct field "

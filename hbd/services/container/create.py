@@ -39,7 +39,7 @@ class Creator:
         if not isinstance(body, dict):
             raise InvalidParameter("invalid JSON: container config must be an object")
         config = cc.normalize_config(body)
-        host_config = cc.normalize_host_config(body.get("HostConfig"))
+        host_config = cc.normalize_host_config(cc.host_config_of(body))
         ns.check_network_mode(body, host_config)
         ns.resolve_pid_and_ipc_modes(host_config, self.store)
         ns.resolve_network_mode(host_config, self.store)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hbd.errors import Conflict, HbdError
+from hbd.services.container import links
 from hbd.services.container.model import Container
 from hbd.services.container.restart import RestartManager
 from hbd.services.container.scratch import ScratchDisks
@@ -27,7 +28,11 @@ class Remover:
     restarts: RestartManager
     scratch: ScratchDisks
 
-    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False,
+                     link: bool = False) -> None:
+        if link:
+            self.store.save(links.remove(ref, self.store))
+            return
         c = self.store.get(ref)
         if c.removing:
             raise Conflict(f"removal of container {c.id[:12]} is already in progress")

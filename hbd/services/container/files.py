@@ -256,7 +256,8 @@ class ContainerFiles:
                             "diff_ids": [*(x.diff_id for x in base.layers), layer.diff_id]}
         config_bytes = json.dumps(config, separators=(",", ":")).encode()
         image_id = store.blobs.put_bytes(config_bytes)
-        img = Image(id=image_id, config=config, layers=[*base.layers, layer])
+        # dockerd records the container's image as the commit's Parent.
+        img = Image(id=image_id, config=config, layers=[*base.layers, layer], parent=base.id)
         digest = layer.digest
         with store.pinned([image_id, digest]):
             await store.ensure_disk(img)

@@ -105,6 +105,22 @@ def environment(c: Container, store: ContainerStore) -> list[str]:
     return out
 
 
+def remove(ref: str, store: ContainerStore) -> Container:
+    """`docker rm --link /parent/alias`: the parent forgets that link (dockerd's
+    rmLink). Returns the parent, to be saved; its running guest keeps the
+    /etc/hosts lines it has, as a running container keeps them in dockerd."""
+    name = ref if ref.startswith("/") else "/" + ref
+    parent_name, _, alias = name.rpartition("/")
+    parent = store.containers.get(store.names.get(parent_name, "")) if parent_name else None
+    link = next((li for li in parent.links if li.alias == alias), None) if parent else None
+    if parent is None or link is None:
+        if not parent_name and name in store.names:
+            raise SystemError_("Conflict, cannot remove the default link name of the container")
+        raise NotFound(f"No such container: {ref}")
+    parent.links.remove(link)
+    return parent
+
+
 def parents(child: Container, store: ContainerStore) -> list[Container]:
     """The running containers that link to `child`."""
     return [c for c in store.containers.values()

@@ -148,8 +148,9 @@ class ContainerService:
     async def resize(self, ref: str, height: int, width: int) -> None:
         await self.stopper.resize(ref, height, width)
 
-    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
-        await self.remover.remove(ref, force, volumes)
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False,
+                     link: bool = False) -> None:
+        await self.remover.remove(ref, force, volumes, link)
 
     async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
         return await self.remover.prune(filters)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,30 @@ def check_pool(subnet: IPNetwork, config: dict[str, Any]) -> Pool:
     return Pool(subnet, raw_gateway, ip_range)
 
 
+def auxiliary_addresses(subnet: IPNetwork, gateway: str, config: dict[str, Any],
+                        network: str) -> dict[str, str]:
+    """IPAM.Config[].AuxiliaryAddresses: addresses of the subnet that no
+    container gets (hosts the network already has), checked as dockerd does."""
+    aux = config.get("AuxiliaryAddresses") or {}
+    if not isinstance(aux, dict):
+        raise InvalidParameter("invalid IPAM config: AuxiliaryAddresses must be an object")
+    out: dict[str, str] = {}
+    for key, raw in aux.items():
+        try:
+            address = ipaddress.ip_address(str(raw))
+        except ValueError:
+            raise SystemError_(f"non parsable secondary ip address ({key}:{raw}) passed for "
+                               f"network {network}") from None
+        if address not in subnet:
+            raise Forbidden(f"auxiliary address: ({key}:{raw}) must belong to the master "
+                            f"pool: {subnet}")
+        if str(address) == gateway or str(address) in out.values():
+            raise SystemError_(f"failed to allocate secondary ip address ({key}:{raw}): "
+                               f"{ALREADY_IN_USE}")
+        out[str(key)] = str(address)
+    return out
+
+
 def first_host(subnet: IPNetwork) -> str:
     """The default gateway: the subnet's first address after its own."""
     return str(subnet.network_address + 1)
@@ -110,21 +134,22 @@ def _candidates(subnet: IPNetwork, ip_range: str) -> Iterator[IPAddress]:
 
 
 def lease(subnet: IPNetwork, ip_range: str, gateway: str, leases: dict[str, str],
-          wanted: str) -> str:
+          wanted: str, reserved: Collection[str] = ()) -> str:
     """An address for a new endpoint (not yet recorded in `leases`): `wanted`
-    if given, else the first free one."""
+    if given, else the first free one; never a `reserved` (auxiliary) one."""
     if wanted:
         address = parse_address(wanted, subnet.version)
         if address not in subnet:
             raise InvalidParameter(f"Invalid address {wanted}: It does not belong to any of "
                                    "this network's subnets")
         text = str(address)
-        if text in leases or text == gateway or address == subnet.network_address:
+        if text in leases or text in reserved or text == gateway or \
+                address == subnet.network_address:
             raise Forbidden(ALREADY_IN_USE)
         return text
     for address in _candidates(subnet, ip_range):
         text = str(address)
-        if text != gateway and text not in leases:
+        if text != gateway and text not in leases and text not in reserved:
             return text
     family = "IPv4" if subnet.version == 4 else "IPv6"
     raise SystemError_(f"no available {family} addresses on this network's address pools")

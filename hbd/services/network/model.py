@@ -41,6 +41,9 @@ class Network:
     subnet6: str = ""
     gateway6: str = ""  # as configured: "" means the subnet's first address
     ip_range6: str = ""
+    # IPAM AuxiliaryAddresses: name -> address, never leased to a container.
+    aux: dict[str, str] = field(default_factory=dict)
+    aux6: dict[str, str] = field(default_factory=dict)
 
     @property
     def network(self) -> ipaddress.IPv4Network | None:

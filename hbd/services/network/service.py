@@ -243,6 +243,7 @@ class NetworkService:
                 options=options,
                 ipam_options={str(k): str(v) for k, v in (ipam.get("Options") or {}).items()},
             )
+            self._check_auxiliary_addresses(n, ipam.get("Config") or [])
             try:
                 await self._bring_up(n)
             except net.NetError as e:
@@ -319,6 +320,14 @@ class NetworkService:
         for callback in self.on_change:
             callback()
 
+    @staticmethod
+    def _check_auxiliary_addresses(n: Network, configs: list[Any]) -> None:
+        v4, v6 = ipam_rules.family_configs(configs)
+        if n.network is not None:
+            n.aux = ipam_rules.auxiliary_addresses(n.network, n.gateway, v4, n.name)
+        if v6 is not None and n.network6 is not None:
+            n.aux6 = ipam_rules.auxiliary_addresses(n.network6, n.ipv6_gateway, v6, n.name)
+
     # -- endpoints for a container run ---------------------------------------------
 
     def _lease(self, n: Network, container_id: str, version: int, wanted: str) -> str:
@@ -326,13 +335,14 @@ class NetworkService:
         if version == 4:
             assert n.network is not None
             subnet: ipam_rules.IPNetwork = n.network
-            ip_range, gateway = n.ip_range, n.gateway
+            ip_range, gateway, aux = n.ip_range, n.gateway, n.aux
         else:
             assert n.network6 is not None
-            subnet, ip_range, gateway = n.network6, n.ip_range6, n.ipv6_gateway
+            subnet, ip_range, gateway, aux = n.network6, n.ip_range6, n.ipv6_gateway, n.aux6
         leases = self.leases.setdefault(n.id, {})
         try:
-            address = ipam_rules.lease(subnet, ip_range, gateway, leases, wanted)
+            address = ipam_rules.lease(subnet, ip_range, gateway, leases, wanted,
+                                       set(aux.values()))
         except SystemError_ as e:
             raise SystemError_(f"{e.message}: {n.name} ({n.id})") from None
         leases[address] = container_id
@@ -497,14 +507,16 @@ class NetworkService:
         # Keys in dockerd's order (Subnet, IPRange, Gateway); an IPv6 gateway
         # is shown only when it was configured, as dockerd shows it.
         ipam_config = []
-        for subnet, ip_range, gateway in ((n.subnet, n.ip_range, n.gateway),
-                                          (n.subnet6, n.ip_range6, n.gateway6)):
+        for subnet, ip_range, gateway, aux in ((n.subnet, n.ip_range, n.gateway, n.aux),
+                                               (n.subnet6, n.ip_range6, n.gateway6, n.aux6)):
             if subnet:
-                entry = {"Subnet": subnet}
+                entry: dict[str, Any] = {"Subnet": subnet}
                 if ip_range:
                     entry["IPRange"] = ip_range
                 if gateway:
                     entry["Gateway"] = gateway
+                if aux:
+                    entry["AuxiliaryAddresses"] = aux
                 ipam_config.append(entry)
         return {
             "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local",
