@@ -22,6 +22,7 @@ from hbd.services.image.store import ImageStore
 from hbd.services.network.dns import DnsServer, NetworkView
 from hbd.services.network.model import DEFAULT_BRIDGE
 from hbd.services.network.service import NetworkService, instance_tag
+from hbd.services.plugin.service import PluginService
 from hbd.services.system.disk_usage import DiskUsage
 from hbd.services.system.service import SystemService
 from hbd.services.volume.service import VolumeService
@@ -43,6 +44,7 @@ class Daemon:
     networks: NetworkService = field(init=False)
     dns: DnsServer = field(init=False)
     volumes: VolumeService = field(init=False)
+    plugins: PluginService = field(init=False)
     containers: ContainerService = field(init=False)
     execs: ExecService = field(init=False)
     files: ContainerFiles = field(init=False)
@@ -84,6 +86,8 @@ class Daemon:
         self.networks.on_change.append(self.dns.refresh)
         await self.dns.reconcile()
         self.volumes = VolumeService(self.state, config.data_root / "volumes", self.events)
+        self.plugins = PluginService(self.state, config.data_root / "plugins", self.events,
+                                     self.registry)
         self.containers = ContainerService(config, self.state, self.images, self.networks,
                                            self.volumes, self.events, self.guest_driver,
                                            scratch, self.accel)

@@ -212,6 +212,38 @@ class VolumeBackend(Protocol):
     async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]: ...
 
 
+# -- plugins -------------------------------------------------------------------------
+
+
+class PluginBackend(Protocol):
+    """Managed plugins: installed and configured, never run."""
+
+    def list_views(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]: ...
+
+    def inspect(self, ref: str) -> dict[str, Any]: ...
+
+    async def privileges(self, remote: Reference, credentials: Credentials
+                         ) -> list[dict[str, Any]]: ...
+
+    async def create(self, name: str, context: AsyncIterator[bytes]) -> None: ...
+
+    async def remove(self, ref: str, force: bool = False) -> None: ...
+
+    def enable(self, ref: str) -> None: ...
+
+    def disable(self, ref: str, force: bool = False) -> None: ...
+
+    def set(self, ref: str, args: list[str]) -> None: ...
+
+    def pull(self, remote: Reference, name: str, granted: list[dict[str, Any]],
+             credentials: Credentials) -> AsyncIterator[dict[str, Any]]: ...
+
+    def upgrade(self, name: str, remote: Reference, granted: list[dict[str, Any]],
+                credentials: Credentials) -> AsyncIterator[dict[str, Any]]: ...
+
+    def push(self, ref: str, credentials: Credentials) -> AsyncIterator[dict[str, Any]]: ...
+
+
 # -- system --------------------------------------------------------------------------
 
 
@@ -245,6 +277,7 @@ DISTRIBUTION = web.AppKey[DistributionBackend]("distribution")
 BUILDER = web.AppKey[BuildBackend]("builder")
 NETWORKS = web.AppKey[NetworkBackend]("networks")
 VOLUMES = web.AppKey[VolumeBackend]("volumes")
+PLUGINS = web.AppKey[PluginBackend]("plugins")
 SYSTEM = web.AppKey[SystemBackend]("system")
 DISK_USAGE = web.AppKey[DiskUsageBackend]("disk_usage")
 AUTH = web.AppKey[AuthBackend]("auth")

@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hbd.api import backends, containers, exec, images, networks, swarm, system, volumes
+from hbd.api import (
+    backends,
+    containers,
+    exec,
+    images,
+    networks,
+    plugins,
+    swarm,
+    system,
+    volumes,
+)
 from hbd.api import build as build_routes
 from hbd.api.app import Router, create_app
 from hbd.daemon import Daemon
@@ -22,10 +32,12 @@ def build(daemon: Daemon) -> web.Application:
     app[backends.BUILDER] = daemon.builder
     app[backends.NETWORKS] = daemon.networks
     app[backends.VOLUMES] = daemon.volumes
+    app[backends.PLUGINS] = daemon.plugins
     app[backends.SYSTEM] = daemon.system
     app[backends.DISK_USAGE] = daemon.disk_usage
     app[backends.AUTH] = daemon.registry
     router = Router(app)
-    for module in (system, containers, exec, images, networks, volumes, build_routes, swarm):
+    for module in (system, containers, exec, images, networks, volumes, plugins, build_routes,
+                   swarm):
         module.register(router)
     return app

@@ -1,0 +1,1 @@
+"""Managed plugins: kept, configured and moved, never run."""
