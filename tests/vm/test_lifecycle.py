@@ -77,12 +77,23 @@ class Terminal:
         while time.monotonic() < deadline:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
+                self._drain()  # what it wrote last may still be in the pty
                 return os.waitstatus_to_exitcode(status)
             ready, _, _ = select.select([self.fd], [], [], 0.2)
             if ready:
                 with contextlib.suppress(OSError):
                     self.output += os.read(self.fd, 4096)
         raise AssertionError("docker CLI did not exit")
+
+    def _drain(self) -> None:
+        while select.select([self.fd], [], [], 0.05)[0]:
+            try:
+                data = os.read(self.fd, 4096)
+            except OSError:  # EIO: the other end is closed and empty
+                return
+            if not data:
+                return
+            self.output += data
 
 
 @pytest.fixture
