@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from hbd.config import Config
 from hbd.drivers.accel import choose_accel
 from hbd.drivers.guest import GuestDriver, QemuGuestDriver
+from hbd.drivers.template import TemplateStore
 from hbd.drivers.vm import QemuMicrovmDriver
 from hbd.errors import InvalidParameter
 from hbd.events import EventBus
@@ -35,6 +36,7 @@ class Daemon:
     config: Config
     guest_driver: GuestDriver | None = None
     accel: str = ""
+    templates: TemplateStore | None = None
     state: StateStore = field(init=False)
     events: EventBus = field(init=False)
     images: ImageStore = field(init=False)
@@ -71,9 +73,14 @@ class Daemon:
                         f"{path} is missing: build the guest with kernels/build.sh")
             self.accel = await choose_accel(config.vm.accel, config.vm.qemu, kernel,
                                             config.exec_root)
-            self.guest_driver = QemuGuestDriver(
-                QemuMicrovmDriver(config.vm.qemu), config.vm.boot_timeout,
-                config.vm.boot_retries)
+            vm_driver = QemuMicrovmDriver(config.vm.qemu)
+            templates = TemplateStore(
+                vm_driver, config.data_root / "templates", config.exec_root / "templates",
+                f"ht{instance_tag(config.data_root)}", config.vm.boot_timeout)
+            await templates.start()
+            self.templates = templates
+            self.guest_driver = QemuGuestDriver(vm_driver, config.vm.boot_timeout,
+                                                config.vm.boot_retries, templates)
         else:
             self.accel = self.accel or "fake"
         log.info("guest accelerator: %s", self.accel)
@@ -100,6 +107,7 @@ class Daemon:
                                     self.events, self.accel)
         self.disk_usage = DiskUsage(self.images, self.containers, self.volumes, self.builder)
         await self.containers.restore()
+        await self.containers.sandboxes.prepare()
 
     def _dns_views(self) -> list[NetworkView]:
         """Per bridge network: its gateway, the names of running containers on
@@ -131,5 +139,7 @@ class Daemon:
 
     async def stop(self) -> None:
         await self.containers.shutdown()
+        if self.templates is not None:
+            await self.templates.close()
         self.dns.close()
         await self.registry.close()
