@@ -295,6 +295,7 @@ class QemuGuestDriver:
         command line: the guest scans their LUNs, told by SANDBOX), its taps,
         and its own identity (SANDBOX: clock, entropy; NETWORK: MACs and
         addresses) before its first container is created."""
+        started = time.monotonic()
         state_fd = os.open(template.state, os.O_RDONLY | os.O_CLOEXEC)
         vm_spec = dataclasses.replace(
             spec.vm, cmdline=f"{template.shape.cmdline} {TEMPLATE_CMDLINE}".strip(),
@@ -325,6 +326,8 @@ class QemuGuestDriver:
         except BaseException:
             await vm.destroy()
             raise
+        log.info("guest %s: clone of template %s, set up in %.0f ms", spec.vm.run_dir.name,
+                 template.key[:12], (time.monotonic() - started) * 1000)
         return QemuGuest(vm, agent, None, template.key)
 
     async def _boot(self, spec: GuestSpec) -> Guest:

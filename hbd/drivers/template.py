@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 # Bump when what a template is (its saved guest, how clones use it) changes.
 TEMPLATE_FORMAT = 1
 TEMPLATE_CMDLINE = "hbd.template"
+# The run directory of a template guest being built: RUN_DIR_PREFIX + key.
+RUN_DIR_PREFIX = "template-"
 # A build that failed is not tried again for this long.
 RETRY_AFTER = 60.0
 SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
@@ -181,13 +183,12 @@ class TemplateStore:
     async def start(self) -> None:
         """Clear what an earlier hbd left: its templates are of no use (their
         RAM went with it), a template guest it was building is killed."""
-        if self.run_root.is_dir():
-            for run_dir in self.run_root.iterdir():
-                vm = MicroVM.find(run_dir)
-                if vm is not None:
-                    await vm.destroy()
-        for old in (self.root, self.run_root):
-            shutil.rmtree(old, ignore_errors=True)
+        for run_dir in self.run_root.glob(f"{RUN_DIR_PREFIX}*"):
+            vm = MicroVM.find(run_dir)
+            if vm is not None:
+                await vm.destroy()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
     async def qemu_identity(self) -> str:
         """QEMU's version and its binary's identity (an upgrade in place
@@ -276,7 +277,9 @@ class TemplateStore:
         directory = self.root / key
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
-        run_dir = self.run_root / key[:16]
+        # Beside the guests' run directories (short: socket paths), for the
+        # time of the build only.
+        run_dir = self.run_root / f"{RUN_DIR_PREFIX}{key[:16]}"
         ram_fd = os.memfd_create(f"hbd-template-{key[:12]}",
                                  os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         tap_fds: list[int] = []
