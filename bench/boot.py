@@ -13,6 +13,8 @@ Rows, measured in one run on this machine:
                What it leaves out is hbd's own work: the agent handshake,
                mounting the container's disks and shares, its processes.
   hbd          the docker CLI against hbd: create, attach, start, wait, remove
+               (the guest a clone of hbd's template, built at its start)
+  hbd booted   the same with templates off: every guest boots
   runc         the docker CLI against a private real dockerd (Debian docker.io)
 The target (shared/DESIGN.md §4) is hbd <= 1.3 times the bare floor under TCG.
 """
@@ -27,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,7 +40,7 @@ from hbd.drivers import hostmount, net
 from hbd.drivers.accel import choose_accel
 from hbd.drivers.virtiofs import Virtiofsd
 from hbd.drivers.vm import DiskSpec, NicSpec, QemuMicrovmDriver, VMSpec
-from tests.daemon_fixture import BUSYBOX_TAR, hbd_daemon
+from tests.daemon_fixture import BUSYBOX_TAR, RunningDaemon, hbd_daemon
 
 
 def bare_initrd(work: Path) -> Path:
@@ -107,6 +110,16 @@ def bare_floor(runs: int, work: Path) -> Timing:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def wait_template(daemon: RunningDaemon, timeout: float = 60) -> None:
+    """Until the template hbd builds at start is ready (containers started
+    before boot instead)."""
+    deadline = time.monotonic() + timeout
+    while not list((daemon.data_root / "templates").glob("*/meta.json")):
+        if time.monotonic() > deadline:
+            raise RuntimeError("hbd built no guest template")
+        time.sleep(0.1)
+
+
 def docker_run(host: str) -> None:
     run([DOCKER_CLI, "run", "--rm", "busybox", "true"], env=docker_env(host))
 
@@ -120,8 +133,15 @@ def main() -> None:
         floor = bare_floor(args.runs, Path(tmp))
     rows = [floor]
     with hbd_daemon() as daemon:
+        wait_template(daemon)
         rows.append(measure("hbd: docker run --rm busybox true", args.runs,
                             lambda: docker_run(daemon.host)))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "hbd.toml"
+        config.write_text("[vm]\ntemplates = false\n")
+        with hbd_daemon(extra_args=("--config", str(config))) as daemon:
+            rows.append(measure("hbd, every guest booted (templates = false)", args.runs,
+                                lambda: docker_run(daemon.host)))
     if not args.no_runc:
         with real_dockerd() as host:
             run([DOCKER_CLI, "load", "-q", "-i", str(BUSYBOX_TAR)], env=docker_env(host))
