@@ -75,8 +75,8 @@ class Daemon:
                                             config.exec_root)
             vm_driver = QemuMicrovmDriver(config.vm.qemu)
             templates = TemplateStore(
-                vm_driver, config.data_root / "templates", config.exec_root,
-                f"ht{instance_tag(config.data_root)}", config.vm.boot_timeout)
+                vm_driver, config.data_root / "templates",
+                f"hbt{instance_tag(config.data_root)}", config.vm.boot_timeout)
             await templates.start()
             self.templates = templates
             self.guest_driver = QemuGuestDriver(vm_driver, config.vm.boot_timeout,

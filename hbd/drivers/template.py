@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 # Bump when what a template is (its saved guest, how clones use it) changes.
 TEMPLATE_FORMAT = 1
 TEMPLATE_CMDLINE = "hbd.template"
-# The run directory of a template guest being built: RUN_DIR_PREFIX + key.
-RUN_DIR_PREFIX = "template-"
+# Templates kept at most (one per guest shape in use).
+MAX_TEMPLATES = 4
 # A build that failed is not tried again for this long.
 RETRY_AFTER = 60.0
 SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
@@ -131,6 +131,7 @@ class Template:
     ram_fd: int
     state: Path
     macs: list[str] = field(default_factory=list)
+    last_used: float = field(default_factory=time.monotonic)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -167,11 +168,12 @@ def _sha256_file(path: Path) -> str:
 class TemplateStore:
     """The templates of one hbd: built on demand, kept by key."""
 
-    def __init__(self, vm_driver: QemuMicrovmDriver, root: Path, run_root: Path,
-                 tap_prefix: str, boot_timeout: float) -> None:
+    def __init__(self, vm_driver: QemuMicrovmDriver, root: Path, tap_prefix: str,
+                 boot_timeout: float) -> None:
         self.vm_driver = vm_driver
         self.root = root
-        self.run_root = run_root
+        # Of the taps of template guests (only while one is built): not the
+        # sandboxes' prefix, a template holds no sandbox's NICs.
         self.tap_prefix = tap_prefix
         self.boot_timeout = boot_timeout
         self.digests = FileDigests()
@@ -183,11 +185,10 @@ class TemplateStore:
     async def start(self) -> None:
         """Clear what an earlier hbd left: its templates are of no use (their
         RAM went with it), a template guest it was building is killed."""
-        for run_dir in self.run_root.glob(f"{RUN_DIR_PREFIX}*"):
+        for run_dir in self.root.glob("*/run"):
             vm = MicroVM.find(run_dir)
             if vm is not None:
                 await vm.destroy()
-            shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
     async def qemu_identity(self) -> str:
@@ -221,6 +222,7 @@ class TemplateStore:
             return None
         template = self.templates.get(key)
         if template is not None:
+            template.last_used = time.monotonic()
             return template
         task = self._building.get(key)
         if task is None:
@@ -264,6 +266,10 @@ class TemplateStore:
             if old.shape == shape:
                 self._drop(old_key)
         self.templates[key] = template
+        # Each holds the RAM its guest touched (tens of MiB): the shapes used
+        # least lately go (built again if wanted again).
+        while len(self.templates) > MAX_TEMPLATES:
+            self._drop(min(self.templates.values(), key=lambda t: t.last_used).key)
         log.info("guest template %s ready (%d MiB, %d NICs)", key[:12], shape.memory_mib,
                  shape.nics)
 
@@ -277,9 +283,9 @@ class TemplateStore:
         directory = self.root / key
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
-        # Beside the guests' run directories (short: socket paths), for the
-        # time of the build only.
-        run_dir = self.run_root / f"{RUN_DIR_PREFIX}{key[:16]}"
+        # Not among the sandboxes' run directories (a template is none), and
+        # there for the time of the build only.
+        run_dir = directory / "run"
         ram_fd = os.memfd_create(f"hbd-template-{key[:12]}",
                                  os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         tap_fds: list[int] = []
@@ -291,7 +297,7 @@ class TemplateStore:
             for i, mac in enumerate(macs):
                 # Real taps, opened as a clone's are: the virtio-net features
                 # the guest agreed to depend on the backend (vnet headers).
-                tap = f"{self.tap_prefix}t{key[:7]}{i:x}"
+                tap = f"{self.tap_prefix}{key[:7]}{i:x}"
                 tap_fds.append(net.open_tap(tap))
                 nics.append(NicSpec(tap, mac, tap_fds[-1]))
             spec = VMSpec(run_dir=run_dir, kernel=shape.kernel, initrd=shape.initrd,
@@ -316,7 +322,9 @@ class TemplateStore:
             fcntl.fcntl(ram_fd, fcntl.F_ADD_SEALS, SEALS)
             (directory / "meta.json").write_text(json.dumps(
                 {"key": key, "shape": {k: str(v) for k, v in asdict(shape).items()},
-                 "built_s": round(time.monotonic() - started, 3)}))
+                 "built_s": round(time.monotonic() - started, 3),
+                 "ram_bytes": os.fstat(ram_fd).st_blocks * 512,
+                 "state_bytes": state.stat().st_size}))
         except BaseException:
             if vm is not None:
                 await vm.destroy()

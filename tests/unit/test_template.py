@@ -61,7 +61,7 @@ def test_the_shape_of_a_guest_is_what_a_clone_must_match(tmp_path: Path) -> None
 
 def store(tmp_path: Path) -> TemplateStore:
     templates = TemplateStore(QemuMicrovmDriver("/bin/true"), tmp_path / "templates",
-                              tmp_path / "run", "httest", 5.0)
+                              "hbttest", 5.0)
     templates._qemu_identity = "qemu test"
     return templates
 
@@ -172,3 +172,26 @@ def test_a_clone_starts_on_the_templates_ram_waiting_for_its_state(tmp_path: Pat
     template = build_argv("qemu", dataclasses.replace(spec, ram_shared=True, incoming=False))
     assert json.loads(template[template.index("-object") + 1])["share"] is True
     assert "-incoming" not in template
+
+
+def test_the_shapes_used_least_lately_go(guest_files: Path) -> None:
+    async def go() -> None:
+        templates = store(guest_files)
+
+        async def build(key: str, s: TemplateShape) -> Template:
+            return fake_template(key, s, guest_files)
+
+        templates._build = build  # type: ignore[method-assign]
+        shapes = [shape(guest_files, memory_mib=m) for m in (128, 256, 512, 1024, 2048)]
+        for s in shapes[:4]:
+            await templates.get(s)
+            await asyncio.sleep(0.01)
+        assert len(templates.templates) == 4
+        assert await templates.get(shapes[0]) is not None  # used again: kept
+        await templates.get(shapes[4])
+        await asyncio.sleep(0.01)
+        kept = {t.shape.memory_mib for t in templates.templates.values()}
+        assert kept == {128, 512, 1024, 2048}
+        await templates.close()
+
+    asyncio.run(go())
