@@ -29,18 +29,27 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DOCKER_CLI, REPO, Timing, docker_env, measure, real_dockerd, run, table
+from bench.common import (
+    DOCKER_CLI,
+    REPO,
+    Timing,
+    docker_env,
+    measure,
+    real_dockerd,
+    run,
+    table,
+    wait_template,
+)
 from hbd.config import VMSettings
 from hbd.drivers import hostmount, net
 from hbd.drivers.accel import choose_accel
 from hbd.drivers.virtiofs import Virtiofsd
 from hbd.drivers.vm import DiskSpec, NicSpec, QemuMicrovmDriver, VMSpec
-from tests.daemon_fixture import BUSYBOX_TAR, RunningDaemon, hbd_daemon
+from tests.daemon_fixture import BUSYBOX_TAR, hbd_daemon
 
 
 def bare_initrd(work: Path) -> Path:
@@ -108,16 +117,6 @@ def bare_floor(runs: int, work: Path) -> Timing:
     finally:
         loop.close()
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def wait_template(daemon: RunningDaemon, timeout: float = 60) -> None:
-    """Until the template hbd builds at start is ready (containers started
-    before boot instead)."""
-    deadline = time.monotonic() + timeout
-    while not list((daemon.data_root / "templates").glob("*/meta.json")):
-        if time.monotonic() > deadline:
-            raise RuntimeError("hbd built no guest template")
-        time.sleep(0.1)
 
 
 def docker_run(host: str) -> None:
