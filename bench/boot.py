@@ -13,6 +13,8 @@ Rows, measured in one run on this machine:
                What it leaves out is hbd's own work: the agent handshake,
                mounting the container's disks and shares, its processes.
   hbd          the docker CLI against hbd: create, attach, start, wait, remove
+               (the guest a clone of hbd's template, built at its start)
+  hbd booted   the same with templates off: every guest boots
   runc         the docker CLI against a private real dockerd (Debian docker.io)
 The target (shared/DESIGN.md §4) is hbd <= 1.3 times the bare floor under TCG.
 """
@@ -31,7 +33,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DOCKER_CLI, REPO, Timing, docker_env, measure, real_dockerd, run, table
+from bench.common import (
+    DOCKER_CLI,
+    REPO,
+    Timing,
+    docker_env,
+    measure,
+    real_dockerd,
+    run,
+    table,
+    wait_template,
+)
 from hbd.config import VMSettings
 from hbd.drivers import hostmount, net
 from hbd.drivers.accel import choose_accel
@@ -120,8 +132,15 @@ def main() -> None:
         floor = bare_floor(args.runs, Path(tmp))
     rows = [floor]
     with hbd_daemon() as daemon:
+        wait_template(daemon)
         rows.append(measure("hbd: docker run --rm busybox true", args.runs,
                             lambda: docker_run(daemon.host)))
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "hbd.toml"
+        config.write_text("[vm]\ntemplates = false\n")
+        with hbd_daemon(extra_args=("--config", str(config))) as daemon:
+            rows.append(measure("hbd, every guest booted (templates = false)", args.runs,
+                                lambda: docker_run(daemon.host)))
     if not args.no_runc:
         with real_dockerd() as host:
             run([DOCKER_CLI, "load", "-q", "-i", str(BUSYBOX_TAR)], env=docker_env(host))

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.daemon_fixture import RunningDaemon
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKER_CLI = shutil.which("docker", path="/usr/local/bin") or "docker"
 
@@ -96,3 +98,13 @@ def table(rows: list[Timing], baseline: Timing | None = None) -> str:
         ratio = f"{t.median / baseline.median:6.2f}x" if baseline else ""
         lines.append(f"{t.name:<44} {t.min:8.3f} {t.median:8.3f} {ratio:>7}")
     return "\n".join(lines)
+
+
+def wait_template(daemon: RunningDaemon, timeout: float = 60) -> None:
+    """Until the template hbd builds at start is ready (containers started
+    before boot instead)."""
+    deadline = time.monotonic() + timeout
+    while not list((daemon.data_root / "templates").glob("*/meta.json")):
+        if time.monotonic() > deadline:
+            raise RuntimeError("hbd built no guest template")
+        time.sleep(0.1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from bench.common import (
     real_dockerd,
     run,
     table,
+    wait_template,
 )
 from tests.daemon_fixture import BUSYBOX_TAR, hbd_daemon
 
@@ -159,10 +161,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--containers", type=int, default=20)
+    parser.add_argument("--no-templates", action="store_true",
+                        help="every hbd guest boots (hbd.toml: vm.templates = false)")
     args = parser.parse_args()
-    with hbd_daemon() as daemon:
-        hbd_rows, hbd_one, hbd_many = bench_engine("hbd", daemon.host, args.runs,
-                                                   args.containers)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "hbd.toml"
+        config.write_text(f"[vm]\ntemplates = {str(not args.no_templates).lower()}\n")
+        with hbd_daemon(extra_args=("--config", str(config))) as daemon:
+            if not args.no_templates:
+                wait_template(daemon)
+            hbd_rows, hbd_one, hbd_many = bench_engine("hbd", daemon.host, args.runs,
+                                                       args.containers)
     with real_dockerd() as host:
         run([DOCKER_CLI, "load", "-q", "-i", str(BUSYBOX_TAR)], env=docker_env(host))
         runc_rows, runc_one, runc_many = bench_engine("runc", host, args.runs, args.containers)

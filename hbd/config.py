@@ -44,6 +44,7 @@ class VMSettings:
     tcg_tb_size_mib: int = 32
     nic_slots: int = 4
     guest_trace: bool = False
+    templates: bool = True
 
     def kernel_path(self) -> Path:
         return Path(self.kernel) if self.kernel else REPO_ROOT / "kernels" / "out" / "vmlinux"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from hbd.config import Config
 from hbd.drivers.accel import choose_accel
 from hbd.drivers.guest import GuestDriver, QemuGuestDriver
+from hbd.drivers.template import TemplateStore
 from hbd.drivers.vm import QemuMicrovmDriver
 from hbd.errors import InvalidParameter
 from hbd.events import EventBus
@@ -36,6 +37,7 @@ class Daemon:
     config: Config
     guest_driver: GuestDriver | None = None
     accel: str = ""
+    templates: TemplateStore | None = None
     state: StateStore = field(init=False)
     events: EventBus = field(init=False)
     images: ImageStore = field(init=False)
@@ -73,9 +75,14 @@ class Daemon:
                         f"{path} is missing: build the guest with kernels/build.sh")
             self.accel = await choose_accel(config.vm.accel, config.vm.qemu, kernel,
                                             config.exec_root)
-            self.guest_driver = QemuGuestDriver(
-                QemuMicrovmDriver(config.vm.qemu), config.vm.boot_timeout,
-                config.vm.boot_retries)
+            vm_driver = QemuMicrovmDriver(config.vm.qemu)
+            templates = TemplateStore(
+                vm_driver, config.data_root / "templates",
+                f"hbt{instance_tag(config.data_root)}", config.vm.boot_timeout)
+            await templates.start()
+            self.templates = templates
+            self.guest_driver = QemuGuestDriver(vm_driver, config.vm.boot_timeout,
+                                                config.vm.boot_retries, templates)
         else:
             self.accel = self.accel or "fake"
         log.info("guest accelerator: %s", self.accel)
@@ -104,6 +111,7 @@ class Daemon:
                                     self.events, self.accel)
         self.disk_usage = DiskUsage(self.images, self.containers, self.volumes, self.builder)
         await self.containers.restore()
+        await self.containers.sandboxes.prepare()
 
     def _dns_views(self) -> list[NetworkView]:
         """Per bridge network: its gateway, the names of running containers on
@@ -135,5 +143,7 @@ class Daemon:
 
     async def stop(self) -> None:
         await self.containers.shutdown()
+        if self.templates is not None:
+            await self.templates.close()
         self.dns.close()
         await self.registry.close()

@@ -142,10 +142,13 @@ class SandboxSetup:
     scan: list[int] = field(default_factory=list)
     # Host randomness credited to the guest's RNG before any container runs.
     entropy: bytes = b""
+    # The host's wall clock (ns since the epoch), set as the message goes.
+    time_ns: int = 0
 
     def payload(self) -> dict[str, Any]:
         return {"nics": [asdict(n) for n in self.nics], "shared_fs": self.shared_fs,
-                "scan": self.scan, "entropy": base64.b64encode(self.entropy).decode()}
+                "scan": self.scan, "entropy": base64.b64encode(self.entropy).decode(),
+                "time_ns": self.time_ns}
 
 
 @dataclass

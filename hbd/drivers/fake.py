@@ -29,7 +29,7 @@ from hbd.drivers.agent import (
     ResourceUpdate,
 )
 from hbd.drivers.guest import Guest, GuestSpec
-from hbd.drivers.vm import DiskSpec
+from hbd.drivers.vm import DiskSpec, VMSpec
 from hbd.tasks import spawn
 
 
@@ -38,8 +38,11 @@ def _exec_error(message: str) -> AgentError:
 
 
 class FakeGuest:
-    def __init__(self, spec: GuestSpec) -> None:
+    def __init__(self, spec: GuestSpec, cloned: bool = False) -> None:
         self.spec = spec
+        # "Cloned from a template" (FakeGuestDriver(clones=True)): as a
+        # clone, without a shared filesystem.
+        self.cloned = cloned
         self._procs: dict[int, asyncio.subprocess.Process] = {}
         self._states: dict[int, ProcState] = {}
         self._exited = asyncio.Event()
@@ -114,6 +117,14 @@ class FakeGuest:
     @property
     def pid(self) -> int:
         return os.getpid()
+
+    @property
+    def template(self) -> str:
+        return "fake-template" if self.cloned else ""
+
+    @property
+    def shared_fs(self) -> bool:
+        return self.spec.shared_dir is not None and not self.cloned
 
     @property
     def processes(self) -> list[ProcState]:
@@ -254,11 +265,16 @@ class FakeGuest:
 
 
 class FakeGuestDriver:
-    def __init__(self) -> None:
+    def __init__(self, clones: bool = False) -> None:
         self.booted: list[FakeGuest] = []
+        self.clones = clones
+        self.prepared: list[VMSpec] = []
+
+    async def prepare(self, vm: VMSpec) -> None:
+        self.prepared.append(vm)
 
     async def boot(self, spec: GuestSpec) -> Guest:
-        guest = FakeGuest(spec)
+        guest = FakeGuest(spec, cloned=self.clones and spec.may_clone)
         self.booted.append(guest)
         return guest
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,10 +37,12 @@ from hbd.drivers.agent import (
     ResourceUpdate,
     SandboxSetup,
 )
+from hbd.drivers.template import TEMPLATE_CMDLINE, Template, TemplateShape, TemplateStore
 from hbd.drivers.virtiofs import Virtiofsd, VirtiofsdError
 from hbd.drivers.vm import (
     DiskSpec,
     MicroVM,
+    NicSpec,
     QemuMicrovmDriver,
     VMError,
     VMSpec,
@@ -66,11 +71,26 @@ class GuestSpec:
     container: ContainerSetup | None = None
     # Exported to the guest by a virtiofsd of its own (its shared filesystem).
     shared_dir: Path | None = None
+    # The guest may be a clone of a template (of the shape of `vm`) instead
+    # of a boot: it then has no shared filesystem (`Guest.shared_fs`), since
+    # a vhost-user-fs device cannot be migrated nor use a clone's private
+    # RAM. The caller allows it when nothing needs one at start.
+    may_clone: bool = False
 
 
 class Guest(Protocol):
     @property
     def pid(self) -> int: ...
+
+    @property
+    def template(self) -> str:
+        """The key of the template it was cloned from; "" for a boot."""
+        ...
+
+    @property
+    def shared_fs(self) -> bool:
+        """Whether it has the shared filesystem its spec asked for."""
+        ...
 
     @property
     def processes(self) -> list[ProcState]: ...
@@ -125,18 +145,34 @@ class Guest(Protocol):
 class GuestDriver(Protocol):
     async def boot(self, spec: GuestSpec) -> Guest: ...
 
+    async def prepare(self, vm: VMSpec) -> None:
+        """Get ready to start guests of `vm`'s shape fast: build its template
+        in the background. Only its shape counts (not its paths, taps or
+        disks)."""
+        ...
+
     async def reattach(self, run_dir: Path) -> Guest | None: ...
 
 
 class QemuGuest:
-    def __init__(self, vm: MicroVM, agent: AgentClient, virtiofsd: Virtiofsd | None) -> None:
+    def __init__(self, vm: MicroVM, agent: AgentClient, virtiofsd: Virtiofsd | None,
+                 template: str = "") -> None:
         self.vm = vm
         self.agent = agent
         self.virtiofsd = virtiofsd
+        self._template = template
 
     @property
     def pid(self) -> int:
         return self.vm.pid
+
+    @property
+    def template(self) -> str:
+        return self._template
+
+    @property
+    def shared_fs(self) -> bool:
+        return self.virtiofsd is not None
 
     @property
     def processes(self) -> list[ProcState]:
@@ -230,12 +266,71 @@ class QemuGuest:
 
 class QemuGuestDriver:
     def __init__(self, vm_driver: QemuMicrovmDriver, boot_timeout: float,
-                 boot_retries: int) -> None:
+                 boot_retries: int, templates: TemplateStore | None = None) -> None:
         self.vm_driver = vm_driver
         self.boot_timeout = boot_timeout
         self.boot_retries = boot_retries
+        self.templates = templates
+
+    async def prepare(self, vm: VMSpec) -> None:
+        if self.templates is not None:
+            await self.templates.prepare(TemplateShape.of(vm))
 
     async def boot(self, spec: GuestSpec) -> Guest:
+        if spec.may_clone and self.templates is not None:
+            template = await self.templates.get(TemplateShape.of(spec.vm))
+            if template is not None:
+                try:
+                    return await self._clone(spec, template)
+                except BootError as e:
+                    if e.refusal is not None:
+                        raise
+                    # A template is an optimisation: boot as if there were none.
+                    log.warning("guest %s could not be cloned from template %s, booting "
+                                "it: %s", spec.vm.run_dir.name, template.key[:12], e)
+        return await self._boot(spec)
+
+    async def _clone(self, spec: GuestSpec, template: Template) -> Guest:
+        """A guest restored from `template`, then given its disks (on QEMU's
+        command line: the guest scans their LUNs, told by SANDBOX), its taps,
+        and its own identity (SANDBOX: clock, entropy; NETWORK: MACs and
+        addresses) before its first container is created."""
+        started = time.monotonic()
+        state_fd = os.open(template.state, os.O_RDONLY | os.O_CLOEXEC)
+        vm_spec = dataclasses.replace(
+            spec.vm, cmdline=f"{template.shape.cmdline} {TEMPLATE_CMDLINE}".strip(),
+            nics=[NicSpec(nic.tap, mac, nic.fd)
+                  for nic, mac in zip(spec.vm.nics, template.macs, strict=True)],
+            shared_fs_socket=None, ram_file=f"/proc/self/fd/{template.ram_fd}",
+            ram_shared=False, incoming=True, extra_fds=[template.ram_fd, state_fd])
+        try:
+            vm = await self.vm_driver.launch(vm_spec)
+        except VMError as e:
+            raise BootError(str(e)) from e
+        finally:
+            os.close(state_fd)  # QEMU has its own (the same number in it)
+        # Its NICs have their slot names already; every disk needs a scan.
+        setup = dataclasses.replace(spec.setup, nics=[], shared_fs="",
+                                    scan=sorted({d.lun for d in spec.vm.disks}))
+        try:
+            await vm.restore(state_fd)
+            agent = await self._connect(vm, dataclasses.replace(spec, setup=setup))
+        except AgentError as e:
+            await vm.destroy()
+            if isinstance(e, AgentDisconnected):
+                raise BootError(f"{type(e).__name__}: {e}\n{_tail(vm.console_log)}") from e
+            raise BootError(f"guest setup failed: {e.message}", e) from e
+        except (VMError, TimeoutError, OSError) as e:
+            await vm.destroy()
+            raise BootError(f"{type(e).__name__}: {e}\n{_tail(vm.console_log)}") from e
+        except BaseException:
+            await vm.destroy()
+            raise
+        log.info("guest %s: clone of template %s, set up in %.0f ms", spec.vm.run_dir.name,
+                 template.key[:12], (time.monotonic() - started) * 1000)
+        return QemuGuest(vm, agent, None, template.key)
+
+    async def _boot(self, spec: GuestSpec) -> Guest:
         last_error = ""
         for attempt in range(self.boot_retries + 1):
             virtiofsd = await self._start_virtiofsd(spec)
@@ -284,6 +379,7 @@ class QemuGuestDriver:
             await virtiofsd.stop()
 
     async def _connect(self, vm: MicroVM, spec: GuestSpec) -> AgentClient:
+        spec.setup.time_ns = time.time_ns()
         boot = [(T_SANDBOX, spec.setup.payload())]
         if spec.network is not None:
             boot.append((T_NETWORK, spec.network.payload()))

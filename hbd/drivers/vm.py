@@ -14,6 +14,7 @@ import ctypes
 import json
 import logging
 import os
+import shlex
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,14 @@ class VMSpec:
     host_cpus: list[int] = field(default_factory=list)
     # Host NUMA nodes guest RAM is bound to; []: no binding.
     host_nodes: list[int] = field(default_factory=list)
+    # Guest RAM in this file (a template's memfd, by its /proc/self/fd path),
+    # mapped shared (a template writes it) or private copy-on-write (a clone).
+    ram_file: str = ""
+    ram_shared: bool = False
+    # Start paused, waiting for a migration stream (a clone: MicroVM.restore).
+    incoming: bool = False
+    # More descriptors QEMU inherits (RAM file, migration stream).
+    extra_fds: list[int] = field(default_factory=list)
 
 
 def host_tsc_khz() -> int | None:
@@ -136,14 +145,20 @@ def kernel_cmdline(accel: str, extra: str = "") -> str:
 
 def memory_backend(spec: VMSpec) -> list[str]:
     """Guest RAM as an explicit backend when it must be one: a shared memfd for
-    vhost-user (virtiofsd), bound to host NUMA nodes when asked."""
+    vhost-user (virtiofsd), a template's file, bound to host NUMA nodes when
+    asked."""
     shared = spec.shared_fs_socket is not None
-    if not shared and not spec.host_nodes:
+    if not shared and not spec.host_nodes and not spec.ram_file:
         return []
     backend: dict[str, object] = {
         "qom-type": "memory-backend-memfd" if shared else "memory-backend-ram",
         "id": "ram", "size": spec.memory_mib * 1024 * 1024}
-    if shared:
+    if spec.ram_file:
+        if shared:
+            raise VMError("a guest on a template's RAM cannot share it with virtiofsd")
+        backend.update({"qom-type": "memory-backend-file", "mem-path": spec.ram_file,
+                        "share": spec.ram_shared})
+    elif shared:
         backend["share"] = True
     if spec.host_nodes:
         backend.update({"host-nodes": spec.host_nodes, "policy": "bind"})
@@ -226,6 +241,8 @@ def build_argv(qemu: str, spec: VMSpec) -> list[str]:
             "-netdev", f"tap,id=net{i},fd={nic.fd}",
             "-device", f"virtio-net-device,netdev=net{i},mac={nic.mac}",
         ]
+    if spec.incoming:
+        argv += ["-incoming", "defer"]
     if spec.shared_fs_socket is not None:
         argv += [
             "-chardev", f"socket,id=fs,path={spec.shared_fs_socket}",
@@ -297,6 +314,61 @@ class MicroVM:
                 raise VMError(f"QMP {command} failed: {e}") from e
             finally:
                 await client.disconnect()
+
+    async def qmp_batch(self, commands: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+        """Several commands on one QMP connection (each connection costs a
+        round trip and QEMU's greeting)."""
+        async with self._qmp_lock:
+            client = QMPClient(self.run_dir.name)
+            try:
+                async with asyncio.timeout(QMP_TIMEOUT):
+                    await client.connect(str(self.qmp_socket))
+            except Exception as e:
+                raise VMError(f"cannot reach QMP of {self.run_dir.name}: {e}") from e
+            results = []
+            try:
+                for command, arguments in commands:
+                    try:
+                        async with asyncio.timeout(QMP_TIMEOUT):
+                            results.append(await client.execute(command, arguments or None))
+                    except Exception as e:
+                        raise VMError(f"QMP {command} failed: {e}") from e
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
+            return results
+
+    async def save(self, path: Path, timeout: float = 30.0) -> None:
+        """Save the guest's device state to `path` and leave it stopped.
+
+        RAM on a shared file is not part of it (x-ignore-shared): it stays in
+        the file, where clones map it. QEMU 7.2 has no file: URI; exec: is
+        run once per template."""
+        await self.qmp_batch([
+            ("migrate-set-capabilities",
+             {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}),
+            ("migrate", {"uri": f"exec:cat > {shlex.quote(str(path))}"}),
+        ])
+        async with asyncio.timeout(timeout):
+            while True:
+                status = (await self.qmp("query-migrate")).get("status")
+                if status == "completed":
+                    return
+                if status in ("failed", "cancelled"):
+                    raise VMError(f"saving the guest {status}")
+                await asyncio.sleep(0.01)
+
+    async def restore(self, state_fd: int) -> None:
+        """Load a saved guest into this QEMU (started with `incoming`, the
+        same devices and the template's RAM file). `state_fd` is QEMU's own
+        copy of a descriptor of the saved state (VMSpec.extra_fds). The guest
+        runs once it is loaded, as the template did when it was saved; this
+        returns as soon as the load has begun."""
+        await self.qmp_batch([
+            ("migrate-set-capabilities",
+             {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}),
+            ("migrate-incoming", {"uri": f"fd:{state_fd}"}),
+        ])
 
     async def add_disk(self, disk: DiskSpec) -> None:
         """Attach a disk to the running guest."""
@@ -411,7 +483,7 @@ class QemuMicrovmDriver:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            pass_fds=[nic.fd for nic in spec.nics],
+            pass_fds=[nic.fd for nic in spec.nics] + spec.extra_fds,
         )
         # With -daemonize the first process exits once the guest is set up
         # (sockets listening); its status and stderr tell whether QEMU started.

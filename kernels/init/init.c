@@ -44,6 +44,9 @@ static struct proc *procs;
 static long long boot_ms;
 static int sigfd = -1;
 static int poweroff_requested;
+/* hbd.template on the command line: this guest becomes a template that hbd
+ * snapshots once its init waits for a host; clones of it go on from here. */
+int template_mode;
 
 void set_err(struct err *e, const char *kind, int errnum, const char *fmt, ...)
 {
@@ -146,9 +149,12 @@ static void flush_out(void)
 
 /* The host went away: the frame it was reading goes again, whole, to the
  * next one (after our SYNC, so it cannot be mistaken for garbage). */
+static void watch_for_host(int on);
+
 static void host_lost(void)
 {
 	connected = 0;
+	watch_for_host(1);
 	awaiting_hello = 1;
 	inq.len = 0;
 	outq_off = outq_frame;
@@ -674,6 +680,22 @@ static int probe_connected(void)
 	return !(pfd.revents & POLLHUP);
 }
 
+/* While no host is connected the port polls as hung up, so it cannot wake
+ * us; the virtio console driver sends SIGIO (to an O_ASYNC owner) when the
+ * host side opens instead. A clone restored from a template is woken so the
+ * moment hbd connects, not at the next poll timeout. Off while connected:
+ * SIGIO would also come with every frame. */
+static void watch_for_host(int on)
+{
+	int flags = fcntl(chan, F_GETFL);
+	if (flags < 0)
+		return;
+	flags = on ? flags | O_ASYNC : flags & ~O_ASYNC;
+	if (on)
+		fcntl(chan, F_SETOWN, getpid());
+	fcntl(chan, F_SETFL, flags);
+}
+
 int main(int argc, char **argv)
 {
 	/* The same binary is the container's /sbin/docker-init (--init). */
@@ -682,8 +704,10 @@ int main(int argc, char **argv)
 		return docker_init_main(argc, argv);
 	char uptime[64], cmdline[4096];
 	early_mounts();
-	if (read_file("/proc/cmdline", cmdline, sizeof(cmdline)) > 0)
+	if (read_file("/proc/cmdline", cmdline, sizeof(cmdline)) > 0) {
 		trace_enabled = strstr(cmdline, "hbd.trace") != NULL;
+		template_mode = strstr(cmdline, "hbd.template") != NULL;
+	}
 	TRACE("init started");
 	if (read_file("/proc/uptime", uptime, sizeof(uptime)) > 0)
 		boot_ms = (long long)(atof(uptime) * 1000);
@@ -692,11 +716,14 @@ int main(int argc, char **argv)
 	sigset_t mask;
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGCHLD);
+	sigaddset(&mask, SIGIO);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
 	/* While the host side of the port is still being announced: the root
-	 * of the container the guest boots with, from its conventional disks. */
-	containers_prepare_boot();
+	 * of the container the guest boots with, from its conventional disks.
+	 * A template has none: its clones get theirs after they are restored. */
+	if (!template_mode)
+		containers_prepare_boot();
 	chan = open_port();
 	TRACE("port open");
 	if (chan < 0) {
@@ -704,6 +731,7 @@ int main(int argc, char **argv)
 		reboot(RB_AUTOBOOT);
 	}
 	connected = probe_connected();
+	watch_for_host(!connected);
 	struct pollfd fds[MAX_POLL];
 	struct proc *owners[MAX_POLL];
 	int kinds[MAX_POLL];
@@ -711,8 +739,10 @@ int main(int argc, char **argv)
 	for (;;) {
 		if (poweroff_requested)
 			power_off();
-		if (!connected && probe_connected())
+		if (!connected && probe_connected()) {
 			connected = 1;
+			watch_for_host(0);
+		}
 		int n = 0;
 		if (connected) {
 			fds[n] = (struct pollfd){.fd = chan, .events = POLLIN | (outq_pending() ? POLLOUT : 0)};
@@ -738,8 +768,9 @@ int main(int argc, char **argv)
 				kinds[n++] = K_IN;
 			}
 		}
-		/* Without a host, look again for one every 50 ms. */
-		int ready = poll(fds, (nfds_t)n, connected ? -1 : 50);
+		/* Without a host, SIGIO tells us when one comes; look again every
+		 * second all the same, in case a notification was missed. */
+		int ready = poll(fds, (nfds_t)n, connected ? -1 : 1000);
 		if (ready < 0 && errno != EINTR)
 			LOG("poll: %s", strerror(errno));
 		for (int i = 0; ready > 0 && i < n; i++) {

@@ -135,6 +135,9 @@ struct proc {
 	struct proc *next;
 };
 
+/* init.c: booted as a template (hbd.template on the kernel command line). */
+extern int template_mode;
+
 /* init.c: replies for requests answered later (DESTROY). */
 void reply_ack_later(uint32_t id);
 void reply_error_later(uint32_t id, const struct err *e);

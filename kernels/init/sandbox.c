@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <time.h>
 #include <unistd.h>
 
 /* linux/random.h: musl ships no kernel headers. */
@@ -46,17 +47,36 @@ static void credit_entropy(const char *b64)
 	memset(&pool, 0, sizeof(pool));
 }
 
+/* The host's wall clock. A guest cloned from a template wakes with the
+ * template's clock, stale by however long ago that was saved (and a cold
+ * boot's RTC has whole seconds only): the host's time, read a moment before
+ * it sent this, is the best there is. */
+static void set_clock(const struct json *spec)
+{
+	long long ns = json_int(spec, "time_ns", 0);
+	if (ns <= 0)
+		return;
+	struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000LL),
+			      .tv_nsec = (long)(ns % 1000000000LL)};
+	if (clock_settime(CLOCK_REALTIME, &ts))
+		LOG("cannot set the clock: %s", strerror(errno));
+}
+
 int sandbox_ready(void)
 {
-	return setup_done;
+	return setup_done > (template_mode ? 1 : 0);
 }
 
 int sandbox_setup(const struct json *spec, struct err *e)
 {
-	if (setup_done) {
+	/* A template takes a SANDBOX before it is saved (its NIC slots' names:
+	 * the same for every clone, renaming costs a clone tens of ms under TCG)
+	 * and each clone's own after it is restored. */
+	if (setup_done > (template_mode ? 1 : 0)) {
 		set_err(e, "state", EBUSY, "the sandbox is already set up");
 		return -1;
 	}
+	set_clock(spec);
 	credit_entropy(json_str(spec, "entropy", ""));
 	const struct json *scan = json_get(spec, "scan");
 	for (const struct json *t = scan ? scan->child : NULL; t; t = t->next)
@@ -77,7 +97,7 @@ int sandbox_setup(const struct json *spec, struct err *e)
 		}
 		TRACE("shared filesystem mounted");
 	}
-	setup_done = 1;
+	setup_done++;
 	return 0;
 }
 

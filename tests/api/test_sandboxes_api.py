@@ -127,3 +127,37 @@ def test_connect_while_running_reaches_the_guest(api_daemon: ApiDaemon,
         for container in raw.containers(all=True):
             raw.remove_container(container["Id"], force=True)
         raw.remove_network(net)
+
+
+def test_clones_are_for_containers_without_shared_mounts(api_daemon: ApiDaemon,
+                                                         raw: docker.APIClient,
+                                                         tmp_path: object) -> None:
+    guests = driver(api_daemon)
+    # At start, hbd had the template of the usual guest built.
+    assert [(v.memory_mib, len(v.nics)) for v in guests.prepared] == [(256, 4)]
+    guests.clones = True
+    try:
+        owner = create(raw, "cloneowner")
+        raw.start(owner)
+        clone = guests.booted[-1]
+        assert clone.spec.may_clone and clone.cloned
+        sandbox = api_daemon.daemon.containers.sandboxes.holding(owner)
+        assert sandbox is not None
+        assert sandbox.record.template == "fake-template" and not sandbox.record.shared_fs
+        # Joining without shared mounts is fine; with a bind mount, refused.
+        side = create(raw, "cloneside", NetworkMode="container:cloneowner")
+        raw.start(side)
+        bound = create(raw, "clonebind", NetworkMode="container:cloneowner",
+                       Binds=[f"{tmp_path}:/src"])
+        with pytest.raises(docker.errors.APIError) as refused:
+            raw.start(bound)
+        assert refused.value.status_code == 409
+        assert "started without a shared filesystem" in str(refused.value.explanation)
+        # A container with a bind mount of its own is not cloned.
+        shared = create(raw, "cloneshared", Binds=[f"{tmp_path}:/src"])
+        raw.start(shared)
+        assert not guests.booted[-1].spec.may_clone and not guests.booted[-1].cloned
+        for c in (bound, side, owner, shared):
+            raw.remove_container(c, force=True)
+    finally:
+        guests.clones = False

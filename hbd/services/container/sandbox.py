@@ -84,6 +84,8 @@ class SandboxRecord:
     image_serials: dict[str, str] = field(default_factory=dict)  # image id -> serial
     counter: int = 0
     next_proc: int = 1
+    # The template the guest was cloned from ("" for a booted guest).
+    template: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +99,7 @@ class SandboxRecord:
             disks=dict(rec.get("disks", {})),
             image_serials=dict(rec.get("image_serials", {})),
             counter=int(rec.get("counter", 0)), next_proc=int(rec.get("next_proc", 1)),
+            template=str(rec.get("template", "")),
         )
 
     def new_name(self, prefix: str) -> str:

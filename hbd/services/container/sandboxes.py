@@ -143,9 +143,9 @@ class SandboxManager:
         sid = secrets.token_hex(16)
         run_dir = self.config.exec_root / sid
         run_dir.mkdir(parents=True)
+        shares = any(m.kind == "dir" for m in plan.mounts)
         record = SandboxRecord(id=sid, owner=plan.container_id,
-                               shared_fs=not maintenance or any(m.kind == "dir"
-                                                                for m in plan.mounts))
+                               shared_fs=not maintenance or shares)
         member = Member(plan.container_id, record.new_name("c"), record.new_name("n"), True)
         tap_fds: list[int] = []
         try:
@@ -160,13 +160,8 @@ class SandboxManager:
                 if slot.network:
                     await net.plug_tap(slot.tap, self._bridge(plan, slot.network))
             spec = GuestSpec(
-                vm=VMSpec(
-                    run_dir=run_dir, kernel=self.config.vm.kernel_path(),
-                    initrd=self.config.vm.initrd_path(), accel=self.accel,
-                    memory_mib=plan.memory_mib, vcpus=plan.vcpus, disks=disks, nics=nics,
-                    host_cpus=plan.host_cpus, host_nodes=plan.host_nodes,
-                    tcg_tb_size_mib=self.config.vm.tcg_tb_size_mib,
-                    cmdline="hbd.trace" if self.config.vm.guest_trace else ""),
+                vm=self._vm_spec(run_dir, plan.memory_mib, plan.vcpus, disks, nics,
+                                 plan.host_cpus, plan.host_nodes),
                 setup=SandboxSetup(nics=[NicSlot(s.boot_mac, s.name) for s in record.slots],
                                    shared_fs="hbdfs" if record.shared_fs else "",
                                    scan=[d.lun for d in disks if d.lun > 2],
@@ -175,8 +170,17 @@ class SandboxManager:
                                       routes=self._routes(record, member.netns)),
                 container=setup,
                 shared_dir=run_dir / "fs" if record.shared_fs else None,
+                # A clone has no shared filesystem: only for a container that
+                # needs none at start (block volumes are disks, fine), and not
+                # bound to NUMA nodes (a template's RAM is not).
+                may_clone=(self.config.vm.templates and not maintenance and not shares
+                           and not plan.host_nodes),
             )
             guest = await self.driver.boot(spec)
+            if record.shared_fs and not guest.shared_fs:
+                record.shared_fs = False
+                hostmount.remove_export_dir(run_dir / "fs")
+            record.template = guest.template
         except net.NetError as e:
             hostmount.remove_export_dir(run_dir / "fs")
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -194,6 +198,30 @@ class SandboxManager:
         self.sandboxes[sid] = sb
         self._save(sb)
         return ContainerInGuest(sb, member)
+
+    def _vm_spec(self, run_dir: Path, memory_mib: int, vcpus: int, disks: list[DiskSpec],
+                 nics: list[NicSpec], host_cpus: list[int],
+                 host_nodes: list[int]) -> VMSpec:
+        return VMSpec(
+            run_dir=run_dir, kernel=self.config.vm.kernel_path(),
+            initrd=self.config.vm.initrd_path(), accel=self.accel,
+            memory_mib=memory_mib, vcpus=vcpus, disks=disks, nics=nics,
+            host_cpus=host_cpus, host_nodes=host_nodes,
+            tcg_tb_size_mib=self.config.vm.tcg_tb_size_mib,
+            cmdline="hbd.trace" if self.config.vm.guest_trace else "")
+
+    async def prepare(self) -> None:
+        """Have the template of the guests most containers get built, in the
+        background (hbd.toml's memory, vCPUs and NIC slots)."""
+        if not self.config.vm.templates:
+            return
+        vm = self._vm_spec(self.config.exec_root / "template", self.config.vm.memory_mib,
+                           self.config.vm.vcpus, [],
+                           [NicSpec("", "", -1)] * self.config.vm.nic_slots, [], [])
+        try:
+            await self.driver.prepare(vm)
+        except OSError as e:
+            log.warning("no guest template: %s", e)
 
     def _make_slots(self, record: SandboxRecord, sid: str, count: int,
                     endpoints: list[EndpointPlan], fds: list[int]) -> list[NicSpec]:
@@ -317,6 +345,14 @@ class SandboxManager:
                 raise Conflict("the containers this one shares namespaces with have stopped")
             if plan.container_id in record.members:
                 raise Conflict(f"container {plan.container_id[:12]} is in its sandbox already")
+            if not record.shared_fs and any(m.kind == "dir" for m in plan.mounts):
+                # The guest is a clone of a template: no shared filesystem
+                # (see GuestSpec.may_clone), and none can come while it runs.
+                raise Conflict(
+                    f"container {record.owner[:12]} runs in a guest started without a shared "
+                    "filesystem (it had no bind mounts or shared volumes), so a container "
+                    "joining it cannot have any: give it block volumes, or give "
+                    f"{record.owner[:12]} a bind mount or shared volume too")
             if plan.netns_of:
                 peer = record.members.get(plan.netns_of)
                 if peer is None:
