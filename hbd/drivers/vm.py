@@ -87,7 +87,7 @@ class VMSpec:
     # Guest RAM is then a shared memfd, which vhost-user needs.
     shared_fs_socket: Path | None = None
     cmdline: str = ""
-    tcg_tb_size_mib: int = 16
+    tcg_tb_size_mib: int = 24
     balloon: bool = True
     # Host CPUs QEMU (every vCPU thread) may run on; []: any.
     host_cpus: list[int] = field(default_factory=list)
