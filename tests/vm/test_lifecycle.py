@@ -77,12 +77,25 @@ class Terminal:
         while time.monotonic() < deadline:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
+                self._drain()
                 return os.waitstatus_to_exitcode(status)
             ready, _, _ = select.select([self.fd], [], [], 0.2)
             if ready:
                 with contextlib.suppress(OSError):
                     self.output += os.read(self.fd, 4096)
         raise AssertionError("docker CLI did not exit")
+
+    def _drain(self) -> None:
+        """What the CLI wrote before it exited and was not read yet (its last
+        words, such as "read escape sequence", can come just before the exit)."""
+        while select.select([self.fd], [], [], 0)[0]:
+            try:
+                chunk = os.read(self.fd, 4096)
+            except OSError:  # EIO: the terminal's other end is closed and empty
+                return
+            if not chunk:
+                return
+            self.output += chunk
 
 
 @pytest.fixture
