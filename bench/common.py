@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -57,19 +58,38 @@ def docker_env(host: str) -> dict[str, str]:
     return {**os.environ, "DOCKER_HOST": host}
 
 
+# gVisor as a runtime of the private dockerd, where Debian's runsc is installed:
+# ptrace (no KVM here) and the host network (its netstack does not start on
+# this host kernel).
+RUNSC = shutil.which("runsc")
+RUNSC_RUNTIME = {"runsc": {"path": RUNSC or "runsc",
+                           "runtimeArgs": ["--platform=ptrace", "--network=host"]}}
+
+
+def dockerd_pid(host: str) -> int:
+    """The pid of a private dockerd that `real_dockerd` started."""
+    sock = Path(host.removeprefix("unix://"))
+    return int((sock.parent / "docker.pid").read_text())
+
+
 @contextlib.contextmanager
-def real_dockerd() -> Iterator[str]:
-    """A private dockerd + runc (Debian docker.io) on its own socket; yields DOCKER_HOST."""
+def real_dockerd(runtimes: dict[str, dict[str, object]] | None = None) -> Iterator[str]:
+    """A private dockerd + runc (Debian docker.io) on its own socket; yields DOCKER_HOST.
+
+    `runtimes`: more OCI runtimes, as daemon.json's "runtimes" names them."""
     dockerd = shutil.which("dockerd")
     if dockerd is None:
         raise RuntimeError("dockerd is not installed (apt install docker.io)")
     base = Path(tempfile.mkdtemp(prefix="bench-dockerd-"))
     exec_root = Path(tempfile.mkdtemp(prefix="bd-", dir="/run"))
     sock = exec_root / "docker.sock"
+    config = base / "daemon.json"
+    config.write_text(json.dumps({"runtimes": runtimes or {}}))
     log = open(base / "dockerd.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [dockerd, "-H", f"unix://{sock}", "--data-root", str(base / "data"),
          "--exec-root", str(exec_root / "exec"), "--pidfile", str(exec_root / "docker.pid"),
+         "--config-file", str(config),
          "--bridge=none", "--iptables=false", "--ip6tables=false"],
         stdout=log, stderr=subprocess.STDOUT)
     host = f"unix://{sock}"

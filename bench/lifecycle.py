@@ -17,7 +17,6 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,6 +31,7 @@ from bench.common import (
     table,
     wait_template,
 )
+from bench.hostcost import Memory, hbd_guest_pids, parent_pid, process_memory, with_children
 from tests.daemon_fixture import BUSYBOX_TAR, hbd_daemon
 
 
@@ -39,59 +39,10 @@ def run_quiet(argv: list[str], env: dict[str, str]) -> None:
     run(argv, env=env)
 
 
-@dataclass
-class Memory:
-    """Host memory of some processes, MiB."""
-
-    rss: float = 0.0
-    pss: float = 0.0
-    processes: int = 0
-
-    def __add__(self, other: Memory) -> Memory:
-        return Memory(self.rss + other.rss, self.pss + other.pss,
-                      self.processes + other.processes)
-
-
-def process_memory(pids: list[int]) -> Memory:
-    """RSS and PSS of `pids` (those still running), from smaps_rollup."""
-    total = Memory()
-    for pid in pids:
-        try:
-            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        fields = {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines()[1:]}
-        total += Memory(fields["Rss"] / 1024, fields["Pss"] / 1024, 1)
-    return total
-
-
-def with_children(pid: int) -> list[int]:
-    """`pid` and every process below it."""
-    pids = [pid]
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            for child in children.read_text().split():
-                pids += with_children(int(child))
-        except OSError:
-            pass
-    return pids
-
-
 def guest_memory(qemu_pid: int) -> tuple[Memory, Memory]:
-    """(QEMU, virtiofsd) of the hbd guest whose QEMU is `qemu_pid`; virtiofsd
-    is a process and the child it forks into its own pid namespace."""
-    argv = Path(f"/proc/{qemu_pid}/cmdline").read_bytes().split(b"\0")
-    run_dir = Path(argv[argv.index(b"-pidfile") + 1].decode()).parent
-    try:
-        virtiofsd = int((run_dir / "virtiofsd.pid").read_text())
-    except (OSError, ValueError):
-        return process_memory([qemu_pid]), Memory()
-    return process_memory([qemu_pid]), process_memory(with_children(virtiofsd))
-
-
-def parent_pid(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat[stat.rfind(")") + 2:].split()[1])
+    """(QEMU, virtiofsd) of the hbd guest whose QEMU is `qemu_pid`."""
+    qemu, virtiofsd = hbd_guest_pids(qemu_pid)
+    return process_memory(qemu), process_memory(virtiofsd)
 
 
 def container_memory(label: str, env: dict[str, str], cid: str) -> list[tuple[str, Memory]]:

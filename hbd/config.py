@@ -41,7 +41,7 @@ class VMSettings:
     vcpus: int = 1
     boot_timeout: float = 30.0
     boot_retries: int = 1
-    tcg_tb_size_mib: int = 32
+    tcg_tb_size_mib: int = 24
     nic_slots: int = 4
     guest_trace: bool = False
     templates: bool = True
