@@ -24,7 +24,7 @@ from pathlib import Path
 # covers, not whichever hbd the running python3 has installed (if any).
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
-from build_image import layer_from_tree, write_archive
+from build_image import layer_from_tree, write_archive  # noqa: E402 (after the sys.path line above)
 
 HERE = Path(__file__).resolve().parent
 # What the bytes of an archive depend on besides the recipe's own directory.
