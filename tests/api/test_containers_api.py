@@ -38,6 +38,8 @@ def test_version_and_info_follow_the_spec(raw: docker.APIClient) -> None:
     assert version["ApiVersion"] == "1.47" and version["MinAPIVersion"] == "1.24"
     info = raw.info()
     validate_definition(info, "SystemInfo")
+    # kubelet and cri-dockerd refuse a runtime whose cgroup driver is "none".
+    assert info["CgroupDriver"] == "cgroupfs" and info["CgroupVersion"] == "2"
     # With and without the version prefix.
     assert raw._result(raw._get(raw.base_url + "/info"), json=True)["ID"] == info["ID"]
 

@@ -152,7 +152,9 @@ class SystemService:
             "BridgeNfIptables": False, "BridgeNfIp6tables": False, "Debug": False,
             "NFd": len(os.listdir("/proc/self/fd")), "NGoroutines": 0,
             "SystemTime": rfc3339_nano(),
-            "LoggingDriver": "json-file", "CgroupDriver": "none", "CgroupVersion": "2",
+            # Each guest's cgroup v2 tree is managed directly (no systemd in the guest):
+            # "cgroupfs", which kubelet and cri-dockerd accept ("none" they refuse).
+            "LoggingDriver": "json-file", "CgroupDriver": "cgroupfs", "CgroupVersion": "2",
             "NEventsListener": 0,
             "KernelVersion": platform.release(),
             "OperatingSystem": os_name, "OSVersion": os_version, "OSType": "linux",
