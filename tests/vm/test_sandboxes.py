@@ -40,7 +40,8 @@ def cleanup(hbd: RunningDaemon) -> Iterator[list[str]]:
 
 def test_network_container_mode_shares_localhost_and_hostname(
         hbd: RunningDaemon, cleanup: list[str]) -> None:
-    hbd.docker("run", "-d", "--name", "web", "--hostname", "webhost", "busybox", "sh", "-c",
+    hbd.docker("run", "-d", "--name", "web", "--hostname", "webhost",
+               "--dns-search", "foo.local", "busybox", "sh", "-c",
                "echo served > /tmp/index.html; httpd -f -p 127.0.0.1:8080 -h /tmp")
     web = inspect(hbd, "web")["Id"]
     hbd.docker("run", "-d", "--name", "side", "--network", "container:web", "busybox",
@@ -50,6 +51,9 @@ def test_network_container_mode_shares_localhost_and_hostname(
     assert side["NetworkSettings"]["Networks"] == {}
     assert side["Config"]["Hostname"] == "webhost"
     assert sh(hbd, "side", "hostname").strip() == "webhost"
+    # web's DNS settings too, as dockerd gives a container:X its resolv.conf.
+    resolv = sh(hbd, "side", "cat /etc/resolv.conf")
+    assert "search foo.local" in resolv and resolv == sh(hbd, "web", "cat /etc/resolv.conf")
     # The sidecar reaches web's loopback-only server: one network stack.
     deadline = time.monotonic() + 20
     got = ""

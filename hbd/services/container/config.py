@@ -69,6 +69,8 @@ LOG_DRIVER_OPTS: dict[str, frozenset[str]] = {
     "json-file": frozenset({"max-file", "max-size", "compress", "labels", "labels-regex",
                             "env", "env-regex", "tag"}),
     "local": frozenset({"max-file", "max-size", "compress"}),
+    # hbd's own: the CRI log format at a path kubelet chooses (hbd/api/cri).
+    "cri": frozenset({"path"}),
 }
 # dockerd's other built-in drivers: they ship logs elsewhere; hbd refuses them.
 LOG_DRIVERS_REFUSED = ("syslog", "journald", "gelf", "fluentd", "awslogs", "splunk",

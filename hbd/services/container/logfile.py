@@ -157,6 +157,14 @@ class LogFile:
         self._followers.discard(follower)
         follower.close()
 
+    def reopen(self) -> None:
+        """Write to a new file at the path (kubelet renamed the old one to rotate
+        it itself, and asks for this: the CRI's ReopenContainerLog)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self.size = os.fstat(self._fd).st_size
+
     def close(self) -> None:
         """Stop writing; a compression under way goes on (see settle)."""
         if self._fd >= 0:

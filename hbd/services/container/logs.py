@@ -7,7 +7,10 @@ records, and `docker logs`.
 logfile.py). `local` keeps the same records under `local-logs/container.log`
 with the local driver's defaults (5 files of 20 MiB, compressed); its file
 format is private to the daemon in dockerd too, so clients see no difference.
-`none` keeps nothing, and `docker logs` says it cannot read.
+`none` keeps nothing, and `docker logs` says it cannot read. `cri` (hbd's
+own, which the CRI service gives pods' containers) writes the Kubernetes CRI
+log format at the path kubelet chose, `<time> <stream> <F|P> <text>`, F for
+a whole line and P for part of one; kubelet rotates that file itself.
 
 Output is split into lines as dockerd's log copier does; a final fragment
 without a newline is logged as it is when its stream ends. Lines longer than
@@ -20,7 +23,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +55,28 @@ def encode(stream: int, data: bytes, time_ns: int) -> bytes:
     }, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
+def encode_cri(stream: int, data: bytes, time_ns: int) -> bytes:
+    tag, text = (b"F", data[:-1]) if data.endswith(b"\n") else (b"P", data)
+    return b"%s %s %s %s\n" % (rfc3339_nano(time_ns).encode(), STREAM_NAMES[stream].encode(),
+                               tag, text)
+
+
+def decode_cri(line: bytes) -> LogRecord | None:
+    parts = line.rstrip(b"\n").split(b" ", 3)
+    if len(parts) != 4 or parts[1] not in (b"stdout", b"stderr") or parts[2] not in (b"F", b"P"):
+        return None
+    try:
+        time_ns = parse_rfc3339_ns(parts[0].decode())
+    except ValueError:
+        return None
+    text = parts[3] + b"\n" if parts[2] == b"F" else parts[3]
+    return LogRecord(2 if parts[1] == b"stderr" else 1, text, time_ns)
+
+
 def decode(line: bytes) -> LogRecord | None:
+    """A json-file record, or a CRI one (those start with their time, not "{")."""
+    if not line.startswith(b"{"):
+        return decode_cri(line)
     try:
         obj = json.loads(line)
         return LogRecord(2 if obj["stream"] == "stderr" else 1, obj["log"].encode(),
@@ -73,7 +97,8 @@ class LogDriver:
     rotation: Rotation = field(default_factory=Rotation)
 
     def open(self) -> LogWriter:
-        return LogWriter(LogFile(self.path, self.rotation) if self.path is not None else None)
+        return LogWriter(LogFile(self.path, self.rotation) if self.path is not None else None,
+                         encode_cri if self.name == "cri" else encode)
 
     def readable(self) -> None:
         if self.path is None:
@@ -98,9 +123,18 @@ def log_driver(log_config: dict[str, Any], directory: Path, container_id: str) -
                              local_rotation(opts))
         if name == "none":
             return LogDriver(name, None)
+        if name == "cri":
+            return LogDriver(name, cri_log_path(opts))
         raise ValueError(f"hbd does not serve the {name} logging driver")
     except ValueError as e:
         raise SystemError_(f"failed to initialize logging driver: {e}") from e
+
+
+def cri_log_path(opts: dict[str, str]) -> Path:
+    path = opts.get("path", "")
+    if not path.startswith("/"):
+        raise ValueError("the cri log driver needs an absolute path option")
+    return Path(path)
 
 
 def json_file_rotation(opts: dict[str, str]) -> Rotation:
@@ -160,8 +194,10 @@ def _wrapped(parse: Any, text: str, context: str) -> Any:
 class LogWriter:
     """Turns one run's output into records in its log file (or nowhere)."""
 
-    def __init__(self, log: LogFile | None) -> None:
+    def __init__(self, log: LogFile | None,
+                 encoder: Callable[[int, bytes, int], bytes] = encode) -> None:
         self.log = log
+        self._encode = encoder
         self._closed = False
         self._failed = False
         self._pending: dict[int, bytes] = {1: b"", 2: b""}
@@ -175,7 +211,7 @@ class LogWriter:
         if self.log is None:
             return
         try:
-            self.log.append(encode(stream, data, now_ns))
+            self.log.append(self._encode(stream, data, now_ns))
         except OSError as e:
             # As dockerd: the record is lost, the container runs on (said once).
             if not self._failed:

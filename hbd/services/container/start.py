@@ -69,12 +69,14 @@ def guest_memory_mib(limit: int) -> int:
 
 
 def guest_files(c: Container, network: RunNetworking | None,
-                link_lines: list[str]) -> list[FileSpec]:
-    """/etc/hostname, /etc/hosts and /etc/resolv.conf, as hbd writes them."""
-    hc = c.host_config
+                link_lines: list[str], netns_owner: Container | None = None) -> list[FileSpec]:
+    """/etc/hostname, /etc/hosts and /etc/resolv.conf, as hbd writes them. A
+    container in another's network namespace gets that one's, as in dockerd."""
+    owner = netns_owner or c
+    hc = owner.host_config
     files = [
-        FileSpec("/etc/hostname", f"{c.hostname}\n".encode()),
-        FileSpec("/etc/hosts", cn.hosts_file(c.hostname, network,
+        FileSpec("/etc/hostname", f"{owner.hostname}\n".encode()),
+        FileSpec("/etc/hosts", cn.hosts_file(owner.hostname, network,
                                              list(hc.get("ExtraHosts") or []), link_lines)),
         FileSpec("/etc/resolv.conf", cn.resolv_conf(network, hc, host_resolvers())),
     ]
@@ -94,7 +96,7 @@ async def rewrite_hosts(store: ContainerStore, sandboxes: SandboxManager,
         member = store.containers.get(cid)
         if member is None or member.run is None:
             continue
-        hosts = [f for f in guest_files(member, owner.run_network, link_lines)
+        hosts = [f for f in guest_files(member, owner.run_network, link_lines, owner)
                  if f.path == "/etc/hosts"]
         if hosts:
             await sandboxes.rewrite_files(member.run.guest, hosts)
@@ -310,10 +312,11 @@ class Starter:
         files_network = network if shared.network is None else shared.network.run_network
         setup = ContainerSetup(
             container="", netns="",
-            hostname=c.hostname,
+            hostname=hosts_owner.hostname,
             domainname=str(c.config.get("Domainname") or ""),
             readonly_rootfs=bool(hc.get("ReadonlyRootfs")),
-            files=guest_files(c, files_network, links.hosts_lines(hosts_owner, self.store)),
+            files=guest_files(c, files_network, links.hosts_lines(hosts_owner, self.store),
+                              hosts_owner),
             sysctls={str(k): str(v) for k, v in (hc.get("Sysctls") or {}).items()},
             memory_limit=int(hc.get("Memory") or 0),
             shm_size=int(hc.get("ShmSize") or cc.DEFAULT_SHM_SIZE),

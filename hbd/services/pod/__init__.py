@@ -1,0 +1,1 @@
+"""Kubernetes pods on hbd's containers (the domain side of the CRI)."""

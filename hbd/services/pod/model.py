@@ -1,0 +1,143 @@
+"""What a pod and a pod's container are, as the CRI describes them, with no
+protobuf: the CRI router (hbd/api/cri) fills these from its messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Namespace modes of a pod (runtime.v1.NamespaceMode).
+POD, CONTAINER, NODE, TARGET = 0, 1, 2, 3
+
+
+@dataclass
+class Metadata:
+    name: str
+    uid: str = ""
+    namespace: str = ""
+    attempt: int = 0
+
+
+@dataclass
+class PortMapping:
+    protocol: str          # tcp | udp | sctp
+    container_port: int
+    host_port: int = 0
+    host_ip: str = ""
+
+
+@dataclass
+class PodConfig:
+    metadata: Metadata
+    hostname: str = ""
+    log_directory: str = ""
+    dns_servers: list[str] = field(default_factory=list)
+    dns_searches: list[str] = field(default_factory=list)
+    dns_options: list[str] = field(default_factory=list)
+    port_mappings: list[PortMapping] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    network_mode: int = POD
+    pid_mode: int = CONTAINER
+    ipc_mode: int = POD
+    sysctls: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Mount:
+    container_path: str
+    host_path: str
+    readonly: bool = False
+
+
+@dataclass
+class Resources:
+    cpu_period: int = 0
+    cpu_quota: int = 0
+    cpu_shares: int = 0
+    memory_limit_bytes: int = 0
+    oom_score_adj: int = 0
+    cpuset_cpus: str = ""
+
+
+@dataclass
+class SecurityContext:
+    privileged: bool = False
+    readonly_rootfs: bool = False
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    run_as_username: str = ""
+    supplemental_groups: list[int] = field(default_factory=list)
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    no_new_privs: bool = False
+    seccomp_unconfined: bool = False
+    # TARGET pid mode: the container whose pid namespace it shares.
+    pid_mode: int = CONTAINER
+    target_id: str = ""
+
+
+@dataclass
+class ContainerConfig:
+    metadata: Metadata
+    image: str
+    command: list[str] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+    working_dir: str = ""
+    envs: list[tuple[str, str]] = field(default_factory=list)
+    mounts: list[Mount] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    log_path: str = ""
+    stdin: bool = False
+    stdin_once: bool = False
+    tty: bool = False
+    resources: Resources = field(default_factory=Resources)
+    security: SecurityContext = field(default_factory=SecurityContext)
+
+
+@dataclass
+class PodStatus:
+    id: str
+    metadata: Metadata
+    ready: bool
+    created_ns: int
+    ip: str
+    additional_ips: list[str]
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    network_mode: int
+    pid_mode: int
+    ipc_mode: int
+
+
+# Container states (runtime.v1.ContainerState).
+CREATED, RUNNING, EXITED, UNKNOWN = 0, 1, 2, 3
+
+
+@dataclass
+class ContainerStatus:
+    id: str
+    pod_id: str
+    metadata: Metadata
+    state: int
+    created_ns: int
+    started_ns: int
+    finished_ns: int
+    exit_code: int
+    image: str        # as the config asked for it
+    image_id: str
+    image_ref: str
+    reason: str
+    message: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    mounts: list[Mount]
+    log_path: str
+    pid: int = 0
+
+
+@dataclass
+class ExecResult:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int

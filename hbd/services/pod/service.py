@@ -1,0 +1,378 @@
+"""Pods as hbd runs them: one guest per pod.
+
+A pod sandbox is an infrastructure container (the sandbox image's /pause)
+that owns the pod's guest, network namespace, hostname and, when the pod
+shares them, its IPC and PID namespaces; the pod's containers join it with
+`container:<pod>` namespace modes, exactly what `docker run --network
+container:X` does (hbd/services/container/sandboxes.py). dockershim and
+cri-dockerd built the CRI on the Engine API the same way, so a pod is also
+visible, and debuggable, with the docker CLI.
+
+What the CRI knows about a pod or a container and the Engine API does not
+(its CRI metadata, annotations, the image name as kubelet asked for it, its
+log path) is kept in labels under `io.hbd.cri.`: one record per object, in
+the container store. Labels kubelet set are returned without those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from hbd.config import CriSettings
+from hbd.errors import Conflict, DeadlineExceeded, HbdError, InvalidParameter, NotFound
+from hbd.services.container.execs import ExecService
+from hbd.services.container.model import Container
+from hbd.services.container.service import ContainerService
+from hbd.services.image.store import ImageStore
+from hbd.services.network.service import NetworkService
+from hbd.services.pod import model as m
+from hbd.services.timefmt import parse_rfc3339_ns
+
+log = logging.getLogger(__name__)
+
+PREFIX = "io.hbd.cri."
+KIND = PREFIX + "kind"                # "pod" | "container"
+POD_ID = PREFIX + "pod"               # a container's pod
+METADATA = PREFIX + "metadata"        # JSON of Metadata
+ANNOTATIONS = PREFIX + "annotations"  # JSON object
+IMAGE = PREFIX + "image"              # the image as the container config named it
+LOG_PATH = PREFIX + "log-path"
+NAMESPACES = PREFIX + "namespaces"    # JSON [network, pid, ipc] modes of a pod
+
+# Seconds a stopped pod's containers get before SIGKILL when the CRI gives none.
+POD_STOP_TIMEOUT = 10
+NAME_PART = re.compile(r"[^a-zA-Z0-9_.-]")
+
+
+class FileBody:
+    """An image archive on disk, read as `ImageStore.load` reads a request body."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def iter_chunked(self, size: int) -> AsyncIterator[bytes]:
+        with open(self.path, "rb") as f:
+            while chunk := await asyncio.to_thread(f.read, size):
+                yield chunk
+
+
+def _name(kind: str, md: m.Metadata, pod: m.Metadata) -> str:
+    """dockershim's container names: k8s_<container>_<pod>_<namespace>_<uid>_<attempt>."""
+    parts = [kind, pod.name, pod.namespace, pod.uid, str(md.attempt)]
+    return "k8s_" + "_".join(NAME_PART.sub("-", p) for p in parts)
+
+
+def _labels_of(c: Container) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (c.config.get("Labels") or {}).items()}
+
+
+def _user_labels(labels: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in labels.items() if not k.startswith(PREFIX)}
+
+
+def _metadata(labels: dict[str, str]) -> m.Metadata:
+    return m.Metadata(**json.loads(labels.get(METADATA, '{"name": ""}')))
+
+
+def _annotations(labels: dict[str, str]) -> dict[str, str]:
+    return dict(json.loads(labels.get(ANNOTATIONS, "{}")))
+
+
+class PodService:
+    def __init__(self, settings: CriSettings, containers: ContainerService,
+                 execs: ExecService, images: ImageStore, networks: NetworkService) -> None:
+        self.settings = settings
+        self.containers = containers
+        self.execs = execs
+        self.images = images
+        self.networks = networks
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """The pod network and the sandbox image, made or loaded when missing."""
+        try:
+            self.networks.get(self.settings.network)
+        except NotFound:
+            ipam: dict[str, Any] = {"Driver": "default", "Config": []}
+            if self.settings.subnet:
+                ipam["Config"] = [{"Subnet": self.settings.subnet}]
+            await self.networks.create({"Name": self.settings.network, "Driver": "bridge",
+                                        "IPAM": ipam, "Labels": {KIND: "network"}})
+        try:
+            self.images.get(self.settings.sandbox_image)
+        except NotFound:
+            archive = self.settings.sandbox_archive_path()
+            if not archive.is_file():
+                raise InvalidParameter(
+                    f"sandbox image {self.settings.sandbox_image} is missing and "
+                    f"{archive} does not exist (images/build.sh pause)") from None
+            await self.images.load(FileBody(archive))
+
+    # -- pods -----------------------------------------------------------------------------
+
+    async def run_pod(self, cfg: m.PodConfig) -> str:
+        if cfg.network_mode == m.NODE:
+            raise InvalidParameter("hbd runs each pod in its own virtual machine: "
+                                   "host network is not available")
+        if m.NODE in (cfg.pid_mode, cfg.ipc_mode):
+            raise InvalidParameter("hbd runs each pod in its own virtual machine: "
+                                   "host PID and IPC namespaces are not available")
+        labels = {**cfg.labels, KIND: "pod", METADATA: json.dumps(asdict(cfg.metadata)),
+                  ANNOTATIONS: json.dumps(cfg.annotations),
+                  NAMESPACES: json.dumps([cfg.network_mode, cfg.pid_mode, cfg.ipc_mode])}
+        ports: dict[str, list[dict[str, str]]] = {}
+        for p in cfg.port_mappings:
+            if p.host_port > 0:
+                ports.setdefault(f"{p.container_port}/{p.protocol}", []).append(
+                    {"HostIp": p.host_ip, "HostPort": str(p.host_port)})
+        body: dict[str, Any] = {
+            "Image": self.settings.sandbox_image, "Hostname": cfg.hostname[:63],
+            "Labels": labels, "ExposedPorts": {k: {} for k in ports},
+            "HostConfig": {
+                "NetworkMode": self.settings.network, "IpcMode": "shareable",
+                "Dns": cfg.dns_servers, "DnsSearch": cfg.dns_searches,
+                "DnsOptions": cfg.dns_options, "PortBindings": ports,
+                "LogConfig": {"Type": "none"}, "Sysctls": cfg.sysctls or None,
+            },
+        }
+        name = _name("POD", cfg.metadata, cfg.metadata)
+        created = await self.containers.create(name, body)
+        pod_id = str(created["Id"])
+        try:
+            await self.containers.start(pod_id)
+        except HbdError:
+            with contextlib.suppress(HbdError):
+                await self.containers.remove(pod_id, force=True)
+            raise
+        return pod_id
+
+    def _pod(self, pod_id: str) -> Container:
+        try:
+            c = self.containers.get(pod_id)
+        except NotFound:
+            raise NotFound(f"pod sandbox {pod_id} not found") from None
+        if _labels_of(c).get(KIND) != "pod":
+            raise NotFound(f"pod sandbox {pod_id} not found")
+        return c
+
+    def _pod_containers(self, pod_id: str) -> list[Container]:
+        return [c for c in self.containers.containers.values()
+                if _labels_of(c).get(POD_ID) == pod_id]
+
+    async def stop_pod(self, pod_id: str) -> None:
+        """Every container of the pod, then its guest; a pod already gone is stopped."""
+        try:
+            pod = self._pod(pod_id)
+        except NotFound:
+            return
+        await asyncio.gather(*(self._stop_quietly(c.id, POD_STOP_TIMEOUT)
+                               for c in self._pod_containers(pod.id)))
+        await self._stop_quietly(pod.id, 0)
+
+    async def _stop_quietly(self, ref: str, timeout: int) -> None:
+        with contextlib.suppress(NotFound):
+            c = self.containers.get(ref)
+            if c.state.running:
+                await self.containers.stop(ref, timeout)
+
+    async def remove_pod(self, pod_id: str) -> None:
+        """The pod and its containers, whatever their state; idempotent."""
+        try:
+            pod = self._pod(pod_id)
+        except NotFound:
+            return
+        for c in [*self._pod_containers(pod.id), pod]:
+            with contextlib.suppress(NotFound):
+                await self.containers.remove(c.id, force=True)
+
+    def pod_status(self, pod_id: str) -> m.PodStatus:
+        return self._pod_view(self._pod(pod_id))
+
+    def list_pods(self) -> list[m.PodStatus]:
+        return [self._pod_view(c) for c in self.containers.containers.values()
+                if _labels_of(c).get(KIND) == "pod"]
+
+    def _pod_view(self, c: Container) -> m.PodStatus:
+        labels = _labels_of(c)
+        modes = json.loads(labels.get(NAMESPACES, "[0, 1, 0]"))
+        ip, more = "", []
+        if c.state.running and c.run_network is not None:
+            endpoint = c.run_network.endpoints.get(self.settings.network)
+            if endpoint is not None:
+                ip = endpoint.ip
+                more = [endpoint.ip6] if endpoint.ip6 else []
+        return m.PodStatus(
+            id=c.id, metadata=_metadata(labels), ready=c.state.running,
+            created_ns=parse_rfc3339_ns(c.created), ip=ip, additional_ips=more,
+            labels=_user_labels(labels), annotations=_annotations(labels),
+            network_mode=int(modes[0]), pid_mode=int(modes[1]), ipc_mode=int(modes[2]))
+
+    # -- containers -----------------------------------------------------------------------
+
+    async def create_container(self, pod_id: str, cfg: m.ContainerConfig,
+                               pod_config: m.PodConfig | None) -> str:
+        pod = self._pod(pod_id)
+        if not pod.state.running:
+            raise Conflict(f"pod sandbox {pod_id} is not ready")
+        pod_labels = _labels_of(pod)
+        pod_md = _metadata(pod_labels)
+        log_path = ""
+        log_dir = pod_config.log_directory if pod_config is not None else ""
+        if cfg.log_path and log_dir:
+            log_path = str(Path(log_dir) / cfg.log_path)
+        labels = {**cfg.labels, KIND: "container", POD_ID: pod.id,
+                  METADATA: json.dumps(asdict(cfg.metadata)),
+                  ANNOTATIONS: json.dumps(cfg.annotations), IMAGE: cfg.image,
+                  LOG_PATH: log_path}
+        body = self._container_body(pod, cfg, labels, log_path)
+        created = await self.containers.create(_name(cfg.metadata.name, cfg.metadata, pod_md),
+                                               body)
+        return str(created["Id"])
+
+    def _container_body(self, pod: Container, cfg: m.ContainerConfig,
+                        labels: dict[str, str], log_path: str) -> dict[str, Any]:
+        modes = json.loads(_labels_of(pod).get(NAMESPACES, "[0, 1, 0]"))
+        sec, res = cfg.security, cfg.resources
+        pod_ref = f"container:{pod.id}"
+        pid_mode = ""
+        if sec.pid_mode == m.TARGET and sec.target_id:
+            pid_mode = f"container:{sec.target_id}"
+        elif int(modes[1]) == m.POD or sec.pid_mode == m.POD:
+            pid_mode = pod_ref
+        user = sec.run_as_username
+        if sec.run_as_user is not None:
+            user = str(sec.run_as_user)
+        if sec.run_as_group is not None and user:
+            user = f"{user}:{sec.run_as_group}"
+        security_opt = ["no-new-privileges"] if sec.no_new_privs else []
+        if sec.seccomp_unconfined:
+            security_opt.append("seccomp=unconfined")
+        host_config: dict[str, Any] = {
+            "NetworkMode": pod_ref, "IpcMode": pod_ref if int(modes[2]) == m.POD else "",
+            "PidMode": pid_mode,
+            "Binds": [f"{mt.host_path}:{mt.container_path}{':ro' if mt.readonly else ''}"
+                      for mt in cfg.mounts],
+            "ReadonlyRootfs": sec.readonly_rootfs, "Privileged": sec.privileged,
+            "CapAdd": sec.cap_add or None, "CapDrop": sec.cap_drop or None,
+            "GroupAdd": [str(g) for g in sec.supplemental_groups] or None,
+            "SecurityOpt": security_opt or None,
+            "Memory": res.memory_limit_bytes, "CpuShares": res.cpu_shares,
+            "CpuPeriod": res.cpu_period, "CpuQuota": res.cpu_quota,
+            "CpusetCpus": res.cpuset_cpus, "OomScoreAdj": res.oom_score_adj,
+            "LogConfig": ({"Type": "cri", "Config": {"path": log_path}} if log_path
+                          else {"Type": "none"}),
+        }
+        return {
+            "Image": cfg.image, "Entrypoint": cfg.command or None, "Cmd": cfg.args or None,
+            "Env": [f"{k}={v}" for k, v in cfg.envs], "WorkingDir": cfg.working_dir,
+            "User": user, "Labels": labels, "Tty": cfg.tty, "OpenStdin": cfg.stdin,
+            "StdinOnce": cfg.stdin_once, "AttachStdin": cfg.stdin,
+            "HostConfig": {k: v for k, v in host_config.items() if v not in (None, "", 0)},
+        }
+
+    def _container(self, container_id: str) -> Container:
+        try:
+            c = self.containers.get(container_id)
+        except NotFound:
+            raise NotFound(f"container {container_id} not found") from None
+        if _labels_of(c).get(KIND) != "container":
+            raise NotFound(f"container {container_id} not found")
+        return c
+
+    async def start_container(self, container_id: str) -> None:
+        c = self._container(container_id)
+        pod = self._pod(_labels_of(c)[POD_ID])
+        if not pod.state.running:
+            raise Conflict(f"pod sandbox {pod.id} is not ready")
+        await self.containers.start(c.id)
+
+    async def stop_container(self, container_id: str, timeout: int) -> None:
+        c = self._container(container_id)
+        if c.state.running:
+            await self.containers.stop(c.id, timeout)
+
+    async def remove_container(self, container_id: str) -> None:
+        """Idempotent, as the CRI asks: a container already gone is removed."""
+        try:
+            c = self._container(container_id)
+        except NotFound:
+            return
+        await self.containers.remove(c.id, force=True)
+
+    def container_status(self, container_id: str) -> m.ContainerStatus:
+        return self._container_view(self._container(container_id))
+
+    def list_containers(self) -> list[m.ContainerStatus]:
+        return [self._container_view(c) for c in self.containers.containers.values()
+                if _labels_of(c).get(KIND) == "container"]
+
+    def _container_view(self, c: Container) -> m.ContainerStatus:
+        labels = _labels_of(c)
+        state, started, finished = c.state, parse_rfc3339_ns(c.state.started_at), 0
+        if state.running:
+            phase = m.RUNNING
+        elif started:
+            phase, finished = m.EXITED, parse_rfc3339_ns(state.finished_at)
+        else:
+            phase = m.CREATED
+        reason = ""
+        if phase == m.EXITED:
+            reason = "OOMKilled" if state.oom_killed else (
+                "Completed" if state.exit_code == 0 else "Error")
+        image_ref = c.image_id
+        with contextlib.suppress(NotFound):
+            digests = self.images.get(c.image_id).repo_digests
+            image_ref = digests[0] if digests else c.image_id
+        return m.ContainerStatus(
+            id=c.id, pod_id=labels.get(POD_ID, ""), metadata=_metadata(labels), state=phase,
+            created_ns=parse_rfc3339_ns(c.created), started_ns=started, finished_ns=finished,
+            exit_code=state.exit_code, image=labels.get(IMAGE, ""), image_id=c.image_id,
+            image_ref=image_ref, reason=reason, message=state.error,
+            labels=_user_labels(labels), annotations=_annotations(labels),
+            mounts=[m.Mount(mp.destination, mp.source, not mp.rw) for mp in c.mounts],
+            log_path=labels.get(LOG_PATH, ""), pid=state.pid)
+
+    # -- processes --------------------------------------------------------------------------
+
+    async def exec_sync(self, container_id: str, cmd: list[str],
+                        timeout: float) -> m.ExecResult:
+        """Run a command to its end; its output and exit code (kubelet's probes)."""
+        c = self._container(container_id)
+        exec_id = self.execs.create(c.id, {"Cmd": cmd, "AttachStdout": True,
+                                           "AttachStderr": True})
+        instance = await self.execs.start(exec_id, detach=False)
+        out: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+
+        async def collect() -> None:
+            async for stream, data in instance.output():
+                out.setdefault(stream, bytearray()).extend(data)
+            await instance.done.wait()
+
+        try:
+            await asyncio.wait_for(collect(), timeout if timeout > 0 else None)
+        except TimeoutError:
+            raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout:g}s") from None
+        return m.ExecResult(bytes(out[1]), bytes(out[2]), int(instance.exit_code or 0))
+
+    def reopen_log(self, container_id: str) -> None:
+        c = self._container(container_id)
+        if c.run is None or not c.state.running:
+            raise Conflict(f"container {container_id} is not running")
+        if c.run.log.log is not None:
+            c.run.log.log.reopen()
+
+    async def update_resources(self, container_id: str, res: m.Resources) -> None:
+        c = self._container(container_id)
+        body: dict[str, Any] = {"CpuShares": res.cpu_shares, "CpuPeriod": res.cpu_period,
+                                "CpuQuota": res.cpu_quota, "Memory": res.memory_limit_bytes,
+                                "CpusetCpus": res.cpuset_cpus}
+        await self.containers.update(c.id, {k: v for k, v in body.items() if v})

@@ -1,0 +1,218 @@
+"""The CRI v1 over its real unix socket (gRPC stubs generated from the spec),
+on a daemon with the fake guest driver: the RPCs kubelet and critest use,
+their answers and their errors."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import grpc
+import pytest
+
+from hbd.api.cri import stubs
+from tests.api.conftest import ApiDaemon, serve_api_daemon
+
+stubs.load()
+
+from hbd.api.cri.gen import runtime_v1_pb2 as pb  # noqa: E402
+from hbd.api.cri.gen import runtime_v1_pb2_grpc as rpc  # noqa: E402
+from hbd.api.cri.images import ImageServicer  # noqa: E402
+from hbd.api.cri.runtime import RuntimeServicer  # noqa: E402
+from hbd.api.cri.server import serve  # noqa: E402
+
+# The fake driver runs processes on the host, so the infrastructure
+# container's image is one whose command the host has.
+FAKE_PAUSE = "crifake/pause:1"
+
+
+@dataclass
+class Cri:
+    api: ApiDaemon
+    runtime: Any
+    images: Any
+    log_dir: Path
+
+
+@pytest.fixture(scope="module")
+def cri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cri]:
+    base = tmp_path_factory.mktemp("hbd-cri")
+    with serve_api_daemon(base) as api:
+        client = docker.APIClient(base_url=api.host, version="1.47")
+        dockerfile = b'FROM busybox\nCMD ["sleep", "100000"]\n'
+        list(client.build(fileobj=io.BytesIO(dockerfile), tag=FAKE_PAUSE, rm=True))
+        client.close()
+        daemon = api.daemon
+        daemon.config.cri.sandbox_image = FAKE_PAUSE
+        daemon.config.cri.network = "k8s-pods"
+        socket = api.socket.parent / "cri.sock"
+
+        async def start() -> grpc.aio.Server:
+            await daemon.pods.prepare()
+            return await serve(f"unix://{socket}", RuntimeServicer(daemon.pods),
+                               ImageServicer(daemon.images, daemon.distribution))
+
+        server = api.call(start())
+        channel = grpc.insecure_channel(f"unix://{socket}")
+        yield Cri(api, rpc.RuntimeServiceStub(channel), rpc.ImageServiceStub(channel),
+                  base / "pods")
+        channel.close()
+        api.call(server.stop(1.0))
+
+
+def pod_config(name: str, log_dir: Path, **extra: Any) -> pb.PodSandboxConfig:
+    return pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
+        hostname=name, log_directory=str(log_dir / name), labels={"app": name},
+        annotations={"note": "hbd"}, **extra)
+
+
+def container_config(name: str, *command: str) -> pb.ContainerConfig:
+    return pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image="busybox"),
+        command=list(command), labels={"part": name}, log_path=f"{name}.log",
+        envs=[pb.KeyValue(key="GREETING", value=b"hello")])
+
+
+def code_of(call: Any, *args: Any) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args)
+    return info.value.code()  # type: ignore[no-any-return]
+
+
+def test_runtime_identity_and_status(cri: Cri) -> None:
+    version = cri.runtime.Version(pb.VersionRequest())
+    assert (version.runtime_name, version.runtime_api_version) == ("hbd", "v1")
+    status = cri.runtime.Status(pb.StatusRequest()).status
+    assert {c.type: c.status for c in status.conditions} == {
+        "RuntimeReady": True, "NetworkReady": True}
+    config = cri.runtime.RuntimeConfig(pb.RuntimeConfigRequest())
+    assert config.linux.cgroup_driver == pb.CGROUPFS
+
+
+def test_images_are_the_engine_api_store(cri: Cri) -> None:
+    listed = cri.images.ListImages(pb.ListImagesRequest()).images
+    # Full names, as containerd lists them to kubelet.
+    busybox = next(i for i in listed if "docker.io/library/busybox:latest" in i.repo_tags)
+    assert busybox.id.startswith("sha256:") and busybox.size > 0
+    status = cri.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image="busybox")))
+    assert status.image.id == busybox.id
+    absent = cri.images.ImageStatus(
+        pb.ImageStatusRequest(image=pb.ImageSpec(image="no-such-image:1")))
+    assert not absent.HasField("image")
+    # Removing an absent image succeeds; pulling one from nowhere is an error.
+    cri.images.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image="no-such-image:1")))
+    code = code_of(cri.images.PullImage,
+                   pb.PullImageRequest(image=pb.ImageSpec(image="127.0.0.1:9/nothing:1")))
+    assert code not in (grpc.StatusCode.OK, grpc.StatusCode.INTERNAL)
+    fs = cri.images.ImageFsInfo(pb.ImageFsInfoRequest()).image_filesystems[0]
+    assert fs.used_bytes.value >= busybox.size
+
+
+def test_pod_and_container_lifecycle(cri: Cri) -> None:
+    rt = cri.runtime
+    config = pod_config("web", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    status = rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
+    assert status.state == pb.SANDBOX_READY
+    assert status.metadata.name == "web" and status.metadata.namespace == "default"
+    assert status.labels == {"app": "web"} and status.annotations == {"note": "hbd"}
+    assert status.network.ip.count(".") == 3
+    by_label = rt.ListPodSandbox(pb.ListPodSandboxRequest(
+        filter=pb.PodSandboxFilter(label_selector={"app": "web"}))).items
+    assert [p.id for p in by_label] == [pod_id]
+    assert not rt.ListPodSandbox(pb.ListPodSandboxRequest(
+        filter=pb.PodSandboxFilter(label_selector={"app": "other"}))).items
+
+    container_id = rt.CreateContainer(pb.CreateContainerRequest(
+        pod_sandbox_id=pod_id, sandbox_config=config,
+        config=container_config("app", "sh", "-c", "echo $GREETING; sleep 100000"),
+    )).container_id
+    state = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=container_id)).status
+    assert state.state == pb.CONTAINER_CREATED and state.image.image == "busybox"
+    rt.StartContainer(pb.StartContainerRequest(container_id=container_id))
+    state = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=container_id)).status
+    assert state.state == pb.CONTAINER_RUNNING and state.started_at > 0
+    assert state.labels == {"part": "app"}
+    listed = rt.ListContainers(pb.ListContainersRequest(
+        filter=pb.ContainerFilter(pod_sandbox_id=pod_id))).containers
+    assert [c.id for c in listed] == [container_id]
+
+    result = rt.ExecSync(pb.ExecSyncRequest(container_id=container_id,
+                                            cmd=["sh", "-c", "echo out; echo err >&2; exit 3"],
+                                            timeout=20))
+    assert (result.stdout, result.stderr, result.exit_code) == (b"out\n", b"err\n", 3)
+
+    log_path = Path(state.log_path)
+    assert log_path == cri.log_dir / "web" / "app.log"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and b"hello" not in log_path.read_bytes():
+        time.sleep(0.1)
+    line = log_path.read_bytes().splitlines()[0].split(b" ", 3)
+    assert line[1:] == [b"stdout", b"F", b"hello"]
+
+    rt.StopContainer(pb.StopContainerRequest(container_id=container_id, timeout=1))
+    state = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=container_id)).status
+    assert state.state == pb.CONTAINER_EXITED and state.finished_at >= state.started_at
+    assert state.reason == "Error" and state.exit_code != 0
+
+    rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    status = rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
+    assert status.state == pb.SANDBOX_NOTREADY
+    # A container cannot be made in a pod that is not ready.
+    assert code_of(rt.CreateContainer, pb.CreateContainerRequest(
+        pod_sandbox_id=pod_id, config=container_config("late", "true"),
+    )) == grpc.StatusCode.FAILED_PRECONDITION
+    rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    assert code_of(rt.PodSandboxStatus, pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
+                   ) == grpc.StatusCode.NOT_FOUND
+    assert code_of(rt.ContainerStatus, pb.ContainerStatusRequest(container_id=container_id)
+                   ) == grpc.StatusCode.NOT_FOUND
+    # Stop and remove are idempotent.
+    rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    rt.RemoveContainer(pb.RemoveContainerRequest(container_id=container_id))
+
+
+def test_bad_input_gets_a_status_not_a_traceback(cri: Cri) -> None:
+    rt = cri.runtime
+    assert code_of(rt.PodSandboxStatus, pb.PodSandboxStatusRequest(pod_sandbox_id="nope")
+                   ) == grpc.StatusCode.NOT_FOUND
+    assert code_of(rt.StartContainer, pb.StartContainerRequest(container_id="nope")
+                   ) == grpc.StatusCode.NOT_FOUND
+    assert code_of(rt.ExecSync, pb.ExecSyncRequest(container_id="nope", cmd=["true"])
+                   ) == grpc.StatusCode.NOT_FOUND
+    assert code_of(rt.CreateContainer, pb.CreateContainerRequest(
+        pod_sandbox_id="nope", config=container_config("x", "true"),
+    )) == grpc.StatusCode.NOT_FOUND
+    # An Engine API container is not a CRI container, nor a pod.
+    engine = cri.api.docker("create", "busybox", "true").stdout.decode().strip()
+    try:
+        assert code_of(rt.ContainerStatus, pb.ContainerStatusRequest(container_id=engine)
+                       ) == grpc.StatusCode.NOT_FOUND
+        assert code_of(rt.PodSandboxStatus, pb.PodSandboxStatusRequest(pod_sandbox_id=engine)
+                       ) == grpc.StatusCode.NOT_FOUND
+    finally:
+        cri.api.docker("rm", "-f", engine)
+    config = pod_config("bad", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    try:
+        missing = container_config("x", "true")
+        missing.image.image = "no-such-image:1"
+        error = pytest.raises(grpc.RpcError, rt.CreateContainer, pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, config=missing)).value
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert "no-such-image" in error.details()
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    host = pod_config("host", cri.log_dir)
+    host.linux.security_context.namespace_options.network = pb.NODE
+    assert code_of(rt.RunPodSandbox, pb.RunPodSandboxRequest(config=host)
+                   ) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(rt.Attach, pb.AttachRequest(container_id="x")
+                   ) == grpc.StatusCode.UNIMPLEMENTED

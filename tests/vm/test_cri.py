@@ -1,0 +1,126 @@
+"""A Kubernetes pod through the CRI, in a real guest: two containers sharing
+the pod's localhost, hostname and DNS settings, a published port, ExecSync,
+a security context, CRI-format logs at kubelet's path, and clean removal."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from hbd.api.cri import stubs
+from tests.daemon_fixture import RunningDaemon, hbd_daemon
+
+stubs.load()
+
+from hbd.api.cri.gen import runtime_v1_pb2 as pb  # noqa: E402
+from hbd.api.cri.gen import runtime_v1_pb2_grpc as rpc  # noqa: E402
+
+
+@dataclass
+class Node:
+    daemon: RunningDaemon
+    runtime: Any
+    images: Any
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Node]:
+    endpoint = f"unix:///run/hbd-cri-{secrets.token_hex(4)}.sock"
+    with hbd_daemon(("--cri-endpoint", endpoint)) as daemon:
+        channel = grpc.insecure_channel(endpoint)
+        grpc.channel_ready_future(channel).result(timeout=30)
+        yield Node(daemon, rpc.RuntimeServiceStub(channel), rpc.ImageServiceStub(channel))
+        channel.close()
+    Path(endpoint[len("unix://"):]).unlink(missing_ok=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def exec_sync(node: Node, container_id: str, *cmd: str) -> tuple[int, str]:
+    r = node.runtime.ExecSync(pb.ExecSyncRequest(container_id=container_id, cmd=list(cmd),
+                                                 timeout=60), timeout=120)
+    return r.exit_code, (r.stdout + r.stderr).decode()
+
+
+def start_container(node: Node, pod_id: str, pod: pb.PodSandboxConfig, name: str,
+                    script: str, **extra: Any) -> str:
+    config = pb.ContainerConfig(metadata=pb.ContainerMetadata(name=name),
+                                image=pb.ImageSpec(image="busybox"),
+                                command=["sh", "-c", script], log_path=f"{name}.log", **extra)
+    cid = node.runtime.CreateContainer(pb.CreateContainerRequest(
+        pod_sandbox_id=pod_id, config=config, sandbox_config=pod), timeout=120).container_id
+    node.runtime.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
+    return str(cid)
+
+
+def test_a_pod_of_two_containers(node: Node, tmp_path: Path) -> None:
+    port = free_port()
+    pod = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name="web", uid="uid-web", namespace="default"),
+        hostname="web", log_directory=str(tmp_path),
+        dns_config=pb.DNSConfig(servers=["10.96.0.10"], searches=["default.svc.cluster.local"],
+                                options=["ndots:5"]),
+        port_mappings=[pb.PortMapping(protocol=pb.TCP, container_port=8080, host_port=port,
+                                      host_ip="127.0.0.1")])
+    pod_id = node.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod),
+                                        timeout=180).pod_sandbox_id
+    status = node.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id))
+    assert status.status.state == pb.SANDBOX_READY and status.status.network.ip
+    server = start_container(
+        node, pod_id, pod, "server",
+        "mkdir /w && echo pod-ok > /w/index.html && exec httpd -f -p 8080 -h /w")
+    user = pb.LinuxContainerSecurityContext()
+    user.run_as_user.value = 1000
+    client = start_container(node, pod_id, pod, "client", "echo started; exec sleep 100000",
+                             linux=pb.LinuxContainerConfig(security_context=user))
+
+    # One network namespace, hostname and resolv.conf for the pod.
+    deadline = time.monotonic() + 60
+    while True:
+        code, out = exec_sync(node, client, "wget", "-qO-", "http://127.0.0.1:8080/")
+        if code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert (code, out) == (0, "pod-ok\n")
+    assert exec_sync(node, client, "hostname") == (0, "web\n")
+    assert exec_sync(node, client, "id", "-u") == (0, "1000\n")
+    _, resolv = exec_sync(node, client, "cat", "/etc/resolv.conf")
+    assert "nameserver 10.96.0.10" in resolv and "search default.svc.cluster.local" in resolv
+    assert "ndots:5" in resolv
+    assert exec_sync(node, server, "sh", "-c", "exit 7")[0] == 7
+
+    # The pod's port mapping, from the host.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+        assert response.read() == b"pod-ok\n"
+
+    log = (tmp_path / "client.log").read_bytes().splitlines()
+    assert log and log[0].split(b" ", 3)[1:] == [b"stdout", b"F", b"started"]
+    listed = node.runtime.ListContainers(pb.ListContainersRequest(
+        filter=pb.ContainerFilter(pod_sandbox_id=pod_id))).containers
+    assert {c.id for c in listed} == {server, client}
+    assert all(c.state == pb.CONTAINER_RUNNING for c in listed)
+
+    node.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+    states = {c.id: c.state for c in node.runtime.ListContainers(
+        pb.ListContainersRequest()).containers}
+    assert states == {server: pb.CONTAINER_EXITED, client: pb.CONTAINER_EXITED}
+    node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                  timeout=120)
+    assert not node.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
+    assert not node.runtime.ListContainers(pb.ListContainersRequest()).containers
+    assert not list(node.daemon.exec_root.glob("*/qemu.pid"))
+    # The Engine API sees the same: nothing left.
+    assert node.daemon.docker("ps", "-aq").stdout.strip() == b""
