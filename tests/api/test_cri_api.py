@@ -148,6 +148,16 @@ def test_pod_and_container_lifecycle(cri: Cri) -> None:
                                             timeout=20))
     assert (result.stdout, result.stderr, result.exit_code) == (b"out\n", b"err\n", 3)
 
+    stats = rt.ContainerStats(pb.ContainerStatsRequest(container_id=container_id)).stats
+    assert stats.attributes.id == container_id and stats.attributes.labels == {"part": "app"}
+    assert stats.cpu.timestamp > 0
+    listed_stats = rt.ListContainerStats(pb.ListContainerStatsRequest(
+        filter=pb.ContainerStatsFilter(pod_sandbox_id=pod_id))).stats
+    assert [s.attributes.id for s in listed_stats] == [container_id]
+    pod_stats = rt.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod_id)).stats
+    assert pod_stats.attributes.id == pod_id
+    assert [c.attributes.id for c in pod_stats.linux.containers] == [container_id]
+
     log_path = Path(state.log_path)
     assert log_path == cri.log_dir / "web" / "app.log"
     deadline = time.monotonic() + 10
@@ -204,10 +214,10 @@ def test_bad_input_gets_a_status_not_a_traceback(cri: Cri) -> None:
     try:
         missing = container_config("x", "true")
         missing.image.image = "no-such-image:1"
-        error = pytest.raises(grpc.RpcError, rt.CreateContainer, pb.CreateContainerRequest(
-            pod_sandbox_id=pod_id, config=missing)).value
-        assert error.code() == grpc.StatusCode.NOT_FOUND
-        assert "no-such-image" in error.details()
+        with pytest.raises(grpc.RpcError) as info:
+            rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=missing))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "no-such-image" in info.value.details()
     finally:
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     host = pod_config("host", cri.log_dir)

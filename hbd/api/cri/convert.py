@@ -125,3 +125,34 @@ def container_summary(c: m.ContainerStatus) -> pb.Container:
 
 def selected(labels: dict[str, str], selector: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _uint(value: int) -> pb.UInt64Value:
+    return pb.UInt64Value(value=max(0, value))
+
+
+def _cpu(u: m.Usage) -> pb.CpuUsage:
+    return pb.CpuUsage(timestamp=u.timestamp_ns, usage_core_nano_seconds=_uint(u.cpu_ns))
+
+
+def _memory(u: m.Usage) -> pb.MemoryUsage:
+    return pb.MemoryUsage(timestamp=u.timestamp_ns, usage_bytes=_uint(u.memory_usage),
+                          working_set_bytes=_uint(u.memory_working_set))
+
+
+def container_stats(s: m.ContainerStats) -> pb.ContainerStats:
+    return pb.ContainerStats(
+        attributes=pb.ContainerAttributes(id=s.id, metadata=container_metadata(s.metadata),
+                                          labels=s.labels, annotations=s.annotations),
+        cpu=_cpu(s.usage), memory=_memory(s.usage),
+        writable_layer=pb.FilesystemUsage(timestamp=s.usage.timestamp_ns,
+                                          used_bytes=_uint(s.usage.writable_bytes)))
+
+
+def pod_stats(s: m.PodStats) -> pb.PodSandboxStats:
+    pod = s.pod
+    return pb.PodSandboxStats(
+        attributes=pb.PodSandboxAttributes(id=pod.id, metadata=pod_metadata(pod.metadata),
+                                           labels=pod.labels, annotations=pod.annotations),
+        linux=pb.LinuxPodSandboxStats(cpu=_cpu(s.usage), memory=_memory(s.usage),
+                                      containers=[container_stats(c) for c in s.containers]))

@@ -150,3 +150,33 @@ class RuntimeServicer:
                                            float(request.timeout))
         return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr,
                                    exit_code=result.exit_code)
+
+    # -- stats ------------------------------------------------------------------------------
+
+    async def ContainerStats(self, request: pb.ContainerStatsRequest,
+                             context: Context) -> pb.ContainerStatsResponse:
+        stats = await self.pods.container_stats(request.container_id)
+        return pb.ContainerStatsResponse(stats=convert.container_stats(stats))
+
+    async def ListContainerStats(self, request: pb.ListContainerStatsRequest,
+                                 context: Context) -> pb.ListContainerStatsResponse:
+        f = request.filter
+        chosen = [s for s in await self.pods.list_container_stats()
+                  if (not f.id or s.id.startswith(f.id))
+                  and (not f.pod_sandbox_id or s.pod_id.startswith(f.pod_sandbox_id))
+                  and convert.selected(s.labels, dict(f.label_selector))]
+        return pb.ListContainerStatsResponse(
+            stats=[convert.container_stats(s) for s in chosen])
+
+    async def PodSandboxStats(self, request: pb.PodSandboxStatsRequest,
+                              context: Context) -> pb.PodSandboxStatsResponse:
+        stats = await self.pods.pod_stats(request.pod_sandbox_id)
+        return pb.PodSandboxStatsResponse(stats=convert.pod_stats(stats))
+
+    async def ListPodSandboxStats(self, request: pb.ListPodSandboxStatsRequest,
+                                  context: Context) -> pb.ListPodSandboxStatsResponse:
+        f = request.filter
+        chosen = [s for s in await self.pods.list_pod_stats()
+                  if (not f.id or s.pod.id.startswith(f.id))
+                  and convert.selected(s.pod.labels, dict(f.label_selector))]
+        return pb.ListPodSandboxStatsResponse(stats=[convert.pod_stats(s) for s in chosen])

@@ -141,3 +141,31 @@ class ExecResult:
     stdout: bytes
     stderr: bytes
     exit_code: int
+
+
+@dataclass
+class Usage:
+    """CPU and memory of a container (or a pod: the sum of its containers)."""
+
+    timestamp_ns: int
+    cpu_ns: int = 0                 # CPU time used since it started
+    memory_usage: int = 0
+    memory_working_set: int = 0     # usage less inactive file pages, as cAdvisor counts
+    writable_bytes: int = 0         # what it wrote to its root filesystem
+
+
+@dataclass
+class ContainerStats:
+    id: str
+    pod_id: str
+    metadata: Metadata
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    usage: Usage
+
+
+@dataclass
+class PodStats:
+    pod: PodStatus
+    usage: Usage
+    containers: list[ContainerStats]

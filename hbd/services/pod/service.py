@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 
 from hbd.config import CriSettings
 from hbd.errors import Conflict, DeadlineExceeded, HbdError, InvalidParameter, NotFound
+from hbd.services.container import stats
 from hbd.services.container.execs import ExecService
 from hbd.services.container.model import Container
 from hbd.services.container.service import ContainerService
@@ -376,3 +378,39 @@ class PodService:
                                 "CpuQuota": res.cpu_quota, "Memory": res.memory_limit_bytes,
                                 "CpusetCpus": res.cpuset_cpus}
         await self.containers.update(c.id, {k: v for k, v in body.items() if v})
+
+    # -- stats ----------------------------------------------------------------------------
+
+    async def container_stats(self, container_id: str) -> m.ContainerStats:
+        return await self._stats_of(self._container(container_id))
+
+    async def _stats_of(self, c: Container) -> m.ContainerStats:
+        labels = _labels_of(c)
+        sample = await stats.stats_sample(c) or {}
+        cpu, memory = sample.get("cpu") or {}, sample.get("memory") or {}
+        usage = int(memory.get("usage", 0))
+        usage_now = m.Usage(
+            timestamp_ns=time.time_ns(), cpu_ns=int(cpu.get("usage_ns", 0)),
+            memory_usage=usage,
+            memory_working_set=max(0, usage - int(memory.get("inactive_file", 0))),
+            writable_bytes=await asyncio.to_thread(self.containers.size_rw, c))
+        return m.ContainerStats(c.id, labels.get(POD_ID, ""), _metadata(labels),
+                                _user_labels(labels), _annotations(labels), usage_now)
+
+    async def list_container_stats(self) -> list[m.ContainerStats]:
+        return [await self._stats_of(c) for c in self.containers.containers.values()
+                if _labels_of(c).get(KIND) == "container"]
+
+    async def pod_stats(self, pod_id: str) -> m.PodStats:
+        pod = self._pod(pod_id)
+        members = [await self._stats_of(c) for c in self._pod_containers(pod.id)]
+        total = m.Usage(timestamp_ns=time.time_ns())
+        for s in members:
+            total.cpu_ns += s.usage.cpu_ns
+            total.memory_usage += s.usage.memory_usage
+            total.memory_working_set += s.usage.memory_working_set
+            total.writable_bytes += s.usage.writable_bytes
+        return m.PodStats(self._pod_view(pod), total, members)
+
+    async def list_pod_stats(self) -> list[m.PodStats]:
+        return [await self.pod_stats(p.id) for p in self.list_pods()]

@@ -1,0 +1,1 @@
+"""The Kubernetes CRI v1 service: gRPC routers over the pod service."""
