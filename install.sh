@@ -24,6 +24,7 @@ apt_packages=(
     iproute2 nftables                         # networking (bridges and taps via pyroute2)
     docker.io                                 # real dockerd + runc: behaviour oracle, benchmarks
     docker-registry                           # a real registry for pull/push tests
+    keystone                                  # tenants' identities (tests start their own, on sqlite)
     hyperfine iperf3 fio                      # benchmarks
     python3 python3-venv                      # hbd itself, in a virtualenv where python3 is Debian's
     curl ca-certificates

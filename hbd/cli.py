@@ -20,10 +20,13 @@ from aiohttp import web
 
 from hbd import __version__
 from hbd.api import server
+from hbd.api.auth import TENANCY, Tenancy
 from hbd.api.tls import serve_tls
 from hbd.config import Config, DaemonSettings, load_config
 from hbd.daemon import Daemon
+from hbd.drivers.keystone import KeystoneClient, ServiceCredentials
 from hbd.errors import HbdError
+from hbd.services.identity.validator import TokenValidator
 
 if TYPE_CHECKING:
     import grpc
@@ -108,6 +111,30 @@ def _become_subreaper() -> None:
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
+def _listener_key(host: str, tls: ssl.SSLContext | None, exec_root: Path) -> str:
+    """What hbd.api.auth.listener_key says of the connections `_listen(host)` accepts."""
+    url = urlparse(host)
+    if url.scheme == "unix":
+        return url.path or "/run/hbd.sock"
+    port = url.port or (2376 if tls else 2375)
+    return f"tcp:{port}" if tls is None else str(exec_root / f"api-tls-{port}.sock")
+
+
+def _tenancy(config: Config, tls: ssl.SSLContext | None) -> Tenancy | None:
+    """Keystone on the tenant listeners, when hbd.toml's [keystone] names one."""
+    ks = config.keystone
+    if not ks.url:
+        return None
+    unknown = set(ks.tenant_hosts) - set(config.daemon.hosts)
+    if unknown:
+        raise HbdError(f"keystone.tenant_hosts {sorted(unknown)} are not among the hosts")
+    client = KeystoneClient(ks.url, ServiceCredentials(ks.service_user, ks.service_password,
+                                                       ks.service_project))
+    return Tenancy(TokenValidator(client, ks.cache_seconds, ks.cache_size),
+                   {_listener_key(h, tls, config.exec_root) for h in ks.tenant_hosts},
+                   frozenset(ks.reader_roles), frozenset(ks.member_roles))
+
+
 async def _listen(runner: web.AppRunner, host: str, tls: ssl.SSLContext | None,
                   exec_root: Path) -> web.BaseSite | asyncio.Server:
     url = urlparse(host)
@@ -159,7 +186,11 @@ async def run(config: Config, pidfile: str | None) -> None:
     tls = tls_context(config.daemon)  # bad certificates stop hbd before anything starts
     daemon = Daemon(config)
     await daemon.start()
-    runner = web.AppRunner(server.build(daemon), access_log=None, handle_signals=False,
+    app = server.build(daemon)
+    tenancy = _tenancy(config, tls)
+    if tenancy is not None:
+        app[TENANCY] = tenancy
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=1.0)
     await runner.setup()
     for host in config.daemon.hosts:

@@ -76,11 +76,30 @@ class CriSettings:
 
 
 @dataclass
+class KeystoneSettings:
+    """Tenants authenticated by Keystone on some listeners (issue: multi-tenancy)."""
+
+    url: str = ""                      # e.g. http://127.0.0.1:5000; "" = no tenants
+    service_user: str = ""
+    service_password: str = ""
+    service_project: str = "service"
+    # Which of daemon.hosts are tenant listeners (the others are the operator's).
+    tenant_hosts: list[str] = field(default_factory=list)
+    reader_roles: list[str] = field(default_factory=lambda: ["reader"])
+    member_roles: list[str] = field(default_factory=lambda: ["member", "admin"])
+    # How long a validated token is trusted without asking again, and how
+    # many are remembered.
+    cache_seconds: float = 60.0
+    cache_size: int = 1024
+
+
+@dataclass
 class Config:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     vm: VMSettings = field(default_factory=VMSettings)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     cri: CriSettings = field(default_factory=CriSettings)
+    keystone: KeystoneSettings = field(default_factory=KeystoneSettings)
 
     @property
     def data_root(self) -> Path:

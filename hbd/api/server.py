@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from hbd.api import (
+    auth,
     backends,
     containers,
     exec,
@@ -23,6 +24,8 @@ from hbd.daemon import Daemon
 
 def build(daemon: Daemon) -> web.Application:
     app = create_app()
+    # Inside error_middleware, so that a refused token is a Docker-style 401.
+    app.middlewares.append(auth.auth_middleware)
     app[backends.CONTAINERS] = daemon.containers
     app[backends.CONTAINER_FILES] = daemon.files
     app[backends.CONTAINER_NETWORKS] = daemon.containers

@@ -1,0 +1,1 @@
+"""Who is asking: tenants' identities from their tokens (no HTTP here)."""
