@@ -14,6 +14,15 @@ if [ -z "$cc" ]; then
     done
 fi
 [ -n "$cc" ] || { echo "clang is missing (apt install clang libclang-rt-dev)" >&2; exit 3; }
+# libFuzzer's runtime is a package of its own (libclang-rt-*-dev): probe it.
+probe=$(mktemp -d)
+trap 'rm -rf "$probe"' EXIT
+echo 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }' > "$probe/p.c"
+if ! "$cc" -fsanitize=fuzzer,address,undefined -o "$probe/p" "$probe/p.c" 2>"$probe/err"; then
+    cat "$probe/err" >&2
+    echo "$cc cannot link libFuzzer (apt install libclang-rt-dev)" >&2
+    exit 3
+fi
 flags=(-g -O1 -std=gnu11 -fno-omit-frame-pointer
        -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
        -Wall -Wextra -Wno-unused-parameter -Wno-unused-function -I"$init")

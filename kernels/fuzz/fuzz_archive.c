@@ -93,7 +93,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 /* Only these may be in the work directory (libFuzzer's own besides). */
 static int allowed_top(const char *name)
 {
-	static const char *const ok[] = {".", "..", "r", "r2", "o", "t", "corpus", "seeds", "fuzz_archive", "fuzz_json", "json.dict", "tar.dict"};
+	static const char *const ok[] = {".", "..", "r", "r2", "o", "corpus", "fuzz_archive"};
 	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
 		if (!strcmp(name, ok[i]))
 			return 1;
