@@ -72,7 +72,7 @@ def main() -> None:
     # Deep trees and long names (PAX and GNU).
     deep = "/".join(["a"] * 2000)
     write("deep", [entry(deep + "/f", data=b"deep")])
-    write("deep-dirs", [entry("/".join(["b"] * n), "dir") for n in range(1, 120)], flags=0x10)
+    write("deep-dirs", [entry("/".join(["b"] * n), "dir") for n in range(1, 40)], flags=0x10)
     long = "n" * 200 + "/" + "m" * 250
     write("long-pax", [entry(long, data=b"x"), entry("ln", "sym", link="t" * 300)])
     write("long-gnu", [entry(long, data=b"x"), entry("ln", "sym", link="t" * 300)],

@@ -70,7 +70,7 @@ fuzz() { # NAME SEEDS [libFuzzer options...]
 
 fuzz fuzz_json json -dict="$here/json.dict" -max_len=65536
 if [ "$(id -u)" = 0 ]; then
-    fuzz fuzz_archive tar -max_len=262144
+    fuzz fuzz_archive tar -max_len=32768
 else
     echo "run.sh: not root: the archive fuzzer (it chroots) is skipped" >&2
 fi

@@ -788,10 +788,12 @@ struct extract_options {
 	const char *rename_single; /* the archive's one file gets this name */
 };
 
-/* One PAX extended header's records ("LEN KEY=VALUE\n"): the ones read. */
-static void pax_records(char *data, size_t size, char *path, char *link, size_t cap,
-			unsigned long long *pax_size, int *have_size)
+/* One PAX extended header's records ("LEN KEY=VALUE\n"): the ones read.
+ * Returns non-zero when a name did not fit in CAP. */
+static int pax_records(char *data, size_t size, char *path, char *link, size_t cap,
+		       unsigned long long *pax_size, int *have_size)
 {
+	int too_long = 0;
 	size_t at = 0;
 	while (at < size) {
 		char *p = data + at;
@@ -799,7 +801,7 @@ static void pax_records(char *data, size_t size, char *path, char *link, size_t 
 		while (i < left && i < 10 && p[i] >= '0' && p[i] <= '9')
 			len = len * 10 + (size_t)(p[i++] - '0');
 		if (!i || i >= left || p[i] != ' ' || len <= i + 1 || len > left || p[len - 1] != '\n')
-			return; /* malformed: what follows cannot be trusted */
+			return too_long; /* malformed: what follows cannot be trusted */
 		char *key = p + i + 1, *end = p + len - 1;
 		char *eq = memchr(key, '=', (size_t)(end - key));
 		at += len;
@@ -811,9 +813,9 @@ static void pax_records(char *data, size_t size, char *path, char *link, size_t 
 		if (strlen(value) != (size_t)(end - value))
 			continue; /* a NUL inside: no name of ours */
 		if (!strcmp(key, "path"))
-			snprintf(path, cap, "%s", value);
+			too_long |= PATHF_N(path, cap, "%s", value);
 		else if (!strcmp(key, "linkpath"))
-			snprintf(link, cap, "%s", value);
+			too_long |= PATHF_N(link, cap, "%s", value);
 		else if (!strcmp(key, "size")) {
 			char *stop;
 			errno = 0;
@@ -821,6 +823,7 @@ static void pax_records(char *data, size_t size, char *path, char *link, size_t 
 			*have_size = !errno && stop != value && !*stop;
 		}
 	}
+	return too_long;
 }
 
 /* Unpack the tar read from IN into DEST, a path resolved inside the
@@ -869,14 +872,20 @@ static int tar_extract(int in, int root, const char *dest, const struct extract_
 				fprintf(stderr, "truncated archive\n");
 				return 1;
 			}
+			int too_long = 0;
 			if (type == 'L')
-				snprintf(pax_path, sizeof(pax_path), "%s", data);
+				too_long = PATHF(pax_path, "%s", data);
 			else if (type == 'K')
-				snprintf(pax_link, sizeof(pax_link), "%s", data);
+				too_long = PATHF(pax_link, "%s", data);
 			else if (type == 'x')
-				pax_records(data, size, pax_path, pax_link, sizeof(pax_path), &pax_size,
-					    &have_pax_size);
+				too_long = pax_records(data, size, pax_path, pax_link, sizeof(pax_path),
+						       &pax_size, &have_pax_size);
 			free(data);
+			if (too_long) {
+				/* Cut short, it would name another file. */
+				fprintf(stderr, "archive entry name too long\n");
+				return 1;
+			}
 			continue;
 		}
 		if (have_pax_size)
