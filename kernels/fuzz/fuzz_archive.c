@@ -162,8 +162,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 * path in the container: still contained by r). */
 	const char *dest = (flags >> 3) & 1 ? "/d" : "/";
 	fresh("/r");
-	if (*dest && strcmp(dest, "/"))
-		mkdir("/r/d", 0755);
+	mkdir("/r/d", 0755);
+	/* What a hostile container leaves on the way: symlinks out of its
+	 * root, relative and absolute, and a loop (the archive's own symlinks
+	 * that point above the extraction point are refused, as dockerd does). */
+	if (symlink("../o", "/r/up") || symlink("/o", "/r/abs") || symlink("../../o", "/r/d/up") ||
+	    symlink("loop", "/r/loop"))
+		fail("cannot set up the container's symlinks");
 	int in = memfd_of(data, size);
 	int root = open("/r", O_PATH | O_DIRECTORY | O_CLOEXEC);
 	tar_extract(in, root, dest, &o);

@@ -56,6 +56,16 @@ def main() -> None:
                                   entry("d/l/x", data=b"pwned")], flags=8)
     write("symlink-chain", [entry("a", "sym", link="b/.."), entry("b", "sym", link=".."),
                             entry("a/b/x", data=b"pwned")])
+    # Symlinks the container made (fuzz_archive.c puts up -> ../o, abs -> /o,
+    # d/up -> ../../o and loop -> loop in the root first).
+    write("container-symlink-rel", [entry("up/x", data=b"pwned"), entry("up/y", "dir")])
+    write("container-symlink-abs", [entry("abs/x", data=b"pwned"), entry("abs/s", "sym", link="z")])
+    write("container-symlink-dest", [entry("up/x", data=b"pwned")], flags=8)
+    write("container-symlink-loop", [entry("loop/x", data=b"x")])
+    write("hardlink-via-container-symlink", [entry("h", "hard", link="up/canary"),
+                                             entry("h2", "hard", link="abs/canary")])
+    write("symlink-breakout", [entry("s", "sym", link="x/../../o"), entry("d/s", "sym", link="../y")],
+          flags=8)
     # "..", absolute names.
     write("dotdot", [entry("../o/x", data=b"pwned")])
     write("absolute", [entry("/o/x", data=b"inside")])

@@ -788,6 +788,32 @@ struct extract_options {
 	const char *rename_single; /* the archive's one file gets this name */
 };
 
+/* Whether a symlink at NAME (below the extraction point) to TARGET would
+ * point above the extraction point, lexically: dockerd refuses such an
+ * entry ("invalid symlink"), so does this. An absolute target is joined to
+ * the link's directory as dockerd joins it, and stays below. */
+static int symlink_breaks_out(const char *name, const char *target)
+{
+	if (target[0] == '/')
+		return 0;
+	long depth = 0;
+	for (const char *p = name; *p; p++)
+		depth += *p == '/';
+	for (const char *p = target; *p;) {
+		size_t n = strcspn(p, "/");
+		if (n == 2 && p[0] == '.' && p[1] == '.') {
+			if (--depth < 0)
+				return 1;
+		} else if (n && !(n == 1 && p[0] == '.')) {
+			depth++;
+		}
+		p += n;
+		while (*p == '/')
+			p++;
+	}
+	return 0;
+}
+
 /* One PAX extended header's records ("LEN KEY=VALUE\n"): the ones read.
  * Returns non-zero when a name did not fit in CAP. */
 static int pax_records(char *data, size_t size, char *path, char *link, size_t cap,
@@ -926,6 +952,10 @@ static int tar_extract(int in, int root, const char *dest, const struct extract_
 			if (has_data && discard(in, size + padding(size)))
 				break;
 			continue;
+		}
+		if (type == '2' && symlink_breaks_out(name, linkname)) {
+			fprintf(stderr, "invalid symlink \"%s\" -> \"%s\"\n", name, linkname);
+			return 1;
 		}
 		const char *leaf;
 		int dir = open_parent(root, dest, name, 1, &leaf);
