@@ -32,7 +32,7 @@ def entry(name: str, kind: str = "file", data: bytes = b"", link: str = "",
 
 
 def write(name: str, entries: list[tuple[tarfile.TarInfo, bytes]], flags: int = 0,
-          fmt: int = tarfile.PAX_FORMAT) -> None:
+          fmt: int = tarfile.PAX_FORMAT, typeflag: bytes | None = None) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
         for ti, data in entries:
@@ -41,6 +41,9 @@ def write(name: str, entries: list[tuple[tarfile.TarInfo, bytes]], flags: int = 
         # Without tarfile's padding to 10 KiB: a missing end is tolerated.
         data = buf.getvalue().rstrip(b"\0")
         data += b"\0" * (-len(data) % 512)
+        if typeflag is not None:  # every header's typeflag (old tars: NUL)
+            data = b"".join(data[i:i + 156] + typeflag + data[i + 157:i + 512]
+                            if i == 0 else data[i:i + 512] for i in range(0, len(data), 512))
         f.write(bytes([flags]) + data)
 
 
@@ -88,6 +91,8 @@ def main() -> None:
     write("long-gnu", [entry(long, data=b"x"), entry("ln", "sym", link="t" * 300)],
           fmt=tarfile.GNU_FORMAT)
     write("ustar", [entry("u" * 90 + "/" + "v" * 90, data=b"prefix")], fmt=tarfile.USTAR_FORMAT)
+    write("v7-regular", [entry("v7", data=b"old")], fmt=tarfile.USTAR_FORMAT, typeflag=b"\0")
+    write("high-typeflag", [entry("hi", data=b"x")], fmt=tarfile.USTAR_FORMAT, typeflag=b"\xff")
     write("no-overwrite", [entry("x", data=b"1"), entry("x", "dir")], flags=2)
 
 

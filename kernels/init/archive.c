@@ -975,8 +975,10 @@ static int tar_extract(int in, int root, const char *dest, const struct extract_
 		int rc = 0, fd = -1;
 		if (exists && !(type == '5' && S_ISDIR(existing.st_mode)))
 			rc = remove_at(dir, leaf);
-		switch (rc ? 0 : type) {
-		case 0:
+		/* Not a char: a typeflag of 0 (an old tar's regular file) or of a
+		 * byte above 127 (negative) must land in `default`. */
+		switch (rc ? 256 : (unsigned char)type) {
+		case 256: /* what was there could not be removed */
 			break;
 		case '5':
 			if (mkdirat(dir, leaf, mode) && errno != EEXIST)
