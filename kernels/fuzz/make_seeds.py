@@ -67,21 +67,22 @@ def main() -> None:
     write("container-symlink-loop", [entry("loop/x", data=b"x")])
     write("hardlink-via-container-symlink", [entry("h", "hard", link="up/canary"),
                                              entry("h2", "hard", link="abs/canary")])
-    write("symlink-breakout", [entry("s", "sym", link="x/../../o"), entry("d/s", "sym", link="../y")],
-          flags=8)
+    write("symlink-breakout", [entry("s", "sym", link="x/../../o"),
+                               entry("d/s", "sym", link="../y")], flags=8)
     # "..", absolute names.
     write("dotdot", [entry("../o/x", data=b"pwned")])
     write("absolute", [entry("/o/x", data=b"inside")])
     # Hard links out, directly or through a symlinked parent.
     write("hardlink-out", [entry("h", "hard", link="../o/canary")])
     write("hardlink-abs", [entry("h", "hard", link="/o/canary")])
-    write("hardlink-via-symlink", [entry("s", "sym", link="../o"), entry("h", "hard", link="s/canary")])
+    write("hardlink-via-symlink", [entry("s", "sym", link="../o"),
+                                   entry("h", "hard", link="s/canary")])
     # A symlink, then a file or directory of the same name.
     write("symlink-then-file", [entry("l", "sym", link="../o/canary"), entry("l", data=b"pwned")])
     write("symlink-then-dir", [entry("l", "sym", link="../o"), entry("l", "dir"),
                                entry("l/x", data=b"inside")])
-    write("symlink-then-file-rename", [entry("l", "sym", link="/o/canary"), entry("l", data=b"pwned")],
-          flags=4)
+    write("symlink-then-file-rename", [entry("l", "sym", link="/o/canary"),
+                                       entry("l", data=b"pwned")], flags=4)
     # Deep trees and long names (PAX and GNU).
     deep = "/".join(["a"] * 2000)
     write("deep", [entry(deep + "/f", data=b"deep")])
