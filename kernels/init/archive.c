@@ -593,8 +593,10 @@ static unsigned long long padding(unsigned long long size)
 	return (BLOCK - size % BLOCK) % BLOCK;
 }
 
-/* Archive names are made relative and free of "..": a name with ".." is
- * refused, as dockerd refuses one that would leave the extraction point. */
+/* Archive names are made relative and cleaned lexically, as Go's
+ * filepath.Join cleans them in dockerd: "a/../b" is "b", and a name whose
+ * ".." climbs above the extraction point is refused, as dockerd refuses it
+ * ("is outside of"). */
 static int clean_name(const char *name, char *out, size_t cap)
 {
 	char copy[PATH_MAX];
@@ -606,8 +608,14 @@ static int clean_name(const char *name, char *out, size_t cap)
 	     part = strtok_r(NULL, "/", &save)) {
 		if (!strcmp(part, ".") || !*part)
 			continue;
-		if (!strcmp(part, ".."))
-			return -1;
+		if (!strcmp(part, "..")) {
+			if (!used)
+				return -1;
+			char *slash = strrchr(out, '/');
+			used = slash ? (size_t)(slash - out) : 0;
+			out[used] = 0;
+			continue;
+		}
 		int n = snprintf(out + used, cap - used, "%s%s", used ? "/" : "", part);
 		if (n < 0 || (size_t)n >= cap - used)
 			return -1;

@@ -126,6 +126,16 @@ def test_entries_that_leave_are_refused(tool: Path, box: tuple[Path, Path], entr
     _untouched(outside)
 
 
+def test_dot_dot_inside_is_cleaned_as_dockerd_cleans_it(tool: Path, box: tuple[Path, Path]
+                                                        ) -> None:
+    root, outside = box
+    result = _extract(tool, root, "/", _tar(("a/../f", b"1"), _link("h", "x/../f", hard=True)))
+    assert result.returncode == 0, result.stderr
+    assert (root / "f").read_bytes() == b"1" and (root / "h").stat().st_nlink == 2
+    assert not (root / "a").exists()
+    _untouched(outside)
+
+
 def test_a_symlink_then_a_file_of_its_name(tool: Path, box: tuple[Path, Path]) -> None:
     root, outside = box
     os.symlink(str(outside / "canary"), root / "l")
