@@ -18,6 +18,7 @@ apt_packages=(
     # (linux-source-6.1 on Debian 12, linux-source-6.12 on Debian 13)
     linux-source build-essential bc bison flex libelf-dev libssl-dev xz-utils
     musl-tools cpio                           # guest kernel and static guest init
+    clang libclang-rt-dev                     # the guest init's fuzzers (kernels/fuzz)
     e2fsprogs                                 # mkfs.ext4 -d: image and scratch disks
     busybox-static                            # the busybox base image
     mmdebstrap                                # the debian-python base image (Debian minbase)

@@ -10,6 +10,8 @@ cd "$(dirname "$0")"
 if [ -d .venv ]; then
     export PATH="$PWD/.venv/bin:$PATH"
 fi
+# The guest init's fuzzers (tests/unit/test_init_fuzz.py): 30 s each here.
+export HBD_FUZZ_SECONDS=${HBD_FUZZ_SECONDS:-30}
 ruff check hbd tests bench
 mypy
 exec python3 -m pytest -q -p no:cacheprovider "$@" tests

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/time.h>
 #include <sys/types.h>
@@ -29,6 +30,7 @@
 static char layer_upper[160], layer_lower[160], created_list[160], container_cgroup[160];
 /* Build a path; true when it did not fit (the caller skips that entry). */
 #define PATHF(buf, ...) (snprintf(buf, sizeof(buf), __VA_ARGS__) >= (int)sizeof(buf))
+#define PATHF_N(buf, cap, ...) (snprintf(buf, cap, __VA_ARGS__) >= (int)(cap))
 
 /* -- writing -------------------------------------------------------------- */
 
@@ -38,6 +40,13 @@ struct hardlinks {
 	char *name[4096];
 	int n;
 };
+
+static void hardlinks_free(struct hardlinks *links)
+{
+	for (int i = 0; i < links->n; i++)
+		free(links->name[i]);
+	links->n = 0;
+}
 
 static void octal(char *field, size_t width, unsigned long long value)
 {
@@ -208,35 +217,39 @@ static int walk(int fd, const char *real, const char *name, struct hardlinks *li
 	int n = scandir(real, &entries, NULL, alphasort);
 	if (n < 0)
 		return 0;
-	int rc = 0;
+	/* A level's paths live on the heap: a tree can be PATH_MAX/2 levels
+	 * deep, and 12 KiB of stack a level would overflow the stack. */
+	struct {
+		char real[PATH_MAX], name[PATH_MAX], out[PATH_MAX];
+		struct stat st;
+	} *f = malloc(sizeof(*f));
+	int rc = f ? 0 : -1;
 	for (int i = 0; i < n; i++) {
 		const char *d = entries[i]->d_name;
-		char child_real[PATH_MAX], child_name[PATH_MAX], out_name[PATH_MAX];
 		if (!rc && strcmp(d, ".") && strcmp(d, "..") &&
-		    !PATHF(child_real, "%s/%s", real, d) &&
-		    !PATHF(child_name, "%s%s%s", name, *name ? "/" : "", d)) {
-			struct stat st;
-			if (!lstat(child_real, &st)) {
-				int whiteout = 0;
-				snprintf(out_name, sizeof(out_name), "%s", child_name);
-				int keep = filter ? filter(child_real, child_name, &st, out_name,
-							   sizeof(out_name), &whiteout) : 1;
-				if (keep && whiteout) {
-					struct stat empty = st;
-					empty.st_mode = S_IFREG | 0;
-					empty.st_size = 0;
-					empty.st_uid = empty.st_gid = 0;
-					rc = emit_header(fd, out_name, NULL, &empty, '0');
-				} else if (keep) {
-					rc = emit_entry(fd, child_real, out_name, &st, links);
-					if (!rc && S_ISDIR(st.st_mode) && keep != KEEP_NO_DESCENT)
-						rc = walk(fd, child_real, child_name, links, filter);
-				}
+		    !PATHF(f->real, "%s/%s", real, d) &&
+		    !PATHF(f->name, "%s%s%s", name, *name ? "/" : "", d) && !lstat(f->real, &f->st)) {
+			int whiteout = 0;
+			snprintf(f->out, sizeof(f->out), "%s", f->name);
+			int keep = filter ? filter(f->real, f->name, &f->st, f->out, sizeof(f->out),
+						   &whiteout)
+					  : 1;
+			if (keep && whiteout) {
+				struct stat empty = f->st;
+				empty.st_mode = S_IFREG | 0;
+				empty.st_size = 0;
+				empty.st_uid = empty.st_gid = 0;
+				rc = emit_header(fd, f->out, NULL, &empty, '0');
+			} else if (keep) {
+				rc = emit_entry(fd, f->real, f->out, &f->st, links);
+				if (!rc && S_ISDIR(f->st.st_mode) && keep != KEEP_NO_DESCENT)
+					rc = walk(fd, f->real, f->name, links, filter);
 			}
 		}
 		free(entries[i]);
 	}
 	free(entries);
+	free(f);
 	return rc;
 }
 
@@ -249,7 +262,7 @@ static int end_archive(int fd)
 /* `docker cp c:PATH -`: the entry named after PATH's last component, and
  * below it a directory's content. PATH ending in "/." archives the content
  * alone, as docker does. */
-static int tar_create(const char *path)
+static int tar_create(int out, const char *path)
 {
 	char copy[PATH_MAX];
 	snprintf(copy, sizeof(copy), "%s", path);
@@ -270,14 +283,15 @@ static int tar_create(const char *path)
 		base = ".";
 	int rc = 0;
 	if (contents_only && S_ISDIR(st.st_mode)) {
-		rc = walk(1, copy, "", &links, NULL);
+		rc = walk(out, copy, "", &links, NULL);
 	} else {
-		rc = emit_entry(1, copy, base, &st, &links);
+		rc = emit_entry(out, copy, base, &st, &links);
 		if (!rc && S_ISDIR(st.st_mode))
-			rc = walk(1, copy, strcmp(base, ".") ? base : "", &links, NULL);
+			rc = walk(out, copy, strcmp(base, ".") ? base : "", &links, NULL);
 	}
 	if (!rc)
-		rc = end_archive(1);
+		rc = end_archive(out);
+	hardlinks_free(&links);
 	return rc ? 1 : 0;
 }
 
@@ -370,31 +384,34 @@ static int list_changes(const char *real, const char *name, struct buf *out)
 	struct dirent **entries;
 	int n = scandir(real, &entries, NULL, alphasort);
 	int count = 0;
+	/* On the heap, as walk's: trees can be deep. */
+	struct {
+		char real[PATH_MAX], name[PATH_MAX];
+		struct stat st, lower;
+	} *f = n > 0 ? malloc(sizeof(*f)) : NULL;
 	for (int i = 0; i < n; i++) {
 		const char *d = entries[i]->d_name;
-		char child_real[PATH_MAX], child[PATH_MAX];
-		struct stat st, lower;
-		if (!strcmp(d, ".") || !strcmp(d, "..") || PATHF(child_real, "%s/%s", real, d) ||
-		    PATHF(child, "%s%s%s", name, *name ? "/" : "", d) || lstat(child_real, &st) ||
-		    is_created(child)) {
+		if (!f || !strcmp(d, ".") || !strcmp(d, "..") || PATHF(f->real, "%s/%s", real, d) ||
+		    PATHF(f->name, "%s%s%s", name, *name ? "/" : "", d) || lstat(f->real, &f->st) ||
+		    is_created(f->name)) {
 			free(entries[i]);
 			continue;
 		}
-		if (is_whiteout(&st)) {
-			change_record(out, child, 2);
+		if (is_whiteout(&f->st)) {
+			change_record(out, f->name, 2);
 			count++;
-		} else if (!S_ISDIR(st.st_mode)) {
-			change_record(out, child, in_lower(child, &lower) ? 0 : 1);
+		} else if (!S_ISDIR(f->st.st_mode)) {
+			change_record(out, f->name, in_lower(f->name, &f->lower) ? 0 : 1);
 			count++;
 		} else {
-			int existed = in_lower(child, &lower);
+			int existed = in_lower(f->name, &f->lower);
 			struct buf below = {0};
-			int opaque = existed && is_opaque(child_real);
+			int opaque = existed && is_opaque(f->real);
 			if (opaque)
-				count += list_opaque_deletions(child, child_real, &below);
-			int inner = list_changes(child_real, child, &below);
+				count += list_opaque_deletions(f->name, f->real, &below);
+			int inner = list_changes(f->real, f->name, &below);
 			if (!existed || opaque || inner) {
-				change_record(out, child, existed ? 0 : 1);
+				change_record(out, f->name, existed ? 0 : 1);
 				count++;
 			}
 			if (below.len)
@@ -406,6 +423,7 @@ static int list_changes(const char *real, const char *name, struct buf *out)
 	}
 	if (n >= 0)
 		free(entries);
+	free(f);
 	return count;
 }
 
@@ -427,16 +445,20 @@ static int commit_filter(const char *real, const char *name, const struct stat *
 	}
 	if (S_ISDIR(st->st_mode) && is_opaque(real)) {
 		/* Emitted before the walk descends, right after the directory. */
-		char marker[PATH_MAX];
-		snprintf(marker, sizeof(marker), "%s/.wh..wh..opq", name);
+		/* On the heap: opaque directories nest, and the table is big. */
+		char *marker = malloc(PATH_MAX);
+		struct hardlinks *none = calloc(1, sizeof(*none));
 		struct stat empty = *st;
 		empty.st_mode = S_IFREG;
 		empty.st_size = 0;
-		struct hardlinks none = {0};
-		if (emit_entry(1, real, name, (struct stat *)st, &none) ||
-		    emit_header(1, marker, NULL, &empty, '0'))
-			return 0;
-		walk(1, real, name, &none, commit_filter);
+		if (marker && none && !PATHF_N(marker, PATH_MAX, "%s/.wh..wh..opq", name) &&
+		    !emit_entry(1, real, name, (struct stat *)st, none) &&
+		    !emit_header(1, marker, NULL, &empty, '0'))
+			walk(1, real, name, none, commit_filter);
+		free(marker);
+		if (none)
+			hardlinks_free(none);
+		free(none);
 		return 0; /* done here: the caller must not emit it again */
 	}
 	return 1;
@@ -571,20 +593,29 @@ static unsigned long long padding(unsigned long long size)
 	return (BLOCK - size % BLOCK) % BLOCK;
 }
 
-/* Archive names are made relative and free of "..": inside the chroot they
- * cannot leave the container, but they must not leave `dest` either. */
+/* Archive names are made relative and cleaned lexically, as Go's
+ * filepath.Join cleans them in dockerd: "a/../b" is "b", and a name whose
+ * ".." climbs above the extraction point is refused, as dockerd refuses it
+ * ("is outside of"). */
 static int clean_name(const char *name, char *out, size_t cap)
 {
 	char copy[PATH_MAX];
-	snprintf(copy, sizeof(copy), "%s", name);
+	if (PATHF(copy, "%s", name))
+		return -1;
 	out[0] = 0;
 	size_t used = 0;
 	for (char *save = NULL, *part = strtok_r(copy, "/", &save); part;
 	     part = strtok_r(NULL, "/", &save)) {
 		if (!strcmp(part, ".") || !*part)
 			continue;
-		if (!strcmp(part, ".."))
-			return -1;
+		if (!strcmp(part, "..")) {
+			if (!used)
+				return -1;
+			char *slash = strrchr(out, '/');
+			used = slash ? (size_t)(slash - out) : 0;
+			out[used] = 0;
+			continue;
+		}
 		int n = snprintf(out + used, cap - used, "%s%s", used ? "/" : "", part);
 		if (n < 0 || (size_t)n >= cap - used)
 			return -1;
@@ -593,27 +624,166 @@ static int clean_name(const char *name, char *out, size_t cap)
 	return used ? 0 : 1;
 }
 
-static void remove_tree(const char *path)
+/* openat2 (Linux >= 5.6): musl has neither the wrapper nor the ABI. */
+struct open_how_ {
+	unsigned long long flags, mode, resolve;
+};
+#define RESOLVE_NO_MAGICLINKS_ 0x02
+#define RESOLVE_IN_ROOT_ 0x10
+
+/* PATH opened as if ROOT were "/": "..", absolute symlinks and symlinks in
+ * any parent resolve inside ROOT, never above it, and /proc's magic links
+ * are refused. This is how an archive is unpacked: every entry is created
+ * by name in a directory reached this way, so nothing lands outside ROOT
+ * whatever symlinks the archive or the container put on the way. */
+static int open_in_root(int root, const char *path, int flags)
 {
-	struct stat st;
-	if (lstat(path, &st))
-		return;
-	if (S_ISDIR(st.st_mode)) {
-		DIR *d = opendir(path);
+	struct open_how_ how = {.flags = (unsigned long long)(flags | O_CLOEXEC),
+				.resolve = RESOLVE_IN_ROOT_ | RESOLVE_NO_MAGICLINKS_};
+	for (int tries = 0;; tries++) {
+		int fd = (int)syscall(SYS_openat2, root, *path ? path : ".", &how, sizeof(how));
+		/* EAGAIN: a rename raced the lookup of "..". */
+		if (fd >= 0 || errno != EAGAIN || tries == 16)
+			return fd;
+	}
+}
+
+/* The directory that will hold NAME (a clean relative name) below DEST,
+ * both resolved in ROOT; with `create`, missing directories on the way are
+ * made (0755, root's, as dockerd makes them). *leaf is NAME's last part. */
+static int open_parent(int root, const char *dest, const char *name, int create,
+		       const char **leaf)
+{
+	const char *slash = strrchr(name, '/');
+	*leaf = slash ? slash + 1 : name;
+	if (!slash)
+		return open_in_root(root, dest, O_PATH | O_DIRECTORY);
+	char path[PATH_MAX];
+	size_t dlen = strlen(dest), plen = (size_t)(slash - name);
+	if (dlen + 1 + plen >= sizeof(path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(path, dest, dlen);
+	path[dlen] = '/';
+	memcpy(path + dlen + 1, name, plen);
+	path[dlen + 1 + plen] = 0;
+	int fd = open_in_root(root, path, O_PATH | O_DIRECTORY);
+	if (fd >= 0 || errno != ENOENT || !create)
+		return fd;
+	/* Some directory is missing: one part at a time, each made by name in
+	 * its resolved parent. */
+	fd = open_in_root(root, dest, O_PATH | O_DIRECTORY);
+	for (char *part = path + dlen + 1; fd >= 0;) {
+		char *end = strchr(part, '/');
+		if (end)
+			*end = 0;
+		int next = open_in_root(root, path, O_PATH | O_DIRECTORY);
+		if (next < 0 && errno == ENOENT) {
+			if (mkdirat(fd, part, 0755) && errno != EEXIST) {
+				close(fd);
+				return -1;
+			}
+			next = open_in_root(root, path, O_PATH | O_DIRECTORY);
+		}
+		close(fd);
+		fd = next;
+		if (!end)
+			break;
+		*end = '/';
+		part = end + 1;
+	}
+	return fd;
+}
+
+/* Remove NAME from the directory DIR, and all below it when it is a
+ * directory. Iterative, so that a tree deeper than any path (a container
+ * can make one) overflows neither the stack nor the table of open files:
+ * it climbs back with "..", checked against the directory it came from. */
+static int remove_at(int dir, const char *name)
+{
+	if (!unlinkat(dir, name, 0) || errno == ENOENT)
+		return 0;
+	if (errno != EISDIR && errno != EPERM)
+		return -1;
+	struct level {
+		dev_t dev;
+		ino_t ino;
+		char *name;
+	} *up = NULL;
+	size_t depth = 0, cap = 0;
+	int fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), rc = 0;
+	while (fd >= 0) {
+		/* Everything but directories goes; the first directory is next. */
+		char *sub = NULL;
+		int list = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		DIR *d = list >= 0 ? fdopendir(list) : NULL;
+		if (!d) {
+			if (list >= 0)
+				close(list);
+			rc = -1;
+			break;
+		}
 		struct dirent *e;
-		while (d && (e = readdir(d))) {
+		while ((e = readdir(d))) {
 			if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
 				continue;
-			char child[PATH_MAX];
-			snprintf(child, sizeof(child), "%s/%s", path, e->d_name);
-			remove_tree(child);
+			if (!unlinkat(fd, e->d_name, 0) || errno == ENOENT)
+				continue;
+			if (errno == EISDIR || errno == EPERM)
+				sub = strdup(e->d_name);
+			if (!sub)
+				rc = -1;
+			break;
 		}
-		if (d)
-			closedir(d);
-		rmdir(path);
-	} else {
-		unlink(path);
+		closedir(d);
+		if (rc)
+			break;
+		struct stat here;
+		if (sub) {
+			if (depth == cap) {
+				cap = cap ? cap * 2 : 64;
+				struct level *n = realloc(up, cap * sizeof(*up));
+				if (!n) {
+					free(sub);
+					rc = -1;
+					break;
+				}
+				up = n;
+			}
+			if (fstat(fd, &here)) {
+				free(sub);
+				rc = -1;
+				break;
+			}
+			up[depth++] = (struct level){here.st_dev, here.st_ino, sub};
+			int child = openat(fd, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			close(fd);
+			fd = child;
+			continue;
+		}
+		if (!depth)
+			break;
+		int parent = openat(fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		close(fd);
+		fd = parent;
+		depth--;
+		if (fd < 0 || fstat(fd, &here) || here.st_dev != up[depth].dev ||
+		    here.st_ino != up[depth].ino || unlinkat(fd, up[depth].name, AT_REMOVEDIR)) {
+			free(up[depth].name);
+			rc = -1;
+			break;
+		}
+		free(up[depth].name);
 	}
+	if (fd < 0)
+		rc = -1;
+	else
+		close(fd);
+	while (depth)
+		free(up[--depth].name);
+	free(up);
+	return rc ? -1 : unlinkat(dir, name, AT_REMOVEDIR);
 }
 
 /* PUT /archive: unpack a tar under DEST. Owners are kept only when asked
@@ -626,20 +796,91 @@ struct extract_options {
 	const char *rename_single; /* the archive's one file gets this name */
 };
 
-static int tar_extract(const char *dest, const struct extract_options *o)
+/* Whether a symlink at NAME (below the extraction point) to TARGET would
+ * point above the extraction point, lexically: dockerd refuses such an
+ * entry ("invalid symlink"), so does this. An absolute target is joined to
+ * the link's directory as dockerd joins it, and stays below. */
+static int symlink_breaks_out(const char *name, const char *target)
+{
+	if (target[0] == '/')
+		return 0;
+	long depth = 0;
+	for (const char *p = name; *p; p++)
+		depth += *p == '/';
+	for (const char *p = target; *p;) {
+		size_t n = strcspn(p, "/");
+		if (n == 2 && p[0] == '.' && p[1] == '.') {
+			if (--depth < 0)
+				return 1;
+		} else if (n && !(n == 1 && p[0] == '.')) {
+			depth++;
+		}
+		p += n;
+		while (*p == '/')
+			p++;
+	}
+	return 0;
+}
+
+/* One PAX extended header's records ("LEN KEY=VALUE\n"): the ones read.
+ * Returns non-zero when a name did not fit in CAP. */
+static int pax_records(char *data, size_t size, char *path, char *link, size_t cap,
+		       unsigned long long *pax_size, int *have_size)
+{
+	int too_long = 0;
+	size_t at = 0;
+	while (at < size) {
+		char *p = data + at;
+		size_t left = size - at, len = 0, i = 0;
+		while (i < left && i < 10 && p[i] >= '0' && p[i] <= '9')
+			len = len * 10 + (size_t)(p[i++] - '0');
+		if (!i || i >= left || p[i] != ' ' || len <= i + 1 || len > left || p[len - 1] != '\n')
+			return too_long; /* malformed: what follows cannot be trusted */
+		char *key = p + i + 1, *end = p + len - 1;
+		char *eq = memchr(key, '=', (size_t)(end - key));
+		at += len;
+		if (!eq)
+			continue;
+		*eq = 0;
+		*end = 0;
+		const char *value = eq + 1;
+		if (strlen(value) != (size_t)(end - value))
+			continue; /* a NUL inside: no name of ours */
+		if (!strcmp(key, "path"))
+			too_long |= PATHF_N(path, cap, "%s", value);
+		else if (!strcmp(key, "linkpath"))
+			too_long |= PATHF_N(link, cap, "%s", value);
+		else if (!strcmp(key, "size")) {
+			char *stop;
+			errno = 0;
+			*pax_size = strtoull(value, &stop, 10);
+			*have_size = !errno && stop != value && !*stop;
+		}
+	}
+	return too_long;
+}
+
+/* Unpack the tar read from IN into DEST, a path resolved inside the
+ * directory ROOT as if ROOT were "/" (open_in_root): docker cp resolves in
+ * the container's root, as dockerd's chrooted unpack does, and COPY/ADD in
+ * their destination, as the builder's. */
+static int tar_extract(int in, int root, const char *dest, const struct extract_options *o)
 {
 	struct stat dst;
-	if (stat(dest, &dst) || !S_ISDIR(dst.st_mode)) {
+	int dest_fd = open_in_root(root, dest, O_PATH | O_DIRECTORY);
+	if (dest_fd < 0 || fstat(dest_fd, &dst) || !S_ISDIR(dst.st_mode)) {
+		if (dest_fd >= 0)
+			close(dest_fd);
 		fprintf(stderr, "extraction point is not a directory\n");
 		return 2;
 	}
+	close(dest_fd);
 	unsigned char h[BLOCK];
 	char pax_path[PATH_MAX] = "", pax_link[PATH_MAX] = "";
 	unsigned long long pax_size = 0;
 	int have_pax_size = 0;
-	struct timeval times[2];
 	for (;;) {
-		if (read_full(0, h, BLOCK))
+		if (read_full(in, h, BLOCK))
 			break; /* a missing end-of-archive is tolerated, as tar does */
 		int empty = 1;
 		for (int i = 0; i < BLOCK && empty; i++)
@@ -654,50 +895,36 @@ static int tar_extract(const char *dest, const struct extract_options *o)
 				return 1;
 			}
 			char *data = malloc(size + 1);
-			if (!data || read_full(0, data, size)) {
+			if (!data || read_full(in, data, size)) {
 				free(data);
 				fprintf(stderr, "truncated archive\n");
 				return 1;
 			}
 			data[size] = 0;
-			if (discard(0, padding(size))) {
+			if (discard(in, padding(size))) {
 				free(data);
 				fprintf(stderr, "truncated archive\n");
 				return 1;
 			}
+			int too_long = 0;
 			if (type == 'L')
-				snprintf(pax_path, sizeof(pax_path), "%s", data);
+				too_long = PATHF(pax_path, "%s", data);
 			else if (type == 'K')
-				snprintf(pax_link, sizeof(pax_link), "%s", data);
-			else if (type == 'x') {
-				for (char *p = data; p < data + size;) {
-					char *space = strchr(p, ' ');
-					long len = atol(p);
-					if (!space || len <= 0 || p + len > data + size)
-						break;
-					char *key = space + 1, *eq = strchr(key, '=');
-					char *end = p + len - 1;
-					if (eq && eq < end) {
-						*eq = 0;
-						*end = 0;
-						if (!strcmp(key, "path"))
-							snprintf(pax_path, sizeof(pax_path), "%s", eq + 1);
-						else if (!strcmp(key, "linkpath"))
-							snprintf(pax_link, sizeof(pax_link), "%s", eq + 1);
-						else if (!strcmp(key, "size")) {
-							pax_size = strtoull(eq + 1, NULL, 10);
-							have_pax_size = 1;
-						}
-					}
-					p += len;
-				}
-			}
+				too_long = PATHF(pax_link, "%s", data);
+			else if (type == 'x')
+				too_long = pax_records(data, size, pax_path, pax_link, sizeof(pax_path),
+						       &pax_size, &have_pax_size);
 			free(data);
+			if (too_long) {
+				/* Cut short, it would name another file. */
+				fprintf(stderr, "archive entry name too long\n");
+				return 1;
+			}
 			continue;
 		}
 		if (have_pax_size)
 			size = pax_size;
-		char raw[PATH_MAX], linkname[PATH_MAX], name[PATH_MAX], full[PATH_MAX * 2];
+		char raw[PATH_MAX], linkname[PATH_MAX], name[PATH_MAX];
 		if (pax_path[0]) {
 			snprintf(raw, sizeof(raw), "%s", pax_path);
 		} else {
@@ -720,60 +947,84 @@ static int tar_extract(const char *dest, const struct extract_options *o)
 		uid_t uid = o->keep_owners ? (uid_t)parse_octal((char *)h + 108, 8) : o->uid;
 		gid_t gid = o->keep_owners ? (gid_t)parse_octal((char *)h + 116, 8) : o->gid;
 		time_t mtime = (time_t)parse_octal((char *)h + 136, 12);
+		/* Only these carry data; the others' size is ignored, as Go's tar
+		 * reader (dockerd's) ignores it. */
+		int has_data = !(type == '1' || type == '2' || type == '3' || type == '4' ||
+				 type == '5' || type == '6');
 		int clean = clean_name(o->rename_single ? o->rename_single : raw, name, sizeof(name));
 		if (clean < 0) {
 			fprintf(stderr, "refusing archive entry %s\n", raw);
 			return 1;
 		}
 		if (clean > 0) { /* the archive's root: nothing to create */
-			if ((type == '0' || type == 0 || type == '7') && discard(0, size + padding(size)))
+			if (has_data && discard(in, size + padding(size)))
 				break;
 			continue;
 		}
-		snprintf(full, sizeof(full), "%s/%s", dest, name);
-		char parent[PATH_MAX * 2];
-		snprintf(parent, sizeof(parent), "%s", full);
-		*strrchr(parent, '/') = 0;
-		mkdir_p(parent, 0755);
+		if (type == '2' && symlink_breaks_out(name, linkname)) {
+			fprintf(stderr, "invalid symlink \"%s\" -> \"%s\"\n", name, linkname);
+			return 1;
+		}
+		const char *leaf;
+		int dir = open_parent(root, dest, name, 1, &leaf);
+		if (dir < 0) {
+			fprintf(stderr, "cannot create %s: %s\n", name, strerror(errno));
+			return 1;
+		}
 		struct stat existing;
-		int exists = !lstat(full, &existing);
+		int exists = !fstatat(dir, leaf, &existing, AT_SYMLINK_NOFOLLOW);
 		if (exists && o->no_overwrite_dir_nondir &&
 		    (S_ISDIR(existing.st_mode) != (type == '5'))) {
 			fprintf(stderr, "cannot overwrite %s with a %s\n", name,
 				type == '5' ? "directory" : "non-directory");
+			close(dir);
 			return 1;
 		}
+		int rc = 0, fd = -1;
 		if (exists && !(type == '5' && S_ISDIR(existing.st_mode)))
-			remove_tree(full);
-		int rc = 0;
-		switch (type) {
+			rc = remove_at(dir, leaf);
+		/* Not a char: a typeflag of 0 (an old tar's regular file) or of a
+		 * byte above 127 (negative) must land in `default`. */
+		switch (rc ? 256 : (unsigned char)type) {
+		case 256: /* what was there could not be removed */
+			break;
 		case '5':
-			rc = mkdir(full, mode) && errno != EEXIST ? -1 : 0;
+			if (mkdirat(dir, leaf, mode) && errno != EEXIST)
+				rc = -1;
+			else if ((fd = openat(dir, leaf, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+				rc = -1;
 			break;
 		case '2':
-			rc = symlink(linkname, full);
+			rc = symlinkat(linkname, dir, leaf);
 			break;
 		case '1': {
-			char target_name[PATH_MAX], target[PATH_MAX * 2];
+			/* The target is a name in the archive, below DEST. */
+			char target_name[PATH_MAX];
+			const char *target_leaf;
 			if (clean_name(linkname, target_name, sizeof(target_name))) {
 				fprintf(stderr, "refusing hard link to %s\n", linkname);
+				close(dir);
 				return 1;
 			}
-			snprintf(target, sizeof(target), "%s/%s", dest, target_name);
-			rc = link(target, full);
+			int target_dir = open_parent(root, dest, target_name, 0, &target_leaf);
+			rc = target_dir < 0 ? -1 : linkat(target_dir, target_leaf, dir, leaf, 0);
+			if (target_dir >= 0)
+				close(target_dir);
 			break;
 		}
 		case '3':
 		case '4':
-			rc = mknod(full, (type == '3' ? S_IFCHR : S_IFBLK) | mode,
-				   makedev(parse_octal((char *)h + 329, 8), parse_octal((char *)h + 337, 8)));
+			rc = mknodat(dir, leaf, (type == '3' ? S_IFCHR : S_IFBLK) | mode,
+				     makedev(parse_octal((char *)h + 329, 8), parse_octal((char *)h + 337, 8)));
 			break;
 		case '6':
-			rc = mkfifo(full, mode);
+			rc = mkfifoat(dir, leaf, mode);
 			break;
-		default: { /* '0', '\0', '7': a regular file */
-			int out = open(full, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-			if (out < 0) {
+		default: { /* '0', '\0', '7' and the rest: a regular file */
+			/* O_EXCL: whatever was there is gone, and nothing that came
+			 * back since (a FIFO, a device, a symlink) is written to. */
+			fd = openat(dir, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+			if (fd < 0) {
 				rc = -1;
 				break;
 			}
@@ -781,29 +1032,51 @@ static int tar_extract(const char *dest, const struct extract_options *o)
 			unsigned long long left = size;
 			while (left && !rc) {
 				size_t n = left < sizeof(chunk) ? (size_t)left : sizeof(chunk);
-				if (read_full(0, chunk, n) || write_all(out, chunk, n))
+				if (read_full(in, chunk, n) || write_all(fd, chunk, n))
 					rc = -1;
 				left -= n;
 			}
-			close(out);
-			if (!rc && discard(0, padding(size)))
+			if (!rc && discard(in, padding(size)))
 				rc = -1;
 		}
 		}
 		if (rc) {
 			fprintf(stderr, "cannot create %s: %s\n", name, strerror(errno));
+			if (fd >= 0)
+				close(fd);
+			close(dir);
 			return 1;
 		}
-		if (lchown(full, uid, gid))
-			LOG("chown %s: %s", full, strerror(errno));
-		if (type != '2' && type != '1')
-			chmod(full, mode);
-		times[0].tv_sec = times[1].tv_sec = mtime;
-		times[0].tv_usec = times[1].tv_usec = 0;
-		if (type != '1')
-			lutimes(full, times);
+		/* Owner first: a chown clears the set-id bits the mode brings. */
+		if (fd >= 0 ? fchown(fd, uid, gid) : fchownat(dir, leaf, uid, gid, AT_SYMLINK_NOFOLLOW))
+			LOG("chown %s: %s", name, strerror(errno));
+		if (fd >= 0)
+			fchmod(fd, mode);
+		else if (type != '2' && type != '1')
+			fchmodat(dir, leaf, mode, 0);
+		struct timespec times[2] = {{.tv_sec = mtime}, {.tv_sec = mtime}};
+		if (fd >= 0)
+			futimens(fd, times);
+		else if (type != '1')
+			utimensat(dir, leaf, times, AT_SYMLINK_NOFOLLOW);
+		if (fd >= 0)
+			close(fd);
+		close(dir);
 	}
 	return 0;
+}
+
+/* Unpack stdin under DEST, resolving in DIR as in "/" (tar_extract). */
+static int extract_in(const char *dir, const char *dest, const struct extract_options *o)
+{
+	int root = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (root < 0) {
+		fprintf(stderr, "extraction point is not a directory\n");
+		return 2;
+	}
+	int rc = tar_extract(0, root, dest, o);
+	close(root);
+	return rc;
 }
 
 /* mkdir -p that gives the directories it creates to uid:gid when asked. */
@@ -859,7 +1132,7 @@ static int copy_in(const char *dest, const char *mode, const char *owner)
 			fprintf(stderr, "cannot create %s: %s\n", dest, strerror(errno));
 			return 1;
 		}
-		return tar_extract(dest, &o);
+		return extract_in(dest, "", &o); /* the builder unpacks chrooted in DEST */
 	}
 	char parent[PATH_MAX];
 	snprintf(parent, sizeof(parent), "%s", dest);
@@ -879,7 +1152,7 @@ static int copy_in(const char *dest, const char *mode, const char *owner)
 		return 1;
 	}
 	o.rename_single = name;
-	return tar_extract(parent, &o);
+	return extract_in(parent, "", &o);
 }
 
 /* HEAD /archive: what dockerd puts in X-Docker-Container-Path-Stat. */
@@ -918,14 +1191,15 @@ int run_builtin(const struct container *c, const char *name, char **args)
 	container_created_list(c, created_list, sizeof(created_list));
 	snprintf(container_cgroup, sizeof(container_cgroup), "%s", c->cgroup);
 	if (!strcmp(name, "tar-create") && args[0])
-		return tar_create(args[0]);
+		return tar_create(1, args[0]);
 	if (!strcmp(name, "tar-extract") && args[0]) {
 		struct extract_options o = {
 			.keep_owners = args[1] && !strcmp(args[1], "keep-owners"),
 			.no_overwrite_dir_nondir = args[1] && args[2] &&
 						   !strcmp(args[2], "no-overwrite-dir-nondir"),
 		};
-		return tar_extract(args[0], &o);
+		/* Resolved in the container's root, as dockerd's chrooted unpack. */
+		return extract_in("/", args[0], &o);
 	}
 	if (!strcmp(name, "copy-in") && args[0] && args[1])
 		return copy_in(args[0], args[1], args[2] ? args[2] : "");

@@ -1,5 +1,6 @@
 #include "json.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -261,7 +262,7 @@ static struct json *parse_value(struct parser *ps)
 	if (c == '-' || (c >= '0' && c <= '9')) {
 		char tmp[64];
 		size_t n = 0;
-		while (ps->p < ps->end && n < sizeof(tmp) - 1 &&
+		while (ps->p < ps->end && n < sizeof(tmp) - 1 && *ps->p &&
 		       strchr("+-0123456789.eE", *ps->p))
 			tmp[n++] = *ps->p++;
 		tmp[n] = 0;
@@ -323,7 +324,15 @@ const char *json_str(const struct json *obj, const char *key, const char *dflt)
 long long json_int(const struct json *obj, const char *key, long long dflt)
 {
 	const struct json *v = json_get(obj, key);
-	return v && v->type == J_NUM ? (long long)v->num : dflt;
+	if (!v || v->type != J_NUM || v->num != v->num)
+		return dflt;
+	/* Out of range (1e30, 1e999 read as infinity) is clamped: converting
+	 * it as it is would be undefined behaviour. 0x1p63 is 2^63 exactly. */
+	if (v->num >= 0x1p63)
+		return LLONG_MAX;
+	if (v->num < -0x1p63)
+		return LLONG_MIN;
+	return (long long)v->num;
 }
 
 int json_bool(const struct json *obj, const char *key, int dflt)
