@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hbd.config import Config
 from hbd.drivers.accel import choose_accel
 from hbd.drivers.guest import GuestDriver, QemuGuestDriver
 from hbd.drivers.template import TemplateStore
-from hbd.drivers.vm import QemuMicrovmDriver
+from hbd.drivers.vm import Confinement, QemuMicrovmDriver
 from hbd.errors import InvalidParameter
 from hbd.events import EventBus
 from hbd.services.build.builder import Builder
@@ -30,6 +32,13 @@ from hbd.services.volume.service import VolumeService
 from hbd.store import StateStore
 
 log = logging.getLogger(__name__)
+
+
+def private_root(root: Path) -> None:
+    """data-root and exec-root as dockerd keeps them: 0710 root's. Nothing
+    else reaches into them: a jailed QEMU gets its files as descriptors."""
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o710)
 
 
 @dataclass
@@ -56,8 +65,8 @@ class Daemon:
 
     async def start(self) -> None:
         config = self.config
-        config.data_root.mkdir(parents=True, exist_ok=True)
-        config.exec_root.mkdir(parents=True, exist_ok=True)
+        for root in (config.data_root, config.exec_root):
+            private_root(root)
         self.state = StateStore(config.data_root / "state")
         self.events = EventBus()
         self.images = ImageStore(self.state, config.data_root / "image", self.events)
@@ -75,7 +84,7 @@ class Daemon:
                         f"{path} is missing: build the guest with kernels/build.sh")
             self.accel = await choose_accel(config.vm.accel, config.vm.qemu, kernel,
                                             config.exec_root)
-            vm_driver = QemuMicrovmDriver(config.vm.qemu)
+            vm_driver = QemuMicrovmDriver(config.vm.qemu, self._confinement())
             templates = TemplateStore(
                 vm_driver, config.data_root / "templates",
                 f"hbt{instance_tag(config.data_root)}", config.vm.boot_timeout)
@@ -112,6 +121,16 @@ class Daemon:
         self.disk_usage = DiskUsage(self.images, self.containers, self.volumes, self.builder)
         await self.containers.restore()
         await self.containers.sandboxes.prepare()
+
+    def _confinement(self) -> Confinement:
+        if not self.config.vm.jail:
+            log.warning("vm.jail is off: guests' QEMU runs as root, unconfined")
+            return Confinement()
+        confinement = Confinement.full(
+            self.config.exec_root, f"hbd-{instance_tag(self.config.data_root)}")
+        if confinement.cgroups is not None:
+            confinement.cgroups.sweep()
+        return confinement
 
     def _dns_views(self) -> list[NetworkView]:
         """Per bridge network: its gateway, the names of running containers on

@@ -401,7 +401,7 @@ class QemuGuestDriver:
                     await connect
 
     async def reattach(self, run_dir: Path) -> Guest | None:
-        vm = MicroVM.find(run_dir)
+        vm = self.vm_driver.find(run_dir)
         if vm is None:
             return None
         try:
