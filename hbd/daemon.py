@@ -47,6 +47,7 @@ class Daemon:
     guest_driver: GuestDriver | None = None
     accel: str = ""
     templates: TemplateStore | None = None
+    confinement: Confinement | None = None
     state: StateStore = field(init=False)
     events: EventBus = field(init=False)
     images: ImageStore = field(init=False)
@@ -130,6 +131,7 @@ class Daemon:
             self.config.exec_root, f"hbd-{instance_tag(self.config.data_root)}")
         if confinement.cgroups is not None:
             confinement.cgroups.sweep()
+        self.confinement = confinement
         return confinement
 
     def _dns_views(self) -> list[NetworkView]:
@@ -164,5 +166,7 @@ class Daemon:
         await self.containers.shutdown()
         if self.templates is not None:
             await self.templates.close()
+        if self.confinement is not None and self.confinement.cgroups is not None:
+            self.confinement.cgroups.remove_parents()
         self.dns.close()
         await self.registry.close()

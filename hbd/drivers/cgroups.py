@@ -220,6 +220,12 @@ class Cgroups:
                         with contextlib.suppress(OSError):
                             group.rmdir()
 
+    def remove_parents(self) -> None:
+        """Remove this hbd's parent groups if no guest's is left in them."""
+        for parent in self.layout.parents:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
     @staticmethod
     def limits_of(group: Path) -> dict[str, str]:
         """The limit files of a group, as read back (tests, diagnostics)."""

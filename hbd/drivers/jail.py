@@ -24,10 +24,12 @@ apart from `enter_jail`, which carries it out in the forked child.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import pwd
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +60,10 @@ PR_SET_NO_NEW_PRIVS = 38
 
 class JailError(SystemError_):
     """A guest's jail could not be set up."""
+
+
+class SpawnError(JailError):
+    """The child failed between fork and exec (its message says where)."""
 
 
 @dataclass(frozen=True)
@@ -251,3 +257,33 @@ def enter_jail(plan: JailPlan | None, keep_fds: tuple[int, ...], stderr_fd: int,
     if plan is not None:
         _build_root(plan)
         _drop_privileges(plan)
+
+
+def spawn(path: str, argv: list[str], plan: JailPlan | None, keep_fds: tuple[int, ...],
+          stderr_fd: int, host_cpus: tuple[int, ...], cgroup_procs: tuple[Path, ...]) -> int:
+    """Fork, set the child up (hbd.drivers.jail) and execute `path`; returns
+    its pid once it runs `path`, or raises what went wrong in the child."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: no logging, no asyncio, nothing that takes a lock
+        try:
+            os.close(read_end)
+            enter_jail(plan, keep_fds, stderr_fd, host_cpus, cgroup_procs)
+            os.execv(path, argv)
+        except BaseException as e:  # reported to the parent, then the child exits
+            with contextlib.suppress(BaseException):
+                os.write(write_end, f"{type(e).__name__}: {e}".encode()[:1000])
+        os._exit(127)
+    os.close(write_end)
+    try:
+        # Closed without a word by a successful exec (close-on-exec).
+        with os.fdopen(read_end, "rb") as pipe:
+            error = pipe.read()
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        raise
+    if error:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise SpawnError(error.decode(errors="replace"))
+    return pid

@@ -641,36 +641,6 @@ def open_host_files(spec: VMSpec, files: LaunchFiles) -> HostFds:
     return fds
 
 
-def spawn(path: str, argv: list[str], plan: jail.JailPlan | None, keep_fds: tuple[int, ...],
-          stderr_fd: int, host_cpus: tuple[int, ...], cgroup_procs: tuple[Path, ...]) -> int:
-    """Fork, set the child up (hbd.drivers.jail) and execute `path`; returns
-    its pid once it runs `path`, or raises what went wrong in the child."""
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # the child: no logging, no asyncio, nothing that takes a lock
-        try:
-            os.close(read_end)
-            jail.enter_jail(plan, keep_fds, stderr_fd, host_cpus, cgroup_procs)
-            os.execv(path, argv)
-        except BaseException as e:  # reported to the parent, then the child exits
-            with contextlib.suppress(BaseException):
-                os.write(write_end, f"{type(e).__name__}: {e}".encode()[:1000])
-        os._exit(127)
-    os.close(write_end)
-    try:
-        # Closed without a word by a successful exec (close-on-exec).
-        with os.fdopen(read_end, "rb") as pipe:
-            error = pipe.read()
-    except BaseException:
-        os.kill(pid, signal.SIGKILL)
-        raise
-    if error:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        raise VMError(f"cannot start QEMU in its jail: {error.decode(errors='replace')}")
-    return pid
-
-
 class QemuMicrovmDriver:
     def __init__(self, qemu: str = "qemu-system-x86_64",
                  confinement: Confinement | None = None) -> None:
@@ -715,7 +685,11 @@ class QemuMicrovmDriver:
                     *(nic.fd for nic in spec.nics), *spec.extra_fds)
             log.debug("launch %s", " ".join(argv))
             try:
-                pid = spawn(binary, argv, plan, keep, stderr_fd, tuple(spec.host_cpus), procs)
+                pid = jail.spawn(binary, argv, plan, keep, stderr_fd, tuple(spec.host_cpus),
+                                 procs)
+            except jail.SpawnError as e:
+                await self._forget(name)
+                raise VMError(f"cannot start QEMU in its jail: {e}") from e
             except BaseException:
                 await self._forget(name)
                 raise
