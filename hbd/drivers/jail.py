@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import grp
 import os
 import pwd
 import signal
@@ -84,6 +85,8 @@ class JailPlan:
     symlinks: tuple[tuple[str, str], ...]  # (path in the jail, link text)
     uid: int
     gid: int
+    # Supplementary groups: kvm's alone, for /dev/kvm (0660 root:kvm on Debian).
+    groups: tuple[int, ...] = ()
     proc: bool = True
 
 
@@ -134,6 +137,7 @@ class PlanInputs:
     user: VmmUser
     kvm: bool = False
     layout: dict[str, str | None] = field(default_factory=dict)
+    kvm_gid: int | None = None
 
 
 def jail_plan(inputs: PlanInputs) -> JailPlan:
@@ -153,7 +157,15 @@ def jail_plan(inputs: PlanInputs) -> JailPlan:
     binds += [Bind(str(inputs.kernel), KERNEL_IN_JAIL, directory=False),
               Bind(str(inputs.initrd), INITRD_IN_JAIL, directory=False)]
     return JailPlan(root=inputs.root, binds=tuple(binds), symlinks=tuple(symlinks),
-                    uid=inputs.user.uid, gid=inputs.user.gid)
+                    uid=inputs.user.uid, gid=inputs.user.gid,
+                    groups=(inputs.kvm_gid,) if inputs.kvm and inputs.kvm_gid is not None else ())
+
+
+def kvm_group() -> int | None:
+    try:
+        return grp.getgrnam("kvm").gr_gid
+    except KeyError:
+        return None
 
 
 def probe_layout() -> dict[str, str | None]:
@@ -227,7 +239,7 @@ def _build_root(plan: JailPlan) -> None:
 
 
 def _drop_privileges(plan: JailPlan) -> None:
-    os.setgroups([])
+    os.setgroups(list(plan.groups))
     os.setresgid(plan.gid, plan.gid, plan.gid)
     os.setresuid(plan.uid, plan.uid, plan.uid)  # every capability goes with uid 0
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")

@@ -661,7 +661,8 @@ class QemuMicrovmDriver:
             return None
         return jail.jail_plan(jail.PlanInputs(
             root=c.jail_root, qemu=binary, kernel=spec.kernel, initrd=spec.initrd,
-            user=c.user, kvm=spec.accel == "kvm", layout=self._layout))
+            user=c.user, kvm=spec.accel == "kvm", layout=self._layout,
+            kvm_gid=jail.kvm_group()))
 
     async def launch(self, spec: VMSpec) -> MicroVM:
         run = spec.run_dir

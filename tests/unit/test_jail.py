@@ -45,10 +45,12 @@ def test_the_jail_holds_usr_the_guest_and_a_few_devices_only() -> None:
 
 
 def test_kvm_and_a_qemu_outside_usr_are_bound_in() -> None:
-    p = plan(kvm=True, qemu="/opt/qemu/bin/qemu-system-x86_64")
+    p = plan(kvm=True, kvm_gid=108, qemu="/opt/qemu/bin/qemu-system-x86_64")
     targets = {b.target for b in p.binds}
     assert "/dev/kvm" in targets and "/opt/qemu/bin/qemu-system-x86_64" in targets
-    assert "/dev/kvm" not in {b.target for b in plan().binds}
+    assert p.groups == (108,)
+    tcg = plan(kvm_gid=108)
+    assert "/dev/kvm" not in {b.target for b in tcg.binds} and tcg.groups == ()
 
 
 def test_without_merged_usr_lib_dirs_are_bound() -> None:

@@ -99,8 +99,14 @@ def test_qemu_sees_only_its_jail(daemon: RunningDaemon) -> None:
     assert set(os.listdir(root)) <= JAIL_ENTRIES, os.listdir(root)
     for host_path in (daemon.data_root, daemon.exec_root, Path("/root"), Path("/home")):
         assert not (root / str(host_path).lstrip("/")).exists(), host_path
-    # Its /proc shows it nothing of the host's other processes.
-    assert {p for p in os.listdir(root / "proc") if p.isdigit()} <= {str(pid)}
+    # Its namespace has the jail's mounts alone, and its /proc shows an
+    # unprivileged reader (QEMU) no process but its own.
+    mounts = {line.split()[4]: line for line in
+              Path(f"/proc/{pid}/mountinfo").read_text().splitlines()}
+    assert set(mounts) <= {"/", "/usr", "/etc/ld.so.cache", "/dev/null", "/dev/zero",
+                           "/dev/urandom", "/dev/random", "/guest/vmlinux", "/guest/initrd",
+                           "/proc", "/lib", "/lib64", "/bin", "/sbin"}, sorted(mounts)
+    assert "hidepid=" in mounts["/proc"] and " ro," in mounts["/usr"] + ","
     # No host path of hbd's reaches its command line: disks, sockets and the
     # console are descriptors.
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
