@@ -299,6 +299,12 @@ def console_fdset(fds: HostFds) -> int:
     return next(s for _, s, opaque in fds.fdsets if opaque == CONSOLE_OPAQUE)
 
 
+def hot_fdset(lun: int, index: int) -> int:
+    """The fdset of a disk added while the guest runs: by its LUN (unique in
+    a guest), above the command line's (numbered from 1)."""
+    return 1000 + lun * 8 + index
+
+
 def hot_disk_id(serial: str) -> str:
     """QEMU's node and device id of a disk."""
     return f"hd-{qemuopts.disk_serial(serial)}"
@@ -443,29 +449,28 @@ class MicroVM:
 
     async def add_disk(self, disk: DiskSpec) -> None:
         """Attach a disk to the running guest: hbd opens its files and hands
-        them over (add-fd), tagged with its serial for remove_disk."""
+        them over (add-fd), tagged with its serial for remove_disk. All on
+        one QMP connection: QEMU drops the descriptors of fdsets nothing
+        uses yet when a QMP client disconnects."""
         node = hot_disk_id(disk.serial)
         opened = qemuopts.open_disk(disk.path, disk.format, disk.readonly)
+        sets = [hot_fdset(disk.lun, i) for i in range(len(opened.fds))]
+        commands: list[tuple[str, dict[str, Any]]] = [
+            ("add-fd", {"fdset-id": fdset, "opaque": disk.serial}) for fdset in sets]
+        commands += [
+            ("blockdev-add", blockdev(disk, sets, opened.formats)),
+            ("device_add", {"driver": "scsi-hd", "id": node, "bus": SCSI_BUS, "drive": node,
+                            "serial": disk.serial, "scsi-id": 0, "lun": disk.lun})]
         try:
-            added = await self.qmp_batch(
-                [("add-fd", {"opaque": disk.serial}) for _ in opened.fds],
-                fds=dict(enumerate(opened.fds)))
+            await self.qmp_batch(commands, fds=dict(enumerate(opened.fds)))
+        except VMError:
+            with contextlib.suppress(VMError):
+                await self.qmp("blockdev-del", **{"node-name": node})
+            with contextlib.suppress(VMError):
+                await self._release_fds(disk.serial)
+            raise
         finally:
             opened.close()  # QEMU has its own copies
-        try:
-            await self.qmp("blockdev-add", **blockdev(
-                disk, [a["fdset-id"] for a in added], opened.formats))
-            try:
-                await self.qmp("device_add", driver="scsi-hd", id=node, bus=SCSI_BUS,
-                               drive=node, serial=disk.serial,
-                               **{"scsi-id": 0, "lun": disk.lun})
-            except VMError:
-                with contextlib.suppress(VMError):
-                    await self.qmp("blockdev-del", **{"node-name": node})
-                raise
-        except VMError:
-            await self._release_fds(disk.serial)
-            raise
 
     async def _release_fds(self, opaque: str) -> None:
         """Let QEMU close the descriptors hbd gave it for one disk."""
