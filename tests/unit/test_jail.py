@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from hbd.drivers import cgroups, jail, qemuopts
-from hbd.drivers.vm import SANDBOX, DiskSpec, GuestFiles, HostFds, NicSpec, VMSpec, build_argv
+from hbd.drivers.vm import (
+    SANDBOX,
+    DiskSpec,
+    GuestFiles,
+    HostFds,
+    NicSpec,
+    VMSpec,
+    build_argv,
+    hot_fdset,
+)
 from hbd.errors import InvalidParameter
 
 MERGED_USR = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64",
@@ -225,3 +234,9 @@ def test_a_disk_and_its_backing_chain_are_opened(tmp_path: Path) -> None:
     (tmp_path / "loop.qcow2").write_bytes(qcow2_header("loop.qcow2", "qcow2"))
     with pytest.raises(InvalidParameter, match="too long"):
         qemuopts.open_disk(tmp_path / "loop.qcow2", "qcow2", readonly=True)
+
+
+def test_hot_added_disks_get_fdsets_of_their_own() -> None:
+    chain = range(qemuopts.MAX_BACKING_CHAIN + 1)
+    sets = [hot_fdset(lun, i) for lun in range(1, 64) for i in chain]
+    assert len(set(sets)) == len(sets) and min(sets) > 64  # above the command line's
