@@ -159,10 +159,9 @@ class Virtiofsd:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
         await self._process.terminate(2.0)
-        if self._cgroup_gone is not None:
+        if self._cgroup_gone is not None and not self._cgroup_gone.cancelled():
             # Its cgroup is gone too once a stop returns.
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._cgroup_gone)
+            await asyncio.shield(self._cgroup_gone)
 
     def close(self) -> None:
         self._process.close()
