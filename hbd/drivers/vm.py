@@ -354,7 +354,7 @@ class MicroVM:
 
     async def wait_exit(self) -> None:
         await self._process.wait()
-        if self._cleanup is not None:
+        if self._cleanup is not None and not self._cleanup.cancelled():
             await asyncio.shield(self._cleanup)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
