@@ -68,6 +68,10 @@ command -v docker >/dev/null || split+=(docker-cli)
 if [ ${#split[@]} -gt 0 ]; then
     apt_install "${split[@]}"
 fi
+# The unprivileged user each guest's QEMU runs as (hbd.drivers.jail; hbd also
+# makes it at start when missing): a system user with no home and no shell.
+getent passwd hbd-vmm >/dev/null || useradd --system --user-group --no-create-home \
+    --home-dir /nonexistent --shell /usr/sbin/nologin hbd-vmm
 # Debian's docker.io and docker-registry start their services where systemd
 # runs; hbd's tests start their own instances on private sockets and ports.
 

@@ -116,8 +116,8 @@ def cpu_sample(pids: list[int]) -> CpuSample:
 
 def hbd_guest_pids(qemu_pid: int) -> tuple[list[int], list[int]]:
     """([QEMU], [virtiofsd and its child]) of the hbd guest whose QEMU is `qemu_pid`."""
-    argv = Path(f"/proc/{qemu_pid}/cmdline").read_bytes().split(b"\0")
-    run_dir = Path(argv[argv.index(b"-pidfile") + 1].decode()).parent
+    # QEMU's stderr is its run directory's qemu.log (hbd.drivers.vm).
+    run_dir = Path(os.readlink(f"/proc/{qemu_pid}/fd/2")).parent
     try:
         virtiofsd = int((run_dir / "virtiofsd.pid").read_text())
     except (OSError, ValueError):

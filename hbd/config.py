@@ -45,6 +45,7 @@ class VMSettings:
     nic_slots: int = 4
     guest_trace: bool = False
     templates: bool = True
+    jail: bool = True
 
     def kernel_path(self) -> Path:
         return Path(self.kernel) if self.kernel else REPO_ROOT / "kernels" / "out" / "vmlinux"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hbd.config import Config
 from hbd.drivers.accel import choose_accel
 from hbd.drivers.guest import GuestDriver, QemuGuestDriver
 from hbd.drivers.template import TemplateStore
-from hbd.drivers.vm import QemuMicrovmDriver
+from hbd.drivers.vm import Confinement, QemuMicrovmDriver
 from hbd.errors import InvalidParameter
 from hbd.events import EventBus
 from hbd.services.build.builder import Builder
@@ -33,12 +35,20 @@ from hbd.store import StateStore
 log = logging.getLogger(__name__)
 
 
+def private_root(root: Path) -> None:
+    """data-root and exec-root as dockerd keeps them: 0710 root's. Nothing
+    else reaches into them: a jailed QEMU gets its files as descriptors."""
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o710)
+
+
 @dataclass
 class Daemon:
     config: Config
     guest_driver: GuestDriver | None = None
     accel: str = ""
     templates: TemplateStore | None = None
+    confinement: Confinement | None = None
     state: StateStore = field(init=False)
     events: EventBus = field(init=False)
     images: ImageStore = field(init=False)
@@ -58,8 +68,8 @@ class Daemon:
 
     async def start(self) -> None:
         config = self.config
-        config.data_root.mkdir(parents=True, exist_ok=True)
-        config.exec_root.mkdir(parents=True, exist_ok=True)
+        for root in (config.data_root, config.exec_root):
+            private_root(root)
         self.state = StateStore(config.data_root / "state")
         self.events = EventBus()
         self.images = ImageStore(self.state, config.data_root / "image", self.events)
@@ -77,7 +87,7 @@ class Daemon:
                         f"{path} is missing: build the guest with kernels/build.sh")
             self.accel = await choose_accel(config.vm.accel, config.vm.qemu, kernel,
                                             config.exec_root)
-            vm_driver = QemuMicrovmDriver(config.vm.qemu)
+            vm_driver = QemuMicrovmDriver(config.vm.qemu, self._confinement())
             templates = TemplateStore(
                 vm_driver, config.data_root / "templates",
                 f"hbt{instance_tag(config.data_root)}", config.vm.boot_timeout)
@@ -117,6 +127,17 @@ class Daemon:
         await self.containers.restore()
         await self.containers.sandboxes.prepare()
 
+    def _confinement(self) -> Confinement:
+        if not self.config.vm.jail:
+            log.warning("vm.jail is off: guests' QEMU runs as root, unconfined")
+            return Confinement()
+        confinement = Confinement.full(
+            self.config.exec_root, f"hbd-{instance_tag(self.config.data_root)}")
+        if confinement.cgroups is not None:
+            confinement.cgroups.sweep()
+        self.confinement = confinement
+        return confinement
+
     def _dns_views(self) -> list[NetworkView]:
         """Per bridge network: its gateway, the names of running containers on
         it, which other networks (gateways) each of them is on, and the
@@ -149,5 +170,7 @@ class Daemon:
         await self.containers.shutdown()
         if self.templates is not None:
             await self.templates.close()
+        if self.confinement is not None and self.confinement.cgroups is not None:
+            self.confinement.cgroups.remove_parents()
         self.dns.close()
         await self.registry.close()

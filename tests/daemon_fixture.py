@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hbd.drivers import hostmount
+from hbd.drivers.cgroups import Cgroups
 from hbd.services.network.service import instance_tag, remove_host_state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,6 +110,19 @@ def kill_guests(exec_root: Path) -> None:
         hostmount.remove_export_dir(export_dir)
 
 
+def remove_cgroups(parent: str) -> None:
+    """The host cgroups of a test daemon's guests (killed just before)."""
+    groups = Cgroups.detect(parent)
+    if groups is None:
+        return
+    for _ in range(50):
+        groups.sweep()
+        groups.remove_parents()
+        if not any(p.exists() for p in groups.layout.parents):
+            return
+        time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def hbd_daemon(extra_args: tuple[str, ...] = (), load_busybox: bool = True,
                base: Path | None = None) -> Iterator[RunningDaemon]:
@@ -134,6 +148,7 @@ def hbd_daemon(extra_args: tuple[str, ...] = (), load_busybox: bool = True,
     finally:
         daemon.stop()
         kill_guests(exec_root)
+        remove_cgroups(f"hbd-{instance_tag(data_root)}")
         asyncio.run(remove_host_state(instance_tag(data_root)))
         shutil.rmtree(exec_root, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from pathlib import Path
 
 BLOCK = 4096
+# Disk images are root's alone: a jailed QEMU gets them as descriptors hbd opened.
+DISK_MODE = 0o600
 
 
 class DiskError(Exception):
@@ -63,6 +66,7 @@ async def ext4_from_tree(root: Path, out: Path, label: str) -> None:
             "-E", "lazy_itable_init=0,nodiscard,root_owner=0:0",
             "-d", str(root), str(tmp), f"{size // 1024}k",
         )
+        os.chmod(tmp, DISK_MODE)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -88,6 +92,7 @@ async def empty_ext4(out: Path, size_bytes: int, label: str) -> None:
             "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard",
             str(tmp), f"{size_bytes // 1024}k",
         )
+        os.chmod(tmp, DISK_MODE)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -102,9 +107,18 @@ async def qcow2_overlay(backing: Path, out: Path, backing_format: str = "raw") -
             "qemu-img", "create", "-q", "-f", "qcow2",
             "-b", str(backing.resolve()), "-F", backing_format, str(tmp),
         )
+        os.chmod(tmp, DISK_MODE)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def private_copy(source: Path, target: Path) -> None:
+    """A copy of a disk image that only root can open (disks are 0600)."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, DISK_MODE)
+    with open(fd, "wb") as out, open(source, "rb") as src:
+        os.fchmod(out.fileno(), DISK_MODE)
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def allocated_bytes(path: Path) -> int:

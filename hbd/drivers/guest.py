@@ -37,6 +37,7 @@ from hbd.drivers.agent import (
     ResourceUpdate,
     SandboxSetup,
 )
+from hbd.drivers.cgroups import Cgroups
 from hbd.drivers.template import TEMPLATE_CMDLINE, Template, TemplateShape, TemplateStore
 from hbd.drivers.virtiofs import Virtiofsd, VirtiofsdError
 from hbd.drivers.vm import (
@@ -333,7 +334,7 @@ class QemuGuestDriver:
     async def _boot(self, spec: GuestSpec) -> Guest:
         last_error = ""
         for attempt in range(self.boot_retries + 1):
-            virtiofsd = await self._start_virtiofsd(spec)
+            virtiofsd = await self._start_virtiofsd(spec, self.vm_driver.confinement.cgroups)
             try:
                 vm = await self.vm_driver.launch(spec.vm)
             except VMError as e:
@@ -361,12 +362,13 @@ class QemuGuestDriver:
         raise BootError(f"guest did not boot: {last_error}")
 
     @staticmethod
-    async def _start_virtiofsd(spec: GuestSpec) -> Virtiofsd | None:
+    async def _start_virtiofsd(spec: GuestSpec, cgroups: Cgroups | None) -> Virtiofsd | None:
         if spec.shared_dir is None:
             spec.vm.shared_fs_socket = None
             return None
         try:
-            virtiofsd = await Virtiofsd.start(spec.vm.run_dir, spec.shared_dir)
+            virtiofsd = await Virtiofsd.start(spec.vm.run_dir, spec.shared_dir,
+                                              cgroups=cgroups)
         except (VirtiofsdError, OSError, TimeoutError) as e:
             raise BootError(f"cannot share files with the guest: {e}") from e
         spec.vm.shared_fs_socket = virtiofsd.socket
@@ -401,7 +403,7 @@ class QemuGuestDriver:
                     await connect
 
     async def reattach(self, run_dir: Path) -> Guest | None:
-        vm = MicroVM.find(run_dir)
+        vm = self.vm_driver.find(run_dir)
         if vm is None:
             return None
         try:
@@ -410,7 +412,8 @@ class QemuGuestDriver:
             log.warning("cannot reattach to guest %s: %s", run_dir.name, e)
             await vm.destroy()
             return None
-        return QemuGuest(vm, agent, Virtiofsd.find(run_dir))
+        return QemuGuest(vm, agent,
+                         Virtiofsd.find(run_dir, self.vm_driver.confinement.cgroups))
 
 
 def _tail(path: Path, limit: int = 4000) -> str:

@@ -186,7 +186,7 @@ class TemplateStore:
         """Clear what an earlier hbd left: its templates are of no use (their
         RAM went with it), a template guest it was building is killed."""
         for run_dir in self.root.glob("*/run"):
-            vm = MicroVM.find(run_dir)
+            vm = self.vm_driver.find(run_dir)
             if vm is not None:
                 await vm.destroy()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -306,7 +306,7 @@ class TemplateStore:
                           cmdline=f"{shape.cmdline} {TEMPLATE_CMDLINE}".strip(),
                           tcg_tb_size_mib=shape.tcg_tb_size_mib,
                           ram_file=f"/proc/self/fd/{ram_fd}", ram_shared=True,
-                          extra_fds=[ram_fd])
+                          extra_fds=[ram_fd], name=f"template-{key[:12]}")
             vm = await self.vm_driver.launch(spec)
             # The template names its NICs once for every clone; after this
             # SANDBOX's ACK its init waits for the next host, in poll().

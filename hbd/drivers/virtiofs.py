@@ -12,6 +12,12 @@ those mounts propagate into virtiofsd's (slave) copy of it.
 virtiofsd serves one QEMU and exits when that QEMU disconnects, so it never
 outlives its guest. It is started detached, like QEMU, and survives an hbd
 restart with it.
+
+Its confinement, beside QEMU's jail (hbd.drivers.jail): its own namespaces
+(above), its built-in seccomp filter, and a host cgroup of its own bounding
+memory and pids. It runs as root: file ownership passthrough (chown, modes
+and xattrs of the guest's files on the shared directory) needs it, and
+virtiofsd drops the capabilities it does not need itself.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from hbd.drivers import jail
+from hbd.drivers.cgroups import VIRTIOFSD_LIMITS, Cgroups, remove_soon
 from hbd.drivers.procwatch import ProcessWatch, cmdline_of
 
 log = logging.getLogger(__name__)
@@ -73,32 +81,47 @@ def find_virtiofsd(candidates: tuple[VirtiofsdBinary, ...] = VIRTIOFSD_BINARIES,
                          + " (./install.sh installs it)")
 
 
+def cgroup_name(run_dir: Path) -> str:
+    return f"{run_dir.name}-virtiofsd"
+
+
 class Virtiofsd:
-    def __init__(self, pid: int, socket: Path) -> None:
+    def __init__(self, pid: int, socket: Path, cgroups: Cgroups | None = None) -> None:
         self.pid = pid
         self.socket = socket
         self._process = ProcessWatch(pid)
+        self._cgroup_gone: asyncio.Future[None] | None = None
+        if cgroups is not None:
+            self._cgroup_gone = asyncio.ensure_future(
+                self._remove_cgroup(cgroups, cgroup_name(socket.parent)))
+
+    async def _remove_cgroup(self, cgroups: Cgroups, name: str) -> None:
+        await self._process.wait()
+        await remove_soon(cgroups, name)
 
     @classmethod
-    async def start(cls, run_dir: Path, source: Path,
-                    binary: VirtiofsdBinary | None = None) -> Virtiofsd:
-        """Start virtiofsd for `source`; returns once its socket listens."""
+    async def start(cls, run_dir: Path, source: Path, binary: VirtiofsdBinary | None = None,
+                    cgroups: Cgroups | None = None) -> Virtiofsd:
+        """Start virtiofsd for `source` (in a cgroup of its own, when
+        `cgroups`); returns once its socket listens."""
         binary = binary or find_virtiofsd()
         socket = run_dir / "virtiofsd.sock"
         socket.unlink(missing_ok=True)
         argv = binary.argv(socket, source)
-        log_path = run_dir / "virtiofsd.log"
-        stdio = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                 (os.POSIX_SPAWN_OPEN, 1, str(log_path),
-                  os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
-                 (os.POSIX_SPAWN_DUP2, 1, 2)]
-        # Spawned directly, not as an asyncio subprocess: ProcessWatch reaps it
-        # (now or, after an hbd restart, never: it is then not hbd's child).
-        # posix_spawn returns at once; nothing here waits for the process.
-        pid = os.posix_spawn(binary.path, argv, os.environ, setsid=True,  # noqa: ASYNC221
-                             file_actions=stdio)
+        procs = cgroups.create(cgroup_name(run_dir), VIRTIOFSD_LIMITS) if cgroups else ()
+        log_fd = os.open(run_dir / "virtiofsd.log",
+                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        # Forked here, not an asyncio subprocess: ProcessWatch reaps it (now
+        # or, after an hbd restart, never: it is then not hbd's child).
+        try:
+            pid = jail.spawn(binary.path, argv, None, (), log_fd, (), procs)
+        except jail.SpawnError as e:
+            await remove_soon(cgroups, cgroup_name(run_dir))
+            raise VirtiofsdError(f"cannot start virtiofsd: {e}") from e
+        finally:
+            os.close(log_fd)
         (run_dir / "virtiofsd.pid").write_text(f"{pid}\n")
-        daemon = cls(pid, socket)
+        daemon = cls(pid, socket, cgroups)
         try:
             async with asyncio.timeout(START_TIMEOUT):
                 while not socket.exists():
@@ -111,7 +134,7 @@ class Virtiofsd:
         return daemon
 
     @classmethod
-    def find(cls, run_dir: Path) -> Virtiofsd | None:
+    def find(cls, run_dir: Path, cgroups: Cgroups | None = None) -> Virtiofsd | None:
         """The virtiofsd an earlier hbd started for `run_dir`, if it still runs."""
         try:
             pid = int((run_dir / "virtiofsd.pid").read_text().strip())
@@ -121,7 +144,7 @@ class Virtiofsd:
         argv = cmdline_of(pid)
         if argv is None or f"--socket-path={socket}".encode() not in argv:
             return None
-        return cls(pid, socket)
+        return cls(pid, socket, cgroups)
 
     @property
     def running(self) -> bool:
@@ -136,9 +159,14 @@ class Virtiofsd:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
         await self._process.terminate(2.0)
+        if self._cgroup_gone is not None and not self._cgroup_gone.cancelled():
+            # Its cgroup is gone too once a stop returns.
+            await asyncio.shield(self._cgroup_gone)
 
     def close(self) -> None:
         self._process.close()
+        if self._cgroup_gone is not None:
+            self._cgroup_gone.cancel()
 
 
 def _children_of(pid: int) -> list[int]:

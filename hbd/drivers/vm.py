@@ -14,14 +14,18 @@ import ctypes
 import json
 import logging
 import os
-import shlex
+import shutil
 import signal
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qemu.qmp import QMPClient
 
+from hbd.drivers import jail, qemuopts
+from hbd.drivers.cgroups import Cgroups, qemu_limits, remove_soon
 from hbd.drivers.procwatch import ProcessWatch, cmdline_of
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,8 @@ class NicSpec:
 
 
 SHARED_FS_TAG = "hbdfs"
+# QEMU's stderr, in the guest's run directory.
+QEMU_LOG = "qemu.log"
 # Every disk sits on one virtio-scsi bus: microvm has no PCI hotplug, but a
 # SCSI bus takes and drops devices at any time, and it costs one of the
 # machine's eight virtio-mmio transports for any number of disks.
@@ -102,6 +108,40 @@ class VMSpec:
     incoming: bool = False
     # More descriptors QEMU inherits (RAM file, migration stream).
     extra_fds: list[int] = field(default_factory=list)
+    # The guest's name for QEMU, its cgroup and its logs; "": the run directory's.
+    name: str = ""
+
+    @property
+    def guest_name(self) -> str:
+        return qemuopts.guest_name(self.name or self.run_dir.name)
+
+
+# QEMU's seccomp filter: every group of system calls it can deny.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+
+@dataclass
+class HostFds:
+    """What hbd opened for one QEMU, by the descriptor numbers QEMU inherits:
+    its sockets (listening, made by hbd), console and disks."""
+
+    qmp: int
+    agent: int
+    console: int
+    shared_fs: int = -1
+    # Per disk serial: the fdsets of its image and backing chain.
+    disk_sets: dict[str, list[int]] = field(default_factory=dict)
+    disk_formats: dict[str, list[str]] = field(default_factory=dict)
+    # (descriptor, fdset, opaque) for -add-fd.
+    fdsets: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GuestFiles:
+    """Where QEMU finds its kernel and initrd (in its jail, or the host's)."""
+
+    kernel: str
+    initrd: str
 
 
 def host_tsc_khz() -> int | None:
@@ -168,14 +208,6 @@ def memory_backend(spec: VMSpec) -> list[str]:
     return ["-object", json.dumps(backend)]
 
 
-def pinned(argv: list[str], host_cpus: list[int]) -> list[str]:
-    """`argv` run on those host CPUs only, from its first instruction (every
-    thread QEMU makes inherits the affinity)."""
-    if not host_cpus:
-        return argv
-    return ["taskset", "-c", ",".join(str(c) for c in host_cpus), *argv]
-
-
 def set_affinity(pid: int, host_cpus: list[int]) -> None:
     """Move every thread of a running process onto those host CPUs (all CPUs
     for []); threads it makes later inherit it."""
@@ -185,8 +217,8 @@ def set_affinity(pid: int, host_cpus: list[int]) -> None:
             os.sched_setaffinity(int(task.name), cpus)
 
 
-def build_argv(qemu: str, spec: VMSpec) -> list[str]:
-    run = spec.run_dir
+def build_argv(qemu: str, spec: VMSpec, fds: HostFds, files: GuestFiles,
+               sandbox: bool) -> list[str]:
     if spec.accel == "kvm":
         accel, cpu = "kvm", "host"
     else:
@@ -204,7 +236,7 @@ def build_argv(qemu: str, spec: VMSpec) -> list[str]:
         machine += ",memory-backend=ram"
     argv = [
         qemu,
-        "-name", run.name,
+        "-name", f"guest={spec.guest_name}",
         "-M", machine,
         *memory,
         "-accel", accel,
@@ -215,15 +247,21 @@ def build_argv(qemu: str, spec: VMSpec) -> list[str]:
         "-display", "none",
         # Modern virtio-mmio: vhost-user (virtiofsd) refuses legacy devices.
         "-global", "virtio-mmio.force-legacy=false",
-        "-kernel", str(spec.kernel),
-        "-initrd", str(spec.initrd),
+        "-kernel", files.kernel,
+        "-initrd", files.initrd,
         "-append", kernel_cmdline(spec.accel, spec.cmdline),
-        "-serial", f"file:{run / 'console.log'}",
-        "-qmp", f"unix:{run / 'qmp.sock'},server=on,wait=off",
-        "-pidfile", str(run / "qemu.pid"),
-        "-daemonize",
+    ]
+    if sandbox:
+        argv += ["-sandbox", SANDBOX]
+    for fd, fdset, opaque in fds.fdsets:
+        argv += ["-add-fd", f"fd={fd},set={fdset},opaque={qemuopts.escape(opaque)}"]
+    argv += [
+        "-chardev", f"file,id=console,path=/dev/fdset/{console_fdset(fds)}",
+        "-serial", "chardev:console",
+        "-chardev", f"socket,id=qmp,fd={fds.qmp},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
         "-device", "virtio-serial-device,max_ports=2",
-        "-chardev", f"socket,id=agent,path={run / 'agent.sock'},server=on,wait=off",
+        "-chardev", f"socket,id=agent,fd={fds.agent},server=on,wait=off",
         "-device", "virtserialport,chardev=agent,name=hbd.0",
         "-device", "virtio-scsi-device,id=scsi0",
     ]
@@ -234,46 +272,69 @@ def build_argv(qemu: str, spec: VMSpec) -> list[str]:
     for disk in spec.disks:
         node = hot_disk_id(disk.serial)
         argv += [
-            # JSON: a path with a comma in it cannot break the option apart.
-            "-blockdev", json.dumps(blockdev(disk)),
+            "-blockdev", json.dumps(blockdev(disk, fds.disk_sets[disk.serial],
+                                             fds.disk_formats[disk.serial])),
             "-device", f"scsi-hd,bus={SCSI_BUS},drive={node},id={node},scsi-id=0,"
-                       f"lun={disk.lun},serial={disk.serial}",
+                       f"lun={disk.lun},serial={qemuopts.disk_serial(disk.serial)}",
         ]
     for i, nic in enumerate(spec.nics):
         argv += [
             "-netdev", f"tap,id=net{i},fd={nic.fd}",
-            "-device", f"virtio-net-device,netdev=net{i},mac={nic.mac}",
+            "-device", f"virtio-net-device,netdev=net{i},mac={qemuopts.mac_address(nic.mac)}",
         ]
     if spec.incoming:
         argv += ["-incoming", "defer"]
-    if spec.shared_fs_socket is not None:
+    if fds.shared_fs >= 0:
         argv += [
-            "-chardev", f"socket,id=fs,path={spec.shared_fs_socket}",
+            "-chardev", f"socket,id=fs,fd={fds.shared_fs}",
             "-device", f"vhost-user-fs-device,chardev=fs,tag={SHARED_FS_TAG}",
         ]
     return argv
 
 
+CONSOLE_OPAQUE = "console"
+
+
+def console_fdset(fds: HostFds) -> int:
+    return next(s for _, s, opaque in fds.fdsets if opaque == CONSOLE_OPAQUE)
+
+
+def hot_fdset(lun: int, index: int) -> int:
+    """The fdset of a disk added while the guest runs: by its LUN (unique in
+    a guest), above the command line's (numbered from 1)."""
+    return 1000 + lun * 8 + index
+
+
 def hot_disk_id(serial: str) -> str:
     """QEMU's node and device id of a disk."""
-    return f"hd-{serial}"
+    return f"hd-{qemuopts.disk_serial(serial)}"
 
 
-def blockdev(disk: DiskSpec) -> dict[str, Any]:
-    """The block node of a disk, for -blockdev and QMP blockdev-add alike."""
-    return {"driver": disk.format, "node-name": hot_disk_id(disk.serial),
-            "read-only": disk.readonly, "discard": "unmap",
-            "file": {"driver": "file", "filename": str(disk.path), "aio": "threads"}}
+def blockdev(disk: DiskSpec, fdsets: list[int], formats: list[str]) -> dict[str, Any]:
+    """The block node of a disk, for -blockdev and QMP blockdev-add alike:
+    its files are the descriptors hbd opened, in `fdsets`."""
+    node = qemuopts.chain_node(fdsets, formats, disk.readonly)
+    node.update({"node-name": hot_disk_id(disk.serial), "discard": "unmap"})
+    return node
 
 
 class MicroVM:
     """A running (or exited) QEMU process and its sockets."""
 
-    def __init__(self, run_dir: Path, pid: int) -> None:
+    def __init__(self, run_dir: Path, pid: int,
+                 on_exit: Callable[[], Awaitable[None]] | None = None) -> None:
         self.run_dir = run_dir
         self.pid = pid
         self._qmp_lock = asyncio.Lock()
         self._process = ProcessWatch(pid)
+        # What goes with the process (its cgroup), once it has gone.
+        self._cleanup: asyncio.Future[None] | None = None
+        if on_exit is not None:
+            self._cleanup = asyncio.ensure_future(self._after_exit(on_exit))
+
+    async def _after_exit(self, on_exit: Callable[[], Awaitable[None]]) -> None:
+        await self._process.wait()
+        await on_exit()
 
     @property
     def agent_socket(self) -> Path:
@@ -293,6 +354,8 @@ class MicroVM:
 
     async def wait_exit(self) -> None:
         await self._process.wait()
+        if self._cleanup is not None and not self._cleanup.cancelled():
+            await asyncio.shield(self._cleanup)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         self._process.kill(sig)
@@ -300,6 +363,7 @@ class MicroVM:
     async def destroy(self, timeout: float = 5.0) -> None:
         """Make sure QEMU is gone: SIGTERM, then SIGKILL after `timeout`."""
         await self._process.terminate(timeout)
+        await self.wait_exit()
 
     async def qmp(self, command: str, **arguments: Any) -> Any:
         # QEMU serves one QMP client at a time; calls queue here, not in its backlog.
@@ -318,9 +382,11 @@ class MicroVM:
             finally:
                 await client.disconnect()
 
-    async def qmp_batch(self, commands: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    async def qmp_batch(self, commands: list[tuple[str, dict[str, Any]]],
+                        fds: dict[int, int] | None = None) -> list[Any]:
         """Several commands on one QMP connection (each connection costs a
-        round trip and QEMU's greeting)."""
+        round trip and QEMU's greeting). `fds`: a descriptor to pass (as
+        SCM_RIGHTS) just before the command of that index."""
         async with self._qmp_lock:
             client = QMPClient(self.run_dir.name)
             try:
@@ -330,8 +396,10 @@ class MicroVM:
                 raise VMError(f"cannot reach QMP of {self.run_dir.name}: {e}") from e
             results = []
             try:
-                for command, arguments in commands:
+                for index, (command, arguments) in enumerate(commands):
                     try:
+                        if fds and index in fds:
+                            client.send_fd_scm(fds[index])
                         async with asyncio.timeout(QMP_TIMEOUT):
                             results.append(await client.execute(command, arguments or None))
                     except Exception as e:
@@ -345,13 +413,19 @@ class MicroVM:
         """Save the guest's device state to `path` and leave it stopped.
 
         RAM on a shared file is not part of it (x-ignore-shared): it stays in
-        the file, where clones map it. QEMU 7.2 has no file: URI; exec: is
-        run once per template."""
-        await self.qmp_batch([
-            ("migrate-set-capabilities",
-             {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}),
-            ("migrate", {"uri": f"exec:cat > {shlex.quote(str(path))}"}),
-        ])
+        the file, where clones map it. QEMU 7.2 has no file: URI, and a
+        jailed QEMU may neither open the file nor spawn a process (exec:):
+        hbd opens it and passes it."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            await self.qmp_batch([
+                ("migrate-set-capabilities",
+                 {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}),
+                ("getfd", {"fdname": "state"}),
+                ("migrate", {"uri": "fd:state"}),
+            ], fds={1: fd})
+        finally:
+            os.close(fd)
         async with asyncio.timeout(timeout):
             while True:
                 status = (await self.qmp("query-migrate")).get("status")
@@ -374,16 +448,39 @@ class MicroVM:
         ])
 
     async def add_disk(self, disk: DiskSpec) -> None:
-        """Attach a disk to the running guest."""
+        """Attach a disk to the running guest: hbd opens its files and hands
+        them over (add-fd), tagged with its serial for remove_disk. All on
+        one QMP connection: QEMU drops the descriptors of fdsets nothing
+        uses yet when a QMP client disconnects."""
         node = hot_disk_id(disk.serial)
-        await self.qmp("blockdev-add", **blockdev(disk))
+        opened = qemuopts.open_disk(disk.path, disk.format, disk.readonly)
+        sets = [hot_fdset(disk.lun, i) for i in range(len(opened.fds))]
+        commands: list[tuple[str, dict[str, Any]]] = [
+            ("add-fd", {"fdset-id": fdset, "opaque": disk.serial}) for fdset in sets]
+        commands += [
+            ("blockdev-add", blockdev(disk, sets, opened.formats)),
+            ("device_add", {"driver": "scsi-hd", "id": node, "bus": SCSI_BUS, "drive": node,
+                            "serial": disk.serial, "scsi-id": 0, "lun": disk.lun})]
         try:
-            await self.qmp("device_add", driver="scsi-hd", id=node, bus=SCSI_BUS, drive=node,
-                           serial=disk.serial, **{"scsi-id": 0, "lun": disk.lun})
+            await self.qmp_batch(commands, fds=dict(enumerate(opened.fds)))
         except VMError:
             with contextlib.suppress(VMError):
                 await self.qmp("blockdev-del", **{"node-name": node})
+            with contextlib.suppress(VMError):
+                await self._release_fds(disk.serial)
             raise
+        finally:
+            opened.close()  # QEMU has its own copies
+
+    async def _release_fds(self, opaque: str) -> None:
+        """Let QEMU close the descriptors hbd gave it for one disk."""
+        sets = await self.qmp("query-fdsets")
+        for fdset in sets:
+            for fd in fdset.get("fds", []):
+                if fd.get("opaque") == opaque:
+                    with contextlib.suppress(VMError):
+                        await self.qmp("remove-fd", **{"fdset-id": fdset["fdset-id"],
+                                                       "fd": fd["fd"]})
 
     async def remove_disk(self, serial: str) -> None:
         """Detach a disk (the guest has unmounted it)."""
@@ -394,6 +491,7 @@ class MicroVM:
         for _ in range(50):
             try:
                 await self.qmp("blockdev-del", **{"node-name": node})
+                await self._release_fds(serial)
                 return
             except VMError:
                 await asyncio.sleep(0.02)
@@ -408,19 +506,28 @@ class MicroVM:
     def close(self) -> None:
         """Stop watching the process (hbd is shutting down; QEMU keeps running)."""
         self._process.close()
+        if self._cleanup is not None:
+            self._cleanup.cancel()
 
     @classmethod
-    def find(cls, run_dir: Path) -> MicroVM | None:
+    def find(cls, run_dir: Path,
+             on_exit: Callable[[], Awaitable[None]] | None = None) -> MicroVM | None:
         """Re-attach to the QEMU that owns `run_dir`, if it is still running."""
         try:
             pid = int((run_dir / "qemu.pid").read_text().strip())
         except (OSError, ValueError):
             return None
+        # The pid may have been reused by an unrelated process: a guest's
+        # QEMU writes its stderr to its run directory's qemu.log (one an
+        # older hbd started names its console log in its argv).
+        try:
+            ours = os.readlink(f"/proc/{pid}/fd/2") == str(run_dir / QEMU_LOG)
+        except OSError:
+            ours = False
         argv = cmdline_of(pid)
-        # The pid may have been reused by an unrelated process.
-        if argv is None or f"file:{run_dir / 'console.log'}".encode() not in argv:
+        if argv is None or not (ours or f"file:{run_dir / 'console.log'}".encode() in argv):
             return None
-        return cls(run_dir, pid)
+        return cls(run_dir, pid, on_exit)
 
 
 PR_SET_THP_DISABLE = 41
@@ -464,40 +571,181 @@ def reap_daemonize_intermediates(exclude: set[int]) -> None:
                     os.waitpid(pid, os.WNOHANG)
 
 
+@dataclass
+class Confinement:
+    """How each QEMU is confined (hbd.drivers.jail): all of it on a host
+    where hbd runs as root; nothing when vm.jail is off (measurements)."""
+
+    # The empty directory jails are mounted on; None: no jail.
+    jail_root: Path | None = None
+    user: jail.VmmUser | None = None
+    cgroups: Cgroups | None = None
+    seccomp: bool = False
+
+    @classmethod
+    def full(cls, exec_root: Path, cgroup_parent: str) -> Confinement:
+        jail_root = exec_root / jail.JAIL_DIR_NAME
+        jail_root.mkdir(mode=0o700, exist_ok=True)
+        return cls(jail_root=jail_root, user=jail.vmm_user(),
+                   cgroups=Cgroups.detect(cgroup_parent), seccomp=True)
+
+
+class LaunchFiles:
+    """The descriptors hbd opens for one launch; QEMU inherits them, hbd
+    closes its own copies once QEMU runs (or failed to)."""
+
+    def __init__(self) -> None:
+        self.owned: list[int] = []
+        self.sockets: list[socket.socket] = []
+
+    def listen(self, path: Path) -> int:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sockets.append(sock)
+        path.unlink(missing_ok=True)
+        sock.bind(str(path))
+        sock.listen(4)
+        return sock.fileno()
+
+    def connect(self, path: Path) -> int:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sockets.append(sock)
+        sock.connect(str(path))
+        return sock.fileno()
+
+    def open(self, path: Path, flags: int) -> int:
+        self.owned.append(os.open(path, flags | os.O_CLOEXEC, 0o600))
+        return self.owned[-1]
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        for fd in self.owned:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.sockets.clear()
+        self.owned.clear()
+
+
+def open_host_files(spec: VMSpec, files: LaunchFiles) -> HostFds:
+    """Sockets, console and disks of a guest, opened by hbd."""
+    run = spec.run_dir
+    console = files.open(run / "console.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    fds = HostFds(qmp=files.listen(run / "qmp.sock"), agent=files.listen(run / "agent.sock"),
+                  console=console, fdsets=[(console, 1, CONSOLE_OPAQUE)])
+    if spec.shared_fs_socket is not None:
+        fds.shared_fs = files.connect(spec.shared_fs_socket)
+    for disk in spec.disks:
+        opened = qemuopts.open_disk(disk.path, disk.format, disk.readonly)
+        files.owned += opened.fds
+        sets = []
+        for fd in opened.fds:
+            sets.append(len(fds.fdsets) + 1)
+            fds.fdsets.append((fd, sets[-1], disk.serial))
+        fds.disk_sets[disk.serial] = sets
+        fds.disk_formats[disk.serial] = opened.formats
+    return fds
+
+
 class QemuMicrovmDriver:
-    def __init__(self, qemu: str = "qemu-system-x86_64") -> None:
+    def __init__(self, qemu: str = "qemu-system-x86_64",
+                 confinement: Confinement | None = None) -> None:
         self.qemu = qemu
-        # First processes of launches under way: asyncio waits for those.
-        self._launching: set[int] = set()
+        self.confinement = confinement or Confinement()
+        self._layout = jail.probe_layout()
         _disable_transparent_hugepages()
+
+    def _binary(self) -> str:
+        found = shutil.which(self.qemu)
+        if found is None:
+            raise VMError(f"{self.qemu} not found")
+        return os.path.realpath(found)
+
+    def _plan(self, spec: VMSpec, binary: str) -> jail.JailPlan | None:
+        c = self.confinement
+        if c.jail_root is None or c.user is None:
+            return None
+        return jail.jail_plan(jail.PlanInputs(
+            root=c.jail_root, qemu=binary, kernel=spec.kernel, initrd=spec.initrd,
+            user=c.user, kvm=spec.accel == "kvm", layout=self._layout,
+            kvm_gid=jail.kvm_group()))
 
     async def launch(self, spec: VMSpec) -> MicroVM:
         run = spec.run_dir
         if len(str(run / "agent.sock")) > MAX_SOCKET_PATH:
             raise VMError(f"run directory {run} is too long for unix socket paths")
-        run.mkdir(parents=True, exist_ok=True)
-        for name in ("agent.sock", "qmp.sock", "qemu.pid"):
-            (run / name).unlink(missing_ok=True)
-        argv = pinned(build_argv(self.qemu, spec), spec.host_cpus)
-        log.debug("launch %s", " ".join(argv))
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            pass_fds=[nic.fd for nic in spec.nics] + spec.extra_fds,
-        )
-        # With -daemonize the first process exits once the guest is set up
-        # (sockets listening); its status and stderr tell whether QEMU started.
-        self._launching.add(proc.pid)
+        run.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (run / "qemu.pid").unlink(missing_ok=True)
+        name = spec.guest_name
+        binary = self._binary()
+        plan = self._plan(spec, binary)
+        files = LaunchFiles()
         try:
-            _, stderr = await proc.communicate()
+            fds = open_host_files(spec, files)
+            guest_files = GuestFiles(jail.KERNEL_IN_JAIL, jail.INITRD_IN_JAIL) if plan else \
+                GuestFiles(str(spec.kernel), str(spec.initrd))
+            argv = build_argv(binary, spec, fds, guest_files, self.confinement.seccomp)
+            stderr_fd = files.open(run / QEMU_LOG, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            procs = self._cgroup(spec, name)
+            keep = (*(fd for fd, _, _ in fds.fdsets), fds.qmp, fds.agent,
+                    *((fds.shared_fs,) if fds.shared_fs >= 0 else ()),
+                    *(nic.fd for nic in spec.nics), *spec.extra_fds)
+            log.debug("launch %s", " ".join(argv))
+            try:
+                pid = jail.spawn(binary, argv, plan, keep, stderr_fd, tuple(spec.host_cpus),
+                                 procs)
+            except jail.SpawnError as e:
+                await self._forget(name)
+                raise VMError(f"cannot start QEMU in its jail: {e}") from e
+            except BaseException:
+                await self._forget(name)
+                raise
         finally:
-            self._launching.discard(proc.pid)
-        reap_daemonize_intermediates(self._launching)
-        if proc.returncode != 0:
-            message = stderr.decode(errors="replace").strip().splitlines()
-            raise VMError(message[-1] if message else f"qemu exited {proc.returncode}")
-        pid = int((run / "qemu.pid").read_text().strip())
-        return MicroVM(run, pid)
+            files.close()
+        # Sandboxed virtiofsd children orphaned by a killed parent, left to hbd.
+        reap_daemonize_intermediates({pid})
+        (run / "qemu.pid").write_text(f"{pid}\n")
+        vm = MicroVM(run, pid, lambda: self._forget(name))
+        await self._wait_ready(vm)
+        return vm
+
+    def _cgroup(self, spec: VMSpec, name: str) -> tuple[Path, ...]:
+        groups = self.confinement.cgroups
+        if groups is None:
+            return ()
+        try:
+            return groups.create(name, qemu_limits(spec.memory_mib, spec.vcpus,
+                                                   spec.tcg_tb_size_mib))
+        except OSError as e:
+            raise VMError(f"cannot make the cgroup of guest {name}: {e}") from e
+
+    async def _forget(self, name: str) -> None:
+        await remove_soon(self.confinement.cgroups, name)
+
+    @staticmethod
+    async def _wait_ready(vm: MicroVM) -> None:
+        """QEMU is up once it answers QMP (its sockets listen from the start:
+        hbd made them); an error before that is in its log."""
+        ready = asyncio.ensure_future(vm.qmp("query-status"))
+        died = asyncio.ensure_future(vm.wait_exit())
+        try:
+            done, _ = await asyncio.wait({ready, died}, return_when=asyncio.FIRST_COMPLETED)
+            if ready in done and ready.exception() is None:
+                return
+        finally:
+            died.cancel()
+        await vm.destroy()
+        text = _tail_text(vm.run_dir / QEMU_LOG)
+        raise VMError(text or "QEMU exited at start")
+
+    def find(self, run_dir: Path) -> MicroVM | None:
+        """A guest an earlier hbd started (its cgroup is named after its run
+        directory, as `launch` names a guest's)."""
+        return MicroVM.find(run_dir, lambda: self._forget(run_dir.name))
+
+
+def _tail_text(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hbd.drivers.vm import VMSpec, build_argv, pinned
+from hbd.drivers.vm import GuestFiles, HostFds, VMSpec, build_argv
 from hbd.errors import InvalidParameter
 from hbd.services.container import hostconfig
 from hbd.services.timefmt import parse_go_duration, parse_go_timestamp
@@ -74,22 +74,22 @@ def spec(**kwargs: object) -> VMSpec:
                   **kwargs)  # type: ignore[arg-type]
 
 
+def argv_of(vm: VMSpec) -> list[str]:
+    fds = HostFds(qmp=3, agent=4, console=5, fdsets=[(5, 1, "console")])
+    return build_argv("qemu", vm, fds, GuestFiles("/k", "/i"), sandbox=True)
+
+
 def test_guest_ram_is_bound_to_host_nodes() -> None:
-    argv = build_argv("qemu", spec(memory_mib=128, host_nodes=[1]))
+    argv = argv_of(spec(memory_mib=128, host_nodes=[1]))
     backend = json.loads(argv[argv.index("-object") + 1])
     assert backend == {"qom-type": "memory-backend-ram", "id": "ram", "size": 128 * 1024**2,
                        "host-nodes": [1], "policy": "bind"}
     assert "memory-backend=ram" in argv[argv.index("-M") + 1]
-    shared = build_argv("qemu", spec(shared_fs_socket=Path("/run/x/fs.sock")))
+    shared = argv_of(spec(shared_fs_socket=Path("/run/x/fs.sock")))
     backend = json.loads(shared[shared.index("-object") + 1])
     assert backend["qom-type"] == "memory-backend-memfd" and backend["share"] is True
     assert "host-nodes" not in backend
-    assert "-object" not in build_argv("qemu", spec())
-
-
-def test_qemu_runs_pinned_from_its_start() -> None:
-    assert pinned(["qemu", "-x"], [1, 3]) == ["taskset", "-c", "1,3", "qemu", "-x"]
-    assert pinned(["qemu"], []) == ["qemu"]
+    assert "-object" not in argv_of(spec())
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

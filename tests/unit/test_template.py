@@ -18,7 +18,7 @@ from hbd.drivers.template import (
     TemplateStore,
     template_key,
 )
-from hbd.drivers.vm import NicSpec, QemuMicrovmDriver, VMSpec, build_argv
+from hbd.drivers.vm import GuestFiles, HostFds, NicSpec, QemuMicrovmDriver, VMSpec, build_argv
 
 
 def shape(tmp_path: Path, **changes: object) -> TemplateShape:
@@ -163,13 +163,16 @@ def test_a_clone_starts_on_the_templates_ram_waiting_for_its_state(tmp_path: Pat
     spec = VMSpec(run_dir=tmp_path, kernel=tmp_path / "k", initrd=tmp_path / "i",
                   ram_file="/proc/self/fd/7", ram_shared=False, incoming=True,
                   extra_fds=[7, 8])
-    argv = build_argv("qemu", spec)
+    fds = HostFds(qmp=3, agent=4, console=5, fdsets=[(5, 1, "console")])
+    files = GuestFiles("/k", "/i")
+    argv = build_argv("qemu", spec, fds, files, sandbox=True)
     backend = json.loads(argv[argv.index("-object") + 1])
     assert backend["qom-type"] == "memory-backend-file"
     assert backend["mem-path"] == "/proc/self/fd/7" and backend["share"] is False
     assert "memory-backend=ram" in argv[argv.index("-M") + 1]
     assert argv[argv.index("-incoming") + 1] == "defer"
-    template = build_argv("qemu", dataclasses.replace(spec, ram_shared=True, incoming=False))
+    template = build_argv("qemu", dataclasses.replace(spec, ram_shared=True, incoming=False),
+                          fds, files, sandbox=True)
     assert json.loads(template[template.index("-object") + 1])["share"] is True
     assert "-incoming" not in template
 

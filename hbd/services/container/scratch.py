@@ -10,7 +10,6 @@ templates of its size, made the first time a size is asked for.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 from hbd.drivers import disks
@@ -38,7 +37,7 @@ class ScratchDisks:
     async def create(self, path: Path, size: int = 0) -> None:
         """A scratch disk of `size` bytes (0: the default size)."""
         overlay = self.overlay if size in (0, self.size) else await self._sized(size)
-        await asyncio.to_thread(shutil.copyfile, overlay, path)
+        await asyncio.to_thread(disks.private_copy, overlay, path)
 
     async def _sized(self, size: int) -> Path:
         """The templates for `--storage-opt size=…`, made on first use of a size."""

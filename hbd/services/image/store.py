@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tarfile
 import zlib
@@ -95,10 +96,15 @@ class ImageStore:
         self.limits = limits or UnpackLimits()
         self.blobs = BlobStore(root / "blobs")
         self.disk_dir = root / "disks"
-        self.disk_dir.mkdir(parents=True, exist_ok=True)
+        self.disk_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.tmp_dir = root / "tmp"
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
-        self.tmp_dir.mkdir(parents=True)
+        # Layers are unpacked under here (with their owners and setuid bits):
+        # no other user may reach them. The trees themselves keep 0755, their
+        # root's mode becomes the image's / in the guest.
+        self.tmp_dir.mkdir(mode=0o700, parents=True)
+        os.chmod(self.tmp_dir, 0o700)
+        os.chmod(self.disk_dir, 0o700)
         self.images: dict[str, Image] = {}
         self.refs: dict[str, str] = {}  # full normalized reference -> image id
         self.container_usage: ContainerUsage = lambda image_id: []
