@@ -117,6 +117,24 @@ class LogFile:
             view = view[os.write(self._fd, view):]
         self.size += len(record)
 
+    def append_many(self, records: list[bytes]) -> None:
+        """`append` of each record, with one write per run of records that
+        fits before the next rotation."""
+        start = 0
+        while start < len(records):
+            if 0 <= self.rotation.max_size <= self.size:
+                self._rotate()
+            end, taken = start, 0
+            while end < len(records) and (end == start or self.rotation.max_size < 0 or
+                                          self.size + taken < self.rotation.max_size):
+                taken += len(records[end])
+                end += 1
+            view = memoryview(b"".join(records[start:end]))
+            while view:
+                view = view[os.write(self._fd, view):]
+            self.size += taken
+            start = end
+
     def _rotate(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import json.encoder
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ from hbd.errors import NotImplementedByHbd, SystemError_
 from hbd.services import goparse
 from hbd.services.container.logfile import LogFile, Rotation, Segment, Snapshot, snapshot
 from hbd.services.timefmt import parse_rfc3339_ns, rfc3339_nano
+
+# What json.dumps(..., ensure_ascii=False) makes of a str (its C encoder).
+_json_string: Callable[[str], str] = json.encoder.encode_basestring
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,22 @@ def encode(stream: int, data: bytes, time_ns: int) -> bytes:
         "stream": STREAM_NAMES[stream],
         "time": rfc3339_nano(time_ns),
     }, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def encode_many(stream: int, pieces: list[bytes], time_ns: int) -> list[bytes]:
+    """`encode` of many records of one time, the JSON around each made once."""
+    tail = (f',"stream":"{STREAM_NAMES[stream]}","time":"{rfc3339_nano(time_ns)}"}}\n'
+            ).encode()
+    return [b'{"log":' + _json_string(p.decode("utf-8", errors="replace")).encode() + tail
+            for p in pieces]
+
+
+def _cut(buf: bytes, start: int, end: int, pieces: list[bytes]) -> None:
+    """buf[start:end] as records of at most MAX_LINE bytes."""
+    while end - start > MAX_LINE:
+        pieces.append(buf[start:start + MAX_LINE])
+        start += MAX_LINE
+    pieces.append(buf[start:end])
 
 
 def decode(line: bytes) -> LogRecord | None:
@@ -171,37 +191,41 @@ class LogWriter:
     def closed(self) -> bool:
         return self._closed
 
-    def _emit(self, stream: int, data: bytes, now_ns: int) -> None:
-        if self.log is None:
+    def _emit(self, stream: int, pieces: list[bytes], now_ns: int) -> None:
+        if self.log is None or not pieces:
             return
         try:
-            self.log.append(encode(stream, data, now_ns))
+            self.log.append_many(encode_many(stream, pieces, now_ns))
         except OSError as e:
-            # As dockerd: the record is lost, the container runs on (said once).
+            # As dockerd: the records are lost, the container runs on (said once).
             if not self._failed:
                 log.warning("cannot write the log %s: %s", self.log.path, e)
                 self._failed = True
 
     def write(self, stream: int, data: bytes) -> None:
+        """Cut the stream into records (lines, at most MAX_LINE bytes each)
+        and write them; the rest of an unfinished line waits for more. Cut by
+        offset and written at once: a flood of short lines (`yes`) costs
+        linear time and one write per chunk, so the writer keeps up with
+        anything the channel carries."""
         if self.closed:
             return
-        now_ns = time.time_ns()
-        buf = self._pending[stream] + data
-        while (nl := buf.find(b"\n")) >= 0:
-            line, buf = buf[: nl + 1], buf[nl + 1:]
-            while len(line) > MAX_LINE:
-                self._emit(stream, line[:MAX_LINE], now_ns)
-                line = line[MAX_LINE:]
-            self._emit(stream, line, now_ns)
-        while len(buf) >= MAX_LINE:
-            self._emit(stream, buf[:MAX_LINE], now_ns)
-            buf = buf[MAX_LINE:]
-        self._pending[stream] = buf
+        buf = self._pending[stream] + data if self._pending[stream] else data
+        pieces: list[bytes] = []
+        start = 0
+        while (nl := buf.find(b"\n", start)) >= 0:
+            _cut(buf, start, nl + 1, pieces)
+            start = nl + 1
+        while len(buf) - start >= MAX_LINE:
+            pieces.append(buf[start:start + MAX_LINE])
+            start += MAX_LINE
+        self._pending[stream] = buf[start:]
+        self._emit(stream, pieces, time.time_ns())
         self._notify()
 
     def end_stream(self, stream: int) -> None:
         if self._pending[stream] and not self.closed:
-            self._emit(stream, self._pending[stream], time.time_ns())
+            self._emit(stream, [self._pending[stream]], time.time_ns())
             self._pending[stream] = b""
             self._notify()
 
