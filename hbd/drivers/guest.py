@@ -279,10 +279,11 @@ class QemuGuest:
 
     async def poweroff(self, timeout: float) -> None:
         """Let the guest sync its disks and power off; force it after `timeout`."""
-        with contextlib.suppress(AgentError, OSError):
-            await asyncio.wait_for(self.agent.poweroff(), timeout)
         try:
+            await asyncio.wait_for(self.agent.poweroff(), timeout)
             await asyncio.wait_for(self.vm.wait_exit(), timeout)
+        except (AgentError, OSError):
+            pass  # no channel to ask through: nothing to wait for
         except TimeoutError:
             log.warning("guest %s did not power off in %.0fs; killing it",
                         self.vm.run_dir.name, timeout)

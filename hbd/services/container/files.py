@@ -118,6 +118,8 @@ class ContainerFiles:
             yield run.guest
             return
         async with c.lock:
+            if c.removing:
+                raise Conflict(f"removal of container {c.id[:12]} is already in progress")
             if c.state.running:
                 raise Conflict(f"Container {c.id} is starting; try again")
             guest = await self.containers.boot_maintenance(c)

@@ -166,7 +166,7 @@ class Container:
     attachments: set[Attachment] = field(default_factory=set, repr=False)
     exit_waiters: list[asyncio.Future[int]] = field(default_factory=list, repr=False)
     remove_waiters: list[asyncio.Future[int]] = field(default_factory=list, repr=False)
-    # The one lock of a container: start, restart and maintenance boots take it.
+    # The one lock of a container: see hbd/services/container/service.py.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     teardown: asyncio.Task[None] | None = field(default=None, repr=False)
     removing: bool = field(default=False, repr=False)
