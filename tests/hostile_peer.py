@@ -65,7 +65,7 @@ class HostilePeer:
         self.writer = writer
         self.connected.set()
         decoder = FrameDecoder()
-        with contextlib.suppress(ConnectionError, OSError):
+        with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
             while chunk := await reader.read(65536):
                 for f in decoder.feed(chunk):
                     self._answer(f.type, f.ident, f.payload)

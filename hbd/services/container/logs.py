@@ -20,6 +20,7 @@ import asyncio
 import json
 import json.encoder
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -62,6 +63,41 @@ def encode_many(stream: int, pieces: list[bytes], time_ns: int) -> list[bytes]:
             ).encode()
     return [b'{"log":' + _json_string(p.decode("utf-8", errors="replace")).encode() + tail
             for p in pieces]
+
+
+# A byte a JSON string cannot hold as it is (json.dumps escapes '"', '\\' and
+# controls), or one of a UTF-8 sequence, which would need checking; '\n' aside.
+_NOT_PLAIN = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e\n]')
+
+
+def plain_records(stream: int, lines: bytes, time_ns: int) -> list[bytes] | None:
+    """`encode_many` of complete lines of printable ASCII, none longer than a
+    record, without decoding or escaping each: a flood of such output (`yes`)
+    costs a few operations per line. None when `lines` is not of that kind."""
+    if _NOT_PLAIN.search(lines):
+        return None
+    split = lines.split(b"\n")
+    split.pop()  # after the last newline
+    if max(map(len, split)) >= MAX_LINE:
+        return None
+    head = b'{"log":"'
+    tail = (f'\\n","stream":"{STREAM_NAMES[stream]}","time":"{rfc3339_nano(time_ns)}"}}\n'
+            ).encode()
+    return [head + line + tail for line in split]
+
+
+def plain_blob(stream: int, lines: bytes, time_ns: int) -> bytes | None:
+    """`plain_records` joined, made in one operation."""
+    if _NOT_PLAIN.search(lines):
+        return None
+    split = lines.split(b"\n")
+    split.pop()
+    if max(map(len, split)) >= MAX_LINE:
+        return None
+    head = b'{"log":"'
+    tail = (f'\\n","stream":"{STREAM_NAMES[stream]}","time":"{rfc3339_nano(time_ns)}"}}\n'
+            ).encode()
+    return head + (tail + head).join(split) + tail
 
 
 def _cut(buf: bytes, start: int, end: int, pieces: list[bytes]) -> None:
@@ -192,10 +228,26 @@ class LogWriter:
         return self._closed
 
     def _emit(self, stream: int, pieces: list[bytes], now_ns: int) -> None:
-        if self.log is None or not pieces:
+        if pieces:
+            self._write_records(encode_many(stream, pieces, now_ns))
+
+    def _plain(self, stream: int, lines: bytes, now_ns: int) -> list[bytes] | None:
+        """Records of plain lines: as one blob when no rotation can fall among
+        them (the log rotates between records only)."""
+        if self.log is None:
+            return []
+        rotation = self.log.rotation
+        if rotation.max_size < 0 or self.log.size + len(lines) * 2 + 256 * lines.count(
+                b"\n") < rotation.max_size:
+            blob = plain_blob(stream, lines, now_ns)
+            return None if blob is None else [blob]
+        return plain_records(stream, lines, now_ns)
+
+    def _write_records(self, records: list[bytes]) -> None:
+        if self.log is None or not records:
             return
         try:
-            self.log.append_many(encode_many(stream, pieces, now_ns))
+            self.log.append_many(records)
         except OSError as e:
             # As dockerd: the records are lost, the container runs on (said once).
             if not self._failed:
@@ -211,16 +263,24 @@ class LogWriter:
         if self.closed:
             return
         buf = self._pending[stream] + data if self._pending[stream] else data
-        pieces: list[bytes] = []
-        start = 0
-        while (nl := buf.find(b"\n", start)) >= 0:
-            _cut(buf, start, nl + 1, pieces)
-            start = nl + 1
+        now_ns = time.time_ns()
+        start = buf.rfind(b"\n") + 1  # what ends with a newline is records
+        plain = self._plain(stream, buf[:start], now_ns) if start else None
+        if plain is not None:
+            self._write_records(plain)
+        else:
+            pieces: list[bytes] = []
+            at = 0
+            while (nl := buf.find(b"\n", at)) >= 0:
+                _cut(buf, at, nl + 1, pieces)
+                at = nl + 1
+            self._emit(stream, pieces, now_ns)
+        pieces = []
         while len(buf) - start >= MAX_LINE:
             pieces.append(buf[start:start + MAX_LINE])
             start += MAX_LINE
         self._pending[stream] = buf[start:]
-        self._emit(stream, pieces, time.time_ns())
+        self._emit(stream, pieces, now_ns)
         self._notify()
 
     def end_stream(self, stream: int) -> None:
