@@ -287,3 +287,6 @@ class FakeGuestDriver:
 
     async def reattach(self, run_dir: Path) -> Guest | None:
         return None
+
+    async def discard(self, run_dir: Path) -> None:
+        pass

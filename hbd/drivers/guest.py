@@ -170,6 +170,11 @@ class GuestDriver(Protocol):
 
     async def reattach(self, run_dir: Path) -> Guest | None: ...
 
+    async def discard(self, run_dir: Path) -> None:
+        """End whatever still runs for `run_dir` without talking to it: a
+        guest whose boot an earlier hbd did not live to finish."""
+        ...
+
 
 class QemuGuest:
     def __init__(self, vm: MicroVM, agent: AgentClient, virtiofsd: Virtiofsd | None,
@@ -454,6 +459,14 @@ class QemuGuestDriver:
             await vm.destroy()
             return None
         return QemuGuest(vm, agent, Virtiofsd.find(run_dir))
+
+    async def discard(self, run_dir: Path) -> None:
+        vm = MicroVM.find(run_dir)
+        if vm is not None:
+            await vm.destroy()
+        virtiofsd = Virtiofsd.find(run_dir)
+        if virtiofsd is not None:
+            await virtiofsd.stop()
 
 
 def _tail(path: Path, limit: int = 4000) -> str:

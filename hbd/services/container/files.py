@@ -193,7 +193,11 @@ class ContainerFiles:
             async with stack:
                 async for chunk in pipe.stdout():
                     yield chunk
-                await self._finish(guest, proc, pipe)
+                if await self._finish(guest, proc, pipe) != 0:
+                    # Cut short (its guest killed): the client must not take a
+                    # truncated archive for a whole one.
+                    raise SystemError_(pipe.stderr.decode(errors="replace").strip() or
+                                       "copying from the container failed")
 
         return stat, stream()
 
