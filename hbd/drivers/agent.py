@@ -589,7 +589,8 @@ class AgentClient:
     def _json(self, payload: bytes) -> dict[str, Any]:
         try:
             value = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: JSON nested deeper than the parser recurses.
             raise GuestBroken("guest sent malformed JSON") from None
         if not isinstance(value, dict):
             raise GuestBroken("guest sent JSON that is not an object")

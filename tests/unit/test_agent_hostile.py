@@ -195,6 +195,14 @@ async def test_malformed_json_marks_the_guest_broken(peer: HostilePeer) -> None:
     await client.close()
 
 
+async def test_json_nested_too_deep_marks_the_guest_broken(peer: HostilePeer) -> None:
+    client, broken = await connected(peer)
+    peer.send(frame(T_ACK, 99, b"[" * 500_000 + b"]" * 500_000))
+    await asyncio.wait_for(client.wait_closed(), 5)
+    assert broken == ["guest sent malformed JSON"]
+    await client.close()
+
+
 async def test_an_oversize_frame_marks_the_guest_broken(peer: HostilePeer) -> None:
     client, broken = await connected(peer)
     peer.send(HEADER.pack(64 * MAX_FRAME, T_STDOUT, 0, 1))
