@@ -382,6 +382,46 @@ def test_hbd_killed_during_start_and_exec_reports_containers_right_after_restart
     assert_nothing_left(daemon)
 
 
+def test_hbd_killed_during_cp_and_rm_leaves_a_daemon_that_finishes_the_job(
+        daemon: RunningDaemon) -> None:
+    copied, removed = "hostile-hbd-cp", "hostile-hbd-rm"
+    before = sandbox_ids(daemon)
+    daemon.docker("run", "-d", "--name", copied, "busybox", "sh", "-c",
+                  "head -c 32m /dev/zero > /big; " + IDLE)
+    daemon.docker("run", "-d", "--name", removed, "-v", "hostile-hbdvol:/data", "busybox",
+                  "sh", "-c", "trap '' TERM; " + IDLE)
+    try:
+        deadline = time.monotonic() + 60
+        while "33554432" not in daemon.docker("exec", copied, "ls", "-l", "/big",
+                                              check=False).stdout.decode():
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        copying = subprocess.Popen([DOCKER_CLI, "cp", f"{copied}:/big", "-"],
+                                   env=daemon.env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL)
+        assert copying.stdout is not None
+        copying.stdout.read(1 << 20)
+        removing = subprocess.Popen([DOCKER_CLI, "rm", "-f", removed], env=daemon.env(),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.1)
+        daemon.crash_and_restart()
+        copying.kill()
+        copying.wait(30)
+        removing.wait(30)
+        # The copied container's guest survived: it runs, and copies again.
+        assert inspect_state(daemon, copied)["Running"]
+        out = subprocess.run([DOCKER_CLI, "cp", f"{copied}:/big", "-"], env=daemon.env(),
+                             capture_output=True, timeout=120, check=True).stdout
+        assert len(out) > 32 * 1024 * 1024
+        # The removal may or may not have been done; it can be finished.
+        daemon.docker("rm", "-f", removed)
+        assert daemon.docker("ps", "-aq", "--filter", f"name={removed}").stdout == b""
+    finally:
+        daemon.docker("rm", "-f", copied, removed, check=False)
+        daemon.docker("volume", "rm", "hostile-hbdvol", check=False)
+    assert_nothing_left(daemon, sandbox_ids(daemon) - before)
+
+
 # -- (d) rm -f right after a write keeps the write -------------------------------------------
 
 
