@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Generic, TypeVar
 
@@ -24,8 +25,15 @@ Drain = Awaitable[None] | None
 # Bytes a queue holds before its producer is asked to wait (dockerd's
 # bytespipe holds 1 MiB per attached stream).
 QUEUE_LIMIT = 1024 * 1024
+# Seconds a consumer may keep its producer waiting before it is cut off. The
+# channel of a guest carries every process's output and the replies to hbd's
+# requests (dockerd's containerd has a channel for each): one client that
+# stopped reading must not hold all of them for ever.
+STALL_LIMIT = 60.0
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class StreamQueue(Generic[T]):
@@ -33,11 +41,17 @@ class StreamQueue(Generic[T]):
 
     `put` never refuses (the producer is the channel reader, which must not
     drop output), but once more than `limit` bytes wait it returns a future
-    that resolves when the consumer has taken the queue back under the limit,
-    or has gone (`close`). The consumer iterates `items()` until `end()`."""
+    that resolves when the consumer has taken the queue back under half the
+    limit, or has gone (`close`). A consumer that keeps the producer waiting
+    `stall_limit` seconds is cut off: the queue closes, its iteration ends.
+    The consumer iterates `items()` until `end()`."""
 
-    def __init__(self, limit: int = QUEUE_LIMIT) -> None:
+    def __init__(self, limit: int = QUEUE_LIMIT, stall_limit: float = STALL_LIMIT) -> None:
         self.limit = limit
+        self.stall_limit = stall_limit
+        # Set when the consumer was cut off for keeping the producer waiting.
+        self.overrun = False
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._items: collections.deque[tuple[T, int]] = collections.deque()
         self._size = 0
         self._ended = False
@@ -63,8 +77,16 @@ class StreamQueue(Generic[T]):
         if self._size <= self.limit:
             return None
         if self._drained is None or self._drained.done():
-            self._drained = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._drained = loop.create_future()
+            self._stall_timer = loop.call_later(self.stall_limit, self._cut_off)
         return self._drained
+
+    def _cut_off(self) -> None:
+        log.warning("an output consumer took nothing for %.0fs: cut off, %d bytes dropped",
+                    self.stall_limit, self._size)
+        self.overrun = True
+        self.close()
 
     def end(self) -> None:
         """No more items: the consumer's iteration ends once it has taken all."""
@@ -80,6 +102,9 @@ class StreamQueue(Generic[T]):
         self._release()
 
     def _release(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 

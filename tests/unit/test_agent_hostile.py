@@ -113,6 +113,21 @@ async def test_a_closed_queue_releases_its_producer_and_drops_what_follows() -> 
     assert await queue.get() is None
 
 
+async def test_a_consumer_that_stalls_its_producer_too_long_is_cut_off() -> None:
+    queue: StreamQueue[bytes] = StreamQueue(limit=10, stall_limit=0.2)
+    drained = queue.put(b"x" * 20, 20)
+    assert drained is not None
+    await asyncio.wait_for(drained, 2)
+    assert queue.overrun and queue.closed
+    assert await queue.get() is None
+    # One that catches up in time is not.
+    patient: StreamQueue[bytes] = StreamQueue(limit=10, stall_limit=0.2)
+    waiting = patient.put(b"x" * 20, 20)
+    assert await patient.get() == b"x" * 20
+    await asyncio.sleep(0.3)
+    assert waiting is not None and waiting.done() and not patient.overrun
+
+
 async def test_a_queue_ends_after_its_last_item() -> None:
     queue: StreamQueue[int] = StreamQueue()
     queue.put(1, 1)
