@@ -321,3 +321,22 @@ def test_batched_appends_rotate_where_single_ones_do(tmp_path: Path) -> None:
     assert names == sorted(p.name for p in many.parent.iterdir())
     for name in names:
         assert (one.parent / name).read_bytes() == (many.parent / name).read_bytes()
+
+
+# -- console.log -----------------------------------------------------------------------
+
+
+def test_a_flooded_console_log_is_trimmed_to_its_tail(tmp_path: Path) -> None:
+    from hbd.drivers.guest import CONSOLE_KEPT, CONSOLE_LIMIT, trim_console_log
+
+    console = tmp_path / "console.log"
+    console.write_bytes(b"a" * CONSOLE_LIMIT + b"the end\n")
+    assert trim_console_log(console)
+    assert console.stat().st_size == 0
+    kept = (tmp_path / "console.log.1").read_bytes()
+    assert len(kept) == CONSOLE_KEPT and kept.endswith(b"the end\n")
+    # QEMU writes on at its offset: the file is sparse, its blocks are what count.
+    with console.open("r+b") as f:
+        f.seek(64 * CONSOLE_LIMIT)
+        f.write(b"more\n")
+    assert not trim_console_log(console)
