@@ -27,6 +27,7 @@ from hbd.drivers.agent import (
     ProcessSpec,
 )
 from hbd.drivers.flow import Drain, StreamQueue, combine
+from hbd.drivers.guest import CONSOLE_KEPT, CONSOLE_LIMIT, trim_console_log
 from hbd.services.container.logfile import LogFile, Rotation
 from hbd.services.container.logs import LogWriter, encode
 from tests.hostile_peer import HostilePeer, frame
@@ -327,8 +328,6 @@ def test_batched_appends_rotate_where_single_ones_do(tmp_path: Path) -> None:
 
 
 def test_a_flooded_console_log_is_trimmed_to_its_tail(tmp_path: Path) -> None:
-    from hbd.drivers.guest import CONSOLE_KEPT, CONSOLE_LIMIT, trim_console_log
-
     console = tmp_path / "console.log"
     console.write_bytes(b"a" * CONSOLE_LIMIT + b"the end\n")
     assert trim_console_log(console)
