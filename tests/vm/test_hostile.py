@@ -422,6 +422,40 @@ def test_hbd_killed_during_cp_and_rm_leaves_a_daemon_that_finishes_the_job(
     assert_nothing_left(daemon, sandbox_ids(daemon) - before)
 
 
+def test_a_guest_that_stops_answering_is_destroyed_at_the_deadline(
+        daemon: RunningDaemon) -> None:
+    """QEMU stopped (SIGSTOP): the agent's PS request (`docker top`) gets no
+    answer within its 30 s deadline, the guest is destroyed and the container
+    ends as a killed one, with the reason."""
+    name = "hostile-stuck"
+    before = sandbox_ids(daemon)
+    since = time.time()
+    daemon.docker("run", "-d", "--name", name, "busybox", "sh", "-c", IDLE)
+    sandbox = the_sandbox_of(daemon, before)
+    pid = qemu_pid(daemon, sandbox)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        top = daemon.docker("top", name, check=False, timeout=120)
+        took = time.monotonic() - started
+        assert top.returncode != 0
+        assert 25 < took < 60, took
+        deadline = time.monotonic() + 30
+        while inspect_state(daemon, name)["Running"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        state = inspect_state(daemon, name)
+        assert_killed_by_host(state)
+        assert "did not answer" in state["Error"], state
+        [die] = die_events(daemon, name, since)
+        assert die["Actor"]["Attributes"]["exitCode"] == "137"
+        assert_nothing_left(daemon, {sandbox})
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        daemon.docker("rm", "-f", name)
+
+
 # -- (d) rm -f right after a write keeps the write -------------------------------------------
 
 
