@@ -4,7 +4,20 @@ One `AgentClient` per connection to a guest's `hbd.0` virtio-serial port
 (a unix socket on the host). Requests are answered by ACK or ERROR with the
 same id; process output and events arrive as they happen and go to the
 `ProcessOutput` registered for each process. Everything the guest sends is
-untrusted input: sizes are bounded and JSON is checked before use.
+untrusted input, and the guest's init may have been replaced by an
+attacker's:
+
+- frames are split by offset (`FrameDecoder`), at most `MAX_FRAME` bytes of
+  payload; a longer frame, or a control payload that is not a JSON object,
+  marks the guest broken (`on_broken`), and its owner destroys it;
+- output and exits for process ids hbd never started (nor learnt from
+  STATE) are dropped and counted; output held for a known process nobody
+  has attached to yet is bounded (`UNCLAIMED_LIMIT`, for all of them);
+- a consumer of output that cannot keep up makes the reader wait
+  (`hbd.drivers.flow`), so the guest, not hbd, holds what is not consumed;
+- every request has a deadline (`DEADLINES`); one that expires marks the
+  guest broken. Time the reader spends waiting for slow consumers does not
+  count against it: replies may be queued behind the output they wait for.
 """
 
 from __future__ import annotations
@@ -16,10 +29,13 @@ import json
 import logging
 import secrets
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
+
+from hbd.drivers.flow import Drain
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +47,13 @@ STDIN_WINDOW = 256 * 1024
 SYNC_MAGIC = b"hbd-sync-v1\0\0\0\0\0"
 # Where CREATE's `init` binds the guest init, which runs as docker-init there.
 DOCKER_INIT = "/sbin/docker-init"
-# Output held for a process nobody has attached to yet, at most this much.
+# Output held for processes nobody has attached to yet (after a reconnect),
+# at most this much for all of them together.
 UNCLAIMED_LIMIT = 16 * 1024 * 1024
+# What one read of the channel takes at most.
+READ_CHUNK = 256 * 1024
+# Dropped frames are logged at most this often (seconds).
+DROP_LOG_INTERVAL = 10.0
 
 T_HELLO, T_SANDBOX, T_START, T_SIGNAL, T_RESIZE = 0x01, 0x02, 0x03, 0x04, 0x05
 T_STATE, T_RELEASE, T_STATS, T_POWEROFF, T_PING = 0x06, 0x07, 0x08, 0x09, 0x0A
@@ -41,6 +62,14 @@ T_FREEZE, T_FILES = 0x10, 0x11
 T_STDIN, T_STDIN_EOF = 0x20, 0x21
 T_ACK, T_ERROR, T_EVENT, T_SYNC = 0x80, 0x81, 0x82, 0x83
 T_STDOUT, T_STDERR, T_STDOUT_EOF, T_STDERR_EOF, T_STDIN_ACK = 0xA0, 0xA1, 0xA2, 0xA3, 0xA4
+
+# Seconds a guest has to answer each request, generous for TCG on a loaded
+# 2-core host (a boot takes ~1 s there, a clone ~0.5 s): CREATE may wait 10 s
+# for a disk and copy a volume's content up; DESTROY kills, unmounts and
+# syncs; FREEZE waits for every task to freeze.
+DEFAULT_DEADLINE = 30.0
+DEADLINES = {T_CREATE: 120.0, T_DESTROY: 120.0, T_START: 60.0, T_NETWORK: 60.0,
+             T_FREEZE: 60.0, T_FILES: 60.0, T_SANDBOX: 60.0}
 
 
 class AgentError(Exception):
@@ -56,6 +85,56 @@ class AgentError(Exception):
 class AgentDisconnected(AgentError):
     def __init__(self, message: str = "guest channel closed") -> None:
         super().__init__("system", message, 0)
+
+
+class GuestBroken(AgentDisconnected):
+    """The guest broke the protocol or missed a deadline: it is not to be
+    trusted with another request, and its owner destroys it."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: int
+    ident: int
+    payload: bytes
+
+
+class FrameDecoder:
+    """Splits the channel's byte stream into frames (PROTOCOL §2).
+
+    Bytes are appended to one buffer and frames are cut from it by offset;
+    the consumed prefix is dropped once per `feed`, so a stream of many small
+    frames costs linear time, and what is held is at most one partial frame
+    plus the last chunk. A header announcing more than `max_payload` bytes
+    raises GuestBroken at once, before any of its payload is waited for."""
+
+    def __init__(self, max_payload: int = MAX_FRAME) -> None:
+        self.max_payload = max_payload
+        self._buffer = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of a frame not complete yet."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buffer += data
+        frames: list[Frame] = []
+        offset = 0
+        end = len(self._buffer)
+        while end - offset >= HEADER.size:
+            length, type_, _, ident = HEADER.unpack_from(self._buffer, offset)
+            if length > self.max_payload:
+                raise GuestBroken(f"guest sent a frame of {length} bytes "
+                                  f"(at most {self.max_payload})")
+            start = offset + HEADER.size
+            if end - start < length:
+                break
+            frames.append(Frame(type_, ident, bytes(self._buffer[start:start + length])))
+            offset = start + length
+        # Dropping a bytearray's prefix moves its start, it does not copy the rest.
+        del self._buffer[:offset]
+        return frames
 
 
 @dataclass(frozen=True)
@@ -277,7 +356,10 @@ class ResourceUpdate:
 
 
 class ProcessOutput(Protocol):
-    def on_output(self, stream: int, data: bytes) -> None: ...
+    def on_output(self, stream: int, data: bytes) -> Drain:
+        """Take a chunk; a consumer that is behind returns what to wait for
+        before more comes (hbd.drivers.flow)."""
+        ...
 
     def on_output_eof(self, stream: int) -> None: ...
 
@@ -305,18 +387,36 @@ def _proc_state(raw: Any) -> ProcState | None:
 
 class AgentClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 on_event: Callable[[dict[str, Any]], None] | None) -> None:
+                 on_event: Callable[[dict[str, Any]], None] | None,
+                 on_broken: Callable[[str], None] | None = None) -> None:
         self._reader = reader
         self._writer = writer
         self._on_event = on_event
+        # Told once, with the reason, when the guest breaks the protocol, misses
+        # a deadline or drops the channel while hbd still uses it.
+        self.on_broken = on_broken
         self._next_id = 1
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._outputs: dict[int, ProcessOutput] = {}
+        # Processes hbd started or learnt from STATE: frames for others are dropped.
+        self._known: set[int] = set()
+        # Until the handshake's STATE has told which processes exist, output is
+        # held (bounded) rather than dropped.
+        self._learning = True
         self._unclaimed: dict[int, list[tuple[str, Any]]] = {}
+        self._unclaimed_bytes = 0
         self._inflight: dict[int, int] = {}
         self._credit_waiters: list[asyncio.Future[None]] = []
         self._closed = asyncio.Event()
+        self._closing = False
         self._reader_task: asyncio.Task[None] | None = None
+        # Time the reader spent waiting for slow consumers, which no deadline counts.
+        self._stalled_total = 0.0
+        self._stalled_since: float | None = None
+        self.dropped_frames = 0
+        self._dropped_logged = 0
+        self._drop_logged_at = 0.0
+        self.broken_reason = ""
         self.guest_info = GuestInfo(0, "", 0)
         self.processes: list[ProcState] = []
 
@@ -386,6 +486,10 @@ class AgentClient:
             if isinstance(outcome, BaseException):
                 raise outcome
         self.processes = self._proc_states(await state)
+        self._known.update(p.proc for p in self.processes)
+        self._learning = False
+        for proc in [p for p in self._unclaimed if p not in self._known]:
+            self._forget_unclaimed(proc)
 
     @property
     def closed(self) -> bool:
@@ -395,6 +499,7 @@ class AgentClient:
         await self._closed.wait()
 
     async def close(self) -> None:
+        self._closing = True
         if self._reader_task is not None:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -414,6 +519,17 @@ class AgentClient:
         self._pending.clear()
         self._wake_writers()
 
+    def _break(self, reason: str) -> None:
+        """The guest cannot be trusted any more: fail every call, tell the owner."""
+        if self.closed or self._closing:
+            return
+        self.broken_reason = reason
+        log.warning("guest channel broken: %s", reason)
+        self._shutdown(reason)
+        self._writer.close()
+        if self.on_broken is not None:
+            self.on_broken(reason)
+
     def _wake_writers(self) -> None:
         waiters, self._credit_waiters = self._credit_waiters, []
         for waiter in waiters:
@@ -423,59 +539,111 @@ class AgentClient:
     # -- incoming ----------------------------------------------------------------
 
     async def _read_loop(self, leftover: bytes) -> None:
-        buffered = leftover
+        decoder = FrameDecoder()
+        chunk = leftover
+        reason = "guest channel closed"
         try:
             while True:
-                while len(buffered) >= HEADER.size:
-                    length, type_, _, ident = HEADER.unpack_from(buffered)
-                    if length > MAX_FRAME:
-                        raise AgentError("system", f"guest sent a {length}-byte frame")
-                    if len(buffered) < HEADER.size + length:
-                        break
-                    payload = buffered[HEADER.size:HEADER.size + length]
-                    buffered = buffered[HEADER.size + length:]
-                    self._dispatch(type_, ident, payload)
-                chunk = await self._reader.read(4 * MAX_FRAME)
+                for frame in decoder.feed(chunk):
+                    drain = self._dispatch(frame.type, frame.ident, frame.payload)
+                    if drain is not None:
+                        await self._wait_for_consumers(drain)
+                    elif frame.type in (T_STDOUT, T_STDERR):
+                        # A flood of output must not hold the event loop for a
+                        # whole read: API requests get their turn between frames.
+                        await asyncio.sleep(0)
+                chunk = await self._reader.read(READ_CHUNK)
                 if not chunk:
                     break
-                buffered += chunk
         except asyncio.CancelledError:
             raise
-        except (AgentError, ConnectionError, OSError) as e:
-            log.warning("guest channel broken: %s", e)
+        except AgentError as e:
+            reason = e.message
+        except (ConnectionError, OSError) as e:
+            reason = f"guest channel: {e}"
+        else:
+            # EOF: QEMU closed the socket (it is exiting) or hbd closed it.
+            self._shutdown(reason)
+            return
+        self._break(reason)
+
+    async def _wait_for_consumers(self, drain: Drain) -> None:
+        """Stop reading until a slow consumer has caught up; deadlines pause."""
+        assert drain is not None
+        self._stalled_since = time.monotonic()
+        try:
+            await drain
         finally:
-            self._shutdown("guest channel closed")
+            self._stalled_total += time.monotonic() - self._stalled_since
+            self._stalled_since = None
+
+    def _guest_clock(self) -> float:
+        """Monotonic time less the time spent waiting for consumers: what
+        deadlines are measured in."""
+        now = time.monotonic()
+        stalled = self._stalled_total
+        if self._stalled_since is not None:
+            stalled += now - self._stalled_since
+        return now - stalled
 
     def _json(self, payload: bytes) -> dict[str, Any]:
         try:
             value = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            raise AgentError("system", "guest sent malformed JSON") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: JSON nested deeper than the parser recurses.
+            raise GuestBroken("guest sent malformed JSON") from None
         if not isinstance(value, dict):
-            raise AgentError("system", "guest sent JSON that is not an object")
+            raise GuestBroken("guest sent JSON that is not an object")
         return value
 
-    def _to_sink(self, proc: int, item: tuple[str, Any]) -> None:
-        """Deliver output or exit to the process's sink; keep it until one is
-        attached (after a reconnect, output can arrive before hbd re-attaches)."""
+    def _drop(self, type_: int, ident: int) -> None:
+        """A frame for a process hbd does not know: counted, logged now and then."""
+        self.dropped_frames += 1
+        now = time.monotonic()
+        if now - self._drop_logged_at >= DROP_LOG_INTERVAL:
+            log.warning("guest sent %d frame(s) for unknown processes (last: type 0x%02x, "
+                        "id %d); dropped", self.dropped_frames - self._dropped_logged,
+                        type_, ident)
+            self._drop_logged_at = now
+            self._dropped_logged = self.dropped_frames
+
+    def _hold(self, proc: int, item: tuple[str, Any]) -> None:
+        """Keep output of a known process until its sink is attached (after a
+        reconnect output can come before hbd re-attaches), within the limit."""
+        if item[0] == "out":
+            size = len(item[1][1])
+            if self._unclaimed_bytes + size > UNCLAIMED_LIMIT:
+                self.dropped_frames += 1
+                return
+            self._unclaimed_bytes += size
+        self._unclaimed.setdefault(proc, []).append(item)
+
+    def _forget_unclaimed(self, proc: int) -> None:
+        for kind, value in self._unclaimed.pop(proc, []):
+            if kind == "out":
+                self._unclaimed_bytes -= len(value[1])
+
+    def _to_sink(self, proc: int, item: tuple[str, Any]) -> Drain:
+        """Deliver output or exit to the process's sink."""
         sink = self._outputs.get(proc)
         if sink is None:
-            held = self._unclaimed.setdefault(proc, [])
-            size = sum(len(data) for kind, data in held if kind == "out")
-            if item[0] != "out" or size < UNCLAIMED_LIMIT:
-                held.append(item)
-            return
+            self._hold(proc, item)
+            return None
         kind, value = item
         if kind == "out":
-            sink.on_output(value[0], value[1])
-        elif kind == "eof":
+            return sink.on_output(value[0], value[1])
+        if kind == "eof":
             sink.on_output_eof(value)
         else:
             sink.on_exit(value)
+        return None
 
-    def _dispatch(self, type_: int, ident: int, payload: bytes) -> None:
-        if type_ in (T_STDOUT, T_STDERR):
-            self._to_sink(ident, ("out", (1 if type_ == T_STDOUT else 2, payload)))
+    def _dispatch(self, type_: int, ident: int, payload: bytes) -> Drain:
+        if type_ in (T_STDOUT, T_STDERR, T_STDOUT_EOF, T_STDERR_EOF, T_STDIN_ACK) and \
+                ident not in self._known and not self._learning:
+            self._drop(type_, ident)
+        elif type_ in (T_STDOUT, T_STDERR):
+            return self._to_sink(ident, ("out", (1 if type_ == T_STDOUT else 2, payload)))
         elif type_ in (T_STDOUT_EOF, T_STDERR_EOF):
             self._to_sink(ident, ("eof", 1 if type_ == T_STDOUT_EOF else 2))
         elif type_ == T_STDIN_ACK and len(payload) == 4:
@@ -483,25 +651,34 @@ class AgentClient:
             self._inflight[ident] = max(0, self._inflight.get(ident, 0) - count)
             self._wake_writers()
         elif type_ in (T_ACK, T_ERROR):
-            body = self._json(payload)
-            future = self._pending.pop(ident, None)
-            if future is None or future.done():
-                return
-            if type_ == T_ACK:
-                future.set_result(body)
-            else:
-                future.set_exception(AgentError(str(body.get("kind", "system")),
-                                                str(body.get("message", "guest error")),
-                                                _int(body.get("errno"))))
+            self._reply(type_, ident, self._json(payload))
         elif type_ == T_EVENT:
-            event = self._json(payload)
-            if event.get("type") == "exit":
-                self._to_sink(_int(event.get("proc")), ("exit", ExitStatus(
-                    _int(event.get("exit_code")), _int(event.get("signal")),
-                    event.get("oom_killed") is True)))
-            if self._on_event is not None:
-                self._on_event(event)
+            self._event(self._json(payload))
         # SYNC after the handshake, and types from a newer guest, are ignored.
+        return None
+
+    def _reply(self, type_: int, ident: int, body: dict[str, Any]) -> None:
+        future = self._pending.pop(ident, None)
+        if future is None or future.done():
+            return
+        if type_ == T_ACK:
+            future.set_result(body)
+        else:
+            future.set_exception(AgentError(str(body.get("kind", "system")),
+                                            str(body.get("message", "guest error")),
+                                            _int(body.get("errno"))))
+
+    def _event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "exit":
+            proc = _int(event.get("proc"))
+            if proc not in self._known and not self._learning:
+                self._drop(T_EVENT, proc)
+                return
+            self._to_sink(proc, ("exit", ExitStatus(
+                _int(event.get("exit_code")), _int(event.get("signal")),
+                event.get("oom_killed") is True)))
+        if self._on_event is not None:
+            self._on_event(event)
 
     # -- requests ------------------------------------------------------------------
 
@@ -521,14 +698,44 @@ class AgentClient:
             raise AgentDisconnected(str(e)) from e
 
     async def request(self, type_: int, body: dict[str, Any]) -> dict[str, Any]:
+        """Send a request and wait for its ACK (ERROR raises AgentError). A
+        guest that does not answer within the type's deadline is broken."""
         ident = self._take_id()
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[ident] = future
+        deadline = DEADLINES.get(type_, DEFAULT_DEADLINE)
         try:
-            await self._send(_frame(type_, ident, json.dumps(body).encode()))
-            return await future
+            reply: dict[str, Any] = await self._within_deadline(
+                self._send_and_wait(_frame(type_, ident, json.dumps(body).encode()), future),
+                deadline, f"request 0x{type_:02x}")
+            return reply
         finally:
             self._pending.pop(ident, None)
+
+    async def _send_and_wait(self, frame: bytes,
+                             future: asyncio.Future[dict[str, Any]]) -> dict[str, Any]:
+        await self._send(frame)
+        return await future
+
+    async def _within_deadline(self, call: Any, deadline: float, what: str) -> Any:
+        """`call` within `deadline` seconds of guest time (_guest_clock)."""
+        task = asyncio.ensure_future(call)
+        started = self._guest_clock()
+        try:
+            while True:
+                remaining = deadline - (self._guest_clock() - started)
+                if remaining <= 0:
+                    message = f"guest did not answer {what} within {deadline:.0f}s"
+                    self._break(message)
+                    raise GuestBroken(message)
+                done, _ = await asyncio.wait({task}, timeout=remaining)
+                if done:
+                    return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def create(self, spec: ContainerSetup) -> None:
         await self.request(T_CREATE, spec.payload())
@@ -549,16 +756,24 @@ class AgentClient:
         """Start a process; its output goes to `output` from the first byte."""
         self._unclaimed.pop(spec.proc, None)
         self._outputs[spec.proc] = output
+        self._known.add(spec.proc)
         try:
             reply = await self.request(T_START, asdict(spec))
         except BaseException:
             self._outputs.pop(spec.proc, None)
+            self._known.discard(spec.proc)
             raise
         return _int(reply.get("pid"))
 
     def attach_output(self, proc: int, output: ProcessOutput) -> None:
+        """Output of a process started before hbd connected goes to `output`,
+        what arrived before first. (What it held is already counted against
+        UNCLAIMED_LIMIT: its drains are not waited for.)"""
         self._outputs[proc] = output
+        self._known.add(proc)
         for item in self._unclaimed.pop(proc, []):
+            if item[0] == "out":
+                self._unclaimed_bytes -= len(item[1][1])
             self._to_sink(proc, item)
 
     async def write_stdin(self, proc: int, data: bytes) -> None:
@@ -597,8 +812,9 @@ class AgentClient:
 
     async def release(self, proc: int) -> None:
         self._outputs.pop(proc, None)
-        self._unclaimed.pop(proc, None)
+        self._forget_unclaimed(proc)
         self._inflight.pop(proc, None)
+        self._known.discard(proc)
         await self.request(T_RELEASE, {"proc": proc})
 
     async def stats(self, container: str) -> dict[str, Any]:

@@ -130,6 +130,10 @@ class FakeGuest:
     def processes(self) -> list[ProcState]:
         return list(self._states.values())
 
+    @property
+    def failure(self) -> str:
+        return ""
+
     async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int:
         if self._exited.is_set():
             raise AgentError("state", "the guest is gone", 0)
@@ -172,7 +176,10 @@ class FakeGuest:
             if reader is None:
                 return
             while chunk := await reader.read(65536):
-                output.on_output(stream, chunk)
+                # A slow consumer slows the process down, as with a real guest.
+                drain = output.on_output(stream, chunk)
+                if drain is not None:
+                    await drain
             output.on_output_eof(stream)
 
         await asyncio.gather(copy(proc.stdout, 1), copy(proc.stderr, 2))
@@ -280,3 +287,6 @@ class FakeGuestDriver:
 
     async def reattach(self, run_dir: Path) -> Guest | None:
         return None
+
+    async def discard(self, run_dir: Path) -> None:
+        pass

@@ -45,12 +45,23 @@ from hbd.drivers.vm import (
     MicroVM,
     NicSpec,
     QemuMicrovmDriver,
+    QMPTimeout,
     VMError,
     VMSpec,
     set_affinity,
 )
+from hbd.tasks import spawn
 
 log = logging.getLogger(__name__)
+
+# console.log is what QEMU writes of the guest's serial console, which a
+# hostile guest can flood: past this many bytes on disk, its last
+# CONSOLE_KEPT bytes are moved to console.log.1 and it is emptied. (QEMU
+# writes on at its own offset, so the file becomes sparse: its blocks, not
+# its size, are what is bounded.)
+CONSOLE_LIMIT = 1024 * 1024
+CONSOLE_KEPT = 64 * 1024
+CONSOLE_CHECK_INTERVAL = 5.0
 
 
 class BootError(Exception):
@@ -95,6 +106,12 @@ class Guest(Protocol):
 
     @property
     def processes(self) -> list[ProcState]: ...
+
+    @property
+    def failure(self) -> str:
+        """Why hbd destroyed the guest (it broke the protocol, missed a
+        deadline); "" while it has not."""
+        ...
 
     async def create(self, spec: ContainerSetup) -> None: ...
 
@@ -154,6 +171,11 @@ class GuestDriver(Protocol):
 
     async def reattach(self, run_dir: Path) -> Guest | None: ...
 
+    async def discard(self, run_dir: Path) -> None:
+        """End whatever still runs for `run_dir` without talking to it: a
+        guest whose boot an earlier hbd did not live to finish."""
+        ...
+
 
 class QemuGuest:
     def __init__(self, vm: MicroVM, agent: AgentClient, virtiofsd: Virtiofsd | None,
@@ -162,6 +184,29 @@ class QemuGuest:
         self.agent = agent
         self.virtiofsd = virtiofsd
         self._template = template
+        self._failure = ""
+        agent.on_broken = self._broken
+        self._console_cap = spawn(cap_console_log(vm))
+
+    def _broken(self, reason: str) -> None:
+        """The guest is not to be trusted with another call: destroy it. Its
+        containers end as QEMU's exit is noticed (monitor), as if it had died."""
+        if not self._failure:
+            self._failure = reason
+            log.warning("guest %s destroyed: %s", self.vm.run_dir.name, reason)
+            spawn(self.kill())
+
+    @property
+    def failure(self) -> str:
+        return self._failure
+
+    async def _qmp(self, call: Any) -> Any:
+        """A QMP call: QEMU not answering in time is a guest to destroy."""
+        try:
+            return await call
+        except QMPTimeout as e:
+            self._broken(str(e))
+            raise
 
     @property
     def pid(self) -> int:
@@ -189,10 +234,10 @@ class QemuGuest:
         await self.agent.network(update)
 
     async def add_disk(self, disk: DiskSpec) -> None:
-        await self.vm.add_disk(disk)
+        await self._qmp(self.vm.add_disk(disk))
 
     async def remove_disk(self, serial: str) -> None:
-        await self.vm.remove_disk(serial)
+        await self._qmp(self.vm.remove_disk(serial))
 
     async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int:
         return await self.agent.start(spec, output)
@@ -232,7 +277,7 @@ class QemuGuest:
 
     async def set_memory(self, mib: int) -> None:
         """Balloon the guest to `mib` of RAM (at most what it booted with)."""
-        await self.vm.qmp("balloon", value=mib * 1024 * 1024)
+        await self._qmp(self.vm.qmp("balloon", value=mib * 1024 * 1024))
 
     def set_host_cpus(self, host_cpus: list[int]) -> None:
         """Run the guest's vCPUs on those host CPUs only ([] for any)."""
@@ -240,16 +285,18 @@ class QemuGuest:
 
     async def poweroff(self, timeout: float) -> None:
         """Let the guest sync its disks and power off; force it after `timeout`."""
-        with contextlib.suppress(AgentError, OSError):
-            await asyncio.wait_for(self.agent.poweroff(), timeout)
         try:
+            await asyncio.wait_for(self.agent.poweroff(), timeout)
             await asyncio.wait_for(self.vm.wait_exit(), timeout)
+        except (AgentError, OSError):
+            pass  # no channel to ask through: nothing to wait for
         except TimeoutError:
             log.warning("guest %s did not power off in %.0fs; killing it",
                         self.vm.run_dir.name, timeout)
         await self.kill()
 
     async def kill(self) -> None:
+        self._console_cap.cancel()
         await self.agent.close()
         await self.vm.destroy()
         if self.virtiofsd is not None:
@@ -260,6 +307,7 @@ class QemuGuest:
         await self.vm.wait_exit()
 
     def detach(self) -> None:
+        self._console_cap.cancel()
         self.vm.close()
         if self.virtiofsd is not None:
             self.virtiofsd.close()
@@ -415,9 +463,43 @@ class QemuGuestDriver:
         return QemuGuest(vm, agent,
                          Virtiofsd.find(run_dir, self.vm_driver.confinement.cgroups))
 
+    async def discard(self, run_dir: Path) -> None:
+        vm = MicroVM.find(run_dir)
+        if vm is not None:
+            await vm.destroy()
+        virtiofsd = Virtiofsd.find(run_dir)
+        if virtiofsd is not None:
+            await virtiofsd.stop()
+
 
 def _tail(path: Path, limit: int = 4000) -> str:
+    """The end of a log a guest wrote (read from its end: it may be huge)."""
     try:
-        return path.read_bytes()[-limit:].decode(errors="replace")
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
+            return f.read(limit).replace(b"\0", b"").decode(errors="replace")
     except OSError:
         return "(no console log)"
+
+
+def trim_console_log(path: Path) -> bool:
+    """Keep a flooded console.log's last CONSOLE_KEPT bytes in console.log.1
+    and empty it; True if it was over CONSOLE_LIMIT."""
+    try:
+        if os.stat(path).st_blocks * 512 <= CONSOLE_LIMIT:
+            return False
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - CONSOLE_KEPT))
+            kept = f.read(CONSOLE_KEPT).replace(b"\0", b"")
+        path.with_name(path.name + ".1").write_bytes(kept)
+        os.truncate(path, 0)
+    except OSError:
+        return False
+    return True
+
+
+async def cap_console_log(vm: MicroVM) -> None:
+    """While the guest runs, keep its console.log under CONSOLE_LIMIT."""
+    while vm.running:
+        await asyncio.to_thread(trim_console_log, vm.console_log)
+        await asyncio.sleep(CONSOLE_CHECK_INTERVAL)

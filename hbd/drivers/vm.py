@@ -41,6 +41,10 @@ class VMError(Exception):
     """QEMU refused to start, or a guest could not be controlled."""
 
 
+class QMPTimeout(VMError):
+    """QEMU did not answer QMP within QMP_TIMEOUT: the guest's owner destroys it."""
+
+
 @dataclass(frozen=True)
 class DiskSpec:
     """A disk on the guest's SCSI bus: target 0, logical unit `lun` (1 and up:
@@ -372,11 +376,16 @@ class MicroVM:
             try:
                 async with asyncio.timeout(QMP_TIMEOUT):
                     await client.connect(str(self.qmp_socket))
+            except TimeoutError as e:
+                raise QMPTimeout(f"QMP of {self.run_dir.name}: no greeting within "
+                                 f"{QMP_TIMEOUT:.0f}s") from e
             except Exception as e:  # qemu.qmp raises its own ConnectError hierarchy
                 raise VMError(f"cannot reach QMP of {self.run_dir.name}: {e}") from e
             try:
                 async with asyncio.timeout(QMP_TIMEOUT):
                     return await client.execute(command, arguments or None)
+            except TimeoutError as e:
+                raise QMPTimeout(f"QMP {command}: no answer within {QMP_TIMEOUT:.0f}s") from e
             except Exception as e:
                 raise VMError(f"QMP {command} failed: {e}") from e
             finally:
@@ -392,6 +401,9 @@ class MicroVM:
             try:
                 async with asyncio.timeout(QMP_TIMEOUT):
                     await client.connect(str(self.qmp_socket))
+            except TimeoutError as e:
+                raise QMPTimeout(f"QMP of {self.run_dir.name}: no greeting within "
+                                 f"{QMP_TIMEOUT:.0f}s") from e
             except Exception as e:
                 raise VMError(f"cannot reach QMP of {self.run_dir.name}: {e}") from e
             results = []
@@ -402,6 +414,9 @@ class MicroVM:
                             client.send_fd_scm(fds[index])
                         async with asyncio.timeout(QMP_TIMEOUT):
                             results.append(await client.execute(command, arguments or None))
+                    except TimeoutError as e:
+                        raise QMPTimeout(f"QMP {command}: no answer within "
+                                         f"{QMP_TIMEOUT:.0f}s") from e
                     except Exception as e:
                         raise VMError(f"QMP {command} failed: {e}") from e
             finally:

@@ -34,6 +34,7 @@ def attach(c: Container, ref: str, stdout: bool, stderr: bool) -> Attachment:
 
 def detach(c: Container, attachment: Attachment) -> None:
     c.attachments.discard(attachment)
+    attachment.close()
 
 
 async def write_stdin(c: Container, data: bytes) -> None:

@@ -20,6 +20,17 @@ from hbd.services.volume.service import VolumeService
 
 log = logging.getLogger(__name__)
 
+# Seconds a guest has to sync its volumes and power off at `rm -f` before
+# it is killed: a sync of a few MiB takes well under a second under TCG.
+RM_SYNC_TIMEOUT = 10.0
+
+
+def _check_removable(c: Container, force: bool) -> None:
+    if c.state.running and not force:
+        raise Conflict(
+            f"You cannot remove a running container {c.id}. Stop the container "
+            "before attempting removal or force remove")
+
 
 @dataclass
 class Remover:
@@ -36,21 +47,20 @@ class Remover:
         c = self.store.get(ref)
         if c.removing:
             raise Conflict(f"removal of container {c.id[:12]} is already in progress")
-        if c.state.running and not force:
-            raise Conflict(
-                f"You cannot remove a running container {c.id}. Stop the container "
-                "before attempting removal or force remove")
+        _check_removable(c, force)
+        # Marked before the lock is waited for: a start, restart or
+        # maintenance boot waiting behind us sees it and gives up.
         c.removing = True
         self.restarts.cancel(c)
         try:
-            run = c.run
-            if run is not None:
-                await run.guest.kill()
-                await run.finished.wait()
-            c.state.status = "removing"
-            if c.teardown is not None:
-                with contextlib.suppress(Exception):
-                    await c.teardown
+            async with c.lock:
+                # An in-flight start we waited for may have left it running.
+                _check_removable(c, force)
+                await self._end_run(c)
+                c.state.status = "removing"
+                if c.teardown is not None:
+                    with contextlib.suppress(Exception):
+                        await c.teardown
         except BaseException:
             c.removing = False
             raise
@@ -65,6 +75,18 @@ class Remover:
         for fut in waiters:
             if not fut.done():
                 fut.set_result(c.state.exit_code)
+
+    @staticmethod
+    async def _end_run(c: Container) -> None:
+        """Force the run down. A container with volumes gets its guest's
+        filesystems synced first (its init kills every process, syncs, powers
+        off): a write made just before `rm -f` reaches the volume."""
+        run = c.run
+        if run is None:
+            return
+        has_volumes = any(m.type in ("volume", "bind") for m in c.mounts)
+        await run.guest.kill(sync_timeout=RM_SYNC_TIMEOUT if has_volumes else 0.0)
+        await run.finished.wait()
 
     async def _remove_anonymous_volumes(self, c: Container) -> None:
         """The container's anonymous volumes that no other container uses."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hbd.drivers.agent import AgentError, ExitStatus, ProcessSpec
+from hbd.drivers.flow import Drain, StreamQueue
 from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_exec
 from hbd.events import EventBus
 from hbd.services.container import config as cc
@@ -63,30 +64,37 @@ class ExecInstance:
     pid: int = 0
     proc: int = 0
     run: Run | None = None
-    _queue: asyncio.Queue[tuple[int, bytes] | None] = field(default_factory=asyncio.Queue)
+    # Bounded: a client that reads slowly slows the process down (hbd.drivers.flow).
+    _queue: StreamQueue[tuple[int, bytes]] = field(default_factory=StreamQueue)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- ProcessOutput ----------------------------------------------------------
 
-    def on_output(self, stream: int, data: bytes) -> None:
+    def on_output(self, stream: int, data: bytes) -> Drain:
         if (stream == 1 and self.stdout) or (stream == 2 and self.stderr):
-            self._queue.put_nowait((stream, data))
+            return self._queue.put((stream, data), len(data))
+        return None
 
     def on_output_eof(self, stream: int) -> None:
         pass
 
+    def end_output(self) -> None:
+        self._queue.end()
+
     def stop_output(self) -> None:
-        """Its client left (or detached): the process runs on, its output goes nowhere."""
+        """Its client left (or detached): the process runs on, its output goes
+        nowhere, and what was queued for the client no longer holds the channel."""
         self.stdout = self.stderr = False
+        self._queue.close()
 
     def on_exit(self, status: ExitStatus) -> None:
         self.running = False
         self.exit_code = status.exit_code
-        self._queue.put_nowait(None)
+        self._queue.end()
         self.done.set()
 
     async def output(self) -> AsyncIterator[tuple[int, bytes]]:
-        while (item := await self._queue.get()) is not None:
+        async for item in self._queue.items():
             yield item
 
     def inspect(self) -> dict[str, Any]:
@@ -214,7 +222,7 @@ class ExecService:
                                          "is a directory" in e.message) else 127
             if e.kind not in ("exec", "user"):
                 instance.exit_code = 126
-            instance._queue.put_nowait(None)
+            instance.end_output()
             instance.done.set()
             raise SystemError_("OCI runtime exec failed: exec failed: unable to start "
                                f"container process: {e.message}: unknown") from e

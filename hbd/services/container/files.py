@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hbd.drivers.agent import AgentError, ExitStatus, ProcessSpec
+from hbd.drivers.flow import Drain, StreamQueue
 from hbd.errors import Conflict, Forbidden, HbdError, InvalidParameter, NotFound, SystemError_
 from hbd.services.container.model import Container
 from hbd.services.container.sandbox import ContainerInGuest
@@ -25,6 +26,7 @@ from hbd.services.image.commit import CommitRequest, committed_config
 from hbd.services.image.model import Image, Layer
 from hbd.services.image.reference import parse_reference, validate_tag
 from hbd.services.timefmt import rfc3339_nano
+from hbd.tasks import spawn
 
 log = logging.getLogger(__name__)
 
@@ -59,32 +61,47 @@ def go_file_mode(st_mode: int) -> int:
 class _Pipe:
     """ProcessOutput of a builtin: stdout as a stream, stderr kept for errors.
 
-    Unbounded: the agent delivers synchronously, and the guest's own flow
-    control (it stops reading the builtin's pipe while its queue to the host
-    is full) bounds what can pile up here."""
+    Its stdout queue is bounded: a client that reads a `docker cp` slowly
+    makes the guest wait (hbd.drivers.flow); one that goes away releases it."""
 
     def __init__(self) -> None:
-        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.chunks: StreamQueue[bytes] = StreamQueue()
         self.stderr = b""
         self.exited: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
 
-    def on_output(self, stream: int, data: bytes) -> None:
+    def on_output(self, stream: int, data: bytes) -> Drain:
         if stream == 1:
-            self.chunks.put_nowait(data)
-        elif len(self.stderr) < 65536:
+            return self.chunks.put(data, len(data))
+        if len(self.stderr) < 65536:
             self.stderr += data
+        return None
 
     def on_output_eof(self, stream: int) -> None:
         if stream == 1:
-            self.chunks.put_nowait(None)
+            self.chunks.end()
 
     def on_exit(self, status: ExitStatus) -> None:
+        self.chunks.end()
         if not self.exited.done():
             self.exited.set_result(status)
 
+    def vanished(self) -> None:
+        """The guest went away under the builtin: it ends as killed."""
+        if not self.exited.done():
+            self.stderr = b"the container's guest went away"
+            self.on_exit(ExitStatus(137, 9, False))
+
     async def stdout(self) -> AsyncIterator[bytes]:
-        while (chunk := await self.chunks.get()) is not None:
-            yield chunk
+        try:
+            async for chunk in self.chunks.items():
+                yield chunk
+        finally:
+            self.chunks.close()
+
+
+async def _end_when_gone(guest: ContainerInGuest, pipe: _Pipe) -> None:
+    await guest.wait_gone()
+    pipe.vanished()
 
 
 class ContainerFiles:
@@ -101,6 +118,8 @@ class ContainerFiles:
             yield run.guest
             return
         async with c.lock:
+            if c.removing:
+                raise Conflict(f"removal of container {c.id[:12]} is already in progress")
             if c.state.running:
                 raise Conflict(f"Container {c.id} is starting; try again")
             guest = await self.containers.boot_maintenance(c)
@@ -118,6 +137,9 @@ class ContainerFiles:
             await guest.start(spec, pipe)
         except AgentError as e:
             raise SystemError_(f"guest refused {name}: {e.message}") from e
+        # A guest killed (or crashing) mid-copy ends the copy, not hangs it.
+        watch = spawn(_end_when_gone(guest, pipe))
+        pipe.exited.add_done_callback(lambda _: watch.cancel())
         return proc, pipe
 
     async def _finish(self, guest: ContainerInGuest, proc: int, pipe: _Pipe) -> int:
@@ -171,7 +193,11 @@ class ContainerFiles:
             async with stack:
                 async for chunk in pipe.stdout():
                     yield chunk
-                await self._finish(guest, proc, pipe)
+                if await self._finish(guest, proc, pipe) != 0:
+                    # Cut short (its guest killed): the client must not take a
+                    # truncated archive for a whole one.
+                    raise SystemError_(pipe.stderr.decode(errors="replace").strip() or
+                                       "copying from the container failed")
 
         return stat, stream()
 

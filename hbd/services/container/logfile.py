@@ -117,6 +117,36 @@ class LogFile:
             view = view[os.write(self._fd, view):]
         self.size += len(record)
 
+    def append_many(self, records: list[bytes]) -> None:
+        """`append` of each record, with one write per run of records that
+        fits before the next rotation."""
+        total = sum(map(len, records))
+        if records and (self.rotation.max_size < 0 or
+                        self.size + total - len(records[-1]) < self.rotation.max_size):
+            # No rotation due before the last record: all in one write.
+            if 0 <= self.rotation.max_size <= self.size:
+                self._rotate()
+            self._write(b"".join(records))
+            self.size += total
+            return
+        start = 0
+        while start < len(records):
+            if 0 <= self.rotation.max_size <= self.size:
+                self._rotate()
+            end, taken = start, 0
+            while end < len(records) and (end == start or self.rotation.max_size < 0 or
+                                          self.size + taken < self.rotation.max_size):
+                taken += len(records[end])
+                end += 1
+            self._write(b"".join(records[start:end]))
+            self.size += taken
+            start = end
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
     def _rotate(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

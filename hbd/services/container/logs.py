@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import json.encoder
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +34,9 @@ from hbd.errors import NotImplementedByHbd, SystemError_
 from hbd.services import goparse
 from hbd.services.container.logfile import LogFile, Rotation, Segment, Snapshot, snapshot
 from hbd.services.timefmt import parse_rfc3339_ns, rfc3339_nano
+
+# What json.dumps(..., ensure_ascii=False) makes of a str (its C encoder).
+_json_string: Callable[[str], str] = json.encoder.encode_basestring
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,61 @@ def decode_cri(line: bytes) -> LogRecord | None:
     return LogRecord(2 if parts[1] == b"stderr" else 1, text, time_ns)
 
 
+def encode_cri_many(stream: int, pieces: list[bytes], time_ns: int) -> list[bytes]:
+    return [encode_cri(stream, p, time_ns) for p in pieces]
+
+
+def encode_many(stream: int, pieces: list[bytes], time_ns: int) -> list[bytes]:
+    """`encode` of many records of one time, the JSON around each made once."""
+    tail = (f',"stream":"{STREAM_NAMES[stream]}","time":"{rfc3339_nano(time_ns)}"}}\n'
+            ).encode()
+    return [b'{"log":' + _json_string(p.decode("utf-8", errors="replace")).encode() + tail
+            for p in pieces]
+
+
+# A byte a JSON string cannot hold as it is (json.dumps escapes '"', '\\' and
+# controls), or one of a UTF-8 sequence, which would need checking; '\n' aside.
+_NOT_PLAIN = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e\n]')
+
+
+def plain_records(stream: int, lines: bytes, time_ns: int) -> list[bytes] | None:
+    """`encode_many` of complete lines of printable ASCII, none longer than a
+    record, without decoding or escaping each: a flood of such output (`yes`)
+    costs a few operations per line. None when `lines` is not of that kind."""
+    if _NOT_PLAIN.search(lines):
+        return None
+    split = lines.split(b"\n")
+    split.pop()  # after the last newline
+    if max(map(len, split)) >= MAX_LINE:
+        return None
+    head = b'{"log":"'
+    tail = (f'\\n","stream":"{STREAM_NAMES[stream]}","time":"{rfc3339_nano(time_ns)}"}}\n'
+            ).encode()
+    return [head + line + tail for line in split]
+
+
+def plain_blob(stream: int, lines: bytes, time_ns: int) -> bytes | None:
+    """`plain_records` joined, made in one operation."""
+    if _NOT_PLAIN.search(lines):
+        return None
+    split = lines.split(b"\n")
+    split.pop()
+    if max(map(len, split)) >= MAX_LINE:
+        return None
+    head = b'{"log":"'
+    tail = (f'\\n","stream":"{STREAM_NAMES[stream]}","time":"{rfc3339_nano(time_ns)}"}}\n'
+            ).encode()
+    return head + (tail + head).join(split) + tail
+
+
+def _cut(buf: bytes, start: int, end: int, pieces: list[bytes]) -> None:
+    """buf[start:end] as records of at most MAX_LINE bytes."""
+    while end - start > MAX_LINE:
+        pieces.append(buf[start:start + MAX_LINE])
+        start += MAX_LINE
+    pieces.append(buf[start:end])
+
+
 def decode(line: bytes) -> LogRecord | None:
     """A json-file record, or a CRI one (those start with their time, not "{")."""
     if not line.startswith(b"{"):
@@ -98,7 +158,7 @@ class LogDriver:
 
     def open(self) -> LogWriter:
         return LogWriter(LogFile(self.path, self.rotation) if self.path is not None else None,
-                         encode_cri if self.name == "cri" else encode)
+                         encode_cri_many if self.name == "cri" else encode_many)
 
     def readable(self) -> None:
         if self.path is None:
@@ -195,7 +255,8 @@ class LogWriter:
     """Turns one run's output into records in its log file (or nowhere)."""
 
     def __init__(self, log: LogFile | None,
-                 encoder: Callable[[int, bytes, int], bytes] = encode) -> None:
+                 encoder: Callable[[int, list[bytes], int], list[bytes]] = encode_many
+                 ) -> None:
         self.log = log
         self._encode = encoder
         self._closed = False
@@ -207,37 +268,67 @@ class LogWriter:
     def closed(self) -> bool:
         return self._closed
 
-    def _emit(self, stream: int, data: bytes, now_ns: int) -> None:
+    def _emit(self, stream: int, pieces: list[bytes], now_ns: int) -> None:
+        if pieces:
+            self._write_records(self._encode(stream, pieces, now_ns))
+
+    def _plain(self, stream: int, lines: bytes, now_ns: int) -> list[bytes] | None:
+        """Records of plain lines: as one blob when no rotation can fall among
+        them (the log rotates between records only)."""
         if self.log is None:
+            return []
+        if self._encode is not encode_many:  # the fast paths write json-file records
+            return None
+        rotation = self.log.rotation
+        if rotation.max_size < 0 or self.log.size + len(lines) * 2 + 256 * lines.count(
+                b"\n") < rotation.max_size:
+            blob = plain_blob(stream, lines, now_ns)
+            return None if blob is None else [blob]
+        return plain_records(stream, lines, now_ns)
+
+    def _write_records(self, records: list[bytes]) -> None:
+        if self.log is None or not records:
             return
         try:
-            self.log.append(self._encode(stream, data, now_ns))
+            self.log.append_many(records)
         except OSError as e:
-            # As dockerd: the record is lost, the container runs on (said once).
+            # As dockerd: the records are lost, the container runs on (said once).
             if not self._failed:
                 log.warning("cannot write the log %s: %s", self.log.path, e)
                 self._failed = True
 
     def write(self, stream: int, data: bytes) -> None:
+        """Cut the stream into records (lines, at most MAX_LINE bytes each)
+        and write them; the rest of an unfinished line waits for more. Cut by
+        offset and written at once: a flood of short lines (`yes`) costs
+        linear time and one write per chunk, so the writer keeps up with
+        anything the channel carries."""
         if self.closed:
             return
+        buf = self._pending[stream] + data if self._pending[stream] else data
         now_ns = time.time_ns()
-        buf = self._pending[stream] + data
-        while (nl := buf.find(b"\n")) >= 0:
-            line, buf = buf[: nl + 1], buf[nl + 1:]
-            while len(line) > MAX_LINE:
-                self._emit(stream, line[:MAX_LINE], now_ns)
-                line = line[MAX_LINE:]
-            self._emit(stream, line, now_ns)
-        while len(buf) >= MAX_LINE:
-            self._emit(stream, buf[:MAX_LINE], now_ns)
-            buf = buf[MAX_LINE:]
-        self._pending[stream] = buf
+        start = buf.rfind(b"\n") + 1  # what ends with a newline is records
+        plain = self._plain(stream, buf[:start], now_ns) if start else None
+        if plain is not None:
+            self._write_records(plain)
+        else:
+            pieces: list[bytes] = []
+            at = 0
+            while (nl := buf.find(b"\n", at)) >= 0:
+                _cut(buf, at, nl + 1, pieces)
+                at = nl + 1
+            self._emit(stream, pieces, now_ns)
+        pieces = []
+        while len(buf) - start >= MAX_LINE:
+            pieces.append(buf[start:start + MAX_LINE])
+            start += MAX_LINE
+        self._pending[stream] = buf[start:]
+        self._emit(stream, pieces, now_ns)
         self._notify()
 
     def end_stream(self, stream: int) -> None:
         if self._pending[stream] and not self.closed:
-            self._emit(stream, self._pending[stream], time.time_ns())
+            self._emit(stream, [self._pending[stream]], time.time_ns())
             self._pending[stream] = b""
             self._notify()
 

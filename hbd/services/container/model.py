@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hbd.drivers.agent import ExitStatus
+from hbd.drivers.flow import Drain, StreamQueue, combine
 from hbd.errors import Conflict
 from hbd.services.container.health import HealthMonitor, HealthState
 from hbd.services.container.logs import LogWriter
@@ -74,22 +75,29 @@ class ContainerState:
 
 
 class Attachment:
-    """One client attached to a container's streams (`attach`, `run` without -d)."""
+    """One client attached to a container's streams (`attach`, `run` without
+    -d). Its queue is bounded: a client that reads slowly slows the container
+    down (hbd.drivers.flow), as dockerd's attach pipes do."""
 
     def __init__(self, stdout: bool, stderr: bool) -> None:
         self.stdout = stdout
         self.stderr = stderr
-        self._queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+        self._queue: StreamQueue[tuple[int, bytes]] = StreamQueue()
 
-    def feed(self, stream: int, data: bytes) -> None:
+    def feed(self, stream: int, data: bytes) -> Drain:
         if (stream == 1 and self.stdout) or (stream == 2 and self.stderr):
-            self._queue.put_nowait((stream, data))
+            return self._queue.put((stream, data), len(data))
+        return None
 
     def end(self) -> None:
-        self._queue.put_nowait(None)
+        self._queue.end()
+
+    def close(self) -> None:
+        """The client has gone: what it did not read is dropped, nothing waits on it."""
+        self._queue.close()
 
     async def output(self) -> AsyncIterator[tuple[int, bytes]]:
-        while (item := await self._queue.get()) is not None:
+        async for item in self._queue.items():
             yield item
 
 
@@ -108,10 +116,12 @@ class Run:
         # RAM of the guest it booted (0: it joined another container's guest).
         self.memory_mib = 0
 
-    def on_output(self, stream: int, data: bytes) -> None:
+    def on_output(self, stream: int, data: bytes) -> Drain:
+        # The log writer keeps up (it writes before returning); attached
+        # clients may ask the channel to wait for them.
         self.log.write(stream, data)
-        for attachment in list(self.container.attachments):
-            attachment.feed(stream, data)
+        return combine([attachment.feed(stream, data)
+                        for attachment in list(self.container.attachments)])
 
     def on_output_eof(self, stream: int) -> None:
         self.log.end_stream(stream)
@@ -156,7 +166,7 @@ class Container:
     attachments: set[Attachment] = field(default_factory=set, repr=False)
     exit_waiters: list[asyncio.Future[int]] = field(default_factory=list, repr=False)
     remove_waiters: list[asyncio.Future[int]] = field(default_factory=list, repr=False)
-    # The one lock of a container: start, restart and maintenance boots take it.
+    # The one lock of a container: see hbd/services/container/service.py.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     teardown: asyncio.Task[None] | None = field(default=None, repr=False)
     removing: bool = field(default=False, repr=False)

@@ -76,6 +76,8 @@ class Monitor:
         else:
             status = ExitStatus(exit_code=VANISHED_EXIT_CODE, signal=9, oom_killed=False)
             error = "guest exited unexpectedly"
+            if run.guest.failure:
+                error = f"guest destroyed: {run.guest.failure}"
         await self._finish_run(c, run, status, error)
 
     async def _finish_run(self, c: Container, run: Run, status: ExitStatus, error: str) -> None:

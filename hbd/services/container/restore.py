@@ -38,9 +38,21 @@ class Restorer:
         for c in list(self.store.containers.values()):
             if c.state.running:
                 await self._reattach(c, found.get(c.id))
+        self._leave_unclaimed(found)
         for c in list(self.store.containers.values()):
             if not c.state.running and self.restarts.restart_on_daemon_start(c):
                 spawn(self._start_on_daemon_start(c))
+
+    def _leave_unclaimed(self, found: dict[str, ContainerInGuest]) -> None:
+        """Members of a sandbox whose container is not running (an hbd killed
+        between booting a guest and recording the start, or during a
+        maintenance boot for cp): out of the guest, which then powers off."""
+        for cid, view in found.items():
+            c = self.store.containers.get(cid)
+            if c is None or not c.state.running:
+                log.warning("container %s is in a guest but not running: taking it out",
+                            cid[:12])
+                spawn(self.sandboxes.leave(view, clean=True))
 
     async def _reattach(self, c: Container, guest: ContainerInGuest | None) -> None:
         if guest is None:

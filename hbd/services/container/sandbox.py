@@ -218,11 +218,21 @@ class ContainerInGuest:
     async def rewrite_files(self, files: list[FileSpec]) -> None:
         await self.sandbox.guest.rewrite_files(self.member.guest_id, files)
 
-    async def kill(self) -> None:
+    async def kill(self, sync_timeout: float = 0.0) -> None:
         """Force the container down: the whole guest when it is its only
-        container, else its processes (its main one's exit takes the rest)."""
+        container, else its processes (its main one's exit takes the rest,
+        and its leaving the sandbox syncs its disks).
+
+        With `sync_timeout`, a guest of its own is asked to power off instead
+        of being killed outright: its init SIGKILLs every process, unmounts
+        and syncs its filesystems, then powers off, so that what the container
+        just wrote to a volume reaches the host (`rm -f` right after a
+        write). A guest that does not manage it within the time is killed."""
         if self.alone:
-            await self.sandbox.guest.kill()
+            if sync_timeout > 0:
+                await self.sandbox.guest.poweroff(sync_timeout)
+            else:
+                await self.sandbox.guest.kill()
         else:
             await self.sandbox.guest.signal(self.member.main_proc, 9)
 
@@ -236,6 +246,11 @@ class ContainerInGuest:
 
     def set_host_cpus(self, host_cpus: list[int]) -> None:
         self.sandbox.guest.set_host_cpus(host_cpus)
+
+    @property
+    def failure(self) -> str:
+        """Why hbd destroyed the guest ("" if it did not)."""
+        return self.sandbox.guest.failure
 
     async def wait_gone(self) -> None:
         """Until the guest itself is gone (killed, crashed, powered off)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass, field
@@ -48,6 +49,9 @@ from hbd.services.network.model import Endpoint
 from hbd.store import StateStore
 
 log = logging.getLogger(__name__)
+
+# A sandbox's id, which names its run directory under the exec root.
+SANDBOX_ID = re.compile(r"[0-9a-f]{32}")
 
 # How long a guest may take to sync and power off before it is killed.
 POWEROFF_TIMEOUT = 10.0
@@ -600,7 +604,24 @@ class SandboxManager:
             self.sandboxes[record.id] = sb
             for cid, member in record.members.items():
                 found[cid] = ContainerInGuest(sb, member)
+        await self._discard_orphans()
         return found
+
+    async def _discard_orphans(self) -> None:
+        """Run directories of sandboxes never recorded: boots an earlier hbd
+        died in the middle of (kill -9 during a start). Their QEMU would hold
+        the container's disks; their taps go with it."""
+        if not self.config.exec_root.is_dir():
+            return
+        for run_dir in self.config.exec_root.iterdir():
+            if not SANDBOX_ID.fullmatch(run_dir.name) or run_dir.name in self.sandboxes \
+                    or not run_dir.is_dir():
+                continue
+            log.warning("discarding sandbox %s, whose boot hbd did not finish",
+                        run_dir.name[:12])
+            await self.driver.discard(run_dir)
+            hostmount.remove_export_dir(run_dir / "fs")
+            shutil.rmtree(run_dir, ignore_errors=True)
 
     def detach_all(self) -> None:
         """hbd is stopping: guests keep running, we stop watching them."""

@@ -15,8 +15,26 @@ in its own module (as moby's daemon/{create,start,stop,delete,...}.go):
     views     inspect, ps, network members (views.py)
     restorer  re-attach at daemon start, let go at daemon stop (restore.py)
 
-A container has one lock, `Container.lock`: whatever boots its guest (start,
-a restart, a maintenance boot for its files) holds it.
+One lock per container, `Container.lock`, and one rule for it: whatever
+makes or ends a run, or changes a running one's state, holds it for the whole
+operation:
+
+    holds c.lock    start, restart (its stop and its start), the restart
+                    manager's relaunch, rm (waits for an in-flight start, then
+                    ends the run: no guest, tap or record is left behind),
+                    pause, unpause, update, a maintenance boot for a stopped
+                    container's files (cp, export, diff, commit)
+    does not        kill and stop (signals: `docker kill` must get through
+                    while a stop waits, and rm -f ends a run without them),
+                    exec and cp into a running container, attach, logs,
+                    stats, top, resize: they take the run as it is
+                    (`Container.running_run`) and fail cleanly (Conflict, or
+                    the guest's disconnection as an error) if it ends under
+                    them
+
+Whoever takes the lock checks again, once it has it, what it checked
+before waiting (running, removing): another holder may have changed it. A
+holder never waits for another container's lock, so holders cannot deadlock.
 """
 
 from __future__ import annotations

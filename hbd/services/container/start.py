@@ -116,26 +116,30 @@ class Starter:
     async def start(self, ref: str) -> None:
         c = self.store.get(ref)
         async with c.lock:
-            if c.state.status == "removing":
-                raise Conflict(f"container {c.id[:12]} is marked for removal and cannot be "
-                               "started")
-            if c.state.running and not c.state.restarting:
-                raise NotModified("container already started")
-            self.restarts.cancel(c)
-            c.manually_stopped = False
-            try:
-                await self.start_locked(c)
-            except HbdError as e:
-                if not c.state.error:
-                    # dockerd's exitUnknown unless the failure set its own.
-                    c.state.error = e.message
-                    c.state.exit_code = c.state.exit_code or 128
-                    self.store.save(c)
-                # dockerd removes an --rm container whose start failed, which is
-                # what `docker run --rm` waits for.
-                if c.host_config.get("AutoRemove"):
-                    spawn(self.monitor.auto_remove(c))
-                raise
+            await self.start_held(c)
+
+    async def start_held(self, c: Container) -> None:
+        """`docker start` of a container whose lock the caller holds."""
+        if c.removing or c.state.status == "removing":
+            raise Conflict(f"container {c.id[:12]} is marked for removal and cannot be "
+                           "started")
+        if c.state.running and not c.state.restarting:
+            raise NotModified("container already started")
+        self.restarts.cancel(c)
+        c.manually_stopped = False
+        try:
+            await self.start_locked(c)
+        except HbdError as e:
+            if not c.state.error:
+                # dockerd's exitUnknown unless the failure set its own.
+                c.state.error = e.message
+                c.state.exit_code = c.state.exit_code or 128
+                self.store.save(c)
+            # dockerd removes an --rm container whose start failed, which is
+            # what `docker run --rm` waits for.
+            if c.host_config.get("AutoRemove"):
+                spawn(self.monitor.auto_remove(c))
+            raise
 
     async def start_locked(self, c: Container) -> None:
         """Put the container in its sandbox and run its main process; the caller

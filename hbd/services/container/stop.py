@@ -128,41 +128,50 @@ class Stopper:
             await run.finished.wait()
 
     async def restart(self, ref: str, timeout: int | None = None, signal: str = "") -> None:
+        """Stop and start as one operation under the container's lock: no rm,
+        start or other restart gets in between."""
         c = self.store.get(ref)
-        if c.state.running:
-            with contextlib.suppress(NotModified):
-                await self.stop(c.id, timeout, signal)
-        await self.starter.start(c.id)
+        async with c.lock:
+            if c.state.running:
+                with contextlib.suppress(NotModified):
+                    await self.stop(c.id, timeout, signal)
+            await self.starter.start_held(c)
         self.store.event(c, "restart")
 
     async def pause(self, ref: str) -> None:
         """Freeze the container's cgroup in its guest, as runc freezes it."""
         c = self.store.get(ref)
-        run = c.running_run()
-        if c.state.paused:
-            raise Conflict(f"Container {c.id} is already paused")
-        try:
-            await run.guest.freeze(True)
-        except AgentError as e:
-            raise SystemError_(f"Cannot pause container {c.id}: {e.message}") from e
-        c.state.paused = True
-        c.state.status = "paused"
-        self.store.save(c)
-        self.store.event(c, "pause")
+        async with c.lock:
+            run = c.running_run()
+            if c.state.paused:
+                raise Conflict(f"Container {c.id} is already paused")
+            try:
+                await run.guest.freeze(True)
+            except AgentError as e:
+                raise SystemError_(f"Cannot pause container {c.id}: {e.message}") from e
+            if c.run is not run:
+                return  # it ended while freezing: nothing is paused
+            c.state.paused = True
+            c.state.status = "paused"
+            self.store.save(c)
+            self.store.event(c, "pause")
 
     async def unpause(self, ref: str) -> None:
         c = self.store.get(ref)
-        run = c.running_run()
-        if not c.state.paused:
-            raise Conflict(f"Container {c.id} is not paused")
-        try:
-            await run.guest.freeze(False)
-        except AgentError as e:
-            raise SystemError_(f"Cannot unpause container {c.id}: {e.message}") from e
-        c.state.paused = False
-        c.state.status = "running"
-        self.store.save(c)
-        self.store.event(c, "unpause")
+        async with c.lock:
+            run = c.running_run()
+            if not c.state.paused:
+                raise Conflict(f"Container {c.id} is not paused")
+            try:
+                await run.guest.freeze(False)
+            except AgentError as e:
+                raise SystemError_(f"Cannot unpause container {c.id}: {e.message}") from e
+            if c.run is not run:
+                return
+            c.state.paused = False
+            c.state.status = "running"
+            self.store.save(c)
+            self.store.event(c, "unpause")
 
     async def _resume_if_paused(self, c: Container, run: Run) -> None:
         """A frozen container cannot take a signal: thaw it first, as dockerd does."""
@@ -177,6 +186,10 @@ class Stopper:
     async def update(self, ref: str, body: dict[str, Any]) -> list[str]:
         """`docker update`: resources now (in the guest), policy for later."""
         c = self.store.get(ref)
+        async with c.lock:
+            return await self._update_held(c, body)
+
+    async def _update_held(self, c: Container, body: dict[str, Any]) -> list[str]:
         if not isinstance(body, dict):
             raise InvalidParameter("invalid JSON: update config must be an object")
         merged = cc.normalize_host_config({**c.host_config, **{
