@@ -106,7 +106,7 @@ class NetworkService:
         self.runs: dict[str, RunNetworking] = {}
         self._reservations: dict[tuple[str, str, int], socket.socket] = {}
         self._lock = asyncio.Lock()
-        self._applied_rules = ""
+        self.rules = net.RuleTable(self.nft_table)
         self.on_change: list[Any] = []  # callbacks (no arguments): DNS reloads its view
         self.users: NetworkUsers = _NO_USERS
         for _, rec in state.load("networks"):
@@ -186,10 +186,8 @@ class NetworkService:
                         "among the defaults to assign to the network")
 
     async def apply_rules(self) -> None:
-        """Bring nftables in line with the networks and published ports.
-
-        Skipped when nothing changed: most containers publish no port, and
-        running `nft` costs ~20 ms on their start and stop."""
+        """Bring nftables in line with the networks and published ports (no
+        transaction at all when nothing changed: most containers publish no port)."""
         ruleset = net.Ruleset(
             bridges=[net.BridgeRules(n.bridge, n.subnet, n.internal)
                      for n in self.networks.values() if n.driver == "bridge"],
@@ -197,14 +195,10 @@ class NetworkService:
                                       run.endpoints[self._primary(run)].ip, p.container_port)
                       for run in self.runs.values() for p in run.ports if run.endpoints],
         )
-        rendered = ruleset.render(self.nft_table)
-        if rendered == self._applied_rules:
-            return
         try:
-            await net.apply_ruleset(self.nft_table, ruleset)
+            await self.rules.apply(ruleset)
         except net.NetError as e:
             raise SystemError_(str(e)) from e
-        self._applied_rules = rendered
 
     @staticmethod
     def _primary(run: RunNetworking) -> str:

@@ -1,0 +1,224 @@
+"""The nftables rules of one daemon, as libnftables JSON commands (pure functions).
+
+A daemon owns one table, `ip <name>`; nothing here touches any other.
+Its chains are fixed; its rules follow the networks and published ports.
+`rebuild_commands` makes the whole table afresh (at start, or when what is
+in the kernel is in doubt); after that, `update_commands` deletes exactly
+the rules that went (by the handle the kernel gave each) and adds the new
+ones, in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+Command = dict[str, Any]
+Expr = list[dict[str, Any]]
+
+FAMILY = "ip"
+LOOPBACK_NET = {"prefix": {"addr": "127.0.0.0", "len": 8}}
+
+
+@dataclass
+class PortForward:
+    protocol: str  # tcp | udp
+    host_ip: str  # "" or "0.0.0.0" = every address
+    host_port: int
+    guest_ip: str
+    guest_port: int
+
+
+@dataclass
+class BridgeRules:
+    name: str
+    subnet: str
+    internal: bool = False
+
+
+@dataclass
+class Ruleset:
+    bridges: list[BridgeRules] = field(default_factory=list)
+    forwards: list[PortForward] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str
+    type: str
+    hook: str
+    prio: int
+
+
+# Priorities as nft names them: raw -300, dstnat -100, filter 0, srcnat 100.
+# `guard` runs at raw, before conntrack: the replies of host-to-guest
+# connections that get a 127.0.0.0/8 address back (de-NAT, at dstnat) still
+# carry the bridge's address there, so only forged packets match it.
+CHAINS = (
+    Chain("guard", "filter", "prerouting", -300),
+    Chain("postrouting", "nat", "postrouting", 100),
+    Chain("forward", "filter", "forward", 0),
+    Chain("prerouting", "nat", "prerouting", -100),
+    Chain("output", "nat", "output", -100),
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule, by value: its chain and its expression as canonical JSON (so
+    that two equal rules are one key, whichever order a dict was built in)."""
+
+    chain: str
+    body: str
+
+    @classmethod
+    def of(cls, chain: str, expr: Expr) -> Rule:
+        return cls(chain, json.dumps(expr, sort_keys=True))
+
+    @property
+    def expr(self) -> Expr:
+        result: Expr = json.loads(self.body)
+        return result
+
+
+# -- expression pieces ---------------------------------------------------------------------
+
+
+def _match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _meta(key: str) -> dict[str, Any]:
+    return {"meta": {"key": key}}
+
+
+def _field(protocol: str, name: str) -> dict[str, Any]:
+    return {"payload": {"protocol": protocol, "field": name}}
+
+
+def _prefix(cidr: str) -> dict[str, Any]:
+    addr, _, length = cidr.partition("/")
+    return {"prefix": {"addr": addr, "len": int(length or 32)}}
+
+
+DROP: dict[str, Any] = {"drop": None}
+MASQUERADE: dict[str, Any] = {"masquerade": None}
+
+
+# -- the rules -------------------------------------------------------------------------------
+
+
+def rules(ruleset: Ruleset) -> list[Rule]:
+    """Every rule the table should hold for `ruleset`, each once."""
+    wanted = guard_rules() + masquerade_rules(ruleset.bridges) + \
+        isolation_rules(ruleset.bridges) + forward_rules(ruleset.forwards)
+    return list(dict.fromkeys(wanted))
+
+
+def guard_rules() -> list[Rule]:
+    """127.0.0.0/8 only ever arrives over `lo` (CVE-2020-8558).
+
+    hbd's bridges have route_localnet on (see net.ensure_bridge), and another
+    daemon may have turned it on for every interface; either way a packet from
+    a guest or the LAN addressed to (or claiming to come from) 127.0.0.0/8
+    would otherwise reach services that trust loopback."""
+    not_lo = _match(_meta("iifname"), "lo", "!=")
+    return [Rule.of("guard", [not_lo, _match(_field("ip", "daddr"), LOOPBACK_NET), DROP]),
+            Rule.of("guard", [not_lo, _match(_field("ip", "saddr"), LOOPBACK_NET), DROP])]
+
+
+def masquerade_rules(bridges: list[BridgeRules]) -> list[Rule]:
+    """What leaves a (non-internal) bridge for elsewhere goes out with the
+    host's address; published ports reached over 127.0.0.1 arrive at the
+    guest with the bridge's address (it cannot answer a loopback one)."""
+    out = [Rule.of("postrouting", [_match(_field("ip", "saddr"), _prefix(b.subnet)),
+                                   _match(_meta("oifname"), b.name, "!="), MASQUERADE])
+           for b in bridges if not b.internal]
+    out += [Rule.of("postrouting", [_match(_field("ip", "saddr"), LOOPBACK_NET),
+                                    _match(_meta("oifname"), b.name), MASQUERADE])
+            for b in bridges]
+    return out
+
+
+def isolation_rules(bridges: list[BridgeRules]) -> list[Rule]:
+    """Nothing is forwarded between two hbd bridges (networks are isolated),
+    nor in or out of an internal network."""
+    out = []
+    names = [b.name for b in bridges]
+    for b in bridges:
+        others = [n for n in names if n != b.name]
+        if others:
+            out.append(Rule.of("forward", [_match(_meta("iifname"), b.name),
+                                           _match(_meta("oifname"), {"set": others}), DROP]))
+        if b.internal:
+            out.append(Rule.of("forward", [_match(_meta("iifname"), b.name),
+                                           _match(_meta("oifname"), b.name, "!="), DROP]))
+            out.append(Rule.of("forward", [_match(_meta("oifname"), b.name),
+                                           _match(_meta("iifname"), b.name, "!="), DROP]))
+    return out
+
+
+def forward_rules(forwards: list[PortForward]) -> list[Rule]:
+    """Published ports DNATed to their guest, for traffic from outside
+    (prerouting) and from the host itself (output)."""
+    out = []
+    for chain in ("prerouting", "output"):
+        for f in forwards:
+            to_host = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local") \
+                if f.host_ip in ("", "0.0.0.0") else _match(_field("ip", "daddr"), f.host_ip)
+            out.append(Rule.of(chain, [to_host,
+                                       _match(_field(f.protocol, "dport"), f.host_port),
+                                       {"dnat": {"addr": f.guest_ip, "port": f.guest_port}}]))
+    return out
+
+
+# -- transactions ----------------------------------------------------------------------------
+
+
+def _table(name: str) -> dict[str, Any]:
+    return {"table": {"family": FAMILY, "name": name}}
+
+
+def _add_rule(table: str, rule: Rule) -> Command:
+    return {"add": {"rule": {"family": FAMILY, "table": table, "chain": rule.chain,
+                             "expr": rule.expr}}}
+
+
+def remove_commands(table: str) -> list[Command]:
+    """The table gone, whether it was there or not (adding an existing table
+    is no error, so the delete always finds one)."""
+    return [{"add": _table(table)}, {"delete": _table(table)}]
+
+
+def rebuild_commands(table: str, wanted: list[Rule]) -> list[Command]:
+    """The table made afresh with its chains and `wanted`, replacing whatever
+    was there, in one transaction: no moment without the rules."""
+    commands = [*remove_commands(table), {"add": _table(table)}]
+    commands += [{"add": {"chain": {"family": FAMILY, "table": table, "name": c.name,
+                                    "type": c.type, "hook": c.hook, "prio": c.prio,
+                                    "policy": "accept"}}} for c in CHAINS]
+    return commands + [_add_rule(table, r) for r in wanted]
+
+
+def update_commands(table: str, applied: dict[Rule, int], wanted: list[Rule]) -> list[Command]:
+    """From the rules `applied` (with their handles) to `wanted`: delete the
+    ones that went by handle, add the new ones. [] when nothing changed."""
+    keep = set(wanted)
+    commands: list[Command] = [
+        {"delete": {"rule": {"family": FAMILY, "table": table, "chain": rule.chain,
+                             "handle": handle}}}
+        for rule, handle in applied.items() if rule not in keep]
+    return commands + [_add_rule(table, r) for r in wanted if r not in applied]
+
+
+def added_handles(sent: list[Command], echoed: list[dict[str, Any]]) -> dict[Rule, int]:
+    """The handle of each rule `sent` added, from libnftables' echo of the
+    transaction (which repeats the commands in order, each with its handle)."""
+    adds = [c["add"]["rule"] for c in sent if "rule" in c.get("add", {})]
+    echoes = [e["add"]["rule"] for e in echoed
+              if isinstance(e.get("add"), dict) and "rule" in e["add"]]
+    if len(adds) != len(echoes):
+        raise ValueError(f"{len(adds)} rules added, {len(echoes)} echoed")
+    return {Rule.of(a["chain"], a["expr"]): int(e["handle"])
+            for a, e in zip(adds, echoes, strict=True)}
