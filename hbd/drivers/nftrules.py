@@ -103,6 +103,7 @@ def _prefix(cidr: str) -> dict[str, Any]:
 
 
 DROP: dict[str, Any] = {"drop": None}
+COUNTER: dict[str, Any] = {"counter": None}
 MASQUERADE: dict[str, Any] = {"masquerade": None}
 
 
@@ -122,10 +123,12 @@ def guard_rules() -> list[Rule]:
     hbd's bridges have route_localnet on (see net.ensure_bridge), and another
     daemon may have turned it on for every interface; either way a packet from
     a guest or the LAN addressed to (or claiming to come from) 127.0.0.0/8
-    would otherwise reach services that trust loopback."""
+    would otherwise reach services that trust loopback. Counted, so that an
+    attempt shows (`nft list table ip hbd_…`)."""
     not_lo = _match(_meta("iifname"), "lo", "!=")
-    return [Rule.of("guard", [not_lo, _match(_field("ip", "daddr"), LOOPBACK_NET), DROP]),
-            Rule.of("guard", [not_lo, _match(_field("ip", "saddr"), LOOPBACK_NET), DROP])]
+    return [Rule.of("guard", [not_lo, _match(_field("ip", direction), LOOPBACK_NET),
+                              COUNTER, DROP])
+            for direction in ("daddr", "saddr")]
 
 
 def masquerade_rules(bridges: list[BridgeRules]) -> list[Rule]:
@@ -138,7 +141,21 @@ def masquerade_rules(bridges: list[BridgeRules]) -> list[Rule]:
     out += [Rule.of("postrouting", [_match(_field("ip", "saddr"), LOOPBACK_NET),
                                     _match(_meta("oifname"), b.name), MASQUERADE])
             for b in bridges]
-    return out
+    return out + [hairpin_rule(b) for b in bridges]
+
+
+def hairpin_rule(bridge: BridgeRules) -> Rule:
+    """A guest reaching a published port by the host's address, DNATed back
+    into its own network (or to itself): its peer must answer through the
+    host, which un-NATs the reply, so the connection comes from the bridge's
+    address. (Where br_netfilter runs, a peer's reply passes the host anyway;
+    a guest reaching itself needs this everywhere.)"""
+    subnet = _prefix(bridge.subnet)
+    return Rule.of("postrouting", [_match(_field("ip", "saddr"), subnet),
+                                   _match(_field("ip", "daddr"), subnet),
+                                   _match(_meta("oifname"), bridge.name),
+                                   _match({"ct": {"key": "status"}}, "dnat", "in"),
+                                   MASQUERADE])
 
 
 def isolation_rules(bridges: list[BridgeRules]) -> list[Rule]:

@@ -29,7 +29,8 @@ def test_loopback_is_guarded_from_every_interface_but_lo() -> None:
     loopback = {"prefix": {"addr": "127.0.0.0", "len": 8}}
     for direction in ("daddr", "saddr"):
         assert [not_lo, {"match": {"op": "==", "left": {"payload": {
-            "protocol": "ip", "field": direction}}, "right": loopback}}, {"drop": None}] in guard
+            "protocol": "ip", "field": direction}}, "right": loopback}},
+            {"counter": None}, {"drop": None}] in guard
     chain = next(c for c in nftrules.CHAINS if c.name == "guard")
     # Before conntrack's de-NAT (dstnat, -100), which gives replies a 127/8 address.
     assert (chain.hook, chain.prio) == ("prerouting", -300)
@@ -44,9 +45,22 @@ def test_masquerade_skips_internal_networks_but_not_loopback_sources() -> None:
                 {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "hb0"}},
                 {"masquerade": None}]
     assert outbound in post
-    assert not any("10.9.0.0" in json.dumps(e) for e in post)
+    assert not any("10.9.0.0" in json.dumps(e) and "daddr" not in json.dumps(e) for e in post)
     loopback_to = [json.dumps(e[1]) for e in post if "127.0.0.0" in json.dumps(e)]
     assert len(loopback_to) == 2 and any('"hbi"' in x for x in loopback_to)
+
+
+def test_hairpin_connections_are_masqueraded_on_their_own_bridge() -> None:
+    post = exprs(nftrules.rules(Ruleset(bridges=[BridgeRules("hb0", "172.17.0.0/16")])),
+                 "postrouting")
+    subnet = {"prefix": {"addr": "172.17.0.0", "len": 16}}
+    assert [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                       "right": subnet}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                       "right": subnet}},
+            {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "hb0"}},
+            {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+            {"masquerade": None}] in post
 
 
 def test_networks_are_isolated_from_each_other_and_internal_ones_from_all() -> None:
