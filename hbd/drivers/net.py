@@ -20,9 +20,9 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from hbd.drivers import libnftables, nftrules
-from hbd.drivers.nftrules import BridgeRules, PortForward, Ruleset
+from hbd.drivers.nftrules import BridgeRules, PortForward, PortPin, Ruleset
 
-__all__ = ["BridgeRules", "NetError", "PortForward", "RuleTable", "Ruleset"]
+__all__ = ["BridgeRules", "NetError", "PortForward", "PortPin", "RuleTable", "Ruleset"]
 
 log = logging.getLogger(__name__)
 

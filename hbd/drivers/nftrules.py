@@ -1,6 +1,8 @@
 """The nftables rules of one daemon, as libnftables JSON commands (pure functions).
 
-A daemon owns one table, `ip <name>`; nothing here touches any other.
+A daemon owns two tables of one name, `ip <name>` (NAT, isolation, the
+loopback guard) and `bridge <name>` (anti-spoofing on guests' bridge ports);
+nothing here touches any other.
 Its chains are fixed; its rules follow the networks and published ports.
 `rebuild_commands` makes the whole table afresh (at start, or when what is
 in the kernel is in doubt); after that, `update_commands` deletes exactly
@@ -17,7 +19,7 @@ from typing import Any
 Command = dict[str, Any]
 Expr = list[dict[str, Any]]
 
-FAMILY = "ip"
+FAMILIES = ("ip", "bridge")
 LOOPBACK_NET = {"prefix": {"addr": "127.0.0.0", "len": 8}}
 
 
@@ -38,9 +40,21 @@ class BridgeRules:
 
 
 @dataclass
+class PortPin:
+    """What a guest may send from one bridge port (its tap): its endpoint's
+    MAC, and as source only its endpoint's addresses."""
+
+    port: str
+    mac: str
+    ips: list[str] = field(default_factory=list)  # IPv4, link-local ones included
+    ips6: list[str] = field(default_factory=list)  # IPv6 (fe80::/10 is always allowed)
+
+
+@dataclass
 class Ruleset:
     bridges: list[BridgeRules] = field(default_factory=list)
     forwards: list[PortForward] = field(default_factory=list)
+    pins: list[PortPin] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class Chain:
     type: str
     hook: str
     prio: int
+    family: str = "ip"
 
 
 # Priorities as nft names them: raw -300, dstnat -100, filter 0, srcnat 100.
@@ -61,7 +76,10 @@ CHAINS = (
     Chain("forward", "filter", "forward", 0),
     Chain("prerouting", "nat", "prerouting", -100),
     Chain("output", "nat", "output", -100),
+    # Frames as they enter the bridge from a port, before it learns or forwards.
+    Chain("antispoof", "filter", "prerouting", -200, "bridge"),
 )
+FAMILY_OF = {c.name: c.family for c in CHAINS}
 
 
 @dataclass(frozen=True)
@@ -113,7 +131,8 @@ MASQUERADE: dict[str, Any] = {"masquerade": None}
 def rules(ruleset: Ruleset) -> list[Rule]:
     """Every rule the table should hold for `ruleset`, each once."""
     wanted = guard_rules() + masquerade_rules(ruleset.bridges) + \
-        isolation_rules(ruleset.bridges) + forward_rules(ruleset.forwards)
+        isolation_rules(ruleset.bridges) + forward_rules(ruleset.forwards) + \
+        [rule for pin in ruleset.pins for rule in spoof_rules(pin)]
     return list(dict.fromkeys(wanted))
 
 
@@ -190,29 +209,50 @@ def forward_rules(forwards: list[PortForward]) -> list[Rule]:
     return out
 
 
+def spoof_rules(pin: PortPin) -> list[Rule]:
+    """A guest sends from its port only as itself: its MAC, its addresses
+    (in IP and in ARP), so it can neither impersonate another container nor
+    poison its neighbours' ARP caches. (0.0.0.0 and :: are what address
+    probes come from; fe80::/10 what IPv6 neighbour discovery does.)"""
+    port = _match(_meta("iifname"), pin.port)
+    v4: Any = {"set": [*pin.ips, "0.0.0.0"]}
+    v6: Any = {"set": [*pin.ips6, "::", _prefix("fe80::/10")]}
+    return [
+        Rule.of("antispoof", [port, _match({"payload": {"protocol": "ether", "field": "saddr"}},
+                                           pin.mac, "!="), DROP]),
+        Rule.of("antispoof", [port, _match({"payload": {"protocol": "arp", "field": "saddr ether"}},
+                                           pin.mac, "!="), DROP]),
+        Rule.of("antispoof", [port, _match({"payload": {"protocol": "arp", "field": "saddr ip"}},
+                                           v4, "!="), DROP]),
+        Rule.of("antispoof", [port, _match(_field("ip", "saddr"), v4, "!="), DROP]),
+        Rule.of("antispoof", [port, _match(_field("ip6", "saddr"), v6, "!="), DROP]),
+    ]
+
+
 # -- transactions ----------------------------------------------------------------------------
 
 
-def _table(name: str) -> dict[str, Any]:
-    return {"table": {"family": FAMILY, "name": name}}
+def _table(family: str, name: str) -> dict[str, Any]:
+    return {"table": {"family": family, "name": name}}
 
 
 def _add_rule(table: str, rule: Rule) -> Command:
-    return {"add": {"rule": {"family": FAMILY, "table": table, "chain": rule.chain,
-                             "expr": rule.expr}}}
+    return {"add": {"rule": {"family": FAMILY_OF[rule.chain], "table": table,
+                             "chain": rule.chain, "expr": rule.expr}}}
 
 
 def remove_commands(table: str) -> list[Command]:
-    """The table gone, whether it was there or not (adding an existing table
-    is no error, so the delete always finds one)."""
-    return [{"add": _table(table)}, {"delete": _table(table)}]
+    """The tables gone, whether they were there or not (adding an existing
+    table is no error, so the delete always finds one)."""
+    return [cmd for family in FAMILIES
+            for cmd in ({"add": _table(family, table)}, {"delete": _table(family, table)})]
 
 
 def rebuild_commands(table: str, wanted: list[Rule]) -> list[Command]:
     """The table made afresh with its chains and `wanted`, replacing whatever
     was there, in one transaction: no moment without the rules."""
-    commands = [*remove_commands(table), {"add": _table(table)}]
-    commands += [{"add": {"chain": {"family": FAMILY, "table": table, "name": c.name,
+    commands = remove_commands(table) + [{"add": _table(f, table)} for f in FAMILIES]
+    commands += [{"add": {"chain": {"family": c.family, "table": table, "name": c.name,
                                     "type": c.type, "hook": c.hook, "prio": c.prio,
                                     "policy": "accept"}}} for c in CHAINS]
     return commands + [_add_rule(table, r) for r in wanted]
@@ -223,7 +263,8 @@ def update_commands(table: str, applied: dict[Rule, int], wanted: list[Rule]) ->
     ones that went by handle, add the new ones. [] when nothing changed."""
     keep = set(wanted)
     commands: list[Command] = [
-        {"delete": {"rule": {"family": FAMILY, "table": table, "chain": rule.chain,
+        {"delete": {"rule": {"family": FAMILY_OF[rule.chain], "table": table,
+                             "chain": rule.chain,
                              "handle": handle}}}
         for rule, handle in applied.items() if rule not in keep]
     return commands + [_add_rule(table, r) for r in wanted if r not in applied]

@@ -99,14 +99,16 @@ def test_published_ports_are_dnated_from_outside_and_from_the_host() -> None:
                 {"dnat": {"addr": "10.1.0.3", "port": 5353}}] in dnat
 
 
-def test_rebuild_replaces_only_the_own_table_in_one_transaction() -> None:
+def test_rebuild_replaces_only_the_own_tables_in_one_transaction() -> None:
     wanted = nftrules.rules(Ruleset())
     commands = nftrules.rebuild_commands(TABLE, wanted)
-    table = {"table": {"family": "ip", "name": TABLE}}
-    # Added first so that the delete always finds it; nothing else is named.
-    assert commands[:3] == [{"add": table}, {"delete": table}, {"add": table}]
-    assert {c["add"]["chain"]["name"] for c in commands if "chain" in c.get("add", {})} == \
-        {c.name for c in nftrules.CHAINS}
+    ip, bridge = ({"table": {"family": f, "name": TABLE}} for f in ("ip", "bridge"))
+    # Each added first so that the delete always finds it; nothing else is named.
+    assert commands[:6] == [{"add": ip}, {"delete": ip}, {"add": bridge}, {"delete": bridge},
+                            {"add": ip}, {"add": bridge}]
+    chains = [c["add"]["chain"] for c in commands if "chain" in c.get("add", {})]
+    assert {(c["family"], c["name"]) for c in chains} == \
+        {(c.family, c.name) for c in nftrules.CHAINS}
     assert all(json.dumps(c).count(f'"table": "{TABLE}"') + json.dumps(c).count(
         f'"name": "{TABLE}"') == 1 for c in commands)
     assert len([c for c in commands if "rule" in c.get("add", {})]) == len(wanted)
@@ -180,3 +182,86 @@ def test_the_kernel_takes_the_rules_and_handles_match() -> None:
     # Unchanged rules kept their handles: only the DNAT ones were replaced.
     assert len(set(out["first"]) & set(out["tracked"])) == len(out["first"]) - 2
     assert [o for o in out["left"] if "table" in o] == []
+
+
+def test_a_pinned_port_sends_only_as_its_endpoint() -> None:
+    pin = nftrules.PortPin("ht0", "02:42:0a:01:00:02", ["10.1.0.2", "169.254.7.7"],
+                           ["2001:db8::2"])
+    spoof = exprs(nftrules.rules(Ruleset(pins=[pin])), "antispoof")
+    assert len(spoof) == 5
+    port = {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "ht0"}}
+    assert all(e[0] == port and e[-1] == {"drop": None} for e in spoof)
+    checks = {json.dumps(e[1]["match"]["left"], sort_keys=True): e[1]["match"] for e in spoof}
+    ether = checks['{"payload": {"field": "saddr", "protocol": "ether"}}']
+    assert (ether["op"], ether["right"]) == ("!=", "02:42:0a:01:00:02")
+    v4 = checks['{"payload": {"field": "saddr", "protocol": "ip"}}']
+    assert v4["op"] == "!=" and v4["right"] == {"set": ["10.1.0.2", "169.254.7.7", "0.0.0.0"]}
+    assert checks['{"payload": {"field": "saddr ip", "protocol": "arp"}}']["right"] == \
+        v4["right"]
+    assert checks['{"payload": {"field": "saddr ether", "protocol": "arp"}}']["right"] == \
+        "02:42:0a:01:00:02"
+    v6 = checks['{"payload": {"field": "saddr", "protocol": "ip6"}}']["right"]["set"]
+    assert "2001:db8::2" in v6 and {"prefix": {"addr": "fe80::", "len": 10}} in v6
+    assert nftrules.FAMILY_OF["antispoof"] == "bridge"
+    unpinned = nftrules.update_commands(TABLE, {r: i for i, r in enumerate(
+        nftrules.rules(Ruleset(pins=[pin])))}, nftrules.rules(Ruleset()))
+    assert len(unpinned) == 5 and all(c["delete"]["rule"]["family"] == "bridge"
+                                      for c in unpinned)
+
+
+# A bridge with one port (a veth: frames sent on its peer enter the bridge as
+# a guest's frames enter by its tap), pinned to 02:42:0a:4d:00:02 / 10.77.0.2.
+# Broadcast UDP frames are sent on the peer; those the bridge lets in reach
+# the bridge device itself, where a packet socket counts them.
+SPOOF_SCRIPT = r"""
+import asyncio, json, socket, struct, subprocess, time
+from hbd.drivers import net
+MAC = "02:42:0a:4d:00:02"
+for cmd in ("link add hbx0 type bridge", "link add htx0 type veth peer name gx0",
+            "link set htx0 master hbx0", "link set hbx0 up", "link set htx0 up",
+            "link set gx0 up"):
+    subprocess.run(["ip", *cmd.split()], check=True)
+def frame(mac, src, tag):
+    def csum(b):
+        s = sum(struct.unpack("!10H", b))
+        s = (s >> 16) + (s & 0xFFFF)
+        return ~(s + (s >> 16)) & 0xFFFF
+    payload = tag.encode()
+    udp = struct.pack("!HHHH", 9, 9, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton("255.255.255.255"))
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    return b"\xff" * 6 + bytes.fromhex(mac.replace(":", "")) + b"\x08\x00" + ip + udp
+async def main():
+    table = net.RuleTable("%(table)s")
+    await table.apply(net.Ruleset(pins=[net.PortPin("htx0", MAC, ["10.77.0.2"], [])]))
+    seen = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    seen.bind(("hbx0", 0))
+    seen.settimeout(0.2)
+    out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    out.bind(("gx0", 0))
+    time.sleep(0.3)
+    for mac, src, tag in ((MAC, "10.77.0.2", "own"), (MAC, "10.77.0.3", "other-ip"),
+                          ("02:42:0a:4d:00:03", "10.77.0.3", "other-both"),
+                          ("02:42:0a:4d:00:03", "10.77.0.2", "other-mac")):
+        out.send(frame(mac, src, tag))
+    got = []
+    try:
+        while True:
+            got.append(seen.recv(2048)[42:].decode(errors="replace"))
+    except socket.timeout:
+        pass
+    print(json.dumps(got))
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or
+                    not shutil.which("ip"), reason="needs root, unshare and ip")
+def test_a_pinned_port_drops_spoofed_frames_in_the_kernel() -> None:
+    result = subprocess.run(["unshare", "-n", sys.executable, "-c",
+                             SPOOF_SCRIPT % {"table": TABLE}],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["own"]

@@ -107,6 +107,8 @@ class NetworkService:
         self._reservations: dict[tuple[str, str, int], socket.socket] = {}
         self._lock = asyncio.Lock()
         self.rules = net.RuleTable(self.nft_table)
+        # tap -> what the guest behind it may send as (anti-spoofing)
+        self.pins: dict[str, net.PortPin] = {}
         self.on_change: list[Any] = []  # callbacks (no arguments): DNS reloads its view
         self.users: NetworkUsers = _NO_USERS
         for _, rec in state.load("networks"):
@@ -194,11 +196,28 @@ class NetworkService:
             forwards=[net.PortForward(p.protocol, p.host_ip, p.host_port,
                                       run.endpoints[self._primary(run)].ip, p.container_port)
                       for run in self.runs.values() for p in run.ports if run.endpoints],
+            pins=list(self.pins.values()),
         )
         try:
             await self.rules.apply(ruleset)
         except net.NetError as e:
             raise SystemError_(str(e)) from e
+
+    async def pin_port(self, tap: str, endpoint: Endpoint) -> None:
+        """The guest behind `tap` (a port of the endpoint's bridge) may send
+        only as the endpoint: its MAC, its addresses. Call once the tap is
+        plugged for the endpoint; `unpin_port` when it is unplugged."""
+        ips = [endpoint.ip] + [c.split("/")[0] for c in endpoint.link_local if ":" not in c]
+        ips6 = [a for a in [endpoint.ip6] if a] + \
+            [c.split("/")[0] for c in endpoint.link_local if ":" in c]
+        async with self._lock:
+            self.pins[tap] = net.PortPin(tap, endpoint.mac, ips, ips6)
+            await self.apply_rules()
+
+    async def unpin_port(self, tap: str) -> None:
+        async with self._lock:
+            if self.pins.pop(tap, None) is not None:
+                await self.apply_rules()
 
     @staticmethod
     def _primary(run: RunNetworking) -> str:
