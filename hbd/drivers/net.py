@@ -1,9 +1,9 @@
 """Host networking for guests: Linux bridges and taps (pyroute2), NAT and
 filtering rules (nftables). Knows nothing of Docker.
 
-Every nftables rule a daemon owns lives in one table of its own (nftrules.py
-says which), written through libnftables' JSON API (libnftables.py), one
-transaction per change.
+Every nftables rule a daemon owns lives in its own two tables, `ip` and
+`bridge` of one name (nftrules.py says what they hold), written through
+libnftables' JSON API (libnftables.py), one transaction per change.
 """
 
 from __future__ import annotations
@@ -163,9 +163,9 @@ async def routed_networks() -> list[ipaddress.IPv4Network]:
 
 
 class RuleTable:
-    """The daemon's nftables table, kept in line with a Ruleset.
+    """The daemon's nftables tables, kept in line with a Ruleset.
 
-    The first change (and any after a failure) rebuilds the table whole, in
+    The first change (and any after a failure) rebuilds the tables whole, in
     one transaction; later ones delete exactly the rules that went, by the
     handle the kernel gave them, and add the new ones, in one transaction too.
     So a crash or restart never leaves a stale rule behind, and a container
@@ -207,7 +207,7 @@ class RuleTable:
 
 
 async def remove_ruleset(table: str) -> None:
-    """The daemon's table gone (there or not)."""
+    """The daemon's tables gone (there or not)."""
     try:
         await asyncio.to_thread(libnftables.run, nftrules.remove_commands(table))
     except libnftables.NftError as e:

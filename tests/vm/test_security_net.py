@@ -89,13 +89,16 @@ def run(hbd: RunningDaemon, *args: str) -> str:
 # services (route_localnet is on on hbd's bridges).
 CRAFTED_ROUTE = """
 gw=$(ip route | awk '/^default/ {print $3}')
-ip route del local 127.0.0.0/8 dev lo table local
-ip route del local 127.0.0.1 dev lo table local
+ip addr flush dev lo
 for c in all eth0; do echo 1 > /proc/sys/net/ipv4/conf/$c/route_localnet; done
-ip route add 127.0.0.0/8 via $gw dev eth0 onlink
+ip route add 127.0.0.0/8 via $gw dev eth0
 ip route get 127.0.0.1
-echo probe | nc -w 3 127.0.0.1 PORT; echo "crafted: $?"
 """
+
+
+def crafted(port: int) -> str:
+    return CRAFTED_ROUTE + f'echo probe | nc -w 3 127.0.0.1 {port}; echo "crafted: $?"'
+
 
 
 def test_a_host_loopback_service_is_out_of_reach(hbd: RunningDaemon,
@@ -109,7 +112,7 @@ def test_a_host_loopback_service_is_out_of_reach(hbd: RunningDaemon,
     assert loopback_service.secret not in plain and "done" in plain
     before = guard_drops(hbd)
     for privilege in ("--cap-add=NET_ADMIN", "--privileged"):
-        out = run(hbd, privilege, "busybox", "sh", "-c", CRAFTED_ROUTE.replace("PORT", port))
+        out = run(hbd, privilege, "busybox", "sh", "-c", crafted(loopback_service.port))
         assert "via" in out and "crafted:" in out, out  # the route was in place
         assert loopback_service.secret not in out, out
     assert loopback_service.peers == []
@@ -134,6 +137,13 @@ def test_a_port_published_on_loopback_is_not_reachable_from_guests(
               f"wget -q -T 5 -O- http://$gw:{loop_port}/i && echo loopback-reached; echo done")
     assert "hairpin-ok" in out, out
     assert "loopback-reached" not in out and "done" in out, out
+    # Nor by a crafted route to the host's 127.0.0.1 (its DNAT rule is there
+    # for the host's own connections).
+    before = guard_drops(hbd)
+    out = run(hbd, "--privileged", "busybox", "sh", "-c",
+              CRAFTED_ROUTE + f"wget -q -T 5 -O- http://127.0.0.1:{loop_port}/i; echo done")
+    assert "via" in out and "served" not in out and "done" in out, out
+    assert guard_drops(hbd) > before
 
 
 def test_other_networks_are_out_of_reach(hbd: RunningDaemon, cleanup: list[str]) -> None:
