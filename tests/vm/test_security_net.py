@@ -83,6 +83,7 @@ def run(hbd: RunningDaemon, *args: str) -> str:
     return hbd.docker("run", "--rm", *args, timeout=180).stdout.decode()
 
 
+# (busybox's `wget -T` crashes in these guests: `timeout` bounds it instead.)
 # Root of a guest with NET_ADMIN sends to 127.0.0.1 through the host: the
 # guest's own 127/8 routes go, loopback may leave eth0, and 127/8 is routed
 # via the gateway. Without hbd's guard that reaches the host's loopback
@@ -133,15 +134,15 @@ def test_a_port_published_on_loopback_is_not_reachable_from_guests(
                "-p", f"{any_port}:8000", "busybox", "sh", "-c", WEB)
     out = run(hbd, "busybox", "sh", "-c",
               "gw=$(ip route | awk '/^default/ {print $3}'); sleep 1; "
-              f"wget -q -T 5 -O- http://$gw:{any_port}/i && echo hairpin-ok; "
-              f"wget -q -T 5 -O- http://$gw:{loop_port}/i && echo loopback-reached; echo done")
+              f"timeout 8 wget -q -O- http://$gw:{any_port}/i && echo hairpin-ok; "
+              f"timeout 8 wget -q -O- http://$gw:{loop_port}/i && echo loopback-reached; echo done")
     assert "hairpin-ok" in out, out
     assert "loopback-reached" not in out and "done" in out, out
     # Nor by a crafted route to the host's 127.0.0.1 (its DNAT rule is there
     # for the host's own connections).
     before = guard_drops(hbd)
     out = run(hbd, "--privileged", "busybox", "sh", "-c",
-              CRAFTED_ROUTE + f"wget -q -T 5 -O- http://127.0.0.1:{loop_port}/i; echo done")
+              CRAFTED_ROUTE + f"timeout 8 wget -q -O- http://127.0.0.1:{loop_port}/i; echo done")
     assert "via" in out and "served" not in out and "done" in out, out
     assert guard_drops(hbd) > before
 
@@ -157,7 +158,7 @@ def test_other_networks_are_out_of_reach(hbd: RunningDaemon, cleanup: list[str])
     ip = json.loads(hbd.docker("inspect", server).stdout)[0][
         "NetworkSettings"]["Networks"][a]["IPAddress"]
     probe = (f"sleep 1; ping -c1 -W3 {ip} >/dev/null 2>&1 && echo ping-ok; "
-             f"wget -q -T 5 -O- http://{ip}:8000/i && echo http-ok; echo done")
+             f"timeout 8 wget -q -O- http://{ip}:8000/i && echo http-ok; echo done")
     same = run(hbd, "--network", a, "busybox", "sh", "-c", probe)
     assert "ping-ok" in same and "http-ok" in same, same
     other = run(hbd, "--network", b, "busybox", "sh", "-c", probe)
