@@ -14,6 +14,10 @@ import pytest
 
 from hbd.drivers import nftrules
 from hbd.drivers.nftrules import BridgeRules, PortForward, Rule, Ruleset
+from hbd.events import EventBus
+from hbd.services.network.model import Endpoint
+from hbd.services.network.service import NetworkService
+from hbd.store import StateStore
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = "netsec_test"
@@ -265,3 +269,25 @@ def test_a_pinned_port_drops_spoofed_frames_in_the_kernel() -> None:
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == ["own"]
+
+
+async def test_the_network_service_pins_and_unpins_a_port(tmp_path: Path) -> None:
+    service = NetworkService(StateStore(tmp_path), EventBus(), "ffff")
+    applied: list[Ruleset] = []
+
+    async def record(ruleset: Ruleset) -> None:
+        applied.append(ruleset)
+
+    service.rules.apply = record  # type: ignore[method-assign]
+    endpoint = Endpoint("n", "e", "10.1.0.2", 24, "10.1.0.1", "02:42:0a:01:00:02", "eth0",
+                        [], [], ip6="2001:db8::2", prefix6=64,
+                        link_local=["169.254.7.7/16", "fe80::7/64"])
+    await service.pin_port("htffff0", endpoint)
+    assert applied[-1].pins == [nftrules.PortPin("htffff0", "02:42:0a:01:00:02",
+                                                 ["10.1.0.2", "169.254.7.7"],
+                                                 ["2001:db8::2", "fe80::7"])]
+    await service.unpin_port("htffff0")
+    assert applied[-1].pins == []
+    count = len(applied)
+    await service.unpin_port("htffff0")  # not pinned: nothing to change
+    assert len(applied) == count

@@ -6,6 +6,7 @@ whose attack fails for an unrelated reason (no route, no tool) fails too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -48,6 +49,9 @@ class LoopbackService:
                 conn.sendall(self.secret.encode() + b"\n")
 
     def close(self) -> None:
+        # shutdown wakes the accept() that close alone would leave blocked.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
 
 
