@@ -165,10 +165,12 @@ def masquerade_rules(bridges: list[BridgeRules]) -> list[Rule]:
 
 def hairpin_rule(bridge: BridgeRules) -> Rule:
     """A guest reaching a published port by the host's address, DNATed back
-    into its own network (or to itself): its peer must answer through the
-    host, which un-NATs the reply, so the connection comes from the bridge's
-    address. (Where br_netfilter runs, a peer's reply passes the host anyway;
-    a guest reaching itself needs this everywhere.)"""
+    into its own network: its peer must answer through the host, which
+    un-NATs the reply, so the connection comes from the bridge's address.
+    (Where br_netfilter runs, the host bridges such a packet back instead of
+    routing it and passes the peer's reply through conntrack anyway; there a
+    guest cannot reach its own published port at all, as the bridge sends
+    nothing back out of the port it came in by.)"""
     subnet = _prefix(bridge.subnet)
     return Rule.of("postrouting", [_match(_field("ip", "saddr"), subnet),
                                    _match(_field("ip", "daddr"), subnet),
