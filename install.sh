@@ -23,6 +23,7 @@ apt_packages=(
     busybox-static                            # the busybox base image
     mmdebstrap                                # the debian-python base image (Debian minbase)
     iproute2 nftables                         # networking (bridges and taps via pyroute2)
+    libnftables1                              # hbd's rules: libnftables' JSON API, through ctypes
     docker.io                                 # real dockerd + runc: behaviour oracle, benchmarks
     docker-registry                           # a real registry for pull/push tests
     keystone                                  # tenants' identities (tests start their own, on sqlite)

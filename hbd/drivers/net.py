@@ -1,9 +1,9 @@
 """Host networking for guests: Linux bridges and taps (pyroute2), NAT and
 filtering rules (nftables). Knows nothing of Docker.
 
-Every nftables rule a daemon owns lives in one table of its own, which is rebuilt
-whole from the caller's description on each change (`nft -f`, atomic), so a
-crash or restart can never leave a stale rule behind.
+Every nftables rule a daemon owns lives in its own two tables, `ip` and
+`bridge` of one name (nftrules.py says what they hold), written through
+libnftables' JSON API (libnftables.py), one transaction per change.
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ import ipaddress
 import logging
 import os
 import struct
-from dataclasses import dataclass, field
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from hbd.drivers import libnftables, nftrules
+from hbd.drivers.nftrules import BridgeRules, PortForward, PortPin, Ruleset
+
+__all__ = ["BridgeRules", "NetError", "PortForward", "PortPin", "RuleTable", "Ruleset"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,13 @@ async def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface | None,
         # from a guest on the bridge as its own routes: it takes none.
         if os.path.exists(f"/proc/sys/net/ipv6/conf/{name}"):
             _sysctl(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", "0")
+        # A port published on 127.0.0.1 is DNATed to a guest by the host's own
+        # output path: the packet leaves this bridge with a loopback source
+        # (masqueraded later) and its replies come back to a loopback
+        # address, both martians unless the bridge allows them. Here only, not
+        # on conf/all (CVE-2020-8558); nftrules.guard_rules drops any 127/8
+        # packet that really arrives from outside.
+        _sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
         if gateway is not None:
             await _own_address(ipr, idx, gateway)
         if gateway6 is not None:
@@ -151,96 +162,64 @@ async def routed_networks() -> list[ipaddress.IPv4Network]:
     return out
 
 
-@dataclass
-class PortForward:
-    protocol: str  # tcp | udp
-    host_ip: str  # "" or "0.0.0.0" = every address
-    host_port: int
-    guest_ip: str
-    guest_port: int
+class RuleTable:
+    """The daemon's nftables tables, kept in line with a Ruleset.
 
+    The first change (and any after a failure) rebuilds the tables whole, in
+    one transaction; later ones delete exactly the rules that went, by the
+    handle the kernel gave them, and add the new ones, in one transaction too.
+    So a crash or restart never leaves a stale rule behind, and a container
+    publishing a port changes two rules, not the table."""
 
-@dataclass
-class BridgeRules:
-    name: str
-    subnet: str
-    internal: bool = False
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.handles: dict[nftrules.Rule, int] | None = None  # None: rebuild next
 
+    async def apply(self, ruleset: Ruleset) -> None:
+        wanted = nftrules.rules(ruleset)
+        if self.handles is not None:
+            commands = nftrules.update_commands(self.name, self.handles, wanted)
+            if not commands:
+                return
+            try:
+                still = set(wanted)
+                await self._run(commands, {r: h for r, h in self.handles.items()
+                                           if r in still})
+                return
+            except NetError as e:
+                # Someone changed the table under us: make it afresh.
+                log.warning("nftables table %s: %s; rebuilding it", self.name, e)
+        self.handles = None
+        await self._run(nftrules.rebuild_commands(self.name, wanted), {})
 
-@dataclass
-class Ruleset:
-    bridges: list[BridgeRules] = field(default_factory=list)
-    forwards: list[PortForward] = field(default_factory=list)
+    async def _run(self, commands: list[nftrules.Command],
+                   kept: dict[nftrules.Rule, int]) -> None:
+        try:
+            echoed = await asyncio.to_thread(libnftables.run, commands, True)
+            added = nftrules.added_handles(commands, echoed)
+        except (libnftables.NftError, ValueError) as e:
+            raise NetError(f"nftables: {e}") from e
+        self.handles = kept | added
 
-    def render(self, table: str) -> str:
-        """The whole `ip <table>` table.
-
-        - masquerade what leaves a (non-internal) bridge for elsewhere;
-        - drop traffic between two different hbd bridges (networks are isolated);
-        - DNAT published ports, from outside and from the host itself
-          (127.0.0.1 needs route_localnet on the loopback interface).
-        """
-        lines = [f"table ip {table} {{"]
-        lines.append("  chain postrouting { type nat hook postrouting priority srcnat; "
-                     "policy accept;")
-        for b in self.bridges:
-            if not b.internal:
-                lines.append(f'    ip saddr {b.subnet} oifname != "{b.name}" masquerade')
-        # Published ports reached over 127.0.0.1 arrive with a loopback source
-        # the guest cannot answer: give them the bridge address instead.
-        for b in self.bridges:
-            lines.append(f'    ip saddr 127.0.0.0/8 oifname "{b.name}" masquerade')
-        lines.append("  }")
-        lines.append("  chain forward { type filter hook forward priority filter; "
-                     "policy accept;")
-        names = [b.name for b in self.bridges]
-        for b in self.bridges:
-            others = [n for n in names if n != b.name]
-            if others:
-                quoted = ", ".join(f'"{n}"' for n in others)
-                lines.append(f'    iifname "{b.name}" oifname {{ {quoted} }} drop')
-            if b.internal:
-                lines.append(f'    iifname "{b.name}" oifname != "{b.name}" drop')
-                lines.append(f'    oifname "{b.name}" iifname != "{b.name}" drop')
-        lines.append("  }")
-        for chain, hook in (("prerouting", "prerouting"), ("output", "output")):
-            lines.append(f"  chain {chain} {{ type nat hook {hook} priority -100; "
-                         "policy accept;")
-            for f in self.forwards:
-                match = "fib daddr type local" if f.host_ip in ("", "0.0.0.0") else \
-                    f"ip daddr {f.host_ip}"
-                lines.append(f"    {match} {f.protocol} dport {f.host_port} "
-                             f"dnat to {f.guest_ip}:{f.guest_port}")
-            lines.append("  }")
-        lines.append("}")
-        return "\n".join(lines) + "\n"
-
-
-async def apply_ruleset(table: str, ruleset: Ruleset) -> None:
-    script = f"table ip {table}\ndelete table ip {table}\n" + ruleset.render(table)
-    proc = await asyncio.create_subprocess_exec(
-        "nft", "-f", "-", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate(script.encode())
-    if proc.returncode != 0:
-        raise NetError(f"nft failed: {err.decode(errors='replace').strip()}\n{script}")
+    async def remove(self) -> None:
+        await remove_ruleset(self.name)
+        self.handles = None
 
 
 async def remove_ruleset(table: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "nft", "delete", "table", "ip", table, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL)
-    await proc.wait()
+    """The daemon's tables gone (there or not)."""
+    try:
+        await asyncio.to_thread(libnftables.run, nftrules.remove_commands(table))
+    except libnftables.NftError as e:
+        raise NetError(f"nftables: {e}") from e
 
 
 def enable_forwarding() -> None:
-    """Guests reach the outside through the host: IPv4 forwarding on, and
-    DNAT of 127.0.0.1 allowed (route_localnet) for ports published on loopback.
+    """Guests reach the outside through the host: IPv4 forwarding on.
     IPv6 is never forwarded: containers of a network reach each other on its
-    bridge, and the host on its address."""
-    for path in ("/proc/sys/net/ipv4/ip_forward",
-                 "/proc/sys/net/ipv4/conf/all/route_localnet"):
-        _sysctl(path, "1")
+    bridge, and the host on its address. (route_localnet is set on hbd's
+    bridges only: see ensure_bridge.)"""
+    _sysctl("/proc/sys/net/ipv4/ip_forward", "1")
 
 
 def _sysctl(path: str, value: str) -> None:

@@ -106,7 +106,9 @@ class NetworkService:
         self.runs: dict[str, RunNetworking] = {}
         self._reservations: dict[tuple[str, str, int], socket.socket] = {}
         self._lock = asyncio.Lock()
-        self._applied_rules = ""
+        self.rules = net.RuleTable(self.nft_table)
+        # tap -> what the guest behind it may send as (anti-spoofing)
+        self.pins: dict[str, net.PortPin] = {}
         self.on_change: list[Any] = []  # callbacks (no arguments): DNS reloads its view
         self.users: NetworkUsers = _NO_USERS
         for _, rec in state.load("networks"):
@@ -186,25 +188,36 @@ class NetworkService:
                         "among the defaults to assign to the network")
 
     async def apply_rules(self) -> None:
-        """Bring nftables in line with the networks and published ports.
-
-        Skipped when nothing changed: most containers publish no port, and
-        running `nft` costs ~20 ms on their start and stop."""
+        """Bring nftables in line with the networks and published ports (no
+        transaction at all when nothing changed: most containers publish no port)."""
         ruleset = net.Ruleset(
             bridges=[net.BridgeRules(n.bridge, n.subnet, n.internal)
                      for n in self.networks.values() if n.driver == "bridge"],
             forwards=[net.PortForward(p.protocol, p.host_ip, p.host_port,
                                       run.endpoints[self._primary(run)].ip, p.container_port)
                       for run in self.runs.values() for p in run.ports if run.endpoints],
+            pins=list(self.pins.values()),
         )
-        rendered = ruleset.render(self.nft_table)
-        if rendered == self._applied_rules:
-            return
         try:
-            await net.apply_ruleset(self.nft_table, ruleset)
+            await self.rules.apply(ruleset)
         except net.NetError as e:
             raise SystemError_(str(e)) from e
-        self._applied_rules = rendered
+
+    async def pin_port(self, tap: str, endpoint: Endpoint) -> None:
+        """The guest behind `tap` (a port of the endpoint's bridge) may send
+        only as the endpoint: its MAC, its addresses. Call once the tap is
+        plugged for the endpoint; `unpin_port` when it is unplugged."""
+        ips = [endpoint.ip] + [c.split("/")[0] for c in endpoint.link_local if ":" not in c]
+        ips6 = [a for a in [endpoint.ip6] if a] + \
+            [c.split("/")[0] for c in endpoint.link_local if ":" in c]
+        async with self._lock:
+            self.pins[tap] = net.PortPin(tap, endpoint.mac, ips, ips6)
+            await self.apply_rules()
+
+    async def unpin_port(self, tap: str) -> None:
+        async with self._lock:
+            if self.pins.pop(tap, None) is not None:
+                await self.apply_rules()
 
     @staticmethod
     def _primary(run: RunNetworking) -> str:
