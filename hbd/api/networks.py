@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hbd.api.app import Router, json_response, query_filters, read_json
+from hbd.api.app import (
+    Router,
+    json_response,
+    query_filters,
+    read_json,
+    read_json_object,
+    struct_field,
+)
 from hbd.api.backends import CONTAINER_NETWORKS, NETWORKS
 
 
@@ -27,18 +34,19 @@ async def remove(request: web.Request) -> web.Response:
 
 
 async def connect(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    await request.app[CONTAINER_NETWORKS].connect(str(body.get("Container", "")),
-                                            request.match_info["id"],
-                                            body.get("EndpointConfig") or {})
+    body = await read_json_object(request, "types.NetworkConnect")
+    container = struct_field(body, "NetworkConnect", "Container", "string", "string") or ""
+    settings = struct_field(body, "NetworkConnect", "EndpointConfig",
+                            "network.EndpointSettings", "object") or {}
+    await request.app[CONTAINER_NETWORKS].connect(container, request.match_info["id"], settings)
     return web.Response(status=200)
 
 
 async def disconnect(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    await request.app[CONTAINER_NETWORKS].disconnect(str(body.get("Container", "")),
-                                               request.match_info["id"],
-                                               bool(body.get("Force")))
+    body = await read_json_object(request, "types.NetworkDisconnect")
+    container = struct_field(body, "NetworkDisconnect", "Container", "string", "string") or ""
+    force = bool(struct_field(body, "NetworkDisconnect", "Force", "bool", "bool"))
+    await request.app[CONTAINER_NETWORKS].disconnect(container, request.match_info["id"], force)
     return web.Response(status=200)
 
 
