@@ -87,7 +87,7 @@ async def set_(request: web.Request) -> web.Response:
     if not body.strip():
         raise InvalidParameter("got EOF while reading request body")
     try:
-        args = goparse.json_loads(body)
+        args = goparse.json_decode_first(body)
     except ValueError as e:
         raise InvalidParameter(str(e)) from None
     if args is None:

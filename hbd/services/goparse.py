@@ -97,3 +97,15 @@ def json_loads(raw: bytes) -> Any:
         return json.loads(raw.decode("utf-8", "replace"))
     except json.JSONDecodeError as e:
         raise ValueError(go_json_error(e)) from None
+
+
+def json_decode_first(raw: bytes) -> Any:
+    """The first JSON value of a body, as a json.Decoder's Decode reads it
+    (dockerd's routers decode so): what follows that value is never read."""
+    text = raw.decode("utf-8", "replace")
+    start = len(text) - len(text.lstrip(" \t\r\n"))
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text, start)
+    except json.JSONDecodeError as e:
+        raise ValueError(go_json_error(e)) from None
+    return value
