@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from hbd import API_VERSION, MIN_API_VERSION
+from hbd.api import gotypes
 from hbd.errors import HbdError, InvalidParameter
 from hbd.services import goparse
 from hbd.services.system.service import ENGINE_VERSION
@@ -174,28 +175,7 @@ async def read_json(request: web.Request, allow_empty: bool = False) -> Any:
 
 async def read_json_object(request: web.Request, go_type: str,
                            allow_empty: bool = False) -> dict[str, Any]:
-    """A body that dockerd decodes into a struct (httputils.ReadJSON): `null`
-    leaves the struct at its zero value, any other non-object is Go's type
-    error, never a Python one further down."""
-    body = await read_json(request, allow_empty=allow_empty)
-    if body is None:
-        return {}
-    if not isinstance(body, dict):
-        raise InvalidParameter(f"invalid JSON: json: cannot unmarshal {goparse.json_kind(body)} "
-                               f"into Go value of type {go_type}")
-    return body
-
-
-GO_KINDS: dict[str, tuple[type, ...]] = {
-    "string": (str,), "bool": (bool,), "object": (dict,), "array": (list,)}
-
-
-def struct_field(body: dict[str, Any], struct: str, name: str, go_type: str,
-                 kind: str) -> Any:
-    """A field of a decoded struct: None when absent or null, Go's
-    UnmarshalTypeError (400) when it holds another kind of JSON value."""
-    value = body.get(name)
-    if value is None or isinstance(value, GO_KINDS[kind]):
-        return value
-    raise InvalidParameter(f"invalid JSON: json: cannot unmarshal {goparse.json_kind(value)} "
-                           f"into Go struct field {struct}.{name} of type {go_type}")
+    """A body that dockerd decodes into the Go struct `go_type` (see
+    hbd/api/gotypes.py): its type errors are dockerd's 400s, never a Python
+    exception further down."""
+    return gotypes.check_body(await read_json(request, allow_empty=allow_empty), go_type)

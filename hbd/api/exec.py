@@ -8,12 +8,12 @@ from typing import Any
 
 from aiohttp import web
 
+from hbd.api import gotypes
 from hbd.api.app import (
     Router,
     json_response,
     query_int,
     read_json_object,
-    struct_field,
 )
 from hbd.api.backends import EXECS, ExecBackend
 from hbd.api.streams import (
@@ -24,20 +24,18 @@ from hbd.api.streams import (
     serve_stdio,
     stream_content_type,
 )
-from hbd.errors import HbdError, InvalidParameter
-from hbd.services import goparse
+from hbd.errors import HbdError
 from hbd.services.container.detach import DetachDetector
 from hbd.services.container.execs import EXEC_CONFIG_FIELDS, ExecInstance, go_field_names
 
 # What dockerd writes into an exec's stream when its client detaches: moby
 # wraps the detach as an error on stdin, so the exec reports it as failed.
 DETACHED_MESSAGE = b"exec attach failed: error on attach stdin: read escape sequence\r\n"
-START_FIELDS = ("Detach", "Tty", "ConsoleSize")
 
 
 async def create(request: web.Request) -> web.Response:
     body = go_field_names(await read_json_object(request, "types.ExecConfig"), EXEC_CONFIG_FIELDS)
-    size = _console_size(body, "ExecConfig")
+    size = _console_size(body)
     body["ConsoleSize"] = list(size) if size else None
     exec_id = request.app[EXECS].create(request.match_info["id"], body)
     return json_response({"Id": exec_id}, status=201)
@@ -64,25 +62,18 @@ class Framing:
 
 def _start_options(body: dict[str, Any]) -> tuple[bool, bool, tuple[int, int] | None]:
     """(detach, tty, console size) of an exec start request (types.ExecStartCheck)."""
-    detach = struct_field(body, "ExecStartCheck", "Detach", "bool", "bool")
-    tty = struct_field(body, "ExecStartCheck", "Tty", "bool", "bool")
-    return bool(detach), bool(tty), _console_size(body, "ExecStartCheck")
+    detach, tty = gotypes.field(body, "Detach"), gotypes.field(body, "Tty")
+    return bool(detach), bool(tty), _console_size(body)
 
 
-def _console_size(body: dict[str, Any], struct: str) -> tuple[int, int] | None:
-    """ConsoleSize, a Go *[2]uint: nulls are zeros, a shorter array is padded
-    with them and a longer one cut; what is no uint is Go's type error."""
-    size = struct_field(body, struct, "ConsoleSize", "*[2]uint", "array")
+def _console_size(body: dict[str, Any]) -> tuple[int, int] | None:
+    """ConsoleSize, a Go *[2]uint (its elements checked by gotypes): nulls
+    are zeros, a shorter array is padded with them and a longer one cut."""
+    size = gotypes.field(body, "ConsoleSize")
     if size is None:
         return None
-    dims = [0 if v is None else v for v in [*size, None, None][:2]]
-    for v in dims:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            shown = f"number {v}" if isinstance(v, (int, float)) and not isinstance(v, bool) \
-                else goparse.json_kind(v)
-            raise InvalidParameter(f"invalid JSON: json: cannot unmarshal {shown} into Go struct "
-                                   f"field {struct}.ConsoleSize of type uint")
-    return dims[0], dims[1]
+    height, width = [0 if v is None else int(v) for v in [*size, None, None][:2]]
+    return height, width
 
 
 def _exec_stdin(execs: ExecBackend, instance: ExecInstance) -> StdinPlan | None:
@@ -97,8 +88,7 @@ def _exec_stdin(execs: ExecBackend, instance: ExecInstance) -> StdinPlan | None:
 
 async def start(request: web.Request) -> web.StreamResponse:
     execs = request.app[EXECS]
-    body = go_field_names(await read_json_object(request, "types.ExecStartCheck",
-                                                 allow_empty=True), START_FIELDS)
+    body = await read_json_object(request, "types.ExecStartCheck", allow_empty=True)
     detach, tty, size = _start_options(body)
     instance = execs.get(request.match_info["id"])
     if detach:

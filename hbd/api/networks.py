@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from hbd.api import gotypes
 from hbd.api.app import (
     Router,
     json_response,
     query_filters,
-    read_json,
     read_json_object,
-    struct_field,
 )
 from hbd.api.backends import CONTAINER_NETWORKS, NETWORKS
 
@@ -24,7 +23,7 @@ async def inspect(request: web.Request) -> web.Response:
 
 
 async def create(request: web.Request) -> web.Response:
-    body = await read_json(request)
+    body = await read_json_object(request, "network.CreateRequest")
     return json_response(await request.app[NETWORKS].create(body), status=201)
 
 
@@ -35,17 +34,16 @@ async def remove(request: web.Request) -> web.Response:
 
 async def connect(request: web.Request) -> web.Response:
     body = await read_json_object(request, "types.NetworkConnect")
-    container = struct_field(body, "NetworkConnect", "Container", "string", "string") or ""
-    settings = struct_field(body, "NetworkConnect", "EndpointConfig",
-                            "network.EndpointSettings", "object") or {}
+    container = gotypes.field(body, "Container") or ""
+    settings = gotypes.field(body, "EndpointConfig") or {}
     await request.app[CONTAINER_NETWORKS].connect(container, request.match_info["id"], settings)
     return web.Response(status=200)
 
 
 async def disconnect(request: web.Request) -> web.Response:
     body = await read_json_object(request, "types.NetworkDisconnect")
-    container = struct_field(body, "NetworkDisconnect", "Container", "string", "string") or ""
-    force = bool(struct_field(body, "NetworkDisconnect", "Force", "bool", "bool"))
+    container = gotypes.field(body, "Container") or ""
+    force = bool(gotypes.field(body, "Force"))
     await request.app[CONTAINER_NETWORKS].disconnect(container, request.match_info["id"], force)
     return web.Response(status=200)
 

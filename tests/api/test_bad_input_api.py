@@ -54,6 +54,18 @@ def _post(api: Api, path: str, body: bytes) -> requests.Response:
     ("/containers/nope/exec", b'{"Cmd": ["true"], "ConsoleSize": [{}, 1]}',
      "invalid JSON: json: cannot unmarshal object into Go struct field "
      "ExecConfig.ConsoleSize of type uint"),
+    ("/volumes/create", b'{"Labels": 5}', "invalid JSON: json: cannot unmarshal number into Go "
+                                          "struct field CreateOptions.Labels of type "
+                                          "map[string]string"),
+    ("/volumes/create", b'{"DriverOpts": {"a": 1}}',
+     "invalid JSON: json: cannot unmarshal number into Go struct field "
+     "CreateOptions.DriverOpts of type string"),
+    ("/networks/create", b'{"Name": "x", "IPAM": {"Config": [5]}}',
+     "invalid JSON: json: cannot unmarshal number into Go struct field "
+     "CreateRequest.IPAM.Config of type network.IPAMConfig"),
+    ("/networks/create", b'{"name": "x", "labels": 5}',
+     "invalid JSON: json: cannot unmarshal number into Go struct field "
+     "CreateRequest.Labels of type map[string]string"),
     ("/plugins/nope/set", b"1\xbe", "json: cannot unmarshal number into Go value of "
                                     "type []string"),
     ("/containers/create", b"{bad", "invalid JSON: invalid character 'b' looking for "
@@ -63,6 +75,17 @@ def test_a_body_of_the_wrong_shape_is_dockers_400(api: Api,
                                                    path: str, body: bytes, message: str) -> None:
     r = _post(api, path, body)
     assert (r.status_code, r.json()) == (400, {"message": message})
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"", "EOF"),
+    (b'{"username": 5}', "json: cannot unmarshal number into Go struct field "
+                         "AuthConfig.username of type string"),
+])
+def test_a_login_that_does_not_decode_is_dockerds_500(api: Api, body: bytes,
+                                                      message: str) -> None:
+    r = _post(api, "/auth", body)
+    assert (r.status_code, r.json()) == (500, {"message": message})
 
 
 def test_null_console_sizes_are_zeros_as_in_go(api: Api
