@@ -60,23 +60,31 @@ def watching_logs() -> Iterator[LogWatch]:
         root.removeHandler(watch)
 
 
+# More of a body than any inspect or error holds.
+MAX_BODY = 1 << 20
+
+
 @dataclass(frozen=True)
 class Answer:
-    """What came back for one request: status and (for errors) the body."""
+    """What came back for one request: status, headers and (unless it is a stream) body."""
 
     status: int
     body: bytes
     content_type: str
+    headers: dict[str, list[str]] = field(default_factory=dict)
+    request: requests.PreparedRequest | None = None
 
 
 def send(kwargs: dict[str, Any]) -> Answer:
-    """One request. A success's body may be an endless stream (events, attach,
-    wait, stats): only its headers are waited for. An error's body is read
-    whole, within the deadline."""
+    """One request. A success without a Content-Length is a stream that may
+    not end (events, attach, wait, stats, logs): only its headers are waited
+    for. Any other body is read whole, within the deadline."""
     with requests.request(**kwargs, stream=True, allow_redirects=False,
                           timeout=(DEADLINE_S, DEADLINE_S)) as response:
-        body = response.raw.read(1 << 16) if response.status_code >= 400 else b""
-        return Answer(response.status_code, body, response.headers.get("Content-Type", ""))
+        complete = response.status_code >= 400 or "Content-Length" in response.headers
+        body = response.raw.read(MAX_BODY) if complete else b""
+        return Answer(response.status_code, body, response.headers.get("Content-Type", ""),
+                      {k: [v] for k, v in response.headers.items()}, response.request)
 
 
 def problems_of(method: str, answer: Answer, logged: list[str]) -> list[tuple[str, str]]:
