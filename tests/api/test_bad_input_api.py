@@ -66,6 +66,18 @@ def _post(api: Api, path: str, body: bytes) -> requests.Response:
     ("/networks/create", b'{"name": "x", "labels": 5}',
      "invalid JSON: json: cannot unmarshal number into Go struct field "
      "CreateRequest.Labels of type map[string]string"),
+    ("/containers/create", b'{"Image": "busybox", "HostConfig": {"PortBindings": {"80/tcp": 5}}}',
+     "invalid JSON: json: cannot unmarshal number into Go struct field "
+     "CreateRequest.HostConfig.PortBindings of type []nat.PortBinding"),
+    ("/containers/create", b'{"Image": "busybox", "HostConfig": {"Mounts": [5]}}',
+     "invalid JSON: json: cannot unmarshal number into Go struct field "
+     "CreateRequest.HostConfig.Mounts of type mount.Mount"),
+    ("/containers/create", b'{"Image": "busybox", "Labels": {"a": 1}}',
+     "invalid JSON: json: cannot unmarshal number into Go struct field "
+     "CreateRequest.Labels of type string"),
+    # The kinds of the fields themselves: the container service's own texts.
+    ("/containers/create", b'{"Image": "busybox", "HostConfig": {"Binds": 5}}',
+     "json: cannot unmarshal number into Go struct field HostConfig.Binds of type array"),
     ("/plugins/nope/set", b"1\xbe", "json: cannot unmarshal number into Go value of "
                                     "type []string"),
     ("/containers/create", b"{bad", "invalid JSON: invalid character 'b' looking for "
