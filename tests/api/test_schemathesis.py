@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import docker
+import hypothesis.errors
 import pytest
 import requests
 import schemathesis
@@ -216,8 +217,12 @@ def linked_schema(fuzz_target: FuzzTarget) -> Any:
 
 def test_linked_calls_break_nothing(linked_schema: Any, fuzz_target: FuzzTarget) -> None:
     """Create, then use: a container, its exec, a network, a volume (the
-    objects' bodies and the uses' parameters generated)."""
+    objects' bodies and the uses' parameters generated). Judged case by case
+    into `failures`, not by Hypothesis: a scenario against a live daemon
+    never replays the same, so Hypothesis's own verdict on a replay (Flaky)
+    says nothing about hbd."""
     _ensure_objects(fuzz_target)
+    failures: list[str] = []
 
     class Workflow(linked_schema.as_state_machine()):  # type: ignore[misc]
         def call(self, case: Any, **kwargs: Any) -> schemathesis.Response:
@@ -225,20 +230,27 @@ def test_linked_calls_break_nothing(linked_schema: Any, fuzz_target: FuzzTarget)
             request = case.as_transport_kwargs(base_url=fuzz_target.base_url)
             answer, problems = _judged(request, fuzz_target)
             fuzz_target.tally.add(_operation(case), answer, problems)
-            if answer is None or (problems and not TALLY_PATH):
-                pytest.fail("\n".join(f"{kind}: {detail}" for kind, detail in problems) +
-                            f"\n\n{case.as_curl_command(base_url=fuzz_target.base_url)}")
+            if problems:
+                failures.append("\n".join(f"{kind}: {detail}" for kind, detail in problems) +
+                                f"\n{case.as_curl_command(base_url=fuzz_target.base_url)}")
+            answer = answer or Answer(599, b"", "")  # no answer: nothing to follow
             return schemathesis.Response(answer.status, answer.headers, answer.body,
-                                         answer.request, 0.0, True)
+                                         answer.request or _prepared(request), 0.0, True)
 
         def validate_response(self, response: Any, case: Any, *args: Any, **kwargs: Any
                               ) -> None:
             pass  # judged in call
 
-    Workflow.run(settings=settings(max_examples=2 * EXAMPLES, stateful_step_count=8,
-                                   deadline=None, database=None,
-                                   suppress_health_check=list(HealthCheck),
-                                   derandomize=not TALLY_PATH))
+    with contextlib.suppress(hypothesis.errors.Flaky):
+        Workflow.run(settings=settings(max_examples=2 * EXAMPLES, stateful_step_count=8,
+                                       deadline=None, database=None,
+                                       suppress_health_check=list(HealthCheck),
+                                       derandomize=not TALLY_PATH))
+    assert not failures or TALLY_PATH, "\n\n".join(failures[:10])
+
+
+def _prepared(request: dict[str, Any]) -> requests.PreparedRequest:
+    return requests.Request(request["method"], request["url"]).prepare()
 
 
 def _with_real_image(case: Any) -> None:
