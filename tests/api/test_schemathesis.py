@@ -6,7 +6,10 @@ included, with generated paths, queries, headers and bodies, valid and not
 (schemathesis's examples, coverage and fuzzing phases), over TCP to a daemon
 of its own with the fake guest driver. Half of the generated ids are swapped
 for objects that exist (a running container, an exec, a network, a volume,
-busybox), so the cases reach past "No such ...".
+busybox), so the cases reach past "No such ...". Then a stateful run over
+links the spec leaves out (create a container, exec, network or volume, then
+use it). Generated registry names reach no host: the daemon's registry
+client refuses every connection.
 
 Bounded for CI: HBD_FUZZ_EXAMPLES (default 12) cases per operation and phase.
 A longer run for the numbers: HBD_FUZZ_EXAMPLES=100 HBD_FUZZ_TALLY=out.json
