@@ -12,7 +12,9 @@ from typing import Any
 from aiohttp import web
 
 from hbd import API_VERSION, MIN_API_VERSION
+from hbd.api import gotypes
 from hbd.errors import HbdError, InvalidParameter
+from hbd.services import goparse
 from hbd.services.system.service import ENGINE_VERSION
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,14 @@ async def read_json(request: web.Request, allow_empty: bool = False) -> Any:
             return None
         raise InvalidParameter("invalid JSON: request body is empty")
     try:
-        return json.loads(body)
+        return goparse.json_loads(body)
     except ValueError as e:
         raise InvalidParameter(f"invalid JSON: {e}") from None
+
+
+async def read_json_object(request: web.Request, go_type: str,
+                           allow_empty: bool = False) -> dict[str, Any]:
+    """A body that dockerd decodes into the Go struct `go_type` (see
+    hbd/api/gotypes.py): its type errors are dockerd's 400s, never a Python
+    exception further down."""
+    return gotypes.check_body(await read_json(request, allow_empty=allow_empty), go_type)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from hbd.api import gotypes
 from hbd.api.app import (
     Router,
     json_response,
@@ -36,6 +37,8 @@ async def list_containers(request: web.Request) -> web.Response:
 
 async def create(request: web.Request) -> web.Response:
     body = await read_json(request)
+    if isinstance(body, dict):  # anything else: the service's own text
+        gotypes.check_body(body, "container.CreateRequest")
     result = await request.app[CONTAINERS].create(request.query.get("name"), body,
                                                   request_version(request))
     return json_response(result, status=201)

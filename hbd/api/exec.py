@@ -8,7 +8,13 @@ from typing import Any
 
 from aiohttp import web
 
-from hbd.api.app import Router, json_response, query_int, read_json
+from hbd.api import gotypes
+from hbd.api.app import (
+    Router,
+    json_response,
+    query_int,
+    read_json_object,
+)
 from hbd.api.backends import EXECS, ExecBackend
 from hbd.api.streams import (
     STDOUT,
@@ -18,9 +24,9 @@ from hbd.api.streams import (
     serve_stdio,
     stream_content_type,
 )
-from hbd.errors import HbdError, InvalidParameter
+from hbd.errors import HbdError
 from hbd.services.container.detach import DetachDetector
-from hbd.services.container.execs import ExecInstance
+from hbd.services.container.execs import EXEC_CONFIG_FIELDS, ExecInstance, go_field_names
 
 # What dockerd writes into an exec's stream when its client detaches: moby
 # wraps the detach as an error on stdin, so the exec reports it as failed.
@@ -28,7 +34,9 @@ DETACHED_MESSAGE = b"exec attach failed: error on attach stdin: read escape sequ
 
 
 async def create(request: web.Request) -> web.Response:
-    body = await read_json(request)
+    body = go_field_names(await read_json_object(request, "types.ExecConfig"), EXEC_CONFIG_FIELDS)
+    size = _console_size(body)
+    body["ConsoleSize"] = list(size) if size else None
     exec_id = request.app[EXECS].create(request.match_info["id"], body)
     return json_response({"Id": exec_id}, status=201)
 
@@ -52,14 +60,20 @@ class Framing:
                 yield rendered
 
 
-def _start_options(body: Any) -> tuple[bool, bool, tuple[int, int] | None]:
-    """(detach, tty, console size) of an exec start request."""
-    if not isinstance(body, dict):
-        raise InvalidParameter("invalid JSON: exec start config must be an object")
-    console = body.get("ConsoleSize")
-    size = (int(console[0]), int(console[1])) if isinstance(console, list) and \
-        len(console) == 2 else None
-    return bool(body.get("Detach")), bool(body.get("Tty")), size
+def _start_options(body: dict[str, Any]) -> tuple[bool, bool, tuple[int, int] | None]:
+    """(detach, tty, console size) of an exec start request (types.ExecStartCheck)."""
+    detach, tty = gotypes.field(body, "Detach"), gotypes.field(body, "Tty")
+    return bool(detach), bool(tty), _console_size(body)
+
+
+def _console_size(body: dict[str, Any]) -> tuple[int, int] | None:
+    """ConsoleSize, a Go *[2]uint (its elements checked by gotypes): nulls
+    are zeros, a shorter array is padded with them and a longer one cut."""
+    size = gotypes.field(body, "ConsoleSize")
+    if size is None:
+        return None
+    height, width = [0 if v is None else int(v) for v in [*size, None, None][:2]]
+    return height, width
 
 
 def _exec_stdin(execs: ExecBackend, instance: ExecInstance) -> StdinPlan | None:
@@ -74,7 +88,8 @@ def _exec_stdin(execs: ExecBackend, instance: ExecInstance) -> StdinPlan | None:
 
 async def start(request: web.Request) -> web.StreamResponse:
     execs = request.app[EXECS]
-    detach, tty, size = _start_options(await read_json(request, allow_empty=True) or {})
+    body = await read_json_object(request, "types.ExecStartCheck", allow_empty=True)
+    detach, tty, size = _start_options(body)
     instance = execs.get(request.match_info["id"])
     if detach:
         await execs.start(instance.id, detach=True, console=size)

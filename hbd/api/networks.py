@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hbd.api.app import Router, json_response, query_filters, read_json
+from hbd.api import gotypes
+from hbd.api.app import (
+    Router,
+    json_response,
+    query_filters,
+    read_json_object,
+)
 from hbd.api.backends import CONTAINER_NETWORKS, NETWORKS
 
 
@@ -17,7 +23,7 @@ async def inspect(request: web.Request) -> web.Response:
 
 
 async def create(request: web.Request) -> web.Response:
-    body = await read_json(request)
+    body = await read_json_object(request, "network.CreateRequest")
     return json_response(await request.app[NETWORKS].create(body), status=201)
 
 
@@ -27,18 +33,18 @@ async def remove(request: web.Request) -> web.Response:
 
 
 async def connect(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    await request.app[CONTAINER_NETWORKS].connect(str(body.get("Container", "")),
-                                            request.match_info["id"],
-                                            body.get("EndpointConfig") or {})
+    body = await read_json_object(request, "types.NetworkConnect")
+    container = gotypes.field(body, "Container") or ""
+    settings = gotypes.field(body, "EndpointConfig") or {}
+    await request.app[CONTAINER_NETWORKS].connect(container, request.match_info["id"], settings)
     return web.Response(status=200)
 
 
 async def disconnect(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    await request.app[CONTAINER_NETWORKS].disconnect(str(body.get("Container", "")),
-                                               request.match_info["id"],
-                                               bool(body.get("Force")))
+    body = await read_json_object(request, "types.NetworkDisconnect")
+    container = gotypes.field(body, "Container") or ""
+    force = bool(gotypes.field(body, "Force"))
+    await request.app[CONTAINER_NETWORKS].disconnect(container, request.match_info["id"], force)
     return web.Response(status=200)
 
 

@@ -6,7 +6,6 @@ references and bodies on these routes.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -16,8 +15,8 @@ from hbd.api.backends import PLUGINS
 from hbd.api.images import stream_messages
 from hbd.errors import InvalidParameter, SystemError_
 from hbd.services import goparse
+from hbd.services.goparse import json_kind
 from hbd.services.image.registry import Credentials
-from hbd.services.plugin.config import go_json_error, json_kind
 from hbd.services.plugin.service import remote_reference
 
 
@@ -28,12 +27,12 @@ def _credentials(request: web.Request) -> Credentials:
 async def _privileges(request: web.Request) -> list[dict[str, Any]]:
     """The privileges a client grants (a JSON array of PluginPrivilege)."""
     body = await request.read()
+    if not body.strip():
+        raise SystemError_("failed to parse privileges: EOF")
     try:
-        if not body.strip():
-            raise SystemError_("failed to parse privileges: EOF")
-        value = json.loads(body)
-    except json.JSONDecodeError as e:
-        raise SystemError_(f"failed to parse privileges: {go_json_error(e)}") from None
+        value = goparse.json_loads(body)
+    except ValueError as e:
+        raise SystemError_(f"failed to parse privileges: {e}") from None
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
@@ -88,9 +87,9 @@ async def set_(request: web.Request) -> web.Response:
     if not body.strip():
         raise InvalidParameter("got EOF while reading request body")
     try:
-        args = json.loads(body)
-    except json.JSONDecodeError as e:
-        raise InvalidParameter(go_json_error(e)) from None
+        args = goparse.json_decode_first(body)
+    except ValueError as e:
+        raise InvalidParameter(str(e)) from None
     if args is None:
         args = []
     if not isinstance(args, list):
@@ -104,16 +103,17 @@ async def set_(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+# dockerd reads the body's privileges before it looks at `remote`.
 async def pull(request: web.Request) -> web.StreamResponse:
-    remote = remote_reference(request.query.get("remote", ""))
     granted = await _privileges(request)
+    remote = remote_reference(request.query.get("remote", ""))
     return await stream_messages(request, request.app[PLUGINS].pull(
         remote, request.query.get("name", ""), granted, _credentials(request)))
 
 
 async def upgrade(request: web.Request) -> web.StreamResponse:
-    remote = remote_reference(request.query.get("remote", ""))
     granted = await _privileges(request)
+    remote = remote_reference(request.query.get("remote", ""))
     return await stream_messages(request, request.app[PLUGINS].upgrade(
         request.match_info["name"], remote, granted, _credentials(request)))
 

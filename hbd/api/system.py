@@ -9,9 +9,10 @@ import time
 from aiohttp import web
 
 from hbd import API_VERSION
-from hbd.api.app import Router, json_response, query_filters, read_json
+from hbd.api import gotypes
+from hbd.api.app import Router, json_response, query_filters
 from hbd.api.backends import AUTH, DISK_USAGE, SYSTEM
-from hbd.errors import InvalidParameter
+from hbd.errors import InvalidParameter, SystemError_
 from hbd.services.image.registry import Credentials
 from hbd.services.timefmt import parse_timestamp_ns
 
@@ -85,12 +86,15 @@ async def disk_usage(request: web.Request) -> web.Response:
 
 async def auth(request: web.Request) -> web.Response:
     """POST /auth: check credentials against a registry (docker login)."""
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidParameter("invalid JSON: auth config must be an object")
-    credentials = Credentials(str(body.get("username") or ""), str(body.get("password") or ""),
-                              str(body.get("identitytoken") or ""))
-    await request.app[AUTH].login(str(body.get("serveraddress") or ""), credentials)
+    try:
+        body = gotypes.decode(await request.read(), "registry.AuthConfig")
+    except ValueError as e:  # postAuth returns its decoder's error as it is: a 500
+        raise SystemError_(str(e)) from None
+    def text(name: str) -> str:
+        return gotypes.field(body, name) or ""
+
+    credentials = Credentials(text("username"), text("password"), text("identitytoken"))
+    await request.app[AUTH].login(text("serveraddress"), credentials)
     return json_response({"Status": "Login Succeeded", "IdentityToken": ""})
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from hbd.api.app import Router, json_response, query_bool, query_filters, read_json
+from hbd.api.app import Router, json_response, query_bool, query_filters, read_json_object
 from hbd.api.backends import VOLUMES
-from hbd.errors import InvalidParameter
+from hbd.api.gotypes import field
 
 
 async def list_volumes(request: web.Request) -> web.Response:
@@ -15,12 +15,10 @@ async def list_volumes(request: web.Request) -> web.Response:
 
 
 async def create(request: web.Request) -> web.Response:
-    body = await read_json(request, allow_empty=True) or {}
-    if not isinstance(body, dict):
-        raise InvalidParameter("invalid JSON: volume config must be an object")
+    body = await read_json_object(request, "volume.CreateOptions", allow_empty=True)
     volumes = request.app[VOLUMES]
-    v = await volumes.create(str(body.get("Name") or ""), str(body.get("Driver") or ""),
-                             body.get("Labels") or {}, body.get("DriverOpts") or {})
+    v = await volumes.create(field(body, "Name") or "", field(body, "Driver") or "",
+                             field(body, "Labels") or {}, field(body, "DriverOpts") or {})
     return json_response(volumes.inspect(v), status=201)
 
 

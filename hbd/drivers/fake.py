@@ -138,6 +138,10 @@ class FakeGuest:
         if self._exited.is_set():
             raise AgentError("state", "the guest is gone", 0)
         self.started.append(spec)
+        if spec.builtin:
+            # cp, diff, export and commit run the guest init's own code, which a
+            # host process cannot stand in for: refused as an init without it would.
+            raise AgentError("builtin", f"the fake guest has no builtin {spec.builtin}", 0)
         args = self._without_init(spec)
         env = dict(e.split("=", 1) for e in spec.env if "=" in e)
         program = args[0]

@@ -8,8 +8,10 @@ Go's message.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from typing import Any
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -55,3 +57,55 @@ def parse_bool(text: str) -> bool:
     if text not in BOOLS:
         raise ValueError(f'strconv.ParseBool: parsing "{text}": invalid syntax')
     return BOOLS[text]
+
+
+# -- encoding/json ---------------------------------------------------------------
+
+
+def json_kind(value: Any) -> str:
+    """The kind of JSON value that encoding/json's UnmarshalTypeError names."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else "value"
+
+
+def go_json_error(e: json.JSONDecodeError) -> str:
+    """encoding/json's words for a syntax error, near enough."""
+    if e.pos >= len(e.doc.rstrip()):
+        return "unexpected end of JSON input"
+    ch = e.doc[e.pos]
+    if e.msg.startswith("Expecting property name"):
+        return f"invalid character '{ch}' looking for beginning of object key string"
+    if e.msg.startswith("Expecting value"):
+        return f"invalid character '{ch}' looking for beginning of value"
+    if e.msg.startswith("Extra data"):
+        return f"invalid character '{ch}' after top-level value"
+    return f"invalid character '{ch}' in JSON"
+
+
+def json_loads(raw: bytes) -> Any:
+    """One JSON document as encoding/json reads it: invalid UTF-8 in strings
+    becomes U+FFFD (Go accepts it), and a syntax error raises ValueError with
+    Go's words."""
+    try:
+        return json.loads(raw.decode("utf-8", "replace"))
+    except json.JSONDecodeError as e:
+        raise ValueError(go_json_error(e)) from None
+
+
+def json_decode_first(raw: bytes) -> Any:
+    """The first JSON value of a body, as a json.Decoder's Decode reads it
+    (dockerd's routers decode so): what follows that value is never read."""
+    text = raw.decode("utf-8", "replace")
+    start = len(text) - len(text.lstrip(" \t\r\n"))
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text, start)
+    except json.JSONDecodeError as e:
+        raise ValueError(go_json_error(e)) from None
+    return value

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hbd.errors import SystemError_
+from hbd.services.goparse import go_json_error, json_kind
 
 
 class ConfigError(Exception):
@@ -74,18 +75,6 @@ PLUGIN_CONFIG = Struct("PluginConfig", (
     ("rootfs", Struct("PluginConfigRootfs", (("diff_ids", STRINGS, False),
                                             ("type", STRING, False))), True),
 ))
-
-
-def json_kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object" if isinstance(value, dict) else "value"
 
 
 def _go_type(t: Any) -> str:
@@ -184,20 +173,6 @@ def _decode_struct(obj: dict[str, Any], t: Struct, prefix: str) -> dict[str, Any
             continue
         out[name] = value
     return out
-
-
-def go_json_error(e: json.JSONDecodeError) -> str:
-    """encoding/json's words for a syntax error, near enough."""
-    if e.pos >= len(e.doc.rstrip()):
-        return "unexpected end of JSON input"
-    ch = e.doc[e.pos]
-    if e.msg.startswith("Expecting property name"):
-        return f"invalid character '{ch}' looking for beginning of object key string"
-    if e.msg.startswith("Expecting value"):
-        return f"invalid character '{ch}' looking for beginning of value"
-    if e.msg.startswith("Extra data"):
-        return f"invalid character '{ch}' after top-level value"
-    return f"invalid character '{ch}' in JSON"
 
 
 def decode(raw: bytes) -> dict[str, Any]:
