@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from hbd.drivers.jail import JAIL_DIR_NAME
 from hbd.services.network.service import instance_tag
 from tests.daemon_fixture import DOCKER_CLI, RunningDaemon, hbd_daemon
 
@@ -70,11 +71,12 @@ def host_state(daemon: RunningDaemon, sandboxes: set[str] | None = None) -> Host
 
     state = HostState()
     state.run_dirs = sorted(str(p) for p in daemon.exec_root.iterdir()
-                            if p.is_dir() and ours(str(p)))
+                            if p.is_dir() and p.name != JAIL_DIR_NAME and ours(str(p)))
     in_run_dir = re.compile(re.escape(root) + r"/[^/,\s]+/")
     for pid, argv in _cmdlines():
         if "virtiofsd" in argv[0] or "qemu-system" in argv[0]:
-            paths = in_run_dir.findall(" ".join(argv))
+            # A jailed QEMU names no host path: the files hbd opened for it do.
+            paths = in_run_dir.findall(" ".join([*argv, *_open_files(pid)]))
             if any(ours(path) for path in paths):
                 state.processes.append(f"{pid}: {' '.join(argv)[:200]}")
     state.processes.sort()
@@ -88,6 +90,15 @@ def host_state(daemon: RunningDaemon, sandboxes: set[str] | None = None) -> Host
                                          for s in sandboxes)):
             state.taps.append(link)
     return state
+
+
+def _open_files(pid: int) -> list[str]:
+    targets = []
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return targets
 
 
 def exported_shares(state: HostState) -> list[set[str]]:
@@ -106,7 +117,8 @@ def exported_shares(state: HostState) -> list[set[str]]:
 
 def sandbox_ids(daemon: RunningDaemon) -> set[str]:
     """The run directories (sandbox ids) under the daemon's exec root."""
-    return {p.name for p in daemon.exec_root.iterdir() if p.is_dir()}
+    return {p.name for p in daemon.exec_root.iterdir()
+            if p.is_dir() and p.name != JAIL_DIR_NAME}
 
 
 def assert_holds_guests(state: HostState) -> None:
