@@ -631,6 +631,7 @@ static void free_spec(struct container *c)
 {
 	buf_free(&c->sysctls);
 	buf_free(&c->group_add);
+	security_free(&c->security);
 }
 
 static int copy_sysctls(struct container *c, const struct json *sysctls, struct err *e)
@@ -715,7 +716,8 @@ static int copy_spec(struct container *c, const struct json *spec, struct err *e
 	snprintf(c->domainname, sizeof(c->domainname), "%s", json_str(spec, "domainname", ""));
 	snprintf(c->pid_peer, sizeof(c->pid_peer), "%s", pid_peer);
 	snprintf(c->ipc_peer, sizeof(c->ipc_peer), "%s", ipc_peer);
-	if (copy_sysctls(c, json_get(spec, "sysctls"), e) || copy_process_settings(c, spec, e)) {
+	if (copy_sysctls(c, json_get(spec, "sysctls"), e) || copy_process_settings(c, spec, e) ||
+	    security_copy(&c->security, spec, e)) {
 		free_spec(c);
 		return -1;
 	}
