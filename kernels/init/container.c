@@ -344,6 +344,9 @@ static int setup_dev(struct container *c, long long shm_size, struct err *e)
 					 {"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"},
 					 {"pts/ptmx", "ptmx"}, {"/proc/kcore", "core"}};
 	for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
+		/* runc links /dev/core only to a /proc/kcore that exists. */
+		if (!strcmp(links[i][1], "core") && access("/proc/kcore", F_OK))
+			continue;
 		snprintf(path, sizeof(path), "%s/%s", dev, links[i][1]);
 		if (symlink(links[i][0], path)) {
 			set_err(e, "system", errno, "symlink %s: %s", path, strerror(errno));
