@@ -115,5 +115,6 @@ def for_guest(hc: dict[str, Any]) -> SecuritySpec:
     return SecuritySpec(
         capabilities=cap_sets(caps), no_new_privileges=opts.no_new_privileges,
         seccomp=bpf,
-        masked_paths=[] if privileged else list(hc.get("MaskedPaths") or []),
-        readonly_paths=[] if privileged else list(hc.get("ReadonlyPaths") or []))
+        # As given: a privileged container's are null unless its request named some.
+        masked_paths=list(hc.get("MaskedPaths") or []),
+        readonly_paths=list(hc.get("ReadonlyPaths") or []))
