@@ -22,6 +22,7 @@ apt_packages=(
     busybox-static                            # the busybox base image
     mmdebstrap                                # the debian-python base image (Debian minbase)
     iproute2 nftables                         # networking (bridges and taps via pyroute2)
+    libseccomp2                               # seccomp profiles compiled to BPF (ctypes; apt has it)
     docker.io                                 # real dockerd + runc: behaviour oracle, benchmarks
     docker-registry                           # a real registry for pull/push tests
     hyperfine iperf3 fio                      # benchmarks
