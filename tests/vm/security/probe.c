@@ -1,7 +1,7 @@
 /* A static probe run inside containers by test_security_guest.py:
  *   probe syscalls   errno (or 0) of keyctl and unshare(CLONE_NEWUTS)
  *   probe escape     leaves a chroot (needs only CAP_SYS_CHROOT) and lists
- *                    what it finds there: /, /dev, /run/hbd, /proc
+ *                    what it finds there: /, /dev, /run/hbd, the image disk, /proc
  *   probe unmount    (CAP_SYS_ADMIN) unmounts its own root and re-enters its
  *                    mount namespace, whose root is then what lies beneath */
 #define _GNU_SOURCE
@@ -57,6 +57,7 @@ int main(int argc, char **argv)
 	list("/");
 	list("/dev");
 	list("/run/hbd");
+	list("/run/hbd/disks/image");
 	list("/proc");
 	return 0;
 }
