@@ -3,8 +3,11 @@
  * inheritable, ambient), a seccomp filter the host compiled, no_new_privs,
  * masked and read-only paths. Also what keeps a container away from the
  * init: its main process detaches every mount of the init's from its mount
- * namespace, so that leaving its root (chroot needs only CAP_SYS_CHROOT)
- * finds the bare initramfs and not the init's /dev, /proc or disks. */
+ * namespace. Leaving its root by chroot leads back into it anyway (the root
+ * is stacked on the initramfs's /, and ".." there steps into the top
+ * mount), but a container with CAP_SYS_ADMIN may unmount its root and
+ * re-enter its namespace: beneath it then lies only the bare initramfs,
+ * not the init's /dev (the agent's port, the disks), /proc or disks. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>

@@ -6,6 +6,7 @@ container's files."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from dataclasses import dataclass
@@ -145,7 +146,8 @@ class Starter:
         target = self._sandbox_for(c, shared)
         links.check_children(c, self.store)
         hostconfig.check_at_start(c.host_config, own_guest=target is None)
-        guest_security = security.for_guest(c.host_config)
+        # A profile other than a cached one takes tens of ms to compile.
+        guest_security = await asyncio.to_thread(security.for_guest, c.host_config)
         await self._volumes_released(c)
         self._claim_mounts(c)
         network = None
