@@ -24,6 +24,7 @@ apt_packages=(
     mmdebstrap                                # the debian-python base image (Debian minbase)
     iproute2 nftables                         # networking (bridges and taps via pyroute2)
     libnftables1                              # hbd's rules: libnftables' JSON API, through ctypes
+    libseccomp2                               # seccomp profiles compiled to BPF (ctypes; apt has it)
     docker.io                                 # real dockerd + runc: behaviour oracle, benchmarks
     docker-registry                           # a real registry for pull/push tests
     keystone                                  # tenants' identities (tests start their own, on sqlite)

@@ -180,6 +180,8 @@ class ProcessSpec:
     # A program built into the guest init (tar-create, tar-extract, stat,
     # changes, tar-changes, tar-export) instead of `args[0]`; see PROTOCOL §4.
     builtin: str = ""
+    # An exec with every capability (PROTOCOL §4), not the container's set.
+    privileged: bool = False
 
 
 @dataclass
@@ -281,6 +283,31 @@ class Rlimit:
 
 
 @dataclass
+class SecuritySpec:
+    """CREATE's security fields (PROTOCOL §3): what the init applies to every
+    process of the container. Empty capabilities: every one, as before."""
+
+    # bounding, effective, permitted, inheritable, ambient: capability numbers.
+    capabilities: dict[str, list[int]] = field(default_factory=dict)
+    no_new_privileges: bool = False
+    # A classic BPF program (struct sock_filter[]); b"" for none.
+    seccomp: bytes = b""
+    masked_paths: list[str] = field(default_factory=list)
+    readonly_paths: list[str] = field(default_factory=list)
+
+    def payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "no_new_privileges": self.no_new_privileges,
+            "seccomp": base64.b64encode(self.seccomp).decode(),
+            "masked_paths": self.masked_paths,
+            "readonly_paths": self.readonly_paths,
+        }
+        if self.capabilities:
+            out["capabilities"] = self.capabilities
+        return out
+
+
+@dataclass
 class ContainerSetup:
     """CREATE: one container's root, mounts, files, namespaces and limits."""
 
@@ -309,6 +336,7 @@ class ContainerSetup:
     oom_score_adj: int = 0
     # /sbin/docker-init in the container (docker run --init).
     init: bool = False
+    security: SecuritySpec = field(default_factory=SecuritySpec)
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -334,6 +362,7 @@ class ContainerSetup:
             "rlimits": [asdict(r) for r in self.rlimits],
             "oom_score_adj": self.oom_score_adj,
             "init": self.init,
+            **self.security.payload(),
         }
 
 

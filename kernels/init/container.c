@@ -344,6 +344,9 @@ static int setup_dev(struct container *c, long long shm_size, struct err *e)
 					 {"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"},
 					 {"pts/ptmx", "ptmx"}, {"/proc/kcore", "core"}};
 	for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++) {
+		/* runc links /dev/core only to a /proc/kcore that exists. */
+		if (!strcmp(links[i][1], "core") && access("/proc/kcore", F_OK))
+			continue;
 		snprintf(path, sizeof(path), "%s/%s", dev, links[i][1]);
 		if (symlink(links[i][0], path)) {
 			set_err(e, "system", errno, "symlink %s: %s", path, strerror(errno));
@@ -631,6 +634,7 @@ static void free_spec(struct container *c)
 {
 	buf_free(&c->sysctls);
 	buf_free(&c->group_add);
+	security_free(&c->security);
 }
 
 static int copy_sysctls(struct container *c, const struct json *sysctls, struct err *e)
@@ -715,7 +719,8 @@ static int copy_spec(struct container *c, const struct json *spec, struct err *e
 	snprintf(c->domainname, sizeof(c->domainname), "%s", json_str(spec, "domainname", ""));
 	snprintf(c->pid_peer, sizeof(c->pid_peer), "%s", pid_peer);
 	snprintf(c->ipc_peer, sizeof(c->ipc_peer), "%s", ipc_peer);
-	if (copy_sysctls(c, json_get(spec, "sysctls"), e) || copy_process_settings(c, spec, e)) {
+	if (copy_sysctls(c, json_get(spec, "sysctls"), e) || copy_process_settings(c, spec, e) ||
+	    security_copy(&c->security, spec, e)) {
 		free_spec(c);
 		return -1;
 	}

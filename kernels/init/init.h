@@ -89,6 +89,17 @@ struct owned_file {
 	char staged[160];
 };
 
+/* Docker's security settings (CREATE, PROTOCOL.md §3), applied by
+ * security.c to every process of the container. */
+struct security {
+	int has_caps;          /* else the processes keep every capability */
+	uint64_t caps[5];      /* bounding, effective, permitted, inheritable, ambient */
+	int no_new_privs;
+	struct buf seccomp;    /* struct sock_filter[], or empty for none */
+	struct buf masked;     /* "path\0"… */
+	struct buf readonly;   /* "path\0"… */
+};
+
 struct container {
 	char id[ID_MAX + 1];
 	char dir[128];        /* ROOT/c/<id> */
@@ -109,6 +120,7 @@ struct container {
 	int nrlimits;
 	struct rlimit_spec rlimits[MAX_RLIMITS];
 	int oom_score_adj;
+	struct security security;
 	pid_t main_pid;       /* 0 until its main process starts */
 	int main_exited;
 	int destroying;       /* DESTROY is waiting for its processes to go */
@@ -182,6 +194,16 @@ int copy_up(const char *source, const char *volume, struct err *e);
 
 /* rlimit.c: RLIMIT_<NAME> for a --ulimit name (any case), or -1. */
 int rlimit_resource(const char *name);
+
+/* security.c: CREATE's security fields, then their steps in a process
+ * being started: paths (main process, in its new mount namespace), before
+ * and after it changes user. Failures word runc's errors into err. */
+int security_copy(struct security *sec, const struct json *spec, struct err *e);
+void security_free(struct security *sec);
+int security_paths(const struct security *sec, char *err, size_t errlen);
+int security_detach_init_mounts(char *err, size_t errlen);
+int security_before_user(const struct security *sec, int privileged, char *err, size_t errlen);
+int security_after_user(const struct security *sec, int privileged, char *err, size_t errlen);
 
 /* dockerinit.c: run as /sbin/docker-init (docker run --init). */
 int docker_init_main(int argc, char **argv);

@@ -48,6 +48,7 @@ struct spawn {
 	const char *cwd;
 	const char *user;
 	int main;
+	int privileged;          /* an exec with every capability (docker exec --privileged) */
 	int tty;
 	int stdin_open;
 	char slave[64];          /* pty slave path inside the container */
@@ -419,9 +420,15 @@ static void enter_container_root(struct spawn *s)
 	snprintf(cgroup, sizeof(cgroup), "%s/sys/fs/cgroup", c->rootfs);
 	if (mount("cgroup2", cgroup, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL))
 		LOG("mount cgroup2 in container: %s", strerror(errno));
-	if (chdir(c->rootfs) || mount(c->rootfs, "/", NULL, MS_MOVE, NULL) || chroot(".") ||
-	    chdir("/"))
+	if (chdir(c->rootfs) || mount(c->rootfs, "/", NULL, MS_MOVE, NULL))
 		child_fail(s, "system", errno, "enter container root: %s", strerror(errno));
+	char err[512];
+	if (security_detach_init_mounts(err, sizeof(err)))
+		child_fail(s, "system", errno, "%s", err);
+	if (chroot(".") || chdir("/"))
+		child_fail(s, "system", errno, "enter container root: %s", strerror(errno));
+	if (security_paths(&c->security, err, sizeof(err)))
+		child_fail(s, "system", errno, "%s", err);
 }
 
 static void join_container(struct spawn *s)
@@ -519,8 +526,12 @@ static void __attribute__((noreturn)) child_main(struct spawn *s)
 	if (look_path(s->argv[0], env_get(s->envp, "PATH"), program, sizeof(program), err,
 		      sizeof(err), &errnum))
 		child_fail(s, "exec", errnum, "%s", err);
+	if (security_before_user(&s->c->security, s->privileged, err, sizeof(err)))
+		child_fail(s, "system", errno, "%s", err);
 	if (setgroups((size_t)id.ngroups, id.groups) || setgid(id.gid) || setuid(id.uid))
 		child_fail(s, "user", errno, "set user %s: %s", s->user, strerror(errno));
+	if (security_after_user(&s->c->security, s->privileged, err, sizeof(err)))
+		child_fail(s, "system", errno, "%s", err);
 	TRACE("child execs %s", program);
 	execve(program, s->argv, s->envp);
 	int saved = errno;
@@ -651,6 +662,7 @@ int process_start(const struct json *spec, struct proc *p, struct container *c, 
 	s.user = json_str(spec, "user", "");
 	s.tty = p->tty = json_bool(spec, "tty", 0);
 	s.stdin_open = json_bool(spec, "stdin", 0);
+	s.privileged = !s.main && json_bool(spec, "privileged", 0);
 	int rc = -1;
 	int err_pipe[2] = {-1, -1};
 	int in_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1}, errs_pipe[2] = {-1, -1};

@@ -13,7 +13,7 @@ from typing import Any
 
 from hbd.errors import InvalidParameter
 from hbd.services import goparse
-from hbd.services.container import hostconfig
+from hbd.services.container import hostconfig, security
 
 # Re-exported: the builder and commit --change check STOPSIGNAL through this module.
 from hbd.services.container.signals import parse_signal as parse_signal  # noqa: PLC0414
@@ -262,6 +262,7 @@ def normalize_host_config(body: dict[str, Any] | None) -> dict[str, Any]:
         raise InvalidParameter("invalid ConsoleSize")
     hc["ConsoleSize"] = console
     hostconfig.check(hc)
+    security.normalize_privileged(hc, body or {})
     hc["LogConfig"] = normalize_log_config(hc["LogConfig"])
     return hc
 

@@ -213,6 +213,7 @@ class ExecService:
             proc=instance.proc, args=instance.args, env=instance.env, cwd=instance.cwd,
             user=instance.user, tty=instance.tty, stdin=instance.stdin,
             height=instance.console[0], width=instance.console[1],
+            privileged=instance.privileged,
         )
         try:
             instance.pid = await run.guest.start(spec, instance)

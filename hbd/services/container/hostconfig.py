@@ -84,9 +84,17 @@ Refused (400 unless dockerd has its own status), because a guest cannot have the
   Windows options, with dockerd's own error (500).
 - Cgroup (another container's cgroup): not available.
 
-Another engineer's, as they are for now: CapAdd, CapDrop, Privileged,
-SecurityOpt, MaskedPaths, ReadonlyPaths (the security work), LogConfig (the
-logs work), Links (the network work).
+- CapAdd, CapDrop, Privileged: the capability sets of every process of the
+  container in its guest, as runc sets them from dockerd's (security.py,
+  capabilities.py); unknown names refused with dockerd's error.
+- SecurityOpt: seccomp (Docker's default profile, a given one, unconfined),
+  no-new-privileges; apparmor and label accepted without effect, as dockerd
+  on a host without them (security.py, seccomp.py).
+- MaskedPaths, ReadonlyPaths: masked and made read-only in the container's
+  mount namespace (none when privileged).
+
+Another engineer's, as they are for now: LogConfig (the logs work), Links
+(the network work).
 """
 
 from __future__ import annotations
@@ -99,6 +107,7 @@ from pathlib import Path
 from typing import Any
 
 from hbd.errors import InvalidParameter, SystemError_
+from hbd.services.container import security
 
 VM_MESSAGE = "hbd runs each container in its own virtual machine: "
 DEFAULT_RUNTIME = "hbd"
@@ -208,6 +217,7 @@ def check(hc: dict[str, Any], host: HostFacts | None = None) -> None:
     _check_cpusets(hc, host)
     _check_process_options(hc)
     check_storage_opt(hc)
+    security.check(hc)
 
 
 def _set(value: Any) -> bool:

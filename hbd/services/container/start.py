@@ -6,6 +6,7 @@ container's files."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from hbd.drivers.agent import (
     FileSpec,
     ProcessSpec,
     Rlimit,
+    SecuritySpec,
 )
 from hbd.drivers.guest import BootError
 from hbd.errors import (
@@ -32,7 +34,7 @@ from hbd.errors import (
     SystemError_,
 )
 from hbd.services.container import config as cc
-from hbd.services.container import hostconfig, links
+from hbd.services.container import hostconfig, links, security
 from hbd.services.container import network as cn
 from hbd.services.container.logs import LogDriver
 from hbd.services.container.model import Container, ContainerState, Run
@@ -150,6 +152,8 @@ class Starter:
         target = self._sandbox_for(c, shared)
         links.check_children(c, self.store)
         hostconfig.check_at_start(c.host_config, own_guest=target is None)
+        # A profile other than a cached one takes tens of ms to compile.
+        guest_security = await asyncio.to_thread(security.for_guest, c.host_config)
         await self._volumes_released(c)
         self._claim_mounts(c)
         network = None
@@ -162,7 +166,7 @@ class Starter:
             # network it shares.
             c.config["Hostname"] = shared.network.hostname
         try:
-            plan = self._plan(c, disk, network, shared)
+            plan = self._plan(c, disk, network, shared, guest_security)
             if target is None:
                 view = await self.sandboxes.boot(plan)
             else:
@@ -302,7 +306,10 @@ class Starter:
     # -- what the sandbox needs to know ------------------------------------------------
 
     def _plan(self, c: Container, image_disk: Path, network: RunNetworking | None,
-              shared: SharedNamespaces) -> ContainerPlan:
+              shared: SharedNamespaces,
+              guest_security: SecuritySpec | None = None) -> ContainerPlan:
+        """What the sandbox needs; a maintenance guest runs only the init's
+        builtins, so it takes no security settings (SecuritySpec())."""
         hc = c.host_config
         memory_mib = self.config.vm.memory_mib
         if hc.get("Memory"):
@@ -332,6 +339,7 @@ class Starter:
                             int(u.get("Hard") or 0)) for u in hc.get("Ulimits") or []],
             oom_score_adj=int(hc.get("OomScoreAdj") or 0),
             init=bool(hc.get("Init")),
+            security=guest_security or SecuritySpec(),
         )
         setup.cpu_quota, setup.cpu_period = cpu_quota(hc)
         return ContainerPlan(

@@ -187,7 +187,10 @@ class SystemService:
             "InitBinary": "docker-init",
             "ContainerdCommit": {"ID": ""}, "RuncCommit": {"ID": ""},
             "InitCommit": {"ID": ""},
-            "SecurityOptions": [f"name=microvm,accel={self.accel}"],
+            # dockerd's seccomp entry first: clients read it to learn that
+            # containers get Docker's default profile (they do, in their guests).
+            "SecurityOptions": ["name=seccomp,profile=default",
+                                f"name=microvm,accel={self.accel}"],
             "DefaultAddressPools": [],
             "Warnings": [] if self.accel != "tcg" else [
                 "WARNING: guests run under TCG (software emulation): KVM is unavailable "
