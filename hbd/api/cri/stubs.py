@@ -2,7 +2,8 @@
 
 They are not kept in the tree: `python3 -m hbd.api.cri.stubs` (run by
 install.sh) generates them with grpcio-tools from the spec that sits beside
-the checkout (../shared/spec/cri-api-v1.proto, or $HBD_CRI_PROTO) into
+the checkout (../shared/spec/cri-api-v1.proto, /work/shared/spec/…, or
+$HBD_CRI_PROTO) into
 hbd/api/cri/gen/. The proto is placed under the package's path before
 protoc runs so that the generated gRPC module imports its messages as
 `hbd.api.cri.gen.runtime_v1_pb2`, not as a top-level module.
@@ -27,9 +28,16 @@ GEN_DIR = REPO_ROOT / "hbd" / "api" / "cri" / "gen"
 MODULE = "runtime_v1"
 
 
+SPEC_NAME = Path("spec") / "cri-api-v1.proto"
+
+
 def spec_path() -> Path:
-    return Path(os.environ.get("HBD_CRI_PROTO")
-                or REPO_ROOT.parent / "shared" / "spec" / "cri-api-v1.proto")
+    """$HBD_CRI_PROTO, else the shared directory beside the checkout, else
+    /work/shared (where the checkouts of this project's machines live)."""
+    if os.environ.get("HBD_CRI_PROTO"):
+        return Path(os.environ["HBD_CRI_PROTO"])
+    candidates = [REPO_ROOT.parent / "shared" / SPEC_NAME, Path("/work/shared") / SPEC_NAME]
+    return next((c for c in candidates if c.is_file()), candidates[0])
 
 
 def generate(proto: Path | None = None) -> None:
