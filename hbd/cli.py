@@ -170,6 +170,11 @@ async def _listen(runner: web.AppRunner, host: str, tls: ssl.SSLContext | None,
 async def _serve_cri(daemon: Daemon) -> grpc.aio.Server:
     """The CRI beside the Engine API. Imported here: its modules are generated
     from the CRI spec (hbd/api/cri/stubs.py), and only a CRI needs them."""
+    # hbd forks to launch every QEMU and virtiofsd (hbd/drivers/jail.py) and
+    # runs Python in the child before exec. gRPC's fork handlers, with its
+    # threads busy, skip preparing and leave that child to die now and then:
+    # the child never touches gRPC, so it needs none of them.
+    os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
     from hbd.api.cri import stubs  # noqa: PLC0415
     stubs.load()
     from hbd.api.cri.images import ImageServicer  # noqa: PLC0415
