@@ -249,8 +249,10 @@ def test_compose_run_rm_shares_a_named_volume_with_the_running_service(
         stderr=(project.directory / "run.err").open("wb"))
     try:
         out = Lines(one_off)
-        # The one-off sees what the running service wrote.
-        assert out.next()[1] == "from-service"
+        # The one-off sees what the running service wrote. Its first line
+        # waits for compose, a guest's boot and AWAIT_FILE's minute.
+        first = out.next(timeout=90)[1]
+        assert first == "from-service", (project.directory / "run.err").read_text()
         wrote_at, line = out.next()
         assert line == "wrote"
         # Two guests: the service's and the one-off's.
