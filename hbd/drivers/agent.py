@@ -30,7 +30,7 @@ import logging
 import secrets
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -860,3 +860,22 @@ class AgentClient:
 
     async def ping(self) -> None:
         await self.request(T_PING, {})
+
+
+async def connect_unless(exited: Awaitable[object], socket_path: Path, *, timeout: float,
+                         boot: list[tuple[int, dict[str, Any]]]) -> AgentClient | None:
+    """`AgentClient.connect` to a booting guest, or None as soon as `exited`
+    (its VMM's exit) completes first: a dead guest is not waited for until
+    the boot timeout."""
+    connect = asyncio.ensure_future(AgentClient.connect(socket_path, timeout=timeout,
+                                                        boot=boot))
+    died = asyncio.ensure_future(exited)
+    try:
+        done, _ = await asyncio.wait({connect, died}, return_when=asyncio.FIRST_COMPLETED)
+        return connect.result() if connect in done else None
+    finally:
+        died.cancel()
+        if not connect.done():
+            connect.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connect

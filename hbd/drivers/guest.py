@@ -12,7 +12,6 @@ processes on the host for fast tests of the layers above.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -36,6 +35,7 @@ from hbd.drivers.agent import (
     ProcState,
     ResourceUpdate,
     SandboxSetup,
+    connect_unless,
 )
 from hbd.drivers.cgroups import Cgroups
 from hbd.drivers.template import TEMPLATE_CMDLINE, Template, TemplateShape, TemplateStore
@@ -435,20 +435,11 @@ class QemuGuestDriver:
             boot.append((T_NETWORK, spec.network.payload()))
         if spec.container is not None:
             boot.append((T_CREATE, spec.container.payload()))
-        connect = asyncio.ensure_future(AgentClient.connect(
-            vm.agent_socket, timeout=self.boot_timeout, boot=boot))
-        died = asyncio.ensure_future(vm.wait_exit())
-        try:
-            done, _ = await asyncio.wait({connect, died}, return_when=asyncio.FIRST_COMPLETED)
-            if connect in done:
-                return connect.result()
+        client = await connect_unless(vm.wait_exit(), vm.agent_socket,
+                                      timeout=self.boot_timeout, boot=boot)
+        if client is None:
             raise AgentDisconnected("QEMU exited during boot")
-        finally:
-            died.cancel()
-            if not connect.done():
-                connect.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await connect
+        return client
 
     async def reattach(self, run_dir: Path) -> Guest | None:
         vm = self.vm_driver.find(run_dir)

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hbd.drivers import net
-from hbd.drivers.agent import T_SANDBOX, AgentClient, NicSlot, SandboxSetup
+from hbd.drivers.agent import T_SANDBOX, AgentClient, NicSlot, SandboxSetup, connect_unless
 from hbd.drivers.vm import MicroVM, NicSpec, QemuMicrovmDriver, VMSpec, kernel_cmdline
 
 log = logging.getLogger(__name__)
@@ -351,17 +351,8 @@ class TemplateStore:
 async def _connect(vm: MicroVM, timeout: float,
                    boot: list[tuple[int, dict[str, object]]]) -> AgentClient:
     """The agent of a guest booting, or an error as soon as its QEMU dies."""
-    connect = asyncio.ensure_future(AgentClient.connect(vm.agent_socket, timeout=timeout,
-                                                        boot=boot))
-    died = asyncio.ensure_future(vm.wait_exit())
-    try:
-        done, _ = await asyncio.wait({connect, died}, return_when=asyncio.FIRST_COMPLETED)
-        if connect in done:
-            return connect.result()
+    client = await connect_unless(vm.wait_exit(), vm.agent_socket, timeout=timeout,
+                                  boot=boot)
+    if client is None:
         raise TemplateError("QEMU exited while the template booted")
-    finally:
-        died.cancel()
-        if not connect.done():
-            connect.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await connect
+    return client

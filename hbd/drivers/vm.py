@@ -370,32 +370,14 @@ class MicroVM:
         await self.wait_exit()
 
     async def qmp(self, command: str, **arguments: Any) -> Any:
-        # QEMU serves one QMP client at a time; calls queue here, not in its backlog.
-        async with self._qmp_lock:
-            client = QMPClient(self.run_dir.name)
-            try:
-                async with asyncio.timeout(QMP_TIMEOUT):
-                    await client.connect(str(self.qmp_socket))
-            except TimeoutError as e:
-                raise QMPTimeout(f"QMP of {self.run_dir.name}: no greeting within "
-                                 f"{QMP_TIMEOUT:.0f}s") from e
-            except Exception as e:  # qemu.qmp raises its own ConnectError hierarchy
-                raise VMError(f"cannot reach QMP of {self.run_dir.name}: {e}") from e
-            try:
-                async with asyncio.timeout(QMP_TIMEOUT):
-                    return await client.execute(command, arguments or None)
-            except TimeoutError as e:
-                raise QMPTimeout(f"QMP {command}: no answer within {QMP_TIMEOUT:.0f}s") from e
-            except Exception as e:
-                raise VMError(f"QMP {command} failed: {e}") from e
-            finally:
-                await client.disconnect()
+        return (await self.qmp_batch([(command, arguments)]))[0]
 
     async def qmp_batch(self, commands: list[tuple[str, dict[str, Any]]],
                         fds: dict[int, int] | None = None) -> list[Any]:
         """Several commands on one QMP connection (each connection costs a
         round trip and QEMU's greeting). `fds`: a descriptor to pass (as
-        SCM_RIGHTS) just before the command of that index."""
+        SCM_RIGHTS) just before the command of that index. QEMU serves one
+        QMP client at a time: calls queue here, not in its backlog."""
         async with self._qmp_lock:
             client = QMPClient(self.run_dir.name)
             try:
