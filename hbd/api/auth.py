@@ -17,7 +17,7 @@ from hbd.services.identity.validator import Identity, TokenValidator
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 # Unauthenticated everywhere: the CLI's API version probe says nothing of anyone.
-OPEN_PATHS = frozenset({"/_ping"})
+OPEN_PATHS = frozenset({"_ping"})
 
 
 @dataclass
@@ -59,8 +59,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if listener_key(request.transport.get_extra_info("sockname")) not in \
             tenancy.tenant_listeners:
         return await handler(request)
-    path = request.match_info.get("tail", request.path)
-    if path.rstrip("/").split("/")[-1] == "_ping" or request.path in OPEN_PATHS:
+    if request.path.rstrip("/").rsplit("/", 1)[-1] in OPEN_PATHS:  # with /vX.Y/ or not
         return await handler(request)
     identity = await tenancy.validator.identify(request.headers.get("X-Auth-Token", ""))
     if not tenancy.may(identity, request.method):

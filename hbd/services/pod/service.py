@@ -84,6 +84,11 @@ def _metadata(labels: dict[str, str]) -> m.Metadata:
     return m.Metadata(**json.loads(labels.get(METADATA, '{"name": ""}')))
 
 
+def _namespace_modes(labels: dict[str, str]) -> list[int]:
+    """A pod's [network, pid, ipc] modes (the CRI's defaults when unrecorded)."""
+    return [int(mode) for mode in json.loads(labels.get(NAMESPACES, "[0, 1, 0]"))]
+
+
 def _annotations(labels: dict[str, str]) -> dict[str, str]:
     return dict(json.loads(labels.get(ANNOTATIONS, "{}")))
 
@@ -157,14 +162,23 @@ class PodService:
             raise
         return pod_id
 
-    def _pod(self, pod_id: str) -> Container:
+    def _of_kind(self, kind: str, ref: str, what: str) -> Container:
+        """The CRI object `ref` of `kind`; anything else (an Engine API
+        container, one of the other kind) is not found."""
         try:
-            c = self.containers.get(pod_id)
+            c = self.containers.get(ref)
         except NotFound:
-            raise NotFound(f"pod sandbox {pod_id} not found") from None
-        if _labels_of(c).get(KIND) != "pod":
-            raise NotFound(f"pod sandbox {pod_id} not found")
+            c = None
+        if c is None or _labels_of(c).get(KIND) != kind:
+            raise NotFound(f"{what} {ref} not found")
         return c
+
+    def _all_of_kind(self, kind: str) -> list[Container]:
+        return [c for c in self.containers.containers.values()
+                if _labels_of(c).get(KIND) == kind]
+
+    def _pod(self, pod_id: str) -> Container:
+        return self._of_kind("pod", pod_id, "pod sandbox")
 
     def _pod_containers(self, pod_id: str) -> list[Container]:
         return [c for c in self.containers.containers.values()
@@ -200,12 +214,11 @@ class PodService:
         return self._pod_view(self._pod(pod_id))
 
     def list_pods(self) -> list[m.PodStatus]:
-        return [self._pod_view(c) for c in self.containers.containers.values()
-                if _labels_of(c).get(KIND) == "pod"]
+        return [self._pod_view(c) for c in self._all_of_kind("pod")]
 
     def _pod_view(self, c: Container) -> m.PodStatus:
         labels = _labels_of(c)
-        modes = json.loads(labels.get(NAMESPACES, "[0, 1, 0]"))
+        modes = _namespace_modes(labels)
         ip, more = "", []
         if c.state.running and c.run_network is not None:
             endpoint = c.run_network.endpoints.get(self.settings.network)
@@ -216,7 +229,7 @@ class PodService:
             id=c.id, metadata=_metadata(labels), ready=c.state.running,
             created_ns=parse_rfc3339_ns(c.created), ip=ip, additional_ips=more,
             labels=_user_labels(labels), annotations=_annotations(labels),
-            network_mode=int(modes[0]), pid_mode=int(modes[1]), ipc_mode=int(modes[2]))
+            network_mode=modes[0], pid_mode=modes[1], ipc_mode=modes[2])
 
     # -- containers -----------------------------------------------------------------------
 
@@ -242,13 +255,13 @@ class PodService:
 
     def _container_body(self, pod: Container, cfg: m.ContainerConfig,
                         labels: dict[str, str], log_path: str) -> dict[str, Any]:
-        modes = json.loads(_labels_of(pod).get(NAMESPACES, "[0, 1, 0]"))
+        modes = _namespace_modes(_labels_of(pod))
         sec, res = cfg.security, cfg.resources
         pod_ref = f"container:{pod.id}"
         pid_mode = ""
         if sec.pid_mode == m.TARGET and sec.target_id:
             pid_mode = f"container:{sec.target_id}"
-        elif int(modes[1]) == m.POD or sec.pid_mode == m.POD:
+        elif modes[1] == m.POD or sec.pid_mode == m.POD:
             pid_mode = pod_ref
         user = sec.run_as_username
         if sec.run_as_user is not None:
@@ -259,7 +272,7 @@ class PodService:
         if sec.seccomp_unconfined:
             security_opt.append("seccomp=unconfined")
         host_config: dict[str, Any] = {
-            "NetworkMode": pod_ref, "IpcMode": pod_ref if int(modes[2]) == m.POD else "",
+            "NetworkMode": pod_ref, "IpcMode": pod_ref if modes[2] == m.POD else "",
             "PidMode": pid_mode,
             "Binds": [f"{mt.host_path}:{mt.container_path}{':ro' if mt.readonly else ''}"
                       for mt in cfg.mounts],
@@ -282,13 +295,7 @@ class PodService:
         }
 
     def _container(self, container_id: str) -> Container:
-        try:
-            c = self.containers.get(container_id)
-        except NotFound:
-            raise NotFound(f"container {container_id} not found") from None
-        if _labels_of(c).get(KIND) != "container":
-            raise NotFound(f"container {container_id} not found")
-        return c
+        return self._of_kind("container", container_id, "container")
 
     async def start_container(self, container_id: str) -> None:
         c = self._container(container_id)
@@ -314,8 +321,7 @@ class PodService:
         return self._container_view(self._container(container_id))
 
     def list_containers(self) -> list[m.ContainerStatus]:
-        return [self._container_view(c) for c in self.containers.containers.values()
-                if _labels_of(c).get(KIND) == "container"]
+        return [self._container_view(c) for c in self._all_of_kind("container")]
 
     def _container_view(self, c: Container) -> m.ContainerStatus:
         labels = _labels_of(c)
@@ -398,8 +404,7 @@ class PodService:
                                 _user_labels(labels), _annotations(labels), usage_now)
 
     async def list_container_stats(self) -> list[m.ContainerStats]:
-        return [await self._stats_of(c) for c in self.containers.containers.values()
-                if _labels_of(c).get(KIND) == "container"]
+        return [await self._stats_of(c) for c in self._all_of_kind("container")]
 
     async def pod_stats(self, pod_id: str) -> m.PodStats:
         pod = self._pod(pod_id)
