@@ -18,6 +18,12 @@ attacker's:
 - every request has a deadline (`DEADLINES`); one that expires marks the
   guest broken. Time the reader spends waiting for slow consumers does not
   count against it: replies may be queued behind the output they wait for.
+
+Output is acknowledged (OUTPUT_ACK, by count of frames per process) once
+its consumer has taken it, and the guest keeps what is not acknowledged: a
+new hbd after a crash names, per process, where its consumer got to
+(`OutputResume`), and the guest sends the rest again, so nothing the
+guest wrote into a dead hbd's socket is lost.
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ T_HELLO, T_SANDBOX, T_START, T_SIGNAL, T_RESIZE = 0x01, 0x02, 0x03, 0x04, 0x05
 T_STATE, T_RELEASE, T_STATS, T_POWEROFF, T_PING = 0x06, 0x07, 0x08, 0x09, 0x0A
 T_PS, T_UPDATE, T_CREATE, T_DESTROY, T_NETWORK = 0x0B, 0x0C, 0x0D, 0x0E, 0x0F
 T_FREEZE, T_FILES = 0x10, 0x11
-T_STDIN, T_STDIN_EOF = 0x20, 0x21
+T_STDIN, T_STDIN_EOF, T_OUTPUT_ACK = 0x20, 0x21, 0x22
 T_ACK, T_ERROR, T_EVENT, T_SYNC = 0x80, 0x81, 0x82, 0x83
 T_STDOUT, T_STDERR, T_STDOUT_EOF, T_STDERR_EOF, T_STDIN_ACK = 0xA0, 0xA1, 0xA2, 0xA3, 0xA4
 
@@ -161,6 +167,18 @@ class GuestInfo:
     version: int
     kernel: str
     boot_ms: int
+
+
+@dataclass(frozen=True)
+class OutputResume:
+    """Where a returning host wants a process's output from: the number of
+    its output frames (from 0, PROTOCOL.md §6) its consumer has kept."""
+    container: str
+    proc: int
+    frames: int
+
+    def payload(self) -> dict[str, Any]:
+        return {"container": self.container, "proc": self.proc, "from": self.frames}
 
 
 @dataclass
@@ -434,6 +452,12 @@ class AgentClient:
         self._learning = True
         self._unclaimed: dict[int, list[tuple[str, Any]]] = {}
         self._unclaimed_bytes = 0
+        # Per process, the number of the next output frame (PROTOCOL.md §6):
+        # the guest's numbering, from where HELLO's reply says it resumes.
+        self._next_frame: dict[int, int] = {}
+        self._ack_due: set[int] = set()
+        # Set once every consumer that will attach after a reconnect has.
+        self._claimed = False
         self._inflight: dict[int, int] = {}
         self._credit_waiters: list[asyncio.Future[None]] = []
         self._closed = asyncio.Event()
@@ -454,12 +478,15 @@ class AgentClient:
     @classmethod
     async def connect(cls, socket_path: Path, *, timeout: float = 60.0,
                       on_event: Callable[[dict[str, Any]], None] | None = None,
-                      boot: list[tuple[int, dict[str, Any]]] | None = None) -> AgentClient:
+                      boot: list[tuple[int, dict[str, Any]]] | None = None,
+                      resume: list[OutputResume] | None = None) -> AgentClient:
         """Connect, resynchronise (HELLO/SYNC) and read the guest's STATE.
 
         `boot` requests (SANDBOX, NETWORK, CREATE of a new guest) are sent in
         the same breath as HELLO: the guest reads them in order, which saves
-        round trips on the boot path. Any of them failing fails the connect."""
+        round trips on the boot path. Any of them failing fails the connect.
+        `resume` says where output is wanted from for processes whose
+        consumers kept their place across an hbd restart."""
         async with asyncio.timeout(timeout):
             while True:
                 try:
@@ -470,7 +497,7 @@ class AgentClient:
                     await asyncio.sleep(0.005)
             client = cls(reader, writer, on_event)
             try:
-                await client._handshake(boot or [])
+                await client._handshake(boot or [], resume or [])
             except BaseException:
                 await client.close()
                 raise
@@ -483,9 +510,12 @@ class AgentClient:
         self._writer.write(_frame(type_, ident, json.dumps(body).encode()))
         return future
 
-    async def _handshake(self, boot: list[tuple[int, dict[str, Any]]]) -> None:
+    async def _handshake(self, boot: list[tuple[int, dict[str, Any]]],
+                         resume: list[OutputResume]) -> None:
         nonce = secrets.token_hex(16)
-        hello = self._queue_request(T_HELLO, {"version": PROTOCOL_VERSION, "nonce": nonce})
+        hello = self._queue_request(T_HELLO, {
+            "version": PROTOCOL_VERSION, "nonce": nonce, "output_acks": True,
+            "resume": [r.payload() for r in resume]})
         booted = [self._queue_request(type_, body) for type_, body in boot]
         state = self._queue_request(T_STATE, {})
         await self._writer.drain()
@@ -510,6 +540,7 @@ class AgentClient:
         if self.guest_info.version != PROTOCOL_VERSION:
             raise AgentError("system", f"guest speaks protocol {self.guest_info.version}, "
                                        f"hbd speaks {PROTOCOL_VERSION}")
+        self._learn_output_numbering(reply.get("output"))
         # The guest answers each of them (or the channel breaks, failing all).
         for outcome in await asyncio.gather(*booted, return_exceptions=True):
             if isinstance(outcome, BaseException):
@@ -519,6 +550,31 @@ class AgentClient:
         self._learning = False
         for proc in [p for p in self._unclaimed if p not in self._known]:
             self._forget_unclaimed(proc)
+        self._send_output_acks()
+
+    def _learn_output_numbering(self, resumed: Any) -> None:
+        """HELLO's reply: from which frame each process's output comes now.
+        (Nothing is handed to a consumer before this: none is attached.)"""
+        for entry in resumed if isinstance(resumed, list) else []:
+            if isinstance(entry, dict):
+                proc, frames = _int(entry.get("proc")), _int(entry.get("from"))
+                if proc > 0 and frames >= 0:
+                    self._next_frame[proc] = frames
+
+    def output_claimed(self) -> None:
+        """Every consumer that will attach after this reconnect has: output
+        of the other processes (execs an earlier hbd ran) is dropped from now
+        on, and the guest may forget it."""
+        self._claimed = True
+        for proc in [p for p in self._unclaimed if p not in self._outputs]:
+            self._forget_unclaimed(proc)
+        self._send_output_acks()
+
+    def output_from(self, proc: int) -> int:
+        """The number of the next output frame of `proc` to reach its
+        consumer: where the guest resumed it, for one started before we
+        connected and not attached yet."""
+        return self._next_frame.get(proc, 0)
 
     @property
     def closed(self) -> bool:
@@ -581,6 +637,7 @@ class AgentClient:
                         # A flood of output must not hold the event loop for a
                         # whole read: API requests get their turn between frames.
                         await asyncio.sleep(0)
+                self._send_output_acks()
                 chunk = await self._reader.read(READ_CHUNK)
                 if not chunk:
                     break
@@ -638,39 +695,70 @@ class AgentClient:
 
     def _hold(self, proc: int, item: tuple[str, Any]) -> None:
         """Keep output of a known process until its sink is attached (after a
-        reconnect output can come before hbd re-attaches), within the limit."""
+        reconnect output can come before hbd re-attaches), within the limit;
+        past it, only how many frames were lost (their numbers still count)."""
+        held = self._unclaimed.setdefault(proc, [])
         if item[0] == "out":
             size = len(item[1][1])
             if self._unclaimed_bytes + size > UNCLAIMED_LIMIT:
                 self.dropped_frames += 1
+                if held and held[-1][0] == "lost":
+                    held[-1] = ("lost", held[-1][1] + 1)
+                else:
+                    held.append(("lost", 1))
                 return
             self._unclaimed_bytes += size
-        self._unclaimed.setdefault(proc, []).append(item)
+        held.append(item)
 
     def _forget_unclaimed(self, proc: int) -> None:
         for kind, value in self._unclaimed.pop(proc, []):
             if kind == "out":
                 self._unclaimed_bytes -= len(value[1])
+            if kind in ("out", "eof", "lost"):
+                self._output_taken(proc, value if kind == "lost" else 1)
+
+    def _output_taken(self, proc: int, frames: int = 1) -> None:
+        """Output frames of `proc` are with their consumer (or gone for good):
+        the guest may forget them."""
+        self._next_frame[proc] = self._next_frame.get(proc, 0) + frames
+        self._ack_due.add(proc)
+
+    def _send_output_acks(self) -> None:
+        if not self._ack_due or self._writer.is_closing():
+            return
+        self._writer.write(b"".join(
+            _frame(T_OUTPUT_ACK, proc, struct.pack("<Q", self._next_frame[proc]))
+            for proc in self._ack_due if proc in self._next_frame))
+        self._ack_due.clear()
 
     def _to_sink(self, proc: int, item: tuple[str, Any]) -> Drain:
         """Deliver output or exit to the process's sink."""
         sink = self._outputs.get(proc)
+        kind, value = item
+        if sink is None and self._claimed:
+            if kind != "exit":
+                self._output_taken(proc, value if kind == "lost" else 1)
+            return None
         if sink is None:
             self._hold(proc, item)
             return None
-        kind, value = item
+        drain: Drain = None
         if kind == "out":
-            return sink.on_output(value[0], value[1])
-        if kind == "eof":
+            drain = sink.on_output(value[0], value[1])
+        elif kind == "eof":
             sink.on_output_eof(value)
-        else:
+        elif kind == "exit":
             sink.on_exit(value)
-        return None
+        if kind != "exit":
+            self._output_taken(proc, value if kind == "lost" else 1)
+        return drain
 
     def _dispatch(self, type_: int, ident: int, payload: bytes) -> Drain:
         if type_ in (T_STDOUT, T_STDERR, T_STDOUT_EOF, T_STDERR_EOF, T_STDIN_ACK) and \
                 ident not in self._known and not self._learning:
             self._drop(type_, ident)
+            if type_ != T_STDIN_ACK and ident in self._next_frame:
+                self._output_taken(ident)
         elif type_ in (T_STDOUT, T_STDERR):
             return self._to_sink(ident, ("out", (1 if type_ == T_STDOUT else 2, payload)))
         elif type_ in (T_STDOUT_EOF, T_STDERR_EOF):
@@ -783,9 +871,10 @@ class AgentClient:
 
     async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int:
         """Start a process; its output goes to `output` from the first byte."""
-        self._unclaimed.pop(spec.proc, None)
+        self._forget_unclaimed(spec.proc)
         self._outputs[spec.proc] = output
         self._known.add(spec.proc)
+        self._next_frame[spec.proc] = 0  # the guest numbers a new process's output from 0
         try:
             reply = await self.request(T_START, asdict(spec))
         except BaseException:
@@ -804,6 +893,7 @@ class AgentClient:
             if item[0] == "out":
                 self._unclaimed_bytes -= len(item[1][1])
             self._to_sink(proc, item)
+        self._send_output_acks()
 
     async def write_stdin(self, proc: int, data: bytes) -> None:
         view = memoryview(data)
@@ -844,6 +934,8 @@ class AgentClient:
         self._forget_unclaimed(proc)
         self._inflight.pop(proc, None)
         self._known.discard(proc)
+        self._next_frame.pop(proc, None)
+        self._ack_due.discard(proc)
         await self.request(T_RELEASE, {"proc": proc})
 
     async def stats(self, container: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from hbd.drivers.agent import (
     ExitStatus,
     FileSpec,
     NetworkUpdate,
+    OutputResume,
     ProcessOutput,
     ProcessSpec,
     ProcState,
@@ -203,6 +204,12 @@ class FakeGuest:
     def attach_output(self, proc: int, output: ProcessOutput) -> None:
         raise AgentError("notfound", "the fake driver cannot reattach", 0)
 
+    def output_from(self, proc: int) -> int:
+        return 0
+
+    def output_claimed(self) -> None:
+        pass
+
     def _proc(self, proc: int) -> asyncio.subprocess.Process:
         if proc not in self._procs:
             raise AgentError("notfound", f"no such process {proc}", 0)
@@ -289,7 +296,7 @@ class FakeGuestDriver:
         self.booted.append(guest)
         return guest
 
-    async def reattach(self, run_dir: Path) -> Guest | None:
+    async def reattach(self, run_dir: Path, resume: list[OutputResume]) -> Guest | None:
         return None
 
     async def discard(self, run_dir: Path) -> None:

@@ -30,6 +30,7 @@ from hbd.drivers.agent import (
     ContainerSetup,
     FileSpec,
     NetworkUpdate,
+    OutputResume,
     ProcessOutput,
     ProcessSpec,
     ProcState,
@@ -127,6 +128,16 @@ class Guest(Protocol):
 
     def attach_output(self, proc: int, output: ProcessOutput) -> None: ...
 
+    def output_from(self, proc: int) -> int:
+        """After a re-attach: the number of the next output frame of `proc`
+        (where the guest resumed it, agent.OutputResume)."""
+        ...
+
+    def output_claimed(self) -> None:
+        """After a re-attach, every process whose output hbd wants is
+        attached: the rest's output is dropped, not held."""
+        ...
+
     async def write_stdin(self, proc: int, data: bytes) -> None: ...
 
     async def close_stdin(self, proc: int) -> None: ...
@@ -169,7 +180,10 @@ class GuestDriver(Protocol):
         disks)."""
         ...
 
-    async def reattach(self, run_dir: Path) -> Guest | None: ...
+    async def reattach(self, run_dir: Path, resume: list[OutputResume]) -> Guest | None:
+        """The guest of `run_dir` if it still runs, its processes' output
+        resumed from where `resume` says."""
+        ...
 
     async def discard(self, run_dir: Path) -> None:
         """End whatever still runs for `run_dir` without talking to it: a
@@ -244,6 +258,12 @@ class QemuGuest:
 
     def attach_output(self, proc: int, output: ProcessOutput) -> None:
         self.agent.attach_output(proc, output)
+
+    def output_from(self, proc: int) -> int:
+        return self.agent.output_from(proc)
+
+    def output_claimed(self) -> None:
+        self.agent.output_claimed()
 
     async def write_stdin(self, proc: int, data: bytes) -> None:
         await self.agent.write_stdin(proc, data)
@@ -441,12 +461,13 @@ class QemuGuestDriver:
             raise AgentDisconnected("QEMU exited during boot")
         return client
 
-    async def reattach(self, run_dir: Path) -> Guest | None:
+    async def reattach(self, run_dir: Path, resume: list[OutputResume]) -> Guest | None:
         vm = self.vm_driver.find(run_dir)
         if vm is None:
             return None
         try:
-            agent = await AgentClient.connect(vm.agent_socket, timeout=self.boot_timeout)
+            agent = await AgentClient.connect(vm.agent_socket, timeout=self.boot_timeout,
+                                              resume=resume)
         except (TimeoutError, AgentError, OSError) as e:
             log.warning("cannot reattach to guest %s: %s", run_dir.name, e)
             await vm.destroy()

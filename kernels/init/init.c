@@ -40,6 +40,10 @@ static size_t outq_frame;       /* start of the frame outq_off is in */
 /* Nothing is written to a host until it has said HELLO: it discards
  * whatever comes before our SYNC, so earlier bytes would be lost. */
 static int awaiting_hello = 1;
+/* The host acknowledges output frames (its HELLO said so): keep them until
+ * it does. retained_total is the bytes all processes keep. */
+static int host_acks;
+static size_t retained_total;
 static struct proc *procs;
 static long long boot_ms;
 static int sigfd = -1;
@@ -124,6 +128,25 @@ static size_t frame_size_at(size_t off)
 	return FRAME_HEADER + len;
 }
 
+static struct proc *find_proc(uint32_t id);
+
+static int is_output(uint16_t type)
+{
+	return type >= T_STDOUT && type <= T_STDERR_EOF;
+}
+
+/* The frame at `off` has been written whole to the host. */
+static void note_written(size_t off)
+{
+	uint16_t type;
+	uint32_t id;
+	memcpy(&type, outq.data + off + 4, 2);
+	memcpy(&id, outq.data + off + 8, 4);
+	struct proc *p = is_output(type) ? find_proc(id) : NULL;
+	if (p)
+		p->written_seq++;
+}
+
 static void flush_out(void)
 {
 	while (connected && !awaiting_hello && outq_pending()) {
@@ -134,8 +157,10 @@ static void flush_out(void)
 			break; /* EAGAIN: the host is slow or gone; poll tells us when to go on */
 		}
 		outq_off += (size_t)n;
-		while (outq_frame < outq_off && outq_frame + frame_size_at(outq_frame) <= outq_off)
+		while (outq_frame < outq_off && outq_frame + frame_size_at(outq_frame) <= outq_off) {
+			note_written(outq_frame);
 			outq_frame += frame_size_at(outq_frame);
+		}
 	}
 	if (outq_off && outq_off == outq.len) {
 		outq.len = outq_off = outq_frame = 0;
@@ -254,12 +279,94 @@ static void reap(void)
 	}
 }
 
+/* -- output kept until the host has it (PROTOCOL.md §6) ---------------------- */
+
+static void queue_output(struct proc *p, uint16_t type, const void *data, size_t len)
+{
+	queue_frame(type, p->id, data, len);
+	p->out_seq++;
+	if (host_acks) {
+		size_t before = p->retained.len;
+		frame_into(&p->retained, type, p->id, data, len);
+		retained_total += p->retained.len - before;
+	} else {
+		p->retained_seq = p->out_seq;
+	}
+}
+
+/* Forget the retained frames numbered below `upto`: the host has them. */
+static void retained_trim(struct proc *p, uint64_t upto)
+{
+	size_t off = 0;
+	while (p->retained_seq < upto && off < p->retained.len) {
+		uint32_t len;
+		memcpy(&len, p->retained.data + off, 4);
+		off += FRAME_HEADER + len;
+		p->retained_seq++;
+	}
+	if (!off)
+		return;
+	memmove(p->retained.data, p->retained.data + off, p->retained.len - off);
+	p->retained.len -= off;
+	retained_total -= off;
+}
+
+static void retained_free(struct proc *p)
+{
+	retained_total -= p->retained.len;
+	buf_free(&p->retained);
+	p->retained_seq = p->out_seq;
+}
+
+static void handle_output_ack(struct proc *p, const char *payload, uint32_t len)
+{
+	uint64_t count;
+	if (len != sizeof(count))
+		return;
+	memcpy(&count, payload, sizeof(count));
+	retained_trim(p, count);
+}
+
+/* Where a returning host wants a process's output from: where it says when
+ * it names the process, else after what reached the last host; never past
+ * what was written nor before what we still have. */
+static uint64_t resume_point(const struct proc *p, const struct json *resume)
+{
+	uint64_t from = p->written_seq;
+	const struct json *r = resume && resume->type == J_ARR ? resume->child : NULL;
+	for (; r; r = r->next) {
+		long long n = json_int(r, "from", -1);
+		if (json_int(r, "proc", -1) == (long long)p->id && n >= 0 &&
+		    !strcmp(json_str(r, "container", ""), p->container))
+			from = (uint64_t)n;
+	}
+	uint64_t lowest = p->retained_seq < p->written_seq ? p->retained_seq : p->written_seq;
+	if (from > p->written_seq)
+		from = p->written_seq;
+	return from < lowest ? lowest : from;
+}
+
+/* Frames `from` to what was written, again, into `frames`; the ones not
+ * yet written are still queued after them. */
+static void queue_replay(struct proc *p, uint64_t from, struct buf *frames)
+{
+	retained_trim(p, from);
+	size_t off = 0;
+	for (uint64_t seq = p->retained_seq; seq < p->written_seq && off < p->retained.len; seq++) {
+		uint32_t len;
+		memcpy(&len, p->retained.data + off, 4);
+		buf_add(frames, p->retained.data + off, FRAME_HEADER + len);
+		off += FRAME_HEADER + len;
+	}
+	p->written_seq = from;
+}
+
 static void read_output(struct proc *p, int *fd, uint16_t type, uint16_t eof_type)
 {
 	char chunk[STREAM_CHUNK];
 	ssize_t n = read(*fd, chunk, sizeof(chunk));
 	if (n > 0) {
-		queue_frame(type, p->id, chunk, (size_t)n);
+		queue_output(p, type, chunk, (size_t)n);
 		return;
 	}
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -269,7 +376,7 @@ static void read_output(struct proc *p, int *fd, uint16_t type, uint16_t eof_typ
 	if (p->tty && fd == &p->out_fd && p->in_fd >= 0)
 		close_stdin(p);
 	*fd = -1;
-	queue_frame(eof_type, p->id, NULL, 0);
+	queue_output(p, eof_type, NULL, 0);
 }
 
 static void write_stdin(struct proc *p)
@@ -323,24 +430,40 @@ static void frame_into(struct buf *out, uint16_t type, uint32_t id, const void *
 		buf_add(out, payload, len);
 }
 
+/* SYNC, the reply, then the output the last host may not have kept (from
+ * where this host asks), ahead of everything queued since. */
 static void handle_hello(uint32_t id, const struct json *req)
 {
 	const char *nonce = json_str(req, "nonce", "");
-	struct buf sync = {0}, reply = {0}, frames = {0};
+	const struct json *resume = json_get(req, "resume");
+	struct buf sync = {0}, reply = {0}, frames = {0}, replay = {0};
 	buf_add(&sync, SYNC_MAGIC, 16);
 	buf_str(&sync, nonce);
 	struct utsname u;
 	uname(&u);
 	buf_printf(&reply, "{\"version\":%d,\"kernel\":", PROTOCOL_VERSION);
 	buf_json_string(&reply, u.release);
-	buf_printf(&reply, ",\"boot_ms\":%lld}", boot_ms);
+	buf_printf(&reply, ",\"boot_ms\":%lld,\"output\":[", boot_ms);
+	for (struct proc *p = procs; p; p = p->next) {
+		uint64_t from = resume_point(p, resume);
+		queue_replay(p, from, &replay);
+		buf_printf(&reply, "{\"proc\":%u,\"from\":%llu}%s", p->id,
+			   (unsigned long long)from, p->next ? "," : "");
+	}
+	buf_str(&reply, "]}");
+	host_acks = json_bool(req, "output_acks", 0);
+	for (struct proc *p = procs; p && !host_acks; p = p->next)
+		retained_free(p);
 	frame_into(&frames, T_SYNC, 0, sync.data, sync.len);
 	frame_into(&frames, T_ACK, id, reply.data, reply.len);
+	if (replay.len)
+		buf_add(&frames, replay.data, replay.len);
 	queue_first(frames.data, frames.len);
 	awaiting_hello = 0;
 	buf_free(&sync);
 	buf_free(&reply);
 	buf_free(&frames);
+	buf_free(&replay);
 }
 
 static void handle_start(uint32_t id, const struct json *req)
@@ -482,6 +605,7 @@ static void handle_release(uint32_t id, const struct json *req)
 			return ack_empty(id); /* kept: still running, or a container's main */
 		*pp = p->next;
 		buf_free(&p->in_pending);
+		retained_free(p);
 		free(p);
 		return ack_empty(id);
 	}
@@ -490,6 +614,12 @@ static void handle_release(uint32_t id, const struct json *req)
 
 static void dispatch(uint16_t type, uint32_t id, const char *payload, uint32_t len)
 {
+	if (type == T_OUTPUT_ACK) {
+		struct proc *p = find_proc(id);
+		if (p)
+			handle_output_ack(p, payload, len);
+		return;
+	}
 	if (type == T_STDIN || type == T_STDIN_EOF) {
 		struct proc *p = find_proc(id);
 		if (!p)
@@ -756,7 +886,9 @@ int main(int argc, char **argv)
 		}
 		fds[n] = (struct pollfd){.fd = sigfd, .events = POLLIN};
 		kinds[n++] = K_SIG;
-		int reading = outq_pending() < OUTPUT_HIGH_WATER;
+		/* Retained output includes what is still queued of it. */
+		size_t held = outq_pending() > retained_total ? outq_pending() : retained_total;
+		int reading = held < OUTPUT_HIGH_WATER;
 		for (struct proc *p = procs; p && n < MAX_POLL - 3; p = p->next) {
 			if (reading && p->out_fd >= 0) {
 				fds[n] = (struct pollfd){.fd = p->out_fd, .events = POLLIN};

@@ -34,6 +34,7 @@ enum frame_type {
 	T_FILES = 0x11,
 	T_STDIN = 0x20,
 	T_STDIN_EOF = 0x21,
+	T_OUTPUT_ACK = 0x22,
 	T_ACK = 0x80,
 	T_ERROR = 0x81,
 	T_EVENT = 0x82,
@@ -144,6 +145,14 @@ struct proc {
 	uint32_t in_ack;      /* stdin bytes consumed and not yet acknowledged */
 	int exit_sent;
 	long long oom_before;
+	/* Output frames (STDOUT, STDERR and their EOFs) are numbered from 0 per
+	 * process. While the host acknowledges output (PROTOCOL.md §6), the ones
+	 * it has not acknowledged stay in `retained`, whole and in order, so a
+	 * host that died before storing them gets them again. */
+	uint64_t out_seq;      /* frames queued so far */
+	uint64_t written_seq;  /* frames written whole to the current host */
+	uint64_t retained_seq; /* number of the first frame in retained */
+	struct buf retained;
 	struct proc *next;
 };
 

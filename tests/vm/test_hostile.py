@@ -480,3 +480,34 @@ def test_rm_f_right_after_a_write_keeps_it_on_the_named_volume(
     finally:
         daemon.docker("rm", "-f", name, check=False)
         daemon.docker("volume", "rm", volume, check=False)
+
+
+def test_hbd_killed_while_output_floods_loses_and_repeats_no_line(
+        daemon: RunningDaemon) -> None:
+    """What the guest had written into the dead hbd's socket comes again, and
+    what hbd had logged does not (kernels/init/PROTOCOL.md §6): after a kill
+    -9 in the middle of a flood the log holds every line once, in order."""
+    name, count = "hostile-hbd-flood", 300_000
+    daemon.docker("run", "-d", "--name", name, "busybox", "sh", "-c",
+                  f"seq 1 {count}; " + IDLE)
+    try:
+        log_path = Path(json.loads(daemon.docker("inspect", name).stdout)[0]["LogPath"])
+        deadline = time.monotonic() + 60
+        while not log_path.exists() or log_path.stat().st_size < 1 << 20:
+            assert time.monotonic() < deadline, "the flood did not begin"
+            time.sleep(0.05)
+        daemon.crash_and_restart()
+        deadline = time.monotonic() + 120
+        while daemon.docker("logs", "--tail", "1", name).stdout != f"{count}\n".encode():
+            assert time.monotonic() < deadline, "the flood did not end"
+            time.sleep(0.5)
+        lines = daemon.docker("logs", name).stdout.decode().split("\n")[:-1]
+        expected = [str(i) for i in range(1, count + 1)]
+        if lines != expected:
+            pairs = enumerate(zip(lines, expected, strict=False))
+            first = next((i for i, (a, b) in pairs if a != b), min(len(lines), len(expected)))
+            raise AssertionError(f"{len(lines)} lines, not {count}; they part at line "
+                                 f"{first + 1}: {lines[first:first + 3]} where "
+                                 f"{expected[first:first + 3]} belong")
+    finally:
+        daemon.docker("rm", "-f", name)

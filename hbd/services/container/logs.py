@@ -33,6 +33,7 @@ from typing import Any
 from hbd.errors import NotImplementedByHbd, SystemError_
 from hbd.services import goparse
 from hbd.services.container.logfile import LogFile, Rotation, Segment, Snapshot, snapshot
+from hbd.services.container.outputmark import OutputMark, OutputMarkFile
 from hbd.services.timefmt import parse_rfc3339_ns, rfc3339_nano
 
 # What json.dumps(..., ensure_ascii=False) makes of a str (its C encoder).
@@ -156,9 +157,12 @@ class LogDriver:
     path: Path | None  # None: the output is not kept
     rotation: Rotation = field(default_factory=Rotation)
 
-    def open(self) -> LogWriter:
+    def open(self, marks: OutputMarkFile | None = None) -> LogWriter:
+        """A writer; with `marks`, one that records after each frame how far
+        the output got (outputmark.py)."""
         return LogWriter(LogFile(self.path, self.rotation) if self.path is not None else None,
-                         encode_cri_many if self.name == "cri" else encode_many)
+                         encode_cri_many if self.name == "cri" else encode_many,
+                         marks if self.path is not None else None)
 
     def readable(self) -> None:
         if self.path is None:
@@ -255,14 +259,26 @@ class LogWriter:
     """Turns one run's output into records in its log file (or nowhere)."""
 
     def __init__(self, log: LogFile | None,
-                 encoder: Callable[[int, list[bytes], int], list[bytes]] = encode_many
-                 ) -> None:
+                 encoder: Callable[[int, list[bytes], int], list[bytes]] = encode_many,
+                 marks: OutputMarkFile | None = None) -> None:
         self.log = log
         self._encode = encoder
         self._closed = False
         self._failed = False
         self._pending: dict[int, bytes] = {1: b"", 2: b""}
         self._changed = asyncio.Event()
+        self._marks = marks
+        self._mark: OutputMark | None = None
+
+    def resume(self, mark: OutputMark) -> None:
+        """Go on from where an earlier hbd's writer was: its unfinished lines."""
+        self._pending = {1: mark.pending.get(1, b""), 2: mark.pending.get(2, b"")}
+
+    def mark(self, proc: int, frames: int) -> None:
+        """`frames` output frames of `proc` are in the log (or held here)."""
+        if self._marks is not None:
+            self._mark = OutputMark(proc, frames, dict(self._pending))
+            self._marks.write(self._mark)
 
     @property
     def closed(self) -> bool:
@@ -349,6 +365,10 @@ class LogWriter:
         self._closed = True
         if self.log is not None:
             self.log.close()
+        if self._marks is not None:
+            if self._mark is not None:  # the unfinished lines are logged now
+                self.mark(self._mark.proc, self._mark.frames)
+            self._marks.close()
         self._notify()
 
 

@@ -105,10 +105,13 @@ class Run:
     """One run of a container: implements the agent's ProcessOutput for the main process."""
 
     def __init__(self, container: Container, guest: ContainerInGuest,
-                 log_writer: LogWriter) -> None:
+                 log_writer: LogWriter, output_frames: int = 0) -> None:
         self.container = container
         self.guest = guest
         self.log = log_writer
+        # Output frames of the main process taken so far (the guest's
+        # numbering: more than 0 when re-attached after an hbd restart).
+        self.output_frames = output_frames
         self.exited: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
         # Set once the container's state says the run is over.
         self.finished = asyncio.Event()
@@ -120,11 +123,17 @@ class Run:
         # The log writer keeps up (it writes before returning); attached
         # clients may ask the channel to wait for them.
         self.log.write(stream, data)
+        self._took_frame()
         return combine([attachment.feed(stream, data)
                         for attachment in list(self.container.attachments)])
 
     def on_output_eof(self, stream: int) -> None:
         self.log.end_stream(stream)
+        self._took_frame()
+
+    def _took_frame(self) -> None:
+        self.output_frames += 1
+        self.log.mark(self.guest.main_proc, self.output_frames)
 
     def on_exit(self, status: ExitStatus) -> None:
         if not self.exited.done():

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from hbd.errors import HbdError
 from hbd.services.container.model import Container, ContainerState, Run
 from hbd.services.container.monitor import VANISHED_EXIT_CODE, Monitor
+from hbd.services.container.outputmark import OutputMark
 from hbd.services.container.restart import RestartManager
 from hbd.services.container.sandbox import ContainerInGuest
 from hbd.services.container.sandboxes import SandboxManager
@@ -34,10 +35,13 @@ class Restorer:
 
     async def restore(self) -> None:
         """After an hbd restart: re-attach running containers, settle the rest."""
-        found = await self.sandboxes.restore()
+        marks = {c.id: mark for c in self.store.containers.values()
+                 if c.state.running and (mark := self.store.output_mark(c)) is not None}
+        found = await self.sandboxes.restore(marks)
         for c in list(self.store.containers.values()):
             if c.state.running:
-                await self._reattach(c, found.get(c.id))
+                await self._reattach(c, found.get(c.id), marks.get(c.id))
+        self.sandboxes.output_claimed()
         self._leave_unclaimed(found)
         for c in list(self.store.containers.values()):
             if not c.state.running and self.restarts.restart_on_daemon_start(c):
@@ -54,7 +58,8 @@ class Restorer:
                             cid[:12])
                 spawn(self.sandboxes.leave(view, clean=True))
 
-    async def _reattach(self, c: Container, guest: ContainerInGuest | None) -> None:
+    async def _reattach(self, c: Container, guest: ContainerInGuest | None,
+                        mark: OutputMark | None) -> None:
         if guest is None:
             log.info("container %s stopped while hbd was down", c.id[:12])
             c.restart_task = None
@@ -67,8 +72,11 @@ class Restorer:
             return
         if c.run_network is not None:
             await self.networks.adopt_run(c.id, c.run_network)
-        writer = self.store.log_driver(c).open()
-        run = Run(c, guest, writer)
+        writer = self.store.log_driver(c).open(self.store.output_marks(c, fresh=False))
+        frames = guest.output_from(guest.main_proc)
+        if mark is not None and (mark.proc, mark.frames) == (guest.main_proc, frames):
+            writer.resume(mark)
+        run = Run(c, guest, writer, frames)
         # Output and exit the guest queued while nobody listened arrive
         # (in order) before STATE's answer; the agent holds them for us.
         guest.attach_output(guest.main_proc, run)

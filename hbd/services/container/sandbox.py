@@ -188,6 +188,9 @@ class ContainerInGuest:
     def attach_output(self, proc: int, output: ProcessOutput) -> None:
         self.sandbox.guest.attach_output(proc, output)
 
+    def output_from(self, proc: int) -> int:
+        return self.sandbox.guest.output_from(proc)
+
     async def write_stdin(self, proc: int, data: bytes) -> None:
         await self.sandbox.guest.write_stdin(proc, data)
 

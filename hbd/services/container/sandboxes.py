@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,12 +39,14 @@ from hbd.drivers.agent import (
     MountSpec,
     NetworkUpdate,
     NicSlot,
+    OutputResume,
     RouteSpec,
     SandboxSetup,
 )
 from hbd.drivers.guest import Guest, GuestDriver, GuestSpec
 from hbd.drivers.vm import DiskSpec, NicSpec, VMError, VMSpec
 from hbd.errors import Conflict, HbdError, InvalidParameter, NotFound, SystemError_
+from hbd.services.container.outputmark import OutputMark
 from hbd.services.container.sandbox import ContainerInGuest, Member, Sandbox, SandboxRecord, Slot
 from hbd.services.network.model import Endpoint
 from hbd.store import StateStore
@@ -580,8 +583,10 @@ class SandboxManager:
 
     # -- after an hbd restart -------------------------------------------------------------
 
-    async def restore(self) -> dict[str, ContainerInGuest]:
-        """Re-attach every sandbox that still runs; the containers in them, by id."""
+    async def restore(self, marks: Mapping[str, OutputMark]
+                      ) -> dict[str, ContainerInGuest]:
+        """Re-attach every sandbox that still runs; the containers in them, by id.
+        Their main processes' output resumes from `marks` (by container id)."""
         found: dict[str, ContainerInGuest] = {}
         for key, rec in self.state.load("sandboxes"):
             try:
@@ -591,7 +596,8 @@ class SandboxManager:
                 self.state.delete("sandboxes", key)
                 continue
             run_dir = self.config.exec_root / record.id
-            guest: Guest | None = await self.driver.reattach(run_dir)
+            guest: Guest | None = await self.driver.reattach(
+                run_dir, _output_resume(record, marks))
             if guest is None:
                 log.info("sandbox %s ended while hbd was down", record.id[:12])
                 self.state.delete("sandboxes", record.id)
@@ -606,6 +612,11 @@ class SandboxManager:
                 found[cid] = ContainerInGuest(sb, member)
         await self._discard_orphans()
         return found
+
+    def output_claimed(self) -> None:
+        """After a restore, every container's output is attached again."""
+        for sb in self.sandboxes.values():
+            sb.guest.output_claimed()
 
     async def _discard_orphans(self) -> None:
         """Run directories of sandboxes never recorded: boots an earlier hbd
@@ -628,3 +639,9 @@ class SandboxManager:
         for sb in self.sandboxes.values():
             sb.guest.detach()
 
+
+def _output_resume(record: SandboxRecord, marks: Mapping[str, OutputMark]) -> list[OutputResume]:
+    """Where the sandbox's members' main processes' output is wanted from."""
+    return [OutputResume(member.guest_id, member.main_proc, mark.frames)
+            for cid, member in record.members.items()
+            if (mark := marks.get(cid)) is not None and mark.proc == member.main_proc]

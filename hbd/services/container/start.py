@@ -181,7 +181,7 @@ class Starter:
         except BaseException:
             await self._undo_run_resources(c)
             raise
-        writer = log.open()
+        writer = log.open(self.store.output_marks(c, fresh=True))
         run = Run(c, view, writer)
         run.memory_mib = plan.memory_mib if target is None else 0
         try:

@@ -11,6 +11,7 @@ from hbd.errors import Conflict, InvalidParameter, no_such_container
 from hbd.events import EventBus
 from hbd.services.container.logs import LogDriver, json_file_name, log_driver
 from hbd.services.container.model import Container
+from hbd.services.container.outputmark import FILE_NAME, OutputMark, OutputMarkFile
 from hbd.services.timefmt import ZERO_TIME
 from hbd.store import StateStore
 
@@ -107,6 +108,19 @@ class ContainerStore:
         """Where the container's output goes; SystemError_ for the option values
         that dockerd refuses when the logger starts."""
         return log_driver(c.host_config.get("LogConfig") or {}, self.dir(c), c.id)
+
+    def output_marks(self, c: Container, *, fresh: bool) -> OutputMarkFile | None:
+        """Where the run's output is recorded as logged (outputmark.py);
+        `fresh` for a new run, else the one an earlier hbd left."""
+        try:
+            return OutputMarkFile(self.dir(c) / FILE_NAME, fresh=fresh)
+        except OSError as e:
+            log.warning("container %s: no output mark (%s): a crash of hbd may lose "
+                        "or repeat some of its output", c.id[:12], e)
+            return None
+
+    def output_mark(self, c: Container) -> OutputMark | None:
+        return OutputMarkFile.read(self.dir(c) / FILE_NAME)
 
     def log_path_shown(self, c: Container) -> str:
         """Inspect's LogPath: dockerd sets it when a json-file logger starts; the
