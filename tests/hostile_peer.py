@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from hbd.drivers.agent import (
     T_ACK,
     T_EVENT,
     T_HELLO,
+    T_OUTPUT_ACK,
     T_STATE,
     T_SYNC,
     FrameDecoder,
@@ -35,6 +37,11 @@ class HostilePeer:
         # Request types it never answers (a guest stuck, or malicious).
         self.silent: set[int] = set()
         self.requests: list[tuple[int, int, dict[str, Any]]] = []
+        # HELLO's reply: where each process's output resumes (PROTOCOL.md §6).
+        self.output_from: list[dict[str, int]] = []
+        # The last OUTPUT_ACK count per process, and a wake-up for each.
+        self.acks: dict[int, int] = {}
+        self.acked = asyncio.Event()
         self.writer: asyncio.StreamWriter | None = None
         self.connected = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -71,13 +78,18 @@ class HostilePeer:
                     self._answer(f.type, f.ident, f.payload)
 
     def _answer(self, type_: int, ident: int, payload: bytes) -> None:
+        if type_ == T_OUTPUT_ACK:
+            (self.acks[ident],) = struct.unpack("<Q", payload)
+            self.acked.set()
+            return
         body = json.loads(payload) if payload[:1] == b"{" else {}
         self.requests.append((type_, ident, body))
         if type_ in self.silent:
             return
         if type_ == T_HELLO:
             self.send(frame(T_SYNC, 0, SYNC_MAGIC + body["nonce"].encode()))
-            reply: dict[str, Any] = {"version": 2, "kernel": "hostile", "boot_ms": 1}
+            reply: dict[str, Any] = {"version": 2, "kernel": "hostile", "boot_ms": 1,
+                                     "output": self.output_from}
         elif type_ == T_STATE:
             reply = {"processes": self.processes}
         elif type_ < 0x20:

@@ -19,17 +19,20 @@ from hbd.drivers.agent import (
     T_ACK,
     T_PING,
     T_STDOUT,
+    T_STDOUT_EOF,
     AgentClient,
     AgentDisconnected,
     ExitStatus,
     FrameDecoder,
     GuestBroken,
+    OutputResume,
     ProcessSpec,
 )
 from hbd.drivers.flow import Drain, StreamQueue, combine
 from hbd.drivers.guest import CONSOLE_KEPT, CONSOLE_LIMIT, trim_console_log
 from hbd.services.container.logfile import LogFile, Rotation
 from hbd.services.container.logs import LogWriter, encode
+from hbd.services.container.outputmark import OutputMark, OutputMarkFile
 from tests.hostile_peer import HostilePeer, frame
 
 # -- the frame parser ---------------------------------------------------------------
@@ -339,3 +342,91 @@ def test_a_flooded_console_log_is_trimmed_to_its_tail(tmp_path: Path) -> None:
         f.seek(64 * CONSOLE_LIMIT)
         f.write(b"more\n")
     assert not trim_console_log(console)
+
+
+# -- output acknowledged, resumed after a crash (PROTOCOL.md §6) -------------------------
+
+
+async def acks_reach(peer: HostilePeer, proc: int, count: int) -> None:
+    async with asyncio.timeout(5):
+        while peer.acks.get(proc) != count:
+            peer.acked.clear()
+            await peer.acked.wait()
+
+
+async def test_output_is_acknowledged_by_count_once_its_consumer_has_it(
+        peer: HostilePeer) -> None:
+    client, _ = await connected(peer)
+    hello = peer.requests[0][2]
+    assert hello["output_acks"] is True and hello["resume"] == []
+    sink = SlowSink(1 << 30)
+    await client.start(ProcessSpec(proc=5, args=["x"], env=[]), sink)
+    for _ in range(3):
+        peer.send(frame(T_STDOUT, 5, b"abc"))
+    peer.send(frame(T_STDOUT_EOF, 5))
+    await acks_reach(peer, 5, 4)  # cumulative: three chunks and the EOF
+    assert sink.queue.size == 9
+    await client.close()
+
+
+async def test_a_returning_host_says_where_it_wants_output_from_and_counts_on(
+        peer: HostilePeer) -> None:
+    peer.processes = [{"proc": 3, "container": "c1", "pid": 9, "main": True,
+                       "running": True, "exit_code": 0, "signal": 0, "oom_killed": False}]
+    peer.output_from = [{"proc": 3, "from": 40}]
+    client = await AgentClient.connect(peer.socket_path, timeout=10,
+                                       resume=[OutputResume("c1", 3, 40)])
+    assert peer.requests[0][2]["resume"] == [{"container": "c1", "proc": 3, "from": 40}]
+    peer.send(frame(T_STDOUT, 3, b"again"))  # frame 40, held until attached
+    await client.ping()
+    assert client.output_from(3) == 40 and 3 not in peer.acks
+    sink = SlowSink(1 << 30)
+    client.attach_output(3, sink)
+    await acks_reach(peer, 3, 41)
+    assert await sink.queue.get() == b"again"
+    await client.close()
+
+
+async def test_output_nobody_claims_after_a_reconnect_is_acknowledged_and_dropped(
+        peer: HostilePeer) -> None:
+    """An exec an earlier hbd ran: the guest must not keep its output for ever
+    (it would stop reading every process's output)."""
+    peer.processes = [{"proc": 8, "container": "c1", "pid": 9, "main": False,
+                       "running": True, "exit_code": 0, "signal": 0, "oom_killed": False}]
+    peer.output_from = [{"proc": 8, "from": 2}]
+    client, _ = await connected(peer)
+    peer.send(frame(T_STDOUT, 8, b"held"))
+    await client.ping()
+    assert 8 not in peer.acks
+    client.output_claimed()
+    await acks_reach(peer, 8, 3)
+    peer.send(frame(T_STDOUT, 8, b"later"))
+    await acks_reach(peer, 8, 4)
+    await client.close()
+
+
+def test_an_output_mark_keeps_the_count_and_the_unfinished_lines(tmp_path: Path) -> None:
+    path = tmp_path / "output.mark"
+    writer = LogWriter(LogFile(tmp_path / "c-json.log", Rotation()),
+                       marks=OutputMarkFile(path, fresh=True))
+    writer.write(1, b"whole\npart")
+    writer.write(2, b"err")
+    writer.mark(7, 2)
+    assert OutputMarkFile.read(path) == OutputMark(7, 2, {1: b"part", 2: b"err"})
+    # The next hbd's writer goes on from the unfinished lines.
+    resumed = LogWriter(LogFile(tmp_path / "c-json.log", Rotation()),
+                        marks=OutputMarkFile(path, fresh=False))
+    mark = OutputMarkFile.read(path)
+    assert mark is not None
+    resumed.resume(mark)
+    resumed.write(1, b"ial\n")
+    resumed.close()  # logs "err": the mark then holds no unfinished line
+    assert OutputMarkFile.read(path) == OutputMark(7, 2, {1: b"", 2: b""})
+    logged = [json.loads(line)["log"] for line in
+              (tmp_path / "c-json.log").read_text().splitlines()]
+    assert logged == ["whole\n", "partial\n", "err"]
+    # A fresh run starts with no mark; garbage is no mark either.
+    OutputMarkFile(path, fresh=True).close()
+    assert OutputMarkFile.read(path) is None
+    path.write_bytes(b"hbo1" + b"\xff" * 40)
+    assert OutputMarkFile.read(path) is None

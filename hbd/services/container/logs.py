@@ -273,6 +273,7 @@ class LogWriter:
     def resume(self, mark: OutputMark) -> None:
         """Go on from where an earlier hbd's writer was: its unfinished lines."""
         self._pending = {1: mark.pending.get(1, b""), 2: mark.pending.get(2, b"")}
+        self._mark = mark
 
     def mark(self, proc: int, frames: int) -> None:
         """`frames` output frames of `proc` are in the log (or held here)."""
