@@ -11,6 +11,7 @@ from aiohttp import web
 from hbd import API_VERSION
 from hbd.api import gotypes
 from hbd.api.app import Router, json_response, query_filters
+from hbd.api.auth import scope_of
 from hbd.api.backends import AUTH, DISK_USAGE, SYSTEM
 from hbd.errors import InvalidParameter, SystemError_
 from hbd.services.image.registry import Credentials
@@ -59,7 +60,8 @@ def _time_param(request: web.Request, key: str) -> float:
 async def events(request: web.Request) -> web.StreamResponse:
     since = _time_param(request, "since")
     until = _time_param(request, "until")
-    subscription = request.app[SYSTEM].subscribe_events(since, until, query_filters(request))
+    subscription = request.app[SYSTEM].subscribe_events(since, until, query_filters(request),
+                                                          scope_of(request))
     response = web.StreamResponse()
     response.content_type = "application/json"
     await response.prepare(request)

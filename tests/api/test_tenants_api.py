@@ -1,0 +1,231 @@
+"""Tenant-private objects (issue 12) through the real API and services (fake
+sandbox driver), two tenants on a tenant listener and the operator on its
+own socket: each tenant sees and reaches its own containers, execs,
+volumes, networks and events only; another's is absent (404, dockerd's
+words); names are unique per tenant; the operator sees everything, tenant
+objects by their qualified names."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import docker
+import pytest
+
+from hbd.services.identity.validator import Identity
+from tests.api.conftest import ApiDaemon, serve_api_daemon
+from tests.daemon_fixture import BUSYBOX_TAR
+
+PROJECT_A = "a" * 32
+PROJECT_B = "b" * 32
+TOKENS = {
+    "token-a": Identity(PROJECT_A, "tenant-a", "u-a", "alice", frozenset({"member"})),
+    "token-b": Identity(PROJECT_B, "tenant-b", "u-b", "bob", frozenset({"member"})),
+}
+
+pytestmark = pytest.mark.skipif(not BUSYBOX_TAR.exists(), reason="no busybox image")
+
+
+@dataclass
+class Tenants:
+    api: ApiDaemon
+    a: docker.APIClient
+    b: docker.APIClient
+    operator: docker.APIClient
+
+
+def _tenant_client(api: ApiDaemon, token: str) -> docker.APIClient:
+    client = docker.APIClient(base_url=f"unix://{api.tenant_socket}", version="1.47")
+    client.headers["X-Auth-Token"] = token
+    return client
+
+
+@pytest.fixture(scope="module")
+def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
+    with serve_api_daemon(tmp_path_factory.mktemp("hbd-tenants"), TOKENS) as api:
+        operator = docker.APIClient(base_url=api.host, version="1.47")
+        yield Tenants(api, _tenant_client(api, "token-a"), _tenant_client(api, "token-b"),
+                      operator)
+
+
+@pytest.fixture(autouse=True)
+def clean(tenants: Tenants) -> Iterator[None]:
+    yield
+    op = tenants.operator
+    for c in op.containers(all=True):
+        op.remove_container(c["Id"], force=True)
+    for n in op.networks():
+        if n["Name"] not in ("bridge", "host", "none"):
+            op.remove_network(n["Id"])
+    for v in op.volumes()["Volumes"] or []:
+        op.remove_volume(v["Name"], force=True)
+
+
+def _error(call: object, *args: object, **kwargs: object) -> tuple[int, str]:
+    try:
+        call(*args, **kwargs)  # type: ignore[operator]
+    except docker.errors.APIError as e:
+        assert e.response is not None
+        return e.response.status_code, str(e.explanation)
+    raise AssertionError(f"{call} succeeded")
+
+
+def _web(client: docker.APIClient, name: str = "web", **host: object) -> str:
+    cid: str = client.create_container(
+        "busybox", ["sleep", "600"], name=name,
+        host_config=client.create_host_config(**host) if host else None)["Id"]
+    return cid
+
+
+def test_each_tenant_has_its_own_web_and_sees_only_it(tenants: Tenants) -> None:
+    a_id = _web(tenants.a)
+    b_id = _web(tenants.b)
+    assert a_id != b_id
+    for client, own in ((tenants.a, a_id), (tenants.b, b_id)):
+        listed = client.containers(all=True)
+        assert [(c["Id"], c["Names"]) for c in listed] == [(own, ["/web"])]
+        assert client.inspect_container("web")["Id"] == own
+        assert client.inspect_container(own[:12])["Name"] == "/web"
+        assert client.containers(all=True, filters={"name": "^web$"})[0]["Id"] == own
+    # A second `web` in one tenant is a conflict named as the tenant knows it.
+    status, message = _error(_web, tenants.a)
+    assert status == 409 and '"/web" is already in use' in message and "@" not in message
+
+
+def test_another_tenants_container_is_absent(tenants: Tenants) -> None:
+    b_id = _web(tenants.b, name="only-b")
+    tenants.b.start(b_id)
+    a = tenants.a
+    for ref in (b_id, b_id[:12], "only-b"):
+        assert _error(a.inspect_container, ref) == (404, f"No such container: {ref}")
+        for call in (a.start, a.stop, a.kill, a.pause, a.restart, a.remove_container,
+                     a.top, a.wait):
+            status, message = _error(call, ref)
+            # dockerd's words, some with a prefix ("Cannot kill container: X: ...").
+            assert status == 404 and message.endswith(f"No such container: {ref}"), call
+        assert _error(a.logs, ref)[0] == 404
+        assert _error(a.exec_create, ref, ["true"]) == (404, f"No such container: {ref}")
+        assert _error(a.rename, ref, "mine")[0] == 404
+        assert _error(a.get_archive, ref, "/etc")[0] == 404
+    assert a.containers(all=True) == []
+    assert a.containers(all=True, filters={"id": b_id}) == []
+    # Still there and running for its owner.
+    assert tenants.b.inspect_container(b_id)["State"]["Running"]
+
+
+def test_another_tenants_exec_is_absent(tenants: Tenants) -> None:
+    b_id = _web(tenants.b)
+    tenants.b.start(b_id)
+    exec_id = tenants.b.exec_create(b_id, ["true"])["Id"]
+    status, message = _error(tenants.a.exec_inspect, exec_id)
+    assert status == 404 and exec_id in message
+    assert _error(tenants.a.exec_start, exec_id)[0] == 404
+    assert tenants.b.exec_inspect(exec_id)["ContainerID"] == b_id
+
+
+def test_operator_sees_everything_with_unambiguous_names(tenants: Tenants) -> None:
+    a_id = _web(tenants.a)
+    b_id = _web(tenants.b)
+    op_id = _web(tenants.operator)
+    names = {c["Id"]: c["Names"] for c in tenants.operator.containers(all=True)}
+    assert names == {a_id: [f"/web@{PROJECT_A}"], b_id: [f"/web@{PROJECT_B}"],
+                     op_id: ["/web"]}
+    assert tenants.operator.inspect_container(f"web@{PROJECT_B}")["Id"] == b_id
+    assert tenants.operator.inspect_container("web")["Id"] == op_id
+    # The operator's own `web` is not a tenant's either.
+    assert tenants.a.inspect_container("web")["Id"] == a_id
+
+
+def test_tenant_names_may_not_carry_the_owner_mark(tenants: Tenants) -> None:
+    status, _ = _error(_web, tenants.a, name=f"web@{PROJECT_B}")
+    assert status == 400
+    assert _error(tenants.a.create_network, f"net@{PROJECT_B}")[0] == 400
+    assert _error(tenants.a.create_volume, f"data@{PROJECT_B}")[0] == 400
+
+
+def test_volumes_are_private_and_names_per_tenant(tenants: Tenants) -> None:
+    tenants.a.create_volume("data", labels={"who": "a"})
+    tenants.b.create_volume("data", labels={"who": "b"})
+    tenants.b.create_volume("only-b")
+    assert [v["Name"] for v in tenants.a.volumes()["Volumes"]] == ["data"]
+    assert tenants.a.inspect_volume("data")["Labels"] == {"who": "a"}
+    assert tenants.b.inspect_volume("data")["Labels"] == {"who": "b"}
+    assert _error(tenants.a.inspect_volume, "only-b") == (404, "get only-b: no such volume")
+    assert _error(tenants.a.remove_volume, "only-b")[0] == 404
+    # Mounting "only-b" in A makes A's own volume of that name, not B's.
+    cid = _web(tenants.a, name="user", binds=["only-b:/d"])
+    mounts = tenants.a.inspect_container(cid)["Mounts"]
+    assert [(m["Name"], m["Destination"]) for m in mounts] == [("only-b", "/d")]
+    operator_names = sorted(v["Name"] for v in tenants.operator.volumes()["Volumes"])
+    assert operator_names == sorted([f"data@{PROJECT_A}", f"data@{PROJECT_B}",
+                                     f"only-b@{PROJECT_A}", f"only-b@{PROJECT_B}"])
+    # Prune takes the tenant's own only.
+    tenants.a.remove_container(cid)
+    tenants.a.prune_volumes({"all": ["true"]})
+    left = sorted(v["Name"] for v in tenants.operator.volumes()["Volumes"])
+    assert left == sorted([f"data@{PROJECT_B}", f"only-b@{PROJECT_B}"])
+
+
+def test_networks_are_private(tenants: Tenants) -> None:
+    net_id = tenants.a.create_network("front")["Id"]
+    b_names = [n["Name"] for n in tenants.b.networks()]
+    assert sorted(b_names) == ["bridge", "host", "none"]
+    assert "front" in [n["Name"] for n in tenants.a.networks()]
+    assert tenants.a.inspect_network("front")["Id"] == net_id
+    for ref in ("front", net_id, net_id[:12]):
+        status, message = _error(tenants.b.inspect_network, ref)
+        assert status == 404 and ref in message
+        assert _error(tenants.b.remove_network, ref)[0] == 404
+    b_id = _web(tenants.b)
+    assert _error(tenants.b.connect_container_to_network, b_id, net_id)[0] == 404
+    assert _error(_web, tenants.b, name="joiner", network_mode="front")[0] == 404
+    # B's own `front` is another network.
+    b_net = tenants.b.create_network("front")["Id"]
+    assert b_net != net_id
+    a_id = _web(tenants.a, name="member", network_mode="front")
+    networks = tenants.a.inspect_container(a_id)["NetworkSettings"]["Networks"]
+    assert list(networks) == ["front"] and networks["front"]["NetworkID"] == net_id
+
+
+def test_container_modes_and_volumes_from_reach_own_containers_only(tenants: Tenants) -> None:
+    b_id = _web(tenants.b, binds=["secret:/s"])
+    tenants.b.start(b_id)
+    for mode in ("pid_mode", "ipc_mode"):  # dockerd: 400 at create for a missing one
+        status, message = _error(_web, tenants.a, name="peer", **{mode: f"container:{b_id}"})
+        assert status == 400 and f"No such container: {b_id}" in message, (mode, message)
+    # A missing network peer fails at start, as in dockerd.
+    peer = _web(tenants.a, name="peer", network_mode=f"container:{b_id}")
+    status, message = _error(tenants.a.start, peer)
+    assert status == 404 and f"No such container: {b_id}" in message
+    status, message = _error(_web, tenants.a, name="thief", volumes_from=[b_id])
+    assert status == 404 and "No such container" in message
+
+
+def _events(client: docker.APIClient) -> list[dict[str, object]]:
+    until = time.time() + 0.5
+    raw = client._get(client._url("/events"), params={"since": str(until - 60),
+                                                      "until": str(until)})
+    return [json.loads(line) for line in raw.text.splitlines() if line.strip()]
+
+
+def test_events_show_own_objects_only(tenants: Tenants) -> None:
+    a_id = _web(tenants.a)
+    b_id = _web(tenants.b, name="bweb")
+    tenants.b.create_volume("bvol")
+    a_events = _events(tenants.a)
+    actors = {e["Actor"]["ID"] for e in a_events}  # type: ignore[index]
+    assert a_id in actors and b_id not in actors and "bvol" not in actors
+    names = {e["Actor"]["Attributes"].get("name") for e in a_events  # type: ignore[index]
+             if e["Actor"]["ID"] == a_id}  # type: ignore[index]
+    assert names == {"web"}
+    operator_actors = {e["Actor"]["ID"] for e in _events(tenants.operator)}  # type: ignore[index]
+    assert {a_id, b_id, f"bvol@{PROJECT_B}"} <= operator_actors
+
+
+def test_tenant_errors_never_show_the_qualifier(tenants: Tenants) -> None:
+    assert _error(tenants.a.inspect_container, "ghost") == (404, "No such container: ghost")
+    assert _error(tenants.a.inspect_network, "ghost") == (404, "network ghost not found")
+
