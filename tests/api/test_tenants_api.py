@@ -229,3 +229,42 @@ def test_tenant_errors_never_show_the_qualifier(tenants: Tenants) -> None:
     assert _error(tenants.a.inspect_container, "ghost") == (404, "No such container: ghost")
     assert _error(tenants.a.inspect_network, "ghost") == (404, "network ghost not found")
 
+
+# -- policy ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("host", "what"), [
+    ({"binds": ["/etc:/host-etc"]}, "host bind mount /etc"),
+    ({"mounts": [docker.types.Mount("/m", "/tmp", type="bind")]}, "host bind mount /tmp"),
+    ({"privileged": True}, "--privileged"),
+    ({"network_mode": "host"}, "--network host"),
+    ({"devices": ["/dev/null:/dev/xnull"]}, "access to devices"),
+    ({"device_cgroup_rules": ["c 1:3 rwm"]}, "access to devices"),
+    ({"cap_add": ["SYS_ADMIN"]}, "--cap-add CAP_SYS_ADMIN"),
+    ({"cap_add": ["ALL"]}, "--cap-add ALL"),
+])
+def test_policy_refuses_what_reaches_the_host(tenants: Tenants, host: dict[str, object],
+                                              what: str) -> None:
+    status, message = _error(_web, tenants.a, name="refused", **host)
+    assert status == 403, message
+    assert message.startswith(f"authorization denied by plugin hbd-tenancy: {what}")
+    assert tenants.a.containers(all=True) == []
+
+
+def test_policy_allows_docker_defaults(tenants: Tenants) -> None:
+    # Docker's default capabilities, dropping any, volumes and tmpfs are fine.
+    cid = _web(tenants.a, name="fine", cap_add=["CHOWN", "NET_RAW"], cap_drop=["ALL"],
+               binds=["data:/data"], tmpfs={"/t": ""})
+    assert tenants.a.inspect_container(cid)["HostConfig"]["CapAdd"] == ["CHOWN", "NET_RAW"]
+    # The operator is bound by none of it.
+    op = _web(tenants.operator, name="op", cap_add=["SYS_ADMIN"], binds=["/etc:/e:ro"])
+    assert tenants.operator.inspect_container(op)["HostConfig"]["CapAdd"] == ["SYS_ADMIN"]
+
+
+def test_policy_refuses_a_privileged_exec(tenants: Tenants) -> None:
+    cid = _web(tenants.a)
+    tenants.a.start(cid)
+    status, message = _error(tenants.a.exec_create, cid, ["true"], privileged=True)
+    assert status == 403 and "a privileged exec" in message
+    assert tenants.a.exec_create(cid, ["true"])["Id"]
+

@@ -41,7 +41,10 @@ class Creator:
         if not isinstance(body, dict):
             raise InvalidParameter("invalid JSON: container config must be an object")
         config = cc.normalize_config(body)
-        host_config = cc.normalize_host_config(cc.host_config_of(body))
+        requested = cc.host_config_of(body)
+        if isinstance(requested, dict):  # policy first: 403 before any 400 of a field
+            tenancy.check_policy(requested, scope)
+        host_config = cc.normalize_host_config(requested)
         ns.check_network_mode(body, host_config)
         endpoints = tenancy.qualify_references(
             host_config, cn.endpoints_config(body.get("NetworkingConfig")), scope)

@@ -23,6 +23,7 @@ from hbd.drivers.flow import Drain, StreamQueue
 from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_exec
 from hbd.events import EventBus
 from hbd.services.container import config as cc
+from hbd.services.container import tenancy
 from hbd.services.container.detach import parse_detach_keys
 from hbd.services.container.model import Container, Run
 from hbd.services.container.service import ContainerService
@@ -155,6 +156,7 @@ class ExecService:
         if not isinstance(body, dict):
             raise InvalidParameter("invalid JSON: exec config must be an object")
         body = go_field_names(body, EXEC_CONFIG_FIELDS)
+        tenancy.check_exec_policy(bool(body.get("Privileged")), scope)
         c = self.containers.get(scope.qualify(ref))
         if not c.state.running:
             raise Conflict(f"Container {c.id} is not running")

@@ -1,5 +1,14 @@
 """What a tenant's container create asks for, as its tenancy bounds it.
 
+Policy: a tenant's container may not reach the host, nor be more than a
+Docker container by default is. Refused with 403, in the words dockerd uses
+when an authorization plugin refuses a request ("authorization denied by
+plugin NAME: MESSAGE"): host bind mounts (-v /path, --mount type=bind),
+--privileged (and privileged execs), --network host, devices (--device,
+--device-cgroup-rule, --gpus) and capabilities beyond Docker's default set
+(--cap-add; --cap-drop is always fine). `container:X` of another tenant's X
+is no policy matter: X is absent for it (404), as every other reference.
+
 A tenant names its own objects only (hbd.services.scope): every container
 and network that its create body refers to is qualified with its project
 before anything looks it up, so another tenant's is absent (404 or, where
@@ -12,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hbd.errors import Forbidden
+from hbd.services.container import capabilities
 from hbd.services.container.namespaces import CONTAINER_PREFIX, peer_ref
 from hbd.services.network.service import network_ref_in
 from hbd.services.scope import Scope
@@ -43,3 +54,38 @@ def _qualified_firsts(specs: Any, scope: Scope) -> list[str]:
         out.append(scope.qualify(name) + colon + rest)
     return out
 
+
+POLICY = "hbd-tenancy"
+
+
+def refused(what: str) -> Forbidden:
+    return Forbidden(f"authorization denied by plugin {POLICY}: {what} is not allowed for "
+                     "tenant containers")
+
+
+def check_policy(host_config: dict[str, Any], scope: Scope) -> None:
+    """A tenant's HostConfig (as requested) against the tenant policy."""
+    if not scope.is_tenant:
+        return
+    for spec in host_config.get("Binds") or []:
+        if str(spec).startswith("/"):
+            raise refused(f"host bind mount {str(spec).split(':')[0]}")
+    for mount in host_config.get("Mounts") or []:
+        if isinstance(mount, dict) and mount.get("Type") == "bind":
+            raise refused(f"host bind mount {mount.get('Source') or ''}".rstrip())
+    if host_config.get("Privileged"):
+        raise refused("--privileged")
+    if str(host_config.get("NetworkMode") or "") == "host":
+        raise refused("--network host")
+    if host_config.get("Devices") or host_config.get("DeviceCgroupRules") or \
+            host_config.get("DeviceRequests"):
+        raise refused("access to devices")
+    extra = [cap for cap in capabilities.normalize(host_config.get("CapAdd") or [], "CapAdd")
+             if cap not in capabilities.DEFAULT]
+    if extra:
+        raise refused(f"--cap-add {', '.join(extra)} (beyond Docker's default capabilities)")
+
+
+def check_exec_policy(privileged: bool, scope: Scope) -> None:
+    if scope.is_tenant and privileged:
+        raise refused("a privileged exec")
