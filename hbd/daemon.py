@@ -27,6 +27,7 @@ from hbd.services.network.model import DEFAULT_BRIDGE
 from hbd.services.network.service import NetworkService, instance_tag
 from hbd.services.plugin.service import PluginService
 from hbd.services.pod.service import PodService
+from hbd.services.quota import QuotaGuard
 from hbd.services.system.disk_usage import DiskUsage
 from hbd.services.system.service import SystemService
 from hbd.services.volume.service import VolumeService
@@ -104,7 +105,9 @@ class Daemon:
         self.dns = DnsServer(self._dns_views)
         self.networks.on_change.append(self.dns.refresh)
         await self.dns.reconcile()
-        self.volumes = VolumeService(self.state, config.data_root / "volumes", self.events)
+        self.volumes = VolumeService(
+            self.state, config.data_root / "volumes", self.events,
+            QuotaGuard(config.quotas, config.vm.vcpus, config.vm.memory_mib))
         self.plugins = PluginService(self.state, config.data_root / "plugins", self.events,
                                      self.registry)
         self.containers = ContainerService(config, self.state, self.images, self.networks,

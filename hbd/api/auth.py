@@ -55,7 +55,8 @@ def identity_of(request: web.Request) -> Identity | None:
 def scope_of(request: web.Request) -> Scope:
     """Whose objects the request sees, as the services take it."""
     identity = identity_of(request)
-    return OPERATOR if identity is None else Scope(identity.project_id)
+    return OPERATOR if identity is None else \
+        Scope(identity.project_id, identity.project_name)
 
 
 @web.middleware

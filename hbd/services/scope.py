@@ -46,6 +46,7 @@ class Scope:
     """The asker: a tenant's project id, or None for the operator."""
 
     project: str | None = None
+    project_name: str = ""  # for what the operator configures by name (quotas)
 
     @property
     def is_tenant(self) -> bool:

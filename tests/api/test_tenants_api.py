@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import docker
 import pytest
 
+from hbd.config import Config, QuotaSettings
 from hbd.services.identity.validator import Identity
 from tests.api.conftest import ApiDaemon, serve_api_daemon
 from tests.daemon_fixture import BUSYBOX_TAR
@@ -268,3 +269,60 @@ def test_policy_refuses_a_privileged_exec(tenants: Tenants) -> None:
     assert status == 403 and "a privileged exec" in message
     assert tenants.a.exec_create(cid, ["true"])["Id"]
 
+
+# -- quotas ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
+    config = Config()
+    config.quotas = QuotaSettings(containers=2, vcpus=2, memory_mib=512, volume_gib=10,
+                                  projects={"tenant-b": {"containers": 0, "vcpus": 0,
+                                                         "memory_mib": 0}})
+    with serve_api_daemon(tmp_path_factory.mktemp("hbd-quotas"), TOKENS, config) as api:
+        operator = docker.APIClient(base_url=api.host, version="1.47")
+        yield Tenants(api, _tenant_client(api, "token-a"), _tenant_client(api, "token-b"),
+                      operator)
+
+
+def _quota_error(kind: str, limit: int, used: str, more: str) -> str:
+    return (f"quota exceeded for project tenant-a: {kind} {limit}: {used} in use, "
+            f"{more} more requested")
+
+
+def test_container_quotas(limited: Tenants) -> None:
+    a = limited.a
+    first = _web(a, name="first")  # vm.memory_mib (256) and one vCPU without limits
+    status, message = _error(_web, a, name="big", mem_limit="300m")
+    assert (status, message) == (403, _quota_error("memory_mib", 512, "256 MiB of memory",
+                                                   "300 MiB of memory"))
+    _web(a, name="second", mem_limit="256m")
+    status, message = _error(_web, a, name="third")
+    assert (status, message) == (403, _quota_error("containers", 2, "2", "1"))
+    a.remove_container(first)
+    status, message = _error(_web, a, name="wide", nano_cpus=2_000_000_000)
+    assert (status, message) == (403, _quota_error("vcpus", 2, "1 vCPUs", "2 vCPUs"))
+    _web(a, name="narrow", nano_cpus=500_000_000)
+    # `docker update` stays within them too.
+    status, message = _error(a.update_container, "narrow", mem_limit="400m")
+    assert (status, message) == (403, _quota_error("memory_mib", 512, "256 MiB of memory",
+                                                   "400 MiB of memory"))
+    a.update_container("narrow", mem_limit="200m")
+    # Tenant B's own quotas (by project name) lift those limits; the operator has none.
+    for n in range(3):
+        _web(limited.b, name=f"b{n}", nano_cpus=2_000_000_000, mem_limit="400m")
+        _web(limited.operator, name=f"op{n}")
+
+
+def test_volume_quota(limited: Tenants) -> None:
+    a = limited.a
+    a.create_volume("disk1", driver_opts={"type": "block", "size": "6g"})
+    status, message = _error(a.create_volume, "disk2",
+                             driver_opts={"type": "block", "size": "6g"})
+    assert (status, message) == (403, _quota_error("volume_gib", 10, "6 GiB of volumes",
+                                                   "6 GiB of volumes"))
+    a.create_volume("disk2", driver_opts={"type": "block", "size": "4g"})
+    a.create_volume("shared")  # no size of its own
+    assert sorted(v["Name"] for v in a.volumes()["Volumes"]) == ["disk1", "disk2", "shared"]
+    for v in ("disk1", "disk2", "shared"):
+        a.remove_volume(v)

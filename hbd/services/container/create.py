@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hbd.errors import Conflict, HbdError, InvalidParameter, NotFound, no_such_image
@@ -20,6 +20,7 @@ from hbd.services.container.store import ContainerStore
 from hbd.services.image.reference import parse_reference
 from hbd.services.image.store import ImageStore
 from hbd.services.network.service import NetworkService
+from hbd.services.quota import QuotaGuard
 from hbd.services.scope import OPERATOR, Scope
 from hbd.services.timefmt import rfc3339_nano
 from hbd.services.volume.service import VolumeService
@@ -32,6 +33,7 @@ class Creator:
     networks: NetworkService
     volumes: VolumeService
     scratch: ScratchDisks
+    quota: QuotaGuard = field(default_factory=QuotaGuard)
 
     async def create(self, name: str | None, body: dict[str, Any],
                      api_version: str = "", scope: Scope = OPERATOR) -> dict[str, Any]:
@@ -52,6 +54,8 @@ class Creator:
         ns.resolve_network_mode(host_config, self.store)
         if not config["Image"]:
             raise InvalidParameter("No image was specified")
+        self.quota.check_container(scope, host_config,
+                                   (c.host_config for c in self.store.visible(scope)))
         try:
             img = self.images.get(config["Image"])
         except NotFound:

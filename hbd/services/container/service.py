@@ -67,6 +67,7 @@ from hbd.services.container.store import ContainerStore
 from hbd.services.container.views import ContainerViews
 from hbd.services.image.store import ImageStore
 from hbd.services.network.service import NetworkService, network_ref_in
+from hbd.services.quota import QuotaGuard
 from hbd.services.scope import OPERATOR, Scope
 from hbd.services.volume.service import VolumeService
 from hbd.store import StateStore
@@ -88,7 +89,8 @@ class ContainerService:
                                self.remover)
         self.starter = Starter(config, self.store, images, networks, volumes, self.sandboxes,
                                self.monitor, self.restarts)
-        self.creator = Creator(self.store, images, networks, volumes, scratch)
+        self.quota = QuotaGuard(config.quotas, config.vm.vcpus, config.vm.memory_mib)
+        self.creator = Creator(self.store, images, networks, volumes, scratch, self.quota)
         self.stopper = Stopper(self.store, self.restarts, self.starter)
         self.views = ContainerViews(self.store, images, networks, volumes)
         self.connections = Connections(self.store, networks, self.sandboxes)
@@ -168,7 +170,14 @@ class ContainerService:
 
     async def update(self, ref: str, body: dict[str, Any], scope: Scope = OPERATOR
                      ) -> list[str]:
-        return await self.stopper.update(scope.qualify(ref), body)
+        """`docker update`; a tenant's new limits within its project's quotas."""
+        c = self.get(scope.qualify(ref))
+        if scope.is_tenant and isinstance(body, dict):
+            wanted = {**c.host_config, **{k: v for k, v in body.items()
+                                          if k in ("Memory", "NanoCpus", "CpusetCpus")}}
+            self.quota.check_container(scope, wanted, (
+                other.host_config for other in self.store.visible(scope) if other is not c))
+        return await self.stopper.update(c.id, body)
 
     async def resize(self, ref: str, height: int, width: int,
                      scope: Scope = OPERATOR) -> None:

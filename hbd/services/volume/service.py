@@ -29,6 +29,7 @@ from hbd.drivers import disks
 from hbd.errors import Conflict, InvalidParameter, NotFound
 from hbd.events import EventBus
 from hbd.services.filters import PruneFilter, labels_match
+from hbd.services.quota import QuotaGuard
 from hbd.services.scope import OPERATOR, Scope
 from hbd.services.timefmt import rfc3339_nano
 from hbd.store import StateStore
@@ -67,8 +68,10 @@ class Volume:
 
 
 class VolumeService:
-    def __init__(self, state: StateStore, root: Path, events: EventBus) -> None:
+    def __init__(self, state: StateStore, root: Path, events: EventBus,
+                 quota: QuotaGuard | None = None) -> None:
         self.state = state
+        self.quota = quota or QuotaGuard()
         self.root = root
         self.events = events
         self.templates = root / "_templates"
@@ -131,6 +134,9 @@ class VolumeService:
                 return existing
             size = parse_size(options["size"]) if "size" in options else \
                 (DEFAULT_SIZE if kind == "block" else 0)
+            if scope.is_tenant:
+                self.quota.check_volume(scope, size, await asyncio.to_thread(
+                    self._sizes, [v for v in self.volumes.values() if scope.sees(v.name)]))
             v = Volume(name, rfc3339_nano(), size, dict(labels or {}), options, anonymous,
                        kind)
             directory = self.root / name
@@ -200,6 +206,11 @@ class VolumeService:
             deleted.append(v.name)
             reclaimed += size
         return {"VolumesDeleted": scope.shown(deleted) or None, "SpaceReclaimed": reclaimed}
+
+    def _sizes(self, volumes: list[Volume]) -> list[int]:
+        """What each volume counts for in a quota: a block one its size, a
+        shared one (which has none) what it holds."""
+        return [v.size if v.block else self.disk_usage(v) for v in volumes]
 
     def disk_usage(self, v: Volume) -> int:
         """The bytes a volume holds. A shared one: its files, counted as dockerd
