@@ -43,7 +43,7 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def info(request: web.Request) -> web.Response:
-    return json_response(request.app[SYSTEM].info())
+    return json_response(request.app[SYSTEM].info(scope_of(request)))
 
 
 def _time_param(request: web.Request, key: str) -> float:
@@ -83,7 +83,8 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def disk_usage(request: web.Request) -> web.Response:
     """GET /system/df (`docker system df`); `type` picks what to count (API 1.42)."""
-    return json_response(await request.app[DISK_USAGE].report(request.query.getall("type", [])))
+    return json_response(await request.app[DISK_USAGE].report(request.query.getall("type", []),
+                                                               scope_of(request)))
 
 
 async def auth(request: web.Request) -> web.Response:

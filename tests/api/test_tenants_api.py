@@ -226,6 +226,18 @@ def test_events_show_own_objects_only(tenants: Tenants) -> None:
     assert {a_id, b_id, f"bvol@{PROJECT_B}"} <= operator_actors
 
 
+def test_system_df_and_info_count_own_objects(tenants: Tenants) -> None:
+    a_id = _web(tenants.a, binds=["avol:/d"])
+    b_id = _web(tenants.b, binds=["bvol:/d"])
+    df = tenants.a.df()
+    assert [c["Id"] for c in df["Containers"]] == [a_id]
+    assert [(v["Name"], v["UsageData"]["RefCount"]) for v in df["Volumes"]] == [("avol", 1)]
+    assert tenants.a.info()["Containers"] == 1
+    operator_df = tenants.operator.df()
+    assert {c["Id"] for c in operator_df["Containers"]} == {a_id, b_id}
+    assert tenants.operator.info()["Containers"] == 2
+
+
 def test_tenant_errors_never_show_the_qualifier(tenants: Tenants) -> None:
     assert _error(tenants.a.inspect_container, "ghost") == (404, "No such container: ghost")
     assert _error(tenants.a.inspect_network, "ghost") == (404, "network ghost not found")

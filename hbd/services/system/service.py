@@ -142,8 +142,8 @@ class SystemService:
                                "status": {"hbd.alias-of": hostconfig.DEFAULT_RUNTIME}}
         return runtimes
 
-    def info(self) -> dict[str, Any]:
-        containers = list(self.containers.containers.values())
+    def info(self, scope: Scope = OPERATOR) -> dict[str, Any]:
+        containers = self.containers.store.visible(scope)  # a tenant counts its own
         running = sum(1 for c in containers if c.state.running and not c.state.paused)
         paused = sum(1 for c in containers if c.state.paused)
         os_name, os_version = _os_release()
