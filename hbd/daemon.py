@@ -23,7 +23,7 @@ from hbd.services.image.distribution import Distribution
 from hbd.services.image.registry import RegistryClient, RegistrySettings
 from hbd.services.image.store import ImageStore
 from hbd.services.network.dns import DnsServer, NetworkView
-from hbd.services.network.model import DEFAULT_BRIDGE
+from hbd.services.network.model import is_default_bridge
 from hbd.services.network.service import NetworkService, instance_tag
 from hbd.services.plugin.service import PluginService
 from hbd.services.pod.service import PodService
@@ -162,7 +162,7 @@ class Daemon:
                 aliases = {alias.lower(): target for alias, target in endpoint.links.items()}
                 for address in (a for e in run.endpoints.values() for a in e.addresses):
                     links[address] = aliases
-                if n.name == DEFAULT_BRIDGE:  # dockerd serves no names on the default bridge
+                if is_default_bridge(n.name):  # dockerd serves no names on a default bridge
                     continue
                 for name in endpoint.dns_names:
                     names.setdefault(name.lower(), []).extend(endpoint.addresses)

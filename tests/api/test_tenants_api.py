@@ -173,7 +173,7 @@ def test_volumes_are_private_and_names_per_tenant(tenants: Tenants) -> None:
 def test_networks_are_private(tenants: Tenants) -> None:
     net_id = tenants.a.create_network("front")["Id"]
     b_names = [n["Name"] for n in tenants.b.networks()]
-    assert sorted(b_names) == ["bridge", "host", "none"]
+    assert "front" not in b_names and set(b_names) <= {"bridge", "host", "none"}
     assert "front" in [n["Name"] for n in tenants.a.networks()]
     assert tenants.a.inspect_network("front")["Id"] == net_id
     for ref in ("front", net_id, net_id[:12]):
@@ -189,6 +189,32 @@ def test_networks_are_private(tenants: Tenants) -> None:
     a_id = _web(tenants.a, name="member", network_mode="front")
     networks = tenants.a.inspect_container(a_id)["NetworkSettings"]["Networks"]
     assert list(networks) == ["front"] and networks["front"]["NetworkID"] == net_id
+
+
+def test_each_tenant_has_a_default_bridge_of_its_own(tenants: Tenants) -> None:
+    a_id = _web(tenants.a)
+    b_id = _web(tenants.b)
+    op_id = _web(tenants.operator)
+    bridges = {}
+    for client, cid in ((tenants.a, a_id), (tenants.b, b_id), (tenants.operator, op_id)):
+        networks = client.inspect_container(cid)["NetworkSettings"]["Networks"]
+        assert list(networks) == ["bridge"]
+        bridges[cid] = networks["bridge"]["NetworkID"]
+        assert client.inspect_network("bridge")["Id"] == bridges[cid]
+    for client in (tenants.a, tenants.b):
+        assert sorted(n["Name"] for n in client.networks()) == ["bridge", "host", "none"]
+    assert len(set(bridges.values())) == 3
+    operator_names = {n["Name"]: n["Id"] for n in tenants.operator.networks()}
+    assert operator_names[f"bridge@{PROJECT_A}"] == bridges[a_id]
+    # A tenant's default bridge is predefined: not its to remove or make.
+    status, message = _error(tenants.a.remove_network, "bridge")
+    assert (status, message) == (403, "bridge is a pre-defined network and cannot be removed")
+    assert _error(tenants.a.create_network, "bridge")[0] == 403
+    # `--network bridge` and `--network default` are the tenant's own too.
+    for mode in ("bridge", "default"):
+        cid = _web(tenants.a, name=f"on-{mode}", network_mode=mode)
+        networks = tenants.a.inspect_container(cid)["NetworkSettings"]["Networks"]
+        assert networks["bridge"]["NetworkID"] == bridges[a_id]
 
 
 def test_container_modes_and_volumes_from_reach_own_containers_only(tenants: Tenants) -> None:

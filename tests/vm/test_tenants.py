@@ -4,7 +4,8 @@ CLI with one context per tenant whose config.json sends the tenant's token
 (HttpHeaders). Each tenant runs its own `web`; every cross-tenant attempt
 (ps, inspect by id, name and prefix, logs, exec, stop, rm, network ls and
 inspect, volume ls and inspect, mounting the other's volume, events) finds
-nothing; the operator's socket sees both. Three guests in all."""
+nothing, and no packet gets from one tenant's default bridge to the other's;
+the operator's socket sees both. Three guests in all."""
 
 from __future__ import annotations
 
@@ -130,6 +131,15 @@ def test_isolation_matrix(setup: Setup) -> None:
     b_events = b.run("events", "--since", since, "--until", until,
                      "--format", "{{.Actor.ID}}").stdout.split()
     assert b_id in b_events and a_id not in b_events and net_id not in b_events
+
+    # Each tenant's default bridge is its own: no path from A's web to B's.
+    fmt = "{{range .NetworkSettings.Networks}}{{.NetworkID}} {{.IPAddress}} {{.Gateway}}{{end}}"
+    a_net, _, a_gateway = a.run("inspect", "-f", fmt, "web").stdout.split()
+    b_net, b_ip, _ = b.run("inspect", "-f", fmt, "web").stdout.split()
+    assert a_net != b_net
+    assert a.run("exec", "web", "ping", "-c", "1", "-W", "5", a_gateway).returncode == 0
+    unreachable = a.run("exec", "web", "ping", "-c", "2", "-W", "2", b_ip, check=False)
+    assert unreachable.returncode != 0 and " 0 packets received" in unreachable.stdout
 
     # The operator sees both, with names that say whose.
     names = setup.daemon.docker("ps", "--format", "{{.Names}}").stdout.decode().split()

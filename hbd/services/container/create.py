@@ -69,6 +69,7 @@ class Creator:
         cc.merge_image_config(config, img.container_config)
         args = cc.command_of(config)
         warnings = cn.migrate_mac_address(config, host_config, endpoints, api_version)
+        await self.networks.ensure_default_bridge(scope)
         attachments = cn.attachments_for_create(host_config, endpoints, self.networks)
         cn.published_ports(config, host_config)  # reject bad port specs now, not at start
         legacy_links = links.register(host_config, self.store)

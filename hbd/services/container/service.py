@@ -251,6 +251,7 @@ class ContainerService:
 
     async def connect(self, ref: str, network_ref: str, settings: dict[str, Any],
                       scope: Scope = OPERATOR) -> None:
+        await self.connections.networks.ensure_default_bridge(scope)
         await self.connections.connect(scope.qualify(ref), network_ref_in(scope, network_ref),
                                        settings)
 

@@ -36,11 +36,13 @@ from hbd.services.network.filters import NetworkFilter
 from hbd.services.network.model import (
     DEFAULT_BRIDGE,
     PREDEFINED,
+    SHARED,
     Endpoint,
     Network,
     NetworkUsers,
     PublishedPort,
     RunNetworking,
+    is_default_bridge,
     network_not_found,
     parse_link,
 )
@@ -91,11 +93,12 @@ _NO_USERS = _NoUsers()
 
 
 def network_ref_in(scope: Scope, ref: str) -> str:
-    """A network reference as the asker means it: the predefined networks (and
-    the `default` mode) are everyone's, any other is the asker's own."""
-    if ref in PREDEFINED or ref == "default":
+    """A network reference as the asker means it: `host` and `none` are
+    everyone's, `bridge` (and the `default` mode) a tenant's own default
+    bridge, any other the asker's own network."""
+    if ref in SHARED or (not scope.is_tenant and ref == "default"):
         return ref
-    return scope.qualify(ref)
+    return scope.qualify(DEFAULT_BRIDGE if ref == "default" else ref)
 
 
 class NetworkService:
@@ -134,11 +137,11 @@ class NetworkService:
         finds that owner's networks and the predefined ones only."""
         base, owner = split_owner(ref)
         candidates = list(self.networks.values()) if owner is None else \
-            [n for n in self.networks.values() if n.builtin or owner_of(n.name) == owner]
+            [n for n in self.networks.values() if n.shared or owner_of(n.name) == owner]
         by_id = [n for n in candidates if n.id == base]
         if by_id:
             return by_id[0]
-        by_name = [n for n in candidates if n.name == ref or (n.builtin and n.name == base)]
+        by_name = [n for n in candidates if n.name == ref or (n.shared and n.name == base)]
         if by_name:
             return by_name[0]
         by_prefix = [n for n in candidates if n.id.startswith(base)]
@@ -290,6 +293,18 @@ class NetworkService:
         self._changed()
         return {"Id": n.id, "Warning": ""}
 
+    async def ensure_default_bridge(self, scope: Scope) -> None:
+        """A tenant's own default bridge (`bridge` as it sees it), made at its
+        first need: tenants share no bridge, so no tenant reaches another's
+        containers (nothing is forwarded between two networks)."""
+        if not scope.is_tenant:
+            return
+        name = scope.qualify(DEFAULT_BRIDGE)
+        if any(n.name == name for n in self.networks.values()):
+            return
+        with contextlib.suppress(Conflict):  # made meanwhile by another request
+            await self.create({"Name": name})
+
     async def _ipam(self, configs: list[Any], enable_ipv6: bool
                     ) -> tuple[ipam_rules.Pool, ipam_rules.Pool | None]:
         """The network's IPv4 pool (from the default pools when no subnet is
@@ -323,9 +338,11 @@ class NetworkService:
         return sorted({cid for cid in self.leases.get(n.id, {}).values()})
 
     async def remove(self, ref: str, scope: Scope = OPERATOR) -> None:
-        """A network that containers are configured on (running or not) stays."""
+        """A network that containers are configured on (running or not) stays.
+        A tenant's default bridge is predefined for it; the operator may
+        remove it (a new one is made at the tenant's next need)."""
         n = self.get(network_ref_in(scope, ref))
-        if n.builtin:
+        if n.builtin and (scope.is_tenant or n.name in PREDEFINED):
             raise Forbidden(f"{n.name} is a pre-defined network and cannot be removed")
         active = self.in_use(n)
         if active or self.users.configured_on(n.name):
@@ -537,12 +554,12 @@ class NetworkService:
         matches = NetworkFilter(filters, self.users)
         return scope.shown([self._view(n, {}) for n in sorted(self.networks.values(),
                                                               key=lambda n: n.created)
-                            if (n.builtin or scope.sees(n.name)) and matches(n)])
+                            if (n.shared or scope.sees(n.name)) and matches(n)])
 
     def inspect(self, ref: str, scope: Scope = OPERATOR) -> dict[str, Any]:
         n = self.get(network_ref_in(scope, ref))
         members = self.users.network_members(n.name)
-        if n.builtin:  # everyone's network: a tenant sees its own containers on it
+        if n.shared:  # everyone's network: a tenant sees its own containers on it
             members = {cid: m for cid, m in members.items() if scope.sees(m["Name"])}
         return scope.shown(self._view(n, members))
 
@@ -588,5 +605,6 @@ class NetworkService:
             "IPv6Gateway": endpoint.gateway6 if endpoint else "",
             "GlobalIPv6Address": endpoint.ip6 if endpoint else "",
             "GlobalIPv6PrefixLen": endpoint.prefix6 if endpoint else 0,
-            "DNSNames": endpoint.dns_names if endpoint and n.name != DEFAULT_BRIDGE else None,
+            "DNSNames": endpoint.dns_names if endpoint and not is_default_bridge(n.name)
+            else None,
         }
