@@ -19,6 +19,7 @@ from hbd.config import Config, QuotaSettings
 from hbd.services.identity.validator import Identity
 from tests.api.conftest import ApiDaemon, serve_api_daemon
 from tests.daemon_fixture import BUSYBOX_TAR
+from tests.fakes import text_tar
 
 PROJECT_A = "a" * 32
 PROJECT_B = "b" * 32
@@ -288,6 +289,14 @@ def test_policy_refuses_what_reaches_the_host(tenants: Tenants, host: dict[str, 
     assert status == 403, message
     assert message.startswith(f"authorization denied by plugin hbd-tenancy: {what}")
     assert tenants.a.containers(all=True) == []
+
+
+def test_policy_holds_for_a_tenants_build_steps(tenants: Tenants) -> None:
+    # A RUN step's container is the tenant's: `docker build --network host` is refused.
+    messages = list(tenants.a.build(fileobj=text_tar({"Dockerfile": "FROM busybox\nRUN true\n"}),
+                                    custom_context=True, decode=True, network_mode="host"))
+    errors = [m.get("error", "") for m in messages if "error" in m]
+    assert errors and "authorization denied by plugin hbd-tenancy: --network host" in errors[0]
 
 
 def test_policy_allows_docker_defaults(tenants: Tenants) -> None:
