@@ -18,6 +18,7 @@ import pytest
 from hbd.config import Config, QuotaSettings
 from hbd.services.identity.validator import Identity
 from tests.api.conftest import ApiDaemon, serve_api_daemon
+from tests.api.test_networks_api import guest, hosts_file
 from tests.daemon_fixture import BUSYBOX_TAR
 from tests.fakes import text_tar
 
@@ -230,6 +231,28 @@ def test_container_modes_and_volumes_from_reach_own_containers_only(tenants: Ten
     assert status == 404 and f"No such container: {b_id}" in message
     status, message = _error(_web, tenants.a, name="thief", volumes_from=[b_id])
     assert status == 404 and "No such container" in message
+
+
+def test_links_name_the_tenants_own_containers(tenants: Tenants) -> None:
+    a = tenants.a
+    child = a.create_container("busybox", ["sleep", "600"], name="kid", hostname="chost",
+                               environment=["FOO=bar"])["Id"]
+    a.start(child)
+    parent = a.create_container("busybox", ["sleep", "600"], name="dad",
+                                host_config=a.create_host_config(links={"kid": "db"}))["Id"]
+    a.start(parent)
+    assert a.inspect_container(parent)["HostConfig"]["Links"] == ["/kid:/dad/db"]
+    ip = a.inspect_container(child)["NetworkSettings"]["IPAddress"]
+    assert ip  # the default bridge's address, at the top level as dockerd shows it
+    assert f"{ip}\tdb chost kid" in hosts_file(guest(tenants.api, parent)).splitlines()
+    exec_id = a.exec_create(parent, ["env"])["Id"]
+    env = a.exec_start(exec_id).decode().splitlines()
+    assert "DB_NAME=/dad/db" in env and "DB_ENV_FOO=bar" in env
+    # Another tenant's `kid` is no child of A's, nor is A's parent B's to unlink.
+    assert _error(_web, tenants.b, name="b-dad", links={"kid": "db"})[0] == 400
+    assert _error(tenants.b.remove_container, "dad/db", link=True)[0] == 404
+    a.remove_container("dad/db", link=True)
+    assert not a.inspect_container(parent)["HostConfig"]["Links"]
 
 
 def _events(client: docker.APIClient) -> list[dict[str, object]]:

@@ -96,8 +96,8 @@ def hosts_lines(c: Container, store: ContainerStore) -> list[str]:
     lines = []
     for link, child, endpoint in _running_children(c, store):
         names = f"{link.alias} {child.hostname}"
-        if link.alias != child.name.lstrip("/"):
-            names += f" {child.name.lstrip('/')}"
+        if link.alias != child.own_name:
+            names += f" {child.own_name}"
         lines += [f"{address}\t{names}" for address in endpoint.addresses]
     return lines
 
@@ -106,7 +106,7 @@ def environment(c: Container, store: ContainerStore) -> list[str]:
     """ALIAS_NAME, ALIAS_PORT_…, ALIAS_ENV_… for each running child."""
     out = []
     for link, child, endpoint in _running_children(c, store):
-        out += link_env(endpoint.ip, f"{c.name}/{link.alias}", child.config.get("Env") or [],
+        out += link_env(endpoint.ip, f"/{c.own_name}/{link.alias}", child.config.get("Env") or [],
                         child.config.get("ExposedPorts") or {})
     return out
 

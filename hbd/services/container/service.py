@@ -185,7 +185,12 @@ class ContainerService:
 
     async def remove(self, ref: str, force: bool = False, volumes: bool = False,
                      link: bool = False, scope: Scope = OPERATOR) -> None:
-        await self.remover.remove(scope.qualify(ref), force, volumes, link)
+        if link:  # /parent/alias: the parent is the asker's
+            parent, slash, alias = ref.rpartition("/")
+            ref = scope.qualify(parent) + slash + alias
+        else:
+            ref = scope.qualify(ref)
+        await self.remover.remove(ref, force, volumes, link)
 
     async def prune(self, filters: dict[str, list[str]], scope: Scope = OPERATOR
                     ) -> dict[str, Any]:
