@@ -113,6 +113,14 @@ def test_another_tenants_container_is_absent(tenants: Tenants) -> None:
         assert _error(a.exec_create, ref, ["true"]) == (404, f"No such container: {ref}")
         assert _error(a.rename, ref, "mine")[0] == 404
         assert _error(a.get_archive, ref, "/etc")[0] == 404
+        assert _error(a.put_archive, ref, "/tmp", b"")[0] == 404
+        assert _error(a.diff, ref)[0] == 404
+        assert _error(lambda r: list(a.export(r)), ref)[0] == 404
+        assert _error(a.stats, ref, stream=False)[0] == 404
+        assert _error(a.attach, ref, stream=False)[0] == 404
+        assert _error(a.resize, ref, 10, 10)[0] == 404
+        assert _error(a.update_container, ref, mem_limit="64m")[0] == 404
+        assert _error(a.commit, ref, "stolen")[0] == 404
     assert a.containers(all=True) == []
     assert a.containers(all=True, filters={"id": b_id}) == []
     # Still there and running for its owner.
