@@ -94,6 +94,38 @@ class KeystoneSettings:
     cache_size: int = 1024
 
 
+QUOTA_KINDS = ("containers", "vcpus", "memory_mib", "volume_gib")
+
+
+@dataclass
+class QuotaSettings:
+    """Per-project limits of tenants' objects (0: no limit); `projects`
+    overrides them for a project, by its id or name."""
+
+    containers: int = 0
+    vcpus: int = 0
+    memory_mib: int = 0
+    volume_gib: int = 0
+    projects: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, where: str) -> None:
+        for project, limits in self.projects.items():
+            if not isinstance(limits, dict):
+                raise InvalidParameter(f"{where}: projects.{project} must be a table")
+            for key, value in limits.items():
+                if key not in QUOTA_KINDS:
+                    raise InvalidParameter(f"{where}: projects.{project}: unknown quota "
+                                           f"{key!r}")
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise InvalidParameter(f"{where}: projects.{project}.{key} must be an "
+                                           "int, at least 0")
+
+    def limit(self, kind: str, project_id: str, project_name: str) -> int:
+        """The project's limit of one kind (QUOTA_KINDS); 0: none."""
+        override = self.projects.get(project_id) or self.projects.get(project_name) or {}
+        return int(override.get(kind, getattr(self, kind)))
+
+
 @dataclass
 class Config:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
@@ -101,6 +133,7 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     cri: CriSettings = field(default_factory=CriSettings)
     keystone: KeystoneSettings = field(default_factory=KeystoneSettings)
+    quotas: QuotaSettings = field(default_factory=QuotaSettings)
 
     @property
     def data_root(self) -> Path:
@@ -141,4 +174,5 @@ def load_config(path: Path | None) -> Config:
         if name not in sections or not isinstance(values, dict):
             raise InvalidParameter(f"{path}: unknown section [{name}]")
         _apply(sections[name], values, f"{path} [{name}]")
+    config.quotas.check(f"{path} [quotas]")
     return config

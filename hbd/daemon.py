@@ -23,10 +23,11 @@ from hbd.services.image.distribution import Distribution
 from hbd.services.image.registry import RegistryClient, RegistrySettings
 from hbd.services.image.store import ImageStore
 from hbd.services.network.dns import DnsServer, NetworkView
-from hbd.services.network.model import DEFAULT_BRIDGE
+from hbd.services.network.model import is_default_bridge
 from hbd.services.network.service import NetworkService, instance_tag
 from hbd.services.plugin.service import PluginService
 from hbd.services.pod.service import PodService
+from hbd.services.quota import QuotaGuard
 from hbd.services.system.disk_usage import DiskUsage
 from hbd.services.system.service import SystemService
 from hbd.services.volume.service import VolumeService
@@ -104,7 +105,9 @@ class Daemon:
         self.dns = DnsServer(self._dns_views)
         self.networks.on_change.append(self.dns.refresh)
         await self.dns.reconcile()
-        self.volumes = VolumeService(self.state, config.data_root / "volumes", self.events)
+        self.volumes = VolumeService(
+            self.state, config.data_root / "volumes", self.events,
+            QuotaGuard(config.quotas, config.vm.vcpus, config.vm.memory_mib))
         self.plugins = PluginService(self.state, config.data_root / "plugins", self.events,
                                      self.registry)
         self.containers = ContainerService(config, self.state, self.images, self.networks,
@@ -159,7 +162,7 @@ class Daemon:
                 aliases = {alias.lower(): target for alias, target in endpoint.links.items()}
                 for address in (a for e in run.endpoints.values() for a in e.addresses):
                     links[address] = aliases
-                if n.name == DEFAULT_BRIDGE:  # dockerd serves no names on the default bridge
+                if is_default_bridge(n.name):  # dockerd serves no names on a default bridge
                     continue
                 for name in endpoint.dns_names:
                     names.setdefault(name.lower(), []).extend(endpoint.addresses)

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from hbd.api.app import Handler
-from hbd.errors import Forbidden
+from hbd.errors import Forbidden, HbdError
 from hbd.services.identity.validator import Identity, TokenValidator
+from hbd.services.scope import OPERATOR, Scope
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 # Unauthenticated everywhere: the CLI's API version probe says nothing of anyone.
@@ -51,6 +52,13 @@ def identity_of(request: web.Request) -> Identity | None:
     return request.get(IDENTITY)
 
 
+def scope_of(request: web.Request) -> Scope:
+    """Whose objects the request sees, as the services take it."""
+    identity = identity_of(request)
+    return OPERATOR if identity is None else \
+        Scope(identity.project_id, identity.project_name)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     tenancy = request.app.get(TENANCY)
@@ -67,4 +75,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                         f"{request.path} in project {identity.project_name}: "
                         f"roles {', '.join(sorted(identity.roles)) or 'none'}")
     request[IDENTITY] = identity
-    return await handler(request)
+    try:
+        return await handler(request)
+    except HbdError as e:
+        # An error names the tenant's objects as it knows them.
+        e.message = scope_of(request).shown(e.message)
+        raise

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from hbd.api.app import Router, json_response, query_bool, query_int
+from hbd.api.auth import scope_of
 from hbd.api.backends import BUILDER
 from hbd.errors import HbdError, InvalidParameter
 from hbd.services.build.builder import BuildError, BuildOptions
@@ -108,6 +109,7 @@ async def build(request: web.Request) -> web.StreamResponse:
     build_args = {str(k): (None if v is None else str(v))
                   for k, v in _json_map(request, "buildargs").items()}
     options = BuildOptions(
+        scope=scope_of(request),
         tags=q.getall("t", []),
         dockerfile=q.get("dockerfile", "") or "Dockerfile",
         target=q.get("target", ""),

@@ -18,6 +18,7 @@ from hbd.api.app import (
     read_json,
     request_version,
 )
+from hbd.api.auth import scope_of
 from hbd.api.backends import CONTAINER_FILES, CONTAINERS
 from hbd.api.streams import StdinPlan, frame, hijack, serve_stdio, stream_content_type
 from hbd.errors import InvalidParameter
@@ -32,7 +33,8 @@ async def list_containers(request: web.Request) -> web.Response:
     containers = request.app[CONTAINERS]
     return json_response(containers.list_summaries(all_=query_bool(request, "all"),
                                          limit=query_int(request, "limit", -1),
-                                         filters=query_filters(request)))
+                                         filters=query_filters(request),
+                                         scope=scope_of(request)))
 
 
 async def create(request: web.Request) -> web.Response:
@@ -40,22 +42,24 @@ async def create(request: web.Request) -> web.Response:
     if isinstance(body, dict):  # anything else: the service's own text
         gotypes.check_body(body, "container.CreateRequest")
     result = await request.app[CONTAINERS].create(request.query.get("name"), body,
-                                                  request_version(request))
+                                                  request_version(request), scope_of(request))
     return json_response(result, status=201)
 
 
 async def inspect(request: web.Request) -> web.Response:
-    return json_response(request.app[CONTAINERS].inspect(request.match_info["id"]))
+    return json_response(request.app[CONTAINERS].inspect(request.match_info["id"],
+                                                              scope_of(request)))
 
 
 async def start(request: web.Request) -> web.Response:
-    await request.app[CONTAINERS].start(request.match_info["id"])
+    await request.app[CONTAINERS].start(request.match_info["id"], scope_of(request))
     return web.Response(status=204)
 
 
 async def kill(request: web.Request) -> web.Response:
     await request.app[CONTAINERS].kill(request.match_info["id"],
-                                       request.query.get("signal", "") or "KILL")
+                                       request.query.get("signal", "") or "KILL",
+                                       scope_of(request))
     return web.Response(status=204)
 
 
@@ -67,36 +71,41 @@ def _stop_args(request: web.Request) -> tuple[int | None, str]:
 
 async def stop(request: web.Request) -> web.Response:
     timeout, signal = _stop_args(request)
-    await request.app[CONTAINERS].stop(request.match_info["id"], timeout, signal)
+    await request.app[CONTAINERS].stop(request.match_info["id"], timeout, signal,
+                                       scope_of(request))
     return web.Response(status=204)
 
 
 async def restart(request: web.Request) -> web.Response:
     timeout, signal = _stop_args(request)
-    await request.app[CONTAINERS].restart(request.match_info["id"], timeout, signal)
+    await request.app[CONTAINERS].restart(request.match_info["id"], timeout, signal,
+                                          scope_of(request))
     return web.Response(status=204)
 
 
 async def rename(request: web.Request) -> web.Response:
-    request.app[CONTAINERS].rename(request.match_info["id"], request.query.get("name", ""))
+    request.app[CONTAINERS].rename(request.match_info["id"], request.query.get("name", ""),
+                                   scope_of(request))
     return web.Response(status=204)
 
 
 async def prune(request: web.Request) -> web.Response:
-    return json_response(await request.app[CONTAINERS].prune(query_filters(request)))
+    return json_response(await request.app[CONTAINERS].prune(query_filters(request),
+                                                             scope_of(request)))
 
 
 async def remove(request: web.Request) -> web.Response:
     await request.app[CONTAINERS].remove(
         request.match_info["id"], force=query_bool(request, "force"),
-        volumes=query_bool(request, "v"), link=query_bool(request, "link"))
+        volumes=query_bool(request, "v"), link=query_bool(request, "link"),
+        scope=scope_of(request))
     return web.Response(status=204)
 
 
 async def wait(request: web.Request) -> web.StreamResponse:
     containers = request.app[CONTAINERS]
     future = containers.wait_future(request.match_info["id"],
-                                    request.query.get("condition", ""))
+                                    request.query.get("condition", ""), scope_of(request))
     # The CLI waits for these headers before it starts the container.
     response = web.StreamResponse()
     response.content_type = "application/json"
@@ -138,7 +147,8 @@ async def logs(request: web.Request) -> web.StreamResponse:
     query = _log_query(request, follow=query_bool(request, "follow"))
     if not (query.stdout or query.stderr):
         raise InvalidParameter("Bad parameters: you must choose at least one stream")
-    c, records = request.app[CONTAINERS].logs(request.match_info["id"], query)
+    c, records = request.app[CONTAINERS].logs(request.match_info["id"], query,
+                                              scope_of(request))
     timestamps = query_bool(request, "timestamps")
     response = web.StreamResponse()
     response.content_type = stream_content_type(request, c.tty)
@@ -182,7 +192,8 @@ async def attach(request: web.Request) -> web.StreamResponse:
     keys = _detach_keys(request)
     c, attachment = containers.attach(request.match_info["id"],
                                       stdout=query_bool(request, "stdout"),
-                                      stderr=query_bool(request, "stderr"))
+                                      stderr=query_bool(request, "stderr"),
+                                      scope=scope_of(request))
     # Taken with the attachment (no await between): no output in both, none in neither.
     records = containers.attach_logs(c, attachment) if query_bool(request, "logs") else None
     try:
@@ -206,23 +217,24 @@ async def attach(request: web.Request) -> web.StreamResponse:
 
 
 async def pause(request: web.Request) -> web.Response:
-    await request.app[CONTAINERS].pause(request.match_info["id"])
+    await request.app[CONTAINERS].pause(request.match_info["id"], scope_of(request))
     return web.Response(status=204)
 
 
 async def unpause(request: web.Request) -> web.Response:
-    await request.app[CONTAINERS].unpause(request.match_info["id"])
+    await request.app[CONTAINERS].unpause(request.match_info["id"], scope_of(request))
     return web.Response(status=204)
 
 
 async def top(request: web.Request) -> web.Response:
     return json_response(await request.app[CONTAINERS].top(
-        request.match_info["id"], request.query.get("ps_args", "")))
+        request.match_info["id"], request.query.get("ps_args", ""), scope_of(request)))
 
 
 async def update(request: web.Request) -> web.Response:
     body = await read_json(request)
-    warnings = await request.app[CONTAINERS].update(request.match_info["id"], body)
+    warnings = await request.app[CONTAINERS].update(request.match_info["id"], body,
+                                                    scope_of(request))
     return json_response({"Warnings": warnings})
 
 
@@ -230,7 +242,7 @@ async def stats(request: web.Request) -> web.StreamResponse:
     """One record, or one a second while `stream`; dockerd's precpu is the previous one."""
     records = request.app[CONTAINERS].stats(
         request.match_info["id"], stream=query_bool(request, "stream", default=True),
-        one_shot=query_bool(request, "one-shot"))
+        one_shot=query_bool(request, "one-shot"), scope=scope_of(request))
     response = web.StreamResponse()
     response.content_type = "application/json"
     await response.prepare(request)
@@ -245,13 +257,15 @@ async def stats(request: web.Request) -> web.StreamResponse:
 
 async def resize(request: web.Request) -> web.Response:
     await request.app[CONTAINERS].resize(
-        request.match_info["id"], query_int(request, "h", 0), query_int(request, "w", 0))
+        request.match_info["id"], query_int(request, "h", 0), query_int(request, "w", 0),
+        scope_of(request))
     return web.Response(status=200)
 
 
 async def archive_head(request: web.Request) -> web.Response:
     files = request.app[CONTAINER_FILES]
-    stat = await files.stat(request.match_info["id"], request.query.get("path", ""))
+    stat = await files.stat(request.match_info["id"], request.query.get("path", ""),
+                            scope_of(request))
     return web.Response(status=200, headers={
         "X-Docker-Container-Path-Stat": files.stat_header(stat),
         "Content-Type": "application/x-tar"})
@@ -262,7 +276,8 @@ async def archive_get(request: web.Request) -> web.StreamResponse:
     path = request.query.get("path", "")
     if not path:
         raise InvalidParameter("path is required")
-    stat, stream = await files.get_archive(request.match_info["id"], path)
+    stat, stream = await files.get_archive(request.match_info["id"], path,
+                                           scope=scope_of(request))
     response = web.StreamResponse(headers={"X-Docker-Container-Path-Stat":
                                            files.stat_header(stat)})
     response.content_type = "application/x-tar"
@@ -282,12 +297,13 @@ async def archive_put(request: web.Request) -> web.Response:
     await request.app[CONTAINER_FILES].put_archive(
         request.match_info["id"], path, request.content.iter_chunked(1024 * 1024),
         copy_uid_gid=query_bool(request, "copyUIDGID"),
-        no_overwrite_dir_non_dir=query_bool(request, "noOverwriteDirNonDir"))
+        no_overwrite_dir_non_dir=query_bool(request, "noOverwriteDirNonDir"),
+        scope=scope_of(request))
     return web.Response(status=200)
 
 
 async def export(request: web.Request) -> web.StreamResponse:
-    stream = request.app[CONTAINER_FILES].export(request.match_info["id"])
+    stream = request.app[CONTAINER_FILES].export(request.match_info["id"], scope_of(request))
     first = await anext(stream, b"")  # errors before any output are HTTP errors
     response = web.StreamResponse()
     response.content_type = "application/x-tar"
@@ -299,7 +315,8 @@ async def export(request: web.Request) -> web.StreamResponse:
 
 
 async def changes(request: web.Request) -> web.Response:
-    result = await request.app[CONTAINER_FILES].changes(request.match_info["id"])
+    result = await request.app[CONTAINER_FILES].changes(request.match_info["id"],
+                                                        scope_of(request))
     return json_response(result or None)
 
 
@@ -311,7 +328,7 @@ async def commit(request: web.Request) -> web.Response:
         request.query.get("container", ""), request.query.get("repo", ""),
         request.query.get("tag", ""), request.query.get("comment", ""),
         request.query.get("author", ""), query_bool(request, "pause", default=True),
-        body, request.query.getall("changes", []))
+        body, request.query.getall("changes", []), scope_of(request))
     return json_response({"Id": image_id}, status=201)
 
 

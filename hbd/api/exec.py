@@ -15,6 +15,7 @@ from hbd.api.app import (
     query_int,
     read_json_object,
 )
+from hbd.api.auth import scope_of
 from hbd.api.backends import EXECS, ExecBackend
 from hbd.api.streams import (
     STDOUT,
@@ -37,7 +38,7 @@ async def create(request: web.Request) -> web.Response:
     body = go_field_names(await read_json_object(request, "types.ExecConfig"), EXEC_CONFIG_FIELDS)
     size = _console_size(body)
     body["ConsoleSize"] = list(size) if size else None
-    exec_id = request.app[EXECS].create(request.match_info["id"], body)
+    exec_id = request.app[EXECS].create(request.match_info["id"], body, scope_of(request))
     return json_response({"Id": exec_id}, status=201)
 
 
@@ -90,7 +91,7 @@ async def start(request: web.Request) -> web.StreamResponse:
     execs = request.app[EXECS]
     body = await read_json_object(request, "types.ExecStartCheck", allow_empty=True)
     detach, tty, size = _start_options(body)
-    instance = execs.get(request.match_info["id"])
+    instance = execs.get(request.match_info["id"], scope_of(request))
     if detach:
         await execs.start(instance.id, detach=True, console=size)
         return web.Response(status=200)
@@ -114,12 +115,14 @@ async def start(request: web.Request) -> web.StreamResponse:
 
 
 async def inspect(request: web.Request) -> web.Response:
-    return json_response(request.app[EXECS].get(request.match_info["id"]).inspect())
+    return json_response(request.app[EXECS].get(request.match_info["id"],
+                                                    scope_of(request)).inspect())
 
 
 async def resize(request: web.Request) -> web.Response:
     await request.app[EXECS].resize(request.match_info["id"],
-                                    query_int(request, "h", 0), query_int(request, "w", 0))
+                                    query_int(request, "h", 0), query_int(request, "w", 0),
+                                    scope_of(request))
     return web.Response(status=200)
 
 

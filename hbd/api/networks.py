@@ -11,24 +11,28 @@ from hbd.api.app import (
     query_filters,
     read_json_object,
 )
+from hbd.api.auth import scope_of
 from hbd.api.backends import CONTAINER_NETWORKS, NETWORKS
 
 
 async def list_networks(request: web.Request) -> web.Response:
-    return json_response(request.app[NETWORKS].list_views(query_filters(request)))
+    return json_response(request.app[NETWORKS].list_views(query_filters(request),
+                                                          scope_of(request)))
 
 
 async def inspect(request: web.Request) -> web.Response:
-    return json_response(request.app[NETWORKS].inspect(request.match_info["id"]))
+    return json_response(request.app[NETWORKS].inspect(request.match_info["id"],
+                                                       scope_of(request)))
 
 
 async def create(request: web.Request) -> web.Response:
     body = await read_json_object(request, "network.CreateRequest")
-    return json_response(await request.app[NETWORKS].create(body), status=201)
+    return json_response(await request.app[NETWORKS].create(body, scope_of(request)),
+                         status=201)
 
 
 async def remove(request: web.Request) -> web.Response:
-    await request.app[NETWORKS].remove(request.match_info["id"])
+    await request.app[NETWORKS].remove(request.match_info["id"], scope_of(request))
     return web.Response(status=204)
 
 
@@ -36,7 +40,8 @@ async def connect(request: web.Request) -> web.Response:
     body = await read_json_object(request, "types.NetworkConnect")
     container = gotypes.field(body, "Container") or ""
     settings = gotypes.field(body, "EndpointConfig") or {}
-    await request.app[CONTAINER_NETWORKS].connect(container, request.match_info["id"], settings)
+    await request.app[CONTAINER_NETWORKS].connect(container, request.match_info["id"], settings,
+                                                  scope=scope_of(request))
     return web.Response(status=200)
 
 
@@ -44,12 +49,14 @@ async def disconnect(request: web.Request) -> web.Response:
     body = await read_json_object(request, "types.NetworkDisconnect")
     container = gotypes.field(body, "Container") or ""
     force = bool(gotypes.field(body, "Force"))
-    await request.app[CONTAINER_NETWORKS].disconnect(container, request.match_info["id"], force)
+    await request.app[CONTAINER_NETWORKS].disconnect(container, request.match_info["id"], force,
+                                                     scope=scope_of(request))
     return web.Response(status=200)
 
 
 async def prune(request: web.Request) -> web.Response:
-    return json_response(await request.app[NETWORKS].prune(query_filters(request)))
+    return json_response(await request.app[NETWORKS].prune(query_filters(request),
+                                                                 scope_of(request)))
 
 
 def register(router: Router) -> None:

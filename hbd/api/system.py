@@ -11,6 +11,7 @@ from aiohttp import web
 from hbd import API_VERSION
 from hbd.api import gotypes
 from hbd.api.app import Router, json_response, query_filters
+from hbd.api.auth import scope_of
 from hbd.api.backends import AUTH, DISK_USAGE, SYSTEM
 from hbd.errors import InvalidParameter, SystemError_
 from hbd.services.image.registry import Credentials
@@ -42,7 +43,7 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def info(request: web.Request) -> web.Response:
-    return json_response(request.app[SYSTEM].info())
+    return json_response(request.app[SYSTEM].info(scope_of(request)))
 
 
 def _time_param(request: web.Request, key: str) -> float:
@@ -59,7 +60,8 @@ def _time_param(request: web.Request, key: str) -> float:
 async def events(request: web.Request) -> web.StreamResponse:
     since = _time_param(request, "since")
     until = _time_param(request, "until")
-    subscription = request.app[SYSTEM].subscribe_events(since, until, query_filters(request))
+    subscription = request.app[SYSTEM].subscribe_events(since, until, query_filters(request),
+                                                          scope_of(request))
     response = web.StreamResponse()
     response.content_type = "application/json"
     await response.prepare(request)
@@ -81,7 +83,8 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def disk_usage(request: web.Request) -> web.Response:
     """GET /system/df (`docker system df`); `type` picks what to count (API 1.42)."""
-    return json_response(await request.app[DISK_USAGE].report(request.query.getall("type", [])))
+    return json_response(await request.app[DISK_USAGE].report(request.query.getall("type", []),
+                                                               scope_of(request)))
 
 
 async def auth(request: web.Request) -> web.Response:

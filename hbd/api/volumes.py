@@ -5,12 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from hbd.api.app import Router, json_response, query_bool, query_filters, read_json_object
+from hbd.api.auth import scope_of
 from hbd.api.backends import VOLUMES
 from hbd.api.gotypes import field
 
 
 async def list_volumes(request: web.Request) -> web.Response:
-    volumes = request.app[VOLUMES].list_views(query_filters(request))
+    volumes = request.app[VOLUMES].list_views(query_filters(request), scope_of(request))
     return json_response({"Volumes": volumes, "Warnings": None})
 
 
@@ -18,23 +19,27 @@ async def create(request: web.Request) -> web.Response:
     body = await read_json_object(request, "volume.CreateOptions", allow_empty=True)
     volumes = request.app[VOLUMES]
     v = await volumes.create(field(body, "Name") or "", field(body, "Driver") or "",
-                             field(body, "Labels") or {}, field(body, "DriverOpts") or {})
-    return json_response(volumes.inspect(v), status=201)
+                             field(body, "Labels") or {}, field(body, "DriverOpts") or {},
+                             scope=scope_of(request))
+    return json_response(volumes.inspect(v, scope_of(request)), status=201)
 
 
 async def inspect(request: web.Request) -> web.Response:
     volumes = request.app[VOLUMES]
-    return json_response(volumes.inspect(volumes.get(request.match_info["name"])))
+    scope = scope_of(request)
+    return json_response(volumes.inspect(volumes.get(request.match_info["name"], scope), scope))
 
 
 async def remove(request: web.Request) -> web.Response:
     await request.app[VOLUMES].remove(request.match_info["name"],
-                                      force=query_bool(request, "force"))
+                                      force=query_bool(request, "force"),
+                                      scope=scope_of(request))
     return web.Response(status=204)
 
 
 async def prune(request: web.Request) -> web.Response:
-    return json_response(await request.app[VOLUMES].prune(query_filters(request)))
+    return json_response(await request.app[VOLUMES].prune(query_filters(request),
+                                                                scope_of(request)))
 
 
 def register(router: Router) -> None:

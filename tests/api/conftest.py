@@ -22,9 +22,12 @@ import pytest
 from aiohttp import web
 
 from hbd.api import server
+from hbd.api.auth import TENANCY, Tenancy
 from hbd.config import Config
 from hbd.daemon import Daemon
 from hbd.drivers.fake import FakeGuestDriver
+from hbd.errors import Unauthorized
+from hbd.services.identity.validator import Identity, TokenValidator
 from hbd.services.network.service import instance_tag, remove_host_state
 from tests.daemon_fixture import BUSYBOX_TAR, DOCKER_CLI
 
@@ -34,6 +37,8 @@ class ApiDaemon:
     socket: Path
     daemon: Daemon
     loop: asyncio.AbstractEventLoop
+    # A tenant listener (serve_api_daemon's `tenants`): tokens to identities.
+    tenant_socket: Path | None = None
 
     @property
     def host(self) -> str:
@@ -57,14 +62,30 @@ def api_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
         yield api
 
 
+class StaticTokens:
+    """A token source for tests: a fixed token -> identity table (the real
+    Keystone is tests/keystone_fixture.py's)."""
+
+    def __init__(self, identities: dict[str, Identity]) -> None:
+        self.identities = identities
+
+    async def validate(self, token: str) -> Identity:
+        if token not in self.identities:
+            raise Unauthorized("invalid, expired or revoked token")
+        return self.identities[token]
+
+
 @contextlib.contextmanager
-def serve_api_daemon(base: Path) -> Iterator[ApiDaemon]:
-    """A daemon of its own (for tests that change what every other test sees)."""
+def serve_api_daemon(base: Path, tenants: dict[str, Identity] | None = None,
+                     config: Config | None = None) -> Iterator[ApiDaemon]:
+    """A daemon of its own (for tests that change what every other test sees);
+    with `tenants` (token -> identity), a tenant listener beside the operator's."""
     exec_root = Path(f"/run/hbd-api-{secrets.token_hex(4)}")
-    config = Config()
+    config = config or Config()
     config.daemon.data_root = str(base / "data")
     config.daemon.exec_root = str(exec_root)
     socket = exec_root / "hbd.sock"
+    tenant_socket = exec_root / "tenant.sock" if tenants is not None else None
     loop = asyncio.new_event_loop()
     ready = threading.Event()
     stop = asyncio.Event()
@@ -75,10 +96,16 @@ def serve_api_daemon(base: Path) -> Iterator[ApiDaemon]:
         daemon = Daemon(config, guest_driver=FakeGuestDriver())
         await daemon.start()
         holder["daemon"] = daemon
-        runner = web.AppRunner(server.build(daemon), access_log=None)
+        app = server.build(daemon)
+        if tenant_socket is not None:
+            app[TENANCY] = Tenancy(TokenValidator(StaticTokens(tenants or {})),
+                                   {str(tenant_socket)})
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         exec_root.mkdir(parents=True, exist_ok=True)
         await web.UnixSite(runner, str(socket)).start()
+        if tenant_socket is not None:
+            await web.UnixSite(runner, str(tenant_socket)).start()
         ready.set()
         await stop.wait()
         await daemon.stop()
@@ -97,7 +124,7 @@ def serve_api_daemon(base: Path) -> Iterator[ApiDaemon]:
     ready.wait(60)
     if errors:
         raise errors[0]
-    api = ApiDaemon(socket, holder["daemon"], loop)
+    api = ApiDaemon(socket, holder["daemon"], loop, tenant_socket)
     if BUSYBOX_TAR.exists():
         api.docker("load", "-q", "-i", str(BUSYBOX_TAR))
     yield api

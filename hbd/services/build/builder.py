@@ -53,6 +53,7 @@ from hbd.services.image.model import Image, Layer, now_rfc3339, short_id
 from hbd.services.image.reference import Reference, parse_reference
 from hbd.services.image.registry import Credentials
 from hbd.services.image.store import ImageStore
+from hbd.services.scope import OPERATOR, Scope
 from hbd.services.system.service import ENGINE_VERSION
 from hbd.store import StateStore
 
@@ -88,6 +89,8 @@ class BuildOptions:
     quiet: bool = False
     network_mode: str = ""
     pull: bool = False
+    # Whose build: a tenant's RUN containers are its own (its network, policy, quotas).
+    scope: Scope = OPERATOR
     # --cache-from: only these images' histories serve as the cache.
     cache_from: list[str] = field(default_factory=list)
     # Limits for the RUN steps' containers (memory, shmsize, cpu…), as HostConfig.
@@ -693,7 +696,7 @@ class _Run:
             "HostConfig": {**self.options.host_config,
                            "NetworkMode": self.options.network_mode or "default"},
         }
-        cid = str((await self.b.containers.create(None, body))["Id"])
+        cid = str((await self.b.containers.create(None, body, scope=self.options.scope))["Id"])
         self.leftover.append(cid)
         yield stream(f" ---> Running in {cid[:12]}\n")
         c, attachment = self.b.containers.attach(cid, stdout=True, stderr=True)

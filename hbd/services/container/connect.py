@@ -54,7 +54,7 @@ class Connections:
                                settings: dict[str, Any]) -> None:
         assert c.run_network is not None
         endpoint = await self.networks.add_endpoint(
-            c.id, c.run_network, n.name, settings, [c.name.lstrip("/"), c.id[:12]])
+            c.id, c.run_network, n.name, settings, [c.own_name, c.id[:12]])
         try:
             await self.sandboxes.connect(run.guest, EndpointPlan(n.name, endpoint, n.bridge,
                                                                  n.internal))

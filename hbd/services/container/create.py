@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hbd.errors import HbdError, InvalidParameter, NotFound, no_such_image
+from hbd.errors import Conflict, HbdError, InvalidParameter, NotFound, no_such_image
 from hbd.services.container import config as cc
-from hbd.services.container import hostconfig, links
+from hbd.services.container import hostconfig, links, tenancy
 from hbd.services.container import namespaces as ns
 from hbd.services.container import network as cn
 from hbd.services.container.model import Container
@@ -20,6 +20,8 @@ from hbd.services.container.store import ContainerStore
 from hbd.services.image.reference import parse_reference
 from hbd.services.image.store import ImageStore
 from hbd.services.network.service import NetworkService
+from hbd.services.quota import QuotaGuard
+from hbd.services.scope import OPERATOR, Scope
 from hbd.services.timefmt import rfc3339_nano
 from hbd.services.volume.service import VolumeService
 
@@ -31,39 +33,49 @@ class Creator:
     networks: NetworkService
     volumes: VolumeService
     scratch: ScratchDisks
+    quota: QuotaGuard = field(default_factory=QuotaGuard)
 
     async def create(self, name: str | None, body: dict[str, Any],
-                     api_version: str = "") -> dict[str, Any]:
+                     api_version: str = "", scope: Scope = OPERATOR) -> dict[str, Any]:
         """`api_version`: the client's ("" for the latest), for what older
-        API versions meant by a field."""
+        API versions meant by a field; `scope`: the asker, whose container it
+        is and whose objects it may name."""
         if not isinstance(body, dict):
             raise InvalidParameter("invalid JSON: container config must be an object")
         config = cc.normalize_config(body)
-        host_config = cc.normalize_host_config(cc.host_config_of(body))
+        requested = cc.host_config_of(body)
+        if isinstance(requested, dict):  # policy first: 403 before any 400 of a field
+            tenancy.check_policy(requested, scope)
+        host_config = cc.normalize_host_config(requested)
         ns.check_network_mode(body, host_config)
+        endpoints = tenancy.qualify_references(
+            host_config, cn.endpoints_config(body.get("NetworkingConfig")), scope)
         ns.resolve_pid_and_ipc_modes(host_config, self.store)
         ns.resolve_network_mode(host_config, self.store)
         if not config["Image"]:
             raise InvalidParameter("No image was specified")
+        self.quota.check_container(scope, host_config,
+                                   (c.host_config for c in self.store.visible(scope)))
         try:
             img = self.images.get(config["Image"])
         except NotFound:
             raise no_such_image(_familiar_or_raw(config["Image"])) from None
         if name:
-            name = cc.validate_name(name)
-            self.store.check_name_free(name)
+            name = scope.qualify(cc.validate_name(name))
+            self._check_name_free(name, scope)
         else:
-            name = "/" + cc.generate_name({n.lstrip("/") for n in self.store.names})
+            name = scope.qualify("/" + cc.generate_name(
+                {scope.shown(n).lstrip("/") for n in self.store.names if scope.sees(n)}))
         cc.merge_image_config(config, img.container_config)
         args = cc.command_of(config)
-        endpoints = cn.endpoints_config(body.get("NetworkingConfig"))
         warnings = cn.migrate_mac_address(config, host_config, endpoints, api_version)
+        await self.networks.ensure_default_bridge(scope)
         attachments = cn.attachments_for_create(host_config, endpoints, self.networks)
         cn.published_ports(config, host_config)  # reject bad port specs now, not at start
         legacy_links = links.register(host_config, self.store)
         volumes_from = [self._volumes_from(spec) for spec in
                         host_config.get("VolumesFrom") or []]
-        mounts = await resolve_mounts(config, host_config, self.volumes, volumes_from)
+        mounts = await resolve_mounts(config, host_config, self.volumes, volumes_from, scope)
         cid = secrets.token_hex(32)
         if not config["Hostname"]:
             config["Hostname"] = cid[:12]
@@ -101,15 +113,22 @@ class Creator:
             out.append(copy)
         return out
 
-    def rename(self, ref: str, new_name: str) -> None:
+    def _check_name_free(self, name: str, scope: Scope) -> None:
+        try:
+            self.store.check_name_free(name)
+        except Conflict as e:
+            raise Conflict(scope.shown(e.message)) from None
+
+    def rename(self, ref: str, new_name: str, scope: Scope = OPERATOR) -> None:
+        """`ref`: qualified already; `new_name`: as the asker names it."""
         c = self.store.get(ref)
         if not new_name:
             raise InvalidParameter("Neither old nor new names may be empty")
-        name = cc.validate_name(new_name)
+        name = scope.qualify(cc.validate_name(new_name))
         if name == c.name:
             raise InvalidParameter("Renaming a container with the same name as its current "
                                    "name")
-        self.store.check_name_free(name)
+        self._check_name_free(name, scope)
         old = c.name
         self.store.rename(c, name)
         self.store.event(c, "rename", oldName=old)

@@ -16,6 +16,7 @@ from hbd.services.container.restart import RestartManager
 from hbd.services.container.scratch import ScratchDisks
 from hbd.services.container.store import ContainerStore
 from hbd.services.filters import PruneFilter
+from hbd.services.scope import OPERATOR, Scope
 from hbd.services.volume.service import VolumeService
 
 log = logging.getLogger(__name__)
@@ -96,11 +97,12 @@ class Remover:
                 with contextlib.suppress(HbdError):
                     await self.volumes.remove(v.name)
 
-    async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
+    async def prune(self, filters: dict[str, list[str]], scope: Scope = OPERATOR
+                    ) -> dict[str, Any]:
         matches = PruneFilter(filters)
         deleted = []
         reclaimed = 0
-        for c in list(self.store.containers.values()):
+        for c in self.store.visible(scope):
             if c.state.running or c.removing or not matches(c.created, c.config):
                 continue
             size = self.scratch.size_rw(self.store.dir(c))  # dockerd counts SizeRw

@@ -23,9 +23,11 @@ from hbd.drivers.flow import Drain, StreamQueue
 from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_exec
 from hbd.events import EventBus
 from hbd.services.container import config as cc
+from hbd.services.container import tenancy
 from hbd.services.container.detach import parse_detach_keys
 from hbd.services.container.model import Container, Run
 from hbd.services.container.service import ContainerService
+from hbd.services.scope import OPERATOR, Scope
 from hbd.tasks import spawn
 
 EXEC_CONFIG_FIELDS = ("User", "Privileged", "Tty", "ConsoleSize", "AttachStdin",
@@ -138,9 +140,10 @@ class ExecService:
                     continue
             del self.execs[exec_id]
 
-    def get(self, exec_id: str) -> ExecInstance:
+    def get(self, exec_id: str, scope: Scope = OPERATOR) -> ExecInstance:
+        """An exec instance, if its container is the asker's to see."""
         instance = self.execs.get(exec_id)
-        if instance is None:
+        if instance is None or not scope.sees(instance.container.name):
             raise no_such_exec(exec_id)
         return instance
 
@@ -149,11 +152,12 @@ class ExecService:
         self.events.publish("container", action, c.id,
                             {**c.event_attributes(), "execID": instance.id, **extra})
 
-    def create(self, ref: str, body: dict[str, Any]) -> str:
+    def create(self, ref: str, body: dict[str, Any], scope: Scope = OPERATOR) -> str:
         if not isinstance(body, dict):
             raise InvalidParameter("invalid JSON: exec config must be an object")
         body = go_field_names(body, EXEC_CONFIG_FIELDS)
-        c = self.containers.get(ref)
+        tenancy.check_exec_policy(bool(body.get("Privileged")), scope)
+        c = self.containers.get(scope.qualify(ref))
         if not c.state.running:
             raise Conflict(f"Container {c.id} is not running")
         if c.state.paused:
@@ -188,9 +192,10 @@ class ExecService:
         return instance.id
 
     async def start(self, exec_id: str, detach: bool,
-                    console: tuple[int, int] | None = None) -> ExecInstance:
+                    console: tuple[int, int] | None = None, scope: Scope = OPERATOR
+                    ) -> ExecInstance:
         """Start the process; raises for errors that the API reports as such."""
-        instance = self.get(exec_id)
+        instance = self.get(exec_id, scope)
         if instance.running:
             raise Conflict(f"Error: Exec command {exec_id} is already running")
         if instance.exit_code is not None:
@@ -247,8 +252,9 @@ class ExecService:
             with contextlib.suppress(AgentError):
                 await instance.run.guest.close_stdin(instance.proc)
 
-    async def resize(self, exec_id: str, height: int, width: int) -> None:
-        instance = self.get(exec_id)
+    async def resize(self, exec_id: str, height: int, width: int,
+                     scope: Scope = OPERATOR) -> None:
+        instance = self.get(exec_id, scope)
         if instance.run is None or not instance.running:
             raise Conflict(f"Exec {exec_id} is not running")
         try:

@@ -25,6 +25,7 @@ from hbd.services.container.service import ContainerService
 from hbd.services.image.commit import CommitRequest, committed_config
 from hbd.services.image.model import Image, Layer
 from hbd.services.image.reference import parse_reference, validate_tag
+from hbd.services.scope import OPERATOR, Scope
 from hbd.services.timefmt import rfc3339_nano
 from hbd.tasks import spawn
 
@@ -150,8 +151,8 @@ class ContainerFiles:
 
     # -- stat / get / put ----------------------------------------------------------
 
-    async def stat(self, ref: str, path: str) -> dict[str, Any]:
-        c = self.containers.get(ref)
+    async def stat(self, ref: str, path: str, scope: Scope = OPERATOR) -> dict[str, Any]:
+        c = self.containers.get(scope.qualify(ref))
         async with self._guest(c) as guest:
             return await self._stat(guest, c, path)
 
@@ -172,11 +173,12 @@ class ContainerFiles:
     def stat_header(stat: dict[str, Any]) -> str:
         return base64.b64encode(json.dumps(stat).encode()).decode()
 
-    async def get_archive(self, ref: str, path: str, dir_contents: bool = False
+    async def get_archive(self, ref: str, path: str, dir_contents: bool = False,
+                          scope: Scope = OPERATOR
                           ) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
         """The stat of `path` and the tar stream of it, for GET /archive; with
         `dir_contents`, a directory's entries without the directory (COPY --from)."""
-        c = self.containers.get(ref)
+        c = self.containers.get(scope.qualify(ref))
         # The guest stays up until the stream is consumed (or abandoned).
         stack = contextlib.AsyncExitStack()
         try:
@@ -202,8 +204,9 @@ class ContainerFiles:
         return stat, stream()
 
     async def put_archive(self, ref: str, path: str, body: AsyncIterator[bytes],
-                          copy_uid_gid: bool, no_overwrite_dir_non_dir: bool) -> None:
-        c = self.containers.get(ref)
+                          copy_uid_gid: bool, no_overwrite_dir_non_dir: bool,
+                          scope: Scope = OPERATOR) -> None:
+        c = self.containers.get(scope.qualify(ref))
         if c.host_config.get("ReadonlyRootfs"):
             raise Forbidden("container rootfs is marked read-only")
         async with self._guest(c) as guest:
@@ -231,8 +234,8 @@ class ContainerFiles:
 
     # -- export / diff ------------------------------------------------------------
 
-    async def export(self, ref: str) -> AsyncIterator[bytes]:
-        c = self.containers.get(ref)
+    async def export(self, ref: str, scope: Scope = OPERATOR) -> AsyncIterator[bytes]:
+        c = self.containers.get(scope.qualify(ref))
         async with self._guest(c) as guest:
             proc, pipe = await self._builtin(guest, "tar-export", [])
             async for chunk in pipe.stdout():
@@ -241,8 +244,8 @@ class ContainerFiles:
             if code != 0:
                 raise SystemError_(pipe.stderr.decode(errors="replace") or "export failed")
 
-    async def changes(self, ref: str) -> list[dict[str, Any]]:
-        c = self.containers.get(ref)
+    async def changes(self, ref: str, scope: Scope = OPERATOR) -> list[dict[str, Any]]:
+        c = self.containers.get(scope.qualify(ref))
         async with self._guest(c) as guest:
             proc, pipe = await self._builtin(guest, "changes", [])
             out = b"".join([chunk async for chunk in pipe.stdout()])
@@ -256,9 +259,9 @@ class ContainerFiles:
 
     async def commit(self, ref: str, repo: str, tag: str, comment: str, author: str,
                      pause: bool, config_overrides: dict[str, Any] | None,
-                     changes: list[str]) -> str:
+                     changes: list[str], scope: Scope = OPERATOR) -> str:
         """A new image: the container's image plus a layer of its changes."""
-        c = self.containers.get(ref)
+        c = self.containers.get(scope.qualify(ref))
         store = self.containers.images
         base = store.images.get(c.image_id)
         if base is None:

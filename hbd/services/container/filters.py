@@ -9,6 +9,7 @@ from hbd.errors import InvalidParameter, NotFound
 from hbd.services.container.model import Container
 from hbd.services.filters import labels_match
 from hbd.services.image.filters import ImageLookup
+from hbd.services.scope import OPERATOR, Scope
 
 PS_FILTERS = {"ancestor", "before", "expose", "exited", "health", "id", "isolation",
               "is-task", "label", "name", "network", "publish", "since", "status", "volume"}
@@ -24,7 +25,7 @@ class ContainerLookup(Protocol):
 
 class ContainerFilter:
     def __init__(self, filters: dict[str, list[str]], containers: ContainerLookup,
-                 images: ImageLookup) -> None:
+                 images: ImageLookup, scope: Scope = OPERATOR) -> None:
         for key in filters:
             if key not in PS_FILTERS:
                 raise InvalidParameter(f"invalid filter '{key}'")
@@ -35,12 +36,15 @@ class ContainerFilter:
             if health not in HEALTH:
                 raise InvalidParameter(f"Unrecognised filter value for health: {health}")
         self.filters = filters
+        self.scope = scope
         try:
             self.exited = {int(v) for v in filters.get("exited", [])}
         except ValueError:
             raise InvalidParameter("invalid filter 'exited'") from None
-        self.before = [containers.get(ref).created for ref in filters.get("before", [])]
-        self.since = [containers.get(ref).created for ref in filters.get("since", [])]
+        self.before = [containers.get(scope.qualify(ref)).created
+                       for ref in filters.get("before", [])]
+        self.since = [containers.get(scope.qualify(ref)).created
+                      for ref in filters.get("since", [])]
         self.ancestors: set[str] = set()
         for ref in filters.get("ancestor", []):
             try:
@@ -53,7 +57,8 @@ class ContainerFilter:
         f = self.filters
         if "id" in f and not any(c.id.startswith(v) for v in f["id"]):
             return False
-        if self.names and not any(p.search(c.name.lstrip("/")) for p in self.names):
+        if self.names and not any(p.search(self.scope.shown(c.name).lstrip("/"))
+                                  for p in self.names):
             return False
         if "status" in f and c.state.status not in f["status"]:
             return False

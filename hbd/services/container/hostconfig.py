@@ -95,6 +95,11 @@ Refused (400 unless dockerd has its own status), because a guest cannot have the
 
 Another engineer's, as they are for now: LogConfig (the logs work), Links
 (the network work).
+
+For tenants (Keystone projects), tenancy.py refuses with 403 what would
+reach the host: host bind mounts (Binds, Mounts), Privileged, NetworkMode
+host, Devices, DeviceCgroupRules, DeviceRequests, and CapAdd beyond
+Docker's default set; quota.py bounds Memory and NanoCpus per project.
 """
 
 from __future__ import annotations

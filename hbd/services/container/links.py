@@ -20,7 +20,12 @@ from hbd.services.container.model import Container, Link
 from hbd.services.container.namespaces import peer_ref
 from hbd.services.container.network import parse_port
 from hbd.services.container.store import ContainerStore
-from hbd.services.network.model import DEFAULT_BRIDGE, Endpoint, parse_link
+from hbd.services.network.model import (
+    Endpoint,
+    default_bridge_in,
+    is_default_bridge,
+    parse_link,
+)
 
 # Network modes that are no user-defined network: dockerd registers links for these.
 _PREDEFINED_MODES = ("", "default", "bridge", "host", "none")
@@ -30,7 +35,7 @@ def register(host_config: dict[str, Any], store: ContainerStore) -> list[Link]:
     """HostConfig.Links of a container being created, each child found (a
     child sharing another's network namespace stands for that one)."""
     mode = str(host_config.get("NetworkMode") or "")
-    if mode not in _PREDEFINED_MODES and not peer_ref(mode):
+    if mode not in _PREDEFINED_MODES and not is_default_bridge(mode) and not peer_ref(mode):
         return []
     links: dict[str, Link] = {}
     for text in host_config.get("Links") or []:
@@ -52,11 +57,11 @@ def _find(store: ContainerStore, ref: str) -> Container:
 
 def check_children(c: Container, store: ContainerStore) -> None:
     """At start, on the default bridge: every child is on it too, and runs."""
-    if DEFAULT_BRIDGE not in c.networks:
+    if default_bridge_in(c.networks) is None:
         return
     for link in c.links:
         child = store.containers.get(link.child_id)
-        if child is not None and DEFAULT_BRIDGE not in child.networks:
+        if child is not None and default_bridge_in(child.networks) is None:
             raise SystemError_(f"Cannot link to {child.name}, as it does not belong to the "
                                "default network")
     for link in c.links:
@@ -70,7 +75,7 @@ def check_children(c: Container, store: ContainerStore) -> None:
 def _running_children(c: Container, store: ContainerStore
                       ) -> Iterable[tuple[Link, Container, Endpoint]]:
     """The children that run on the default bridge, with their endpoint there."""
-    if DEFAULT_BRIDGE not in c.networks:
+    if default_bridge_in(c.networks) is None:
         return
     for link in c.links:
         endpoint = _bridge_endpoint(store, link)
@@ -82,7 +87,8 @@ def _bridge_endpoint(store: ContainerStore, link: Link) -> Endpoint | None:
     child = store.containers.get(link.child_id)
     if child is None or not child.state.running or child.run_network is None:
         return None
-    return child.run_network.endpoints.get(DEFAULT_BRIDGE)
+    bridge = default_bridge_in(child.run_network.endpoints)
+    return child.run_network.endpoints.get(bridge) if bridge is not None else None
 
 
 def hosts_lines(c: Container, store: ContainerStore) -> list[str]:
@@ -90,8 +96,8 @@ def hosts_lines(c: Container, store: ContainerStore) -> list[str]:
     lines = []
     for link, child, endpoint in _running_children(c, store):
         names = f"{link.alias} {child.hostname}"
-        if link.alias != child.name.lstrip("/"):
-            names += f" {child.name.lstrip('/')}"
+        if link.alias != child.own_name:
+            names += f" {child.own_name}"
         lines += [f"{address}\t{names}" for address in endpoint.addresses]
     return lines
 
@@ -100,7 +106,7 @@ def environment(c: Container, store: ContainerStore) -> list[str]:
     """ALIAS_NAME, ALIAS_PORT_…, ALIAS_ENV_… for each running child."""
     out = []
     for link, child, endpoint in _running_children(c, store):
-        out += link_env(endpoint.ip, f"{c.name}/{link.alias}", child.config.get("Env") or [],
+        out += link_env(endpoint.ip, f"/{c.own_name}/{link.alias}", child.config.get("Env") or [],
                         child.config.get("ExposedPorts") or {})
     return out
 

@@ -21,6 +21,7 @@ from hbd.services.container.mounts import MountPoint
 from hbd.services.container.network import run_from_record, run_record
 from hbd.services.container.sandbox import ContainerInGuest
 from hbd.services.network.model import RunNetworking
+from hbd.services.scope import split_owner
 from hbd.services.timefmt import ZERO_TIME, human_duration, parse_rfc3339
 
 
@@ -228,6 +229,11 @@ class Container:
     @property
     def tty(self) -> bool:
         return bool(self.config.get("Tty"))
+
+    @property
+    def own_name(self) -> str:
+        """The name as its owner gave it (no `/`, no tenant qualifier): what DNS answers to."""
+        return split_owner(self.name.lstrip("/"))[0]
 
     def event_attributes(self) -> dict[str, str]:
         attrs = {"image": str(self.config.get("Image", "")), "name": self.name.lstrip("/")}

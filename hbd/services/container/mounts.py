@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hbd.errors import InvalidParameter, NotFound
+from hbd.services.scope import OPERATOR, Scope
 from hbd.services.volume.service import Volume, VolumeService
 
 BIND_OPTIONS = {"ro", "rw", "z", "Z", "private", "rprivate", "shared", "rshared", "slave",
@@ -130,11 +131,13 @@ def _parse_mount(m: dict[str, Any]) -> MountPoint:
     raise InvalidParameter(f"mount type unknown: \"{kind}\"")
 
 
-async def _volume_for(volumes: VolumeService, name: str, driver: str) -> Volume:
-    """The named volume (created if need be) or a new anonymous one, with
-    HostConfig.VolumeDriver's error as dockerd words it for a driver hbd has not."""
+async def _volume_for(volumes: VolumeService, name: str, driver: str, scope: Scope
+                      ) -> Volume:
+    """The named volume (created if need be) or a new anonymous one, the
+    asker's own, with HostConfig.VolumeDriver's error as dockerd words it for
+    a driver hbd has not."""
     try:
-        return await volumes.create(name, driver=driver)
+        return await volumes.create(name, driver=driver, scope=scope)
     except NotFound as e:
         message = f"error looking up volume plugin {driver}: {e.message}"
         raise NotFound(f"create {name}: {message}" if name else message) from None
@@ -142,12 +145,15 @@ async def _volume_for(volumes: VolumeService, name: str, driver: str) -> Volume:
 
 async def resolve_mounts(config: dict[str, Any], host_config: dict[str, Any],
                          volumes: VolumeService,
-                         volumes_from: list[list[MountPoint]]) -> list[MountPoint]:
-    """Every mount of a new container, named volumes created as needed."""
+                         volumes_from: list[list[MountPoint]], scope: Scope = OPERATOR
+                         ) -> list[MountPoint]:
+    """Every mount of a new container, named volumes created as needed (those
+    of `volumes_from` are another container's, resolved already)."""
     mounts: dict[str, MountPoint] = {}
     for source_mounts in volumes_from:
         for mp in source_mounts:
             mounts[mp.destination] = MountPoint(**asdict(mp))
+    resolved = {id(mp) for mp in mounts.values()}
     for spec in host_config.get("Binds") or []:
         mp = _parse_bind(spec)
         if mp.type == "bind" and not os.path.exists(mp.source):
@@ -170,7 +176,7 @@ async def resolve_mounts(config: dict[str, Any], host_config: dict[str, Any],
             mounts[cleaned] = MountPoint("volume", cleaned)
     driver = str(host_config.get("VolumeDriver") or "")
     for mp in mounts.values():
-        if mp.type == "volume":
-            mp.source = (await _volume_for(volumes, mp.source, driver)).name
+        if mp.type == "volume" and id(mp) not in resolved:
+            mp.source = (await _volume_for(volumes, mp.source, driver, scope)).name
     # Parents before children, as the guest mounts them in order.
     return sorted(mounts.values(), key=lambda m: (m.destination.count("/"), m.destination))

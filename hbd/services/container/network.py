@@ -11,7 +11,14 @@ from typing import Any
 
 from hbd.errors import InvalidParameter, NotFound
 from hbd.services.network.ipam import parse_address
-from hbd.services.network.model import DEFAULT_BRIDGE, Endpoint, PublishedPort, RunNetworking
+from hbd.services.network.model import (
+    DEFAULT_BRIDGE,
+    Endpoint,
+    PublishedPort,
+    RunNetworking,
+    default_bridge_in,
+    is_default_bridge,
+)
 from hbd.services.network.service import NetworkService
 
 _PORT = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$")
@@ -110,7 +117,7 @@ def attachments_for_create(host_config: dict[str, Any], endpoints: dict[str, dic
                                    f"together with others")
         settings = dict(endpoints.get(ref) or endpoints.get(n.name) or {})
         aliases = settings.get("Aliases") or []
-        if aliases and n.name == DEFAULT_BRIDGE:
+        if aliases and is_default_bridge(n.name):
             raise InvalidParameter("network-scoped alias is supported only for containers "
                                    "in user defined networks")
         _check_ipam_config(settings, n.name)
@@ -125,7 +132,7 @@ def _check_ipam_config(settings: dict[str, Any], network: str) -> None:
     if not isinstance(ipam, dict):
         raise InvalidParameter("invalid IPAMConfig: must be an object")
     wanted = {4: str(ipam.get("IPv4Address") or ""), 6: str(ipam.get("IPv6Address") or "")}
-    if any(wanted.values()) and network == DEFAULT_BRIDGE:
+    if any(wanted.values()) and is_default_bridge(network):
         raise InvalidParameter("user specified IP address is supported on user defined "
                                "networks only")
     for version, address in wanted.items():
@@ -230,7 +237,8 @@ def network_settings(networks: NetworkService, attachments: dict[str, dict[str, 
             continue
         endpoint = run.endpoints.get(name) if run is not None else None
         per_network[name] = networks.endpoint_view(n, settings, endpoint)
-    bridge = run.endpoints.get(DEFAULT_BRIDGE) if run is not None else None
+    bridge_name = default_bridge_in(run.endpoints) if run is not None else None
+    bridge = run.endpoints.get(bridge_name) if run is not None and bridge_name else None
     return {
         "Bridge": "", "SandboxID": "", "HairpinMode": False, "LinkLocalIPv6Address": "",
         "LinkLocalIPv6PrefixLen": 0, "Ports": ports_view(config, run), "SandboxKey": "",

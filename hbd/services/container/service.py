@@ -66,7 +66,9 @@ from hbd.services.container.stop import Stopper
 from hbd.services.container.store import ContainerStore
 from hbd.services.container.views import ContainerViews
 from hbd.services.image.store import ImageStore
-from hbd.services.network.service import NetworkService
+from hbd.services.network.service import NetworkService, network_ref_in
+from hbd.services.quota import QuotaGuard
+from hbd.services.scope import OPERATOR, Scope
 from hbd.services.volume.service import VolumeService
 from hbd.store import StateStore
 
@@ -87,7 +89,8 @@ class ContainerService:
                                self.remover)
         self.starter = Starter(config, self.store, images, networks, volumes, self.sandboxes,
                                self.monitor, self.restarts)
-        self.creator = Creator(self.store, images, networks, volumes, scratch)
+        self.quota = QuotaGuard(config.quotas, config.vm.vcpus, config.vm.memory_mib)
+        self.creator = Creator(self.store, images, networks, volumes, scratch, self.quota)
         self.stopper = Stopper(self.store, self.restarts, self.starter)
         self.views = ContainerViews(self.store, images, networks, volumes)
         self.connections = Connections(self.store, networks, self.sandboxes)
@@ -128,16 +131,18 @@ class ContainerService:
         return self.creator.scratch.size_rw(self.store.dir(c))
 
     # -- lifecycle -------------------------------------------------------------------
+    # Every call from the API names the asker (`scope`): a tenant's references
+    # are qualified with its project, so it finds its own containers only.
 
     async def create(self, name: str | None, body: dict[str, Any],
-                     api_version: str = "") -> dict[str, Any]:
-        return await self.creator.create(name, body, api_version)
+                     api_version: str = "", scope: Scope = OPERATOR) -> dict[str, Any]:
+        return await self.creator.create(name, body, api_version, scope)
 
-    def rename(self, ref: str, new_name: str) -> None:
-        self.creator.rename(ref, new_name)
+    def rename(self, ref: str, new_name: str, scope: Scope = OPERATOR) -> None:
+        self.creator.rename(scope.qualify(ref), new_name, scope)
 
-    async def start(self, ref: str) -> None:
-        await self.starter.start(ref)
+    async def start(self, ref: str, scope: Scope = OPERATOR) -> None:
+        await self.starter.start(scope.qualify(ref))
 
     async def boot_maintenance(self, c: Container) -> ContainerInGuest:
         return await self.starter.boot_maintenance(c)
@@ -145,41 +150,61 @@ class ContainerService:
     async def end_maintenance(self, c: Container, guest: ContainerInGuest) -> None:
         await self.starter.end_maintenance(c, guest)
 
-    async def kill(self, ref: str, signal: str | int = "KILL") -> None:
-        await self.stopper.kill(ref, signal)
+    async def kill(self, ref: str, signal: str | int = "KILL",
+                   scope: Scope = OPERATOR) -> None:
+        await self.stopper.kill(scope.qualify(ref), signal)
 
-    async def stop(self, ref: str, timeout: int | None = None, signal: str = "") -> None:
-        await self.stopper.stop(ref, timeout, signal)
+    async def stop(self, ref: str, timeout: int | None = None, signal: str = "",
+                   scope: Scope = OPERATOR) -> None:
+        await self.stopper.stop(scope.qualify(ref), timeout, signal)
 
-    async def restart(self, ref: str, timeout: int | None = None, signal: str = "") -> None:
-        await self.stopper.restart(ref, timeout, signal)
+    async def restart(self, ref: str, timeout: int | None = None, signal: str = "",
+                      scope: Scope = OPERATOR) -> None:
+        await self.stopper.restart(scope.qualify(ref), timeout, signal)
 
-    async def pause(self, ref: str) -> None:
-        await self.stopper.pause(ref)
+    async def pause(self, ref: str, scope: Scope = OPERATOR) -> None:
+        await self.stopper.pause(scope.qualify(ref))
 
-    async def unpause(self, ref: str) -> None:
-        await self.stopper.unpause(ref)
+    async def unpause(self, ref: str, scope: Scope = OPERATOR) -> None:
+        await self.stopper.unpause(scope.qualify(ref))
 
-    async def update(self, ref: str, body: dict[str, Any]) -> list[str]:
-        return await self.stopper.update(ref, body)
+    async def update(self, ref: str, body: dict[str, Any], scope: Scope = OPERATOR
+                     ) -> list[str]:
+        """`docker update`; a tenant's new limits within its project's quotas."""
+        c = self.get(scope.qualify(ref))
+        if scope.is_tenant and isinstance(body, dict):
+            wanted = {**c.host_config, **{k: v for k, v in body.items()
+                                          if k in ("Memory", "NanoCpus", "CpusetCpus")}}
+            self.quota.check_container(scope, wanted, (
+                other.host_config for other in self.store.visible(scope) if other is not c))
+        return await self.stopper.update(c.id, body)
 
-    async def resize(self, ref: str, height: int, width: int) -> None:
-        await self.stopper.resize(ref, height, width)
+    async def resize(self, ref: str, height: int, width: int,
+                     scope: Scope = OPERATOR) -> None:
+        await self.stopper.resize(scope.qualify(ref), height, width)
 
     async def remove(self, ref: str, force: bool = False, volumes: bool = False,
-                     link: bool = False) -> None:
+                     link: bool = False, scope: Scope = OPERATOR) -> None:
+        if link:  # /parent/alias: the parent is the asker's
+            parent, slash, alias = ref.rpartition("/")
+            ref = scope.qualify(parent) + slash + alias
+        else:
+            ref = scope.qualify(ref)
         await self.remover.remove(ref, force, volumes, link)
 
-    async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
-        return await self.remover.prune(filters)
+    async def prune(self, filters: dict[str, list[str]], scope: Scope = OPERATOR
+                    ) -> dict[str, Any]:
+        return await self.remover.prune(filters, scope)
 
     # -- streams -----------------------------------------------------------------------
 
-    def wait_future(self, ref: str, condition: str) -> asyncio.Future[int]:
-        return attaching.wait_future(self.get(ref), condition)
+    def wait_future(self, ref: str, condition: str, scope: Scope = OPERATOR
+                    ) -> asyncio.Future[int]:
+        return attaching.wait_future(self.get(scope.qualify(ref)), condition)
 
-    def attach(self, ref: str, stdout: bool, stderr: bool) -> tuple[Container, Attachment]:
-        c = self.get(ref)
+    def attach(self, ref: str, stdout: bool, stderr: bool, scope: Scope = OPERATOR
+               ) -> tuple[Container, Attachment]:
+        c = self.get(scope.qualify(ref))
         attachment = attaching.attach(c, ref, stdout, stderr)
         self.store.event(c, "attach")
         return c, attachment
@@ -197,9 +222,10 @@ class ContainerService:
     async def close_stdin(self, c: Container) -> None:
         await attaching.close_stdin(c)
 
-    def logs(self, ref: str, query: LogQuery) -> tuple[Container, AsyncGenerator[LogRecord, None]]:
+    def logs(self, ref: str, query: LogQuery, scope: Scope = OPERATOR
+             ) -> tuple[Container, AsyncGenerator[LogRecord, None]]:
         """`docker logs`; errors (a driver that cannot read) come before any record."""
-        c = self.get(ref)
+        c = self.get(scope.qualify(ref))
         driver = self.store.log_driver(c)
         driver.readable()
         return c, attaching.logs(c, driver, query)
@@ -215,34 +241,42 @@ class ContainerService:
             driver = LogDriver("none", None)  # its logger never started: nothing logged
         return attaching.replay(c, driver, query)
 
-    async def top(self, ref: str, ps_args: str = "") -> dict[str, Any]:
-        return await stats.top(self.get(ref))
+    async def top(self, ref: str, ps_args: str = "", scope: Scope = OPERATOR
+                  ) -> dict[str, Any]:
+        return await stats.top(self.get(scope.qualify(ref)))
 
-    def stats(self, ref: str, stream: bool, one_shot: bool
+    def stats(self, ref: str, stream: bool, one_shot: bool, scope: Scope = OPERATOR
               ) -> AsyncGenerator[dict[str, Any], None]:
         """`docker stats` records; an unknown container fails here, before any record."""
-        c = self.get(ref)
-        return stats.stats_records(c, self.store.containers.__contains__, stream, one_shot)
+        c = self.get(scope.qualify(ref))
+        return stats.stats_records(c, self.store.containers.__contains__, stream, one_shot,
+                                   scope.shown(c.name))
 
     # -- networks ------------------------------------------------------------------------
 
-    async def connect(self, ref: str, network_ref: str, settings: dict[str, Any]) -> None:
-        await self.connections.connect(ref, network_ref, settings)
+    async def connect(self, ref: str, network_ref: str, settings: dict[str, Any],
+                      scope: Scope = OPERATOR) -> None:
+        await self.connections.networks.ensure_default_bridge(scope)
+        await self.connections.connect(scope.qualify(ref), network_ref_in(scope, network_ref),
+                                       settings)
 
-    async def disconnect(self, ref: str, network_ref: str, force: bool = False) -> None:
-        await self.connections.disconnect(ref, network_ref, force)
+    async def disconnect(self, ref: str, network_ref: str, force: bool = False,
+                         scope: Scope = OPERATOR) -> None:
+        await self.connections.disconnect(scope.qualify(ref),
+                                          network_ref_in(scope, network_ref), force)
 
     def network_members(self, network_name: str) -> dict[str, dict[str, Any]]:
         return self.views.network_members(network_name)
 
     # -- views ---------------------------------------------------------------------------
 
-    def inspect(self, ref: str) -> dict[str, Any]:
-        return self.views.inspect(ref)
+    def inspect(self, ref: str, scope: Scope = OPERATOR) -> dict[str, Any]:
+        return self.views.inspect(ref, scope)
 
     def list_summaries(self, all_: bool = False, limit: int = -1,
-                       filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
-        return self.views.list_summaries(all_, limit, filters)
+                       filters: dict[str, list[str]] | None = None,
+                       scope: Scope = OPERATOR) -> list[dict[str, Any]]:
+        return self.views.list_summaries(all_, limit, filters, scope)
 
     # -- daemon lifecycle ------------------------------------------------------------------
 

@@ -159,7 +159,7 @@ class Starter:
         network = None
         if shared.network is None:
             network = await self.networks.connect_run(
-                c.id, c.networks, [c.name.lstrip("/"), c.id[:12]],
+                c.id, c.networks, [c.own_name, c.id[:12]],
                 cn.published_ports(c.config, c.host_config))
         else:
             # dockerd: the container takes the hostname of the one whose

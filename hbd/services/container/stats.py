@@ -122,16 +122,18 @@ async def stats_sample(c: Container) -> dict[str, Any] | None:
 
 
 async def stats_records(c: Container, registered: Callable[[str], bool], stream: bool,
-                        one_shot: bool) -> AsyncGenerator[dict[str, Any], None]:
+                        one_shot: bool, shown_name: str = ""
+                        ) -> AsyncGenerator[dict[str, Any], None]:
     """One record, or one a second while `stream` and the container is
-    `registered`; dockerd's precpu is the previous one."""
+    `registered`; dockerd's precpu is the previous one. `shown_name`: the
+    container's name as the asker knows it (its stored name by default)."""
     previous: dict[str, Any] | None = None
     previous_ns = 0
     while True:
         sample = await stats_sample(c)
         now_ns = time.time_ns()
         if stream or one_shot or previous is not None or sample is None:
-            yield stats_view(c.id, c.name, sample, previous, now_ns, previous_ns)
+            yield stats_view(c.id, shown_name or c.name, sample, previous, now_ns, previous_ns)
             if not stream:
                 return
         previous, previous_ns = sample, now_ns

@@ -12,6 +12,7 @@ from hbd.events import EventBus
 from hbd.services.container.logs import LogDriver, json_file_name, log_driver
 from hbd.services.container.model import Container
 from hbd.services.container.outputmark import FILE_NAME, OutputMark, OutputMarkFile
+from hbd.services.scope import Scope, owner_of, split_owner
 from hbd.services.timefmt import ZERO_TIME
 from hbd.store import StateStore
 
@@ -41,20 +42,29 @@ class ContainerStore:
             self.names[c.name] = c.id
 
     def get(self, ref: str) -> Container:
-        """By full ID, name, or unique ID prefix (dockerd's GetContainer order)."""
-        if not ref:
+        """By full ID, name, or unique ID prefix (dockerd's GetContainer order).
+        A reference qualified with an owner (`X@project`, hbd.services.scope)
+        finds that owner's containers only."""
+        base, owner = split_owner(ref)
+        if not base:
             raise no_such_container(ref)
-        if ref in self.containers:
-            return self.containers[ref]
+        candidates = self.containers if owner is None else \
+            {cid: c for cid, c in self.containers.items() if owner_of(c.name) == owner}
+        if base in candidates:
+            return candidates[base]
         name = ref if ref.startswith("/") else "/" + ref
         if name in self.names:
             return self.containers[self.names[name]]
-        matches = [cid for cid in self.containers if cid.startswith(ref)]
+        matches = [cid for cid in candidates if cid.startswith(base)]
         if len(matches) == 1:
-            return self.containers[matches[0]]
+            return candidates[matches[0]]
         if len(matches) > 1:
             raise InvalidParameter(f"Multiple IDs found with provided prefix: {ref}")
         raise no_such_container(ref)
+
+    def visible(self, scope: Scope) -> list[Container]:
+        """The containers the asker may see."""
+        return [c for c in self.containers.values() if scope.sees(c.name)]
 
     def check_name_free(self, name: str) -> None:
         if name in self.names:

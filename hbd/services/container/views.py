@@ -13,6 +13,7 @@ from hbd.services.container.model import Container
 from hbd.services.container.store import ContainerStore
 from hbd.services.image.store import ImageStore
 from hbd.services.network.service import NetworkService
+from hbd.services.scope import OPERATOR, Scope
 from hbd.services.timefmt import parse_rfc3339
 from hbd.services.volume.service import VolumeService
 
@@ -24,8 +25,10 @@ class ContainerViews:
     networks: NetworkService
     volumes: VolumeService
 
-    def inspect(self, ref: str) -> dict[str, Any]:
-        c = self.store.get(ref)
+    def inspect(self, ref: str, scope: Scope = OPERATOR) -> dict[str, Any]:
+        return scope.shown(self._inspect(self.store.get(scope.qualify(ref))))
+
+    def _inspect(self, c: Container) -> dict[str, Any]:
         hc = dict(c.host_config)
         hc["Links"] = links.view(c, self.store)
         return {
@@ -86,16 +89,17 @@ class ContainerViews:
         }
 
     def list_summaries(self, all_: bool = False, limit: int = -1,
-                       filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
-        matches = ContainerFilter(filters or {}, self.store, self.images)
-        items = sorted(self.store.containers.values(), key=lambda c: c.created, reverse=True)
+                       filters: dict[str, list[str]] | None = None,
+                       scope: Scope = OPERATOR) -> list[dict[str, Any]]:
+        matches = ContainerFilter(filters or {}, self.store, self.images, scope)
+        items = sorted(self.store.visible(scope), key=lambda c: c.created, reverse=True)
         # A status or exited filter implies --all, as in dockerd.
         show_all = all_ or limit > 0 or "status" in matches.filters or \
             "exited" in matches.filters
         items = [c for c in items if (show_all or c.state.running) and matches(c)]
         if limit > 0:
             items = items[:limit]
-        return [self.summary(c) for c in items]
+        return scope.shown([self.summary(c) for c in items])
 
     def network_members(self, network_name: str) -> dict[str, dict[str, Any]]:
         """`network inspect` Containers: running members with their endpoints."""

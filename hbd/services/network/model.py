@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hbd.errors import NotFound, SystemError_
+from hbd.services.scope import split_owner
 
 DEFAULT_BRIDGE = "bridge"
 PREDEFINED = ("bridge", "host", "none")
+# The predefined networks every tenant shares: neither carries traffic. Each
+# tenant has a default bridge of its own (`bridge@<project>`, hbd.services.scope).
+SHARED = ("host", "none")
+
+
+def is_default_bridge(name: str) -> bool:
+    """The operator's default bridge, or a tenant's own."""
+    return split_owner(name)[0] == DEFAULT_BRIDGE
+
+
+def default_bridge_in(names: Iterable[str]) -> str | None:
+    """Which of these networks (a container's) is a default bridge."""
+    return next((name for name in names if is_default_bridge(name)), None)
 
 
 class NetworkNotFound(NotFound):
@@ -67,7 +82,13 @@ class Network:
 
     @property
     def builtin(self) -> bool:
-        return self.name in PREDEFINED
+        """Predefined: the operator's three, and each tenant's default bridge."""
+        return split_owner(self.name)[0] in PREDEFINED
+
+    @property
+    def shared(self) -> bool:
+        """One of the predefined networks every tenant sees."""
+        return self.name in SHARED
 
 
 @dataclass

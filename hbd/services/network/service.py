@@ -35,14 +35,18 @@ from hbd.services.network import ipam as ipam_rules
 from hbd.services.network.filters import NetworkFilter
 from hbd.services.network.model import (
     DEFAULT_BRIDGE,
+    PREDEFINED,
+    SHARED,
     Endpoint,
     Network,
     NetworkUsers,
     PublishedPort,
     RunNetworking,
+    is_default_bridge,
     network_not_found,
     parse_link,
 )
+from hbd.services.scope import OPERATOR, OWNER_MARK, Scope, owner_of, split_owner
 from hbd.services.timefmt import rfc3339_nano
 from hbd.store import StateStore
 
@@ -88,6 +92,15 @@ class _NoUsers:
 _NO_USERS = _NoUsers()
 
 
+def network_ref_in(scope: Scope, ref: str) -> str:
+    """A network reference as the asker means it: `host` and `none` are
+    everyone's, `bridge` (and the `default` mode) a tenant's own default
+    bridge, any other the asker's own network."""
+    if ref in SHARED or (not scope.is_tenant and ref == "default"):
+        return ref
+    return scope.qualify(DEFAULT_BRIDGE if ref == "default" else ref)
+
+
 class NetworkService:
     def __init__(self, state: StateStore, events: EventBus, tag: str) -> None:
         """`tag` (4 hex digits, from the data root) keeps the bridges, taps and
@@ -119,14 +132,20 @@ class NetworkService:
     # -- lookup ----------------------------------------------------------------
 
     def get(self, ref: str) -> Network:
-        """By full ID, full name, or unique ID prefix, as dockerd's FindNetwork."""
-        if ref in self.networks:
-            return self.networks[ref]
-        by_name = [n for n in self.networks.values() if n.name == ref]
+        """By full ID, full name, or unique ID prefix, as dockerd's FindNetwork.
+        A reference qualified with an owner (`X@project`, hbd.services.scope)
+        finds that owner's networks and the predefined ones only."""
+        base, owner = split_owner(ref)
+        candidates = list(self.networks.values()) if owner is None else \
+            [n for n in self.networks.values() if n.shared or owner_of(n.name) == owner]
+        by_id = [n for n in candidates if n.id == base]
+        if by_id:
+            return by_id[0]
+        by_name = [n for n in candidates if n.name == ref or (n.shared and n.name == base)]
         if by_name:
             return by_name[0]
-        by_prefix = [n for n in self.networks.values() if n.id.startswith(ref)]
-        if len(by_prefix) == 1 and ref:
+        by_prefix = [n for n in candidates if n.id.startswith(base)]
+        if len(by_prefix) == 1 and base:
             return by_prefix[0]
         if len(by_prefix) > 1:
             raise InvalidParameter(f"network {ref} is ambiguous ({len(by_prefix)} matches "
@@ -225,12 +244,19 @@ class NetworkService:
 
     # -- create / remove -----------------------------------------------------------
 
-    async def create(self, body: dict[str, Any]) -> dict[str, str]:
+    async def create(self, body: dict[str, Any], scope: Scope = OPERATOR) -> dict[str, str]:
         if not isinstance(body, dict):
             raise InvalidParameter("invalid JSON: network config must be an object")
         name = body.get("Name")
         if not name or not isinstance(name, str):
             raise InvalidParameter("network name must not be empty")
+        if scope.is_tenant:
+            if OWNER_MARK in name:
+                raise InvalidParameter(f"network name {name} must not hold "
+                                       f"\"{OWNER_MARK}\": it marks a tenant's names")
+            if name in PREDEFINED:
+                raise Forbidden(f"{name} is a pre-defined network and cannot be created")
+            name = scope.qualify(name)
         driver = body.get("Driver") or "bridge"
         if driver != "bridge":
             if driver in ("host", "null"):
@@ -238,7 +264,7 @@ class NetworkService:
             raise NotFound(f"plugin \"{driver}\" not found")
         async with self._lock:
             if any(n.name == name for n in self.networks.values()):
-                raise Conflict(f"network with name {name} already exists")
+                raise Conflict(f"network with name {scope.shown(name)} already exists")
             ipam = body.get("IPAM") or {}
             v4, v6 = await self._ipam(ipam.get("Config") or [], bool(body.get("EnableIPv6")))
             nid = secrets.token_hex(32)
@@ -266,6 +292,18 @@ class NetworkService:
         self.events.publish("network", "create", n.id, {"name": n.name, "type": n.driver})
         self._changed()
         return {"Id": n.id, "Warning": ""}
+
+    async def ensure_default_bridge(self, scope: Scope) -> None:
+        """A tenant's own default bridge (`bridge` as it sees it), made at its
+        first need: tenants share no bridge, so no tenant reaches another's
+        containers (nothing is forwarded between two networks)."""
+        if not scope.is_tenant:
+            return
+        name = scope.qualify(DEFAULT_BRIDGE)
+        if any(n.name == name for n in self.networks.values()):
+            return
+        with contextlib.suppress(Conflict):  # made meanwhile by another request
+            await self.create({"Name": name})
 
     async def _ipam(self, configs: list[Any], enable_ipv6: bool
                     ) -> tuple[ipam_rules.Pool, ipam_rules.Pool | None]:
@@ -299,10 +337,12 @@ class NetworkService:
     def in_use(self, n: Network) -> list[str]:
         return sorted({cid for cid in self.leases.get(n.id, {}).values()})
 
-    async def remove(self, ref: str) -> None:
-        """A network that containers are configured on (running or not) stays."""
-        n = self.get(ref)
-        if n.builtin:
+    async def remove(self, ref: str, scope: Scope = OPERATOR) -> None:
+        """A network that containers are configured on (running or not) stays.
+        A tenant's default bridge is predefined for it; the operator may
+        remove it (a new one is made at the tenant's next need)."""
+        n = self.get(network_ref_in(scope, ref))
+        if n.builtin and (scope.is_tenant or n.name in PREDEFINED):
             raise Forbidden(f"{n.name} is a pre-defined network and cannot be removed")
         active = self.in_use(n)
         if active or self.users.configured_on(n.name):
@@ -317,17 +357,18 @@ class NetworkService:
         self.events.publish("network", "destroy", n.id, {"name": n.name, "type": n.driver})
         self._changed()
 
-    async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
+    async def prune(self, filters: dict[str, list[str]], scope: Scope = OPERATOR
+                    ) -> dict[str, Any]:
         """`network prune`: the custom networks no container is configured on."""
         matches = NetworkFilter(filters, self.users, prune=True)
         deleted = []
         for n in list(self.networks.values()):
-            if n.builtin or not matches(n) or self.users.configured_on(n.name) or \
-                    self.in_use(n):
+            if n.builtin or not scope.sees(n.name) or not matches(n) or \
+                    self.users.configured_on(n.name) or self.in_use(n):
                 continue
             await self.remove(n.id)
             deleted.append(n.name)
-        return {"NetworksDeleted": deleted or None}
+        return {"NetworksDeleted": scope.shown(deleted) or None}
 
     def _changed(self) -> None:
         for callback in self.on_change:
@@ -506,15 +547,21 @@ class NetworkService:
 
     # -- API views -----------------------------------------------------------------
 
-    def list_views(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
-        """`network ls`, oldest first; the list leaves out Containers, as dockerd's does."""
+    def list_views(self, filters: dict[str, list[str]], scope: Scope = OPERATOR
+                   ) -> list[dict[str, Any]]:
+        """`network ls`, oldest first; the list leaves out Containers, as dockerd's
+        does. A tenant sees the predefined networks and its own."""
         matches = NetworkFilter(filters, self.users)
-        return [self._view(n, {}) for n in sorted(self.networks.values(),
-                                                  key=lambda n: n.created) if matches(n)]
+        return scope.shown([self._view(n, {}) for n in sorted(self.networks.values(),
+                                                              key=lambda n: n.created)
+                            if (n.shared or scope.sees(n.name)) and matches(n)])
 
-    def inspect(self, ref: str) -> dict[str, Any]:
-        n = self.get(ref)
-        return self._view(n, self.users.network_members(n.name))
+    def inspect(self, ref: str, scope: Scope = OPERATOR) -> dict[str, Any]:
+        n = self.get(network_ref_in(scope, ref))
+        members = self.users.network_members(n.name)
+        if n.shared:  # everyone's network: a tenant sees its own containers on it
+            members = {cid: m for cid, m in members.items() if scope.sees(m["Name"])}
+        return scope.shown(self._view(n, members))
 
     def _view(self, n: Network, containers: dict[str, dict[str, Any]]) -> dict[str, Any]:
         # Keys in dockerd's order (Subnet, IPRange, Gateway); an IPv6 gateway
@@ -558,5 +605,6 @@ class NetworkService:
             "IPv6Gateway": endpoint.gateway6 if endpoint else "",
             "GlobalIPv6Address": endpoint.ip6 if endpoint else "",
             "GlobalIPv6PrefixLen": endpoint.prefix6 if endpoint else 0,
-            "DNSNames": endpoint.dns_names if endpoint and n.name != DEFAULT_BRIDGE else None,
+            "DNSNames": endpoint.dns_names if endpoint and not is_default_bridge(n.name)
+            else None,
         }

@@ -24,6 +24,7 @@ from hbd.services.container.service import ContainerService
 from hbd.services.image import usage
 from hbd.services.image.model import Image
 from hbd.services.image.store import ImageStore
+from hbd.services.scope import OPERATOR, Scope
 from hbd.services.timefmt import ZERO_TIME
 from hbd.services.volume.service import VolumeService
 
@@ -41,8 +42,9 @@ class DiskUsage:
     volumes: VolumeService
     build_cache: BuildCache
 
-    async def report(self, kinds: list[str]) -> dict[str, Any]:
-        """The SystemDataUsageResponse for `kinds` (all when empty)."""
+    async def report(self, kinds: list[str], scope: Scope = OPERATOR) -> dict[str, Any]:
+        """The SystemDataUsageResponse for `kinds` (all when empty): a tenant's
+        own containers and volumes (images are everyone's)."""
         for kind in kinds:
             if kind not in KINDS:
                 raise InvalidParameter(f"unknown object type: {kind}")
@@ -52,16 +54,16 @@ class DiskUsage:
         if "image" in wanted:
             out["LayersSize"], out["Images"] = self.images.disk_usage()
         if "container" in wanted:
-            out["Containers"] = self.container_usage()
+            out["Containers"] = self.container_usage(scope)
         if "volume" in wanted:
-            out["Volumes"] = await self.volume_usage()
+            out["Volumes"] = await self.volume_usage(scope)
         if "build-cache" in wanted:
             out["BuildCache"] = self.build_cache_usage()
         return out
 
-    def container_usage(self) -> list[dict[str, Any]]:
+    def container_usage(self, scope: Scope = OPERATOR) -> list[dict[str, Any]]:
         out = []
-        for summary in self.containers.list_summaries(all_=True):
+        for summary in self.containers.list_summaries(all_=True, scope=scope):
             c = self.containers.containers.get(summary["Id"])
             if c is None:
                 continue  # removed meanwhile
@@ -73,15 +75,16 @@ class DiskUsage:
             out.append(summary)
         return out
 
-    async def volume_usage(self) -> list[dict[str, Any]]:
-        views = self.volumes.list_views({})
-        found = [self.volumes.volumes.get(view["Name"]) for view in views]
+    async def volume_usage(self, scope: Scope = OPERATOR) -> list[dict[str, Any]]:
+        views = self.volumes.list_views({}, scope)
+        names = [scope.qualify(view["Name"]) for view in views]
+        found = [self.volumes.volumes.get(name) for name in names]
         # Walking a shared volume's files may take a while: not on the loop.
         sizes = await asyncio.to_thread(
             lambda: [self.volumes.disk_usage(v) if v is not None else 0 for v in found])
         return [{**view, "UsageData": {
-            "Size": size, "RefCount": len(self.volumes.container_users(view["Name"]))}}
-            for view, size in zip(views, sizes, strict=True)]
+            "Size": size, "RefCount": len(self.volumes.container_users(name))}}
+            for view, name, size in zip(views, names, sizes, strict=True)]
 
     def build_cache_usage(self) -> list[dict[str, Any]]:
         steps = self.build_cache.cached_steps()

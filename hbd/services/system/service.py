@@ -16,6 +16,7 @@ from hbd.events import EventBus
 from hbd.services.container import hostconfig
 from hbd.services.container.service import ContainerService
 from hbd.services.image.store import ImageStore
+from hbd.services.scope import OPERATOR, Scope
 from hbd.services.system.events_filter import EventFilter
 from hbd.services.timefmt import rfc3339_nano
 from hbd.store import StateStore
@@ -56,14 +57,22 @@ class EventSubscription:
 
 
 async def _matching(live: AsyncGenerator[dict[str, Any], None],
-                    wanted: Callable[[dict[str, Any]], bool]
+                    wanted: Callable[[dict[str, Any]], dict[str, Any] | None]
                     ) -> AsyncGenerator[dict[str, Any], None]:
     try:
         async for message in live:
-            if wanted(message):
-                yield message
+            shown = wanted(message)
+            if shown is not None:
+                yield shown
     finally:
         await live.aclose()
+
+
+def _actor_name(message: dict[str, Any]) -> str:
+    """The name of the object an event is about (which says whose it is):
+    its `name` attribute, else its ID (a volume's ID is its name)."""
+    actor = message.get("Actor") or {}
+    return str((actor.get("Attributes") or {}).get("name") or actor.get("ID") or "")
 
 
 class SystemService:
@@ -105,18 +114,23 @@ class SystemService:
             "BuildTime": "",
         }
 
-    def subscribe_events(self, since: float, until: float, filters: dict[str, list[str]]
-                         ) -> EventSubscription:
-        """`since`/`until`: unix seconds, 0 for none."""
+    def subscribe_events(self, since: float, until: float, filters: dict[str, list[str]],
+                         scope: Scope = OPERATOR) -> EventSubscription:
+        """`since`/`until`: unix seconds, 0 for none. A tenant gets the events of
+        its own objects, with its own names (filters apply to those)."""
         matches = EventFilter(filters)
         # Subscribe before replaying history so nothing falls in between.
         history, live = self.events.subscribe_with_history()
 
-        def wanted(message: dict[str, Any]) -> bool:
+        def wanted(message: dict[str, Any]) -> dict[str, Any] | None:
             t = int(message["timeNano"]) / 1e9
-            return (not since or t >= since) and (not until or t <= until) and matches(message)
+            if (since and t < since) or (until and t > until) or \
+                    not scope.sees(_actor_name(message)):
+                return None
+            shown = scope.shown(message)
+            return shown if matches(shown) else None
 
-        replay = [m for m in history if wanted(m)] if since else []
+        replay = [m for m in map(wanted, history) if m is not None] if since else []
         return EventSubscription(replay, _matching(live, wanted))
 
     def _runtimes(self) -> dict[str, Any]:
@@ -128,8 +142,8 @@ class SystemService:
                                "status": {"hbd.alias-of": hostconfig.DEFAULT_RUNTIME}}
         return runtimes
 
-    def info(self) -> dict[str, Any]:
-        containers = list(self.containers.containers.values())
+    def info(self, scope: Scope = OPERATOR) -> dict[str, Any]:
+        containers = self.containers.store.visible(scope)  # a tenant counts its own
         running = sum(1 for c in containers if c.state.running and not c.state.paused)
         paused = sum(1 for c in containers if c.state.paused)
         os_name, os_version = _os_release()

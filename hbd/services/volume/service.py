@@ -29,6 +29,8 @@ from hbd.drivers import disks
 from hbd.errors import Conflict, InvalidParameter, NotFound
 from hbd.events import EventBus
 from hbd.services.filters import PruneFilter, labels_match
+from hbd.services.quota import QuotaGuard
+from hbd.services.scope import OPERATOR, Scope
 from hbd.services.timefmt import rfc3339_nano
 from hbd.store import StateStore
 
@@ -66,8 +68,10 @@ class Volume:
 
 
 class VolumeService:
-    def __init__(self, state: StateStore, root: Path, events: EventBus) -> None:
+    def __init__(self, state: StateStore, root: Path, events: EventBus,
+                 quota: QuotaGuard | None = None) -> None:
         self.state = state
+        self.quota = quota or QuotaGuard()
         self.root = root
         self.events = events
         self.templates = root / "_templates"
@@ -83,8 +87,9 @@ class VolumeService:
             v = Volume(**rec)
             self.volumes[v.name] = v
 
-    def get(self, name: str) -> Volume:
-        v = self.volumes.get(name)
+    def get(self, name: str, scope: Scope = OPERATOR) -> Volume:
+        """By name: a tenant's own (hbd.services.scope), or any for the operator."""
+        v = self.volumes.get(scope.qualify(name))
         if v is None:
             raise NotFound(f"get {name}: no such volume")
         return v
@@ -106,7 +111,9 @@ class VolumeService:
 
     async def create(self, name: str = "", driver: str = "", labels: dict[str, str] | None = None,
                      options: dict[str, str] | None = None,
-                     anonymous: bool = False) -> Volume:
+                     anonymous: bool = False, scope: Scope = OPERATOR) -> Volume:
+        """A new volume (the existing one of that name, as dockerd answers); a
+        tenant's is named with its project."""
         if driver and driver != "local":
             raise NotFound(f"plugin \"{driver}\" not found")
         if not name:
@@ -117,6 +124,7 @@ class VolumeService:
                                    "for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" "
                                    "are allowed. If you intended to pass a host directory, "
                                    "use absolute path")
+        name = scope.qualify(name)
         options = {str(k): str(v) for k, v in (options or {}).items()}
         kind = self._kind(name, options)
         async with self._lock:
@@ -126,6 +134,9 @@ class VolumeService:
                 return existing
             size = parse_size(options["size"]) if "size" in options else \
                 (DEFAULT_SIZE if kind == "block" else 0)
+            if scope.is_tenant:
+                self.quota.check_volume(scope, size, await asyncio.to_thread(
+                    self._sizes, [v for v in self.volumes.values() if scope.sees(v.name)]))
             v = Volume(name, rfc3339_nano(), size, dict(labels or {}), options, anonymous,
                        kind)
             directory = self.root / name
@@ -159,13 +170,14 @@ class VolumeService:
             raise InvalidParameter("quota size requested but no quota support")
         return kind
 
-    async def remove(self, name: str, force: bool = False) -> None:
+    async def remove(self, name: str, force: bool = False, scope: Scope = OPERATOR) -> None:
         """A volume that containers reference (running or not) stays."""
-        v = self.volumes.get(name)
+        v = self.volumes.get(scope.qualify(name))
         if v is None:
             if force:
                 return
             raise NotFound(f"get {name}: no such volume")
+        name = v.name
         users = self.container_users(name)
         if users:
             raise Conflict(f"remove {name}: volume is in use - [{', '.join(users)}]")
@@ -175,7 +187,8 @@ class VolumeService:
             await asyncio.to_thread(shutil.rmtree, self.root / name, True)
         self.events.publish("volume", "destroy", name, {"driver": "local"})
 
-    async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
+    async def prune(self, filters: dict[str, list[str]], scope: Scope = OPERATOR
+                    ) -> dict[str, Any]:
         """`volume prune`: since API 1.42 only anonymous volumes unless all=true."""
         filters = dict(filters)
         prune_all = filters.pop("all", ["false"])[0].lower() in ("true", "1")
@@ -183,7 +196,8 @@ class VolumeService:
         deleted = []
         reclaimed = 0
         for v in list(self.volumes.values()):
-            if (not prune_all and not v.anonymous) or self.container_users(v.name):
+            if (not prune_all and not v.anonymous) or not scope.sees(v.name) or \
+                    self.container_users(v.name):
                 continue
             if not matches(v.created, {"Labels": v.labels}):
                 continue
@@ -191,7 +205,12 @@ class VolumeService:
             await self.remove(v.name)
             deleted.append(v.name)
             reclaimed += size
-        return {"VolumesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
+        return {"VolumesDeleted": scope.shown(deleted) or None, "SpaceReclaimed": reclaimed}
+
+    def _sizes(self, volumes: list[Volume]) -> list[int]:
+        """What each volume counts for in a quota: a block one its size, a
+        shared one (which has none) what it holds."""
+        return [v.size if v.block else self.disk_usage(v) for v in volumes]
 
     def disk_usage(self, v: Volume) -> int:
         """The bytes a volume holds. A shared one: its files, counted as dockerd
@@ -217,14 +236,18 @@ class VolumeService:
         for name in [n for n, cid in self.attached.items() if cid == container_id]:
             del self.attached[name]
 
-    def list_views(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
-        """`volume ls`: dangling, driver, label, name."""
+    def list_views(self, filters: dict[str, list[str]], scope: Scope = OPERATOR
+                   ) -> list[dict[str, Any]]:
+        """`volume ls`: dangling, driver, label, name; a tenant's own volumes."""
         for key in filters:
             if key not in LIST_FILTERS:
                 raise InvalidParameter(f"invalid filter '{key}'")
         out = []
         for v in sorted(self.volumes.values(), key=lambda v: v.name):
-            if "name" in filters and not any(n in v.name for n in filters["name"]):
+            if not scope.sees(v.name):
+                continue
+            if "name" in filters and not any(n in scope.shown(v.name)
+                                             for n in filters["name"]):
                 continue
             if "driver" in filters and "local" not in filters["driver"]:
                 continue
@@ -234,15 +257,15 @@ class VolumeService:
                 dangling = filters["dangling"][0].lower() in ("true", "1")
                 if dangling == bool(self.container_users(v.name)):
                     continue
-            out.append(self.inspect(v))
+            out.append(self.inspect(v, scope))
         return out
 
-    def inspect(self, v: Volume) -> dict[str, Any]:
-        return {
+    def inspect(self, v: Volume, scope: Scope = OPERATOR) -> dict[str, Any]:
+        return scope.shown({
             "CreatedAt": v.created, "Driver": "local", "Labels": v.labels or None,
             "Mountpoint": self.mountpoint(v), "Name": v.name, "Options": v.options or None,
             "Scope": "local",
-        }
+        })
 
 
 def directory_size(root: Path) -> int:
