@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import time
 from collections import OrderedDict
@@ -49,7 +50,10 @@ class Process(Protocol):
 
     def output(self) -> AsyncIterator[tuple[int, bytes]]: ...
     async def write_stdin(self, data: bytes) -> None: ...
-    async def close_stdin(self) -> None: ...
+    async def end_stdin(self) -> bool:
+        """The client's stdin ended: True if the process got EOF and its
+        output flows on, False if the session ends here (the process running
+        on), as docker's and containerd's attach without StdinOnce."""
     async def resize(self, height: int, width: int) -> None: ...
     async def wait(self) -> int | None:
         """Its exit code once its output ended; None where there is none to
@@ -261,18 +265,21 @@ class RemoteCommandSession:
                 await stream.close()
 
     async def _pump(self, process: Process) -> int | None:
-        helpers = [spawn(self._stdin(process))] if "stdin" in self.streams else []
-        if "resize" in self.streams:
-            helpers.append(spawn(self._resizes(process)))
+        stdin = spawn(self._stdin(process))
+        resizes = spawn(self._resizes(process))
         output = spawn(self._output(process))
         gone = spawn(self.session.closed.wait())
         try:
-            await asyncio.wait([output, gone], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([output, gone, stdin], return_when=asyncio.FIRST_COMPLETED)
+            if stdin.done() and not stdin.cancelled() and stdin.result() is False:
+                return None  # the session ended with the client's stdin
+            if not output.done():
+                await asyncio.wait([output, gone], return_when=asyncio.FIRST_COMPLETED)
             if not output.done():
                 return None  # the client went away
             return await process.wait()
         finally:
-            for task in [*helpers, output, gone]:
+            for task in [stdin, resizes, output, gone]:
                 task.cancel()
             for stream in self.streams.values():
                 stream.abandon()
@@ -287,15 +294,21 @@ class RemoteCommandSession:
                 with contextlib.suppress(ConnectionError):
                     await target.write(data)
 
-    async def _stdin(self, process: Process) -> None:
-        stream = self.streams["stdin"]
+    async def _stdin(self, process: Process) -> bool | None:
+        """The client's stdin to the process; what `end_stdin` said at its end."""
+        stream = self.streams.get("stdin")
+        if stream is None:
+            await asyncio.Future()  # none: nothing ends here
+            return None
         while (data := await stream.read()) is not None:
             await process.write_stdin(data)
-        await process.close_stdin()
+        return await process.end_stdin()
 
     async def _resizes(self, process: Process) -> None:
         """Back-to-back JSON objects {"Width": w, "Height": h}."""
-        stream, decoder, buffer = self.streams["resize"], json.JSONDecoder(), ""
+        stream, decoder, buffer = self.streams.get("resize"), json.JSONDecoder(), ""
+        if stream is None:
+            return
         while (data := await stream.read()) is not None:
             buffer += data.decode("utf-8", "replace")
             while buffer.strip():
@@ -374,7 +387,7 @@ class PortForwardSession:
                 raise ValueError(port_text)
             reader, writer = await self.forward.connect(port)
         except (ValueError, HbdError, OSError) as e:
-            message = e.message if isinstance(e, HbdError) else str(e)
+            message = _reason(e)
             with contextlib.suppress(ConnectionError):
                 await error.write(f"error forwarding port {port_text} to pod: "
                                   f"{message}".encode())
@@ -405,6 +418,14 @@ class PortForwardSession:
             while chunk := await reader.read(PORT_FORWARD_BUFFER):
                 await data.write(chunk)
         await data.close()
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, HbdError):
+        return e.message
+    if isinstance(e, OSError) and e.errno:
+        return f"connect: {os.strerror(e.errno).lower()}"
+    return f"invalid port: {e}"
 
 
 # -- the server -----------------------------------------------------------------------------

@@ -300,6 +300,14 @@ def test_streaming_attach_to_the_main_process(cri: Cri, running: RunningPod) -> 
         finally:
             await client.close()
     assert asyncio.run(attach()) == b"got hello\n"
+    # Without StdinOnce the client's end of stdin ends its attach, not the container.
+    url = str(cri.runtime.Attach(pb.AttachRequest(
+        container_id=running.container_id, stdin=True, stdout=True, stderr=True)).url)
+    result = asyncio.run(ks.remote_command(url, stdin=b""))
+    assert (result.stdout, result.status["status"]) == (b"", "Success")
+    state = cri.runtime.ContainerStatus(pb.ContainerStatusRequest(
+        container_id=running.container_id)).status.state
+    assert state == pb.CONTAINER_RUNNING
 
 
 def test_streaming_urls_are_single_use_and_checked(cri: Cri, running: RunningPod) -> None:

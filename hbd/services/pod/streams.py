@@ -25,8 +25,9 @@ class ExecStreams:
     async def write_stdin(self, data: bytes) -> None:
         await self.execs.write_stdin(self.instance, data)
 
-    async def close_stdin(self) -> None:
+    async def end_stdin(self) -> bool:
         await self.execs.close_stdin(self.instance)
+        return True
 
     async def resize(self, height: int, width: int) -> None:
         with contextlib.suppress(HbdError):  # it may have just ended
@@ -53,8 +54,14 @@ class AttachStreams:
     async def write_stdin(self, data: bytes) -> None:
         await self.containers.write_stdin(self.container, data)
 
-    async def close_stdin(self) -> None:
-        await self.containers.close_stdin(self.container)
+    async def end_stdin(self) -> bool:
+        """EOF to a container that closes stdin with its client's (StdinOnce,
+        no tty); any other attach ends here, the container running on."""
+        config = self.container.config
+        if config.get("StdinOnce") and not config.get("Tty"):
+            await self.containers.close_stdin(self.container)
+            return True
+        return False
 
     async def resize(self, height: int, width: int) -> None:
         with contextlib.suppress(HbdError):
