@@ -70,10 +70,13 @@ class StreamOptions:
     tty: bool
 
 
+StartProcess = Callable[[], Awaitable[Process]]
+
+
 @dataclass(frozen=True)
 class RemoteCommand:
     options: StreamOptions
-    start: Callable[[], Awaitable[Process]]
+    start: StartProcess
 
 
 @dataclass(frozen=True)
