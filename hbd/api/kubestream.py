@@ -42,6 +42,8 @@ REMOTE_COMMAND_PROTOCOLS = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channe
 PORT_FORWARD_PROTOCOLS = ("portforward.k8s.io",)
 STDOUT, STDERR = 1, 2
 PORT_FORWARD_BUFFER = 64 * 1024
+# Port-forward requests with one of their two streams opened, at most, per connection.
+MAX_HALF_PAIRS = 128
 
 
 class Process(Protocol):
@@ -370,6 +372,9 @@ class PortForwardSession:
         kind, request_id = stream.header("streamType"), stream.header("requestID")
         if kind not in ("data", "error"):
             await self.session.send(spdy.RstStream(stream.id, spdy.PROTOCOL_ERROR))
+            return
+        if request_id not in self._pairs and len(self._pairs) >= MAX_HALF_PAIRS:
+            await self.session.send(spdy.RstStream(stream.id, spdy.REFUSED_STREAM))
             return
         pair = self._pairs.setdefault(request_id, {})
         if kind in pair:

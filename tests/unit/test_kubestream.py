@@ -157,3 +157,47 @@ async def test_requests_that_are_no_spdy_upgrade() -> None:
         assert b"missing upgrade headers" in answer
     finally:
         await server.stop()
+
+
+async def test_port_forward_pairs_streams_by_request_id() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"echo:" + await reader.read())  # all of it, to the client's EOF
+        await writer.drain()
+        writer.close()
+    pod = await asyncio.start_server(echo, "127.0.0.1", 0)
+    pod_port = pod.sockets[0].getsockname()[1]
+    asked: list[int] = []
+
+    async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        asked.append(port)
+        return await asyncio.open_connection("127.0.0.1", pod_port)
+    server = StreamingServer()
+    await server.start()
+    try:
+        url = server.register("portforward", kubestream.PortForward(connect))
+        client, answer = await ks.Client.open(url, ["portforward.k8s.io"])
+        assert answer.status == 101
+        assert answer.headers["x-stream-protocol-version"] == "portforward.k8s.io"
+        # Two requests interleaved: each data stream goes with its own error stream.
+        streams = {}
+        for request_id, port in (("1", "8080"), ("2", "9090")):
+            streams[request_id, "error"] = await client.create(
+                streamType="error", port=port, requestID=request_id)
+        for request_id, port in (("2", "9090"), ("1", "8080")):
+            streams[request_id, "data"] = await client.create(
+                streamType="data", port=port, requestID=request_id)
+        await client.write(streams["1", "data"], b"one", fin=True)
+        await client.write(streams["2", "data"], b"two", fin=True)
+        assert await streams["1", "data"].read_all() == b"echo:one"
+        assert await streams["2", "data"].read_all() == b"echo:two"
+        assert await streams["1", "error"].read_all() == b""
+        assert sorted(asked) == [8080, 9090]
+        # A port that is no port: said on that request's error stream.
+        error = await client.create(streamType="error", port="http", requestID="3")
+        data = await client.create(streamType="data", port="http", requestID="3")
+        assert await data.read_all() == b""
+        assert b"invalid port" in await error.read_all()
+        await client.close()
+    finally:
+        await server.stop()
+        pod.close()
