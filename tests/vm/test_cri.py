@@ -186,7 +186,7 @@ def test_streaming_exec_with_a_tty_follows_resizes(node: Node,
                             timeout=60).url
     result = asyncio.run(ks.remote_command(url, tty=True, resizes=[(101, 33)]))
     lines = result.stdout.split(b"\r\n")  # a tty's line discipline: CRLF
-    assert lines[0] == b"resized" and lines[1].startswith(b"/dev/pts/")
+    assert lines[0] == b"resized" and lines[1].startswith(b"/dev/pts/"), result
     assert result.exit_code == 0
 
 
