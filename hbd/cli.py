@@ -21,6 +21,7 @@ from aiohttp import web
 from hbd import __version__
 from hbd.api import server
 from hbd.api.auth import TENANCY, Tenancy
+from hbd.api.kubestream import StreamingServer
 from hbd.api.tls import serve_tls
 from hbd.config import Config, DaemonSettings, load_config
 from hbd.daemon import Daemon
@@ -167,7 +168,7 @@ async def _listen(runner: web.AppRunner, host: str, tls: ssl.SSLContext | None,
     raise HbdError(f"unsupported host {host!r}: use unix:///path or tcp://addr:port")
 
 
-async def _serve_cri(daemon: Daemon) -> grpc.aio.Server:
+async def _serve_cri(daemon: Daemon) -> tuple[grpc.aio.Server, StreamingServer]:
     """The CRI beside the Engine API. Imported here: its modules are generated
     from the CRI spec (hbd/api/cri/stubs.py), and only a CRI needs them."""
     # hbd forks to launch every QEMU and virtiofsd (hbd/drivers/jail.py) and
@@ -181,10 +182,13 @@ async def _serve_cri(daemon: Daemon) -> grpc.aio.Server:
     from hbd.api.cri.runtime import RuntimeServicer  # noqa: PLC0415
     from hbd.api.cri.server import serve  # noqa: PLC0415
     await daemon.pods.prepare()
-    server = await serve(daemon.config.cri.endpoint, RuntimeServicer(daemon.pods),
+    settings = daemon.config.cri
+    streaming = StreamingServer(settings.streaming_address, settings.streaming_port)
+    await streaming.start()
+    server = await serve(settings.endpoint, RuntimeServicer(daemon.pods, streaming),
                          ImageServicer(daemon.images, daemon.distribution))
-    log.info("CRI listen on %s", daemon.config.cri.endpoint)
-    return server
+    log.info("CRI listen on %s, streaming server on %s", settings.endpoint, streaming.base_url)
+    return server, streaming
 
 
 async def run(config: Config, pidfile: str | None) -> None:
@@ -212,7 +216,8 @@ async def run(config: Config, pidfile: str | None) -> None:
     await stop.wait()
     log.info("shutting down; guests keep running")
     if cri is not None:
-        await cri.stop(1.0)
+        await cri[0].stop(1.0)
+        await cri[1].stop()
     await daemon.stop()
     await runner.cleanup()
     if pidfile:

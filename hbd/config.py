@@ -70,6 +70,9 @@ class CriSettings:
     sandbox_image: str = "hbd/pause:1"
     # The image archive loaded when sandbox_image is missing ("": images/out/pause.tar).
     sandbox_image_archive: str = ""
+    # Where the streaming server (exec, attach, port-forward URLs) listens; port 0: any free.
+    streaming_address: str = "127.0.0.1"
+    streaming_port: int = 0
 
     def sandbox_archive_path(self) -> Path:
         return (Path(self.sandbox_image_archive) if self.sandbox_image_archive

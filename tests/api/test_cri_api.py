@@ -4,7 +4,10 @@ their answers and their errors."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +28,8 @@ from hbd.api.cri.gen import runtime_v1_pb2_grpc as rpc  # noqa: E402
 from hbd.api.cri.images import ImageServicer  # noqa: E402
 from hbd.api.cri.runtime import RuntimeServicer  # noqa: E402
 from hbd.api.cri.server import serve  # noqa: E402
+from hbd.api.kubestream import StreamingServer  # noqa: E402
+from tests import kubestream_client as ks  # noqa: E402
 
 # The fake driver runs processes on the host, so the infrastructure
 # container's image is one whose command the host has.
@@ -52,9 +57,12 @@ def cri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cri]:
         daemon.config.cri.network = "k8s-pods"
         socket = api.socket.parent / "cri.sock"
 
+        streaming = StreamingServer()
+
         async def start() -> grpc.aio.Server:
             await daemon.pods.prepare()
-            return await serve(f"unix://{socket}", RuntimeServicer(daemon.pods),
+            await streaming.start()
+            return await serve(f"unix://{socket}", RuntimeServicer(daemon.pods, streaming),
                                ImageServicer(daemon.images, daemon.distribution))
 
         server = api.call(start())
@@ -63,6 +71,7 @@ def cri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cri]:
                   base / "pods")
         channel.close()
         api.call(server.stop(1.0))
+        api.call(streaming.stop())
 
 
 def pod_config(name: str, log_dir: Path, **extra: Any) -> pb.PodSandboxConfig:
@@ -224,5 +233,163 @@ def test_bad_input_gets_a_status_not_a_traceback(cri: Cri) -> None:
     host.linux.security_context.namespace_options.network = pb.NODE
     assert code_of(rt.RunPodSandbox, pb.RunPodSandboxRequest(config=host)
                    ) == grpc.StatusCode.INVALID_ARGUMENT
-    assert code_of(rt.Attach, pb.AttachRequest(container_id="x")
-                   ) == grpc.StatusCode.UNIMPLEMENTED
+    assert code_of(rt.Attach, pb.AttachRequest(container_id="x", stdout=True)
+                   ) == grpc.StatusCode.NOT_FOUND
+    assert code_of(rt.Exec, pb.ExecRequest(container_id="x", cmd=["true"], stdout=True)
+                   ) == grpc.StatusCode.NOT_FOUND
+    assert code_of(rt.PortForward, pb.PortForwardRequest(pod_sandbox_id="x", port=[80])
+                   ) == grpc.StatusCode.NOT_FOUND
+
+
+@dataclass
+class RunningPod:
+    pod_id: str
+    container_id: str
+
+
+@pytest.fixture
+def running(cri: Cri) -> Iterator[RunningPod]:
+    rt = cri.runtime
+    config = pod_config("streams", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    app = container_config("app", "sh", "-c", "read line; echo got $line; sleep 100000")
+    app.stdin = True
+    container_id = rt.CreateContainer(pb.CreateContainerRequest(
+        pod_sandbox_id=pod_id, sandbox_config=config, config=app)).container_id
+    rt.StartContainer(pb.StartContainerRequest(container_id=container_id))
+    yield RunningPod(pod_id, container_id)
+    rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def exec_url(cri: Cri, container_id: str, *cmd: str, **streams: bool) -> str:
+    return str(cri.runtime.Exec(pb.ExecRequest(container_id=container_id, cmd=list(cmd),
+                                               **streams)).url)
+
+
+def test_streaming_exec_with_stdin_and_exit_code(cri: Cri, running: RunningPod) -> None:
+    url = exec_url(cri, running.container_id, "sh", "-c", "cat; echo err >&2; exit 3",
+                   stdin=True, stdout=True, stderr=True)
+    assert url.startswith("http://127.0.0.1:") and "/exec/" in url
+    result = asyncio.run(ks.remote_command(url, stdin=b"to cat\n"))
+    assert (result.stdout, result.stderr) == (b"to cat\n", b"err\n")
+    assert result.status["reason"] == "NonZeroExitCode" and result.exit_code == 3
+    url = exec_url(cri, running.container_id, "echo", "fine", stdout=True)
+    result = asyncio.run(ks.remote_command(url, stderr=False))
+    assert (result.stdout, result.status) == (b"fine\n", {"metadata": {}, "status": "Success"})
+    # v3 and older say nothing on the error stream when the command succeeds.
+    url = exec_url(cri, running.container_id, "true", stdout=True)
+    result = asyncio.run(ks.remote_command(url, stderr=False, protocol="v3.channel.k8s.io"))
+    assert result.error == b""
+
+
+def test_streaming_attach_to_the_main_process(cri: Cri, running: RunningPod) -> None:
+    url = str(cri.runtime.Attach(pb.AttachRequest(
+        container_id=running.container_id, stdin=True, stdout=True, stderr=True)).url)
+    assert "/attach/" in url
+
+    async def attach() -> bytes:
+        client, answer = await ks.Client.open(url, ["v4.channel.k8s.io"])
+        assert answer.status == 101
+        try:
+            await client.create(streamType="error")
+            stdin = await client.create(streamType="stdin")
+            stdout = await client.create(streamType="stdout")
+            await client.create(streamType="stderr")
+            await client.write(stdin, b"hello\n")
+            return await stdout.data.get() or b""
+        finally:
+            await client.close()
+    assert asyncio.run(attach()) == b"got hello\n"
+    # Without StdinOnce the client's end of stdin ends its attach, not the container.
+    url = str(cri.runtime.Attach(pb.AttachRequest(
+        container_id=running.container_id, stdin=True, stdout=True, stderr=True)).url)
+    result = asyncio.run(ks.remote_command(url, stdin=b""))
+    assert (result.stdout, result.status["status"]) == (b"", "Success")
+    state = cri.runtime.ContainerStatus(pb.ContainerStatusRequest(
+        container_id=running.container_id)).status.state
+    assert state == pb.CONTAINER_RUNNING
+
+
+def test_streaming_urls_are_single_use_and_checked(cri: Cri, running: RunningPod) -> None:
+    url = exec_url(cri, running.container_id, "true", stdout=True)
+    asyncio.run(ks.remote_command(url, stderr=False))
+
+    async def answer(target: str, protocols: list[str]) -> ks.Upgrade:
+        client, upgrade = await ks.Client.open(target, protocols)
+        await client.close()
+        return upgrade
+    for target in (url, url.rsplit("/", 1)[0] + "/nosuchtoken",
+                   url.replace("/exec/", "/attach/")):
+        again = asyncio.run(answer(target, ["v4.channel.k8s.io"]))
+        assert again.status == 404
+        assert "unknown or expired" in json.loads(again.body)["message"]
+    # A protocol hbd does not speak: 403, and the token is spent.
+    url = exec_url(cri, running.container_id, "true", stdout=True)
+    refused = asyncio.run(answer(url, ["v9.channel.k8s.io"]))
+    assert refused.status == 403 and "negotiate" in json.loads(refused.body)["message"]
+    assert refused.headers["x-accept-protocol-version"].startswith("v4.channel.k8s.io")
+    # Bad requests are refused before the stream.
+    rt = cri.runtime
+    assert code_of(rt.Exec, pb.ExecRequest(container_id=running.container_id, cmd=["true"])
+                   ) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(rt.Exec, pb.ExecRequest(container_id=running.container_id, cmd=["true"],
+                                           tty=True, stdout=True, stderr=True)
+                   ) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(rt.Exec, pb.ExecRequest(container_id=running.container_id, stdout=True)
+                   ) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_exec_of_a_missing_command_fails_on_the_error_stream(cri: Cri,
+                                                             running: RunningPod) -> None:
+    url = exec_url(cri, running.container_id, "/no/such/binary", stdout=True)
+    result = asyncio.run(ks.remote_command(url, stderr=False))
+    assert result.status["status"] == "Failure"
+    assert "no/such/binary" in result.status["message"]
+
+
+def test_container_events_as_they_happen(cri: Cri) -> None:
+    rt = cri.runtime
+    stream = rt.GetContainerEvents(pb.GetEventsRequest())
+    seen: list[Any] = []
+    done = threading.Event()
+
+    def collect() -> None:
+        for event in stream:
+            seen.append(event)
+            if (event.container_event_type == pb.CONTAINER_DELETED_EVENT
+                    and event.container_id == pod_holder[0]):
+                done.set()
+                return
+
+    pod_holder: list[str] = [""]
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    config = pod_config("events", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    pod_holder[0] = pod_id
+    cid = rt.CreateContainer(pb.CreateContainerRequest(
+        pod_sandbox_id=pod_id, sandbox_config=config,
+        config=container_config("ev", "sh", "-c", "exit 4"))).container_id
+    rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+    deadline = time.monotonic() + 30
+    while (rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status.state
+           != pb.CONTAINER_EXITED and time.monotonic() < deadline):
+        time.sleep(0.1)
+    rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    assert done.wait(60)
+    stream.cancel()
+    ours = [(e.container_id, e.container_event_type) for e in seen
+            if e.container_id in (pod_id, cid)]
+    assert ours == [
+        (pod_id, pb.CONTAINER_CREATED_EVENT), (pod_id, pb.CONTAINER_STARTED_EVENT),
+        (cid, pb.CONTAINER_CREATED_EVENT), (cid, pb.CONTAINER_STARTED_EVENT),
+        (cid, pb.CONTAINER_STOPPED_EVENT), (pod_id, pb.CONTAINER_STOPPED_EVENT),
+        (cid, pb.CONTAINER_DELETED_EVENT), (pod_id, pb.CONTAINER_DELETED_EVENT)]
+    stopped = next(e for e in seen if e.container_id == cid
+                   and e.container_event_type == pb.CONTAINER_STOPPED_EVENT)
+    assert stopped.pod_sandbox_status.id == pod_id
+    assert stopped.pod_sandbox_status.metadata.name == "events"
+    assert [(c.id, c.state, c.exit_code) for c in stopped.containers_statuses] == [
+        (cid, pb.CONTAINER_EXITED, 4)]
+    assert all(e.created_at > 0 for e in seen)

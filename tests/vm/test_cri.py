@@ -1,9 +1,13 @@
 """A Kubernetes pod through the CRI, in a real guest: two containers sharing
 the pod's localhost, hostname and DNS settings, a published port, ExecSync,
-a security context, CRI-format logs at kubelet's path, and clean removal."""
+a security context, CRI-format logs at kubelet's path, and clean removal;
+streaming exec (stdin, tty, resize, exit codes), attach and port-forward
+through hbd's streaming server with a SPDY client of our own
+(tests/kubestream_client.py); container events as they happen."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import socket
 import time
@@ -17,6 +21,7 @@ import grpc
 import pytest
 
 from hbd.api.cri import stubs
+from tests import kubestream_client as ks
 from tests.daemon_fixture import RunningDaemon, hbd_daemon
 
 stubs.load()
@@ -132,3 +137,101 @@ def test_a_pod_of_two_containers(node: Node, tmp_path: Path) -> None:
     assert not list(node.daemon.exec_root.glob("*/qemu.pid"))
     # The Engine API sees the same: nothing left.
     assert node.daemon.docker("ps", "-aq").stdout.strip() == b""
+
+
+@dataclass
+class StreamingPod:
+    pod_id: str
+    web: str       # httpd on 8080
+    shell: str     # reads a line from its stdin, then sleeps
+
+
+@pytest.fixture(scope="module")
+def streaming_pod(node: Node, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[StreamingPod]:
+    pod = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name="streams", uid="uid-streams", namespace="default"),
+        hostname="streams", log_directory=str(tmp_path_factory.mktemp("streams")))
+    pod_id = node.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod),
+                                        timeout=180).pod_sandbox_id
+    web = start_container(node, pod_id, pod, "web",
+                          "mkdir /w && echo forwarded > /w/index.html && "
+                          "exec httpd -f -p 8080 -h /w")
+    shell = start_container(node, pod_id, pod, "shell",
+                            "read line; echo attached: $line; exec sleep 100000", stdin=True)
+    yield StreamingPod(pod_id, web, shell)
+    node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                  timeout=120)
+
+
+def test_streaming_exec_stdin_and_exit_codes(node: Node, streaming_pod: StreamingPod) -> None:
+    url = node.runtime.Exec(pb.ExecRequest(
+        container_id=streaming_pod.web, cmd=["sh", "-c", "tr a-z A-Z; echo to-err >&2; exit 7"],
+        stdin=True, stdout=True, stderr=True), timeout=60).url
+    result = asyncio.run(ks.remote_command(url, stdin=b"through the guest\n"))
+    assert (result.stdout, result.stderr) == (b"THROUGH THE GUEST\n", b"to-err\n")
+    assert result.exit_code == 7
+    url = node.runtime.Exec(pb.ExecRequest(container_id=streaming_pod.web, cmd=["hostname"],
+                                           stdout=True), timeout=60).url
+    result = asyncio.run(ks.remote_command(url, stderr=False))
+    assert (result.stdout, result.exit_code) == (b"streams\n", 0)
+
+
+def test_streaming_exec_with_a_tty_follows_resizes(node: Node,
+                                                   streaming_pod: StreamingPod) -> None:
+    # The shell waits for the size the client sets (no race with the resize).
+    script = 'until [ "$(stty size)" = "33 101" ]; do sleep 0.1; done; echo resized; tty'
+    url = node.runtime.Exec(pb.ExecRequest(container_id=streaming_pod.web,
+                                           cmd=["sh", "-c", script], tty=True, stdout=True),
+                            timeout=60).url
+    result = asyncio.run(ks.remote_command(url, tty=True, resizes=[(101, 33)]))
+    lines = result.stdout.split(b"\r\n")  # a tty's line discipline: CRLF
+    assert lines[0] == b"resized" and lines[1].startswith(b"/dev/pts/"), result
+    assert result.exit_code == 0
+
+
+def test_streaming_attach(node: Node, streaming_pod: StreamingPod) -> None:
+    url = node.runtime.Attach(pb.AttachRequest(container_id=streaming_pod.shell, stdin=True,
+                                               stdout=True, stderr=True), timeout=60).url
+
+    async def attach() -> bytes:
+        client, answer = await ks.Client.open(url, ["v4.channel.k8s.io"])
+        assert answer.status == 101
+        try:
+            await client.create(streamType="error")
+            stdin = await client.create(streamType="stdin")
+            stdout = await client.create(streamType="stdout")
+            await client.create(streamType="stderr")
+            await client.write(stdin, b"over spdy\n")
+            return await stdout.data.get() or b""
+        finally:
+            await client.close()
+    assert asyncio.run(attach()) == b"attached: over spdy\n"
+
+
+def test_port_forward_to_a_container_port(node: Node, streaming_pod: StreamingPod) -> None:
+    def forward(port: int) -> tuple[bytes, bytes]:
+        url = node.runtime.PortForward(pb.PortForwardRequest(
+            pod_sandbox_id=streaming_pod.pod_id, port=[port]), timeout=60).url
+        return asyncio.run(ks.port_forward(url, port, b"GET / HTTP/1.0\r\n\r\n"))
+    deadline = time.monotonic() + 60
+    while True:  # httpd may still be starting
+        answer, error = forward(8080)
+        if answer or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert answer.startswith(b"HTTP/1.") and answer.endswith(b"forwarded\n")
+    assert error == b""
+    answer, error = forward(8081)  # nothing listens there
+    assert answer == b"" and b"8081" in error and b"refused" in error.lower()
+
+
+def test_stream_requests_for_what_is_not_there(node: Node) -> None:
+    for call, request in [
+        (node.runtime.Exec, pb.ExecRequest(container_id="nope", cmd=["true"], stdout=True)),
+        (node.runtime.Attach, pb.AttachRequest(container_id="nope", stdout=True)),
+        (node.runtime.PortForward, pb.PortForwardRequest(pod_sandbox_id="nope", port=[80])),
+    ]:
+        with pytest.raises(grpc.RpcError) as info:
+            call(request, timeout=30)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND

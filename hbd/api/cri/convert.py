@@ -123,6 +123,15 @@ def container_summary(c: m.ContainerStatus) -> pb.Container:
         annotations=c.annotations)
 
 
+def container_event(e: m.ContainerEvent) -> pb.ContainerEventResponse:
+    return pb.ContainerEventResponse(
+        container_id=e.container_id,
+        container_event_type=pb.ContainerEventType.Name(e.kind),
+        created_at=e.created_ns,
+        pod_sandbox_status=pod_status(e.pod) if e.pod is not None else None,
+        containers_statuses=[container_status(c) for c in e.containers])
+
+
 def selected(labels: dict[str, str], selector: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 

@@ -1,13 +1,25 @@
 """runtime.v1.RuntimeService: requests translated into calls on the pod
-service (hbd/services/pod), answers built from what it returns."""
+service (hbd/services/pod), answers built from what it returns. Exec,
+Attach and PortForward register what their stream will do with the
+streaming server (hbd/api/kubestream.py) and answer its URL."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 
 from hbd import __version__
 from hbd.api.cri import convert
 from hbd.api.cri.gen import runtime_v1_pb2 as pb
+from hbd.api.kubestream import (
+    PortForward,
+    Process,
+    RemoteCommand,
+    StreamingServer,
+    StreamOptions,
+)
 from hbd.errors import InvalidParameter
 from hbd.services.pod.service import PodService
 
@@ -17,8 +29,10 @@ Context = grpc.aio.ServicerContext[object, object]
 
 
 class RuntimeServicer:
-    def __init__(self, pods: PodService, network_ready: bool = True) -> None:
+    def __init__(self, pods: PodService, streaming: StreamingServer,
+                 network_ready: bool = True) -> None:
         self.pods = pods
+        self.streaming = streaming
         self.network_ready = network_ready
 
     async def Version(self, request: pb.VersionRequest, context: Context) -> pb.VersionResponse:
@@ -151,6 +165,46 @@ class RuntimeServicer:
         return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr,
                                    exit_code=result.exit_code)
 
+    # -- streams ----------------------------------------------------------------------------
+
+    async def Exec(self, request: pb.ExecRequest, context: Context) -> pb.ExecResponse:
+        if not request.cmd:
+            raise InvalidParameter("Exec needs a command")
+        options = _stream_options(request)
+        self.pods.check_streamable(request.container_id)
+        cid, cmd = request.container_id, list(request.cmd)
+
+        async def start() -> Process:
+            return await self.pods.exec_streams(cid, cmd, options.tty, options.stdin,
+                                                options.stdout, options.stderr)
+        return pb.ExecResponse(url=self.streaming.register("exec",
+                                                           RemoteCommand(options, start)))
+
+    async def Attach(self, request: pb.AttachRequest, context: Context) -> pb.AttachResponse:
+        options = _stream_options(request)
+        self.pods.check_streamable(request.container_id)
+        cid = request.container_id
+
+        async def start() -> Process:
+            return self.pods.attach_streams(cid, options.stdout, options.stderr)
+        return pb.AttachResponse(url=self.streaming.register("attach",
+                                                             RemoteCommand(options, start)))
+
+    async def PortForward(self, request: pb.PortForwardRequest,
+                          context: Context) -> pb.PortForwardResponse:
+        self.pods.check_forwardable(request.pod_sandbox_id)
+        pod_id = request.pod_sandbox_id
+
+        async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await self.pods.connect_port(pod_id, port)
+        return pb.PortForwardResponse(url=self.streaming.register("portforward",
+                                                                  PortForward(connect)))
+
+    async def GetContainerEvents(self, request: pb.GetEventsRequest,
+                                 context: Context) -> AsyncIterator[pb.ContainerEventResponse]:
+        async for event in self.pods.container_events():
+            yield convert.container_event(event)
+
     # -- stats ------------------------------------------------------------------------------
 
     async def ContainerStats(self, request: pb.ContainerStatsRequest,
@@ -180,3 +234,12 @@ class RuntimeServicer:
                   if (not f.id or s.pod.id.startswith(f.id))
                   and convert.selected(s.pod.labels, dict(f.label_selector))]
         return pb.ListPodSandboxStatsResponse(stats=[convert.pod_stats(s) for s in chosen])
+
+
+def _stream_options(request: pb.ExecRequest | pb.AttachRequest) -> StreamOptions:
+    """kubelet's streaming server's checks of an exec or attach request."""
+    if not (request.stdin or request.stdout or request.stderr):
+        raise InvalidParameter("one of stdin, stdout, or stderr must be set")
+    if request.tty and request.stderr:
+        raise InvalidParameter("tty and stderr cannot both be true")
+    return StreamOptions(request.stdin, request.stdout, request.stderr, request.tty)

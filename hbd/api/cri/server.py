@@ -1,4 +1,5 @@
-"""The CRI's gRPC server on a unix socket, in hbd's event loop.
+"""The CRI's gRPC server on a unix socket, in hbd's event loop (with the
+streaming server for exec, attach and port-forward beside it).
 
 Errors are mapped here and only here: an HbdError becomes the gRPC status
 its class names (hbd/errors.py), anything else a logged traceback and
@@ -7,9 +8,10 @@ INTERNAL. RPCs hbd does not serve answer UNIMPLEMENTED, as the CRI allows.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,30 @@ from hbd.errors import HbdError
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 
 def _guarded(name: str, handler: Handler) -> Handler:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await handler(request, context)
+        except HbdError as e:
+            await context.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            log.exception("CRI %s failed", name)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error: {e}")
+    return call
+
+
+def _guarded_stream(name: str, handler: StreamHandler) -> StreamHandler:
+    """The same for a server-streaming RPC: an error ends the stream with its status."""
+    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                   ) -> AsyncIterator[Any]:
+        try:
+            async for item in handler(request, context):
+                yield item
         except HbdError as e:
             await context.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
         except grpc.aio.AbortError:
@@ -46,8 +66,10 @@ class _Service:
     def __init__(self, impl: object) -> None:
         self._impl = impl
 
-    def __getattr__(self, name: str) -> Handler:
+    def __getattr__(self, name: str) -> Handler | StreamHandler:
         handler = getattr(self._impl, name, None)
+        if inspect.isasyncgenfunction(handler):
+            return _guarded_stream(name, handler)
         if handler is None:
             async def unimplemented(request: Any,
                                     context: grpc.aio.ServicerContext[Any, Any]) -> Any:

@@ -169,3 +169,18 @@ class PodStats:
     pod: PodStatus
     usage: Usage
     containers: list[ContainerStats]
+
+
+# What happened to a pod or a container (runtime.v1.ContainerEventType); a
+# pod's own events carry its id as the container's.
+CONTAINER_CREATED_EVENT, CONTAINER_STARTED_EVENT = 0, 1
+CONTAINER_STOPPED_EVENT, CONTAINER_DELETED_EVENT = 2, 3
+
+
+@dataclass
+class ContainerEvent:
+    container_id: str
+    kind: int
+    created_ns: int
+    pod: PodStatus | None           # None once the pod is gone
+    containers: list[ContainerStatus]   # the pod's, as they are now

@@ -36,6 +36,7 @@ from hbd.services.container.service import ContainerService
 from hbd.services.image.store import ImageStore
 from hbd.services.network.service import NetworkService
 from hbd.services.pod import model as m
+from hbd.services.pod.streams import AttachStreams, ExecStreams
 from hbd.services.timefmt import parse_rfc3339_ns
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ ANNOTATIONS = PREFIX + "annotations"  # JSON object
 IMAGE = PREFIX + "image"              # the image as the container config named it
 LOG_PATH = PREFIX + "log-path"
 NAMESPACES = PREFIX + "namespaces"    # JSON [network, pid, ipc] modes of a pod
+
+# The container service's events that are the CRI's container events.
+EVENT_KINDS = {"create": m.CONTAINER_CREATED_EVENT, "start": m.CONTAINER_STARTED_EVENT,
+               "die": m.CONTAINER_STOPPED_EVENT, "destroy": m.CONTAINER_DELETED_EVENT}
 
 # Seconds a stopped pod's containers get before SIGKILL when the CRI gives none.
 POD_STOP_TIMEOUT = 10
@@ -371,6 +376,44 @@ class PodService:
             raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout:g}s") from None
         return m.ExecResult(bytes(out[1]), bytes(out[2]), int(instance.exit_code or 0))
 
+    def _running_container(self, container_id: str) -> Container:
+        c = self._container(container_id)
+        if not c.state.running:
+            raise Conflict(f"container {container_id} is not running")
+        return c
+
+    def check_streamable(self, container_id: str) -> None:
+        """Exec and attach need a running container (checked again when the
+        client connects to the streaming server)."""
+        self._running_container(container_id)
+
+    async def exec_streams(self, container_id: str, cmd: list[str], tty: bool,
+                           stdin: bool, stdout: bool, stderr: bool) -> ExecStreams:
+        """A process started for a streaming client (kubectl exec)."""
+        c = self._running_container(container_id)
+        exec_id = self.execs.create(c.id, {"Cmd": cmd, "Tty": tty, "AttachStdin": stdin,
+                                           "AttachStdout": stdout, "AttachStderr": stderr})
+        return ExecStreams(self.execs, await self.execs.start(exec_id, detach=False))
+
+    def attach_streams(self, container_id: str, stdout: bool, stderr: bool) -> AttachStreams:
+        """A streaming client of the container's main process (kubectl attach)."""
+        c, attachment = self.containers.attach(self._running_container(container_id).id,
+                                               stdout, stderr)
+        return AttachStreams(self.containers, c, attachment)
+
+    def check_forwardable(self, pod_id: str) -> None:
+        if not self._pod_view(self._pod(pod_id)).ip:
+            raise Conflict(f"pod sandbox {pod_id} is not ready")
+
+    async def connect_port(self, pod_id: str, port: int
+                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection to `port` of the pod (kubectl port-forward), by the
+        pod's address: the pod's guest is reachable from the host on its bridge."""
+        ip = self._pod_view(self._pod(pod_id)).ip
+        if not ip:
+            raise Conflict(f"pod sandbox {pod_id} is not ready")
+        return await asyncio.open_connection(ip, port)
+
     def reopen_log(self, container_id: str) -> None:
         c = self._container(container_id)
         if c.run is None or not c.state.running:
@@ -384,6 +427,38 @@ class PodService:
                                 "CpuQuota": res.cpu_quota, "Memory": res.memory_limit_bytes,
                                 "CpusetCpus": res.cpuset_cpus}
         await self.containers.update(c.id, {k: v for k, v in body.items() if v})
+
+    # -- events -------------------------------------------------------------------------
+
+    async def container_events(self) -> AsyncIterator[m.ContainerEvent]:
+        """Pods' and their containers' lifecycle as it happens (kubelet's
+        evented PLEG), from the event bus the container service publishes on:
+        with the pod's status and its containers' as they are when the event
+        is taken, as containerd sends them."""
+        _, live = self.containers.store.events.subscribe_with_history()
+        async with contextlib.aclosing(live):
+            async for message in live:
+                event = self._container_event(message)
+                if event is not None:
+                    yield event
+
+    def _container_event(self, message: dict[str, Any]) -> m.ContainerEvent | None:
+        kind = EVENT_KINDS.get(str(message.get("Action")))
+        attributes = message["Actor"]["Attributes"]
+        if message.get("Type") != "container" or kind is None:
+            return None
+        actor = str(message["Actor"]["ID"])
+        if attributes.get(KIND) == "pod":
+            pod_id = actor
+        elif attributes.get(KIND) == "container":
+            pod_id = attributes.get(POD_ID, "")
+        else:
+            return None  # the Engine API's own containers
+        pod = self.containers.containers.get(pod_id)
+        return m.ContainerEvent(
+            container_id=actor, kind=kind, created_ns=int(message["timeNano"]),
+            pod=self._pod_view(pod) if pod is not None else None,
+            containers=[self._container_view(c) for c in self._pod_containers(pod_id)])
 
     # -- stats ----------------------------------------------------------------------------
 

@@ -1,0 +1,203 @@
+"""The streaming server's own rules (hbd/api/kubestream.py), with a process
+of our own behind it: tokens, the remote command protocol's streams and
+resizes, and the v4 error stream's statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from hbd.api import kubestream
+from hbd.api.kubestream import RemoteCommand, RequestCache, StreamingServer, StreamOptions
+from hbd.errors import Conflict
+from tests import kubestream_client as ks
+
+
+def test_tokens_are_single_use_and_of_one_kind() -> None:
+    cache = RequestCache()
+    command = RemoteCommand(StreamOptions(False, True, False, False), FakeProcess.starter())
+    token = cache.add("exec", command)
+    assert cache.consume("attach", token) is None     # an exec token is no attach token
+    assert cache.consume("exec", token) is command
+    assert cache.consume("exec", token) is None
+    assert len(token) >= 11 and cache.add("exec", command) != token
+
+
+def test_expired_and_surplus_tokens_are_gone() -> None:
+    command = RemoteCommand(StreamOptions(False, True, False, False), FakeProcess.starter())
+    expired = RequestCache(ttl=0)
+    assert expired.consume("exec", expired.add("exec", command)) is None
+    small = RequestCache(limit=2)
+    first, second, third = (small.add("exec", command) for _ in range(3))
+    assert small.consume("exec", first) is None  # the oldest made room
+    assert small.consume("exec", second) is command
+    assert small.consume("exec", third) is command
+
+
+def test_exit_statuses_as_client_go_reads_them() -> None:
+    assert kubestream.exit_status(0) == {"metadata": {}, "status": "Success"}
+    failed = kubestream.exit_status(42)
+    assert failed["status"] == "Failure" and failed["reason"] == "NonZeroExitCode"
+    assert failed["details"]["causes"] == [{"reason": "ExitCode", "message": "42"}]
+
+
+class FakeProcess:
+    """Echoes its stdin to stdout, upper-cased, and exits 5 at its EOF."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+        self.resizes: list[tuple[int, int]] = []
+        self.closed = False
+
+    @classmethod
+    def starter(cls, into: list[FakeProcess] | None = None) -> kubestream.StartProcess:
+        async def start() -> kubestream.Process:
+            process = cls()
+            if into is not None:
+                into.append(process)
+            return process
+        return start
+
+    async def output(self) -> AsyncIterator[tuple[int, bytes]]:
+        while (item := await self.queue.get()) is not None:
+            yield item
+
+    async def write_stdin(self, data: bytes) -> None:
+        self.queue.put_nowait((1, data.upper()))
+
+    async def end_stdin(self) -> bool:
+        self.queue.put_nowait((2, b"eof"))
+        self.queue.put_nowait(None)
+        return True
+
+    async def resize(self, height: int, width: int) -> None:
+        self.resizes.append((height, width))
+
+    async def wait(self) -> int | None:
+        return 5
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_remote_command_session_end_to_end() -> None:
+    server = StreamingServer()
+    await server.start()
+    try:
+        started: list[FakeProcess] = []
+        url = server.register("exec", RemoteCommand(StreamOptions(True, True, True, False),
+                                                    FakeProcess.starter(started)))
+        result = await ks.remote_command(url, stdin=b"abc")
+        assert (result.stdout, result.stderr, result.exit_code) == (b"ABC", b"eof", 5)
+        assert started[0].closed
+    finally:
+        await server.stop()
+
+
+async def test_resizes_split_and_joined_across_frames() -> None:
+    server = StreamingServer()
+    await server.start()
+    try:
+        started: list[FakeProcess] = []
+        url = server.register("exec", RemoteCommand(StreamOptions(True, True, False, True),
+                                                    FakeProcess.starter(started)))
+        client, answer = await ks.Client.open(url, ["v4.channel.k8s.io"])
+        assert answer.status == 101
+        error = await client.create(streamType="error")
+        stdin = await client.create(streamType="stdin")
+        stdout = await client.create(streamType="stdout")
+        resize = await client.create(streamType="resize")
+        sizes = [{"Width": 80, "Height": 24}, {"Width": 101, "Height": 33},
+                 {"Width": 120, "Height": 40}]
+        wire = "".join(json.dumps(s) for s in sizes).encode()
+        await client.write(resize, wire[:10])
+        await client.write(resize, wire[10:])
+        await client.write(stdin, b"x", fin=True)
+        assert await stdout.read_all() == b"X" + b"eof"  # a tty: stderr goes to stdout
+        assert json.loads(await error.read_all())["details"]["causes"][0]["message"] == "5"
+        await client.close()
+        assert started[0].resizes == [(24, 80), (33, 101), (40, 120)]
+    finally:
+        await server.stop()
+
+
+async def test_a_process_that_cannot_start_is_reported_on_the_error_stream() -> None:
+    async def refuse() -> kubestream.Process:
+        raise Conflict("container abc is not running")
+    server = StreamingServer()
+    await server.start()
+    try:
+        url = server.register("attach", RemoteCommand(StreamOptions(False, True, False, False),
+                                                      refuse))
+        result = await ks.remote_command(url, stderr=False)
+        assert result.status["status"] == "Failure"
+        assert result.status["message"] == "container abc is not running"
+        url = server.register("attach", RemoteCommand(StreamOptions(False, True, False, False),
+                                                      refuse))
+        old = await ks.remote_command(url, stderr=False, protocol="v2.channel.k8s.io")
+        assert old.error == b"container abc is not running"
+    finally:
+        await server.stop()
+
+
+async def test_requests_that_are_no_spdy_upgrade() -> None:
+    server = StreamingServer()
+    await server.start()
+    try:
+        url = server.register("exec", RemoteCommand(StreamOptions(False, True, False, False),
+                                                    FakeProcess.starter()))
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.split(":")[2]
+                                                                         .split("/")[0]))
+        path = url.split(":", 2)[2].split("/", 1)[1]
+        writer.write(f"GET /{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400")
+        assert b"missing upgrade headers" in answer
+    finally:
+        await server.stop()
+
+
+async def test_port_forward_pairs_streams_by_request_id() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"echo:" + await reader.read())  # all of it, to the client's EOF
+        await writer.drain()
+        writer.close()
+    pod = await asyncio.start_server(echo, "127.0.0.1", 0)
+    pod_port = pod.sockets[0].getsockname()[1]
+    asked: list[int] = []
+
+    async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        asked.append(port)
+        return await asyncio.open_connection("127.0.0.1", pod_port)
+    server = StreamingServer()
+    await server.start()
+    try:
+        url = server.register("portforward", kubestream.PortForward(connect))
+        client, answer = await ks.Client.open(url, ["portforward.k8s.io"])
+        assert answer.status == 101
+        assert answer.headers["x-stream-protocol-version"] == "portforward.k8s.io"
+        # Two requests interleaved: each data stream goes with its own error stream.
+        streams = {}
+        for request_id, port in (("1", "8080"), ("2", "9090")):
+            streams[request_id, "error"] = await client.create(
+                streamType="error", port=port, requestID=request_id)
+        for request_id, port in (("2", "9090"), ("1", "8080")):
+            streams[request_id, "data"] = await client.create(
+                streamType="data", port=port, requestID=request_id)
+        await client.write(streams["1", "data"], b"one", fin=True)
+        await client.write(streams["2", "data"], b"two", fin=True)
+        assert await streams["1", "data"].read_all() == b"echo:one"
+        assert await streams["2", "data"].read_all() == b"echo:two"
+        assert await streams["1", "error"].read_all() == b""
+        assert sorted(asked) == [8080, 9090]
+        # A port that is no port: said on that request's error stream.
+        error = await client.create(streamType="error", port="http", requestID="3")
+        data = await client.create(streamType="data", port="http", requestID="3")
+        assert await data.read_all() == b""
+        assert b"invalid port" in await error.read_all()
+        await client.close()
+    finally:
+        await server.stop()
+        pod.close()
