@@ -282,12 +282,31 @@ async def test_the_network_service_pins_and_unpins_a_port(tmp_path: Path) -> Non
     endpoint = Endpoint("n", "e", "10.1.0.2", 24, "10.1.0.1", "02:42:0a:01:00:02", "eth0",
                         [], [], ip6="2001:db8::2", prefix6=64,
                         link_local=["169.254.7.7/16", "fe80::7/64"])
-    await service.pin_port("htffff0", endpoint)
+    await service.pin_ports({"htffff0": endpoint})
     assert applied[-1].pins == [nftrules.PortPin("htffff0", "02:42:0a:01:00:02",
                                                  ["10.1.0.2", "169.254.7.7"],
                                                  ["2001:db8::2", "fe80::7"])]
-    await service.unpin_port("htffff0")
+    await service.unpin_ports(["htffff0"])
     assert applied[-1].pins == []
     count = len(applied)
-    await service.unpin_port("htffff0")  # not pinned: nothing to change
+    await service.unpin_ports(["htffff0"])  # not pinned: nothing to change
     assert len(applied) == count
+
+
+async def test_a_guests_taps_are_pinned_and_unpinned_in_one_transaction(
+        tmp_path: Path) -> None:
+    service = NetworkService(StateStore(tmp_path), EventBus(), "ffff")
+    applied: list[Ruleset] = []
+
+    async def record(ruleset: Ruleset) -> None:
+        applied.append(ruleset)
+
+    service.rules.apply = record  # type: ignore[method-assign]
+    endpoints = {f"htffff{i}": Endpoint("n", "e", f"10.{i}.0.2", 24, f"10.{i}.0.1",
+                                        f"02:42:0a:0{i}:00:02", f"eth{i}", [], [])
+                 for i in range(2)}
+    await service.pin_ports(endpoints)
+    assert len(applied) == 1
+    assert sorted(pin.port for pin in applied[0].pins) == ["htffff0", "htffff1"]
+    await service.unpin_ports(["htffff0", "htffff1", "htffff2"])
+    assert len(applied) == 2 and applied[1].pins == []
