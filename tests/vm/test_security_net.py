@@ -297,32 +297,41 @@ def plugged_taps(hbd: RunningDaemon) -> set[str]:
             if str(link["ifname"]).startswith(prefix) and link.get("master")}
 
 
-def pinned_ports(hbd: RunningDaemon) -> dict[str, str]:
-    """Tap -> the MAC it is pinned to, as the daemon's bridge table in the kernel has it."""
+def pin_set(hbd: RunningDaemon, name: str) -> list[object]:
+    """The elements of one of the daemon's pin sets, as the kernel has them."""
     table = f"hbd_{instance_tag(hbd.data_root)}"
-    listed = libnftables.run([{"list": {"chain": {"family": "bridge", "table": table,
-                                                  "name": "antispoof"}}}])
-    pins: dict[str, str] = {}
-    for obj in listed:
-        if "rule" not in obj:
-            continue
-        port, check = (stmt["match"] for stmt in obj["rule"]["expr"][:2])
-        pins.setdefault(port["right"], "")
-        if check["left"] == {"payload": {"protocol": "ether", "field": "saddr"}}:
-            pins[port["right"]] = check["right"]
-    return pins
+    listed = libnftables.run([{"list": {"set": {"family": "bridge", "table": table,
+                                                "name": name}}}])
+    elements = next(obj["set"] for obj in listed if "set" in obj).get("elem", [])
+    return list(elements) if isinstance(elements, list) else [elements]
+
+
+def pinned_ports(hbd: RunningDaemon) -> dict[str, str]:
+    """Tap -> the MAC it is pinned to ("" for a port checked with no MAC allowed)."""
+    macs = dict(tuple(e["concat"]) for e in pin_set(hbd, "pin_macs"))  # type: ignore[index]
+    ports = {str(port) for port in pin_set(hbd, "pinned")}
+    return {port: macs.get(port, "") for port in ports | set(macs)}
+
+
+def ports_in_pin_sets(hbd: RunningDaemon) -> set[str]:
+    """Every port any element of any pin set names."""
+    return {str(e["concat"][0] if isinstance(e, dict) else e)
+            for name in ("pinned", "pin_macs", "pin_ips", "pin_ips6")
+            for e in pin_set(hbd, name)}
 
 
 def assert_pins_follow_taps(hbd: RunningDaemon, timeout: float = 30) -> dict[str, str]:
-    """Every plugged tap pinned, no pin without its tap (guests power off in
-    the background of rm and stop: until `timeout`)."""
+    """Every plugged tap pinned to a MAC, no element of any pin set without
+    its tap (guests power off in the background of rm and stop: until
+    `timeout`)."""
     deadline = time.monotonic() + timeout
     while True:
-        pins, taps = pinned_ports(hbd), plugged_taps(hbd)
-        if set(pins) == taps:
+        pins, named, taps = pinned_ports(hbd), ports_in_pin_sets(hbd), plugged_taps(hbd)
+        if set(pins) == named == taps and all(pins.values()):
             return pins
         if time.monotonic() > deadline:
-            raise AssertionError(f"pinned {sorted(pins)}, plugged {sorted(taps)}")
+            raise AssertionError(f"pinned {pins}, in pin sets {sorted(named)}, "
+                                 f"plugged {sorted(taps)}")
         time.sleep(0.2)
 
 
