@@ -191,6 +191,11 @@ class GuestDriver(Protocol):
         ...
 
 
+# How long after its virtiofsd a guest's QEMU may take to exit of its own
+# before the virtiofsd's exit is taken for its own failure (_watch_shared_fs).
+VIRTIOFSD_EXIT_GRACE = 2.0
+
+
 class QemuGuest:
     def __init__(self, vm: MicroVM, agent: AgentClient, virtiofsd: Virtiofsd | None,
                  template: str = "") -> None:
@@ -199,8 +204,32 @@ class QemuGuest:
         self.virtiofsd = virtiofsd
         self._template = template
         self._failure = ""
+        # Set once hbd itself ends the guest (its virtiofsd exits then too).
+        self._ending = False
         agent.on_broken = self._broken
         self._console_cap = spawn(cap_console_log(vm))
+        self._shared_fs_watch = spawn(self._watch_shared_fs(virtiofsd)) \
+            if virtiofsd is not None else None
+
+    async def _watch_shared_fs(self, virtiofsd: Virtiofsd) -> None:
+        """A virtiofsd that dies while its guest runs takes the guest's shared
+        filesystem with it for good: QEMU's vhost-user-fs does not reconnect,
+        and every request the guest sends it waits forever, with the
+        container process that made it (uninterruptible, so not even SIGKILL
+        ends it). The guest is destroyed instead, with the reason.
+
+        QEMU ending first (a crash, a poweroff) lets go of virtiofsd, which
+        then exits a moment before QEMU is seen gone: that is not virtiofsd's
+        doing, hence the grace."""
+        await virtiofsd.wait_exit()
+        if self._ending:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.vm.wait_exit()),
+                                   VIRTIOFSD_EXIT_GRACE)
+        except TimeoutError:
+            if not self._ending:
+                self._broken("its virtiofsd (the server of its shared filesystem) exited")
 
     def _broken(self, reason: str) -> None:
         """The guest is not to be trusted with another call: destroy it. Its
@@ -305,6 +334,7 @@ class QemuGuest:
 
     async def poweroff(self, timeout: float) -> None:
         """Let the guest sync its disks and power off; force it after `timeout`."""
+        self._ending = True
         try:
             await asyncio.wait_for(self.agent.poweroff(), timeout)
             await asyncio.wait_for(self.vm.wait_exit(), timeout)
@@ -316,6 +346,7 @@ class QemuGuest:
         await self.kill()
 
     async def kill(self) -> None:
+        self._ending = True
         self._console_cap.cancel()
         await self.agent.close()
         await self.vm.destroy()
@@ -328,6 +359,8 @@ class QemuGuest:
 
     def detach(self) -> None:
         self._console_cap.cancel()
+        if self._shared_fs_watch is not None:
+            self._shared_fs_watch.cancel()
         self.vm.close()
         if self.virtiofsd is not None:
             self.virtiofsd.close()

@@ -167,43 +167,54 @@ class RuleTable:
 
     The first change (and any after a failure) rebuilds the tables whole, in
     one transaction; later ones delete exactly the rules that went, by the
-    handle the kernel gave them, and add the new ones, in one transaction too.
-    So a crash or restart never leaves a stale rule behind, and a container
-    publishing a port changes two rules, not the table."""
+    handle the kernel gave them, and the set elements that went, and add the
+    new ones, in one transaction too. So a crash or restart never leaves a
+    stale rule behind, a container publishing a port changes two rules, not
+    the table, and pinning a guest's port adds a few set elements."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.handles: dict[nftrules.Rule, int] | None = None  # None: rebuild next
+        self.elements: set[nftrules.Element] = set()
 
     async def apply(self, ruleset: Ruleset) -> None:
         wanted = nftrules.rules(ruleset)
+        wanted_elements = nftrules.elements(ruleset)
         if self.handles is not None:
-            commands = nftrules.update_commands(self.name, self.handles, wanted)
+            commands = nftrules.update_commands(self.name, self.handles, wanted) + \
+                nftrules.element_commands(self.name, self.elements, wanted_elements)
             if not commands:
                 return
             try:
                 still = set(wanted)
                 await self._run(commands, {r: h for r, h in self.handles.items()
-                                           if r in still})
+                                           if r in still}, wanted_elements)
                 return
             except NetError as e:
                 # Someone changed the table under us: make it afresh.
                 log.warning("nftables table %s: %s; rebuilding it", self.name, e)
         self.handles = None
-        await self._run(nftrules.rebuild_commands(self.name, wanted), {})
+        await self._run(nftrules.rebuild_commands(self.name, wanted, wanted_elements), {},
+                        wanted_elements)
 
     async def _run(self, commands: list[nftrules.Command],
-                   kept: dict[nftrules.Rule, int]) -> None:
+                   kept: dict[nftrules.Rule, int],
+                   elements: set[nftrules.Element]) -> None:
+        # Only added rules need their handles echoed (an echo makes
+        # libnftables read the whole ruleset first).
+        echo = any("rule" in c.get("add", {}) for c in commands)
         try:
-            echoed = await asyncio.to_thread(libnftables.run, commands, True)
+            echoed = await asyncio.to_thread(libnftables.run, commands, echo)
             added = nftrules.added_handles(commands, echoed)
         except (libnftables.NftError, ValueError) as e:
             raise NetError(f"nftables: {e}") from e
         self.handles = kept | added
+        self.elements = elements
 
     async def remove(self) -> None:
         await remove_ruleset(self.name)
         self.handles = None
+        self.elements = set()
 
 
 async def remove_ruleset(table: str) -> None:

@@ -3,11 +3,13 @@
 A daemon owns two tables of one name, `ip <name>` (NAT, isolation, the
 loopback guard) and `bridge <name>` (anti-spoofing on guests' bridge ports);
 nothing here touches any other.
-Its chains are fixed; its rules follow the networks and published ports.
+Its chains and sets are fixed; its rules follow the networks and published
+ports, and the elements of its sets the guests' ports (anti-spoofing pins).
 `rebuild_commands` makes the whole table afresh (at start, or when what is
 in the kernel is in doubt); after that, `update_commands` deletes exactly
 the rules that went (by the handle the kernel gave each) and adds the new
-ones, in one transaction.
+ones, and `element_commands` does the same for set elements, in one
+transaction.
 """
 
 from __future__ import annotations
@@ -83,6 +85,36 @@ FAMILY_OF = {c.name: c.family for c in CHAINS}
 
 
 @dataclass(frozen=True)
+class PinSet:
+    name: str
+    type: list[str]
+
+
+# The anti-spoofing pins are elements of these sets, not rules of their own:
+# a pin or unpin is a few elements added or deleted, whatever the number of
+# guests, and the rules stay the same five (see spoof_rules).
+PIN_SETS = (
+    PinSet("pinned", ["ifname"]),                 # the ports checked at all
+    PinSet("pin_macs", ["ifname", "ether_addr"]),
+    PinSet("pin_ips", ["ifname", "ipv4_addr"]),
+    PinSet("pin_ips6", ["ifname", "ipv6_addr"]),
+)
+
+
+@dataclass(frozen=True)
+class Element:
+    """One element of one of the pin sets, by value (a port, or a port and
+    one MAC or address)."""
+
+    set: str
+    key: tuple[str, ...]
+
+    @property
+    def value(self) -> Any:
+        return self.key[0] if len(self.key) == 1 else {"concat": list(self.key)}
+
+
+@dataclass(frozen=True)
 class Rule:
     """One rule, by value: its chain and its expression as canonical JSON (so
     that two equal rules are one key, whichever order a dict was built in)."""
@@ -131,9 +163,13 @@ MASQUERADE: dict[str, Any] = {"masquerade": None}
 def rules(ruleset: Ruleset) -> list[Rule]:
     """Every rule the table should hold for `ruleset`, each once."""
     wanted = guard_rules() + masquerade_rules(ruleset.bridges) + \
-        isolation_rules(ruleset.bridges) + forward_rules(ruleset.forwards) + \
-        [rule for pin in ruleset.pins for rule in spoof_rules(pin)]
+        isolation_rules(ruleset.bridges) + forward_rules(ruleset.forwards) + spoof_rules()
     return list(dict.fromkeys(wanted))
+
+
+def elements(ruleset: Ruleset) -> set[Element]:
+    """Every element the pin sets should hold for `ruleset`."""
+    return {element for pin in ruleset.pins for element in pin_elements(pin)}
 
 
 def guard_rules() -> list[Rule]:
@@ -211,24 +247,38 @@ def forward_rules(forwards: list[PortForward]) -> list[Rule]:
     return out
 
 
-def spoof_rules(pin: PortPin) -> list[Rule]:
-    """A guest sends from its port only as itself: its MAC, its addresses
+def spoof_rules() -> list[Rule]:
+    """A guest sends from a pinned port only as itself: its MAC, its addresses
     (in IP and in ARP), so it can neither impersonate another container nor
     poison its neighbours' ARP caches. (0.0.0.0 and :: are what address
-    probes come from; fe80::/10 what IPv6 neighbour discovery does.)"""
-    port = _match(_meta("iifname"), pin.port)
-    v4: Any = {"set": [*pin.ips, "0.0.0.0"]}
-    v6: Any = {"set": [*pin.ips6, "::", _prefix("fe80::/10")]}
+    probes come from; fe80::/10 what IPv6 neighbour discovery does.) Ports
+    not pinned (other bridges' on this host) are none of these rules' business."""
+    port = _meta("iifname")
+    pinned = _match(port, "@pinned")
+
+    def not_own(source: dict[str, Any], pins: str) -> dict[str, Any]:
+        return _match({"concat": [port, source]}, f"@{pins}", "!=")
+
+    arp_ip = {"payload": {"protocol": "arp", "field": "saddr ip"}}
     return [
-        Rule.of("antispoof", [port, _match({"payload": {"protocol": "ether", "field": "saddr"}},
-                                           pin.mac, "!="), DROP]),
-        Rule.of("antispoof", [port, _match({"payload": {"protocol": "arp", "field": "saddr ether"}},
-                                           pin.mac, "!="), DROP]),
-        Rule.of("antispoof", [port, _match({"payload": {"protocol": "arp", "field": "saddr ip"}},
-                                           v4, "!="), DROP]),
-        Rule.of("antispoof", [port, _match(_field("ip", "saddr"), v4, "!="), DROP]),
-        Rule.of("antispoof", [port, _match(_field("ip6", "saddr"), v6, "!="), DROP]),
+        Rule.of("antispoof", [pinned, not_own(_field("ether", "saddr"), "pin_macs"), DROP]),
+        Rule.of("antispoof", [pinned, not_own({"payload": {"protocol": "arp",
+                                                           "field": "saddr ether"}},
+                                              "pin_macs"), DROP]),
+        Rule.of("antispoof", [pinned, _match(arp_ip, "0.0.0.0", "!="),
+                              not_own(arp_ip, "pin_ips"), DROP]),
+        Rule.of("antispoof", [pinned, _match(_field("ip", "saddr"), "0.0.0.0", "!="),
+                              not_own(_field("ip", "saddr"), "pin_ips"), DROP]),
+        Rule.of("antispoof", [pinned, _match(_field("ip6", "saddr"),
+                                             {"set": ["::", _prefix("fe80::/10")]}, "!="),
+                              not_own(_field("ip6", "saddr"), "pin_ips6"), DROP]),
     ]
+
+
+def pin_elements(pin: PortPin) -> list[Element]:
+    return [Element("pinned", (pin.port,)), Element("pin_macs", (pin.port, pin.mac))] + \
+        [Element("pin_ips", (pin.port, ip)) for ip in pin.ips] + \
+        [Element("pin_ips6", (pin.port, ip)) for ip in pin.ips6]
 
 
 # -- transactions ----------------------------------------------------------------------------
@@ -250,14 +300,20 @@ def remove_commands(table: str) -> list[Command]:
             for cmd in ({"add": _table(family, table)}, {"delete": _table(family, table)})]
 
 
-def rebuild_commands(table: str, wanted: list[Rule]) -> list[Command]:
-    """The table made afresh with its chains and `wanted`, replacing whatever
-    was there, in one transaction: no moment without the rules."""
+def rebuild_commands(table: str, wanted: list[Rule],
+                     wanted_elements: set[Element] | None = None) -> list[Command]:
+    """The table made afresh with its chains, sets, `wanted` and
+    `wanted_elements`, replacing whatever was there, in one transaction: no
+    moment without the rules."""
     commands = remove_commands(table) + [{"add": _table(f, table)} for f in FAMILIES]
     commands += [{"add": {"chain": {"family": c.family, "table": table, "name": c.name,
                                     "type": c.type, "hook": c.hook, "prio": c.prio,
                                     "policy": "accept"}}} for c in CHAINS]
-    return commands + [_add_rule(table, r) for r in wanted]
+    commands += [{"add": {"set": {"family": "bridge", "table": table, "name": s.name,
+                                  "type": s.type if len(s.type) > 1 else s.type[0]}}}
+                 for s in PIN_SETS]
+    return commands + [_add_rule(table, r) for r in wanted] + \
+        element_commands(table, set(), wanted_elements or set())
 
 
 def update_commands(table: str, applied: dict[Rule, int], wanted: list[Rule]) -> list[Command]:
@@ -270,6 +326,22 @@ def update_commands(table: str, applied: dict[Rule, int], wanted: list[Rule]) ->
                              "handle": handle}}}
         for rule, handle in applied.items() if rule not in keep]
     return commands + [_add_rule(table, r) for r in wanted if r not in applied]
+
+
+def element_commands(table: str, applied: set[Element],
+                     wanted: set[Element]) -> list[Command]:
+    """From the set elements `applied` to `wanted`: the ones that went
+    deleted, the new ones added, a command per set and kind."""
+    commands: list[Command] = []
+    for verb, elements in (("delete", applied - wanted), ("add", wanted - applied)):
+        for pin_set in PIN_SETS:
+            values = sorted((e for e in elements if e.set == pin_set.name),
+                            key=lambda e: e.key)
+            if values:
+                commands.append({verb: {"element": {
+                    "family": "bridge", "table": table, "name": pin_set.name,
+                    "elem": [e.value for e in values]}}})
+    return commands
 
 
 def added_handles(sent: list[Command], echoed: list[dict[str, Any]]) -> dict[Rule, int]:

@@ -150,6 +150,9 @@ class Virtiofsd:
     def running(self) -> bool:
         return self._process.running
 
+    async def wait_exit(self) -> None:
+        await self._process.wait()
+
     async def stop(self) -> None:
         # sandbox=namespace forks: the process we started only waits for its
         # sandboxed child. Signalled itself, it exits without waiting, and the

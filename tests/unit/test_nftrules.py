@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hbd.drivers import nftrules
-from hbd.drivers.nftrules import BridgeRules, PortForward, Rule, Ruleset
+from hbd.drivers.nftrules import BridgeRules, Element, PortForward, Rule, Ruleset
 from hbd.events import EventBus
 from hbd.services.network.model import Endpoint
 from hbd.services.network.service import NetworkService
@@ -148,17 +148,19 @@ def test_equal_rules_are_one_key_whatever_the_key_order() -> None:
 
 KERNEL_SCRIPT = """
 import asyncio, json
-from hbd.drivers import libnftables, net
+from hbd.drivers import libnftables, net, nftrules
 async def main():
     table = net.RuleTable("%(table)s")
     ruleset = net.Ruleset(bridges=[net.BridgeRules("hbx0", "172.30.0.0/16"),
                                    net.BridgeRules("hbx1", "10.30.0.0/24", True)],
                           forwards=[net.PortForward("tcp", "", 8080, "172.30.0.2", 80)])
     await table.apply(ruleset)
-    first = sorted(table.handles.values())
+    def ip_handles():  # the bridge table's handles count apart
+        return sorted(h for r, h in table.handles.items() if nftrules.FAMILY_OF[r.chain] == "ip")
+    first = ip_handles()
     ruleset.forwards = [net.PortForward("udp", "127.0.0.1", 53, "172.30.0.3", 53)]
     await table.apply(ruleset)
-    tracked = sorted(table.handles.values())
+    tracked = ip_handles()
     listed = libnftables.run([{"list": {"table": {"family": "ip", "name": "%(table)s"}}}])
     kernel = {o["rule"]["handle"]: o["rule"] for o in listed if "rule" in o}
     await table.remove()
@@ -191,26 +193,31 @@ def test_the_kernel_takes_the_rules_and_handles_match() -> None:
 def test_a_pinned_port_sends_only_as_its_endpoint() -> None:
     pin = nftrules.PortPin("ht0", "02:42:0a:01:00:02", ["10.1.0.2", "169.254.7.7"],
                            ["2001:db8::2"])
+    assert nftrules.elements(Ruleset(pins=[pin])) == {
+        Element("pinned", ("ht0",)), Element("pin_macs", ("ht0", "02:42:0a:01:00:02")),
+        Element("pin_ips", ("ht0", "10.1.0.2")), Element("pin_ips", ("ht0", "169.254.7.7")),
+        Element("pin_ips6", ("ht0", "2001:db8::2"))}
+    # The rules are the same five with or without pins: a pin is set elements.
     spoof = exprs(nftrules.rules(Ruleset(pins=[pin])), "antispoof")
-    assert len(spoof) == 5
-    port = {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "ht0"}}
-    assert all(e[0] == port and e[-1] == {"drop": None} for e in spoof)
-    checks = {json.dumps(e[1]["match"]["left"], sort_keys=True): e[1]["match"] for e in spoof}
-    ether = checks['{"payload": {"field": "saddr", "protocol": "ether"}}']
-    assert (ether["op"], ether["right"]) == ("!=", "02:42:0a:01:00:02")
-    v4 = checks['{"payload": {"field": "saddr", "protocol": "ip"}}']
-    assert v4["op"] == "!=" and v4["right"] == {"set": ["10.1.0.2", "169.254.7.7", "0.0.0.0"]}
-    assert checks['{"payload": {"field": "saddr ip", "protocol": "arp"}}']["right"] == \
-        v4["right"]
-    assert checks['{"payload": {"field": "saddr ether", "protocol": "arp"}}']["right"] == \
-        "02:42:0a:01:00:02"
-    v6 = checks['{"payload": {"field": "saddr", "protocol": "ip6"}}']["right"]["set"]
-    assert "2001:db8::2" in v6 and {"prefix": {"addr": "fe80::", "len": 10}} in v6
+    assert spoof == exprs(nftrules.rules(Ruleset()), "antispoof") and len(spoof) == 5
+    pinned = {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "@pinned"}}
+    assert all(e[0] == pinned and e[-1] == {"drop": None} for e in spoof)
+    lookups = {(json.dumps(e[-2]["match"]["left"]["concat"][1], sort_keys=True),
+                e[-2]["match"]["right"], e[-2]["match"]["op"]) for e in spoof}
+    assert lookups == {
+        ('{"payload": {"field": "saddr", "protocol": "ether"}}', "@pin_macs", "!="),
+        ('{"payload": {"field": "saddr ether", "protocol": "arp"}}', "@pin_macs", "!="),
+        ('{"payload": {"field": "saddr ip", "protocol": "arp"}}', "@pin_ips", "!="),
+        ('{"payload": {"field": "saddr", "protocol": "ip"}}', "@pin_ips", "!="),
+        ('{"payload": {"field": "saddr", "protocol": "ip6"}}', "@pin_ips6", "!=")}
     assert nftrules.FAMILY_OF["antispoof"] == "bridge"
-    unpinned = nftrules.update_commands(TABLE, {r: i for i, r in enumerate(
-        nftrules.rules(Ruleset(pins=[pin])))}, nftrules.rules(Ruleset()))
-    assert len(unpinned) == 5 and all(c["delete"]["rule"]["family"] == "bridge"
-                                      for c in unpinned)
+    pinned_elements = nftrules.elements(Ruleset(pins=[pin]))
+    unpinned = nftrules.element_commands(TABLE, pinned_elements, set())
+    assert [c["delete"]["element"]["name"] for c in unpinned] == \
+        ["pinned", "pin_macs", "pin_ips", "pin_ips6"]
+    assert unpinned[2]["delete"]["element"]["elem"] == [
+        {"concat": ["ht0", "10.1.0.2"]}, {"concat": ["ht0", "169.254.7.7"]}]
+    assert nftrules.element_commands(TABLE, pinned_elements, pinned_elements) == []
 
 
 # A bridge with one port (a veth: frames sent on its peer enter the bridge as
@@ -245,17 +252,20 @@ async def main():
     out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     out.bind(("gx0", 0))
     time.sleep(0.3)
-    for mac, src, tag in ((MAC, "10.77.0.2", "own"), (MAC, "10.77.0.3", "other-ip"),
-                          ("02:42:0a:4d:00:03", "10.77.0.3", "other-both"),
-                          ("02:42:0a:4d:00:03", "10.77.0.2", "other-mac")):
-        out.send(frame(mac, src, tag))
-    got = []
-    try:
-        while True:
-            got.append(seen.recv(2048)[42:].decode(errors="replace"))
-    except socket.timeout:
-        pass
-    print(json.dumps(got))
+    def passed():
+        for mac, src, tag in ((MAC, "10.77.0.2", "own"), (MAC, "10.77.0.3", "other-ip"),
+                              ("02:42:0a:4d:00:03", "10.77.0.3", "other-both"),
+                              ("02:42:0a:4d:00:03", "10.77.0.2", "other-mac")):
+            out.send(frame(mac, src, tag))
+        got = []
+        try:
+            while True:
+                got.append(seen.recv(2048)[42:].decode(errors="replace"))
+        except socket.timeout:
+            return got
+    pinned = passed()
+    await table.apply(net.Ruleset())  # unpinned: the port is not checked any more
+    print(json.dumps({"pinned": pinned, "unpinned": passed()}))
 asyncio.run(main())
 """
 
@@ -268,7 +278,8 @@ def test_a_pinned_port_drops_spoofed_frames_in_the_kernel() -> None:
                             capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == ["own"]
+    assert json.loads(result.stdout) == {
+        "pinned": ["own"], "unpinned": ["own", "other-ip", "other-both", "other-mac"]}
 
 
 async def test_the_network_service_pins_and_unpins_a_port(tmp_path: Path) -> None:
@@ -282,12 +293,31 @@ async def test_the_network_service_pins_and_unpins_a_port(tmp_path: Path) -> Non
     endpoint = Endpoint("n", "e", "10.1.0.2", 24, "10.1.0.1", "02:42:0a:01:00:02", "eth0",
                         [], [], ip6="2001:db8::2", prefix6=64,
                         link_local=["169.254.7.7/16", "fe80::7/64"])
-    await service.pin_port("htffff0", endpoint)
+    await service.pin_ports({"htffff0": endpoint})
     assert applied[-1].pins == [nftrules.PortPin("htffff0", "02:42:0a:01:00:02",
                                                  ["10.1.0.2", "169.254.7.7"],
                                                  ["2001:db8::2", "fe80::7"])]
-    await service.unpin_port("htffff0")
+    await service.unpin_ports(["htffff0"])
     assert applied[-1].pins == []
     count = len(applied)
-    await service.unpin_port("htffff0")  # not pinned: nothing to change
+    await service.unpin_ports(["htffff0"])  # not pinned: nothing to change
     assert len(applied) == count
+
+
+async def test_a_guests_taps_are_pinned_and_unpinned_in_one_transaction(
+        tmp_path: Path) -> None:
+    service = NetworkService(StateStore(tmp_path), EventBus(), "ffff")
+    applied: list[Ruleset] = []
+
+    async def record(ruleset: Ruleset) -> None:
+        applied.append(ruleset)
+
+    service.rules.apply = record  # type: ignore[method-assign]
+    endpoints = {f"htffff{i}": Endpoint("n", "e", f"10.{i}.0.2", 24, f"10.{i}.0.1",
+                                        f"02:42:0a:0{i}:00:02", f"eth{i}", [], [])
+                 for i in range(2)}
+    await service.pin_ports(endpoints)
+    assert len(applied) == 1
+    assert sorted(pin.port for pin in applied[0].pins) == ["htffff0", "htffff1"]
+    await service.unpin_ports(["htffff0", "htffff1", "htffff2"])
+    assert len(applied) == 2 and applied[1].pins == []

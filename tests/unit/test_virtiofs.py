@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from hbd.drivers import guest as guest_driver
+from hbd.drivers.guest import QemuGuest
 from hbd.drivers.virtiofs import (
     VIRTIOFSD_BINARIES,
     Virtiofsd,
@@ -67,3 +69,62 @@ async def test_this_hosts_virtiofsd_takes_hbds_options(tmp_path: Path) -> None:
         await daemon.stop()
     assert not daemon.running
     daemon.close()
+
+
+class _Process:
+    """What QemuGuest needs of a QEMU, a virtiofsd and an agent, exiting on demand."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.exited = asyncio.Event()
+        self.run_dir = tmp_path
+        self.console_log = tmp_path / "console.log"
+        self.on_broken = None
+
+    @property
+    def running(self) -> bool:
+        return not self.exited.is_set()
+
+    async def wait_exit(self) -> None:
+        await self.exited.wait()
+
+    async def destroy(self) -> None:
+        self.exited.set()
+
+    async def stop(self) -> None:
+        self.exited.set()
+
+    async def close(self) -> None:
+        pass
+
+
+def _guest(tmp_path: Path) -> tuple[QemuGuest, _Process, _Process]:
+    vm, virtiofsd = _Process(tmp_path), _Process(tmp_path)
+    guest = QemuGuest(vm, _Process(tmp_path), virtiofsd)  # type: ignore[arg-type]
+    return guest, vm, virtiofsd
+
+
+@pytest.fixture
+def short_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(guest_driver, "VIRTIOFSD_EXIT_GRACE", 0.05)
+
+
+async def test_a_virtiofsd_dying_under_a_running_guest_destroys_it(
+        tmp_path: Path, short_grace: None) -> None:
+    guest, vm, virtiofsd = _guest(tmp_path)
+    virtiofsd.exited.set()
+    await asyncio.wait_for(vm.exited.wait(), 10)  # a hang guard, not a measure
+    assert "virtiofsd" in guest.failure
+
+
+async def test_a_virtiofsd_let_go_by_its_exiting_qemu_is_no_failure(
+        tmp_path: Path, short_grace: None) -> None:
+    for ending in ("qemu exits", "hbd kills it"):
+        guest, vm, virtiofsd = _guest(tmp_path)
+        if ending == "hbd kills it":
+            await guest.kill()
+        else:
+            virtiofsd.exited.set()
+            vm.exited.set()
+        assert guest._shared_fs_watch is not None
+        await asyncio.wait_for(guest._shared_fs_watch, 10)
+        assert guest.failure == "", ending

@@ -7,6 +7,8 @@ behaviour here was checked against real dockerd 20.10 + runc on this machine.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,3 +230,59 @@ def test_nothing_leaks_after_removal(hbd: RunningDaemon, cleanup: list[str]) -> 
     assert not Path(f"/proc/{virtiofsd}").exists()
     assert str(sandbox) not in Path("/proc/self/mountinfo").read_text()
     assert not [t for t in taps if Path("/sys/class/net", t).exists()]
+
+
+# Writes a counter to the bind mount every 0.1 s; each write's outcome that
+# differs from the last one's goes to the log (so an error shows once, by text).
+WRITER = """
+i=0; last=
+while true; do
+  i=$((i+1))
+  if echo $i > /data/counter 2>/tmp/err; then now=ok; else now="failed: $(cat /tmp/err)"; fi
+  [ "$now" != "$last" ] && echo "write $i $now"
+  last=$now; sleep 0.1
+done
+"""
+
+
+def test_a_killed_virtiofsd_ends_its_guest_not_hbd(hbd: RunningDaemon, cleanup: list[str],
+                                                  tmp_path: Path) -> None:
+    """virtiofsd SIGKILLed under a container writing to a bind mount: its
+    guest's requests to the shared filesystem could only wait forever, so hbd
+    destroys the guest and says why; the container dies (137, the reason as
+    its error, a die event), hbd goes on answering, and rm -f leaves nothing
+    of the guest behind."""
+    name = f"fskill{free_port()}"
+    cleanup.append(name)
+    share = tmp_path / "share"
+    share.mkdir()
+    before = guest_dirs(hbd)
+    since = time.time()
+    hbd.docker("run", "-d", "--name", name, "-v", f"{share}:/data", "busybox", "sh", "-c",
+               WRITER)
+    (sandbox,) = guest_dirs(hbd) - before
+    deadline = time.monotonic() + 60
+    while not (share / "counter").exists() or not (share / "counter").read_text().strip():
+        assert time.monotonic() < deadline, hbd.docker("logs", name).stdout
+        time.sleep(0.2)
+    virtiofsd = int((sandbox / "virtiofsd.pid").read_text())
+    os.kill(virtiofsd, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while "die" not in (events := hbd.docker(
+            "events", "--since", str(int(since) - 1), "--until", "0s", "--filter",
+            f"container={name}", "--format", "{{.Action}}").stdout.decode().split()):
+        assert time.monotonic() < deadline, f"the guest outlived its virtiofsd: {events}"
+        time.sleep(0.5)
+    assert events[-1] == "die" and "start" in events, events
+    state = inspect(hbd, name)["State"]
+    assert not state["Running"] and state["ExitCode"] == 137, state
+    assert "virtiofsd" in state["Error"], state
+    assert "write 1 ok" in hbd.docker("logs", name).stdout.decode()
+    hbd.docker("rm", "-f", name, timeout=60)
+    assert name not in hbd.docker("ps", "-a", "--format", "{{.Names}}").stdout.decode()
+    deadline = time.monotonic() + 30
+    while sandbox.exists():
+        assert time.monotonic() < deadline, sorted(sandbox.iterdir())
+        time.sleep(0.2)
+    assert str(sandbox) not in Path("/proc/self/mountinfo").read_text()
+    assert not Path(f"/proc/{virtiofsd}").exists()

@@ -7,12 +7,18 @@ whose attack fails for an unrelated reason (no route, no tool) fails too.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
+import os
 import secrets
 import shutil
+import signal
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -200,3 +206,322 @@ def test_host_files_outside_the_mounts_are_invisible(hbd: RunningDaemon,
     assert not any("hidden" in line for line in found), out
     mounts = out.split("mounts:", 1)[1]
     assert str(base) not in mounts and "/var/lib/hbd" not in mounts, mounts
+
+
+# -- anti-spoofing: a guest sends on its tap only as its endpoint ------------------------------
+
+
+@dataclass(frozen=True)
+class Frame:
+    """An ICMP echo request or an ARP packet the host saw: who it claims to be
+    from, and (an echo's) payload size, by which each step of a test tags its
+    pings."""
+
+    kind: str  # "icmp" | "arp"
+    mac: str
+    ip: str
+    size: int = 0
+
+
+def parse_frame(frame: bytes) -> Frame | None:
+    mac = frame[6:12].hex(":")
+    ethertype = frame[12:14]
+    if ethertype == b"\x08\x06" and len(frame) >= 32:  # ARP: sender MAC and IP
+        return Frame("arp", frame[22:28].hex(":"), socket.inet_ntoa(frame[28:32]))
+    if ethertype != b"\x08\x00" or len(frame) < 34:
+        return None
+    header = (frame[14] & 0x0F) * 4
+    total = int.from_bytes(frame[16:18], "big")
+    if frame[23] != 1 or frame[14 + header] != 8:  # not ICMP, or not an echo request
+        return None
+    return Frame("icmp", mac, socket.inet_ntoa(frame[26:30]), total - header - 8)
+
+
+class Sniffer:
+    """What the host's interfaces carry, from now until stop(): on a guest's
+    tap, what its bridge delivers to that guest; on a bridge, what reaches the
+    host. Only frames that got past the sender's own tap show up here."""
+
+    def __init__(self, *interfaces: str) -> None:
+        self.frames: dict[str, list[Frame]] = {name: [] for name in interfaces}
+        self._stopping = threading.Event()
+        self._threads = []
+        for name in interfaces:
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+            sock.bind((name, 0))
+            sock.settimeout(0.2)
+            thread = threading.Thread(target=self._read, args=(name, sock), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _read(self, name: str, sock: socket.socket) -> None:
+        with sock:
+            while True:
+                try:
+                    frame = parse_frame(sock.recv(65536))
+                except TimeoutError:
+                    if self._stopping.is_set():
+                        return  # and nothing more queued
+                    continue
+                except OSError:
+                    return  # the interface went
+                if frame is not None:
+                    self.frames[name].append(frame)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join()
+
+    def echoes(self, interface: str, size: int) -> list[Frame]:
+        return [f for f in self.frames[interface] if f.kind == "icmp" and f.size == size]
+
+    def arps(self, interface: str) -> list[Frame]:
+        return [f for f in self.frames[interface] if f.kind == "arp"]
+
+
+def host_links() -> list[dict[str, object]]:
+    result = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, check=True)
+    found: list[dict[str, object]] = json.loads(result.stdout)
+    return found
+
+
+def ports_of(bridge: str) -> list[str]:
+    return sorted(str(link["ifname"]) for link in host_links() if link.get("master") == bridge)
+
+
+def plugged_taps(hbd: RunningDaemon) -> set[str]:
+    """The daemon's guest taps that are ports of a bridge (spare NIC slots are not)."""
+    prefix = f"ht{instance_tag(hbd.data_root)}"
+    return {str(link["ifname"]) for link in host_links()
+            if str(link["ifname"]).startswith(prefix) and link.get("master")}
+
+
+def pin_set(hbd: RunningDaemon, name: str) -> list[object]:
+    """The elements of one of the daemon's pin sets, as the kernel has them."""
+    table = f"hbd_{instance_tag(hbd.data_root)}"
+    listed = libnftables.run([{"list": {"set": {"family": "bridge", "table": table,
+                                                "name": name}}}])
+    elements = next(obj["set"] for obj in listed if "set" in obj).get("elem", [])
+    return list(elements) if isinstance(elements, list) else [elements]
+
+
+def pinned_ports(hbd: RunningDaemon) -> dict[str, str]:
+    """Tap -> the MAC it is pinned to ("" for a port checked with no MAC allowed)."""
+    macs = dict(tuple(e["concat"]) for e in pin_set(hbd, "pin_macs"))  # type: ignore[index]
+    ports = {str(port) for port in pin_set(hbd, "pinned")}
+    return {port: macs.get(port, "") for port in ports | set(macs)}
+
+
+def ports_in_pin_sets(hbd: RunningDaemon) -> set[str]:
+    """Every port any element of any pin set names."""
+    return {str(e["concat"][0] if isinstance(e, dict) else e)
+            for name in ("pinned", "pin_macs", "pin_ips", "pin_ips6")
+            for e in pin_set(hbd, name)}
+
+
+def assert_pins_follow_taps(hbd: RunningDaemon, timeout: float = 30) -> dict[str, str]:
+    """Every plugged tap pinned to a MAC, no element of any pin set without
+    its tap (guests power off in the background of rm and stop: until
+    `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pins, named, taps = pinned_ports(hbd), ports_in_pin_sets(hbd), plugged_taps(hbd)
+        if set(pins) == named == taps and all(pins.values()):
+            return pins
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pinned {pins}, in pin sets {sorted(named)}, "
+                                 f"plugged {sorted(taps)}")
+        time.sleep(0.2)
+
+
+def bridge_of(hbd: RunningDaemon, network: str) -> str:
+    network_id = json.loads(hbd.docker("network", "inspect", network).stdout)[0]["Id"]
+    bridge = f"hb{instance_tag(hbd.data_root)}{network_id[:8]}"
+    assert Path(f"/sys/class/net/{bridge}").exists(), bridge
+    return bridge
+
+
+def endpoint(hbd: RunningDaemon, container: str, network: str) -> dict[str, str]:
+    settings: dict[str, str] = json.loads(hbd.docker("inspect", container).stdout)[0][
+        "NetworkSettings"]["Networks"][network]
+    return settings
+
+
+def other_address(ip: str, prefix: int, taken: set[str]) -> str:
+    """A free-looking address of the same subnet: the highest host address not taken."""
+    subnet = ipaddress.IPv4Interface(f"{ip}/{prefix}").network
+    return next(str(a) for a in reversed(list(subnet.hosts())[-16:]) if str(a) not in taken)
+
+
+# Run by a container with NET_ADMIN on the victim's network. Static neighbour
+# entries for the victim and the gateway make each forged ping leave the guest
+# whatever ARP does (so a ping that is not seen was dropped on the way, not
+# never sent); each step tags its pings by their size.
+ATTACK = """
+own_ip=$(ip -o -4 addr show dev eth0 | awk '{{print $4}}' | cut -d/ -f1)
+own_mac=$(cat /sys/class/net/eth0/address)
+echo "own $own_ip $own_mac"
+neighbours() {{ arp -s {victim} {victim_mac}; arp -s {gateway} {gateway_mac}; }}
+readdress() {{ ip addr flush dev eth0; ip addr add $1/{prefix} dev eth0;
+              ip route add default via {gateway}; }}
+remac() {{ ip link set eth0 down; ip link set eth0 address $1; ip link set eth0 up;
+          ip route add default via {gateway}; }}
+probe() {{ ping -c1 -W2 -s $1 {victim} >/dev/null 2>&1 && echo "$2-peer-ok";
+          ping -c1 -W2 -s $1 {gateway} >/dev/null 2>&1 && echo "$2-host-ok"; }}
+probe 101 before
+arping -U -c1 -I eth0 $own_ip >/dev/null 2>&1; echo own-arp-sent
+readdress {other}; neighbours; probe 105 other-ip
+readdress {victim}; arp -s {gateway} {gateway_mac}
+ping -c1 -W2 -s 109 {gateway} >/dev/null 2>&1 && echo victim-ip-host-ok
+arping -U -c2 -I eth0 {victim} >/dev/null 2>&1; arping -A -c2 -I eth0 {victim} >/dev/null 2>&1
+echo victim-arp-sent
+readdress $own_ip; remac {fake_mac}; neighbours; probe 107 other-mac
+arping -U -c1 -I eth0 $own_ip >/dev/null 2>&1
+remac $own_mac; probe 103 after
+ip -o link show dev eth0; ip -o -4 addr show dev eth0
+"""
+
+
+FAKE_MAC = "02:42:de:ad:be:ef"
+
+
+def test_a_guest_sends_only_as_itself(hbd: RunningDaemon, cleanup: list[str]) -> None:
+    """Root of a guest with NET_ADMIN takes another address of its network,
+    the victim's address, another MAC, and claims the victim's address in
+    ARP: none of it reaches the victim or the host; its own traffic flows
+    before and after. (dockerd + runc lets all of it through.)"""
+    suffix = str(free_port())
+    network, victim = f"netsecnetspoof{suffix}", f"netsec-victim-{suffix}"
+    attacker = f"netsec-attacker-{suffix}"
+    cleanup.extend([attacker, victim, network])
+    hbd.docker("network", "create", network)
+    bridge = bridge_of(hbd, network)
+    hbd.docker("run", "-d", "--name", victim, "--network", network, "busybox",
+               "sleep", "600")
+    (victim_tap,) = ports_of(bridge)
+    target = endpoint(hbd, victim, network)
+    gateway_mac = Path(f"/sys/class/net/{bridge}/address").read_text().strip()
+    prefix = int(target["IPPrefixLen"])
+    other = other_address(target["IPAddress"], prefix, {target["IPAddress"], target["Gateway"]})
+    script = ATTACK.format(
+        victim=target["IPAddress"], victim_mac=target["MacAddress"],
+        gateway=target["Gateway"], gateway_mac=gateway_mac, prefix=prefix,
+        other=other,
+        fake_mac=FAKE_MAC)
+    sniffer = Sniffer(victim_tap, bridge)
+    try:
+        out = hbd.docker("run", "--name", attacker, "--network", network,
+                         "--cap-add", "NET_ADMIN", "busybox", "sh", "-c", script,
+                         timeout=240).stdout.decode()
+    finally:
+        sniffer.stop()
+    _, own_ip, own_mac = next(line for line in out.splitlines()
+                              if line.startswith("own ")).split()
+    # Its own traffic, before and after, by ARP and by ping, reaches both.
+    for step in ("before", "after"):
+        assert f"{step}-peer-ok" in out and f"{step}-host-ok" in out, out
+    for size in (101, 103):
+        assert sniffer.echoes(victim_tap, size) and sniffer.echoes(bridge, size), out
+    assert Frame("arp", own_mac, own_ip) in sniffer.arps(bridge), sniffer.frames[bridge]
+    assert "own-arp-sent" in out and "victim-arp-sent" in out, out
+    # Nothing forged got past the attacker's tap.
+    for step in ("other-ip-peer-ok", "other-ip-host-ok", "victim-ip-host-ok",
+                 "other-mac-peer-ok", "other-mac-host-ok"):
+        assert step not in out, out
+    for size in (105, 107, 109):
+        assert sniffer.echoes(victim_tap, size) == [] == sniffer.echoes(bridge, size), size
+    forged_arps = [f for f in sniffer.arps(bridge) + sniffer.arps(victim_tap)
+                   if (f.ip == target["IPAddress"] and f.mac != target["MacAddress"])
+                   or f.mac == FAKE_MAC or f.ip == other]
+    assert forged_arps == [], forged_arps
+    # Its address and MAC as they were (the last lines): the steps undid theirs.
+    assert own_mac in out.splitlines()[-2] and own_ip in out.splitlines()[-1], out
+
+
+def test_shared_namespaces_and_two_networks_keep_working(hbd: RunningDaemon,
+                                                         cleanup: list[str]) -> None:
+    """A container on two networks (the second joined while it runs) and one
+    in its network namespace reach a server on each; each plugged tap has its
+    pin, and a network left takes its pin along."""
+    suffix = str(free_port())
+    one, two = f"netsecnetone{suffix}", f"netsecnettwo{suffix}"
+    server_one, server_two = f"netsec-srv1-{suffix}", f"netsec-srv2-{suffix}"
+    both, joined = f"netsec-both-{suffix}", f"netsec-joined-{suffix}"
+    cleanup.extend([joined, both, server_one, server_two, one, two])
+    for network, server in ((one, server_one), (two, server_two)):
+        hbd.docker("network", "create", network)
+        hbd.docker("run", "-d", "--name", server, "--network", network, "busybox", "sh", "-c",
+                   WEB)
+    hbd.docker("run", "-d", "--name", both, "--network", one, "busybox", "sleep", "600")
+    hbd.docker("network", "connect", two, both)
+    hbd.docker("run", "-d", "--name", joined, "--network", f"container:{both}", "busybox",
+               "sleep", "600")
+    ips = {server: endpoint(hbd, server, network)["IPAddress"]
+           for network, server in ((one, server_one), (two, server_two))}
+    fetch = "; ".join(f"timeout 8 wget -q -O- http://{ip}:8000/i && echo {server}-ok"
+                      for server, ip in ips.items())
+    for container in (both, joined):
+        out = hbd.docker("exec", container, "sh", "-c", fetch + "; echo done").stdout.decode()
+        assert f"{server_one}-ok" in out and f"{server_two}-ok" in out, (container, out)
+    pins = assert_pins_follow_taps(hbd)
+    macs = {endpoint(hbd, both, network)["MacAddress"] for network in (one, two)}
+    assert macs <= set(pins.values()), (macs, pins)
+    # Both of its taps: a port of each network's bridge, pinned to its MAC there.
+    for network in (one, two):
+        taps = [t for t in ports_of(bridge_of(hbd, network)) if pins.get(t) ==
+                endpoint(hbd, both, network)["MacAddress"]]
+        assert len(taps) == 1, (network, taps, pins)
+    left_mac = endpoint(hbd, both, two)["MacAddress"]
+    hbd.docker("network", "disconnect", two, both)
+    pins = assert_pins_follow_taps(hbd)
+    assert left_mac not in pins.values(), pins
+    out = hbd.docker("exec", joined, "sh", "-c", fetch + "; echo done").stdout.decode()
+    assert f"{server_one}-ok" in out and f"{server_two}-ok" not in out and "done" in out, out
+
+
+def test_pins_follow_guests_through_rm_and_a_crash(hbd: RunningDaemon,
+                                                   cleanup: list[str]) -> None:
+    """hbd killed with guests running, one of which dies while it is down:
+    the next hbd pins the survivor's tap again (and its forged frames stay
+    out), the dead one's pin is gone; rm takes the survivor's."""
+    suffix = str(free_port())
+    network = f"netsecnetcrash{suffix}"
+    survivor, doomed = f"netsec-survivor-{suffix}", f"netsec-doomed-{suffix}"
+    cleanup.extend([survivor, doomed, network])
+    hbd.docker("network", "create", network)
+    for name in (survivor, doomed):
+        hbd.docker("run", "-d", "--name", name, "--network", network, "--cap-add", "NET_ADMIN",
+                   "busybox", "sleep", "600")
+    mac = {name: endpoint(hbd, name, network)["MacAddress"] for name in (survivor, doomed)}
+    pins = assert_pins_follow_taps(hbd)
+    assert set(mac.values()) <= set(pins.values()), pins
+    doomed_pid = json.loads(hbd.docker("inspect", doomed).stdout)[0]["State"]["Pid"]
+    hbd.process.kill()
+    hbd.process.wait()
+    os.kill(doomed_pid, signal.SIGKILL)
+    hbd.crash_and_restart()
+    pins = assert_pins_follow_taps(hbd)
+    assert mac[survivor] in pins.values() and mac[doomed] not in pins.values(), pins
+    # The survivor's pin holds: a forged source does not reach the host, its
+    # own does.
+    bridge = bridge_of(hbd, network)
+    target = endpoint(hbd, survivor, network)
+    other = other_address(target["IPAddress"], int(target["IPPrefixLen"]),
+                          {target["IPAddress"], target["Gateway"]})
+    gateway_mac = Path(f"/sys/class/net/{bridge}/address").read_text().strip()
+    sniffer = Sniffer(bridge)
+    try:
+        out = hbd.docker("exec", survivor, "sh", "-c",
+                         f"ping -c1 -W2 -s 111 {target['Gateway']} >/dev/null && echo own-ok; "
+                         f"ip addr add {other}/32 dev eth0; "
+                         f"arp -s {target['Gateway']} {gateway_mac}; "
+                         f"ping -c1 -W2 -s 113 -I {other} {target['Gateway']} >/dev/null "
+                         "&& echo forged-ok; echo done").stdout.decode()
+    finally:
+        sniffer.stop()
+    assert "own-ok" in out and "forged-ok" not in out and "done" in out, out
+    assert sniffer.echoes(bridge, 111) and sniffer.echoes(bridge, 113) == [], out
+    hbd.docker("rm", "-f", survivor)
+    pins = assert_pins_follow_taps(hbd)
+    assert mac[survivor] not in pins.values(), pins

@@ -1,7 +1,7 @@
 """The daemon's start and stop, as containers see them: guests outlive hbd.
 At start hbd re-attaches the sandboxes that still run and the containers in
-them, and settles the rest; at stop it leaves them running and only stops
-watching."""
+them (their networks and their taps' anti-spoofing pins with them), and
+settles the rest; at stop it leaves them running and only stops watching."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ class Restorer:
                 await self._reattach(c, found.get(c.id), marks.get(c.id))
         self.sandboxes.output_claimed()
         self._leave_unclaimed(found)
+        await self.networks.settle_rules()
         for c in list(self.store.containers.values()):
             if not c.state.running and self.restarts.restart_on_daemon_start(c):
                 spawn(self._start_on_daemon_start(c))
@@ -72,6 +73,7 @@ class Restorer:
             return
         if c.run_network is not None:
             await self.networks.adopt_run(c.id, c.run_network)
+            await self.sandboxes.pin_again(guest, c.run_network.endpoints)
         writer = self.store.log_driver(c).open(self.store.output_marks(c, fresh=False))
         frames = guest.output_from(guest.main_proc)
         if mark is not None and (mark.proc, mark.frames) == (guest.main_proc, frames):

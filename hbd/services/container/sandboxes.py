@@ -12,7 +12,10 @@ What goes where in a guest:
   its virtiofsd exports;
 - each network a container is on takes one of the guest's NIC slots: the
   slot's tap is plugged into the network's bridge and the guest moves the
-  NIC into the container's network namespace.
+  NIC into the container's network namespace. A plugged tap is pinned to its
+  endpoint (the network service's anti-spoofing rules: the guest sends on
+  it only with the endpoint's MAC and addresses) from before it is plugged
+  until after it is unplugged, and its pin goes with the guest.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from hbd.config import Config
 from hbd.drivers import hostmount, net
@@ -120,14 +123,24 @@ def refused_setup(e: AgentError) -> HbdError | None:
     return None
 
 
+class PortPins(Protocol):
+    """What a guest may send on each of its taps (the network service's
+    anti-spoofing pins): one pin per plugged tap."""
+
+    async def pin_ports(self, ports: dict[str, Endpoint]) -> None: ...
+
+    async def unpin_ports(self, taps: list[str]) -> None: ...
+
+
 class SandboxManager:
     def __init__(self, config: Config, state: StateStore, driver: GuestDriver, accel: str,
-                 tap_prefix: str) -> None:
+                 tap_prefix: str, pins: PortPins) -> None:
         self.config = config
         self.state = state
         self.driver = driver
         self.accel = accel
         self.tap_prefix = tap_prefix
+        self.pins = pins
         self.sandboxes: dict[str, Sandbox] = {}
 
     def _save(self, sb: Sandbox) -> None:
@@ -162,10 +175,10 @@ class SandboxManager:
             if record.shared_fs:
                 hostmount.make_export_dir(run_dir / "fs")
             setup = self._container_setup(record, member, plan, run_dir / "fs", hot=False)
-            attach = [self._take_slot(record, member.netns, e) for e in plan.endpoints]
-            for slot in record.slots:
-                if slot.network:
-                    await net.plug_tap(slot.tap, self._bridge(plan, slot.network))
+            taken = [self._take_slot(record, member.netns, e) for e in plan.endpoints]
+            await self._plug([(slot, e) for (slot, _), e in zip(taken, plan.endpoints,
+                                                               strict=True)])
+            attach = [interface for _, interface in taken]
             spec = GuestSpec(
                 vm=self._vm_spec(run_dir, plan.memory_mib, plan.vcpus, disks, nics,
                                  plan.host_cpus, plan.host_nodes),
@@ -189,10 +202,12 @@ class SandboxManager:
                 hostmount.remove_export_dir(run_dir / "fs")
             record.template = guest.template
         except net.NetError as e:
+            await self._unpin_quietly(record.slots)
             hostmount.remove_export_dir(run_dir / "fs")
             shutil.rmtree(run_dir, ignore_errors=True)
             raise SystemError_(f"failed to create task for container: {e}") from e
         except BaseException:
+            await self._unpin_quietly(record.slots)
             hostmount.remove_export_dir(run_dir / "fs")
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
@@ -245,10 +260,6 @@ class SandboxManager:
             record.slots.append(Slot(i, tap, mac))
             nics.append(NicSpec(tap, mac, fds[-1]))
         return nics
-
-    @staticmethod
-    def _bridge(plan: ContainerPlan, network: str) -> str:
-        return next(e.bridge for e in plan.endpoints if e.network == network)
 
     @staticmethod
     def _boot_disks(record: SandboxRecord, member: Member,
@@ -320,7 +331,9 @@ class SandboxManager:
         return peer.guest_id
 
     @staticmethod
-    def _take_slot(record: SandboxRecord, netns: str, plan: EndpointPlan) -> InterfaceSpec:
+    def _take_slot(record: SandboxRecord, netns: str,
+                   plan: EndpointPlan) -> tuple[Slot, InterfaceSpec]:
+        """A spare slot for the endpoint, and the interface the guest makes of it."""
         spare = record.spare_slots()
         if not spare:
             raise Conflict(f"no free network slot in the guest: each holds "
@@ -330,7 +343,32 @@ class SandboxManager:
         e = plan.endpoint
         slot.network, slot.gateway, slot.gateway6 = plan.network, e.gateway, e.gateway6
         slot.internal = plan.internal
-        return InterfaceSpec(nic=slot.name, name=e.ifname, mac=e.mac, addresses=e.cidrs)
+        return slot, InterfaceSpec(nic=slot.name, name=e.ifname, mac=e.mac, addresses=e.cidrs)
+
+    async def _plug(self, slots: list[tuple[Slot, EndpointPlan]]) -> None:
+        """The slots' taps pinned to their endpoints (one transaction), then
+        plugged into their bridges: no moment on a bridge without the pin."""
+        await self.pins.pin_ports({slot.tap: plan.endpoint for slot, plan in slots})
+        for slot, plan in slots:
+            await net.plug_tap(slot.tap, plan.bridge)
+
+    async def _unplug(self, slots: list[Slot]) -> None:
+        """The slots' taps off their bridges, then unpinned; spare slots again."""
+        for slot in slots:
+            await net.unplug_tap(slot.tap)
+            slot.release()
+        await self._unpin_quietly(slots)
+
+    async def _unpin_quietly(self, slots: list[Slot]) -> None:
+        """The slots' pins dropped, on paths that must go on whatever nftables
+        says (leaving, undoing): a pin that stays is the next rule change's
+        to drop (the network service rebuilds its tables after a failure)."""
+        if not slots:
+            return
+        try:
+            await self.pins.unpin_ports([slot.tap for slot in slots])
+        except HbdError as e:
+            log.warning("cannot unpin taps %s: %s", [slot.tap for slot in slots], e.message)
 
     @staticmethod
     def _routes(record: SandboxRecord, netns: str) -> list[RouteSpec]:
@@ -377,10 +415,10 @@ class SandboxManager:
                 if member.owns_netns:
                     update = NetworkUpdate(member.netns)
                     for endpoint in plan.endpoints:
-                        update.attach.append(self._take_slot(record, member.netns, endpoint))
-                        slot = record.netns_slots(member.netns)[-1]
+                        slot, interface = self._take_slot(record, member.netns, endpoint)
                         plugged.append(slot)
-                        await net.plug_tap(slot.tap, endpoint.bridge)
+                        update.attach.append(interface)
+                    await self._plug(list(zip(plugged, plan.endpoints, strict=True)))
                     update.routes = self._routes(record, member.netns)
                     await sb.guest.network(update)
                 await sb.guest.create(setup)
@@ -433,9 +471,7 @@ class SandboxManager:
 
     async def _undo_join(self, sb: Sandbox, member: Member, added: list[str],
                          plugged: list[Slot]) -> None:
-        for slot in plugged:
-            await net.unplug_tap(slot.tap)
-            slot.release()
+        await self._unplug(plugged)
         for serial in added:
             with contextlib.suppress(VMError):
                 await sb.guest.remove_disk(serial)
@@ -494,9 +530,7 @@ class SandboxManager:
                                detach=[InterfaceRemoval(s.ifname, s.name) for s in slots])
         with contextlib.suppress(AgentError):
             await sb.guest.network(update)
-        for slot in slots:
-            await net.unplug_tap(slot.tap)
-            slot.release()
+        await self._unplug(slots)
 
     async def _release(self, sb: Sandbox, member: Member) -> None:
         """What a container that left held: its network namespace's slots (if it
@@ -520,6 +554,8 @@ class SandboxManager:
             await sb.guest.poweroff(POWEROFF_TIMEOUT)
         else:
             await sb.guest.kill()
+        # Its taps went with its QEMU; their pins go now.
+        await self._unpin_quietly([slot for slot in sb.record.slots if slot.network])
         self._forget(sb)
 
     def _forget(self, sb: Sandbox) -> None:
@@ -535,22 +571,18 @@ class SandboxManager:
         sb, member = view.sandbox, view.member
         async with sb.lock:
             record = sb.record
-            update = NetworkUpdate(member.netns)
-            update.attach.append(self._take_slot(record, member.netns, endpoint))
-            slot = next(s for s in record.slots if s.netns == member.netns and
-                        s.network == endpoint.network)
+            slot, interface = self._take_slot(record, member.netns, endpoint)
+            update = NetworkUpdate(member.netns, attach=[interface])
             try:
-                await net.plug_tap(slot.tap, endpoint.bridge)
+                await self._plug([(slot, endpoint)])
                 update.routes = self._routes(record, member.netns)
                 await sb.guest.network(update)
             except (AgentError, net.NetError) as e:
-                await net.unplug_tap(slot.tap)
-                slot.release()
+                await self._unplug([slot])
                 raise SystemError_(f"cannot connect the container to {endpoint.network}: "
                                    f"{e}") from e
             except BaseException:
-                await net.unplug_tap(slot.tap)
-                slot.release()
+                await self._unplug([slot])
                 raise
             self._save(sb)
 
@@ -569,7 +601,7 @@ class SandboxManager:
             try:
                 await sb.guest.network(update)
             finally:
-                await net.unplug_tap(slot.tap)
+                await self._unplug([slot])
                 self._save(sb)
 
     def netns_members(self, view: ContainerInGuest) -> list[str]:
@@ -617,6 +649,15 @@ class SandboxManager:
         """After a restore, every container's output is attached again."""
         for sb in self.sandboxes.values():
             sb.guest.output_claimed()
+
+    async def pin_again(self, view: ContainerInGuest, endpoints: dict[str, Endpoint]) -> None:
+        """After an hbd restart: the taps of the network namespace the container
+        made, pinned to its endpoints (by network) again."""
+        if not view.member.owns_netns:
+            return
+        slots = view.sandbox.record.netns_slots(view.member.netns)
+        await self.pins.pin_ports({slot.tap: endpoints[slot.network] for slot in slots
+                                   if slot.network in endpoints})
 
     async def _discard_orphans(self) -> None:
         """Run directories of sandboxes never recorded: boots an earlier hbd

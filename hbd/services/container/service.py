@@ -83,7 +83,8 @@ class ContainerService:
         self.store = ContainerStore(state, events, config.data_root / "containers",
                                     config.exec_root)
         self.restarts = RestartManager(self.store, self._relaunch)
-        self.sandboxes = SandboxManager(config, state, guests, accel, networks.tap_prefix)
+        self.sandboxes = SandboxManager(config, state, guests, accel, networks.tap_prefix,
+                                        networks)
         self.remover = Remover(self.store, volumes, self.restarts, scratch)
         self.monitor = Monitor(self.store, networks, volumes, self.sandboxes, self.restarts,
                                self.remover)

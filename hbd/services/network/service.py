@@ -122,6 +122,8 @@ class NetworkService:
         self.rules = net.RuleTable(self.nft_table)
         # tap -> what the guest behind it may send as (anti-spoofing)
         self.pins: dict[str, net.PortPin] = {}
+        # From start() until settle_rules(): the tables are left as they are.
+        self._rules_held = False
         self.on_change: list[Any] = []  # callbacks (no arguments): DNS reloads its view
         self.users: NetworkUsers = _NO_USERS
         for _, rec in state.load("networks"):
@@ -158,8 +160,10 @@ class NetworkService:
     # -- start-up ----------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the predefined networks once, then bring every bridge and rule up."""
+        """Create the predefined networks once, then bring every bridge up; the
+        rules follow once the guests are known (settle_rules)."""
         net.enable_forwarding()
+        self._rules_held = True
         names = {n.name for n in self.networks.values()}
         if "none" not in names:
             self._add(Network(secrets.token_hex(32), "none", "null", rfc3339_nano()))
@@ -179,9 +183,8 @@ class NetworkService:
         for n in self.networks.values():
             if n.driver == "bridge":
                 await self._bring_up(n)
-        # Taps of guests that are gone (leaked by a crash) are removed by the
-        # container service once it knows which guests survived.
-        await self.apply_rules()
+        # The rules wait for the guests: see settle_rules. (Taps of guests
+        # that are gone went with their QEMU.)
 
     def _add(self, n: Network) -> None:
         self.networks[n.id] = n
@@ -206,9 +209,24 @@ class NetworkService:
         raise Forbidden("could not find an available, non-overlapping IPv4 address pool "
                         "among the defaults to assign to the network")
 
+    async def settle_rules(self) -> None:
+        """The running guests have been adopted again (adopt_run, pin_ports):
+        the tables made afresh with exactly their rules, a pin of a guest
+        that ended while hbd was down gone with the rest.
+
+        Until then (from start()) the tables stay as the last hbd left them:
+        the pins of guests that outlived it stay in force while hbd finds them
+        again, instead of a rebuild without them letting those guests send
+        as anyone for as long as the restore takes."""
+        async with self._lock:
+            self._rules_held = False
+            await self.apply_rules()
+
     async def apply_rules(self) -> None:
         """Bring nftables in line with the networks and published ports (no
         transaction at all when nothing changed: most containers publish no port)."""
+        if self._rules_held:
+            return
         ruleset = net.Ruleset(
             bridges=[net.BridgeRules(n.bridge, n.subnet, n.internal)
                      for n in self.networks.values() if n.driver == "bridge"],
@@ -222,20 +240,30 @@ class NetworkService:
         except net.NetError as e:
             raise SystemError_(str(e)) from e
 
-    async def pin_port(self, tap: str, endpoint: Endpoint) -> None:
-        """The guest behind `tap` (a port of the endpoint's bridge) may send
-        only as the endpoint: its MAC, its addresses. Call once the tap is
-        plugged for the endpoint; `unpin_port` when it is unplugged."""
+    async def pin_ports(self, ports: dict[str, Endpoint]) -> None:
+        """The guest behind each tap (a port of its endpoint's bridge) may send
+        only as the endpoint: its MAC, its addresses. Call before the tap is
+        plugged into the bridge; `unpin_ports` once it is unplugged. One
+        transaction for all of them."""
+        if not ports:
+            return
+        async with self._lock:
+            for tap, endpoint in ports.items():
+                self.pins[tap] = self._pin(tap, endpoint)
+            await self.apply_rules()
+
+    @staticmethod
+    def _pin(tap: str, endpoint: Endpoint) -> net.PortPin:
         ips = [endpoint.ip] + [c.split("/")[0] for c in endpoint.link_local if ":" not in c]
         ips6 = [a for a in [endpoint.ip6] if a] + \
             [c.split("/")[0] for c in endpoint.link_local if ":" in c]
-        async with self._lock:
-            self.pins[tap] = net.PortPin(tap, endpoint.mac, ips, ips6)
-            await self.apply_rules()
+        return net.PortPin(tap, endpoint.mac, ips, ips6)
 
-    async def unpin_port(self, tap: str) -> None:
+    async def unpin_ports(self, taps: list[str]) -> None:
+        """The taps' pins gone (those that have none are no change)."""
         async with self._lock:
-            if self.pins.pop(tap, None) is not None:
+            removed = [self.pins.pop(tap) for tap in taps if tap in self.pins]
+            if removed:
                 await self.apply_rules()
 
     @staticmethod
