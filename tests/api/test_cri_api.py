@@ -186,6 +186,7 @@ def test_pod_and_container_lifecycle(cri: Cri) -> None:
     # Stop and remove are idempotent.
     rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
     rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    rt.StopContainer(pb.StopContainerRequest(container_id=container_id, timeout=1))
     rt.RemoveContainer(pb.RemoveContainerRequest(container_id=container_id))
 
 

@@ -305,7 +305,12 @@ class PodService:
         await self.containers.start(c.id)
 
     async def stop_container(self, container_id: str, timeout: int) -> None:
-        c = self._container(container_id)
+        """Idempotent, as the CRI asks: a container already gone is stopped
+        (kubelet retries a stop whose answer it lost; containerd says OK)."""
+        try:
+            c = self._container(container_id)
+        except NotFound:
+            return
         if c.state.running:
             await self.containers.stop(c.id, timeout)
 
