@@ -58,8 +58,9 @@ def api_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiDaemon]:
 
 
 @contextlib.contextmanager
-def serve_api_daemon(base: Path) -> Iterator[ApiDaemon]:
-    """A daemon of its own (for tests that change what every other test sees)."""
+def serve_api_daemon(base: Path, clones: bool = False) -> Iterator[ApiDaemon]:
+    """A daemon of its own (for tests that change what every other test sees);
+    `clones`: guests that may be clones are, as with templates (no shared fs)."""
     exec_root = Path(f"/run/hbd-api-{secrets.token_hex(4)}")
     config = Config()
     config.daemon.data_root = str(base / "data")
@@ -72,7 +73,7 @@ def serve_api_daemon(base: Path) -> Iterator[ApiDaemon]:
     errors: list[BaseException] = []
 
     async def serve() -> None:
-        daemon = Daemon(config, guest_driver=FakeGuestDriver())
+        daemon = Daemon(config, guest_driver=FakeGuestDriver(clones=clones))
         await daemon.start()
         holder["daemon"] = daemon
         runner = web.AppRunner(server.build(daemon), access_log=None)

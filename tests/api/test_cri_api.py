@@ -42,7 +42,8 @@ class Cri:
 @pytest.fixture(scope="module")
 def cri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cri]:
     base = tmp_path_factory.mktemp("hbd-cri")
-    with serve_api_daemon(base) as api:
+    # Guests are clones where they may be, as with real templates.
+    with serve_api_daemon(base, clones=True) as api:
         client = docker.APIClient(base_url=api.host, version="1.47")
         dockerfile = b'FROM busybox\nCMD ["sleep", "100000"]\n'
         list(client.build(fileobj=io.BytesIO(dockerfile), tag=FAKE_PAUSE, rm=True))
@@ -188,6 +189,28 @@ def test_pod_and_container_lifecycle(cri: Cri) -> None:
     rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     rt.StopContainer(pb.StopContainerRequest(container_id=container_id, timeout=1))
     rt.RemoveContainer(pb.RemoveContainerRequest(container_id=container_id))
+
+
+def test_a_container_with_a_bind_mount_joins_its_pod(cri: Cri, tmp_path: Path) -> None:
+    """kubelet hands every volume (and /etc/hosts, the termination log) over as
+    a host path: the pod's guest must have a shared filesystem to take them."""
+    rt = cri.runtime
+    config = pod_config("mounts", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    try:
+        (tmp_path / "data").write_text("from the host")
+        app = container_config("app", "sleep", "100000")
+        app.mounts.append(pb.Mount(container_path="/data", host_path=str(tmp_path),
+                                   readonly=True))
+        container_id = rt.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, sandbox_config=config, config=app)).container_id
+        rt.StartContainer(pb.StartContainerRequest(container_id=container_id))
+        status = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=container_id))
+        assert status.status.state == pb.CONTAINER_RUNNING
+        assert [(mt.container_path, mt.host_path, mt.readonly)
+                for mt in status.status.mounts] == [("/data", str(tmp_path), True)]
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
 
 def test_bad_input_gets_a_status_not_a_traceback(cri: Cri) -> None:
