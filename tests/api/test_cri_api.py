@@ -5,6 +5,7 @@ their answers and their errors."""
 from __future__ import annotations
 
 import io
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,6 +210,30 @@ def test_a_container_with_a_bind_mount_joins_its_pod(cri: Cri, tmp_path: Path) -
         assert status.status.state == pb.CONTAINER_RUNNING
         assert [(mt.container_path, mt.host_path, mt.readonly)
                 for mt in status.status.mounts] == [("/data", str(tmp_path), True)]
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_exec_sync_past_its_timeout_kills_the_command(cri: Cri) -> None:
+    """kubelet's probes run with a timeout: one that hangs must not pile up."""
+    rt = cri.runtime
+    config = pod_config("probe", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    try:
+        container_id = rt.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, sandbox_config=config,
+            config=container_config("app", "sleep", "100000"))).container_id
+        rt.StartContainer(pb.StartContainerRequest(container_id=container_id))
+        # The fake driver runs the command on this host: pgrep finds it there.
+        marker = "sleep 43217"
+        assert code_of(rt.ExecSync, pb.ExecSyncRequest(
+            container_id=container_id, cmd=marker.split(), timeout=1,
+        )) == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and subprocess.run(
+                ["pgrep", "-f", marker], capture_output=True).returncode == 0:
+            time.sleep(0.1)
+        assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1
     finally:
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 

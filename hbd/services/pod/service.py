@@ -373,6 +373,8 @@ class PodService:
         try:
             await asyncio.wait_for(collect(), timeout if timeout > 0 else None)
         except TimeoutError:
+            # As runc's exec under containerd: the process goes with the deadline.
+            await self.execs.kill(instance)
             raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout:g}s") from None
         return m.ExecResult(bytes(out[1]), bytes(out[2]), int(instance.exit_code or 0))
 
