@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket as socketlib
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from hbd.drivers.virtiofs import (
     Virtiofsd,
     VirtiofsdBinary,
     VirtiofsdError,
+    _listening,
     find_virtiofsd,
 )
 
@@ -67,3 +69,13 @@ async def test_this_hosts_virtiofsd_takes_hbds_options(tmp_path: Path) -> None:
         await daemon.stop()
     assert not daemon.running
     daemon.close()
+
+
+def test_a_socket_bound_but_not_yet_listening_is_not_ready(tmp_path: Path) -> None:
+    """virtiofsd's socket path exists from bind(); QEMU may connect only after listen()."""
+    path = tmp_path / "virtiofsd.sock"
+    with socketlib.socket(socketlib.AF_UNIX) as sock:
+        sock.bind(str(path))
+        assert path.exists() and not _listening(os.getpid(), path)
+        sock.listen(1)
+        assert _listening(os.getpid(), path)
