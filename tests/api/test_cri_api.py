@@ -5,6 +5,7 @@ their answers and their errors."""
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -234,6 +235,48 @@ def test_exec_sync_past_its_timeout_kills_the_command(cri: Cri) -> None:
                 ["pgrep", "-f", marker], capture_output=True).returncode == 0:
             time.sleep(0.1)
         assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_security_context_seccomp_and_paths(cri: Cri, tmp_path: Path) -> None:
+    """The CRI's seccomp profiles (none is unconfined, as in containerd; a
+    Localhost one is a JSON file on this host), masked and read-only paths."""
+    rt = cri.runtime
+    config = pod_config("secure", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+
+    def host_config(sec: pb.LinuxContainerSecurityContext) -> dict[str, Any]:
+        app = container_config("app", "sleep", "100000")
+        app.linux.security_context.CopyFrom(sec)
+        container_id = rt.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, sandbox_config=config, config=app)).container_id
+        inspected = cri.api.docker("inspect", container_id).stdout
+        rt.RemoveContainer(pb.RemoveContainerRequest(container_id=container_id))
+        return dict(json.loads(inspected)[0]["HostConfig"])
+
+    try:
+        assert host_config(pb.LinuxContainerSecurityContext())["SecurityOpt"] == [
+            "seccomp=unconfined"]
+        profile = '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}'
+        (tmp_path / "profile.json").write_text(profile)
+        localhost = pb.LinuxContainerSecurityContext(
+            seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost,
+                                       localhost_ref=str(tmp_path / "profile.json")),
+            masked_paths=["/proc/kcore"], readonly_paths=["/proc/sys"])
+        hc = host_config(localhost)
+        assert hc["SecurityOpt"] == [f"seccomp={profile}"]
+        assert (hc["MaskedPaths"], hc["ReadonlyPaths"]) == (["/proc/kcore"], ["/proc/sys"])
+        default = pb.LinuxContainerSecurityContext(
+            seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault))
+        assert not host_config(default).get("SecurityOpt")
+
+        app = container_config("app", "true")
+        app.linux.security_context.seccomp.profile_type = pb.SecurityProfile.Localhost
+        app.linux.security_context.seccomp.localhost_ref = str(tmp_path / "absent.json")
+        assert code_of(rt.CreateContainer, pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, sandbox_config=config, config=app,
+        )) == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 

@@ -93,6 +93,16 @@ def _annotations(labels: dict[str, str]) -> dict[str, str]:
     return dict(json.loads(labels.get(ANNOTATIONS, "{}")))
 
 
+def _user(sec: m.SecurityContext) -> str:
+    """USER[:GROUP] for the Engine API."""
+    user = sec.run_as_username
+    if sec.run_as_user is not None:
+        user = str(sec.run_as_user)
+    if sec.run_as_group is None:
+        return user
+    return f"{user}:{sec.run_as_group}" if user else user
+
+
 class PodService:
     def __init__(self, settings: CriSettings, containers: ContainerService,
                  execs: ExecService, images: ImageStore, networks: NetworkService) -> None:
@@ -263,14 +273,8 @@ class PodService:
             pid_mode = f"container:{sec.target_id}"
         elif modes[1] == m.POD or sec.pid_mode == m.POD:
             pid_mode = pod_ref
-        user = sec.run_as_username
-        if sec.run_as_user is not None:
-            user = str(sec.run_as_user)
-        if sec.run_as_group is not None and user:
-            user = f"{user}:{sec.run_as_group}"
         security_opt = ["no-new-privileges"] if sec.no_new_privs else []
-        if sec.seccomp_unconfined:
-            security_opt.append("seccomp=unconfined")
+        security_opt += self._seccomp_opt(sec)
         host_config: dict[str, Any] = {
             "NetworkMode": pod_ref, "IpcMode": pod_ref if modes[2] == m.POD else "",
             "PidMode": pid_mode,
@@ -280,6 +284,7 @@ class PodService:
             "CapAdd": sec.cap_add or None, "CapDrop": sec.cap_drop or None,
             "GroupAdd": [str(g) for g in sec.supplemental_groups] or None,
             "SecurityOpt": security_opt or None,
+            "MaskedPaths": sec.masked_paths or None, "ReadonlyPaths": sec.readonly_paths or None,
             "Memory": res.memory_limit_bytes, "CpuShares": res.cpu_shares,
             "CpuPeriod": res.cpu_period, "CpuQuota": res.cpu_quota,
             "CpusetCpus": res.cpuset_cpus, "OomScoreAdj": res.oom_score_adj,
@@ -289,10 +294,25 @@ class PodService:
         return {
             "Image": cfg.image, "Entrypoint": cfg.command or None, "Cmd": cfg.args or None,
             "Env": [f"{k}={v}" for k, v in cfg.envs], "WorkingDir": cfg.working_dir,
-            "User": user, "Labels": labels, "Tty": cfg.tty, "OpenStdin": cfg.stdin,
+            "User": _user(sec), "Labels": labels, "Tty": cfg.tty, "OpenStdin": cfg.stdin,
             "StdinOnce": cfg.stdin_once, "AttachStdin": cfg.stdin,
             "HostConfig": {k: v for k, v in host_config.items() if v not in (None, "", 0)},
         }
+
+    @staticmethod
+    def _seccomp_opt(sec: m.SecurityContext) -> list[str]:
+        """The SecurityOpt of the CRI's seccomp profile (Docker's default profile
+        is the runtime's default)."""
+        if sec.seccomp == "Unconfined":
+            return ["seccomp=unconfined"]
+        if sec.seccomp != "Localhost":
+            return []
+        try:
+            profile = Path(sec.seccomp_localhost_path).read_text()
+        except (OSError, ValueError) as e:
+            raise InvalidParameter(f"cannot load seccomp profile "
+                                   f"{sec.seccomp_localhost_path!r}: {e}") from None
+        return [f"seccomp={profile}"]
 
     def _container(self, container_id: str) -> Container:
         return self._of_kind("container", container_id, "container")
