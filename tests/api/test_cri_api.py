@@ -312,6 +312,19 @@ def test_bad_input_gets_a_status_not_a_traceback(cri: Cri) -> None:
         assert "no-such-image" in info.value.details()
     finally:
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    # A group without a user (the CRI's run_as_group alone) is refused.
+    config = pod_config("group", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    try:
+        grouped = container_config("x", "true")
+        grouped.linux.security_context.run_as_group.value = 1000
+        with pytest.raises(grpc.RpcError) as info:
+            rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id,
+                                                         sandbox_config=config, config=grouped))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "without user" in info.value.details()
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     host = pod_config("host", cri.log_dir)
     host.linux.security_context.namespace_options.network = pb.NODE
     assert code_of(rt.RunPodSandbox, pb.RunPodSandboxRequest(config=host)

@@ -94,13 +94,16 @@ def _annotations(labels: dict[str, str]) -> dict[str, str]:
 
 
 def _user(sec: m.SecurityContext) -> str:
-    """USER[:GROUP] for the Engine API."""
+    """USER[:GROUP] for the Engine API; a group alone is refused, as containerd
+    does (the Engine API would run it as root in that group)."""
     user = sec.run_as_username
     if sec.run_as_user is not None:
         user = str(sec.run_as_user)
     if sec.run_as_group is None:
         return user
-    return f"{user}:{sec.run_as_group}" if user else user
+    if not user:
+        raise InvalidParameter(f"user group {sec.run_as_group} is specified without user")
+    return f"{user}:{sec.run_as_group}"
 
 
 class PodService:
