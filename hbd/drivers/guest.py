@@ -438,7 +438,9 @@ class QemuGuestDriver:
             virtiofsd = await self._start_virtiofsd(spec, self.vm_driver.confinement.cgroups)
             try:
                 vm = await self.vm_driver.launch(spec.vm)
-            except VMError as e:
+            except (VMError, OSError) as e:
+                # OSError: a socket or disk hbd opens for QEMU (the virtiofsd
+                # left running by such a failure was leaked).
                 if virtiofsd is not None:
                     await virtiofsd.stop()
                 raise BootError(str(e)) from e

@@ -77,9 +77,10 @@ class StaticTokens:
 
 @contextlib.contextmanager
 def serve_api_daemon(base: Path, tenants: dict[str, Identity] | None = None,
-                     config: Config | None = None) -> Iterator[ApiDaemon]:
+                     config: Config | None = None, clones: bool = False) -> Iterator[ApiDaemon]:
     """A daemon of its own (for tests that change what every other test sees);
-    with `tenants` (token -> identity), a tenant listener beside the operator's."""
+    with `tenants` (token -> identity), a tenant listener beside the operator's;
+    `clones`: guests that may be clones are, as with templates (no shared fs)."""
     exec_root = Path(f"/run/hbd-api-{secrets.token_hex(4)}")
     config = config or Config()
     config.daemon.data_root = str(base / "data")
@@ -93,7 +94,7 @@ def serve_api_daemon(base: Path, tenants: dict[str, Identity] | None = None,
     errors: list[BaseException] = []
 
     async def serve() -> None:
-        daemon = Daemon(config, guest_driver=FakeGuestDriver())
+        daemon = Daemon(config, guest_driver=FakeGuestDriver(clones=clones))
         await daemon.start()
         holder["daemon"] = daemon
         app = server.build(daemon)

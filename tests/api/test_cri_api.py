@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -47,7 +48,8 @@ class Cri:
 @pytest.fixture(scope="module")
 def cri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cri]:
     base = tmp_path_factory.mktemp("hbd-cri")
-    with serve_api_daemon(base) as api:
+    # Guests are clones where they may be, as with real templates.
+    with serve_api_daemon(base, clones=True) as api:
         client = docker.APIClient(base_url=api.host, version="1.47")
         dockerfile = b'FROM busybox\nCMD ["sleep", "100000"]\n'
         list(client.build(fileobj=io.BytesIO(dockerfile), tag=FAKE_PAUSE, rm=True))
@@ -195,7 +197,96 @@ def test_pod_and_container_lifecycle(cri: Cri) -> None:
     # Stop and remove are idempotent.
     rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
     rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    rt.StopContainer(pb.StopContainerRequest(container_id=container_id, timeout=1))
     rt.RemoveContainer(pb.RemoveContainerRequest(container_id=container_id))
+
+
+def test_a_container_with_a_bind_mount_joins_its_pod(cri: Cri, tmp_path: Path) -> None:
+    """kubelet hands every volume (and /etc/hosts, the termination log) over as
+    a host path: the pod's guest must have a shared filesystem to take them."""
+    rt = cri.runtime
+    config = pod_config("mounts", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    try:
+        (tmp_path / "data").write_text("from the host")
+        app = container_config("app", "sleep", "100000")
+        app.mounts.append(pb.Mount(container_path="/data", host_path=str(tmp_path),
+                                   readonly=True))
+        container_id = rt.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, sandbox_config=config, config=app)).container_id
+        rt.StartContainer(pb.StartContainerRequest(container_id=container_id))
+        status = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=container_id))
+        assert status.status.state == pb.CONTAINER_RUNNING
+        assert [(mt.container_path, mt.host_path, mt.readonly)
+                for mt in status.status.mounts] == [("/data", str(tmp_path), True)]
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_exec_sync_past_its_timeout_kills_the_command(cri: Cri) -> None:
+    """kubelet's probes run with a timeout: one that hangs must not pile up."""
+    rt = cri.runtime
+    config = pod_config("probe", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    try:
+        container_id = rt.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, sandbox_config=config,
+            config=container_config("app", "sleep", "100000"))).container_id
+        rt.StartContainer(pb.StartContainerRequest(container_id=container_id))
+        # The fake driver runs the command on this host: pgrep finds it there.
+        marker = "sleep 43217"
+        assert code_of(rt.ExecSync, pb.ExecSyncRequest(
+            container_id=container_id, cmd=marker.split(), timeout=1,
+        )) == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and subprocess.run(
+                ["pgrep", "-f", marker], capture_output=True).returncode == 0:
+            time.sleep(0.1)
+        assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_security_context_seccomp_and_paths(cri: Cri, tmp_path: Path) -> None:
+    """The CRI's seccomp profiles (none is unconfined, as in containerd; a
+    Localhost one is a JSON file on this host), masked and read-only paths."""
+    rt = cri.runtime
+    config = pod_config("secure", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+
+    def host_config(sec: pb.LinuxContainerSecurityContext) -> dict[str, Any]:
+        app = container_config("app", "sleep", "100000")
+        app.linux.security_context.CopyFrom(sec)
+        container_id = rt.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, sandbox_config=config, config=app)).container_id
+        inspected = cri.api.docker("inspect", container_id).stdout
+        rt.RemoveContainer(pb.RemoveContainerRequest(container_id=container_id))
+        return dict(json.loads(inspected)[0]["HostConfig"])
+
+    try:
+        assert host_config(pb.LinuxContainerSecurityContext())["SecurityOpt"] == [
+            "seccomp=unconfined"]
+        profile = '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}'
+        (tmp_path / "profile.json").write_text(profile)
+        localhost = pb.LinuxContainerSecurityContext(
+            seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Localhost,
+                                       localhost_ref=str(tmp_path / "profile.json")),
+            masked_paths=["/proc/kcore"], readonly_paths=["/proc/sys"])
+        hc = host_config(localhost)
+        assert hc["SecurityOpt"] == [f"seccomp={profile}"]
+        assert (hc["MaskedPaths"], hc["ReadonlyPaths"]) == (["/proc/kcore"], ["/proc/sys"])
+        default = pb.LinuxContainerSecurityContext(
+            seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault))
+        assert not host_config(default).get("SecurityOpt")
+
+        app = container_config("app", "true")
+        app.linux.security_context.seccomp.profile_type = pb.SecurityProfile.Localhost
+        app.linux.security_context.seccomp.localhost_ref = str(tmp_path / "absent.json")
+        assert code_of(rt.CreateContainer, pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, sandbox_config=config, config=app,
+        )) == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
 
 def test_bad_input_gets_a_status_not_a_traceback(cri: Cri) -> None:
@@ -227,6 +318,19 @@ def test_bad_input_gets_a_status_not_a_traceback(cri: Cri) -> None:
             rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=missing))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         assert "no-such-image" in info.value.details()
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    # A group without a user (the CRI's run_as_group alone) is refused.
+    config = pod_config("group", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    try:
+        grouped = container_config("x", "true")
+        grouped.linux.security_context.run_as_group.value = 1000
+        with pytest.raises(grpc.RpcError) as info:
+            rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id,
+                                                         sandbox_config=config, config=grouped))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "without user" in info.value.details()
     finally:
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     host = pod_config("host", cri.log_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket as socketlib
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from hbd.drivers.virtiofs import (
     Virtiofsd,
     VirtiofsdBinary,
     VirtiofsdError,
+    _listening,
     find_virtiofsd,
 )
 
@@ -128,3 +130,13 @@ async def test_a_virtiofsd_let_go_by_its_exiting_qemu_is_no_failure(
         assert guest._shared_fs_watch is not None
         await asyncio.wait_for(guest._shared_fs_watch, 10)
         assert guest.failure == "", ending
+
+
+def test_a_socket_bound_but_not_yet_listening_is_not_ready(tmp_path: Path) -> None:
+    """virtiofsd's socket path exists from bind(); QEMU may connect only after listen()."""
+    path = tmp_path / "virtiofsd.sock"
+    with socketlib.socket(socketlib.AF_UNIX) as sock:
+        sock.bind(str(path))
+        assert path.exists() and not _listening(os.getpid(), path)
+        sock.listen(1)
+        assert _listening(os.getpid(), path)

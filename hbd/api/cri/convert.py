@@ -58,8 +58,10 @@ def container_config(cfg: pb.ContainerConfig) -> m.ContainerConfig:
             cap_add=list(sec.capabilities.add_capabilities),
             cap_drop=list(sec.capabilities.drop_capabilities),
             no_new_privs=sec.no_new_privs,
-            seccomp_unconfined=(sec.HasField("seccomp")
-                                and sec.seccomp.profile_type == pb.SecurityProfile.Unconfined),
+            seccomp=(pb.SecurityProfile.ProfileType.Name(sec.seccomp.profile_type)
+                     if sec.HasField("seccomp") else "Unconfined"),
+            seccomp_localhost_path=sec.seccomp.localhost_ref,
+            masked_paths=list(sec.masked_paths), readonly_paths=list(sec.readonly_paths),
             pid_mode=sec.namespace_options.pid, target_id=sec.namespace_options.target_id))
 
 

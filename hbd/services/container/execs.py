@@ -242,6 +242,13 @@ class ExecService:
             with contextlib.suppress(AgentError):
                 await instance.run.guest.release(instance.proc)
 
+    async def kill(self, instance: ExecInstance) -> None:
+        """SIGKILL the exec's process, if it still runs (a caller's deadline
+        passed: a CRI ExecSync timeout must leave nothing behind)."""
+        if instance.run is not None and instance.running:
+            with contextlib.suppress(AgentError):
+                await instance.run.guest.signal(instance.proc, 9)
+
     async def write_stdin(self, instance: ExecInstance, data: bytes) -> None:
         if instance.run is not None and instance.running:
             with contextlib.suppress(AgentError):

@@ -107,6 +107,11 @@ class ContainerPlan:
     ipc_of: str = ""
     memory_mib: int = 256
     vcpus: int = 1
+    # Containers that join this one's guest may bring bind mounts, though it
+    # has none: its guest is booted with a shared filesystem, never cloned
+    # (a clone can never have one). `--ipc shareable`: made to be joined, as
+    # a Kubernetes pod's infrastructure container is.
+    joiners_share_fs: bool = False
     # Host CPUs the guest runs on and host NUMA nodes its RAM comes from ([]: any).
     host_cpus: list[int] = field(default_factory=list)
     host_nodes: list[int] = field(default_factory=list)
@@ -163,7 +168,7 @@ class SandboxManager:
         sid = secrets.token_hex(16)
         run_dir = self.config.exec_root / sid
         run_dir.mkdir(parents=True)
-        shares = any(m.kind == "dir" for m in plan.mounts)
+        shares = plan.joiners_share_fs or any(m.kind == "dir" for m in plan.mounts)
         record = SandboxRecord(id=sid, owner=plan.container_id,
                                shared_fs=not maintenance or shares)
         member = Member(plan.container_id, record.new_name("c"), record.new_name("n"), True)

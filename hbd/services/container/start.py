@@ -352,6 +352,7 @@ class Starter:
             ipc_of=shared.ipc.id if shared.ipc else "",
             memory_mib=memory_mib, vcpus=vcpus, host_cpus=hostconfig.host_cpus(hc),
             host_nodes=hostconfig.host_nodes(hc),
+            joiners_share_fs=hc.get("IpcMode") == "shareable",
         )
 
     def _mount_plans(self, c: Container) -> list[MountPlan]:

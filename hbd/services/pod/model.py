@@ -70,7 +70,14 @@ class SecurityContext:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     no_new_privs: bool = False
-    seccomp_unconfined: bool = False
+    # The CRI's seccomp profile: RuntimeDefault, Unconfined (also when the
+    # request has none, as in containerd) or Localhost, a JSON profile file
+    # on this host at seccomp_localhost_path.
+    seccomp: str = "Unconfined"
+    seccomp_localhost_path: str = ""
+    # Paths masked and made read-only ([]: Docker's defaults).
+    masked_paths: list[str] = field(default_factory=list)
+    readonly_paths: list[str] = field(default_factory=list)
     # TARGET pid mode: the container whose pid namespace it shares.
     pid_mode: int = CONTAINER
     target_id: str = ""

@@ -98,6 +98,19 @@ def _annotations(labels: dict[str, str]) -> dict[str, str]:
     return dict(json.loads(labels.get(ANNOTATIONS, "{}")))
 
 
+def _user(sec: m.SecurityContext) -> str:
+    """USER[:GROUP] for the Engine API; a group alone is refused, as containerd
+    does (the Engine API would run it as root in that group)."""
+    user = sec.run_as_username
+    if sec.run_as_user is not None:
+        user = str(sec.run_as_user)
+    if sec.run_as_group is None:
+        return user
+    if not user:
+        raise InvalidParameter(f"user group {sec.run_as_group} is specified without user")
+    return f"{user}:{sec.run_as_group}"
+
+
 class PodService:
     def __init__(self, settings: CriSettings, containers: ContainerService,
                  execs: ExecService, images: ImageStore, networks: NetworkService) -> None:
@@ -268,14 +281,8 @@ class PodService:
             pid_mode = f"container:{sec.target_id}"
         elif modes[1] == m.POD or sec.pid_mode == m.POD:
             pid_mode = pod_ref
-        user = sec.run_as_username
-        if sec.run_as_user is not None:
-            user = str(sec.run_as_user)
-        if sec.run_as_group is not None and user:
-            user = f"{user}:{sec.run_as_group}"
         security_opt = ["no-new-privileges"] if sec.no_new_privs else []
-        if sec.seccomp_unconfined:
-            security_opt.append("seccomp=unconfined")
+        security_opt += self._seccomp_opt(sec)
         host_config: dict[str, Any] = {
             "NetworkMode": pod_ref, "IpcMode": pod_ref if modes[2] == m.POD else "",
             "PidMode": pid_mode,
@@ -285,6 +292,7 @@ class PodService:
             "CapAdd": sec.cap_add or None, "CapDrop": sec.cap_drop or None,
             "GroupAdd": [str(g) for g in sec.supplemental_groups] or None,
             "SecurityOpt": security_opt or None,
+            "MaskedPaths": sec.masked_paths or None, "ReadonlyPaths": sec.readonly_paths or None,
             "Memory": res.memory_limit_bytes, "CpuShares": res.cpu_shares,
             "CpuPeriod": res.cpu_period, "CpuQuota": res.cpu_quota,
             "CpusetCpus": res.cpuset_cpus, "OomScoreAdj": res.oom_score_adj,
@@ -294,10 +302,25 @@ class PodService:
         return {
             "Image": cfg.image, "Entrypoint": cfg.command or None, "Cmd": cfg.args or None,
             "Env": [f"{k}={v}" for k, v in cfg.envs], "WorkingDir": cfg.working_dir,
-            "User": user, "Labels": labels, "Tty": cfg.tty, "OpenStdin": cfg.stdin,
+            "User": _user(sec), "Labels": labels, "Tty": cfg.tty, "OpenStdin": cfg.stdin,
             "StdinOnce": cfg.stdin_once, "AttachStdin": cfg.stdin,
             "HostConfig": {k: v for k, v in host_config.items() if v not in (None, "", 0)},
         }
+
+    @staticmethod
+    def _seccomp_opt(sec: m.SecurityContext) -> list[str]:
+        """The SecurityOpt of the CRI's seccomp profile (Docker's default profile
+        is the runtime's default)."""
+        if sec.seccomp == "Unconfined":
+            return ["seccomp=unconfined"]
+        if sec.seccomp != "Localhost":
+            return []
+        try:
+            profile = Path(sec.seccomp_localhost_path).read_text()
+        except (OSError, ValueError) as e:
+            raise InvalidParameter(f"cannot load seccomp profile "
+                                   f"{sec.seccomp_localhost_path!r}: {e}") from None
+        return [f"seccomp={profile}"]
 
     def _container(self, container_id: str) -> Container:
         return self._of_kind("container", container_id, "container")
@@ -310,7 +333,12 @@ class PodService:
         await self.containers.start(c.id)
 
     async def stop_container(self, container_id: str, timeout: int) -> None:
-        c = self._container(container_id)
+        """Idempotent, as the CRI asks: a container already gone is stopped
+        (kubelet retries a stop whose answer it lost; containerd says OK)."""
+        try:
+            c = self._container(container_id)
+        except NotFound:
+            return
         if c.state.running:
             await self.containers.stop(c.id, timeout)
 
@@ -373,6 +401,8 @@ class PodService:
         try:
             await asyncio.wait_for(collect(), timeout if timeout > 0 else None)
         except TimeoutError:
+            # As runc's exec under containerd: the process goes with the deadline.
+            await self.execs.kill(instance)
             raise DeadlineExceeded(f"command {cmd!r} timed out after {timeout:g}s") from None
         return m.ExecResult(bytes(out[1]), bytes(out[2]), int(instance.exit_code or 0))
 
