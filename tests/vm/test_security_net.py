@@ -81,12 +81,25 @@ def cleanup(hbd: RunningDaemon) -> Iterator[list[str]]:
 
 
 def guard_drops(hbd: RunningDaemon) -> int:
-    """Packets hbd's loopback guard (nftrules.guard_rules) has dropped so far."""
-    table = f"hbd_{instance_tag(hbd.data_root)}"
-    listed = libnftables.run([{"list": {"chain": {"family": "ip", "table": table,
-                                                  "name": "guard"}}}])
-    return sum(stmt["counter"]["packets"] for obj in listed if "rule" in obj
-               for stmt in obj["rule"]["expr"] if "counter" in stmt)
+    """Packets the loopback guards (nftrules.guard_rules) have dropped so far:
+    this daemon's and any other hbd's on the host, whose guard chains hook in
+    at the same priority and may see (and drop) the packet first."""
+    ours = f"hbd_{instance_tag(hbd.data_root)}"
+    tables = [obj["table"]["name"] for obj in libnftables.run([{"list": {"tables": {}}}])
+              if "table" in obj and obj["table"]["family"] == "ip"
+              and obj["table"]["name"].startswith("hbd_")]
+    assert ours in tables, tables
+    total = 0
+    for table in tables:
+        try:
+            listed = libnftables.run([{"list": {"chain": {"family": "ip", "table": table,
+                                                          "name": "guard"}}}])
+        except libnftables.NftError:  # gone meanwhile, or another hbd's without a guard
+            assert table != ours
+            continue
+        total += sum(stmt["counter"]["packets"] for obj in listed if "rule" in obj
+                     for stmt in obj["rule"]["expr"] if "counter" in stmt)
+    return total
 
 
 def run(hbd: RunningDaemon, *args: str) -> str:
