@@ -184,3 +184,19 @@ async def port_forward(url: str, port: int, request: bytes) -> tuple[bytes, byte
         return await data.read_all(), await error.read_all()
     finally:
         await client.close()
+
+
+async def attach_and_say(url: str, line: bytes) -> bytes:
+    """kubectl attach -i over v4: `line` to the container's stdin, then the
+    first chunk its stdout sends back."""
+    client, answer = await Client.open(url, ["v4.channel.k8s.io"])
+    assert answer.status == 101, (answer.status, answer.body)
+    try:
+        await client.create(streamType="error")
+        stdin = await client.create(streamType="stdin")
+        stdout = await client.create(streamType="stdout")
+        await client.create(streamType="stderr")
+        await client.write(stdin, line)
+        return await stdout.data.get() or b""
+    finally:
+        await client.close()

@@ -390,20 +390,7 @@ def test_streaming_attach_to_the_main_process(cri: Cri, running: RunningPod) -> 
     url = str(cri.runtime.Attach(pb.AttachRequest(
         container_id=running.container_id, stdin=True, stdout=True, stderr=True)).url)
     assert "/attach/" in url
-
-    async def attach() -> bytes:
-        client, answer = await ks.Client.open(url, ["v4.channel.k8s.io"])
-        assert answer.status == 101
-        try:
-            await client.create(streamType="error")
-            stdin = await client.create(streamType="stdin")
-            stdout = await client.create(streamType="stdout")
-            await client.create(streamType="stderr")
-            await client.write(stdin, b"hello\n")
-            return await stdout.data.get() or b""
-        finally:
-            await client.close()
-    assert asyncio.run(attach()) == b"got hello\n"
+    assert asyncio.run(ks.attach_and_say(url, b"hello\n")) == b"got hello\n"
     # Without StdinOnce the client's end of stdin ends its attach, not the container.
     url = str(cri.runtime.Attach(pb.AttachRequest(
         container_id=running.container_id, stdin=True, stdout=True, stderr=True)).url)

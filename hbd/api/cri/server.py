@@ -28,17 +28,24 @@ Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 
+async def _abort(name: str, error: Exception,
+                 context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """End the call with the error's gRPC status (hbd's errors carry theirs;
+    anything else is INTERNAL, and logged)."""
+    if isinstance(error, HbdError):
+        await context.abort(getattr(grpc.StatusCode, error.grpc_code), error.message)
+    log.error("CRI %s failed", name, exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error: {error}")
+
+
 def _guarded(name: str, handler: Handler) -> Handler:
     async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await handler(request, context)
-        except HbdError as e:
-            await context.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
         except grpc.aio.AbortError:
             raise
         except Exception as e:
-            log.exception("CRI %s failed", name)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error: {e}")
+            await _abort(name, e, context)
     return call
 
 
@@ -49,13 +56,10 @@ def _guarded_stream(name: str, handler: StreamHandler) -> StreamHandler:
         try:
             async for item in handler(request, context):
                 yield item
-        except HbdError as e:
-            await context.abort(getattr(grpc.StatusCode, e.grpc_code), e.message)
         except grpc.aio.AbortError:
             raise
         except Exception as e:
-            log.exception("CRI %s failed", name)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error: {e}")
+            await _abort(name, e, context)
     return call
 
 
