@@ -211,9 +211,9 @@ class FileSpec:
 
 @dataclass
 class MountSpec:
-    type: Literal["disk", "share", "tmpfs"]
+    type: Literal["disk", "share", "tmpfs", "device"]
     target: str
-    # disk: its serial; share: an entry of the guest's shared filesystem.
+    # disk and device: its serial; share: an entry of the guest's shared filesystem.
     source: str = ""
     options: str = ""
     readonly: bool = False
@@ -221,6 +221,12 @@ class MountSpec:
     copy_up: bool = False
     # Mount this path of the source (relative, resolved beneath it) instead of its root.
     subpath: str = ""
+    # disk: its filesystem ("": ext4), mount flags (MS_* bits) and options.
+    fstype: str = ""
+    fs_flags: int = 0
+    fs_options: str = ""
+    # device: the permission bits of its node.
+    mode: int = 0o660
 
 
 @dataclass

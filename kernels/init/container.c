@@ -87,8 +87,24 @@ static struct disk *disk_find(const char *serial)
 	return NULL;
 }
 
-/* Mount the disk (if nobody has yet) and take a reference to it. */
+/* The mount flags a disk mount may ask for (`fs_flags`): a filesystem's
+ * own options, never binds, moves or propagation. */
+#define DISK_FLAGS (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_SYNCHRONOUS | \
+		    MS_DIRSYNC | MS_NOATIME | MS_NODIRATIME | MS_RELATIME | MS_STRICTATIME | \
+		    MS_LAZYTIME)
+
+/* Mount the disk (if nobody has yet) and take a reference to it: ext4 unless
+ * `fstype` names another filesystem, with `data` as its options. */
+static int disk_acquire_fs(const char *serial, unsigned long flags, const char *fstype,
+			   const char *data, struct err *e);
+
 static int disk_acquire(const char *serial, unsigned long flags, struct err *e)
+{
+	return disk_acquire_fs(serial, flags, "ext4", "", e);
+}
+
+static int disk_acquire_fs(const char *serial, unsigned long flags, const char *fstype,
+			   const char *data, struct err *e)
 {
 	struct disk *d = disk_find(serial);
 	if (d) {
@@ -109,7 +125,7 @@ static int disk_acquire(const char *serial, unsigned long flags, struct err *e)
 		set_err(e, "system", errno, "mkdir %s: %s", path, strerror(errno));
 		return -1;
 	}
-	if (do_mount(dev, path, "ext4", flags, "", e))
+	if (do_mount(dev, path, fstype, flags, data, e))
 		return -1;
 	d = calloc(1, sizeof(*d));
 	if (!d) {
@@ -463,8 +479,8 @@ int container_files(struct container *c, const struct json *files, struct err *e
 
 /* A mount's source directory (or file) outside the container: a disk by
  * serial, or an entry of the shared filesystem. */
-static int mount_source(struct container *c, const char *type, const char *source, char *out,
-			size_t cap, struct err *e)
+static int mount_source(struct container *c, const struct json *m, const char *type,
+			const char *source, char *out, size_t cap, struct err *e)
 {
 	if (!valid_id(source)) {
 		set_err(e, "invalid", EINVAL, "bad mount source");
@@ -476,8 +492,12 @@ static int mount_source(struct container *c, const char *type, const char *sourc
 			return -1;
 		}
 		/* Mounted read-write even for a read-only mount: the bind is what
-		 * is read-only, and an empty volume takes the image's content first. */
-		if (disk_acquire(source, 0, e))
+		 * is read-only, and an empty volume takes the image's content first.
+		 * A direct-assigned volume names its filesystem and options. */
+		const char *fstype = json_str(m, "fstype", "");
+		unsigned long flags = (unsigned long)json_int(m, "fs_flags", 0) & DISK_FLAGS;
+		if (disk_acquire_fs(source, flags, *fstype ? fstype : "ext4",
+				    json_str(m, "fs_options", ""), e))
 			return -1;
 		snprintf(c->disks[c->ndisks++], ID_MAX + 1, "%s", source);
 		disk_path(source, out, cap);
@@ -554,7 +574,7 @@ static int bind_mount(struct container *c, const struct json *m, const char *ins
 	const char *subpath = json_str(m, "subpath", "");
 	int ro = json_bool(m, "readonly", 0);
 	char base[160], source[160];
-	if (mount_source(c, type, json_str(m, "source", ""), base, sizeof(base), e))
+	if (mount_source(c, m, type, json_str(m, "source", ""), base, sizeof(base), e))
 		return -1;
 	int fd = -1;
 	if (!*subpath)
@@ -568,6 +588,32 @@ static int bind_mount(struct container *c, const struct json *m, const char *ins
 	return rc;
 }
 
+/* A raw block device (Kubernetes' volumeMode: Block): the node of the disk
+ * `source` made at `inside`, with the mode asked (the guest's node: the disk
+ * itself is never mounted). */
+static int make_device_node(const struct json *m, const char *inside, struct err *e)
+{
+	const char *serial = json_str(m, "source", "");
+	char dev[64];
+	struct stat st;
+	if (!valid_id(serial)) {
+		set_err(e, "invalid", EINVAL, "bad disk serial");
+		return -1;
+	}
+	if (find_disk(serial, dev, sizeof(dev), DISK_WAIT_MS) || stat(dev, &st) ||
+	    !S_ISBLK(st.st_mode)) {
+		set_err(e, "system", ENODEV, "no disk with serial %s", serial);
+		return -1;
+	}
+	mode_t mode = (mode_t)json_int(m, "mode", 0660) & 0777;
+	unlink(inside); /* ensure_target made an empty file: the node goes here */
+	if (mknod(inside, S_IFBLK | mode, st.st_rdev) || chmod(inside, mode)) {
+		set_err(e, "system", errno, "mknod %s: %s", inside, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 static int setup_mounts(struct container *c, const struct json *mounts, struct err *e)
 {
 	for (const struct json *m = mounts ? mounts->child : NULL; m; m = m->next) {
@@ -578,9 +624,14 @@ static int setup_mounts(struct container *c, const struct json *mounts, struct e
 			set_err(e, "invalid", EINVAL, "mount target must be absolute: %s", target);
 			return -1;
 		}
-		if (rootfs_path(c, target, inside, sizeof(inside), e) || ensure_target(c, inside, 0, e))
+		int device = !strcmp(type, "device");
+		if (rootfs_path(c, target, inside, sizeof(inside), e) ||
+		    ensure_target(c, inside, device, e))
 			return -1;
-		if (!strcmp(type, "disk") || !strcmp(type, "share")) {
+		if (device) {
+			if (make_device_node(m, inside, e))
+				return -1;
+		} else if (!strcmp(type, "disk") || !strcmp(type, "share")) {
 			if (bind_mount(c, m, inside, e))
 				return -1;
 		} else if (!strcmp(type, "tmpfs")) {
