@@ -1,4 +1,5 @@
-"""Disk images for guests: ext4 from a directory, empty ext4, qcow2 overlays.
+"""Disk images for guests: ext4 from a directory, empty ext4, qcow2 overlays;
+host block devices handed to guests as they are.
 
 Knows nothing of Docker. The host only ever *writes* these images (mkfs
 from a tree it unpacked itself); it never mounts or parses a filesystem a
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 BLOCK = 4096
@@ -127,3 +130,47 @@ def allocated_bytes(path: Path) -> int:
         return path.stat().st_blocks * 512
     except OSError:
         return 0
+
+
+class NotBlockDevice(DiskError):
+    pass
+
+
+@dataclass(frozen=True)
+class BlockDevice:
+    """A host block device node, by where its path resolves."""
+
+    path: Path       # the node, symbolic links resolved
+    rdev: int        # its device number: one device may have many paths
+    mode: int        # its node's permission bits
+
+    @property
+    def number(self) -> str:
+        """major:minor, as /proc/self/mountinfo names devices."""
+        return f"{os.major(self.rdev)}:{os.minor(self.rdev)}"
+
+
+def block_device(path: str) -> BlockDevice:
+    """The block device `path` is (or resolves to); NotBlockDevice otherwise."""
+    resolved = Path(os.path.realpath(path))
+    try:
+        st = os.stat(resolved)
+    except OSError as e:
+        raise NotBlockDevice(f"{path}: {e.strerror.lower() if e.strerror else e}") from e
+    if not stat.S_ISBLK(st.st_mode):
+        raise NotBlockDevice(f"{path} is not a block device")
+    return BlockDevice(resolved, st.st_rdev, stat.S_IMODE(st.st_mode))
+
+
+def host_mounts_of(device: BlockDevice, mountinfo: str | None = None) -> list[str]:
+    """Where the host has the device mounted (its mount points), from
+    /proc/self/mountinfo (or `mountinfo`'s text)."""
+    if mountinfo is None:
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
+    points = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[2] == device.number:
+            points.append(fields[4].replace("\\040", " "))
+    return points

@@ -96,10 +96,12 @@ class OpenDisk:
         self.fds.clear()
 
 
-def open_disk(path: Path, fmt: str, readonly: bool) -> OpenDisk:
+def open_disk(path: Path, fmt: str, readonly: bool, exclusive: bool = False) -> OpenDisk:
+    """`exclusive`: a block device claimed with O_EXCL (fails with EBUSY while
+    mounted or claimed elsewhere; keeps it from being mounted while open)."""
     disk = OpenDisk()
     try:
-        mode = os.O_RDONLY if readonly else os.O_RDWR
+        mode = (os.O_RDONLY if readonly else os.O_RDWR) | (os.O_EXCL if exclusive else 0)
         while True:
             fd = os.open(path, mode | os.O_CLOEXEC)
             disk.fds.append(fd)
@@ -117,16 +119,20 @@ def open_disk(path: Path, fmt: str, readonly: bool) -> OpenDisk:
         raise
 
 
-def file_node(fdset: int) -> dict[str, object]:
-    return {"driver": "file", "filename": f"/dev/fdset/{fdset}", "aio": "threads"}
+def file_node(fdset: int, host_device: bool = False) -> dict[str, object]:
+    """QEMU's protocol node of a descriptor: `file` for an image, `host_device`
+    for a block device (QEMU refuses a block device as `file`)."""
+    return {"driver": "host_device" if host_device else "file",
+            "filename": f"/dev/fdset/{fdset}", "aio": "threads"}
 
 
-def chain_node(fdsets: list[int], formats: list[str], readonly: bool) -> dict[str, object]:
+def chain_node(fdsets: list[int], formats: list[str], readonly: bool,
+               host_device: bool = False) -> dict[str, object]:
     """The block node of an image on fdsets[0] and its backing chain on the
     rest: every file named, so QEMU never opens a backing file by the name
     in the image's header."""
     node: dict[str, object] = {"driver": formats[0], "read-only": readonly,
-                               "file": file_node(fdsets[0])}
+                               "file": file_node(fdsets[0], host_device)}
     if formats[0] == "qcow2":
         node["backing"] = chain_node(fdsets[1:], formats[1:], True) if fdsets[1:] else None
     return node

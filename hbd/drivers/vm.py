@@ -56,6 +56,10 @@ class DiskSpec:
     lun: int
     readonly: bool = False
     format: str = "raw"
+    # A host block device (raw), not an image file: QEMU's host_device driver,
+    # opened exclusively (O_EXCL) so that the host cannot mount it while the
+    # guest has it, nor another guest take it.
+    host_device: bool = False
 
 
 @dataclass(frozen=True)
@@ -317,7 +321,7 @@ def hot_disk_id(serial: str) -> str:
 def blockdev(disk: DiskSpec, fdsets: list[int], formats: list[str]) -> dict[str, Any]:
     """The block node of a disk, for -blockdev and QMP blockdev-add alike:
     its files are the descriptors hbd opened, in `fdsets`."""
-    node = qemuopts.chain_node(fdsets, formats, disk.readonly)
+    node = qemuopts.chain_node(fdsets, formats, disk.readonly, disk.host_device)
     node.update({"node-name": hot_disk_id(disk.serial), "discard": "unmap"})
     return node
 
@@ -450,7 +454,8 @@ class MicroVM:
         one QMP connection: QEMU drops the descriptors of fdsets nothing
         uses yet when a QMP client disconnects."""
         node = hot_disk_id(disk.serial)
-        opened = qemuopts.open_disk(disk.path, disk.format, disk.readonly)
+        opened = qemuopts.open_disk(disk.path, disk.format, disk.readonly,
+                                    exclusive=disk.host_device)
         sets = [hot_fdset(disk.lun, i) for i in range(len(opened.fds))]
         commands: list[tuple[str, dict[str, Any]]] = [
             ("add-fd", {"fdset-id": fdset, "opaque": disk.serial}) for fdset in sets]
@@ -632,7 +637,8 @@ def open_host_files(spec: VMSpec, files: LaunchFiles) -> HostFds:
     if spec.shared_fs_socket is not None:
         fds.shared_fs = files.connect(spec.shared_fs_socket)
     for disk in spec.disks:
-        opened = qemuopts.open_disk(disk.path, disk.format, disk.readonly)
+        opened = qemuopts.open_disk(disk.path, disk.format, disk.readonly,
+                                    exclusive=disk.host_device)
         files.owned += opened.fds
         sets = []
         for fd in opened.fds:
