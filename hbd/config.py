@@ -80,6 +80,15 @@ class CriSettings:
 
 
 @dataclass
+class VolumeSettings:
+    """Volumes beyond the Engine API's named ones."""
+
+    # Where storage drivers register direct-assigned volumes (Kata's
+    # convention: <dir>/<base64url of the volume path>/mountInfo.json).
+    direct_volumes: str = "/run/hbd/direct-volumes"
+
+
+@dataclass
 class KeystoneSettings:
     """Tenants authenticated by Keystone on some listeners (issue: multi-tenancy)."""
 
@@ -135,6 +144,7 @@ class Config:
     vm: VMSettings = field(default_factory=VMSettings)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     cri: CriSettings = field(default_factory=CriSettings)
+    volumes: VolumeSettings = field(default_factory=VolumeSettings)
     keystone: KeystoneSettings = field(default_factory=KeystoneSettings)
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
 

@@ -30,6 +30,7 @@ from hbd.services.pod.service import PodService
 from hbd.services.quota import QuotaGuard
 from hbd.services.system.disk_usage import DiskUsage
 from hbd.services.system.service import SystemService
+from hbd.services.volume.direct import DirectVolumes
 from hbd.services.volume.service import VolumeService
 from hbd.store import StateStore
 
@@ -107,7 +108,8 @@ class Daemon:
         await self.dns.reconcile()
         self.volumes = VolumeService(
             self.state, config.data_root / "volumes", self.events,
-            QuotaGuard(config.quotas, config.vm.vcpus, config.vm.memory_mib))
+            QuotaGuard(config.quotas, config.vm.vcpus, config.vm.memory_mib),
+            direct=DirectVolumes(Path(config.volumes.direct_volumes)))
         self.plugins = PluginService(self.state, config.data_root / "plugins", self.events,
                                      self.registry)
         self.containers = ContainerService(config, self.state, self.images, self.networks,

@@ -10,6 +10,9 @@
   of a corrupted filesystem. It is a qcow2 overlay of an empty,
   pre-formatted ext4 template of its size (one template per size, made
   once), so creating one is a file copy.
+
+Host block devices registered for volume paths (direct-assigned volumes,
+Kata's convention) are `direct`'s: hbd/services/volume/direct.py.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from hbd.services.filters import PruneFilter, labels_match
 from hbd.services.quota import QuotaGuard
 from hbd.services.scope import OPERATOR, Scope
 from hbd.services.timefmt import rfc3339_nano
+from hbd.services.volume.direct import DirectVolumes
 from hbd.store import StateStore
 
 DEFAULT_SIZE = 8 * 1024 * 1024 * 1024
@@ -69,8 +73,10 @@ class Volume:
 
 class VolumeService:
     def __init__(self, state: StateStore, root: Path, events: EventBus,
-                 quota: QuotaGuard | None = None) -> None:
+                 quota: QuotaGuard | None = None, direct: DirectVolumes | None = None) -> None:
         self.state = state
+        # Direct-assigned volumes: block devices registered for volume paths.
+        self.direct = direct or DirectVolumes(root / "_direct")
         self.quota = quota or QuotaGuard()
         self.root = root
         self.events = events
