@@ -30,7 +30,9 @@ from hbd.api.cri.images import ImageServicer  # noqa: E402
 from hbd.api.cri.runtime import RuntimeServicer  # noqa: E402
 from hbd.api.cri.server import serve  # noqa: E402
 from hbd.api.kubestream import StreamingServer  # noqa: E402
+from hbd.services.volume import direct  # noqa: E402
 from tests import kubestream_client as ks  # noqa: E402
+from tests.loopdev import loop_device  # noqa: E402
 
 # The fake driver runs processes on the host, so the infrastructure
 # container's image is one whose command the host has.
@@ -484,3 +486,148 @@ def test_container_events_as_they_happen(cri: Cri) -> None:
     assert [(c.id, c.state, c.exit_code) for c in stopped.containers_statuses] == [
         (cid, pb.CONTAINER_EXITED, 4)]
     assert all(e.created_at > 0 for e in seen)
+
+
+def guest_mounts(cri: Cri, container_id: str) -> list[Any]:
+    """The mounts the container's guest was asked for (the fake guest keeps them)."""
+    sb = cri.api.daemon.containers.sandboxes.holding(container_id)
+    assert sb is not None
+    member = sb.member(container_id)
+    assert member is not None
+    return list(sb.guest.containers[member.guest_id].mounts)  # type: ignore[attr-defined]
+
+
+def guest_disks(cri: Cri, container_id: str) -> list[Any]:
+    sb = cri.api.daemon.containers.sandboxes.holding(container_id)
+    assert sb is not None
+    return list(sb.guest.disks.values())  # type: ignore[attr-defined]
+
+
+def run_pod(cri: Cri, name: str) -> tuple[str, pb.PodSandboxConfig]:
+    config = pod_config(name, cri.log_dir)
+    return cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id, \
+        config
+
+
+def create(cri: Cri, pod_id: str, config: pb.PodSandboxConfig, app: pb.ContainerConfig) -> str:
+    return str(cri.runtime.CreateContainer(pb.CreateContainerRequest(
+        pod_sandbox_id=pod_id, sandbox_config=config, config=app)).container_id)
+
+
+def test_raw_block_devices_attach_once_per_pod_and_to_one_pod(cri: Cri,
+                                                              tmp_path: Path) -> None:
+    rt = cri.runtime
+    with loop_device(tmp_path / "raw.img") as device:
+        pod_a, config_a = run_pod(cri, "rawblock-a")
+        pod_b, config_b = run_pod(cri, "rawblock-b")
+        try:
+            writer = container_config("writer", "sleep", "100000")
+            writer.devices.append(pb.Device(container_path="/dev/xvdb", host_path=device,
+                                            permissions="rwm"))
+            reader = container_config("reader", "sleep", "100000")
+            reader.devices.append(pb.Device(container_path="/dev/ro", host_path=device,
+                                            permissions="r"))
+            writer_id, reader_id = (create(cri, pod_a, config_a, c) for c in (writer, reader))
+            for cid in (writer_id, reader_id):
+                rt.StartContainer(pb.StartContainerRequest(container_id=cid))
+            # One disk of the guest for both containers: the host device, raw.
+            [disk] = [d for d in guest_disks(cri, writer_id) if d.host_device]
+            assert (str(disk.path), disk.format, disk.readonly) == (device, "raw", False)
+            nodes = [(mt.type, mt.target, mt.source, mt.mode)
+                     for c in (writer_id, reader_id) for mt in guest_mounts(cri, c)
+                     if mt.type == "device"]
+            # The host's loop nodes are 0600: read-only takes the write bit away.
+            assert nodes == [("device", "/dev/xvdb", disk.serial, 0o600),
+                             ("device", "/dev/ro", disk.serial, 0o400)]
+
+            # Another pod's guest cannot have it while this one does.
+            other = container_config("other", "sleep", "100000")
+            other.devices.append(pb.Device(container_path="/dev/xvdb", host_path=device))
+            other_id = create(cri, pod_b, config_b, other)
+            with pytest.raises(grpc.RpcError) as info:
+                rt.StartContainer(pb.StartContainerRequest(container_id=other_id))
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert f"device {device} is attached to another guest" in info.value.details()
+
+            # The last container using it gone, the guest lets it go.
+            rt.RemoveContainer(pb.RemoveContainerRequest(container_id=writer_id))
+            assert [d for d in guest_disks(cri, reader_id) if d.host_device]
+            rt.RemoveContainer(pb.RemoveContainerRequest(container_id=reader_id))
+            sb = cri.api.daemon.containers.sandboxes.holding(pod_a)
+            assert sb is not None and not sb.record.devices
+            assert not [d for d in sb.guest.disks.values()  # type: ignore[attr-defined]
+                        if d.host_device]
+            rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_a))
+            rt.StartContainer(pb.StartContainerRequest(container_id=other_id))
+            assert [str(d.path) for d in guest_disks(cri, other_id) if d.host_device] == [device]
+        finally:
+            for pod in (pod_a, pod_b):
+                rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod))
+
+
+def test_a_direct_assigned_volume_is_a_disk_the_guest_mounts(cri: Cri, tmp_path: Path) -> None:
+    rt = cri.runtime
+    volume_path = str(tmp_path / "kubelet-volume")
+    registry = cri.api.daemon.volumes.direct
+    with loop_device(tmp_path / "fs.img", ext4=True) as device:
+        registry.add(volume_path, direct.parse_mount_info(json.dumps(
+            {"volume-type": "block", "device": device, "fstype": "ext4",
+             "options": ["noatime", "errors=remount-ro"]})))
+        pod_id, config = run_pod(cri, "direct")
+        try:
+            app = container_config("app", "sleep", "100000")
+            app.mounts.append(pb.Mount(container_path="/data", host_path=volume_path,
+                                       readonly=True))
+            app_id = create(cri, pod_id, config, app)
+
+            # Never in the guest while the host has it mounted.
+            mountpoint = tmp_path / "mnt"
+            mountpoint.mkdir()
+            subprocess.run(["mount", device, str(mountpoint)], check=True)
+            try:
+                with pytest.raises(grpc.RpcError) as info:
+                    rt.StartContainer(pb.StartContainerRequest(container_id=app_id))
+            finally:
+                subprocess.run(["umount", str(mountpoint)], check=True)
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert f"is mounted on the host at {mountpoint}" in info.value.details()
+
+            rt.StartContainer(pb.StartContainerRequest(container_id=app_id))
+            [mount] = [mt for mt in guest_mounts(cri, app_id) if mt.target == "/data"]
+            assert (mount.type, mount.fstype, mount.fs_flags, mount.fs_options,
+                    mount.readonly) == ("disk", "ext4", 1024, "errors=remount-ro", True)
+            [disk] = [d for d in guest_disks(cri, app_id) if d.host_device]
+            assert (str(disk.path), disk.serial) == (device, mount.source)
+        finally:
+            rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+            registry.remove(volume_path)
+
+
+def test_bad_block_volumes_get_a_status(cri: Cri, tmp_path: Path) -> None:
+    rt = cri.runtime
+    pod_id, config = run_pod(cri, "badblock")
+    registry = cri.api.daemon.volumes.direct
+    volume_path = str(tmp_path / "broken")
+    try:
+        not_a_device = tmp_path / "file"
+        not_a_device.write_text("x")
+        app = container_config("app", "sleep", "100000")
+        app.devices.append(pb.Device(container_path="/dev/x", host_path=str(not_a_device)))
+        with pytest.raises(grpc.RpcError) as info:
+            create(cri, pod_id, config, app)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"{not_a_device} is not a block device" in info.value.details()
+
+        broken = Path(registry.root) / direct.volume_key(volume_path) / "mountInfo.json"
+        broken.parent.mkdir(parents=True)
+        broken.write_text('{"volume-type": "nfs", "device": "/dev/x"}')
+        app = container_config("broken", "sleep", "100000")
+        app.mounts.append(pb.Mount(container_path="/data", host_path=volume_path))
+        app_id = create(cri, pod_id, config, app)
+        with pytest.raises(grpc.RpcError) as info:
+            rt.StartContainer(pb.StartContainerRequest(container_id=app_id))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unknown volume-type 'nfs'" in info.value.details()
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        registry.remove(volume_path)

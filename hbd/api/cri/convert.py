@@ -45,6 +45,8 @@ def container_config(cfg: pb.ContainerConfig) -> m.ContainerConfig:
         image=cfg.image.image, command=list(cfg.command), args=list(cfg.args),
         working_dir=cfg.working_dir, envs=[(kv.key, _text(kv.value)) for kv in cfg.envs],
         mounts=[m.Mount(mt.container_path, mt.host_path, mt.readonly) for mt in cfg.mounts],
+        devices=[m.Device(d.container_path, d.host_path, d.permissions or "rwm")
+                 for d in cfg.devices],
         labels=dict(cfg.labels), annotations=dict(cfg.annotations), log_path=cfg.log_path,
         stdin=cfg.stdin, stdin_once=cfg.stdin_once, tty=cfg.tty,
         resources=m.Resources(res.cpu_period, res.cpu_quota, res.cpu_shares,

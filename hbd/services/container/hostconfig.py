@@ -75,8 +75,11 @@ Refused (400 unless dockerd has its own status), because a guest cannot have the
   controller, and the devices named are the host's, not the guest's.
 - CpuRealtimePeriod, CpuRealtimeRuntime: no real-time group scheduling in
   the guest kernel.
-- Devices, DeviceCgroupRules, DeviceRequests (--gpus): the guest has no
-  host devices.
+- Devices other than block devices, DeviceCgroupRules, DeviceRequests
+  (--gpus): the guest has no host devices. A host block device
+  (`--device /dev/sdb:/dev/xvda:rw`, a Kubernetes raw block volume) is
+  attached to the guest as a disk and its node made in the container:
+  check_devices here, sandboxes.py.
 - KernelMemory, KernelMemoryTCP: cgroup v1 only (and deprecated); the
   guest has cgroup v2.
 - OomKillDisable: cgroup v2 cannot disable the OOM killer.
@@ -111,6 +114,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hbd.drivers import disks
 from hbd.errors import InvalidParameter, SystemError_
 from hbd.services.container import security
 
@@ -135,7 +139,6 @@ _REFUSED: tuple[tuple[str, str], ...] = (
     ("CpuRealtimePeriod", "its kernel has no real-time group scheduling (--cpu-rt-period)"),
     ("CpuRealtimeRuntime", "its kernel has no real-time group scheduling "
                            "(--cpu-rt-runtime)"),
-    ("Devices", "host devices (--device) cannot be passed to it"),
     ("DeviceCgroupRules", "it has no host devices for device cgroup rules "
                           "(--device-cgroup-rule)"),
     ("DeviceRequests", "host devices (--gpus, device requests) cannot be passed to it"),
@@ -216,6 +219,7 @@ def check(hc: dict[str, Any], host: HostFacts | None = None) -> None:
     updated, normalised in place as dockerd shows it."""
     host = host or HostFacts()
     _refuse_unavailable(hc)
+    check_devices(hc)
     _check_modes(hc)
     _check_memory(hc)
     _check_cpu(hc, host)
@@ -223,6 +227,41 @@ def check(hc: dict[str, Any], host: HostFacts | None = None) -> None:
     _check_process_options(hc)
     check_storage_opt(hc)
     security.check(hc)
+
+
+DEVICE_PERMISSIONS = re.compile(r"^[rwm]{1,3}$")
+
+
+def check_devices(hc: dict[str, Any]) -> None:
+    """Devices: host block devices only (a guest has no other host device),
+    with a container path and cgroup permissions (defaults filled in as
+    dockerd shows them)."""
+    for device in hc.get("Devices") or []:
+        host = str(device.get("PathOnHost") or "")
+        try:
+            disks.block_device(host)
+        except disks.NotBlockDevice as e:
+            raise InvalidParameter(f"{VM_MESSAGE}host devices (--device) other than block "
+                                   f"devices cannot be passed to it: {e}") from None
+        inside = str(device.get("PathInContainer") or host)
+        if not inside.startswith("/"):
+            raise InvalidParameter(f"{inside} is not an absolute path")
+        permissions = str(device.get("CgroupPermissions") or "rwm")
+        if not DEVICE_PERMISSIONS.match(permissions):
+            raise InvalidParameter(f"invalid device mode: {permissions}")
+        device.update({"PathOnHost": host, "PathInContainer": inside,
+                       "CgroupPermissions": permissions})
+
+
+def device_node_mode(host_mode: int, permissions: str) -> int:
+    """The permission bits of a device's node in the container: its host
+    node's, less reading or writing when the permissions do not give them."""
+    mode = host_mode & 0o777
+    if "r" not in permissions:
+        mode &= ~0o444
+    if "w" not in permissions:
+        mode &= ~0o222
+    return mode
 
 
 def _set(value: Any) -> bool:

@@ -82,6 +82,11 @@ class SandboxRecord:
     # Disks attached to the guest: serial -> SCSI LUN.
     disks: dict[str, int] = field(default_factory=dict)
     image_serials: dict[str, str] = field(default_factory=dict)  # image id -> serial
+    # Host block devices attached (raw devices, direct volumes): their
+    # number (major:minor) -> serial, one disk per device however many
+    # containers use it; and the serials attached read-only.
+    devices: dict[str, str] = field(default_factory=dict)
+    readonly_disks: list[str] = field(default_factory=list)
     counter: int = 0
     next_proc: int = 1
     # The template the guest was cloned from ("" for a booted guest).
@@ -98,6 +103,8 @@ class SandboxRecord:
             slots=[Slot(**s) for s in rec.get("slots", [])],
             disks=dict(rec.get("disks", {})),
             image_serials=dict(rec.get("image_serials", {})),
+            devices=dict(rec.get("devices", {})),
+            readonly_disks=list(rec.get("readonly_disks", [])),
             counter=int(rec.get("counter", 0)), next_proc=int(rec.get("next_proc", 1)),
             template=str(rec.get("template", "")),
         )
@@ -120,6 +127,13 @@ class SandboxRecord:
 
     def disk_users(self, serial: str) -> list[str]:
         return [cid for cid, m in self.members.items() if serial in m.disks]
+
+    def forget_disk(self, serial: str) -> None:
+        """A disk detached from the guest."""
+        self.disks.pop(serial, None)
+        self.devices = {n: s for n, s in self.devices.items() if s != serial}
+        if serial in self.readonly_disks:
+            self.readonly_disks.remove(serial)
 
     def free_lun(self) -> int:
         taken = set(self.disks.values())

@@ -7,6 +7,11 @@ What goes where in a guest:
   container's disks come with it (on the command line for the container a
   guest boots with, hot-added for one that joins) and leave with it, but
   for an image disk another container of the image still uses;
+- host block devices (a Kubernetes raw block volume, a direct-assigned
+  volume: hbd/services/volume/direct.py) are disks too, attached once per
+  guest however many of its containers use them, and to one guest at a
+  time: hbd opens them exclusively (O_EXCL), so the host cannot mount one
+  while a guest has it;
 - volumes and bind mounts of every container are entries of the sandbox's
   shared filesystem: host directories (or files) mounted into the directory
   its virtiofsd exports;
@@ -21,6 +26,7 @@ What goes where in a guest:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -32,7 +38,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from hbd.config import Config
-from hbd.drivers import hostmount, net
+from hbd.drivers import disks, hostmount, net
 from hbd.drivers.agent import (
     AgentError,
     ContainerSetup,
@@ -67,9 +73,11 @@ POWEROFF_TIMEOUT = 10.0
 class MountPlan:
     """One of a container's mounts, as the sandbox provides it."""
 
-    kind: Literal["block", "dir", "tmpfs"]
+    kind: Literal["block", "dir", "tmpfs", "device"]
     target: str
-    source: Path | None = None  # block: the disk image; dir: a host directory or file
+    # block: the disk image (or host block device); dir: a host directory or
+    # file; device: a host block device whose node the container gets.
+    source: Path | None = None
     readonly: bool = False
     copy_up: bool = False
     options: str = ""
@@ -78,6 +86,21 @@ class MountPlan:
     host_readonly: bool = False
     # A volume's subdirectory to mount instead of its root.
     subpath: str = ""
+    # block: the source is a host block device (raw), not an image file;
+    # attached read-only to the guest with `device_readonly`.
+    host_device: bool = False
+    device_readonly: bool = False
+    # block: the filesystem the guest mounts ("": ext4), MS_* flags, options.
+    fstype: str = ""
+    fs_flags: int = 0
+    fs_options: str = ""
+    # device: its node's permission bits.
+    mode: int = 0o660
+
+    @property
+    def disk(self) -> bool:
+        """Whether it is a disk of the guest (a block volume or a host device)."""
+        return self.kind in ("block", "device")
 
 
 @dataclass
@@ -115,6 +138,15 @@ class ContainerPlan:
     # Host CPUs the guest runs on and host NUMA nodes its RAM comes from ([]: any).
     host_cpus: list[int] = field(default_factory=list)
     host_nodes: list[int] = field(default_factory=list)
+
+
+def device_number(mount: MountPlan) -> str:
+    """major:minor of a mount's host block device (InvalidParameter if it is not one)."""
+    assert mount.source is not None
+    try:
+        return disks.block_device(str(mount.source)).number
+    except disks.NotBlockDevice as e:
+        raise InvalidParameter(str(e)) from None
 
 
 def refused_setup(e: AgentError) -> HbdError | None:
@@ -177,6 +209,7 @@ class SandboxManager:
             nics = self._make_slots(record, sid, 0 if maintenance else self.config.vm.nic_slots,
                                     plan.endpoints, tap_fds)
             disks = self._boot_disks(record, member, plan)
+            self._claim_devices(record, plan)
             if record.shared_fs:
                 hostmount.make_export_dir(run_dir / "fs")
             setup = self._container_setup(record, member, plan, run_dir / "fs", hot=False)
@@ -271,19 +304,56 @@ class SandboxManager:
                     plan: ContainerPlan) -> list[DiskSpec]:
         """The disks of the container a guest boots with: image and scratch
         with their conventional serials and LUNs (the guest mounts those
-        before it is even asked), then its block volumes."""
+        before it is even asked), then its block volumes and host devices
+        (each device once)."""
         disks = [DiskSpec(plan.image_disk, "image", 1, readonly=True),
                  DiskSpec(plan.scratch_disk, "scratch", 2, format="qcow2")]
         record.image_serials[plan.image_id] = "image"
+        serials = ["image", "scratch"]
         for mount in plan.mounts:
-            if mount.kind == "block":
-                assert mount.source is not None
-                disks.append(DiskSpec(mount.source, record.new_name("d"), len(disks) + 1,
-                                      format="qcow2"))
+            if not mount.disk:
+                continue
+            assert mount.source is not None
+            number = device_number(mount) if mount.host_device else ""
+            if number in record.devices:
+                serials.append(record.devices[number])
+                continue
+            disk = DiskSpec(mount.source, record.new_name("d"), len(disks) + 1,
+                            readonly=mount.device_readonly,
+                            format="raw" if mount.host_device else "qcow2",
+                            host_device=mount.host_device)
+            disks.append(disk)
+            serials.append(disk.serial)
+            if number:
+                record.devices[number] = disk.serial
+                if disk.readonly:
+                    record.readonly_disks.append(disk.serial)
         for disk in disks:
             record.disks[disk.serial] = disk.lun
-            member.disks.append(disk.serial)
+        member.disks.extend(serials)
         return disks
+
+    def _claim_devices(self, record: SandboxRecord, plan: ContainerPlan) -> None:
+        """The host devices a container brings are this guest's alone, and
+        never mounted on the host while it has them."""
+        for mount in plan.mounts:
+            if mount.host_device:
+                assert mount.source is not None
+                self._check_device_free(record, mount, device_number(mount))
+
+    def _check_device_free(self, record: SandboxRecord, mount: MountPlan,
+                           number: str) -> None:
+        for other in self.sandboxes.values():
+            if other.record is not record and not other.gone.is_set() and \
+                    number in other.record.devices:
+                raise Conflict(f"device {mount.source} is attached to another guest "
+                               f"(container {other.record.owner[:12]}): a block device "
+                               "is one guest's at a time")
+        assert mount.source is not None
+        mounted = disks.host_mounts_of(disks.block_device(str(mount.source)))
+        if mounted:
+            raise Conflict(f"device {mount.source} is mounted on the host at "
+                           f"{', '.join(mounted)}: a guest cannot have it at the same time")
 
     # -- what a container is in the guest ---------------------------------------------------
 
@@ -304,11 +374,16 @@ class SandboxManager:
             if mount.kind == "tmpfs":
                 setup.mounts.append(MountSpec("tmpfs", mount.target, options=mount.options,
                                               readonly=mount.readonly))
+            elif mount.kind == "device":
+                setup.mounts.append(MountSpec("device", mount.target, next(volumes),
+                                              mode=mount.mode))
             elif mount.kind == "block":
                 # The guest resolves a block volume's subpath: only it reads that disk.
                 setup.mounts.append(MountSpec("disk", mount.target, next(volumes),
                                               readonly=mount.readonly, copy_up=mount.copy_up,
-                                              subpath=mount.subpath))
+                                              subpath=mount.subpath, fstype=mount.fstype,
+                                              fs_flags=mount.fs_flags,
+                                              fs_options=mount.fs_options))
             else:
                 assert mount.source is not None
                 entry = record.new_name("s")
@@ -457,20 +532,54 @@ class SandboxManager:
         await self._hot_add(sb, plan.scratch_disk, scratch, added)
         member.disks.append(scratch)
         for mount in plan.mounts:
-            if mount.kind == "block":
+            if mount.host_device:
+                member.disks.append(await self._add_host_device(sb, mount, added))
+            elif mount.disk:
                 assert mount.source is not None
                 serial = record.new_name("d")
                 await self._hot_add(sb, mount.source, serial, added)
                 member.disks.append(serial)
 
+    async def _add_host_device(self, sb: Sandbox, mount: MountPlan, added: list[str]) -> str:
+        """The serial of a host block device in the guest: attached now, or
+        already, for another container of the guest."""
+        record = sb.record
+        number = device_number(mount)
+        serial = record.devices.get(number)
+        if serial is not None and serial in record.disks:
+            if serial in record.readonly_disks and not mount.device_readonly:
+                raise Conflict(f"device {mount.source} is attached read-only to the guest "
+                               "for another of its containers: it cannot be written here")
+            return serial
+        self._check_device_free(record, mount, number)
+        assert mount.source is not None
+        serial = record.new_name("d")
+        record.devices[number] = serial  # claimed before the attach awaits
+        try:
+            await self._hot_add(sb, mount.source, serial, added,
+                                readonly=mount.device_readonly, fmt="raw", host_device=True)
+        except BaseException:
+            record.devices.pop(number, None)
+            raise
+        if mount.device_readonly:
+            record.readonly_disks.append(serial)
+        return serial
+
     @staticmethod
     async def _hot_add(sb: Sandbox, path: Path, serial: str, added: list[str],
-                       readonly: bool = False, fmt: str = "qcow2") -> None:
-        disk = DiskSpec(path, serial, sb.record.free_lun(), readonly=readonly, format=fmt)
+                       readonly: bool = False, fmt: str = "qcow2",
+                       host_device: bool = False) -> None:
+        disk = DiskSpec(path, serial, sb.record.free_lun(), readonly=readonly, format=fmt,
+                        host_device=host_device)
         try:
             await sb.guest.add_disk(disk)
         except VMError as e:
             raise SystemError_(f"cannot attach {path.name} to the guest: {e}") from e
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                raise Conflict(f"device {path} is in use on the host (mounted, or held "
+                               "by another guest)") from e
+            raise SystemError_(f"cannot open {path}: {e.strerror}") from e
         sb.record.disks[serial] = disk.lun
         added.append(serial)
 
@@ -480,7 +589,7 @@ class SandboxManager:
         for serial in added:
             with contextlib.suppress(VMError):
                 await sb.guest.remove_disk(serial)
-            sb.record.disks.pop(serial, None)
+            sb.record.forget_disk(serial)
         for entry in member.shares:
             hostmount.detach_share(sb.export_dir / entry)
 
@@ -550,7 +659,7 @@ class SandboxManager:
                 except VMError as e:
                     log.warning("cannot detach disk %s: %s", serial, e)
                     continue
-                del record.disks[serial]
+                record.forget_disk(serial)
         for entry in member.shares:
             hostmount.detach_share(sb.export_dir / entry)
 

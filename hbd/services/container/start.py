@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from hbd.config import Config
-from hbd.drivers import hostmount
+from hbd.drivers import disks, hostmount
 from hbd.drivers.agent import (
     DOCKER_INIT,
     AgentError,
@@ -57,12 +57,27 @@ from hbd.services.network.dns import host_resolvers
 from hbd.services.network.model import RunNetworking
 from hbd.services.network.service import NetworkService
 from hbd.services.timefmt import rfc3339_nano
+from hbd.services.volume import direct
 from hbd.services.volume.service import VolumeService
 from hbd.tasks import spawn
 
 MIN_GUEST_MIB = 64
 # What the guest kernel keeps of its RAM (code, memmap, reserves) at these sizes.
 GUEST_KERNEL_MIB = 14
+
+
+def device_plan(device: dict[str, str]) -> MountPlan:
+    """A host block device of HostConfig.Devices (checked at create): its
+    node in the container, the device read-only in the guest when it may
+    not be written."""
+    try:
+        host = disks.block_device(device["PathOnHost"])
+    except disks.NotBlockDevice as e:
+        raise InvalidParameter(str(e)) from None
+    permissions = device["CgroupPermissions"]
+    return MountPlan("device", device["PathInContainer"], host.path, "w" not in permissions,
+                     host_device=True, device_readonly="w" not in permissions,
+                     mode=hostconfig.device_node_mode(host.mode, permissions))
 
 
 def guest_memory_mib(limit: int) -> int:
@@ -257,7 +272,8 @@ class Starter:
                 except HbdError:
                     self.volumes.detach_all(c.id)
                     raise
-            elif mp.type == "bind" and not os.path.exists(mp.source):
+            elif mp.type == "bind" and not os.path.exists(mp.source) and \
+                    self.volumes.direct.lookup(mp.source) is None:
                 self.volumes.detach_all(c.id)
                 raise InvalidParameter(f"invalid mount config for type \"bind\": bind source "
                                        f"path does not exist: {mp.source}")
@@ -367,12 +383,33 @@ class Starter:
                     plans.append(MountPlan("dir", mp.destination, self.volumes.data_dir(v),
                                            not mp.rw, not mp.nocopy, subpath=mp.subpath))
             elif mp.type == "bind":
-                plans.append(MountPlan("dir", mp.destination, Path(mp.source), not mp.rw,
-                                       host_readonly=not mp.rw))
+                plans.append(self._bind_plan(mp))
             else:
                 plans.append(MountPlan("tmpfs", mp.destination, None, not mp.rw,
                                        options=mp.options))
+        plans += [device_plan(d) for d in c.host_config.get("Devices") or []]
         return plans
+
+    def _bind_plan(self, mp: MountPoint) -> MountPlan:
+        """A bind mount as the sandbox provides it: a host directory or file
+        shared; a direct-assigned volume's device attached and mounted in the
+        guest; a host block device (a hostPath of type BlockDevice) as a
+        device node."""
+        info = self.volumes.direct.lookup(mp.source)
+        if info is not None:
+            flags, options = direct.mount_flags(info.options)
+            return MountPlan("block", mp.destination, Path(info.device), not mp.rw,
+                             host_device=True, device_readonly=info.readonly,
+                             fstype=info.fstype, fs_flags=flags, fs_options=options)
+        try:
+            device = disks.block_device(mp.source)
+        except disks.NotBlockDevice:
+            return MountPlan("dir", mp.destination, Path(mp.source), not mp.rw,
+                             host_readonly=not mp.rw)
+        permissions = "r" if not mp.rw else "rw"
+        return MountPlan("device", mp.destination, device.path, not mp.rw, host_device=True,
+                         device_readonly=not mp.rw,
+                         mode=hostconfig.device_node_mode(device.mode, permissions))
 
     def _endpoint_plans(self, network: RunNetworking | None) -> list[EndpointPlan]:
         if network is None:

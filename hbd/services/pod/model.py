@@ -50,6 +50,16 @@ class Mount:
 
 
 @dataclass
+class Device:
+    """A host device for the container (kubelet's raw block volumes): hbd
+    takes block devices, attached to the pod's guest."""
+
+    container_path: str
+    host_path: str
+    permissions: str = "rwm"
+
+
+@dataclass
 class Resources:
     cpu_period: int = 0
     cpu_quota: int = 0
@@ -92,6 +102,7 @@ class ContainerConfig:
     working_dir: str = ""
     envs: list[tuple[str, str]] = field(default_factory=list)
     mounts: list[Mount] = field(default_factory=list)
+    devices: list[Device] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     log_path: str = ""

@@ -8,6 +8,11 @@ container:X` does (hbd/services/container/sandboxes.py). dockershim and
 cri-dockerd built the CRI on the Engine API the same way, so a pod is also
 visible, and debuggable, with the docker CLI.
 
+A container's volumes come as kubelet hands them over: host paths (Binds),
+shared into the guest or, for a block device node or a direct-assigned
+volume's path, attached to it as a disk; raw block volumes (`devices`) as
+HostConfig.Devices (hbd/services/container/start.py, sandboxes.py).
+
 What the CRI knows about a pod or a container and the Engine API does not
 (its CRI metadata, annotations, the image name as kubelet asked for it, its
 log path) is kept in labels under `io.hbd.cri.`: one record per object, in
@@ -288,6 +293,8 @@ class PodService:
             "PidMode": pid_mode,
             "Binds": [f"{mt.host_path}:{mt.container_path}{':ro' if mt.readonly else ''}"
                       for mt in cfg.mounts],
+            "Devices": [{"PathOnHost": d.host_path, "PathInContainer": d.container_path,
+                         "CgroupPermissions": d.permissions} for d in cfg.devices] or None,
             "ReadonlyRootfs": sec.readonly_rootfs, "Privileged": sec.privileged,
             "CapAdd": sec.cap_add or None, "CapDrop": sec.cap_drop or None,
             "GroupAdd": [str(g) for g in sec.supplemental_groups] or None,
