@@ -8,8 +8,13 @@ through hbd's streaming server with a SPDY client of our own
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
+import os
 import secrets
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +27,8 @@ import pytest
 
 from hbd.api.cri import stubs
 from tests import kubestream_client as ks
-from tests.daemon_fixture import RunningDaemon, hbd_daemon
+from tests.daemon_fixture import REPO, RunningDaemon, hbd_daemon
+from tests.loopdev import host_mounts, loop_device
 
 stubs.load()
 
@@ -227,3 +233,126 @@ def test_stream_requests_for_what_is_not_there(node: Node) -> None:
         with pytest.raises(grpc.RpcError) as info:
             call(request, timeout=30)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def run_pod(node: Node, name: str, log_dir: Path) -> tuple[str, pb.PodSandboxConfig]:
+    pod = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="default"),
+        hostname=name, log_directory=str(log_dir))
+    pod_id = node.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod),
+                                        timeout=180).pod_sandbox_id
+    return str(pod_id), pod
+
+
+def remove_pod(node: Node, pod_id: str) -> None:
+    node.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+    node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                  timeout=120)
+
+
+def held_exclusively(device: str) -> bool:
+    """Whether something (a QEMU) holds the device open exclusively."""
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_EXCL)
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            return True
+        raise
+    os.close(fd)
+    return False
+
+
+def test_a_raw_block_device_shared_by_the_containers_of_a_pod(node: Node,
+                                                              tmp_path: Path) -> None:
+    """Kubernetes' volumeMode: Block: the host device attached to the pod's
+    guest, its node where each container asked, written by one and read by
+    the other; let go when the pod goes."""
+    image = tmp_path / "raw.img"
+    with loop_device(image, size_mib=16) as device:
+        pod_id, pod = run_pod(node, "rawblock", tmp_path)
+        try:
+            writer = start_container(
+                node, pod_id, pod, "writer",
+                "printf block-data-1 | dd of=/dev/xvdb bs=512 conv=sync,fsync 2>/dev/null; "
+                "exec sleep 100000",
+                devices=[pb.Device(container_path="/dev/xvdb", host_path=device,
+                                   permissions="rwm")])
+            reader = start_container(
+                node, pod_id, pod, "reader", "exec sleep 100000",
+                devices=[pb.Device(container_path="/mnt/disk", host_path=device,
+                                   permissions="r")])
+            assert exec_sync(node, writer, "stat", "-c", "%F %a", "/dev/xvdb") == \
+                (0, "block special file 600\n")
+            assert exec_sync(node, reader, "stat", "-c", "%F %a", "/mnt/disk") == \
+                (0, "block special file 400\n")
+            deadline = time.monotonic() + 60
+            while True:
+                code, out = exec_sync(node, reader, "head", "-c", "12", "/mnt/disk")
+                if out == "block-data-1" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert (code, out) == (0, "block-data-1")
+            # The guest has it, and nobody else may: not even the host's mount.
+            assert held_exclusively(device)
+        finally:
+            remove_pod(node, pod_id)
+        assert not held_exclusively(device)
+        assert image.read_bytes()[:12] == b"block-data-1"
+
+
+def test_a_direct_assigned_volume_is_mounted_in_the_guest_only(node: Node,
+                                                               tmp_path: Path) -> None:
+    """A storage driver registers the volume's device instead of mounting it
+    (python3 -m hbd.tools.direct_volume, as kata-runtime direct-volume): the
+    pod's guest mounts it; the host never has it mounted meanwhile; what the
+    pod wrote is on the disk after."""
+    image = tmp_path / "fs.img"
+    volume_path = str(tmp_path / "pods" / "uid" / "volumes" / "pv1" / "mount")
+    with loop_device(image, size_mib=32, ext4=True) as device:
+        info = json.dumps({"volume-type": "block", "device": device, "fstype": "ext4",
+                           "options": ["noatime"]})
+        subprocess.run([sys.executable, "-m", "hbd.tools.direct_volume", "add",
+                        "--volume-path", volume_path, "--mount-info", info], check=True,
+                       cwd=REPO)
+        pod_id, pod = run_pod(node, "directvol", tmp_path)
+        try:
+            app = start_container(
+                node, pod_id, pod, "app",
+                "echo persisted > /data/hello && sync && exec sleep 100000",
+                mounts=[pb.Mount(container_path="/data", host_path=volume_path)])
+            viewer = start_container(
+                node, pod_id, pod, "viewer", "exec sleep 100000",
+                mounts=[pb.Mount(container_path="/ro", host_path=volume_path, readonly=True)])
+            deadline = time.monotonic() + 60
+            while True:
+                code, out = exec_sync(node, viewer, "cat", "/ro/hello")
+                if code == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert (code, out) == (0, "persisted\n")
+            code, out = exec_sync(node, viewer, "touch", "/ro/other")
+            assert code != 0 and "Read-only file system" in out
+            _, mounts = exec_sync(node, app, "cat", "/proc/mounts")
+            [line] = [m for m in mounts.splitlines() if m.split()[1] == "/data"]
+            assert line.split()[2] == "ext4" and "noatime" in line.split()[3]
+            # Not mounted on the host, and it cannot be while the guest has it.
+            assert host_mounts(device) == []
+            mountpoint = tmp_path / "mnt"
+            mountpoint.mkdir()
+            tried = subprocess.run(["mount", "-o", "ro", device, str(mountpoint)],
+                                   capture_output=True, text=True)
+            if tried.returncode == 0:
+                subprocess.run(["umount", str(mountpoint)], check=True)
+            assert tried.returncode != 0
+        finally:
+            remove_pod(node, pod_id)
+            subprocess.run([sys.executable, "-m", "hbd.tools.direct_volume", "remove",
+                            "--volume-path", volume_path], check=False, cwd=REPO)
+        assert not held_exclusively(device)
+        # What the pod wrote is on the image.
+        subprocess.run(["mount", "-o", "ro", device, str(mountpoint)], check=True)
+        try:
+            assert (mountpoint / "hello").read_text() == "persisted\n"
+            assert not (mountpoint / "other").exists()
+        finally:
+            subprocess.run(["umount", str(mountpoint)], check=True)
