@@ -631,3 +631,28 @@ def test_bad_block_volumes_get_a_status(cri: Cri, tmp_path: Path) -> None:
     finally:
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
         registry.remove(volume_path)
+
+
+def test_a_device_attached_read_only_cannot_be_written_by_another_container(
+        cri: Cri, tmp_path: Path) -> None:
+    rt = cri.runtime
+    with loop_device(tmp_path / "ro.img") as device:
+        pod_id, config = run_pod(cri, "rodevice")
+        try:
+            reader = container_config("reader", "sleep", "100000")
+            reader.devices.append(pb.Device(container_path="/dev/r", host_path=device,
+                                            permissions="r"))
+            rt.StartContainer(pb.StartContainerRequest(
+                container_id=create(cri, pod_id, config, reader)))
+            [disk] = [d for d in guest_disks(cri, pod_id) if d.host_device]
+            assert disk.readonly
+            writer = container_config("writer", "sleep", "100000")
+            writer.devices.append(pb.Device(container_path="/dev/w", host_path=device,
+                                            permissions="rw"))
+            writer_id = create(cri, pod_id, config, writer)
+            with pytest.raises(grpc.RpcError) as info:
+                rt.StartContainer(pb.StartContainerRequest(container_id=writer_id))
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "attached read-only to the guest" in info.value.details()
+        finally:
+            rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))

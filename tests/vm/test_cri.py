@@ -277,10 +277,12 @@ def test_a_raw_block_device_shared_by_the_containers_of_a_pod(node: Node,
                 "exec sleep 100000",
                 devices=[pb.Device(container_path="/dev/xvdb", host_path=device,
                                    permissions="rwm")])
+            # The other way kubelet hands a device over: a hostPath of type
+            # BlockDevice, read-only.
             reader = start_container(
                 node, pod_id, pod, "reader", "exec sleep 100000",
-                devices=[pb.Device(container_path="/mnt/disk", host_path=device,
-                                   permissions="r")])
+                mounts=[pb.Mount(container_path="/mnt/disk", host_path=device,
+                                 readonly=True)])
             assert exec_sync(node, writer, "stat", "-c", "%F %a", "/dev/xvdb") == \
                 (0, "block special file 600\n")
             assert exec_sync(node, reader, "stat", "-c", "%F %a", "/mnt/disk") == \

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_fixture import RunningDaemon, hbd_daemon
+from tests.loopdev import loop_device
 from tests.registry_fixture import free_port
 
 
@@ -272,3 +273,27 @@ def test_a_new_volume_takes_what_the_image_has_there(hbd: RunningDaemon) -> None
     finally:
         hbd.docker("rmi", f"{name}:seeded", check=False)
         hbd.docker("volume", "rm", name, plain, private, check=False)
+
+
+def test_a_host_block_device_with_docker_run_device(hbd: RunningDaemon,
+                                                    tmp_path: Path) -> None:
+    """`--device` of a host block device: a disk of the container's guest (the
+    guest it boots with), its node at the path asked; `:r` attaches it
+    read-only; a character device is still refused."""
+    image = tmp_path / "dev.img"
+    with loop_device(image, size_mib=16) as device:
+        out = hbd.docker("run", "--rm", "--device", f"{device}:/dev/xvdb", "busybox", "sh",
+                         "-c", "printf engine-dev | dd of=/dev/xvdb bs=512 conv=sync,fsync "
+                         "2>/dev/null && stat -c '%F' /dev/xvdb").stdout
+        assert out == b"block special file\n"
+        assert image.read_bytes()[:10] == b"engine-dev"
+        out = hbd.docker("run", "--rm", "--device", f"{device}:/dev/xvdb:r", "busybox", "sh",
+                         "-c", "head -c 10 /dev/xvdb; echo; "
+                         "printf x | dd of=/dev/xvdb conv=fsync 2>/dev/null || echo refused"
+                         ).stdout
+        assert out == b"engine-dev\nrefused\n"
+        assert image.read_bytes()[:10] == b"engine-dev"
+    refused = hbd.docker("run", "--rm", "--device", "/dev/null:/dev/n", "busybox", "true",
+                         check=False)
+    assert refused.returncode != 0
+    assert b"/dev/null is not a block device" in refused.stderr
