@@ -13,6 +13,7 @@ import pytest
 from hbd.drivers import disks, qemuopts
 from hbd.errors import InvalidParameter
 from hbd.services.container import hostconfig
+from hbd.services.container.sandbox import SandboxRecord
 from hbd.services.volume import direct
 from hbd.tools import direct_volume
 
@@ -151,3 +152,20 @@ def test_the_cli_registers_as_kata_runtime_does(tmp_path: Path,
     assert direct_volume.main([*root, "remove", "--volume-path", "/k/vol"]) == 0
     assert direct_volume.main([*root, "remove", "--volume-path", "/k/vol"]) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_a_sandbox_record_keeps_its_host_devices() -> None:
+    """After an hbd restart the guest still holds its devices: the record says which."""
+    record = SandboxRecord(id="s", owner="c", shared_fs=True)
+    record.disks = {"image": 1, "scratch": 2, "d3": 3, "d4": 4}
+    record.devices = {"7:3": "d3", "7:4": "d4"}
+    record.readonly_disks = ["d4"]
+    again = SandboxRecord.from_dict(json.loads(json.dumps(record.to_dict())))
+    assert (again.devices, again.readonly_disks) == ({"7:3": "d3", "7:4": "d4"}, ["d4"])
+    again.forget_disk("d4")
+    assert (again.disks, again.devices, again.readonly_disks) == \
+        ({"image": 1, "scratch": 2, "d3": 3}, {"7:3": "d3"}, [])
+    # A record from before host devices has none.
+    old = record.to_dict()
+    del old["devices"], old["readonly_disks"]
+    assert SandboxRecord.from_dict(old).devices == {}
