@@ -2,6 +2,7 @@
 with `docker exec true`, then all removed, and nothing left behind.
 
     python3 -m bench.density [--containers 500] [--parallel 4] [--reserve-mib 3072]
+                             [--hbd-config hbd.toml]
 
 Steps, on a private hbd (tests/daemon_fixture.py):
   1. start  `docker run -d busybox sleep 36000`, `parallel` at a time; the
@@ -80,8 +81,11 @@ def main() -> None:
     parser.add_argument("--reserve-mib", type=float, default=3072)
     parser.add_argument("--settle", type=float, default=30.0)
     parser.add_argument("--window", type=float, default=30.0)
+    parser.add_argument("--hbd-config", type=Path, default=None,
+                        help="an hbd.toml for the hbd under test (e.g. another tcg_tb_size_mib)")
     args = parser.parse_args()
-    with hbd_daemon() as daemon:
+    extra = ("--config", str(args.hbd_config)) if args.hbd_config else ()
+    with hbd_daemon(extra_args=extra) as daemon:
         env = daemon.env()
         available_before = mem_available_mib()
         ids: list[str] = []
