@@ -58,28 +58,64 @@ class _Library:
             return cls._lib
 
 
+class _Context:
+    """The daemon's one libnftables context, made once and kept.
+
+    Why one, made early, and not one per call: a context opens its netlink
+    socket when it is made, and libnftables waits on that socket with
+    select(), whose fd_set holds descriptors below 1024 only (glibc's
+    fortified FD_SET aborts the whole process beyond). An hbd with a few
+    hundred guests holds well over 1024 descriptors, so a context made then
+    would get a socket numbered above and kill the daemon at its next rule
+    change (it did, at 248 idle containers). Made at start-up (`open`), the
+    socket has a low number for good. A context is not safe to share
+    between threads: the lock serialises its calls."""
+
+    _ctx: int | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def open(cls) -> None:
+        with cls._lock:
+            cls._open_locked()
+
+    @classmethod
+    def _open_locked(cls) -> int:
+        if cls._ctx is None:
+            lib = _Library.get()
+            ctx = lib.nft_ctx_new(0)
+            if not ctx:
+                raise NftError("nft_ctx_new failed")
+            lib.nft_ctx_buffer_output(ctx)
+            lib.nft_ctx_buffer_error(ctx)
+            cls._ctx = int(ctx)
+        return cls._ctx
+
+    @classmethod
+    def run(cls, document: str, flags: int) -> tuple[int, str, str]:
+        lib = _Library.get()
+        with cls._lock:
+            ctx = cls._open_locked()
+            lib.nft_ctx_output_set_flags(ctx, flags)
+            status = int(lib.nft_run_cmd_from_buffer(ctx, document.encode()))
+            # Reading a buffer empties it for the next call.
+            output = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
+            error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+        return status, output, error
+
+
+def open_context() -> None:
+    """Make the daemon's context now, while it holds few descriptors (see
+    _Context): call at start-up, before guests are found or started."""
+    _Context.open()
+
+
 def run(commands: list[dict[str, Any]], echo: bool = False) -> list[dict[str, Any]]:
     """Apply `commands` as one transaction; what libnftables answers, as JSON
     objects: with `echo`, the commands back with the handles the kernel gave
-    what they added; for `list` commands, what was listed.
-
-    A context per call: a context is not safe to share between threads, and
-    making one costs microseconds (it reads no ruleset until a command needs it)."""
-    lib = _Library.get()
-    ctx = lib.nft_ctx_new(0)
-    if not ctx:
-        raise NftError("nft_ctx_new failed")
-    try:
-        lib.nft_ctx_buffer_output(ctx)
-        lib.nft_ctx_buffer_error(ctx)
-        flags = NFT_CTX_OUTPUT_JSON | NFT_CTX_OUTPUT_HANDLE
-        lib.nft_ctx_output_set_flags(ctx, flags | (NFT_CTX_OUTPUT_ECHO if echo else 0))
-        document = json.dumps({"nftables": commands})
-        status = lib.nft_run_cmd_from_buffer(ctx, document.encode())
-        output = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
-        error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
-    finally:
-        lib.nft_ctx_free(ctx)
+    what they added; for `list` commands, what was listed."""
+    flags = NFT_CTX_OUTPUT_JSON | NFT_CTX_OUTPUT_HANDLE | (NFT_CTX_OUTPUT_ECHO if echo else 0)
+    status, output, error = _Context.run(json.dumps({"nftables": commands}), flags)
     if status != 0:
         raise NftError(error.strip() or f"libnftables failed ({status})")
     return _objects(output)

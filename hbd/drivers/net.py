@@ -225,6 +225,16 @@ async def remove_ruleset(table: str) -> None:
         raise NetError(f"nftables: {e}") from e
 
 
+def open_rule_channel() -> None:
+    """Open the channel to nftables now, while the daemon holds few
+    descriptors (libnftables.open_context says why that matters). Should it
+    fail, the first rule change says why."""
+    try:
+        libnftables.open_context()
+    except libnftables.NftError as e:
+        log.warning("nftables: %s", e)
+
+
 def enable_forwarding() -> None:
     """Guests reach the outside through the host: IPv4 forwarding on.
     IPv6 is never forwarded: containers of a network reach each other on its

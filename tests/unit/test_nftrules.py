@@ -19,6 +19,8 @@ from hbd.services.network.model import Endpoint
 from hbd.services.network.service import NetworkService
 from hbd.store import StateStore
 
+REPO = Path(__file__).resolve().parent.parent.parent
+
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = "netsec_test"
 
@@ -321,3 +323,23 @@ async def test_a_guests_taps_are_pinned_and_unpinned_in_one_transaction(
     assert sorted(pin.port for pin in applied[0].pins) == ["htffff0", "htffff1"]
     await service.unpin_ports(["htffff0", "htffff1", "htffff2"])
     assert len(applied) == 2 and applied[1].pins == []
+
+
+def test_rules_still_apply_once_the_daemon_holds_over_1024_descriptors() -> None:
+    """libnftables waits on its socket with select(): a context made after
+    the daemon passed 1024 descriptors aborted the whole process (glibc's
+    fortified FD_SET) at ~250 guests. The context is made at start-up."""
+    script = (
+        "import os\n"
+        "from hbd.drivers import net, libnftables\n"
+        "net.open_rule_channel()\n"
+        "held = [os.open('/dev/null', os.O_RDONLY) for _ in range(1100)]\n"
+        "assert max(held) > 1024\n"
+        # A transaction: libnftables select()s on its socket for the answer.
+        f"table = {{'family': 'ip', 'name': 'hbd_fds{os.getpid()}'}}\n"
+        "libnftables.run([{'add': {'table': table}}, {'delete': {'table': table}}], echo=True)\n"
+        "print('applied')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "applied"

@@ -162,6 +162,7 @@ class NetworkService:
     async def start(self) -> None:
         """Create the predefined networks once, then bring every bridge up; the
         rules follow once the guests are known (settle_rules)."""
+        net.open_rule_channel()
         net.enable_forwarding()
         self._rules_held = True
         names = {n.name for n in self.networks.values()}
