@@ -9,6 +9,7 @@ import ctypes
 import grp
 import logging
 import os
+import resource
 import signal
 import ssl
 import sys
@@ -110,6 +111,17 @@ def _become_subreaper() -> None:
     # it instead of leaving zombies to whatever PID 1 is.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _raise_open_file_limit() -> None:
+    """Soft limit on open files up to the hard one, as Go's runtime does for
+    dockerd: hbd holds several descriptors per guest (its agent channel,
+    log and output-mark files, QEMU's process handle), so a shell's usual
+    1024 would refuse new containers after a couple of hundred."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _listener_key(host: str, tls: ssl.SSLContext | None, exec_root: Path) -> str:
@@ -238,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     # pyroute2 logs every netlink message at debug level.
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     _become_subreaper()
+    _raise_open_file_limit()
     try:
         asyncio.run(run(config, args.pidfile))
     except HbdError as e:
