@@ -16,6 +16,7 @@ Rows, measured in one run on this machine:
                (the guest a clone of hbd's template, built at its start)
   hbd booted   the same with templates off: every guest boots
   runc         the docker CLI against a private real dockerd (Debian docker.io)
+  gVisor       the same dockerd with runsc (ptrace, host network), where installed
 The target (shared/DESIGN.md §4) is hbd <= 1.3 times the bare floor under TCG.
 """
 
@@ -36,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     DOCKER_CLI,
     REPO,
+    RUNSC,
+    RUNSC_RUNTIME,
     Timing,
     docker_env,
     measure,
@@ -119,14 +122,16 @@ def bare_floor(runs: int, work: Path) -> Timing:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def docker_run(host: str) -> None:
-    run([DOCKER_CLI, "run", "--rm", "busybox", "true"], env=docker_env(host))
+def docker_run(host: str, runtime: str = "") -> None:
+    run([DOCKER_CLI, "run", "--rm", *(["--runtime", runtime] if runtime else []),
+         "busybox", "true"], env=docker_env(host))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--no-runc", action="store_true", help="skip the real dockerd row")
+    parser.add_argument("--no-runc", action="store_true",
+                        help="skip the real dockerd rows (runc, gVisor)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         floor = bare_floor(args.runs, Path(tmp))
@@ -142,10 +147,13 @@ def main() -> None:
             rows.append(measure("hbd, every guest booted (templates = false)", args.runs,
                                 lambda: docker_run(daemon.host)))
     if not args.no_runc:
-        with real_dockerd() as host:
+        with real_dockerd(RUNSC_RUNTIME if RUNSC else None) as host:
             run([DOCKER_CLI, "load", "-q", "-i", str(BUSYBOX_TAR)], env=docker_env(host))
             rows.append(measure("runc (dockerd 20.10): docker run --rm busybox true",
                                 args.runs, lambda: docker_run(host)))
+            if RUNSC:
+                rows.append(measure("gVisor (runsc ptrace): docker run --rm busybox true",
+                                    args.runs, lambda: docker_run(host, "runsc")))
     print(table(rows, baseline=floor))
     ratio = rows[1].median / floor.median
     print(f"\nhbd / bare floor (median): {ratio:.2f}x  (target <= 1.3x)")

@@ -1,4 +1,5 @@
-"""Lifecycle latencies through hbd, side by side with dockerd + runc, one run.
+"""Lifecycle latencies through hbd, side by side with dockerd + runc and
+dockerd + gVisor (runsc, where installed), one run.
 
     python3 bench/lifecycle.py [--runs N] [--containers N]
 
@@ -8,7 +9,8 @@ Rows:
   docker ps (N running)     listing them
 and host memory (RSS and PSS, /proc/PID/smaps_rollup): of one idle container
 (hbd: its QEMU and its virtiofsd; runc: its containerd-shim and its process)
-and of the N idle containers, per container.
+and of the N idle containers, per container (gVisor: its shim and
+everything below it: runsc's sandbox, gofer and the container's process).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     DOCKER_CLI,
+    RUNSC,
+    RUNSC_RUNTIME,
     Timing,
     docker_env,
     measure,
@@ -31,7 +35,14 @@ from bench.common import (
     table,
     wait_template,
 )
-from bench.hostcost import Memory, hbd_guest_pids, parent_pid, process_memory, with_children
+from bench.hostcost import (
+    Memory,
+    container_parts,
+    hbd_guest_pids,
+    parent_pid,
+    process_memory,
+    with_children,
+)
 from tests.daemon_fixture import BUSYBOX_TAR, hbd_daemon
 
 
@@ -47,6 +58,9 @@ def guest_memory(qemu_pid: int) -> tuple[Memory, Memory]:
 
 def container_memory(label: str, env: dict[str, str], cid: str) -> list[tuple[str, Memory]]:
     """What one container costs the host: (what, memory) rows."""
+    if label == "gVisor":
+        below = process_memory(container_parts("runsc", env, cid)["shim and below"])
+        return [("shim, sandbox, gofer, process", below), ("total", below)]
     pid = int(run([DOCKER_CLI, "inspect", "-f", "{{.State.Pid}}", cid], env=env).stdout)
     if label == "hbd":
         qemu, virtiofsd = guest_memory(pid)
@@ -60,13 +74,14 @@ def container_memory(label: str, env: dict[str, str], cid: str) -> list[tuple[st
 IDLE_SECONDS = 5  # for the guests to go idle before their memory is read
 
 
-def bench_engine(label: str, host: str, runs: int, containers: int
+def bench_engine(label: str, host: str, runs: int, containers: int, runtime: str = ""
                  ) -> tuple[list[Timing], list[tuple[str, Memory]], list[tuple[str, Memory]]]:
     """(timings, memory of one idle container, memory of `containers` idle ones)."""
     env = docker_env(host)
     rows = []
-    cid = run([DOCKER_CLI, "run", "-d", "busybox", "sleep", "3600"], env=env).stdout.decode(
-    ).strip()
+    detached = [DOCKER_CLI, "run", "-d", *(["--runtime", runtime] if runtime else []),
+                "busybox", "sleep", "3600"]
+    cid = run(detached, env=env).stdout.decode().strip()
     rows.append(measure(f"{label}: docker exec c true", runs,
                         lambda: run_quiet([DOCKER_CLI, "exec", cid, "true"], env)))
     time.sleep(IDLE_SECONDS)
@@ -76,8 +91,7 @@ def bench_engine(label: str, host: str, runs: int, containers: int
 
     def start_all() -> None:
         for _ in range(containers):
-            ids.append(run([DOCKER_CLI, "run", "-d", "busybox", "sleep", "3600"],
-                           env=env).stdout.decode().strip())
+            ids.append(run(detached, env=env).stdout.decode().strip())
 
     start = time.perf_counter()
     start_all()
@@ -123,19 +137,28 @@ def main() -> None:
                 wait_template(daemon)
             hbd_rows, hbd_one, hbd_many = bench_engine("hbd", daemon.host, args.runs,
                                                        args.containers)
-    with real_dockerd() as host:
+    gvisor: tuple[list[Timing], list[tuple[str, Memory]], list[tuple[str, Memory]]] | None = None
+    with real_dockerd(RUNSC_RUNTIME if RUNSC else None) as host:
         run([DOCKER_CLI, "load", "-q", "-i", str(BUSYBOX_TAR)], env=docker_env(host))
         runc_rows, runc_one, runc_many = bench_engine("runc", host, args.runs, args.containers)
-    rows = [row for pair in zip(hbd_rows, runc_rows, strict=True) for row in pair]
+        if RUNSC:
+            gvisor = bench_engine("gVisor", host, args.runs, args.containers, "runsc")
+        else:
+            print("runsc is not installed (apt install runsc): no gVisor rows", file=sys.stderr)
+    gvisor_rows, gvisor_one, gvisor_many = gvisor or ([], [], [])
+    rows = [row for group in zip(hbd_rows, runc_rows, gvisor_rows or [None] * len(hbd_rows),
+                                 strict=True) for row in group if row is not None]
     print(table(rows))
     for h, r in zip(hbd_rows, runc_rows, strict=True):
         print(f"{h.name.split(': ', 1)[1]}: hbd/runc = {h.median / r.median:.2f}x")
     print()
     print(memory_table(f"one idle container ({IDLE_SECONDS} s idle)",
-                       named("hbd", hbd_one) + named("runc", runc_one)))
+                       named("hbd", hbd_one) + named("runc", runc_one) +
+                       named("gVisor", gvisor_one)))
     print()
     print(memory_table(f"{args.containers} idle containers, per container",
-                       named("hbd", hbd_many) + named("runc", runc_many), args.containers))
+                       named("hbd", hbd_many) + named("runc", runc_many) +
+                       named("gVisor", gvisor_many), args.containers))
     print("(hbd: guest RAM is in QEMU's RSS; PSS splits the pages the guests share, "
           "QEMU's and virtiofsd's own code among them)")
 
