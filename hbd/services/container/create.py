@@ -57,7 +57,7 @@ class Creator:
         self.quota.check_container(scope, host_config,
                                    (c.host_config for c in self.store.visible(scope)))
         try:
-            img = self.images.get(config["Image"])
+            img = self.images.get(config["Image"], scope)
         except NotFound:
             raise no_such_image(_familiar_or_raw(config["Image"])) from None
         if name:
