@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import docker
 import pytest
 
-from hbd.config import Config, QuotaSettings
+from hbd.config import Config, QuotaSettings, TenantSettings
 from hbd.services.identity.validator import Identity
 from tests.api.conftest import ApiDaemon, serve_api_daemon
 from tests.api.test_networks_api import guest, hosts_file
@@ -560,3 +560,58 @@ def test_build_cache_is_private(images: Tenants) -> None:
     assert {r["ID"] for r in a.df()["BuildCache"]} == a_cache
     assert " ---> Using cache\n" in _build_image(a, "cached", dockerfile)[1]
     assert {r["ID"] for r in images.operator.df()["BuildCache"]} == a_cache
+
+
+# -- published ports -----------------------------------------------------------------------
+
+
+def test_tenants_publish_unprivileged_ports_by_default(tenants: Tenants) -> None:
+    cid = _web(tenants.a, name="pub", port_bindings={80: 8080, 81: None})
+    bindings = tenants.a.inspect_container(cid)["HostConfig"]["PortBindings"]
+    assert bindings["80/tcp"] == [{"HostIp": "", "HostPort": "8080"}]
+    status, message = _error(_web, tenants.a, name="low", port_bindings={80: 80})
+    assert (status, message) == (403, "authorization denied by plugin hbd-tenancy: host port "
+                                      "80 is not allowed for tenant containers (the operator "
+                                      "allows 1024-65535)")
+    _web(tenants.operator, name="op-low", port_bindings={80: 80})
+
+
+@pytest.fixture(scope="module")
+def publishing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
+    config = Config()
+    config.tenants = TenantSettings(publish_ports="8000-8999", publish_addresses=["127.0.0.1"])
+    with serve_api_daemon(tmp_path_factory.mktemp("hbd-publish"), TOKENS, config) as api:
+        operator = docker.APIClient(base_url=api.host, version="1.47")
+        yield Tenants(api, _tenant_client(api, "token-a"), _tenant_client(api, "token-b"),
+                      operator)
+
+
+@pytest.mark.parametrize(("bindings", "what"), [
+    ({80: ("127.0.0.1", 9000)}, "host port 9000 is not allowed for tenant containers (the "
+                                "operator allows 8000-8999)"),
+    ({80: 8080}, "host address 0.0.0.0 is not allowed for tenant containers (the operator "
+                 "allows 127.0.0.1)"),
+    ({80: ("10.1.2.3", 8080)}, "host address 10.1.2.3 is not allowed"),
+    ({80: ("127.0.0.1",)}, "an ephemeral host port for 80/tcp is not allowed"),
+])
+def test_published_ports_stay_within_what_the_operator_allows(
+        publishing: Tenants, bindings: dict[int, object], what: str) -> None:
+    status, message = _error(_web, publishing.a, name="refused", port_bindings=bindings)
+    assert status == 403 and message.startswith(
+        f"authorization denied by plugin hbd-tenancy: {what}"), message
+    assert publishing.a.containers(all=True) == []
+
+
+def test_allowed_ports_are_bound_as_the_tenant_asks(publishing: Tenants) -> None:
+    cid = _web(publishing.a, name="allowed", port_bindings={80: ("127.0.0.1", 8080)})
+    try:
+        publishing.a.start(cid)
+        ports = publishing.a.inspect_container(cid)["NetworkSettings"]["Ports"]
+        assert ports["80/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": "8080"}]
+        # -P publishes on ephemeral ports, outside 8000-8999 here.
+        status, message = _error(publishing.a.create_container, "busybox", ["true"],
+                                 ports=[90], host_config=publishing.a.create_host_config(
+                                     publish_all_ports=True))
+        assert status == 403 and "an ephemeral host port for 90/tcp" in message
+    finally:
+        publishing.operator.remove_container(cid, force=True)
