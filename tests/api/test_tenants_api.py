@@ -615,3 +615,17 @@ def test_allowed_ports_are_bound_as_the_tenant_asks(publishing: Tenants) -> None
         assert status == 403 and "an ephemeral host port for 90/tcp" in message
     finally:
         publishing.operator.remove_container(cid, force=True)
+
+
+def test_an_import_is_the_tenants_own(images: Tenants) -> None:
+    a, b, op = images.a, images.b, images.operator
+    a.import_image_from_data(text_tar({"hello": "a"}).getvalue(), repository="imported")
+    a_id = a.inspect_image("imported")["Id"]
+    assert [i["RepoTags"] for i in a.images("imported")] == [["imported:latest"]]
+    assert _error(b.inspect_image, "imported") == (404, "No such image: imported:latest")
+    assert b.images("imported") == []
+    assert op.inspect_image(a_id)["RepoTags"] == [f"imported:latest@{PROJECT_A}"]
+    # B's import of the same name is B's own image.
+    b.import_image_from_data(text_tar({"hello": "b"}).getvalue(), repository="imported")
+    assert b.inspect_image("imported")["Id"] != a_id
+    assert a.inspect_image("imported")["Id"] == a_id
