@@ -234,3 +234,18 @@ def test_no_cross_tenant_registry_cache_leak(setup: Setup, tmp_path: Path) -> No
         b.run("logout", reg.host)
         a.run("rmi", ref)
         b.run("rmi", by_digest)
+
+
+def test_a_commit_is_the_tenants_own(setup: Setup) -> None:
+    a, b = setup.a, setup.b
+    a.run("run", "--name", "committed", "busybox", "sh", "-c", "echo mine > /mark")
+    try:
+        a.run("commit", "committed", "snap:1")
+        snap = a.run("image", "inspect", "-f", "{{.Id}}", "snap:1").stdout.strip()
+        assert a.run("run", "--rm", "snap:1", "cat", "/mark").stdout.strip() == "mine"
+        assert "No such image" in b.fails("image", "inspect", "snap:1")
+        assert "No such image" in b.fails("image", "inspect", snap)
+        assert "snap" not in b.run("images", "--format", "{{.Repository}}").stdout
+    finally:
+        a.run("rm", "-f", "committed", check=False)
+        a.run("rmi", "snap:1", check=False)
