@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,38 @@ class QuotaSettings:
         return int(override.get(kind, getattr(self, kind)))
 
 
+def parse_port_ranges(text: str, where: str) -> tuple[tuple[int, int], ...]:
+    """"8000-8999,9443": inclusive (first, last) port ranges."""
+    ranges = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last if dash else first)
+        except ValueError:
+            raise InvalidParameter(f"{where}: bad port range {part.strip()!r}") from None
+        if not 1 <= low <= high <= 65535:
+            raise InvalidParameter(f"{where}: bad port range {part.strip()!r}")
+        ranges.append((low, high))
+    return tuple(ranges)
+
+
+@dataclass
+class TenantSettings:
+    """What tenants' containers may publish: host ports and host addresses."""
+
+    publish_ports: str = "1024-65535"   # ranges, e.g. "8000-8999,9443"
+    publish_addresses: list[str] = field(default_factory=list)  # []: any address
+
+    def check(self, where: str) -> None:
+        parse_port_ranges(self.publish_ports, f"{where} publish_ports")
+        for address in self.publish_addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise InvalidParameter(f"{where} publish_addresses: {address!r} is not an IP "
+                                       "address") from None
+
+
 @dataclass
 class Config:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
@@ -147,6 +180,7 @@ class Config:
     volumes: VolumeSettings = field(default_factory=VolumeSettings)
     keystone: KeystoneSettings = field(default_factory=KeystoneSettings)
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
+    tenants: TenantSettings = field(default_factory=TenantSettings)
 
     @property
     def data_root(self) -> Path:
@@ -188,4 +222,5 @@ def load_config(path: Path | None) -> Config:
             raise InvalidParameter(f"{path}: unknown section [{name}]")
         _apply(sections[name], values, f"{path} [{name}]")
     config.quotas.check(f"{path} [quotas]")
+    config.tenants.check(f"{path} [tenants]")
     return config

@@ -152,7 +152,7 @@ async def build(request: web.Request) -> web.StreamResponse:
 
 
 async def prune(request: web.Request) -> web.Response:
-    return json_response(await request.app[BUILDER].prune_cache())
+    return json_response(await request.app[BUILDER].prune_cache(scope_of(request)))
 
 
 def register(router: Router) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from hbd.api.app import Router, json_response, query_bool, query_filters
+from hbd.api.auth import scope_of
 from hbd.api.backends import DISTRIBUTION, IMAGES
 from hbd.errors import HbdError, InvalidParameter
 from hbd.services.image.distribution import Platform
@@ -20,30 +21,33 @@ from hbd.services.image.registry import Credentials
 
 async def list_images(request: web.Request) -> web.Response:
     return json_response(request.app[IMAGES].list_summaries(
-        query_filters(request), all_=query_bool(request, "all")))
+        query_filters(request), all_=query_bool(request, "all"), scope=scope_of(request)))
 
 
 async def inspect(request: web.Request) -> web.Response:
     store = request.app[IMAGES]
-    return json_response(store.inspect(store.get(request.match_info["name"])))
+    scope = scope_of(request)
+    return json_response(store.inspect(store.get(request.match_info["name"], scope), scope))
 
 
 async def tag(request: web.Request) -> web.Response:
     request.app[IMAGES].tag(request.match_info["name"], request.query.get("repo", ""),
-                            request.query.get("tag", ""))
+                            request.query.get("tag", ""), scope_of(request))
     return web.Response(status=201)
 
 
 async def remove(request: web.Request) -> web.Response:
     records = await request.app[IMAGES].delete(request.match_info["name"],
-                                               force=query_bool(request, "force"))
+                                               force=query_bool(request, "force"),
+                                               scope=scope_of(request))
     return json_response(records)
 
 
 async def load(request: web.Request) -> web.StreamResponse:
     # dockerd answers 200 whatever happens and puts a failure in the stream.
     try:
-        messages = [{"stream": m} for m in await request.app[IMAGES].load(request.content)]
+        messages = [{"stream": m} for m in await request.app[IMAGES].load(request.content,
+                                                                          scope_of(request))]
     except HbdError as e:
         messages = [_error_record(e.message)]
     response = web.StreamResponse()
@@ -94,8 +98,8 @@ async def create(request: web.Request) -> web.StreamResponse:
         ref = ref.with_tag(tag)
     credentials = Credentials.from_header(request.headers.get("X-Registry-Auth"))
     platform = Platform.parse(request.query.get("platform", ""))
-    return await stream_messages(request,
-                                 request.app[DISTRIBUTION].pull(ref, platform, credentials))
+    return await stream_messages(request, request.app[DISTRIBUTION].pull(
+        ref, platform, credentials, scope_of(request)))
 
 
 async def import_image(request: web.Request) -> web.Response:
@@ -113,7 +117,7 @@ async def import_image(request: web.Request) -> web.Response:
         ref = ref.with_default_tag()
     image_id = await request.app[IMAGES].import_tarball(
         request.content, ref, request.query.get("message", ""),
-        request.query.getall("changes", []))
+        request.query.getall("changes", []), scope_of(request))
     return web.Response(body=json.dumps({"status": image_id}).encode() + b"\n",
                         content_type="application/json")
 
@@ -121,7 +125,8 @@ async def import_image(request: web.Request) -> web.Response:
 async def push(request: web.Request) -> web.StreamResponse:
     credentials = Credentials.from_header(request.headers.get("X-Registry-Auth"))
     return await stream_messages(request, request.app[DISTRIBUTION].push(
-        request.match_info["name"], request.query.get("tag", ""), credentials))
+        request.match_info["name"], request.query.get("tag", ""), credentials,
+        scope_of(request)))
 
 
 async def save(request: web.Request) -> web.StreamResponse:
@@ -130,7 +135,7 @@ async def save(request: web.Request) -> web.StreamResponse:
     names = [request.match_info["name"]] if "name" in request.match_info else \
         request.query.getall("names", [])
     with tempfile.TemporaryFile(dir=store.tmp_dir) as spool:
-        await asyncio.to_thread(store.save, names, spool)
+        await asyncio.to_thread(store.save, names, spool, scope_of(request))
         spool.seek(0)
         response = web.StreamResponse()
         response.content_type = "application/x-tar"
@@ -141,11 +146,13 @@ async def save(request: web.Request) -> web.StreamResponse:
 
 
 async def history(request: web.Request) -> web.Response:
-    return json_response(request.app[IMAGES].history(request.match_info["name"]))
+    return json_response(request.app[IMAGES].history(request.match_info["name"],
+                                                     scope_of(request)))
 
 
 async def prune(request: web.Request) -> web.Response:
-    return json_response(await request.app[IMAGES].prune(query_filters(request)))
+    return json_response(await request.app[IMAGES].prune(query_filters(request),
+                                                         scope_of(request)))
 
 
 def register(router: Router) -> None:

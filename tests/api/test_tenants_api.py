@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import docker
 import pytest
 
-from hbd.config import Config, QuotaSettings
+from hbd.config import Config, QuotaSettings, TenantSettings
 from hbd.services.identity.validator import Identity
 from tests.api.conftest import ApiDaemon, serve_api_daemon
 from tests.api.test_networks_api import guest, hosts_file
@@ -404,3 +404,228 @@ def test_volume_quota(limited: Tenants) -> None:
     assert sorted(v["Name"] for v in a.volumes()["Volumes"]) == ["disk1", "disk2", "shared"]
     for v in ("disk1", "disk2", "shared"):
         a.remove_volume(v)
+
+
+# -- images and build cache ----------------------------------------------------------------
+
+
+@pytest.fixture
+def images(tenants: Tenants) -> Iterator[Tenants]:
+    """Tenants whose images (and build cache) go after the test; busybox stays."""
+    yield tenants
+    op = tenants.operator
+    for client in (tenants.a, tenants.b, op):
+        client.prune_builds()
+    for img in op.images(all=True):
+        if "busybox:latest" not in (img["RepoTags"] or []):
+            op.remove_image(img["Id"], force=True)
+    for tag in op.images("busybox")[0]["RepoTags"]:
+        if tag != "busybox:latest":
+            op.remove_image(tag)
+
+
+def _build_image(client: docker.APIClient, tag: str, dockerfile: str) -> tuple[str, list[str]]:
+    """(the image's ID, the build's output)."""
+    out = [m.get("stream", "") + m.get("error", "") for m in client.build(
+        fileobj=text_tar({"Dockerfile": dockerfile}), custom_context=True, decode=True,
+        tag=tag)]
+    assert not any(m.startswith("error") for m in out)
+    return str(client.inspect_image(tag)["Id"]), out
+
+
+def _labelled(client: docker.APIClient, tag: str, who: str) -> str:
+    return _build_image(client, tag, f"FROM busybox\nLABEL who={who}\n")[0]
+
+
+def test_image_tags_are_private_per_tenant(images: Tenants) -> None:
+    a, b, op = images.a, images.b, images.operator
+    a_id = _labelled(a, "app", "a")
+    b_id = _labelled(b, "app", "b")
+    assert a_id != b_id
+    busybox = op.inspect_image("busybox")["Id"]
+    for client, own, who in ((a, a_id, "a"), (b, b_id, "b")):
+        assert client.inspect_image("app")["Id"] == own
+        assert client.inspect_image("app:latest")["Config"]["Labels"] == {"who": who}
+        assert client.inspect_image("app")["RepoTags"] == ["app:latest"]
+        listed = {i["Id"]: i["RepoTags"] for i in client.images()}
+        assert listed == {own: ["app:latest"], busybox: ["busybox:latest"]}
+        assert [i["Id"] for i in client.images("app")] == [own]
+        assert [i["Id"] for i in client.images(filters={"reference": "app"})] == [own]
+        assert client.info()["Images"] == 2
+    operator_tags = {i["Id"]: i["RepoTags"] for i in op.images()}
+    assert operator_tags[a_id] == [f"app:latest@{PROJECT_A}"]
+    assert operator_tags[b_id] == [f"app:latest@{PROJECT_B}"]
+    assert _error(op.inspect_image, "app") == (404, "No such image: app:latest")
+
+
+def test_another_tenants_image_is_absent(images: Tenants) -> None:
+    a = images.a
+    b_id = _labelled(images.b, "only-b", "b")
+    for ref in (b_id, b_id[7:19], "only-b"):
+        # dockerd's words: what parses as a name is named with its tag.
+        shown = ref if ref == b_id else f"{ref}:latest"
+        assert _error(a.inspect_image, ref) == (404, f"No such image: {shown}")
+        assert _error(a.history, ref) == (404, f"No such image: {shown}")
+        assert _error(a.remove_image, ref) == (404, f"No such image: {shown}")
+        assert _error(a.tag, ref, "stolen") == (404, f"No such image: {shown}")
+        assert _error(lambda r: b"".join(a.get_image(r)), ref)[0] == 404
+        assert _error(a.create_container, ref, ["true"])[0] == 404
+    assert a.images(all=True, filters={"label": "who=b"}) == []
+    assert _error(a.images, filters={"since": b_id}) == (404, f"No such image: {b_id}")
+    assert a.containers(all=True, filters={"ancestor": b_id}) == []
+    # Untouched for its owner.
+    assert images.b.inspect_image("only-b")["Id"] == b_id
+
+
+def test_operator_images_are_a_read_only_catalogue(images: Tenants) -> None:
+    a, op = images.a, images.operator
+    busybox = op.inspect_image("busybox")["Id"]
+    assert a.inspect_image("busybox")["Id"] == busybox
+    assert a.history("busybox")[0]["Tags"] == ["busybox:latest"]
+    cid = _web(a, name="from-catalogue")
+    assert a.inspect_container(cid)["Image"] == busybox
+    for ref in ("busybox", busybox):
+        status, message = _error(a.remove_image, ref, force=True)
+        assert status == 403 and message.startswith(
+            "authorization denied by plugin hbd-tenancy: "), message
+    assert a.prune_images({"dangling": ["false"]})["ImagesDeleted"] is None
+    a.tag("busybox", "mybox", "v1")
+    a.tag(busybox, "mybox", "v2")
+    assert a.inspect_image("mybox:v1")["RepoTags"] == ["busybox:latest", "mybox:v1",
+                                                      "mybox:v2"]
+    assert "mybox" not in str(images.b.images())
+    assert _error(a.remove_image, "busybox")[0] == 403
+    # A tenant's own tags of it go (by name, or all by ID); the operator's image stays.
+    assert a.remove_image("mybox:v1") == [{"Untagged": "mybox:v1"}]
+    assert a.remove_image(busybox, force=True) == [{"Untagged": "mybox:v2"}]
+    assert a.inspect_image(busybox)["RepoTags"] == ["busybox:latest"]
+    assert op.inspect_image("busybox")["RepoTags"] == ["busybox:latest"]
+
+
+def test_content_is_shared_and_goes_with_its_last_holder(images: Tenants) -> None:
+    a, b, op = images.a, images.b, images.operator
+    a_id = _labelled(a, "shared", "a")
+    archive = b"".join(a.get_image("shared"))
+    assert "Loaded image: shared:latest" in str(list(b.load_image(archive)))
+    assert b.inspect_image("shared")["Id"] == a_id
+    assert sorted(op.inspect_image(a_id)["RepoTags"]) == [f"shared:latest@{PROJECT_A}",
+                                                          f"shared:latest@{PROJECT_B}"]
+    # A's rmi says the same whether or not B holds the image too.
+    assert a.remove_image("shared") == [{"Untagged": "shared:latest"}, {"Deleted": a_id}]
+    assert _error(a.inspect_image, a_id) == (404, f"No such image: {a_id}")
+    assert b.inspect_image("shared")["Id"] == a_id
+    assert b.remove_image(a_id) == [{"Untagged": "shared:latest"}, {"Deleted": a_id}]
+    assert _error(op.inspect_image, a_id) == (404, f"No such image: {a_id}")
+
+
+def test_image_prune_takes_the_tenants_own(images: Tenants) -> None:
+    a, b = images.a, images.b
+    old_a = _labelled(a, "churn", "a1")
+    _labelled(a, "churn", "a2")  # the first is dangling now, for A
+    old_b = _labelled(b, "churn", "b1")
+    _labelled(b, "churn", "b2")
+    assert [i["Id"] for i in a.images(filters={"dangling": True})] == [old_a]
+    pruned = a.prune_images()
+    assert [r["Deleted"] for r in pruned["ImagesDeleted"] if "Deleted" in r] == [old_a]
+    assert [i["Id"] for i in b.images(filters={"dangling": True})] == [old_b]
+    assert images.operator.inspect_image(old_b)["Id"] == old_b
+
+
+def test_image_events_show_own_images_only(images: Tenants) -> None:
+    a_id = _labelled(images.a, "evented", "a")
+    images.a.tag("evented", "evented", "two")
+    a_events = [e for e in _events(images.a) if e["Type"] == "image"]
+    names = {e["Actor"]["Attributes"]["name"] for e in a_events}  # type: ignore[index]
+    assert "evented:two" in names and not any("@" in str(n) for n in names)
+    b_ids = {e["Actor"]["ID"] for e in _events(images.b)}  # type: ignore[index]
+    assert a_id not in b_ids
+    operator_names = {e["Actor"]["Attributes"].get("name")  # type: ignore[index]
+                      for e in _events(images.operator) if e["Type"] == "image"}
+    assert f"evented:two@{PROJECT_A}" in operator_names
+
+
+def test_build_cache_is_private(images: Tenants) -> None:
+    a, b = images.a, images.b
+    dockerfile = "FROM busybox\nENV STEP=one\nLABEL stage=cached\n"
+    a_id, _ = _build_image(a, "cached", dockerfile)
+    _, again = _build_image(a, "cached", dockerfile)
+    assert " ---> Using cache\n" in again
+    b_id, b_out = _build_image(b, "cached", dockerfile)
+    assert " ---> Using cache\n" not in b_out and b_id != a_id
+    a_cache = {r["ID"] for r in a.df()["BuildCache"]}
+    b_cache = {r["ID"] for r in b.df()["BuildCache"]}
+    assert len(a_cache) == 2 and len(b_cache) == 2 and not a_cache & b_cache
+    assert {i["Id"] for i in a.df()["Images"]} == {a_id, a.inspect_image("busybox")["Id"]}
+    assert set(b.prune_builds()["CachesDeleted"]) == b_cache
+    assert {r["ID"] for r in a.df()["BuildCache"]} == a_cache
+    assert " ---> Using cache\n" in _build_image(a, "cached", dockerfile)[1]
+    assert {r["ID"] for r in images.operator.df()["BuildCache"]} == a_cache
+
+
+# -- published ports -----------------------------------------------------------------------
+
+
+def test_tenants_publish_unprivileged_ports_by_default(tenants: Tenants) -> None:
+    cid = _web(tenants.a, name="pub", port_bindings={80: 8080, 81: None})
+    bindings = tenants.a.inspect_container(cid)["HostConfig"]["PortBindings"]
+    assert bindings["80/tcp"] == [{"HostIp": "", "HostPort": "8080"}]
+    status, message = _error(_web, tenants.a, name="low", port_bindings={80: 80})
+    assert (status, message) == (403, "authorization denied by plugin hbd-tenancy: host port "
+                                      "80 is not allowed for tenant containers (the operator "
+                                      "allows 1024-65535)")
+    _web(tenants.operator, name="op-low", port_bindings={80: 80})
+
+
+@pytest.fixture(scope="module")
+def publishing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
+    config = Config()
+    config.tenants = TenantSettings(publish_ports="8000-8999", publish_addresses=["127.0.0.1"])
+    with serve_api_daemon(tmp_path_factory.mktemp("hbd-publish"), TOKENS, config) as api:
+        operator = docker.APIClient(base_url=api.host, version="1.47")
+        yield Tenants(api, _tenant_client(api, "token-a"), _tenant_client(api, "token-b"),
+                      operator)
+
+
+@pytest.mark.parametrize(("bindings", "what"), [
+    ({80: ("127.0.0.1", 9000)}, "host port 9000 is not allowed for tenant containers (the "
+                                "operator allows 8000-8999)"),
+    ({80: 8080}, "host address 0.0.0.0 is not allowed for tenant containers (the operator "
+                 "allows 127.0.0.1)"),
+    ({80: ("10.1.2.3", 8080)}, "host address 10.1.2.3 is not allowed"),
+    ({80: ("127.0.0.1",)}, "an ephemeral host port for 80/tcp is not allowed"),
+])
+def test_published_ports_stay_within_what_the_operator_allows(
+        publishing: Tenants, bindings: dict[int, object], what: str) -> None:
+    status, message = _error(_web, publishing.a, name="refused", port_bindings=bindings)
+    assert status == 403 and message.startswith(
+        f"authorization denied by plugin hbd-tenancy: {what}"), message
+    assert publishing.a.containers(all=True) == []
+
+
+def test_allowed_ports_are_bound_as_the_tenant_asks(publishing: Tenants) -> None:
+    cid = _web(publishing.a, name="allowed", port_bindings={80: ("127.0.0.1", 8080)})
+    try:
+        publishing.a.start(cid)
+        ports = publishing.a.inspect_container(cid)["NetworkSettings"]["Ports"]
+        assert ports["80/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": "8080"}]
+        # -P publishes on ephemeral ports, outside 8000-8999 here.
+        status, message = _error(publishing.a.create_container, "busybox", ["true"],
+                                 ports=[90], host_config=publishing.a.create_host_config(
+                                     publish_all_ports=True))
+        assert status == 403 and "an ephemeral host port for 90/tcp" in message
+    finally:
+        publishing.operator.remove_container(cid, force=True)
+
+
+def test_an_import_is_the_tenants_own(images: Tenants) -> None:
+    a, b, op = images.a, images.b, images.operator
+    a.import_image_from_data(text_tar({"hello": "a"}).getvalue(), repository="imported")
+    a_id = a.inspect_image("imported")["Id"]
+    assert [i["RepoTags"] for i in a.images("imported")] == [["imported:latest"]]
+    assert _error(b.inspect_image, "imported") == (404, "No such image: imported:latest")
+    assert b.images("imported") == []
+    assert op.inspect_image(a_id)["RepoTags"] == [f"imported:latest@{PROJECT_A}"]
+    # B's import of the same name is B's own image.
+    b.import_image_from_data(text_tar({"hello": "b"}).getvalue(), repository="imported")
+    assert b.inspect_image("imported")["Id"] != a_id
+    assert a.inspect_image("imported")["Id"] == a_id

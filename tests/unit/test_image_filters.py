@@ -17,13 +17,20 @@ IMAGE = Image("sha256:" + "a" * 64, {"created": "2024-01-01T00:00:00Z"}, [],
                             f"registry.local:5000/team/app@{DIGEST}"])
 
 
-class _NoLookup:
-    def get(self, ref_or_id: str) -> Image:
-        raise AssertionError("no before/since here")
+def _no_lookup(ref_or_id: str) -> Image:
+    raise AssertionError("no before/since here")
+
+
+def _all_refs(img: Image) -> tuple[list[str], list[str]]:
+    return img.repo_tags, img.repo_digests
+
+
+def _filter(filters: dict[str, list[str]]) -> ImageFilter:
+    return ImageFilter(filters, _no_lookup, _all_refs)
 
 
 def _refs(pattern: str) -> tuple[list[str], list[str]]:
-    return ImageFilter({"reference": [pattern]}, _NoLookup()).matching_refs(IMAGE)
+    return _filter({"reference": [pattern]}).matching_refs(IMAGE)
 
 
 def test_a_name_matches_its_tags_and_digests() -> None:
@@ -42,10 +49,9 @@ def test_patterns_stop_at_slashes() -> None:
 
 
 def test_without_a_match_the_image_is_not_listed() -> None:
-    matches = ImageFilter({"reference": ["other"]}, _NoLookup())
+    matches = _filter({"reference": ["other"]})
     assert not matches(IMAGE)
-    assert ImageFilter({}, _NoLookup()).matching_refs(IMAGE) == (IMAGE.repo_tags,
-                                                                 IMAGE.repo_digests)
+    assert _filter({}).matching_refs(IMAGE) == (IMAGE.repo_tags, IMAGE.repo_digests)
 
 
 def test_a_bad_pattern_is_dockerds_500() -> None:

@@ -139,13 +139,13 @@ async def test_tag_untag_and_delete_like_dockerd(store: ImageStore) -> None:
     assert await store.delete("registry.local:5000/team/app:prod") == [
         {"Untagged": "registry.local:5000/team/app:prod"}]
     # A container uses it: the last tag cannot go without force.
-    store.container_usage = lambda image_id: [("c" * 64, False)]
+    store.container_usage = lambda image_id, scope: [("c" * 64, False)]
     with pytest.raises(Conflict, match="container cccccccccccc is using its referenced image"):
         await store.delete("app:1")
-    store.container_usage = lambda image_id: [("c" * 64, True)]
+    store.container_usage = lambda image_id, scope: [("c" * 64, True)]
     with pytest.raises(Conflict, match=r"cannot be forced.*running container"):
         await store.delete(img.id, force=True)
-    store.container_usage = lambda image_id: []
+    store.container_usage = lambda image_id, scope: []
     records = await store.delete("app:1")
     assert records == [{"Untagged": "app:1"}, {"Deleted": img.id}]
     with pytest.raises(NotFound, match="No such image: app:1"):

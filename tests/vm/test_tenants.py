@@ -21,6 +21,9 @@ import pytest
 
 from tests.daemon_fixture import DOCKER_CLI, RunningDaemon, hbd_daemon
 from tests.keystone_fixture import PASSWORD, Keystone, keystone_installed, keystone_server
+from tests.registry_fixture import PASSWORD as REGISTRY_PASSWORD
+from tests.registry_fixture import USER as REGISTRY_USER
+from tests.registry_fixture import registry
 
 pytestmark = [pytest.mark.vm,
               pytest.mark.skipif(not keystone_installed(),
@@ -152,3 +155,97 @@ def test_policy_refusals_are_docker_style(setup: Setup) -> None:
                  ["--cap-add", "SYS_ADMIN"], ["--device", "/dev/null"]):
         message = setup.a.fails("run", "--rm", *args, "busybox", "true")
         assert "authorization denied by plugin hbd-tenancy" in message, (args, message)
+
+
+# -- images, build cache, registry (issue 12: private tags, no cache leak) ------------------
+
+
+def _legacy_build(cli: TenantCli, context: Path, tag: str) -> str:
+    """`DOCKER_BUILDKIT=0 docker build -t TAG CONTEXT` as the tenant; its output."""
+    env = {**os.environ, "DOCKER_CONFIG": str(cli.config_dir), "DOCKER_BUILDKIT": "0"}
+    env.pop("DOCKER_HOST", None)
+    result = subprocess.run([DOCKER_CLI, "build", "-t", tag, str(context)], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_image_and_build_cache_isolation(setup: Setup, tmp_path: Path) -> None:
+    a, b = setup.a, setup.b
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN echo built > /built\n"
+                                         "LABEL app=yes\n")
+    _legacy_build(a, tmp_path, "app")
+    a_id = a.run("image", "inspect", "-f", "{{.Id}}", "app").stdout.strip()
+    assert " ---> Using cache" in _legacy_build(a, tmp_path, "app")
+    # B's build of the same Dockerfile is no hit of A's cache: its own RUN, its own image.
+    b_out = _legacy_build(b, tmp_path, "app")
+    b_id = b.run("image", "inspect", "-f", "{{.Id}}", "app").stdout.strip()
+    assert " ---> Using cache" not in b_out and b_id != a_id
+    # Each sees its own `app` (and the operator's busybox), none of the other's.
+    for cli, own, other in ((a, a_id, b_id), (b, b_id, a_id)):
+        listed = cli.run("images", "--no-trunc", "--format", "{{.Repository}} {{.ID}}")
+        assert sorted(listed.stdout.splitlines())[0] == f"app {own}"
+        assert other not in listed.stdout
+        for ref in (other, other[7:19]):
+            assert "No such image" in cli.fails("image", "inspect", ref)
+            assert "No such image" in cli.fails("rmi", ref)
+            assert "No such image" in cli.fails("history", ref)
+        assert cli.run("run", "--rm", "app", "cat", "/built").stdout.strip() == "built"
+        df = cli.run("system", "df", "-v").stdout  # short IDs, build cache records
+        assert own[7:19] in df and other[7:19] not in df
+    # The operator's catalogue is read-only for a tenant.
+    assert "authorization denied by plugin hbd-tenancy" in a.fails("rmi", "busybox")
+    # B's builder prune leaves A's cache; A's rmi leaves B's image.
+    b.run("builder", "prune", "-f")
+    assert " ---> Using cache" in _legacy_build(a, tmp_path, "app")
+    a.run("rmi", "app")
+    assert b.run("image", "inspect", "-f", "{{.Id}}", "app").stdout.strip() == b_id
+    # The operator sees B's tag qualified with its project (in the API's answers: the
+    # CLI's `docker images` shows a tag it cannot parse as <none>).
+    operator_tags = setup.daemon.docker("image", "inspect", "-f", "{{json .RepoTags}}", b_id)
+    project_b = setup.keystone.ids["tenant-b"]
+    assert json.loads(operator_tags.stdout) == [f"app:latest@{project_b}"]
+    b.run("rmi", "app")
+
+
+def test_no_cross_tenant_registry_cache_leak(setup: Setup, tmp_path: Path) -> None:
+    a, b = setup.a, setup.b
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nLABEL secret=tenant-a\n")
+    with registry("basic") as reg:
+        ref = f"{reg.host}/private/app:1"
+        _legacy_build(a, tmp_path, ref)
+        a.run("login", "-u", REGISTRY_USER, "-p", REGISTRY_PASSWORD, reg.host)
+        pushed = a.run("push", ref).stdout
+        digest = next(w for w in pushed.split() if w.startswith("sha256:"))
+        by_digest = f"{reg.host}/private/app@{digest}"
+        # The content is here, but B may not read it from the registry: B gets the
+        # registry's refusal, and nothing of it by tag or digest.
+        assert "pull access denied" in b.fails("pull", ref)
+        assert "pull access denied" in b.fails("pull", by_digest)
+        for name in (ref, by_digest):
+            assert "No such image" in b.fails("image", "inspect", name)
+        assert "pull access denied" in b.fails("run", "--rm", by_digest, "true")
+        # With its own credentials the registry lets it: then the local content serves.
+        b.run("login", "-u", REGISTRY_USER, "-p", REGISTRY_PASSWORD, reg.host)
+        b.run("pull", by_digest)
+        labels = b.run("image", "inspect", "-f", "{{.Config.Labels.secret}}", by_digest)
+        assert labels.stdout.strip() == "tenant-a"
+        a.run("logout", reg.host)
+        b.run("logout", reg.host)
+        a.run("rmi", ref)
+        b.run("rmi", by_digest)
+
+
+def test_a_commit_is_the_tenants_own(setup: Setup) -> None:
+    a, b = setup.a, setup.b
+    a.run("run", "--name", "committed", "busybox", "sh", "-c", "echo mine > /mark")
+    try:
+        a.run("commit", "committed", "snap:1")
+        snap = a.run("image", "inspect", "-f", "{{.Id}}", "snap:1").stdout.strip()
+        assert a.run("run", "--rm", "snap:1", "cat", "/mark").stdout.strip() == "mine"
+        assert "No such image" in b.fails("image", "inspect", "snap:1")
+        assert "No such image" in b.fails("image", "inspect", snap)
+        assert "snap" not in b.run("images", "--format", "{{.Repository}}").stdout
+    finally:
+        a.run("rm", "-f", "committed", check=False)
+        a.run("rmi", "snap:1", check=False)

@@ -12,6 +12,7 @@ from hbd.api.cri.gen import runtime_v1_pb2 as pb
 from hbd.errors import InvalidParameter, NotFound
 from hbd.services.image.distribution import Distribution, Platform
 from hbd.services.image.model import Image
+from hbd.services.image.owners import operator_keys
 from hbd.services.image.reference import parse_reference
 from hbd.services.image.registry import Credentials
 from hbd.services.image.store import ImageStore
@@ -29,7 +30,9 @@ def _uid_and_name(img: Image) -> tuple[int | None, str]:
 
 def image_message(img: Image) -> pb.Image:
     uid, username = _uid_and_name(img)
-    message = pb.Image(id=img.id, repo_tags=img.repo_tags, repo_digests=img.repo_digests,
+    # Kubernetes is the operator's: its references, not tenants' (owners.py).
+    message = pb.Image(id=img.id, repo_tags=operator_keys(img.repo_tags),
+                       repo_digests=operator_keys(img.repo_digests),
                        size=img.size, username=username, spec=pb.ImageSpec(image=img.id))
     if uid is not None:
         message.uid.value = uid

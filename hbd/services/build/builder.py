@@ -8,7 +8,10 @@ as a layer, through the container service and the same guest-side path as
 maintenance guest of the current image unpack it (copy-in) and hand back the
 changes. The other instructions only change the config. A step whose parent
 image and instruction (with the digest of the files a COPY/ADD copies) were
-built before reuses that result: the layer cache.
+built before reuses that result: the layer cache. The cache is its
+builder's: a tenant's steps are hits for its own builds only (the key has
+its project in it), and `docker builder prune` and `system df` show each
+asker its own.
 
 Output is dockerd's jsonmessage stream, as dicts; failures are BuildError.
 """
@@ -50,6 +53,7 @@ from hbd.services.container.model import Run
 from hbd.services.container.service import ContainerService
 from hbd.services.image.distribution import Distribution, Platform
 from hbd.services.image.model import Image, Layer, now_rfc3339, short_id
+from hbd.services.image.owners import holder_of
 from hbd.services.image.reference import Reference, parse_reference
 from hbd.services.image.registry import Credentials
 from hbd.services.image.store import ImageStore
@@ -141,10 +145,12 @@ class Builder:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # contexts of builds a crash cut short
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._cache: dict[str, str] = {}
+        self._cache_owner: dict[str, str] = {}  # key -> project ("" the operator's)
         for key, rec in state.load(CACHE_KIND):
             image_id = str(rec.get("image", ""))
             if image_id in images.images:
                 self._cache[key] = image_id
+                self._cache_owner[key] = str(rec.get("owner", ""))
             else:  # the image went (rmi, prune) while no build looked
                 state.delete(CACHE_KIND, key)
 
@@ -197,7 +203,7 @@ class Builder:
             else:
                 yield stream(f"Successfully built {short_id(final.id)}\n")
             for ref in tags:
-                self.images.tag(final.id, ref.name, ref.tag)
+                self.images.tag(final.id, ref.name, ref.tag, options.scope)
                 if not options.quiet:
                     yield stream(f"Successfully tagged {ref.familiar}\n")
         except HbdError:
@@ -230,7 +236,8 @@ class Builder:
         next step: keep those of tagged images (and in use), rebuild the rest
         on demand (a later build that changes a step needs its parent's)."""
         keep = {img.chain_id for img in self.images.images.values()
-                if img.repo_tags or img.repo_digests or self.images.container_usage(img.id)}
+                if img.repo_tags or img.repo_digests or
+                self.images.container_usage(img.id, OPERATOR)}
         if final is not None:
             keep.add(final.chain_id)
         for img in made:
@@ -239,33 +246,49 @@ class Builder:
 
     # -- cache ------------------------------------------------------------------
 
-    def cache_key(self, parent: str, created_by: str, config: dict[str, Any]) -> str:
-        blob = json.dumps([parent, created_by, config], sort_keys=True)
+    def cache_key(self, scope: Scope, parent: str, created_by: str, config: dict[str, Any]
+                  ) -> str:
+        """A step's key: the same step of another builder has another key."""
+        fields: list[Any] = [parent, created_by, config]
+        if scope.is_tenant:
+            fields.append(scope.project)
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def cached(self, key: str) -> Image | None:
+    def cached(self, key: str, scope: Scope) -> Image | None:
+        """The step's image, if it is still the asker's to use."""
         image_id = self._cache.get(key)
-        return self.images.images.get(image_id) if image_id else None
+        img = self.images.images.get(image_id) if image_id else None
+        if img is None or self._cache_owner.get(key, "") != holder_of(scope) or \
+                not self.images.visible(img, scope):
+            return None
+        return img
 
-    def remember(self, key: str, img: Image) -> None:
+    def remember(self, key: str, img: Image, scope: Scope) -> None:
         self._cache[key] = img.id
-        self.state.put(CACHE_KIND, key, {"image": img.id})
+        self._cache_owner[key] = holder_of(scope)
+        self.state.put(CACHE_KIND, key, {"image": img.id, "owner": holder_of(scope)})
 
-    def cached_steps(self) -> dict[str, Image]:
-        """The cache: key -> the image the step made (of those still here)."""
+    def cached_steps(self, scope: Scope = OPERATOR) -> dict[str, Image]:
+        """The asker's cache (the operator's: all of it): key -> the image the
+        step made (of those still here)."""
         return {key: img for key, image_id in self._cache.items()
-                if (img := self.images.images.get(image_id)) is not None}
+                if (img := self.images.images.get(image_id)) is not None and
+                (not scope.is_tenant or self._cache_owner.get(key) == holder_of(scope))}
 
-    async def prune_cache(self) -> dict[str, Any]:
-        """`POST /build/prune`: forget every cached step, and remove the
-        intermediate images that were kept only as the cache (images that
-        `docker images` lists stay); the space that freed."""
-        deleted = sorted(self._cache)
-        image_ids = set(self._cache.values())
-        for key in deleted:
+    async def prune_cache(self, scope: Scope = OPERATOR) -> dict[str, Any]:
+        """`POST /build/prune`: forget the asker's cached steps (the
+        operator's: every one), and remove the intermediate images that were
+        kept only as the cache (images that `docker images` lists stay); the
+        space that freed."""
+        mine = self.cached_steps(scope)
+        deleted = sorted(mine)
+        image_ids = {img.id for img in mine.values()}
+        for key in [k for k in self._cache if not scope.is_tenant or k in mine]:
             self.state.delete(CACHE_KIND, key)
-        self._cache.clear()
-        reclaimed = await self.images.remove_intermediates(image_ids)
+            del self._cache[key]
+            self._cache_owner.pop(key, None)
+        reclaimed = await self.images.remove_intermediates(image_ids, scope)
         return {"CachesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 
     # -- images -----------------------------------------------------------------
@@ -273,16 +296,16 @@ class Builder:
     scratch_id = "sha256:" + hashlib.sha256(
         json.dumps(SCRATCH_CONFIG, separators=(",", ":")).encode()).hexdigest()
 
-    def scratch(self) -> Image:
+    def scratch(self, scope: Scope) -> Image:
         """FROM scratch: an image of no layers (a COPY into it needs one to boot)."""
         config = copy.deepcopy(SCRATCH_CONFIG)
         image_id = self.images.blobs.put_bytes(
             json.dumps(config, separators=(",", ":")).encode())
-        return self.images.record_image(Image(image_id, config, []), [])
+        return self.images.record_image(Image(image_id, config, []), [], scope)
 
-    def child(self, parent: Image, config: dict[str, Any], author: str, created_by: str,
-              layer: Layer | None, container_id: str = "") -> Image:
-        """Record the image a step makes from `parent`."""
+    def child(self, scope: Scope, parent: Image, config: dict[str, Any], author: str,
+              created_by: str, layer: Layer | None, container_id: str = "") -> Image:
+        """Record the image a step makes from `parent`, held by the builder."""
         base = parent.config
         history = list(self.images.config_history(parent)) if parent.layers else \
             list(base.get("history") or [])
@@ -312,7 +335,7 @@ class Builder:
         image_id = self.images.blobs.put_bytes(json.dumps(new, separators=(",", ":")).encode())
         img = Image(image_id, new, [*parent.layers, *([layer] if layer else [])],
                     parent=parent.id)
-        return self.images.record_image(img, [])
+        return self.images.record_image(img, [], scope)
 
 
 def arg_pairs(text: str) -> list[tuple[str, str | None]]:
@@ -409,7 +432,7 @@ class _Run:
         sources: set[str] = set()
         for ref in refs:
             try:
-                img: Image | None = self.b.images.get(ref)
+                img: Image | None = self.b.images.get(ref, self.options.scope)
             except NotFound:
                 continue
             while img is not None and img.id not in sources:
@@ -423,7 +446,7 @@ class _Run:
         ignores the rest of the local cache)."""
         if self.options.nocache:
             return None
-        hit = self.b.cached(key)
+        hit = self.b.cached(key, self.options.scope)
         if hit is None or (self.cache_sources is not None and hit.id not in self.cache_sources):
             return None
         return hit
@@ -507,7 +530,7 @@ class _Run:
         if earlier is not None:
             img = earlier.image
         elif name == "scratch":
-            img = self.b.scratch()
+            img = self.b.scratch(self.options.scope)
         else:
             async for m in self.image(name):
                 if isinstance(m, Image):
@@ -529,7 +552,7 @@ class _Run:
         """A local image, else (or with `pull`) pulled; the progress goes into the stream."""
         if not self.options.pull:
             try:
-                yield self.b.images.get(name)
+                yield self.b.images.get(name, self.options.scope)
                 return
             except NotFound:
                 pass
@@ -537,9 +560,10 @@ class _Run:
         if not ref.digest:
             ref = ref.with_default_tag()
         creds = self.options.credentials.get(ref.domain) or Credentials()
-        async for message in self.b.distribution.pull(ref, Platform(), creds):
+        async for message in self.b.distribution.pull(ref, Platform(), creds,
+                                                      self.options.scope):
             yield message
-        yield self.b.images.get(str(ref))
+        yield self.b.images.get(str(ref), self.options.scope)
 
     def metadata(self, stage: _Stage, ins: Instruction) -> dict[str, Any] | None:
         """Steps that change only the config; returns " ---> Using cache" or None."""
@@ -646,13 +670,14 @@ class _Run:
 
     def commit_config(self, stage: _Stage, created_by: str) -> dict[str, Any] | None:
         assert stage.image is not None
-        key = self.b.cache_key(stage.image.id, created_by, stage.config)
+        key = self.b.cache_key(self.options.scope, stage.image.id, created_by, stage.config)
         hit = self.cache_hit(key)
         if hit is not None:
             stage.image = hit
             return stream(" ---> Using cache\n")
-        stage.image = self.b.child(stage.image, stage.config, stage.author, created_by, None)
-        self.b.remember(key, stage.image)
+        stage.image = self.b.child(self.options.scope, stage.image, stage.config, stage.author,
+                                   created_by, None)
+        self.b.remember(key, stage.image, self.options.scope)
         return None
 
     # -- RUN ----------------------------------------------------------------------
@@ -674,7 +699,7 @@ class _Run:
         created_by = " ".join(args)
         if arg_env:
             created_by = f"|{len(arg_env)} {' '.join(arg_env)} {created_by}"
-        key = self.b.cache_key(stage.image.id, created_by, stage.config)
+        key = self.b.cache_key(self.options.scope, stage.image.id, created_by, stage.config)
         hit = self.cache_hit(key)
         if hit is not None:
             stage.image = hit
@@ -744,10 +769,10 @@ class _Run:
         else:
             layer = changes.result()
         with self.b.images.pinned([layer.digest]):
-            stage.image = self.b.child(stage.image, stage.config, stage.author, created_by,
-                                       layer, cid)
+            stage.image = self.b.child(self.options.scope, stage.image, stage.config,
+                                       stage.author, created_by, layer, cid)
         self.made.append(stage.image)
-        self.b.remember(key, stage.image)
+        self.b.remember(key, stage.image, self.options.scope)
         if self.options.rm or self.options.forcerm:
             self.leftover.remove(cid)
             await self.b.containers.remove(cid, force=True, volumes=True)
@@ -798,7 +823,7 @@ class _Run:
             copies, summary = await self.from_context(k, sources, dest, dest_is_dir, chown)
         created_by = (f"/bin/sh -c #(nop) {k} {'--chown=' + chown + ' ' if chown else ''}"
                       f"{summary} in {dest_text} ")
-        key = self.b.cache_key(stage.image.id, created_by, stage.config)
+        key = self.b.cache_key(self.options.scope, stage.image.id, created_by, stage.config)
         hit = self.cache_hit(key)
         if hit is not None:
             for c in copies:
@@ -826,10 +851,10 @@ class _Run:
             for c in copies:
                 await _close(c.body)
         with self.b.images.pinned([layer.digest]):
-            stage.image = self.b.child(stage.image, stage.config, stage.author, created_by,
-                                       layer)
+            stage.image = self.b.child(self.options.scope, stage.image, stage.config,
+                                       stage.author, created_by, layer)
         self.made.append(stage.image)
-        self.b.remember(key, stage.image)
+        self.b.remember(key, stage.image, self.options.scope)
         self.temporary.remove(cid)
         await self.b.containers.remove(cid, force=True, volumes=True)
 

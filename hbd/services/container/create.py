@@ -34,6 +34,7 @@ class Creator:
     volumes: VolumeService
     scratch: ScratchDisks
     quota: QuotaGuard = field(default_factory=QuotaGuard)
+    publish: tenancy.PublishPolicy = field(default_factory=tenancy.PublishPolicy)
 
     async def create(self, name: str | None, body: dict[str, Any],
                      api_version: str = "", scope: Scope = OPERATOR) -> dict[str, Any]:
@@ -47,6 +48,7 @@ class Creator:
         if isinstance(requested, dict):  # policy first: 403 before any 400 of a field
             tenancy.check_policy(requested, scope)
         host_config = cc.normalize_host_config(requested)
+        self.publish.check(cn.published_ports(config, host_config), scope)
         ns.check_network_mode(body, host_config)
         endpoints = tenancy.qualify_references(
             host_config, cn.endpoints_config(body.get("NetworkingConfig")), scope)
@@ -57,7 +59,7 @@ class Creator:
         self.quota.check_container(scope, host_config,
                                    (c.host_config for c in self.store.visible(scope)))
         try:
-            img = self.images.get(config["Image"])
+            img = self.images.get(config["Image"], scope)
         except NotFound:
             raise no_such_image(_familiar_or_raw(config["Image"])) from None
         if name:

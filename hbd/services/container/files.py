@@ -290,7 +290,7 @@ class ContainerFiles:
         digest = layer.digest
         with store.pinned([image_id, digest]):
             await store.ensure_disk(img)
-            store.record_image(img, [target] if target else [])
+            store.record_image(img, [target] if target else [], scope)
         store.events.publish("container", "commit", c.id, {"comment": comment,
                                                             "imageID": image_id,
                                                             "imageRef": target.familiar

@@ -48,7 +48,7 @@ class ContainerFilter:
         self.ancestors: set[str] = set()
         for ref in filters.get("ancestor", []):
             try:
-                self.ancestors.add(images.get(ref).id)
+                self.ancestors.add(images(ref).id)
             except NotFound:
                 self.ancestors.add(ref)
         self.names = [re.compile(n) for n in filters.get("name", [])]

@@ -49,7 +49,7 @@ from hbd.errors import HbdError
 from hbd.events import EventBus
 from hbd.services.container import attach as attaching
 from hbd.services.container import config as cc
-from hbd.services.container import links, stats
+from hbd.services.container import links, stats, tenancy
 from hbd.services.container.connect import Connections
 from hbd.services.container.create import Creator
 from hbd.services.container.delete import Remover
@@ -91,7 +91,8 @@ class ContainerService:
         self.starter = Starter(config, self.store, images, networks, volumes, self.sandboxes,
                                self.monitor, self.restarts)
         self.quota = QuotaGuard(config.quotas, config.vm.vcpus, config.vm.memory_mib)
-        self.creator = Creator(self.store, images, networks, volumes, scratch, self.quota)
+        self.creator = Creator(self.store, images, networks, volumes, scratch, self.quota,
+                               tenancy.PublishPolicy.from_settings(config.tenants))
         self.stopper = Stopper(self.store, self.restarts, self.starter)
         self.views = ContainerViews(self.store, images, networks, volumes)
         self.connections = Connections(self.store, networks, self.sandboxes)

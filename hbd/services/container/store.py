@@ -12,7 +12,7 @@ from hbd.events import EventBus
 from hbd.services.container.logs import LogDriver, json_file_name, log_driver
 from hbd.services.container.model import Container
 from hbd.services.container.outputmark import FILE_NAME, OutputMark, OutputMarkFile
-from hbd.services.scope import Scope, owner_of, split_owner
+from hbd.services.scope import OPERATOR, Scope, owner_of, split_owner
 from hbd.services.timefmt import ZERO_TIME
 from hbd.store import StateStore
 
@@ -98,9 +98,10 @@ class ContainerStore:
 
     # -- who uses what -----------------------------------------------------------
 
-    def image_usage(self, image_id: str) -> list[tuple[str, bool]]:
+    def image_usage(self, image_id: str, scope: Scope = OPERATOR) -> list[tuple[str, bool]]:
+        """The containers the asker sees that use the image: (id, running)."""
         return [(c.id, c.state.running) for c in self.containers.values()
-                if c.image_id == image_id]
+                if c.image_id == image_id and scope.sees(c.name)]
 
     def volume_users(self, name: str) -> list[str]:
         return [c.id for c in self.containers.values()

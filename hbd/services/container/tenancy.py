@@ -6,8 +6,12 @@ when an authorization plugin refuses a request ("authorization denied by
 plugin NAME: MESSAGE"): host bind mounts (-v /path, --mount type=bind),
 --privileged (and privileged execs), --network host, devices (--device,
 --device-cgroup-rule, --gpus) and capabilities beyond Docker's default set
-(--cap-add; --cap-drop is always fine). `container:X` of another tenant's X
-is no policy matter: X is absent for it (404), as every other reference.
+(--cap-add; --cap-drop is always fine). Published ports are bound as the
+tenant asks, within what the operator allows ([tenants] in hbd.toml,
+PublishPolicy): host ports in its ranges, on its host addresses; an
+ephemeral host port only where the host's ephemeral range is all allowed.
+`container:X` of another tenant's X is no policy matter: X is absent for it
+(404), as every other reference.
 
 A tenant names its own objects only (hbd.services.scope): every container
 and network that its create body refers to is qualified with its project
@@ -19,11 +23,17 @@ there.
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from hbd.config import TenantSettings, parse_port_ranges
 from hbd.errors import Forbidden
 from hbd.services.container import capabilities
 from hbd.services.container.namespaces import CONTAINER_PREFIX, peer_ref
+from hbd.services.network.model import PublishedPort
 from hbd.services.network.service import network_ref_in
 from hbd.services.scope import Scope
 
@@ -58,9 +68,10 @@ def _qualified_firsts(specs: Any, scope: Scope) -> list[str]:
 POLICY = "hbd-tenancy"
 
 
-def refused(what: str) -> Forbidden:
+def refused(what: str, allowed: str = "") -> Forbidden:
     return Forbidden(f"authorization denied by plugin {POLICY}: {what} is not allowed for "
-                     "tenant containers")
+                     "tenant containers" + (f" (the operator allows {allowed})" if allowed
+                                            else ""))
 
 
 def check_policy(host_config: dict[str, Any], scope: Scope) -> None:
@@ -89,3 +100,61 @@ def check_policy(host_config: dict[str, Any], scope: Scope) -> None:
 def check_exec_policy(privileged: bool, scope: Scope) -> None:
     if scope.is_tenant and privileged:
         raise refused("a privileged exec")
+
+
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+ALL_ADDRESSES = (ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::"))
+
+
+def host_ephemeral_range() -> tuple[int, int]:
+    """The host's ephemeral ports, where a port published without a host port lands."""
+    try:
+        low, high = (int(n) for n in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+@dataclass(frozen=True)
+class PublishPolicy:
+    """The host ports and addresses a tenant's container may publish on."""
+
+    ranges: tuple[tuple[int, int], ...] = ((1024, 65535),)
+    addresses: frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address] = frozenset()
+    ephemeral: tuple[int, int] = (32768, 60999)
+
+    @classmethod
+    def from_settings(cls, settings: TenantSettings) -> PublishPolicy:
+        return cls(parse_port_ranges(settings.publish_ports, "[tenants] publish_ports"),
+                   frozenset(ipaddress.ip_address(a) for a in settings.publish_addresses),
+                   host_ephemeral_range())
+
+    def _port_allowed(self, low: int, high: int) -> bool:
+        return any(first <= low and high <= last for first, last in self.ranges)
+
+    @property
+    def _ranges_text(self) -> str:
+        return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in self.ranges)
+
+    def check(self, ports: Iterable[PublishedPort], scope: Scope) -> None:
+        """A tenant's published ports against the policy (the operator's are free)."""
+        if not scope.is_tenant:
+            return
+        for port in ports:
+            if port.host_port == 0 and not self._port_allowed(*self.ephemeral):
+                raise refused(f"an ephemeral host port for {port.container_port}/"
+                              f"{port.protocol}", self._ranges_text)
+            if port.host_port and not self._port_allowed(port.host_port, port.host_port):
+                raise refused(f"host port {port.host_port}", self._ranges_text)
+            self._check_address(port.host_ip)
+
+    def _check_address(self, host_ip: str) -> None:
+        if not self.addresses:
+            return
+        try:
+            wanted = [ipaddress.ip_address(host_ip)] if host_ip else list(ALL_ADDRESSES)
+        except ValueError:
+            return  # not an address: the bad spec's 400 comes from where ports are parsed
+        if not any(w in self.addresses for w in wanted):
+            shown = ", ".join(sorted(str(a) for a in self.addresses))
+            raise refused(f"host address {host_ip or '0.0.0.0'}", shown)

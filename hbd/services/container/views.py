@@ -91,7 +91,8 @@ class ContainerViews:
     def list_summaries(self, all_: bool = False, limit: int = -1,
                        filters: dict[str, list[str]] | None = None,
                        scope: Scope = OPERATOR) -> list[dict[str, Any]]:
-        matches = ContainerFilter(filters or {}, self.store, self.images, scope)
+        matches = ContainerFilter(filters or {}, self.store,
+                                  lambda ref: self.images.get(ref, scope), scope)
         items = sorted(self.store.visible(scope), key=lambda c: c.created, reverse=True)
         # A status or exited filter implies --all, as in dockerd.
         show_all = all_ or limit > 0 or "status" in matches.filters or \

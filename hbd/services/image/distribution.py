@@ -23,6 +23,7 @@ from hbd.services.image.archive import OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZST
 from hbd.services.image.blobs import DigestMismatch
 from hbd.services.image.layers import LayerError, inflater_for_media_type
 from hbd.services.image.model import Image, Layer
+from hbd.services.image.owners import owned_key, split_owned
 from hbd.services.image.reference import Reference, parse_reference
 from hbd.services.image.registry import (
     MEDIA_CONFIG_V1,
@@ -39,6 +40,7 @@ from hbd.services.image.registry import (
     sha256_digest,
 )
 from hbd.services.image.store import ImageStore
+from hbd.services.scope import OPERATOR, Scope
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +133,15 @@ class Distribution:
         raise NotFound(f"no matching manifest for {platform.os}/{platform.architecture} in "
                        "the manifest list entries")
 
-    async def pull(self, ref: Reference, platform: Platform, credentials: Credentials
-                   ) -> AsyncIterator[dict[str, Any]]:
-        """Progress messages; raises before the first one if the image is not there."""
+    async def pull(self, ref: Reference, platform: Platform, credentials: Credentials,
+                   scope: Scope = OPERATOR) -> AsyncIterator[dict[str, Any]]:
+        """Progress messages; raises before the first one if the image is not there.
+
+        The registry is always asked for the manifest with the asker's own
+        credentials, even when the image is here already (another tenant's
+        pull): only an asker the registry lets read it reuses the local
+        content, so a private image does not leak from one tenant to another
+        through the cache."""
         if not ref.digest:
             ref = ref.with_default_tag()
         session, listed = await self._manifest(ref, credentials)
@@ -141,7 +149,8 @@ class Distribution:
         lock = self._pull_locks.setdefault(listed.digest, asyncio.Lock())
         async with lock:
             try:
-                async for message in self._pull_manifest(ref, session, listed, manifest):
+                async for message in self._pull_manifest(ref, session, listed, manifest,
+                                                         scope):
                     yield message
             except BaseException:
                 # Blobs that arrived before the failure belong to no image.
@@ -149,7 +158,8 @@ class Distribution:
                 raise
 
     async def _pull_manifest(self, ref: Reference, session: Session, listed: Manifest,
-                             manifest: Manifest) -> AsyncIterator[dict[str, Any]]:
+                             manifest: Manifest, scope: Scope
+                             ) -> AsyncIterator[dict[str, Any]]:
         doc = manifest.document
         config_desc = doc.get("config") or {}
         layer_descs = doc.get("layers") or []
@@ -164,9 +174,10 @@ class Distribution:
         if existing is not None and all(self.store.blobs.has(layer.digest)
                                         for layer in existing.layers):
             before = list(existing.repo_tags)
-            self.store.record_image(existing, [*tags, repo_digest])
+            self.store.record_image(existing, [*tags, repo_digest], scope)
             yield {"status": f"Digest: {listed.digest}"}
-            fresh = str(ref.with_default_tag()) not in before if ref.tag else False
+            fresh = owned_key(ref.with_default_tag(), scope.project) not in before \
+                if ref.tag else False
             yield {"status": ("Status: Downloaded newer image for " if fresh else
                               "Status: Image is up to date for ") + ref.familiar}
             return
@@ -199,8 +210,8 @@ class Distribution:
             await self.store.ensure_disk(img)
             for layer in layers:
                 yield progress("Pull complete", short(layer.digest))
-            self.store.record_image(img, [*tags, repo_digest])
-        self.store.events.publish("image", "pull", img.id, {"name": ref.familiar})
+            self.store.record_image(img, [*tags, repo_digest], scope)
+        self.store.events.publish("image", "pull", img.id, {"name": scope.qualify(ref.familiar)})
         yield {"status": f"Digest: {listed.digest}"}
         yield {"status": f"Status: Downloaded newer image for {ref.familiar}"}
 
@@ -264,8 +275,8 @@ class Distribution:
 
     # -- push ----------------------------------------------------------------------
 
-    async def push(self, name: str, tag: str, credentials: Credentials
-                   ) -> AsyncIterator[dict[str, Any]]:
+    async def push(self, name: str, tag: str, credentials: Credentials,
+                   scope: Scope = OPERATOR) -> AsyncIterator[dict[str, Any]]:
         ref = parse_reference(name)
         if ref.digest:
             raise InvalidParameter("cannot push a digest reference")
@@ -274,19 +285,21 @@ class Distribution:
         elif ref.tag:
             refs = [ref]
         else:
-            refs = [parse_reference(t) for img in self.store.images.values()
-                    for t in img.repo_tags if parse_reference(t).name == ref.name]
+            refs = sorted({r for img in self.store.all_images(scope)
+                           for r in map(lambda t: split_owned(t)[0],
+                                        self.store.visible_refs(img, scope)[0])
+                           if r.name == ref.name}, key=str)
         if not refs:
             raise NotFound(f"An image does not exist locally with the tag: {ref.familiar_name}")
-        images = [(r, self.store.get(str(r))) for r in refs]
+        images = [(r, self.store.get(str(r), scope)) for r in refs]
         sessions = await self.client.sessions(refs[0], credentials, "push,pull")
         session = sessions[-1]  # never push to a mirror
         yield {"status": f"The push refers to repository [{ref.name}]"}
         for r, img in images:
-            async for message in self._push_image(session, r, img):
+            async for message in self._push_image(session, r, img, scope):
                 yield message
 
-    async def _push_image(self, session: Session, ref: Reference, img: Image
+    async def _push_image(self, session: Session, ref: Reference, img: Image, scope: Scope
                           ) -> AsyncIterator[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         target = f"{ref.domain}/{ref.path}"
@@ -315,8 +328,8 @@ class Distribution:
             "layers": descriptors,
         }, indent=3).encode()
         digest = await session.put_manifest(ref.tag, manifest, manifest_type)
-        self.store.record_image(img, [Reference(ref.domain, ref.path, digest=digest)])
-        self.store.events.publish("image", "push", img.id, {"name": ref.familiar})
+        self.store.record_image(img, [Reference(ref.domain, ref.path, digest=digest)], scope)
+        self.store.events.publish("image", "push", img.id, {"name": scope.qualify(ref.familiar)})
         yield {"status": f"{ref.tag}: digest: {digest} size: {len(manifest)}"}
         yield {"progressDetail": {}, "aux": {"Tag": ref.tag, "Digest": digest,
                                              "Size": len(manifest)}}

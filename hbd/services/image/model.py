@@ -52,6 +52,8 @@ class Image:
     last_tag_time: str = ""
     # The image a build step made this one from (dockerd's local Parent).
     parent: str = ""
+    # Who has the image: "" the operator, else tenant project ids (owners.py).
+    holders: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -74,6 +76,7 @@ class Image:
             "repo_digests": self.repo_digests,
             "last_tag_time": self.last_tag_time,
             **({"parent": self.parent} if self.parent else {}),
+            "holders": self.holders,
         }
 
     @property

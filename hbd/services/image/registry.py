@@ -310,7 +310,10 @@ class RegistryClient:
     @property
     def http(self) -> aiohttp.ClientSession:
         if self._http is None:
+            # No cookie jar (as Go's http.Client in dockerd): a registry's
+            # cookie for one tenant's pull must not go with another's request.
             self._http = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None, connect=15, sock_read=120),
                 headers={"User-Agent": "hbd (docker-compatible)"})
         return self._http

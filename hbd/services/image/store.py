@@ -5,6 +5,13 @@ ordered list of layer blobs. Each image is flattened once into a read-only
 ext4 disk, cached by the chain ID of its layers, which every container of
 that image attaches. Tag and delete semantics follow dockerd's
 daemon/images/image_delete.go.
+
+Tags are their owner's and images have holders (owners.py): every call that
+names, lists or changes images takes the asker's scope. A tenant finds its
+own tags and images and the operator's (which it may use and tag, not
+untag or remove); another tenant's are absent, and their events, container
+users and space are none of its business. A tenant's rmi or prune lets go of
+its tags and its hold; the content goes when nobody holds or uses it.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from hbd.drivers import disks
-from hbd.errors import Conflict, InvalidParameter, SystemError_, no_such_image
+from hbd.errors import Conflict, Forbidden, InvalidParameter, SystemError_, no_such_image
 from hbd.events import EventBus
 from hbd.services.filters import PruneFilter
 from hbd.services.image import usage
@@ -54,6 +61,15 @@ from hbd.services.image.loadarchive import (
     tar_error,
 )
 from hbd.services.image.model import Image, Layer, now_rfc3339, short_id
+from hbd.services.image.owners import (
+    OPERATOR_HOLDER,
+    holder_of,
+    own_key,
+    owned_key,
+    sees_key,
+    sorted_shown,
+    split_owned,
+)
 from hbd.services.image.reference import (
     Reference,
     is_full_id,
@@ -61,6 +77,7 @@ from hbd.services.image.reference import (
     parse_reference,
     validate_tag,
 )
+from hbd.services.scope import OPERATOR, Scope
 from hbd.services.timefmt import parse_rfc3339
 from hbd.store import StateStore
 
@@ -72,14 +89,22 @@ CHUNK = 1024 * 1024
 
 
 # The container service tells the image store which containers use an image:
-# (container id, running) pairs. Injected so images do not depend on containers.
-ContainerUsage = Callable[[str], list[tuple[str, bool]]]
+# (container id, running) pairs, of those the scope sees. Injected so images
+# do not depend on containers.
+ContainerUsage = Callable[[str, Scope], list[tuple[str, bool]]]
 
 
 @dataclass
 class _Conflict:
     hard: bool
     message: str
+
+
+def refused(what: str) -> Forbidden:
+    """The operator's images are a read-only catalogue for tenants: refused
+    in the words of the other tenant policy refusals (container/tenancy.py)."""
+    return Forbidden(f"authorization denied by plugin hbd-tenancy: {what} is not allowed "
+                     "for tenants")
 
 
 def _delete_conflict(image_id: str, c: _Conflict) -> Conflict:
@@ -107,7 +132,7 @@ class ImageStore:
         os.chmod(self.disk_dir, 0o700)
         self.images: dict[str, Image] = {}
         self.refs: dict[str, str] = {}  # full normalized reference -> image id
-        self.container_usage: ContainerUsage = lambda image_id: []
+        self.container_usage: ContainerUsage = lambda image_id, scope: []
         self._disk_locks: dict[str, asyncio.Lock] = {}
         # Held while blobs are staged for images not yet recorded, and by
         # garbage collection, so one never deletes what the other stages.
@@ -135,6 +160,8 @@ class ImageStore:
                 repo_digests=rec.get("repo_digests", []),
                 last_tag_time=rec.get("last_tag_time", ""),
                 parent=rec.get("parent", ""),
+                # Records from before tenants had images are the operator's.
+                holders=list(rec.get("holders", [OPERATOR_HOLDER])),
             )
             self.images[image_id] = img
             for ref in img.repo_tags + img.repo_digests:
@@ -145,12 +172,13 @@ class ImageStore:
 
     # -- lookup --------------------------------------------------------------
 
-    def get(self, ref_or_id: str) -> Image:
-        """GetImage: by ID, ID prefix, name[:tag] or name@digest."""
+    def get(self, ref_or_id: str, scope: Scope = OPERATOR) -> Image:
+        """GetImage: by ID, ID prefix, name[:tag] or name@digest, among the
+        images the asker sees (a tenant's own tags first, then the operator's)."""
         text = ref_or_id
         if text.startswith("sha256:") and is_full_id(text[7:]):
             img = self.images.get(text)
-            if img is None:
+            if img is None or not self.visible(img, scope):
                 raise no_such_image(text)
             return img
         try:
@@ -158,27 +186,61 @@ class ImageStore:
         except InvalidParameter:
             ref = None
         if ref is not None:
-            image_id = self.refs.get(str(ref.with_default_tag()))
+            image_id = self._ref_target(ref.with_default_tag(), scope)
             if image_id is not None:
                 return self.images[image_id]
         if looks_like_id_prefix(text):
             prefix = text if text.startswith("sha256:") else "sha256:" + text
-            matches = [i for i in self.images if i.startswith(prefix)]
+            matches = [i for i, img in self.images.items()
+                       if i.startswith(prefix) and self.visible(img, scope)]
             if len(matches) == 1:
                 return self.images[matches[0]]
         if ref is not None and not ref.digest:
             raise no_such_image(ref.with_default_tag().familiar)
         raise no_such_image(text)
 
-    def all_images(self) -> list[Image]:
-        return sorted(self.images.values(), key=lambda i: i.created_unix, reverse=True)
+    def _ref_target(self, ref: Reference, scope: Scope) -> str | None:
+        """The image a reference names for the asker: its own tag, else the operator's."""
+        if scope.is_tenant and (mine := self.refs.get(owned_key(ref, scope.project))):
+            return mine
+        return self.refs.get(str(ref))
+
+    def visible(self, img: Image, scope: Scope) -> bool:
+        """Whether the asker sees the image: the operator sees all, a tenant
+        those it holds, the operator's, and those its containers use."""
+        return (not scope.is_tenant or holder_of(scope) in img.holders or
+                OPERATOR_HOLDER in img.holders or bool(self.container_usage(img.id, scope)))
+
+    def visible_refs(self, img: Image, scope: Scope) -> tuple[list[str], list[str]]:
+        """The image's tag and digest keys the asker sees."""
+        return ([k for k in img.repo_tags if sees_key(k, scope)],
+                [k for k in img.repo_digests if sees_key(k, scope)])
+
+    def _seen_refs(self, img: Image, scope: Scope) -> list[str]:
+        tags, digests = self.visible_refs(img, scope)
+        return tags + digests
+
+    def _own_refs(self, img: Image, scope: Scope) -> list[str]:
+        """The keys the asker may untag: a tenant its own, the operator all."""
+        keys = img.repo_tags + img.repo_digests
+        return keys if not scope.is_tenant else [k for k in keys if own_key(k, scope)]
+
+    def all_images(self, scope: Scope = OPERATOR) -> list[Image]:
+        return sorted((img for img in self.images.values() if self.visible(img, scope)),
+                      key=lambda i: i.created_unix, reverse=True)
+
+    def _publish(self, action: str, img: Image, name: str, scope: Scope) -> None:
+        """An image event, named so that /events shows it to its owner only."""
+        self.events.publish("image", action, img.id, {"name": scope.qualify(name)})
 
     # -- tagging -------------------------------------------------------------
 
-    def _add_ref(self, img: Image, ref: Reference) -> None:
-        full = str(ref)
+    def _add_ref(self, img: Image, ref: Reference, scope: Scope) -> None:
+        full = owned_key(ref, scope.project)
+        self._hold(img, scope)
         old_id = self.refs.get(full)
         if old_id == img.id:
+            self._save(img)
             return
         if old_id is not None:
             old = self.images[old_id]
@@ -193,8 +255,13 @@ class ImageStore:
         img.last_tag_time = now_rfc3339()
         self._save(img)
 
-    def tag(self, source: str, repo: str, tag: str) -> None:
-        img = self.get(source)
+    @staticmethod
+    def _hold(img: Image, scope: Scope) -> None:
+        if holder_of(scope) not in img.holders:
+            img.holders.append(holder_of(scope))
+
+    def tag(self, source: str, repo: str, tag: str, scope: Scope = OPERATOR) -> None:
+        img = self.get(source, scope)
         if not repo:
             raise InvalidParameter("repository name must have at least one component")
         ref = parse_reference(repo)
@@ -204,8 +271,8 @@ class ImageStore:
             validate_tag(tag)
             ref = ref.with_tag(tag)
         ref = ref.with_default_tag()
-        self._add_ref(img, ref)
-        self.events.publish("image", "tag", img.id, {"name": ref.familiar})
+        self._add_ref(img, ref, scope)
+        self._publish("tag", img, ref.familiar, scope)
 
     def _remove_ref(self, full: str) -> None:
         image_id = self.refs.pop(full)
@@ -214,17 +281,31 @@ class ImageStore:
         img.repo_digests = [t for t in img.repo_digests if t != full]
         self._save(img)
 
+    def _untag(self, key: str, scope: Scope, records: list[dict[str, str]]) -> None:
+        img = self.images[self.refs[key]]
+        self._remove_ref(key)
+        familiar = split_owned(key)[0].familiar
+        records.append({"Untagged": familiar})
+        self._publish("untag", img, familiar, scope)
+
+    def _used_by_others(self, img: Image, scope: Scope) -> bool:
+        """Whether containers the asker does not see use the image."""
+        return scope.is_tenant and \
+            len(self.container_usage(img.id, OPERATOR)) > len(self.container_usage(img.id, scope))
+
     # -- delete --------------------------------------------------------------
 
-    def _check_conflict(self, img: Image, hard_only: bool,
-                        skip_references: bool = False) -> _Conflict | None:
-        users = self.container_usage(img.id)
+    def _check_conflict(self, img: Image, refs: list[str], scope: Scope, hard_only: bool
+                        ) -> _Conflict | None:
+        """What stops the asker removing the image: its containers using it,
+        or (unless forced) `refs`, its tags in more than one repository."""
+        users = self.container_usage(img.id, scope)
         running = [cid for cid, is_running in users if is_running]
         if running:
             return _Conflict(True, f"image is being used by running container {running[0][:12]}")
         if hard_only:
             return None
-        if not skip_references and (img.repo_tags or img.repo_digests):
+        if refs:
             return _Conflict(False, "image is referenced in multiple repositories")
         stopped = [cid for cid, is_running in users if not is_running]
         if stopped:
@@ -233,60 +314,91 @@ class ImageStore:
 
     @staticmethod
     def _single_repository(refs: list[str]) -> bool:
-        repos = {parse_reference(r).name for r in refs}
+        repos = {split_owned(r)[0].name for r in refs}
         return len(repos) <= 1
 
-    async def delete(self, ref_or_id: str, force: bool = False) -> list[dict[str, str]]:
+    async def delete(self, ref_or_id: str, force: bool = False, scope: Scope = OPERATOR
+                     ) -> list[dict[str, str]]:
         async with self._store_lock:
-            return self._delete_locked(ref_or_id, force)
+            return self._delete_locked(ref_or_id, force, scope)
 
-    def _delete_locked(self, ref_or_id: str, force: bool) -> list[dict[str, str]]:
-        img = self.get(ref_or_id)
+    def _delete_locked(self, ref_or_id: str, force: bool, scope: Scope
+                       ) -> list[dict[str, str]]:
+        img = self.get(ref_or_id, scope)
         records: list[dict[str, str]] = []
-        all_refs = img.repo_tags + img.repo_digests
         by_id = ref_or_id.startswith("sha256:") or (
             looks_like_id_prefix(ref_or_id) and img.id.startswith("sha256:" + ref_or_id))
         if not by_id:
-            ref = parse_reference(ref_or_id).with_default_tag()
-            if not force and self._single_repository(all_refs):
-                users = self.container_usage(img.id)
-                if users:
-                    raise Conflict(
-                        f'conflict: unable to remove repository reference "{ref_or_id}" '
-                        f"(must force) - container {users[0][0][:12]} is using its "
-                        f"referenced image {short_id(img.id)}")
-            full = str(ref)
-            if full not in self.refs:
-                raise no_such_image(ref.familiar)
-            self._remove_ref(full)
-            records.append({"Untagged": ref.familiar})
-            self.events.publish("image", "untag", img.id, {"name": ref.familiar})
-            # Digest references of the same repository go with its last tag.
-            if not any(parse_reference(t).name == ref.name for t in img.repo_tags):
-                for d in [d for d in img.repo_digests if parse_reference(d).name == ref.name]:
-                    self._remove_ref(d)
-                    records.append({"Untagged": parse_reference(d).familiar})
-            if img.repo_tags or img.repo_digests:
+            self._untag_by_name(img, ref_or_id, force, scope, records)
+            if self._own_refs(img, scope):
                 return records
-        elif self._single_repository(all_refs):
-            conflict = self._check_conflict(img, hard_only=force, skip_references=True)
-            if conflict is not None:
-                raise _delete_conflict(img.id, conflict)
-            for full in list(all_refs):
-                self._remove_ref(full)
-                records.append({"Untagged": parse_reference(full).familiar})
-                self.events.publish("image", "untag", img.id,
-                                    {"name": parse_reference(full).familiar})
-        conflict = self._check_conflict(img, hard_only=force)
+        else:
+            if scope.is_tenant and holder_of(scope) not in img.holders:
+                raise refused(f"removing the operator's image {short_id(img.id)}")
+            mine = self._own_refs(img, scope)
+            if self._single_repository(self._seen_refs(img, scope)):
+                conflict = self._check_conflict(img, [], scope, hard_only=force)
+                if conflict is not None:
+                    raise _delete_conflict(img.id, conflict)
+                for key in list(mine):
+                    self._untag(key, scope, records)
+        conflict = self._check_conflict(img, self._own_refs(img, scope), scope,
+                                        hard_only=force)
         if conflict is not None:
             raise _delete_conflict(img.id, conflict)
-        for full in list(img.repo_tags + img.repo_digests):
-            self._remove_ref(full)
-            records.append({"Untagged": parse_reference(full).familiar})
+        for key in list(self._own_refs(img, scope)):
+            self._remove_ref(key)
+            records.append({"Untagged": split_owned(key)[0].familiar})
+        self._let_go(img, scope, records, outright=by_id)
+        return records
+
+    def _untag_by_name(self, img: Image, name: str, force: bool, scope: Scope,
+                       records: list[dict[str, str]]) -> None:
+        """rmi NAME: the asker's tag goes (with its digests of the same
+        repository once it was the repository's last tag)."""
+        ref = parse_reference(name).with_default_tag()
+        full = owned_key(ref, scope.project)
+        if full not in self.refs:
+            if scope.is_tenant and str(ref) in self.refs:
+                raise refused(f"untagging the operator's image {ref.familiar}")
+            raise no_such_image(ref.familiar)
+        if not force and self._single_repository(self._seen_refs(img, scope)):
+            users = self.container_usage(img.id, scope)
+            if users:
+                raise Conflict(
+                    f'conflict: unable to remove repository reference "{name}" '
+                    f"(must force) - container {users[0][0][:12]} is using its "
+                    f"referenced image {short_id(img.id)}")
+        self._untag(full, scope, records)
+        mine = self._own_refs(img, scope)
+        if not any(split_owned(t)[0].name == ref.name for t in img.repo_tags if t in mine):
+            for d in [d for d in img.repo_digests
+                      if d in mine and split_owned(d)[0].name == ref.name]:
+                self._remove_ref(d)
+                records.append({"Untagged": split_owned(d)[0].familiar})
+
+    def _let_go(self, img: Image, scope: Scope, records: list[dict[str, str]],
+                outright: bool = False) -> None:
+        """The asker no longer holds the image (its tags are gone): the
+        content goes if nobody else holds or uses it. The operator's rmi by
+        ID removes the image outright, whoever held it. A tenant is told its
+        image is deleted once it no longer sees it, whoever else keeps it, so
+        that nothing says whether another tenant has it."""
+        if outright and not scope.is_tenant:
+            for key in list(img.repo_tags + img.repo_digests):
+                self._remove_ref(key)
+            img.holders.clear()
+        elif holder_of(scope) in img.holders:
+            img.holders.remove(holder_of(scope))
+        if img.holders or img.repo_tags or img.repo_digests or self._used_by_others(img, scope):
+            self._save(img)
+            if not self.visible(img, scope):
+                records.append({"Deleted": img.id})
+                self._publish("delete", img, img.id, scope)
+            return
         self._delete_image(img)
         records.append({"Deleted": img.id})
-        self.events.publish("image", "delete", img.id, {"name": img.id})
-        return records
+        self._publish("delete", img, img.id, scope)
 
     def _delete_image(self, img: Image) -> None:
         del self.images[img.id]
@@ -351,7 +463,7 @@ class ImageStore:
 
     # -- load ----------------------------------------------------------------
 
-    async def load(self, body: Any) -> list[str]:
+    async def load(self, body: Any, scope: Scope = OPERATOR) -> list[str]:
         """`docker load`: read a docker-archive or OCI-layout tar, return messages.
 
         Everything is verified and every disk built before any image is
@@ -369,7 +481,7 @@ class ImageStore:
                 except BaseException:
                     self.collect_garbage()
                     raise
-                return self._commit_loaded(staged)
+                return self._commit_loaded(staged, scope)
         finally:
             archive_path.unlink(missing_ok=True)
 
@@ -461,26 +573,30 @@ class ImageStore:
             ar.close()
         return staged
 
-    def _commit_loaded(self, staged: list[tuple[Image, list[Reference]]]) -> list[str]:
+    def _commit_loaded(self, staged: list[tuple[Image, list[Reference]]], scope: Scope
+                       ) -> list[str]:
         messages = []
         for img, refs in staged:
-            self.record_image(img, refs)
+            self.record_image(img, refs, scope)
             messages += [f"Loaded image: {ref.familiar}\n" for ref in refs]
             if not refs:
                 messages.append(f"Loaded image ID: {img.id}\n")
-            self.events.publish("image", "load", img.id, {"name": img.id})
+            self._publish("load", img, img.id, scope)
         return messages
 
-    def record_image(self, img: Image, refs: Iterable[Reference]) -> Image:
-        """Keep an image whose blobs are stored and disk built; point refs at it."""
+    def record_image(self, img: Image, refs: Iterable[Reference], scope: Scope = OPERATOR
+                     ) -> Image:
+        """Keep an image whose blobs are stored and disk built, held by the
+        asker; point the asker's refs at it."""
         current = self.images.setdefault(img.id, img)
         if current is not img:
             # Known already: it may have learnt where its layers live.
             for mine, theirs in zip(current.layers, img.layers, strict=False):
                 mine.sources = sorted(set(mine.sources) | set(theirs.sources))
+        self._hold(current, scope)
         self._save(current)
         for ref in refs:
-            self._add_ref(current, ref)
+            self._add_ref(current, ref, scope)
         return current
 
     def replace_layer_blob(self, diff_id: str, digest: str, media_type: str) -> None:
@@ -496,7 +612,7 @@ class ImageStore:
         self.collect_garbage()
 
     async def import_tarball(self, body: Any, ref: Reference | None, message: str,
-                             changes: list[str]) -> str:
+                             changes: list[str], scope: Scope = OPERATOR) -> str:
         """`docker import`: a filesystem tarball becomes a one-layer image."""
         image_config = apply_changes({}, changes)  # bad changes fail before any upload
         archive = self._tmp("import")
@@ -522,10 +638,10 @@ class ImageStore:
                 except BaseException:
                     self.collect_garbage()
                     raise
-                self.record_image(img, [ref] if ref else [])
+                self.record_image(img, [ref] if ref else [], scope)
         finally:
             archive.unlink(missing_ok=True)
-        self.events.publish("image", "import", image_id, {"name": image_id})
+        self._publish("import", img, image_id, scope)
         return image_id
 
     def _store_file_layer(self, path: Path) -> tuple[str, str, int]:
@@ -554,21 +670,21 @@ class ImageStore:
                     for layer in img.layers],
             tags=[(r.name, r.tag, r.familiar) for r in refs if r.tag])
 
-    def save(self, names: list[str], out: BinaryIO) -> None:
+    def save(self, names: list[str], out: BinaryIO, scope: Scope = OPERATOR) -> None:
         """`docker save`: the images and the tags they were named by."""
         if not names:
             raise InvalidParameter("no images given")
         chosen: dict[str, tuple[Image, list[Reference]]] = {}
         for name in names:
-            img = self.get(name)
+            img = self.get(name, scope)
             refs: list[Reference] = []
             if not (name.startswith("sha256:") or img.id.startswith("sha256:" + name)):
                 ref = parse_reference(name)
                 if ref.tag:
                     refs = [ref]
                 else:  # a bare repository name: every tag of it
-                    refs = [parse_reference(t) for t in img.repo_tags
-                            if parse_reference(t).name == ref.name] or [ref.with_default_tag()]
+                    tags = [split_owned(t)[0] for t in self.visible_refs(img, scope)[0]]
+                    refs = [t for t in tags if t.name == ref.name] or [ref.with_default_tag()]
             entry = chosen.setdefault(img.id, (img, []))
             entry[1].extend(r for r in refs if r not in entry[1])
         for digest in [layer.digest for img, _ in chosen.values() for layer in img.layers]:
@@ -577,9 +693,10 @@ class ImageStore:
         write_image_archive(out, [self._archive_entry(img, refs)
                                   for img, refs in chosen.values()])
 
-    def history(self, ref: str) -> list[dict[str, Any]]:
+    def history(self, ref: str, scope: Scope = OPERATOR) -> list[dict[str, Any]]:
         """`docker history`: newest first, sizes from the layers in order."""
-        img = self.get(ref)
+        img = self.get(ref, scope)
+        tags = sorted_shown(img.repo_tags, scope) or None
         entries = [h for h in self.config_history(img) if isinstance(h, dict)]
         sizes = [layer.size for layer in img.layers]
         out = []
@@ -595,10 +712,10 @@ class ImageStore:
         out.reverse()
         if out:
             out[0]["Id"] = img.id
-            out[0]["Tags"] = [parse_reference(t).familiar for t in img.repo_tags] or None
+            out[0]["Tags"] = tags
         else:
             out = [{"Id": img.id, "Created": img.created_unix, "CreatedBy": "",
-                    "Tags": [parse_reference(t).familiar for t in img.repo_tags] or None,
+                    "Tags": tags,
                     "Size": img.size, "Comment": ""}]
         return out
 
@@ -610,7 +727,8 @@ class ImageStore:
         # No history in the config: one entry per layer, as dockerd shows it.
         return [{"created": img.config.get("created", "")} for _ in img.layers]
 
-    async def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
+    async def prune(self, filters: dict[str, list[str]], scope: Scope = OPERATOR
+                    ) -> dict[str, Any]:
         """`image prune`: dangling=true (the default) or false, until, label."""
         filters = dict(filters)
         dangling = filters.pop("dangling", ["true"])[0].lower() in ("true", "1")
@@ -619,79 +737,89 @@ class ImageStore:
         def matches(img: Image) -> bool:
             return prune_filter(str(img.config.get("created", "")), img.container_config)
 
-        return await self._prune(dangling, matches)
+        return await self._prune(dangling, matches, scope)
 
-    async def _prune(self, dangling_only: bool, matches: Callable[[Image], bool]
-                     ) -> dict[str, Any]:
-        """Remove unused images: untagged ones, or (dangling=false) all unused."""
+    async def _prune(self, dangling_only: bool, matches: Callable[[Image], bool],
+                     scope: Scope) -> dict[str, Any]:
+        """Remove unused images the asker holds: untagged ones (for it), or
+        (dangling=false) all unused."""
         async with self._store_lock:
             doomed = [img for img in self.images.values()
-                      if not self.container_usage(img.id) and matches(img) and
-                      not (dangling_only and (img.repo_tags or img.repo_digests))]
-            deleted, reclaimed = self._remove_images(doomed)
+                      if self._holds(img, scope) and not self.container_usage(img.id, scope)
+                      and matches(img) and
+                      not (dangling_only and any(self.visible_refs(img, scope)))]
+            deleted, reclaimed = self._remove_images(doomed, scope)
         self.events.publish("image", "prune", "", {"reclaimed": str(reclaimed)})
         return {"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed}
 
-    async def remove_intermediates(self, image_ids: Iterable[str]) -> int:
+    @staticmethod
+    def _holds(img: Image, scope: Scope) -> bool:
+        """Whether the asker may remove the image: the operator any, a tenant its own."""
+        return not scope.is_tenant or holder_of(scope) in img.holders
+
+    async def remove_intermediates(self, image_ids: Iterable[str], scope: Scope = OPERATOR
+                                   ) -> int:
         """Remove those of these images that `docker images` does not list (a
         build's intermediate steps) and no container uses; the space freed."""
         async with self._store_lock:
-            listed = {img.id for img in self.listed_images()}
+            listed = {img.id for img in self.listed_images(scope)}
             doomed = [img for i in image_ids if (img := self.images.get(i)) is not None and
-                      i not in listed and not self.container_usage(i)]
-            return self._remove_images(doomed)[1]
+                      self._holds(img, scope) and i not in listed and
+                      not self.container_usage(i, scope)]
+            return self._remove_images(doomed, scope)[1]
 
-    def _remove_images(self, doomed: list[Image]) -> tuple[list[dict[str, str]], int]:
-        """Untag and delete the images: the records for the API, the space freed."""
+    def _remove_images(self, doomed: list[Image], scope: Scope
+                       ) -> tuple[list[dict[str, str]], int]:
+        """Untag the images and let go of them: the records for the API, the space freed."""
         before = list(self.images.values())
         deleted: list[dict[str, str]] = []
         for img in doomed:
-            for full in list(img.repo_tags + img.repo_digests):
+            for full in list(self._own_refs(img, scope)):
                 self._remove_ref(full)
-                deleted.append({"Untagged": parse_reference(full).familiar})
-            del self.images[img.id]
-            self.state.delete("images", short_key(img.id))
-            deleted.append({"Deleted": img.id})
-            self.events.publish("image", "delete", img.id, {"name": img.id})
+                deleted.append({"Untagged": split_owned(full)[0].familiar})
+            self._let_go(img, scope, deleted, outright=True)
         self.collect_garbage()
         return deleted, usage.freed(before, self.images.values())
 
     # -- API views -------------------------------------------------------------
 
-    def list_summaries(self, filters: dict[str, list[str]], all_: bool = False
-                       ) -> list[dict[str, Any]]:
+    def list_summaries(self, filters: dict[str, list[str]], all_: bool = False,
+                       scope: Scope = OPERATOR) -> list[dict[str, Any]]:
         """`docker images`."""
-        matches = ImageFilter(filters, self)
-        images = self.all_images() if all_ else self.listed_images()
-        return [self.summary(img, *matches.matching_refs(img))
+        matches = ImageFilter(filters, lambda ref: self.get(ref, scope),
+                              lambda img: self.visible_refs(img, scope))
+        images = self.all_images(scope) if all_ else self.listed_images(scope)
+        return [self.summary(img, scope, *matches.matching_refs(img))
                 for img in images if matches(img)]
 
-    def listed_images(self) -> list[Image]:
+    def listed_images(self, scope: Scope = OPERATOR) -> list[Image]:
         """What `docker images` lists: all but the untagged images a build made
         others from (intermediate steps), as dockerd leaves them out."""
-        parents = {img.parent for img in self.images.values() if img.parent}
-        return [img for img in self.all_images()
-                if not (img.id in parents and not img.repo_tags and not img.repo_digests)]
+        images = self.all_images(scope)
+        parents = {img.parent for img in images if img.parent}
+        return [img for img in images
+                if not (img.id in parents and not any(self.visible_refs(img, scope)))]
 
-    def disk_usage(self) -> tuple[int, list[dict[str, Any]]]:
-        """`system df`: the size of all layers, and the listed images with how
-        many containers use each and how much of it others share."""
-        listed = self.listed_images()
+    def disk_usage(self, scope: Scope = OPERATOR) -> tuple[int, list[dict[str, Any]]]:
+        """`system df`: the size of the layers of the images the asker sees,
+        and the listed images with how many of its containers use each and how
+        much of it others share."""
+        listed = self.listed_images(scope)
         shared = usage.shared_sizes(listed)
-        return usage.layers_size(self.images.values()), [
-            self.summary(img, containers=len(self.container_usage(img.id)),
+        return usage.layers_size(self.all_images(scope)), [
+            self.summary(img, scope, containers=len(self.container_usage(img.id, scope)),
                          shared_size=shared[img.id]) for img in listed]
 
-    def summary(self, img: Image, tags: list[str] | None = None,
+    def summary(self, img: Image, scope: Scope = OPERATOR, tags: list[str] | None = None,
                 digests: list[str] | None = None, containers: int = -1,
                 shared_size: int = -1) -> dict[str, Any]:
         """An ImageSummary listing `tags` and `digests` (those a filter let
-        through; all the image's without a filter)."""
+        through; all the image's the asker sees without a filter)."""
         return {
             "Id": img.id,
             "ParentId": img.parent,
-            "RepoTags": familiar_sorted(img.repo_tags if tags is None else tags),
-            "RepoDigests": familiar_sorted(img.repo_digests if digests is None else digests),
+            "RepoTags": sorted_shown(img.repo_tags if tags is None else tags, scope),
+            "RepoDigests": sorted_shown(img.repo_digests if digests is None else digests, scope),
             "Created": img.created_unix,
             "Size": img.size,
             "SharedSize": shared_size,
@@ -699,12 +827,12 @@ class ImageStore:
             "Containers": containers,
         }
 
-    def inspect(self, img: Image) -> dict[str, Any]:
+    def inspect(self, img: Image, scope: Scope = OPERATOR) -> dict[str, Any]:
         cfg = img.config
         return {
             "Id": img.id,
-            "RepoTags": familiar_sorted(img.repo_tags),
-            "RepoDigests": familiar_sorted(img.repo_digests),
+            "RepoTags": sorted_shown(img.repo_tags, scope),
+            "RepoDigests": sorted_shown(img.repo_digests, scope),
             "Parent": img.parent,
             "Comment": cfg.get("comment", ""),
             "Created": cfg.get("created", ""),
@@ -724,12 +852,6 @@ class ImageStore:
 
 def short_key(image_id: str) -> str:
     return image_id.removeprefix("sha256:")
-
-
-def familiar_sorted(refs: list[str]) -> list[str]:
-    """Full references in familiar form, in the order dockerd's reference
-    store gives them: sorted by the full form."""
-    return [parse_reference(r).familiar for r in sorted(refs)]
 
 
 _CONFIG_FIELDS = ("Hostname", "Domainname", "User", "AttachStdin", "AttachStdout",

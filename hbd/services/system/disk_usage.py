@@ -11,6 +11,10 @@
 - Build cache: a record per cached build step. Its Size is what only the
   cache holds: the layers of an intermediate step image that no listed image
   has (a listed image's bytes are counted under Images).
+
+A tenant's report has its own objects only: the images it sees (its own and
+the operator's catalogue) and the layers of those, its containers, volumes
+and build cache.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ KINDS = ("container", "image", "volume", "build-cache")
 
 
 class BuildCache(Protocol):
-    def cached_steps(self) -> dict[str, Image]: ...
+    def cached_steps(self, scope: Scope = OPERATOR) -> dict[str, Image]: ...
 
 
 @dataclass
@@ -44,7 +48,7 @@ class DiskUsage:
 
     async def report(self, kinds: list[str], scope: Scope = OPERATOR) -> dict[str, Any]:
         """The SystemDataUsageResponse for `kinds` (all when empty): a tenant's
-        own containers and volumes (images are everyone's)."""
+        own containers, volumes, images and build cache."""
         for kind in kinds:
             if kind not in KINDS:
                 raise InvalidParameter(f"unknown object type: {kind}")
@@ -52,13 +56,13 @@ class DiskUsage:
         out: dict[str, Any] = {"LayersSize": 0, "Images": None, "Containers": None,
                                "Volumes": None, "BuildCache": None}
         if "image" in wanted:
-            out["LayersSize"], out["Images"] = self.images.disk_usage()
+            out["LayersSize"], out["Images"] = self.images.disk_usage(scope)
         if "container" in wanted:
             out["Containers"] = self.container_usage(scope)
         if "volume" in wanted:
             out["Volumes"] = await self.volume_usage(scope)
         if "build-cache" in wanted:
-            out["BuildCache"] = self.build_cache_usage()
+            out["BuildCache"] = self.build_cache_usage(scope)
         return out
 
     def container_usage(self, scope: Scope = OPERATOR) -> list[dict[str, Any]]:
@@ -86,10 +90,10 @@ class DiskUsage:
             "Size": size, "RefCount": len(self.volumes.container_users(name))}}
             for view, name, size in zip(views, names, sizes, strict=True)]
 
-    def build_cache_usage(self) -> list[dict[str, Any]]:
-        steps = self.build_cache.cached_steps()
+    def build_cache_usage(self, scope: Scope = OPERATOR) -> list[dict[str, Any]]:
+        steps = self.build_cache.cached_steps(scope)
         key_of = {img.id: key for key, img in steps.items()}
-        listed = self.images.listed_images()
+        listed = self.images.listed_images(scope)
         listed_ids = {img.id for img in listed}
         listed_chains = {chain for img in listed for chain in usage.layer_chains(img)}
         return [{
@@ -97,7 +101,7 @@ class DiskUsage:
             "Parents": [key_of[img.parent]] if img.parent in key_of else None,
             "Type": "regular",
             "Description": _step(img),
-            "InUse": bool(self.images.container_usage(img.id)),
+            "InUse": bool(self.images.container_usage(img.id, scope)),
             "Shared": bool(listed_chains & set(usage.layer_chains(img))),
             "Size": 0 if img.id in listed_ids else usage.unique_size(img, listed),
             "CreatedAt": str(img.config.get("created") or ZERO_TIME),

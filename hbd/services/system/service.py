@@ -153,7 +153,7 @@ class SystemService:
             "ContainersRunning": running,
             "ContainersPaused": paused,
             "ContainersStopped": len(containers) - running - paused,
-            "Images": len(self.images.images),
+            "Images": len(self.images.all_images(scope)),
             "Driver": "hbd-ext4",
             "DriverStatus": [["Image disks", "ext4, read-only, one per image"],
                              ["Container disks", "qcow2 overlay of an ext4 template"]],
