@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,23 @@ class CriSettings:
 
 
 @dataclass
+class NetworkSettings:
+    """Host networking beyond the Docker networks themselves."""
+
+    # Each tenant project's networks live in a network namespace of its own,
+    # joined to the host by a veth pair addressed with a /30 of this range.
+    tenant_transfer_range: str = "100.64.0.0/10"
+
+    def check(self, where: str) -> None:
+        try:
+            transfer = ipaddress.IPv4Network(self.tenant_transfer_range)
+        except ValueError as e:
+            raise InvalidParameter(f"{where}: tenant_transfer_range: {e}") from e
+        if transfer.prefixlen > 30:
+            raise InvalidParameter(f"{where}: tenant_transfer_range must hold a /30 at least")
+
+
+@dataclass
 class KeystoneSettings:
     """Tenants authenticated by Keystone on some listeners (issue: multi-tenancy)."""
 
@@ -135,6 +153,7 @@ class Config:
     vm: VMSettings = field(default_factory=VMSettings)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     cri: CriSettings = field(default_factory=CriSettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
     keystone: KeystoneSettings = field(default_factory=KeystoneSettings)
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
 
@@ -178,4 +197,5 @@ def load_config(path: Path | None) -> Config:
             raise InvalidParameter(f"{path}: unknown section [{name}]")
         _apply(sections[name], values, f"{path} [{name}]")
     config.quotas.check(f"{path} [quotas]")
+    config.network.check(f"{path} [network]")
     return config
