@@ -17,7 +17,9 @@ import fcntl
 import ipaddress
 import logging
 import os
+import socket
 import struct
+from collections.abc import AsyncIterator
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -31,14 +33,25 @@ __all__ = ["BridgeRules", "NetError", "PortForward", "PortPin", "RuleTable", "Ru
 log = logging.getLogger(__name__)
 
 MAIN_TABLE = 254
+NETLINK_ROUTE = 0
 
 
 class NetError(Exception):
     pass
 
 
-def _ipr(namespace: str) -> AsyncIPRoute:
-    return AsyncIPRoute(netns=namespace) if namespace else AsyncIPRoute()
+@contextlib.asynccontextmanager
+async def _ipr(namespace: str) -> AsyncIterator[AsyncIPRoute]:
+    """pyroute2 on a netlink socket of the namespace (see netns.py: not its
+    own `netns` argument, which forks)."""
+    if not namespace:
+        async with AsyncIPRoute() as ipr:
+            yield ipr
+        return
+    sock = await netns.socket_in(namespace, socket.AF_NETLINK, socket.SOCK_DGRAM,
+                                 NETLINK_ROUTE)
+    async with AsyncIPRoute(fileno=sock.detach()) as ipr:
+        yield ipr
 
 
 async def _index(ipr: AsyncIPRoute, name: str) -> int | None:
