@@ -149,14 +149,19 @@ def test_isolation_matrix(setup: Setup) -> None:
                      "--format", "{{.Actor.ID}}").stdout.split()
     assert b_id in b_events and a_id not in b_events and net_id not in b_events
 
-    # Each tenant's default bridge is its own: no path from A's web to B's.
+    # Each tenant's default bridge is its own, in its own address space: both
+    # take the first free pool, so B's web has A's web's address, which in
+    # A's space is A's own; and B's space is out of A's reach.
     fmt = "{{range .NetworkSettings.Networks}}{{.NetworkID}} {{.IPAddress}} {{.Gateway}}{{end}}"
-    a_net, _, a_gateway = a.run("inspect", "-f", fmt, "web").stdout.split()
+    a_net, a_ip, a_gateway = a.run("inspect", "-f", fmt, "web").stdout.split()
     b_net, b_ip, _ = b.run("inspect", "-f", fmt, "web").stdout.split()
-    assert a_net != b_net
+    assert a_net != b_net and a_ip == b_ip
     assert a.run("exec", "web", "ping", "-c", "1", "-W", "5", a_gateway).returncode == 0
-    unreachable = a.run("exec", "web", "ping", "-c", "2", "-W", "2", b_ip, check=False)
-    assert unreachable.returncode != 0 and " 0 packets received" in unreachable.stdout
+    tag = instance_tag(setup.daemon.data_root)
+    b_space = _space(tag, setup.keystone.ids["tenant-b"])
+    for address in (b_space.host_address, b_space.inner_address):
+        unreachable = a.run("exec", "web", "ping", "-c", "2", "-W", "2", address, check=False)
+        assert unreachable.returncode != 0 and " 0 packets received" in unreachable.stdout
 
     # The operator sees both, with names that say whose.
     names = setup.daemon.docker("ps", "--format", "{{.Names}}").stdout.decode().split()
@@ -358,5 +363,9 @@ def test_the_same_subnet_in_two_tenants_stays_apart(setup: Setup) -> None:
     for cli in (a, b):
         cli.run("network", "rm", "same")
     assert _left_behind(tag) != []  # the default bridges still hold both spaces
-    daemon.docker("network", "rm", f"bridge@{project_a}", f"bridge@{project_b}")
+    # Every tenant network (this module's others too), the default bridges last.
+    names = daemon.docker("network", "ls", "--format", "{{.Name}}").stdout.decode().split()
+    tenant_networks = sorted((n for n in names if "@" in n), key=lambda n: n.startswith("bridge@"))
+    assert f"bridge@{project_a}" in tenant_networks and f"bridge@{project_b}" in tenant_networks
+    daemon.docker("network", "rm", *tenant_networks)
     assert _left_behind(tag) == []
