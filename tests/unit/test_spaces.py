@@ -244,3 +244,17 @@ def test_the_kernel_takes_the_host_and_space_rules() -> None:
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+async def test_a_tenant_network_made_before_namespaces_stays_in_the_hosts(
+        service: NetworkService) -> None:
+    """A stored record without a namespace (an hbd before this one made it)
+    is the host's; the tenant's next network goes to its space all the same."""
+    service.state.put("networks", "old", {"id": "old", "name": "front@proj-a",
+                                          "driver": "bridge", "created": "",
+                                          "bridge": "hbffffold", "subnet": "172.18.0.0/16",
+                                          "gateway": "172.18.0.1"})
+    again = NetworkService(service.state, EventBus(), "ffff", "100.64.0.0/24")
+    assert again.namespace_of(again.get("front@proj-a")) == HOST
+    await again.create(subnet_body("back", "172.18.0.0/16"), Scope("proj-a"))
+    assert again.namespace_of(again.get("back@proj-a")) == again.spaces["proj-a"].namespace

@@ -178,12 +178,12 @@ class NetworkService:
     def _save(self, n: Network) -> None:
         self.state.put("networks", n.id, asdict(n))
 
-    def namespace_of(self, n: Network) -> str:
+    @staticmethod
+    def namespace_of(n: Network) -> str:
         """Where the network's bridge is: its tenant's namespace, or the
-        host's (HOST) for the operator's."""
-        project = owner_of(n.name)
-        space = self.spaces.get(project) if project is not None else None
-        return space.namespace if space is not None else HOST
+        host's (HOST) for the operator's (and for a tenant's made before
+        tenants had namespaces, which stays where it was made)."""
+        return n.namespace
 
     async def _space(self, project: str) -> AddressSpace:
         """The project's address space, made (namespace, uplink) at its first network."""
@@ -407,7 +407,7 @@ class NetworkService:
         nid = secrets.token_hex(32)
         options = {str(k): str(v) for k, v in (body.get("Options") or {}).items()}
         n = Network(
-            id=nid, name=name, driver="bridge", created=rfc3339_nano(),
+            id=nid, name=name, driver="bridge", created=rfc3339_nano(), namespace=namespace,
             bridge=options.get("com.docker.network.bridge.name") or
             f"{self.bridge_prefix}{nid[:8]}",
             subnet=str(v4.subnet), gateway=v4.gateway or ipam_rules.first_host(v4.subnet),
