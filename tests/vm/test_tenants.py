@@ -312,6 +312,28 @@ def _check_apart(a: TenantCli, b: TenantCli, space_a: Space, space_b: Space,
         assert reply == ["egress-ok", egress.host_end]
 
 
+def _connect_twice(cli: TenantCli, container: str, space: Space) -> None:
+    """A running container joins a network of its space, leaves it and joins
+    it again: its spare tap moves into the namespace to be plugged, and back
+    to the host's when unplugged, ready for the next."""
+    cli.run("network", "create", "--subnet", "10.232.0.0/24", "side")
+    for _ in range(2):
+        cli.run("network", "connect", "side", container)
+        assert _pings(cli, container, "10.232.0.1")
+        in_space = subprocess.run(["ip", "-n", space.namespace, "-o", "link", "show"],
+                                  capture_output=True, text=True, check=True).stdout
+        cli.run("network", "disconnect", "side", container)
+        after = subprocess.run(["ip", "-n", space.namespace, "-o", "link", "show"],
+                               capture_output=True, text=True, check=True).stdout
+        taps = {line.split(":")[1].strip() for line in in_space.splitlines()} - \
+            {line.split(":")[1].strip() for line in after.splitlines()}
+        assert len(taps) == 1  # the tap left the namespace, for the host's
+        host = subprocess.run(["ip", "-o", "link", "show", taps.pop()], capture_output=True,
+                              text=True)
+        assert host.returncode == 0 and "master" not in host.stdout
+    cli.run("network", "rm", "side")
+
+
 def _left_behind(tag: str) -> list[str]:
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                                 check=True).stdout
@@ -349,6 +371,7 @@ def test_the_same_subnet_in_two_tenants_stays_apart(setup: Setup) -> None:
     assert space_a.namespace != space_b.namespace
     with egress_listener() as egress:
         _check_apart(a, b, space_a, space_b, ports, egress)
+        _connect_twice(a, "sa-web", space_a)
         # hbd killed: the rules stay in the kernel, and keep the spaces apart.
         daemon.process.kill()
         daemon.process.wait()
