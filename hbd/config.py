@@ -90,6 +90,23 @@ class VolumeSettings:
 
 
 @dataclass
+class NetworkSettings:
+    """Host networking beyond the Docker networks themselves."""
+
+    # Each tenant project's networks live in a network namespace of its own,
+    # joined to the host by a veth pair addressed with a /30 of this range.
+    tenant_transfer_range: str = "100.64.0.0/10"
+
+    def check(self, where: str) -> None:
+        try:
+            transfer = ipaddress.IPv4Network(self.tenant_transfer_range)
+        except ValueError as e:
+            raise InvalidParameter(f"{where}: tenant_transfer_range: {e}") from e
+        if transfer.prefixlen > 30:
+            raise InvalidParameter(f"{where}: tenant_transfer_range must hold a /30 at least")
+
+
+@dataclass
 class KeystoneSettings:
     """Tenants authenticated by Keystone on some listeners (issue: multi-tenancy)."""
 
@@ -178,6 +195,7 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     cri: CriSettings = field(default_factory=CriSettings)
     volumes: VolumeSettings = field(default_factory=VolumeSettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
     keystone: KeystoneSettings = field(default_factory=KeystoneSettings)
     quotas: QuotaSettings = field(default_factory=QuotaSettings)
     tenants: TenantSettings = field(default_factory=TenantSettings)
@@ -223,4 +241,5 @@ def load_config(path: Path | None) -> Config:
         _apply(sections[name], values, f"{path} [{name}]")
     config.quotas.check(f"{path} [quotas]")
     config.tenants.check(f"{path} [tenants]")
+    config.network.check(f"{path} [network]")
     return config

@@ -101,7 +101,8 @@ class Daemon:
             self.accel = self.accel or "fake"
         log.info("guest accelerator: %s", self.accel)
         self.networks = NetworkService(self.state, self.events,
-                                       instance_tag(config.data_root))
+                                       instance_tag(config.data_root),
+                                       config.network.tenant_transfer_range)
         await self.networks.start()
         self.dns = DnsServer(self._dns_views)
         self.networks.on_change.append(self.dns.refresh)
@@ -152,13 +153,14 @@ class Daemon:
             if n.driver != "bridge" or not n.gateway:
                 continue
             names: dict[str, list[str]] = {}
-            clients: dict[str, list[str]] = {}
+            clients: dict[str, list[tuple[str, str]]] = {}
             links: dict[str, dict[str, str]] = {}
             for run in self.networks.runs.values():
                 endpoint = run.endpoints.get(n.name)
                 if endpoint is None:
                     continue
-                others = [e.gateway for name, e in run.endpoints.items() if name != n.name]
+                others = [(self._namespace_of(e.network_id), e.gateway)
+                          for name, e in run.endpoints.items() if name != n.name]
                 for address in endpoint.addresses:
                     clients[address] = others
                 aliases = {alias.lower(): target for alias, target in endpoint.links.items()}
@@ -168,8 +170,13 @@ class Daemon:
                     continue
                 for name in endpoint.dns_names:
                     names.setdefault(name.lower(), []).extend(endpoint.addresses)
-            views.append(NetworkView(n.gateway, n.name, names, clients, links))
+            views.append(NetworkView(n.gateway, n.name, names, clients, links,
+                                     self.networks.namespace_of(n)))
         return views
+
+    def _namespace_of(self, network_id: str) -> str:
+        n = self.networks.networks.get(network_id)
+        return self.networks.namespace_of(n) if n is not None else ""
 
     async def stop(self) -> None:
         await self.containers.shutdown()

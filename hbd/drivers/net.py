@@ -4,33 +4,54 @@ filtering rules (nftables). Knows nothing of Docker.
 Every nftables rule a daemon owns lives in its own two tables, `ip` and
 `bridge` of one name (nftrules.py says what they hold), written through
 libnftables' JSON API (libnftables.py), one transaction per change.
+
+Bridges, taps and rules may also live in a network namespace of their own
+(netns.py), joined to the host by an uplink (a veth pair): every function
+here that takes a `namespace` works there ("": the host's).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import ipaddress
 import logging
 import os
+import socket
 import struct
+from collections.abc import AsyncIterator
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from hbd.drivers import libnftables, nftrules
-from hbd.drivers.nftrules import BridgeRules, PortForward, PortPin, Ruleset
+from hbd.drivers import libnftables, netns, nftrules
+from hbd.drivers.nftrules import BridgeRules, PortForward, PortPin, Ruleset, Uplink
 
-__all__ = ["BridgeRules", "NetError", "PortForward", "PortPin", "RuleTable", "Ruleset"]
+__all__ = ["BridgeRules", "NetError", "PortForward", "PortPin", "RuleTable", "Ruleset",
+           "Uplink"]
 
 log = logging.getLogger(__name__)
 
 MAIN_TABLE = 254
+NETLINK_ROUTE = 0
 
 
 class NetError(Exception):
     pass
+
+
+@contextlib.asynccontextmanager
+async def _ipr(namespace: str) -> AsyncIterator[AsyncIPRoute]:
+    """pyroute2 on a netlink socket of the namespace (see netns.py: not its
+    own `netns` argument, which forks)."""
+    if not namespace:
+        async with AsyncIPRoute() as ipr:
+            yield ipr
+        return
+    sock = await netns.socket_in(namespace, socket.AF_NETLINK, socket.SOCK_DGRAM,
+                                 NETLINK_ROUTE)
+    async with AsyncIPRoute(fileno=sock.detach()) as ipr:
+        yield ipr
 
 
 async def _index(ipr: AsyncIPRoute, name: str) -> int | None:
@@ -40,10 +61,10 @@ async def _index(ipr: AsyncIPRoute, name: str) -> int | None:
 
 async def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface | None,
                         gateway6: ipaddress.IPv6Interface | None = None,
-                        mtu: int = 1500) -> None:
+                        mtu: int = 1500, namespace: str = "") -> None:
     """A bridge named `name`, up, holding `gateway` and `gateway6` (and no
     other address of either family, link-local ones aside)."""
-    async with AsyncIPRoute() as ipr:
+    async with _ipr(namespace) as ipr:
         idx = await _index(ipr, name)
         if idx is None:
             try:
@@ -55,19 +76,20 @@ async def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface | None,
         await ipr.link("set", index=idx, mtu=mtu)
         # The host does not forward IPv6, so it would take router advertisements
         # from a guest on the bridge as its own routes: it takes none.
-        if os.path.exists(f"/proc/sys/net/ipv6/conf/{name}"):
-            _sysctl(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", "0")
         # A port published on 127.0.0.1 is DNATed to a guest by the host's own
         # output path: the packet leaves this bridge with a loopback source
         # (masqueraded later) and its replies come back to a loopback
         # address, both martians unless the bridge allows them. Here only, not
         # on conf/all (CVE-2020-8558); nftrules.guard_rules drops any 127/8
         # packet that really arrives from outside.
-        _sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
+        settings = {f"ipv6/conf/{name}/accept_ra": "0",
+                    f"ipv4/conf/{name}/route_localnet": "1"}
+        if gateway6 is not None:
+            settings[f"ipv6/conf/{name}/disable_ipv6"] = "0"
+        await set_sysctls(namespace, settings)
         if gateway is not None:
             await _own_address(ipr, idx, gateway)
         if gateway6 is not None:
-            _sysctl(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "0")
             await _own_address(ipr, idx, gateway6)
         await ipr.link("set", index=idx, state="up")
 
@@ -92,8 +114,8 @@ async def _own_address(ipr: AsyncIPRoute, idx: int,
             raise NetError(f"cannot add {want} to the bridge: {e}") from e
 
 
-async def delete_link(name: str) -> None:
-    async with AsyncIPRoute() as ipr:
+async def delete_link(name: str, namespace: str = "") -> None:
+    async with _ipr(namespace) as ipr:
         idx = await _index(ipr, name)
         if idx is not None:
             with contextlib.suppress(NetlinkError):
@@ -123,9 +145,12 @@ def open_tap(name: str) -> int:
     return fd
 
 
-async def plug_tap(name: str, bridge: str, mtu: int = 1500) -> None:
-    """Make the tap a port of `bridge`, up."""
-    async with AsyncIPRoute() as ipr:
+async def plug_tap(name: str, bridge: str, mtu: int = 1500, namespace: str = "") -> None:
+    """Make the tap a port of `bridge` (in `namespace`, where a spare tap in
+    the host's is moved first: its open descriptors stay good), up."""
+    if namespace:
+        await _move_link(name, "", namespace)
+    async with _ipr(namespace) as ipr:
         bridge_idx = await _index(ipr, bridge)
         idx = await _index(ipr, name)
         if bridge_idx is None:
@@ -135,13 +160,92 @@ async def plug_tap(name: str, bridge: str, mtu: int = 1500) -> None:
         await ipr.link("set", index=idx, master=bridge_idx, mtu=mtu, state="up")
 
 
-async def unplug_tap(name: str) -> None:
-    """Take the tap off its bridge, down (a spare NIC slot again)."""
-    async with AsyncIPRoute() as ipr:
+async def unplug_tap(name: str, namespace: str = "") -> None:
+    """Take the tap off its bridge, down, and back into the host's namespace
+    (a spare NIC slot again: a spare tap is always there)."""
+    async with _ipr(namespace) as ipr:
         idx = await _index(ipr, name)
         if idx is not None:
             with contextlib.suppress(NetlinkError):
                 await ipr.link("set", index=idx, master=0, state="down")
+    if namespace:
+        with contextlib.suppress(NetError):
+            await _move_link(name, namespace, "")
+
+
+def _namespace_path(namespace: str) -> str:
+    """What IFLA_NET_NS_FD is opened from: a named namespace, or hbd's own
+    (its main thread never leaves the host's)."""
+    return str(netns.NETNS_DIR / namespace) if namespace else f"/proc/{os.getpid()}/ns/net"
+
+
+async def _move_link(name: str, source: str, target: str) -> None:
+    """The link `name` moved from namespace `source` to `target` (no change
+    when it is not in `source`)."""
+    async with _ipr(source) as ipr:
+        idx = await _index(ipr, name)
+        if idx is None:
+            return
+        try:
+            await ipr.link("set", index=idx, net_ns_fd=_namespace_path(target))
+        except NetlinkError as e:
+            raise NetError(f"cannot move {name} to namespace {target or 'of the host'}: "
+                           f"{e}") from e
+
+
+async def ensure_uplink(namespace: str, host_end: str, inner_end: str,
+                        subnet: ipaddress.IPv4Network) -> None:
+    """The namespace, with a veth pair to the host: `host_end` in the host's
+    namespace with the subnet's first address, `inner_end` in `namespace` with
+    its second and the default route through the first; the namespace
+    forwards IPv4. (Made only where missing: after an hbd restart all of it
+    is there already.)"""
+    host_ip, inner_ip = list(subnet.hosts())[:2]
+    await netns.ensure(namespace)
+    async with AsyncIPRoute() as ipr:
+        idx = await _index(ipr, host_end)
+        if idx is None:
+            try:
+                await ipr.link("add", ifname=host_end, kind="veth",
+                               peer={"ifname": inner_end,
+                                     "net_ns_fd": _namespace_path(namespace)})
+            except NetlinkError as e:
+                raise NetError(f"cannot create uplink {host_end}: {e}") from e
+            idx = await _index(ipr, host_end)
+            assert idx is not None
+        # Ports published on 127.0.0.1 leave by the uplink too (see ensure_bridge).
+        await set_sysctls("", {f"ipv4/conf/{host_end}/route_localnet": "1",
+                               f"ipv6/conf/{host_end}/disable_ipv6": "1"})
+        await _own_address(ipr, idx, ipaddress.IPv4Interface(f"{host_ip}/{subnet.prefixlen}"))
+        await ipr.link("set", index=idx, state="up")
+    await set_sysctls(namespace, {"ipv4/ip_forward": "1",
+                                  f"ipv6/conf/{inner_end}/disable_ipv6": "1"})
+    async with _ipr(namespace) as ipr:
+        for name in ("lo", inner_end):
+            idx = await _index(ipr, name)
+            if idx is None:
+                raise NetError(f"{name} is missing in namespace {namespace}")
+            if name == inner_end:
+                await _own_address(ipr, idx,
+                                   ipaddress.IPv4Interface(f"{inner_ip}/{subnet.prefixlen}"))
+            await ipr.link("set", index=idx, state="up")
+        try:
+            await ipr.route("replace", dst="0.0.0.0/0", gateway=str(host_ip))
+        except NetlinkError as e:
+            raise NetError(f"cannot route namespace {namespace} to the host: {e}") from e
+
+
+async def remove_uplink(namespace: str, host_end: str) -> None:
+    """The uplink and the namespace gone, with every link in it."""
+    await delete_link(host_end)
+    await remove_namespace(namespace)
+
+
+async def remove_namespace(namespace: str) -> None:
+    """The namespace gone, with every link in it (and this process's
+    nftables context there, whose socket would keep it alive)."""
+    libnftables.forget_context(namespace)
+    await netns.remove(namespace)
 
 
 async def links_with_prefix(prefix: str) -> list[str]:
@@ -172,8 +276,9 @@ class RuleTable:
     stale rule behind, a container publishing a port changes two rules, not
     the table, and pinning a guest's port adds a few set elements."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, namespace: str = "") -> None:
         self.name = name
+        self.namespace = namespace  # "" : the host's
         self.handles: dict[nftrules.Rule, int] | None = None  # None: rebuild next
         self.elements: set[nftrules.Element] = set()
 
@@ -204,7 +309,8 @@ class RuleTable:
         # libnftables read the whole ruleset first).
         echo = any("rule" in c.get("add", {}) for c in commands)
         try:
-            echoed = await asyncio.to_thread(libnftables.run, commands, echo)
+            echoed = await netns.run_in(self.namespace, libnftables.run, commands, echo,
+                                        self.namespace)
             added = nftrules.added_handles(commands, echoed)
         except (libnftables.NftError, ValueError) as e:
             raise NetError(f"nftables: {e}") from e
@@ -212,15 +318,16 @@ class RuleTable:
         self.elements = elements
 
     async def remove(self) -> None:
-        await remove_ruleset(self.name)
+        await remove_ruleset(self.name, self.namespace)
         self.handles = None
         self.elements = set()
 
 
-async def remove_ruleset(table: str) -> None:
+async def remove_ruleset(table: str, namespace: str = "") -> None:
     """The daemon's tables gone (there or not)."""
     try:
-        await asyncio.to_thread(libnftables.run, nftrules.remove_commands(table))
+        await netns.run_in(namespace, libnftables.run, nftrules.remove_commands(table),
+                           False, namespace)
     except libnftables.NftError as e:
         raise NetError(f"nftables: {e}") from e
 
@@ -249,3 +356,19 @@ def _sysctl(path: str, value: str) -> None:
             f.write(value)
     except OSError as e:
         log.warning("cannot set %s: %s", path, e)
+
+
+def _write_sysctls(values: dict[str, str]) -> None:
+    for key, value in values.items():
+        path = f"/proc/sys/net/{key}"
+        # A bridge without IPv6 (ipv6.disable=1 on the host) has no conf of it.
+        if os.path.exists(os.path.dirname(path)):
+            _sysctl(path, value)
+
+
+async def set_sysctls(namespace: str, values: dict[str, str]) -> None:
+    """/proc/sys/net/KEY = value for each, in the namespace (its own sysctls)."""
+    if not namespace:
+        _write_sysctls(values)
+        return
+    await netns.run_in(namespace, _write_sysctls, values)

@@ -2,7 +2,9 @@
 
 A daemon owns two tables of one name, `ip <name>` (NAT, isolation, the
 loopback guard) and `bridge <name>` (anti-spoofing on guests' bridge ports);
-nothing here touches any other.
+nothing here touches any other. It owns them in the host's network
+namespace and in each namespace of its own (an address space whose bridges
+reach the host by an uplink, a veth pair): a Ruleset is one namespace's.
 Its chains and sets are fixed; its rules follow the networks and published
 ports, and the elements of its sets the guests' ports (anti-spoofing pins).
 `rebuild_commands` makes the whole table afresh (at start, or when what is
@@ -53,10 +55,26 @@ class PortPin:
 
 
 @dataclass
+class Uplink:
+    """A namespace's veth pair to the host, as the host sees it: its host end
+    (`name`, holding `address`) and the pair's subnet."""
+
+    name: str
+    subnet: str
+    address: str
+
+
+@dataclass
 class Ruleset:
     bridges: list[BridgeRules] = field(default_factory=list)
     forwards: list[PortForward] = field(default_factory=list)
     pins: list[PortPin] = field(default_factory=list)
+    # In the host's namespace: the uplinks of the namespaces, and the range
+    # their subnets come from.
+    uplinks: list[Uplink] = field(default_factory=list)
+    transfer_range: str = ""
+    # In a namespace: its end of the uplink ("" in the host's).
+    uplink: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +94,7 @@ CHAINS = (
     Chain("guard", "filter", "prerouting", -300),
     Chain("postrouting", "nat", "postrouting", 100),
     Chain("forward", "filter", "forward", 0),
+    Chain("input", "filter", "input", 0),
     Chain("prerouting", "nat", "prerouting", -100),
     Chain("output", "nat", "output", -100),
     # Frames as they enter the bridge from a port, before it learns or forwards.
@@ -161,9 +180,13 @@ MASQUERADE: dict[str, Any] = {"masquerade": None}
 
 
 def rules(ruleset: Ruleset) -> list[Rule]:
-    """Every rule the table should hold for `ruleset`, each once."""
-    wanted = guard_rules() + masquerade_rules(ruleset.bridges) + \
-        isolation_rules(ruleset.bridges) + forward_rules(ruleset.forwards) + spoof_rules()
+    """Every rule the table should hold for `ruleset`, each once. The host
+    treats an uplink as one more bridge (masqueraded out, isolated from every
+    other bridge and uplink)."""
+    links = ruleset.bridges + [BridgeRules(u.name, u.subnet) for u in ruleset.uplinks]
+    wanted = guard_rules() + masquerade_rules(links) + isolation_rules(links) + \
+        uplink_rules(ruleset.uplinks, ruleset.transfer_range) + \
+        inbound_rules(ruleset.uplink) + forward_rules(ruleset.forwards) + spoof_rules()
     return list(dict.fromkeys(wanted))
 
 
@@ -231,6 +254,29 @@ def isolation_rules(bridges: list[BridgeRules]) -> list[Rule]:
             out.append(Rule.of("forward", [_match(_meta("oifname"), b.name),
                                            _match(_meta("iifname"), b.name, "!="), DROP]))
     return out
+
+
+def uplink_rules(uplinks: list[Uplink], transfer_range: str) -> list[Rule]:
+    """A namespace reaches the host by its own uplink's address only: not the
+    host end of another namespace's uplink (the host's address there), nor,
+    through the forwarding isolation_rules forbid, its far end."""
+    if not transfer_range:
+        return []
+    return [Rule.of("input", [_match(_meta("iifname"), u.name),
+                              _match(_field("ip", "daddr"), _prefix(transfer_range)),
+                              _match(_field("ip", "daddr"), u.address, "!="), DROP])
+            for u in uplinks]
+
+
+def inbound_rules(uplink: str) -> list[Rule]:
+    """In a namespace: what comes in by the uplink reaches its bridges only as
+    a published port (DNATed here) or as the answer to a connection from
+    inside; nothing else the host might route there starts a connection."""
+    if not uplink:
+        return []
+    return [Rule.of("forward", [_match(_meta("iifname"), uplink),
+                                _match({"ct": {"key": "state"}}, "new", "in"),
+                                _match({"ct": {"key": "status"}}, "dnat", "!"), DROP])]
 
 
 def forward_rules(forwards: list[PortForward]) -> list[Rule]:

@@ -343,3 +343,39 @@ def test_rules_still_apply_once_the_daemon_holds_over_1024_descriptors() -> None
                             cwd=REPO, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "applied"
+
+
+def test_a_namespace_context_made_late_is_below_1024_and_applies_in_its_namespace() -> None:
+    """A tenant's namespace comes after the daemon holds many descriptors:
+    its context takes a number held for it since start-up, and its rules
+    land in that namespace, not the host's."""
+    namespace = f"hbdtest-fds{os.getpid()}"
+    script = (
+        "import asyncio, os\n"
+        "from hbd.drivers import libnftables, net, netns\n"
+        "net.open_rule_channel()\n"
+        "held = [os.open('/dev/null', os.O_RDONLY) for _ in range(1100)]\n"
+        f"ns = {namespace!r}\n"
+        "table = {'family': 'ip', 'name': 'hbd_late'}\n"
+        "def names(key):\n"
+        "    return [o['table']['name'] for o in libnftables.run(\n"
+        "        [{'list': {'tables': None}}], key=key) if 'table' in o]\n"
+        "async def main():\n"
+        "    await netns.ensure(ns)\n"
+        "    try:\n"
+        "        await netns.run_in(ns, libnftables.run, [{'add': {'table': table}}], True, ns)\n"
+        "        inside = await netns.run_in(ns, names, ns)\n"
+        "        assert inside == ['hbd_late'], inside\n"
+        "        assert 'hbd_late' not in names('')\n"
+        "    finally:\n"
+        "        await net.remove_namespace(ns)\n"
+        "    assert not netns.exists(ns)\n"
+        "asyncio.run(main())\n"
+        "print('applied')\n")
+    try:
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                cwd=REPO, timeout=60)
+    finally:
+        subprocess.run(["ip", "netns", "delete", namespace], capture_output=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "applied"

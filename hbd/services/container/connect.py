@@ -56,8 +56,8 @@ class Connections:
         endpoint = await self.networks.add_endpoint(
             c.id, c.run_network, n.name, settings, [c.own_name, c.id[:12]])
         try:
-            await self.sandboxes.connect(run.guest, EndpointPlan(n.name, endpoint, n.bridge,
-                                                                 n.internal))
+            await self.sandboxes.connect(run.guest, EndpointPlan(
+                n.name, endpoint, n.bridge, n.internal, self.networks.namespace_of(n)))
         except BaseException:
             await self.networks.remove_endpoint(c.id, c.run_network, n.name)
             raise

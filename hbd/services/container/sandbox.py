@@ -48,6 +48,9 @@ class Slot:
     gateway: str = ""
     internal: bool = False
     gateway6: str = ""   # "" on a network without IPv6
+    # The host network namespace its tap is in while plugged ("": the
+    # host's); kept by release() until the tap is back in the host's.
+    namespace: str = ""
 
     @property
     def name(self) -> str:

@@ -20,7 +20,9 @@ What goes where in a guest:
   NIC into the container's network namespace. A plugged tap is pinned to its
   endpoint (the network service's anti-spoofing rules: the guest sends on
   it only with the endpoint's MAC and addresses) from before it is plugged
-  until after it is unplugged, and its pin goes with the guest.
+  until after it is unplugged, and its pin goes with the guest. A tenant's
+  bridge is in its own host network namespace: the tap moves there to be
+  plugged (its descriptors in QEMU stay good) and back when unplugged.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ class EndpointPlan:
     endpoint: Endpoint
     bridge: str
     internal: bool
+    namespace: str = ""  # the host network namespace the bridge is in ("": the host's)
 
 
 @dataclass
@@ -422,7 +425,7 @@ class SandboxManager:
         slot.netns, slot.ifname = netns, plan.endpoint.ifname
         e = plan.endpoint
         slot.network, slot.gateway, slot.gateway6 = plan.network, e.gateway, e.gateway6
-        slot.internal = plan.internal
+        slot.internal, slot.namespace = plan.internal, plan.namespace
         return slot, InterfaceSpec(nic=slot.name, name=e.ifname, mac=e.mac, addresses=e.cidrs)
 
     async def _plug(self, slots: list[tuple[Slot, EndpointPlan]]) -> None:
@@ -430,13 +433,14 @@ class SandboxManager:
         plugged into their bridges: no moment on a bridge without the pin."""
         await self.pins.pin_ports({slot.tap: plan.endpoint for slot, plan in slots})
         for slot, plan in slots:
-            await net.plug_tap(slot.tap, plan.bridge)
+            await net.plug_tap(slot.tap, plan.bridge, namespace=plan.namespace)
 
     async def _unplug(self, slots: list[Slot]) -> None:
         """The slots' taps off their bridges, then unpinned; spare slots again."""
         for slot in slots:
-            await net.unplug_tap(slot.tap)
+            await net.unplug_tap(slot.tap, slot.namespace)
             slot.release()
+            slot.namespace = ""
         await self._unpin_quietly(slots)
 
     async def _unpin_quietly(self, slots: list[Slot]) -> None:

@@ -417,7 +417,8 @@ class Starter:
         plans = []
         for name, endpoint in network.endpoints.items():
             n = self.networks.get(name)
-            plans.append(EndpointPlan(name, endpoint, n.bridge, n.internal))
+            plans.append(EndpointPlan(name, endpoint, n.bridge, n.internal,
+                                      self.networks.namespace_of(n)))
         return plans
 
     def _main_process(self, c: Container, view: ContainerInGuest) -> ProcessSpec:

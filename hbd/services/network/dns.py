@@ -10,6 +10,11 @@ to the host's resolvers (hbd runs on the host, so even a loopback resolver
 such as systemd-resolved's works). dockerd does the same with its embedded
 server at 127.0.0.11; names on the default bridge network are not served,
 as in dockerd.
+
+A tenant's networks are in its own network namespace (network/spaces.py),
+where its gateways may be another tenant's addresses too: a listener is
+bound in its network's namespace, and a view is known by its namespace
+and gateway (a ListenerKey), never by the gateway alone.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from hbd.drivers import netns
 from hbd.tasks import spawn
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,10 @@ def host_resolvers(path: str = "/etc/resolv.conf") -> list[str]:
     return servers or ["8.8.8.8"]
 
 
+# Where a listener is: the host network namespace ("": the host's) and the gateway.
+ListenerKey = tuple[str, str]
+
+
 @dataclass(frozen=True)
 class NetworkView:
     """What one listener serves: the network's gateway and its names."""
@@ -57,11 +67,16 @@ class NetworkView:
     gateway: str
     network: str
     names: dict[str, list[str]]  # lower-case name -> addresses (IPv4 and IPv6)
-    # A container's address on this network -> the gateways of its other networks.
-    clients: dict[str, list[str]] = field(default_factory=dict)
+    # A container's address on this network -> the listeners of its other networks.
+    clients: dict[str, list[ListenerKey]] = field(default_factory=dict)
     # Legacy links on this network: any address of the linking container ->
     # {lower-case alias: the name it stands for}; only that container resolves them.
     links: dict[str, dict[str, str]] = field(default_factory=dict)
+    namespace: str = ""  # the network's host network namespace ("": the host's)
+
+    @property
+    def key(self) -> ListenerKey:
+        return (self.namespace, self.gateway)
 
 
 class _Forwarder:
@@ -105,9 +120,10 @@ class _Forwarder:
 
 
 class _Listener:
-    def __init__(self, server: DnsServer, gateway: str) -> None:
+    def __init__(self, server: DnsServer, key: ListenerKey) -> None:
         self.server = server
-        self.gateway = gateway
+        self.key = key
+        self.namespace, self.gateway = key
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp: asyncio.Server | None = None
 
@@ -119,13 +135,14 @@ class _Listener:
             def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
                 spawn(listener._answer_udp(data, addr))
 
-        transport, _ = await loop.create_datagram_endpoint(
-            Udp, local_addr=(self.gateway, 53), reuse_port=False)
+        udp = await netns.bound_socket(self.namespace, socket.SOCK_DGRAM, (self.gateway, 53))
+        transport, _ = await loop.create_datagram_endpoint(Udp, sock=udp)
         self.udp = transport
-        self.tcp = await asyncio.start_server(self._serve_tcp, self.gateway, 53)
+        tcp = await netns.bound_socket(self.namespace, socket.SOCK_STREAM, (self.gateway, 53))
+        self.tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
 
     async def _answer_udp(self, data: bytes, addr: tuple[str, int]) -> None:
-        reply = await self.server.answer(self.gateway, data, addr[0])
+        reply = await self.server.answer(self.key, data, addr[0])
         if reply is not None and self.udp is not None:
             self.udp.sendto(reply, addr)
 
@@ -135,7 +152,7 @@ class _Listener:
             while True:
                 size = int.from_bytes(await reader.readexactly(2), "big")
                 peer = writer.get_extra_info("peername") or ("", 0)
-                reply = await self.server.answer(self.gateway, await reader.readexactly(size),
+                reply = await self.server.answer(self.key, await reader.readexactly(size),
                                                  str(peer[0]),
                                                  tcp=True)
                 if reply is None:
@@ -158,40 +175,41 @@ class DnsServer:
     def __init__(self, views: Callable[[], list[NetworkView]],
                  upstreams: list[str] | None = None) -> None:
         self._views_source = views
-        self._views: dict[str, NetworkView] = {}
-        self._listeners: dict[str, _Listener] = {}
+        self._views: dict[ListenerKey, NetworkView] = {}
+        self._listeners: dict[ListenerKey, _Listener] = {}
         self._forwarder = _Forwarder(upstreams or host_resolvers())
 
     async def reconcile(self) -> None:
         """Listen on exactly the current gateways, serving the current names."""
-        self._views = {v.gateway: v for v in self._views_source()}
-        for gateway in list(self._listeners):
-            if gateway not in self._views:
-                self._listeners.pop(gateway).close()
-        for gateway in self._views:
-            if gateway not in self._listeners:
-                listener = _Listener(self, gateway)
+        self._views = {v.key: v for v in self._views_source()}
+        for key in list(self._listeners):
+            if key not in self._views:
+                self._listeners.pop(key).close()
+        for key in list(self._views):
+            if key not in self._listeners:
+                listener = _Listener(self, key)
                 try:
                     await listener.start()
                 except OSError as e:
-                    log.warning("DNS cannot listen on %s:53: %s", gateway, e)
+                    log.warning("DNS cannot listen on %s:53 (namespace %r): %s", key[1],
+                                key[0], e)
                     listener.close()
                     continue
-                self._listeners[gateway] = listener
+                self._listeners[key] = listener
 
     def refresh(self) -> None:
         """Names changed (a container started or stopped): serve the new view."""
         spawn(self.reconcile())
 
-    def _lookup(self, gateway: str, name: str, client: str) -> list[str] | None:
+    def _lookup(self, key: ListenerKey, name: str, client: str) -> list[str] | None:
         """The addresses of `name` on the listener's network, else on the
         client's other networks; the client's link aliases come first, as in
         dockerd."""
-        view = self._views.get(gateway)
+        view = self._views.get(key)
         if view is None:
             return None
-        candidates = [v for v in (self._views.get(g) for g in
-                                  [gateway, *view.clients.get(client, [])]) if v is not None]
+        candidates = [v for v in (self._views.get(k) for k in
+                                  [key, *view.clients.get(client, [])]) if v is not None]
         for candidate in candidates:
             target = candidate.links.get(client, {}).get(self._short(name, candidate))
             if target is not None and target.lower() in candidate.names:
@@ -208,7 +226,7 @@ class DnsServer:
         suffix = "." + view.network.lower()
         return name[: -len(suffix)] if name.endswith(suffix) else name
 
-    async def answer(self, gateway: str, data: bytes, client: str = "",
+    async def answer(self, key: ListenerKey, data: bytes, client: str = "",
                      tcp: bool = False) -> bytes | None:
         try:
             query = dns.message.from_wire(data)
@@ -218,7 +236,7 @@ class DnsServer:
             return None
         question = query.question[0]
         name = question.name.to_text(omit_final_dot=True).lower()
-        addresses = self._lookup(gateway, name, client)
+        addresses = self._lookup(key, name, client)
         if addresses is not None and question.rdclass == dns.rdataclass.IN:
             return self._local_answer(query, addresses)
         reply = await self._forwarder.resolve(query)

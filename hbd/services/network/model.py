@@ -59,6 +59,9 @@ class Network:
     # IPAM AuxiliaryAddresses: name -> address, never leased to a container.
     aux: dict[str, str] = field(default_factory=dict)
     aux6: dict[str, str] = field(default_factory=dict)
+    # The host network namespace of its bridge: "" the host's; a tenant's
+    # address space's (network/spaces.py) for a tenant's network.
+    namespace: str = ""
 
     @property
     def network(self) -> ipaddress.IPv4Network | None:

@@ -5,6 +5,9 @@ One bridge per network; a container's NIC on it is a tap of its guest
 the guest init (no DHCP). Each network's gateway
 address also serves DNS (network/dns.py) for the names on that network.
 Networks are isolated from each other, as Docker's bridge networks are.
+The operator's bridges are in the host's network namespace; each tenant's
+are in a namespace of its own, its address space (network/spaces.py), where
+its subnets may be anybody else's too.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from hbd.drivers import net
+from hbd.drivers import net, netns
 from hbd.errors import (
     Conflict,
     Forbidden,
@@ -32,6 +35,7 @@ from hbd.errors import (
 )
 from hbd.events import EventBus
 from hbd.services.network import ipam as ipam_rules
+from hbd.services.network import spaces as address_spaces
 from hbd.services.network.filters import NetworkFilter
 from hbd.services.network.model import (
     DEFAULT_BRIDGE,
@@ -46,6 +50,7 @@ from hbd.services.network.model import (
     network_not_found,
     parse_link,
 )
+from hbd.services.network.spaces import HOST, AddressSpace, SpaceRules
 from hbd.services.scope import OPERATOR, OWNER_MARK, Scope, owner_of, split_owner
 from hbd.services.timefmt import rfc3339_nano
 from hbd.store import StateStore
@@ -64,12 +69,16 @@ def instance_tag(data_root: Path) -> str:
 
 
 async def remove_host_state(tag: str) -> None:
-    """Delete every bridge, tap and rule of the daemon with `tag` (it must be stopped).
+    """Delete every bridge, tap, uplink, namespace and rule of the daemon with
+    `tag` (it must be stopped).
 
     dockerd leaves docker0 behind when it stops, and so does hbd; this is for
     uninstalling, and for tests that create throwaway daemons."""
-    for name in await net.links_with_prefix(f"ht{tag}") + await net.links_with_prefix(f"hb{tag}"):
-        await net.delete_link(name)
+    for prefix in ("ht", "hb", "hu"):
+        for name in await net.links_with_prefix(f"{prefix}{tag}"):
+            await net.delete_link(name)
+    for namespace in netns.names_with_prefix(f"hbd{tag}-"):
+        await net.remove_namespace(namespace)
     await net.remove_ruleset(f"hbd_{tag}")
 
 
@@ -102,9 +111,11 @@ def network_ref_in(scope: Scope, ref: str) -> str:
 
 
 class NetworkService:
-    def __init__(self, state: StateStore, events: EventBus, tag: str) -> None:
-        """`tag` (4 hex digits, from the data root) keeps the bridges, taps and
-        nftables table of two daemons on one host apart."""
+    def __init__(self, state: StateStore, events: EventBus, tag: str,
+                 transfer_range: str = address_spaces.DEFAULT_TRANSFER_RANGE) -> None:
+        """`tag` (4 hex digits, from the data root) keeps the bridges, taps,
+        namespaces and nftables tables of two daemons on one host apart;
+        tenants' uplinks are addressed from `transfer_range`."""
         self.state = state
         self.events = events
         self.tag = tag
@@ -120,8 +131,18 @@ class NetworkService:
         self._reservations: dict[tuple[str, str, int], socket.socket] = {}
         self._lock = asyncio.Lock()
         self.rules = net.RuleTable(self.nft_table)
-        # tap -> what the guest behind it may send as (anti-spoofing)
+        self.transfer_range = ipaddress.IPv4Network(transfer_range)
+        # Tenant project -> its address space; namespace -> the rules there.
+        self.spaces: dict[str, AddressSpace] = {
+            rec["project"]: AddressSpace.from_dict(rec)
+            for _, rec in state.load("address_spaces")}
+        self.space_rules: dict[str, net.RuleTable] = {
+            s.namespace: net.RuleTable(self.nft_table, s.namespace)
+            for s in self.spaces.values()}
+        # tap -> what the guest behind it may send as (anti-spoofing), and
+        # the namespace of the bridge it is plugged into
         self.pins: dict[str, net.PortPin] = {}
+        self._pin_namespaces: dict[str, str] = {}
         # From start() until settle_rules(): the tables are left as they are.
         self._rules_held = False
         self.on_change: list[Any] = []  # callbacks (no arguments): DNS reloads its view
@@ -157,6 +178,46 @@ class NetworkService:
     def _save(self, n: Network) -> None:
         self.state.put("networks", n.id, asdict(n))
 
+    @staticmethod
+    def namespace_of(n: Network) -> str:
+        """Where the network's bridge is: its tenant's namespace, or the
+        host's (HOST) for the operator's (and for a tenant's made before
+        tenants had namespaces, which stays where it was made)."""
+        return n.namespace
+
+    async def _space(self, project: str) -> AddressSpace:
+        """The project's address space, made (namespace, uplink) at its first network."""
+        space = self.spaces.get(project)
+        if space is None:
+            namespace, uplink = address_spaces.space_names(self.tag, project)
+            if any(s.namespace == namespace for s in self.spaces.values()):
+                raise SystemError_(f"address space {namespace} is another project's")
+            used = [s.network for s in self.spaces.values()] + await net.routed_networks()
+            subnet = address_spaces.transfer_subnet(self.transfer_range, used)
+            if subnet is None:
+                raise SystemError_(f"no free /30 left in the tenant transfer range "
+                                   f"{self.transfer_range} (hbd.toml: network)")
+            space = AddressSpace(project, namespace, uplink, str(subnet))
+            self.spaces[project] = space
+            self.state.put("address_spaces", project, space.to_dict())
+            self.space_rules[namespace] = net.RuleTable(self.nft_table, namespace)
+        try:
+            await net.ensure_uplink(space.namespace, space.uplink, space.uplink, space.network)
+        except net.NetError as e:
+            raise SystemError_(str(e)) from e
+        return space
+
+    async def _drop_space_if_empty(self, namespace: str) -> None:
+        """A tenant's last network is gone: so are its namespace and uplink."""
+        if namespace == HOST or any(self.namespace_of(n) == namespace
+                                    for n in self.networks.values()):
+            return
+        space = next(s for s in self.spaces.values() if s.namespace == namespace)
+        del self.spaces[space.project]
+        self.space_rules.pop(namespace, None)
+        self.state.delete("address_spaces", space.project)
+        await net.remove_uplink(space.namespace, space.uplink)
+
     # -- start-up ----------------------------------------------------------------
 
     async def start(self) -> None:
@@ -171,7 +232,7 @@ class NetworkService:
         if "host" not in names:
             self._add(Network(secrets.token_hex(32), "host", "host", rfc3339_nano()))
         if DEFAULT_BRIDGE not in names:
-            subnet = await self._free_subnet()
+            subnet = await self._free_subnet(HOST)
             self._add(Network(
                 secrets.token_hex(32), DEFAULT_BRIDGE, "bridge", rfc3339_nano(),
                 bridge=f"{self.bridge_prefix}0", subnet=str(subnet),
@@ -181,6 +242,8 @@ class NetworkService:
                          "com.docker.network.bridge.enable_ip_masquerade": "true",
                          "com.docker.network.bridge.name": f"{self.bridge_prefix}0",
                          "com.docker.network.driver.mtu": "1500"}))
+        for project in list(self.spaces):
+            await self._space(project)
         for n in self.networks.values():
             if n.driver == "bridge":
                 await self._bring_up(n)
@@ -192,23 +255,34 @@ class NetworkService:
         self.leases[n.id] = {}
         self._save(n)
 
-    @staticmethod
-    async def _bring_up(n: Network) -> None:
+    async def _bring_up(self, n: Network) -> None:
         gateway = ipaddress.IPv4Interface(f"{n.gateway}/{n.network.prefixlen}") \
             if n.network is not None and n.gateway else None
         gateway6 = ipaddress.IPv6Interface(f"{n.ipv6_gateway}/{n.network6.prefixlen}") \
             if n.network6 is not None and n.ipv6 else None
-        await net.ensure_bridge(n.bridge, gateway, gateway6)
+        await net.ensure_bridge(n.bridge, gateway, gateway6, namespace=self.namespace_of(n))
 
-    async def _free_subnet(self) -> ipaddress.IPv4Network:
-        used = [n.network for n in self.networks.values() if n.network is not None]
-        used += [r for r in await net.routed_networks() if not
-                 any(r == n.network for n in self.networks.values())]
-        for candidate in POOLS:
-            if not any(candidate.overlaps(u) for u in used):
-                return candidate
-        raise Forbidden("could not find an available, non-overlapping IPv4 address pool "
-                        "among the defaults to assign to the network")
+    def _space_networks(self, namespace: str) -> list[Network]:
+        return [n for n in self.networks.values() if self.namespace_of(n) == namespace]
+
+    def _uplink_subnets(self, namespace: str) -> list[ipaddress.IPv4Network]:
+        return [s.network for s in self.spaces.values() if s.namespace == namespace]
+
+    async def _free_subnet(self, namespace: str) -> ipaddress.IPv4Network:
+        """A default pool free in the address space: clear of its networks
+        (and its uplink), and of what the host routes (the host's own
+        networks, in the host's space, excepted: the host routes them
+        because they are ours), so that its containers still reach those."""
+        own = [n.network for n in self._space_networks(namespace) if n.network is not None]
+        routed = await net.routed_networks()
+        if namespace == HOST:
+            routed = [r for r in routed if r not in own]
+        used = own + self._uplink_subnets(namespace) + routed
+        subnet = address_spaces.free_subnet(POOLS, used)
+        if subnet is None:
+            raise Forbidden("could not find an available, non-overlapping IPv4 address pool "
+                            "among the defaults to assign to the network")
+        return subnet
 
     async def settle_rules(self) -> None:
         """The running guests have been adopted again (adopt_run, pin_ports):
@@ -228,18 +302,34 @@ class NetworkService:
         transaction at all when nothing changed: most containers publish no port)."""
         if self._rules_held:
             return
-        ruleset = net.Ruleset(
-            bridges=[net.BridgeRules(n.bridge, n.subnet, n.internal)
-                     for n in self.networks.values() if n.driver == "bridge"],
-            forwards=[net.PortForward(p.protocol, p.host_ip, p.host_port,
-                                      run.endpoints[self._primary(run)].ip, p.container_port)
-                      for run in self.runs.values() for p in run.ports if run.endpoints],
-            pins=list(self.pins.values()),
-        )
+        rulesets = address_spaces.rulesets(self._space_rules())
         try:
-            await self.rules.apply(ruleset)
+            await self.rules.apply(rulesets[HOST])
+            for namespace, table in self.space_rules.items():
+                await table.apply(rulesets[namespace])
         except net.NetError as e:
             raise SystemError_(str(e)) from e
+
+    def _space_rules(self) -> SpaceRules:
+        """The networks, published ports and pins, each with its namespace."""
+        parts = SpaceRules(list(self.spaces.values()), transfer_range=str(self.transfer_range))
+        parts.bridges = [(self.namespace_of(n), net.BridgeRules(n.bridge, n.subnet, n.internal))
+                         for n in self.networks.values() if n.driver == "bridge"]
+        for run in self.runs.values():
+            if not run.endpoints or not run.ports:
+                continue
+            primary = run.endpoints[self._primary(run)]
+            namespace = self._endpoint_namespace(primary)
+            parts.forwards += [(namespace, net.PortForward(p.protocol, p.host_ip, p.host_port,
+                                                           primary.ip, p.container_port))
+                               for p in run.ports]
+        parts.pins = [(self._pin_namespaces.get(tap, HOST), pin)
+                      for tap, pin in self.pins.items()]
+        return parts
+
+    def _endpoint_namespace(self, endpoint: Endpoint) -> str:
+        n = self.networks.get(endpoint.network_id)
+        return self.namespace_of(n) if n is not None else HOST
 
     async def pin_ports(self, ports: dict[str, Endpoint]) -> None:
         """The guest behind each tap (a port of its endpoint's bridge) may send
@@ -251,6 +341,7 @@ class NetworkService:
         async with self._lock:
             for tap, endpoint in ports.items():
                 self.pins[tap] = self._pin(tap, endpoint)
+                self._pin_namespaces[tap] = self._endpoint_namespace(endpoint)
             await self.apply_rules()
 
     @staticmethod
@@ -264,6 +355,8 @@ class NetworkService:
         """The taps' pins gone (those that have none are no change)."""
         async with self._lock:
             removed = [self.pins.pop(tap) for tap in taps if tap in self.pins]
+            for tap in taps:
+                self._pin_namespaces.pop(tap, None)
             if removed:
                 await self.apply_rules()
 
@@ -294,33 +387,45 @@ class NetworkService:
         async with self._lock:
             if any(n.name == name for n in self.networks.values()):
                 raise Conflict(f"network with name {scope.shown(name)} already exists")
-            ipam = body.get("IPAM") or {}
-            v4, v6 = await self._ipam(ipam.get("Config") or [], bool(body.get("EnableIPv6")))
-            nid = secrets.token_hex(32)
-            options = {str(k): str(v) for k, v in (body.get("Options") or {}).items()}
-            n = Network(
-                id=nid, name=name, driver="bridge", created=rfc3339_nano(),
-                bridge=options.get("com.docker.network.bridge.name") or
-                f"{self.bridge_prefix}{nid[:8]}",
-                subnet=str(v4.subnet), gateway=v4.gateway or ipam_rules.first_host(v4.subnet),
-                ip_range=v4.ip_range, enable_ipv6=bool(body.get("EnableIPv6")),
-                subnet6=str(v6.subnet) if v6 else "", gateway6=v6.gateway if v6 else "",
-                ip_range6=v6.ip_range if v6 else "",
-                internal=bool(body.get("Internal")), attachable=bool(body.get("Attachable")),
-                labels={str(k): str(v) for k, v in (body.get("Labels") or {}).items()},
-                options=options,
-                ipam_options={str(k): str(v) for k, v in (ipam.get("Options") or {}).items()},
-            )
-            self._check_auxiliary_addresses(n, ipam.get("Config") or [])
+            project = owner_of(name)
+            namespace = HOST if project is None else (await self._space(project)).namespace
             try:
-                await self._bring_up(n)
-            except net.NetError as e:
-                raise SystemError_(str(e)) from e
+                n = await self._new_network(name, body, namespace)
+            except BaseException:
+                await self._drop_space_if_empty(namespace)
+                raise
             self._add(n)
             await self.apply_rules()
         self.events.publish("network", "create", n.id, {"name": n.name, "type": n.driver})
         self._changed()
         return {"Id": n.id, "Warning": ""}
+
+    async def _new_network(self, name: str, body: dict[str, Any], namespace: str) -> Network:
+        """The network `body` asks for, its bridge up in `namespace`."""
+        ipam = body.get("IPAM") or {}
+        v4, v6 = await self._ipam(ipam.get("Config") or [], bool(body.get("EnableIPv6")),
+                                  namespace)
+        nid = secrets.token_hex(32)
+        options = {str(k): str(v) for k, v in (body.get("Options") or {}).items()}
+        n = Network(
+            id=nid, name=name, driver="bridge", created=rfc3339_nano(), namespace=namespace,
+            bridge=options.get("com.docker.network.bridge.name") or
+            f"{self.bridge_prefix}{nid[:8]}",
+            subnet=str(v4.subnet), gateway=v4.gateway or ipam_rules.first_host(v4.subnet),
+            ip_range=v4.ip_range, enable_ipv6=bool(body.get("EnableIPv6")),
+            subnet6=str(v6.subnet) if v6 else "", gateway6=v6.gateway if v6 else "",
+            ip_range6=v6.ip_range if v6 else "",
+            internal=bool(body.get("Internal")), attachable=bool(body.get("Attachable")),
+            labels={str(k): str(v) for k, v in (body.get("Labels") or {}).items()},
+            options=options,
+            ipam_options={str(k): str(v) for k, v in (ipam.get("Options") or {}).items()},
+        )
+        self._check_auxiliary_addresses(n, ipam.get("Config") or [])
+        try:
+            await self._bring_up(n)
+        except net.NetError as e:
+            raise SystemError_(str(e)) from e
+        return n
 
     async def ensure_default_bridge(self, scope: Scope) -> None:
         """A tenant's own default bridge (`bridge` as it sees it), made at its
@@ -334,18 +439,18 @@ class NetworkService:
         with contextlib.suppress(Conflict):  # made meanwhile by another request
             await self.create({"Name": name})
 
-    async def _ipam(self, configs: list[Any], enable_ipv6: bool
+    async def _ipam(self, configs: list[Any], enable_ipv6: bool, namespace: str
                     ) -> tuple[ipam_rules.Pool, ipam_rules.Pool | None]:
         """The network's IPv4 pool (from the default pools when no subnet is
-        given) and its IPv6 one, if configured."""
+        given) and its IPv6 one, if configured, unique in its address space."""
         config4, config6 = ipam_rules.family_configs(configs)
         ipam_rules.require_ipv6_pool(enable_ipv6, config6)
         raw = str(config4.get("Subnet") or "")
         if raw:
             subnet: ipam_rules.IPNetwork = ipam_rules.parse_subnet(raw, 4)
-            self._check_overlap(subnet)
+            self._check_overlap(subnet, namespace)
         else:
-            subnet = await self._free_subnet()
+            subnet = await self._free_subnet(namespace)
         v4 = ipam_rules.check_pool(subnet, config4)
         if config6 is None:
             return v4, None
@@ -353,15 +458,17 @@ class NetworkService:
         if not raw:
             raise NotFound(ipam_rules.NO_IPV6_POOL)
         subnet = ipam_rules.parse_subnet(raw, 6)
-        self._check_overlap(subnet)
+        self._check_overlap(subnet, namespace)
         return v4, ipam_rules.check_pool(subnet, config6)
 
-    def _check_overlap(self, subnet: ipam_rules.IPNetwork) -> None:
-        for other in self.networks.values():
-            for used in (other.network, other.network6):
-                if used is not None and used.version == subnet.version and \
-                        used.overlaps(subnet):
-                    raise Forbidden("Pool overlaps with other one on this address space")
+    def _check_overlap(self, subnet: ipam_rules.IPNetwork, namespace: str) -> None:
+        """The subnet overlaps no other network of its address space, nor the
+        space's uplink (other tenants' subnets are none of its business)."""
+        taken: list[ipam_rules.IPNetwork] = list(self._uplink_subnets(namespace))
+        for other in self._space_networks(namespace):
+            taken += [u for u in (other.network, other.network6) if u is not None]
+        if any(u.version == subnet.version and u.overlaps(subnet) for u in taken):
+            raise Forbidden("Pool overlaps with other one on this address space")
 
     def in_use(self, n: Network) -> list[str]:
         return sorted({cid for cid in self.leases.get(n.id, {}).values()})
@@ -378,10 +485,12 @@ class NetworkService:
             raise Forbidden(f"error while removing network: network {n.name} id {n.id} has "
                             "active endpoints")
         async with self._lock:
+            namespace = self.namespace_of(n)
             del self.networks[n.id]
             self.leases.pop(n.id, None)
             self.state.delete("networks", n.id)
-            await net.delete_link(n.bridge)
+            await net.delete_link(n.bridge, namespace)
+            await self._drop_space_if_empty(namespace)
             await self.apply_rules()
         self.events.publish("network", "destroy", n.id, {"name": n.name, "type": n.driver})
         self._changed()
