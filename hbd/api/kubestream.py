@@ -81,9 +81,23 @@ class RemoteCommand:
     start: StartProcess
 
 
+class PodConnection(Protocol):
+    """A connection to a port of a pod, made for one port-forward request."""
+
+    async def read(self) -> bytes:
+        """What the pod sent next; b"" once it has finished sending."""
+    async def write(self, data: bytes) -> None: ...
+    async def write_eof(self) -> None:
+        """The client has finished sending."""
+    async def failure(self) -> str:
+        """Once read has returned b"": why the connection failed ("" if it did not)."""
+    async def close(self) -> None:
+        """Drop the connection (the client went away, or it is over)."""
+
+
 @dataclass(frozen=True)
 class PortForward:
-    connect: Callable[[int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+    connect: Callable[[int], Awaitable[PodConnection]]
 
 
 Pending = RemoteCommand | PortForward
@@ -393,39 +407,48 @@ class PortForwardSession:
             port = int(port_text)
             if not 0 < port < 65536:
                 raise ValueError(port_text)
-            reader, writer = await self.forward.connect(port)
+            connection = await self.forward.connect(port)
         except (ValueError, HbdError, OSError) as e:
-            message = _reason(e)
-            with contextlib.suppress(ConnectionError):
-                await error.write(f"error forwarding port {port_text} to pod: "
-                                  f"{message}".encode())
-            await error.close()
-            await data.close()
+            await self._fail(data, error, port_text, _reason(e))
             return
         error.abandon()  # the client says nothing on it
+        to_pod = spawn(self._to_pod(data, connection))
         try:
-            await asyncio.gather(self._to_pod(data, writer), self._from_pod(reader, data))
+            # The pod's end of the connection ends the request (containerd's
+            # rule), whatever the client still sends.
+            await self._from_pod(connection, data)
+            failure = await connection.failure()
         finally:
-            writer.close()
-            data.abandon()
-            await data.close()
-            await error.close()
+            to_pod.cancel()
+            await connection.close()
+        if failure:
+            await self._fail(data, error, port_text, failure)
+            return
+        data.abandon()
+        await data.close()
+        await error.close()
 
     @staticmethod
-    async def _to_pod(data: spdy.Stream, writer: asyncio.StreamWriter) -> None:
+    async def _fail(data: spdy.Stream, error: spdy.Stream, port_text: str,
+                    message: str) -> None:
+        with contextlib.suppress(ConnectionError):
+            await error.write(f"error forwarding port {port_text} to pod: {message}".encode())
+        await error.close()
+        data.abandon()
+        await data.close()
+
+    @staticmethod
+    async def _to_pod(data: spdy.Stream, connection: PodConnection) -> None:
         with contextlib.suppress(ConnectionError):
             while (chunk := await data.read()) is not None:
-                writer.write(chunk)
-                await writer.drain()
-            if writer.can_write_eof():
-                writer.write_eof()
+                await connection.write(chunk)
+            await connection.write_eof()
 
     @staticmethod
-    async def _from_pod(reader: asyncio.StreamReader, data: spdy.Stream) -> None:
+    async def _from_pod(connection: PodConnection, data: spdy.Stream) -> None:
         with contextlib.suppress(ConnectionError):
-            while chunk := await reader.read(PORT_FORWARD_BUFFER):
+            while chunk := await connection.read():
                 await data.write(chunk)
-        await data.close()
 
 
 def _reason(e: Exception) -> str:

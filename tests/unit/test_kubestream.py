@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from hbd.api import kubestream
 from hbd.api.kubestream import RemoteCommand, RequestCache, StreamingServer, StreamOptions
 from hbd.errors import Conflict
+from hbd.services.pod.streams import TcpPortConnection
 from tests import kubestream_client as ks
 
 
@@ -168,9 +169,9 @@ async def test_port_forward_pairs_streams_by_request_id() -> None:
     pod_port = pod.sockets[0].getsockname()[1]
     asked: list[int] = []
 
-    async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def connect(port: int) -> kubestream.PodConnection:
         asked.append(port)
-        return await asyncio.open_connection("127.0.0.1", pod_port)
+        return await TcpPortConnection.open("127.0.0.1", pod_port)
     server = StreamingServer()
     await server.start()
     try:
@@ -201,3 +202,86 @@ async def test_port_forward_pairs_streams_by_request_id() -> None:
     finally:
         await server.stop()
         pod.close()
+
+
+class ScriptedConnection:
+    """A pod connection that answers `reply` at once, then ends as told
+    (`failure`), or holds until dropped (`hold`)."""
+
+    def __init__(self, reply: bytes, failure: str = "", hold: bool = False) -> None:
+        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
+        self.replies.put_nowait(reply)
+        if not hold:
+            self.replies.put_nowait(b"")
+        self._failure = failure
+        self.closed = asyncio.Event()
+
+    async def read(self) -> bytes:
+        return await self.replies.get()
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+    async def write_eof(self) -> None:
+        pass
+
+    async def failure(self) -> str:
+        return self._failure
+
+    async def close(self) -> None:
+        self.closed.set()
+        self.replies.put_nowait(b"")
+
+
+async def _forward_once(connection: ScriptedConnection, send: bytes, fin: bool
+                        ) -> tuple[ks.Client, ks.ClientStream, ks.ClientStream, StreamingServer]:
+    async def connect(port: int) -> kubestream.PodConnection:
+        return connection
+    server = StreamingServer()
+    await server.start()
+    url = server.register("portforward", kubestream.PortForward(connect))
+    client, answer = await ks.Client.open(url, ["portforward.k8s.io"])
+    assert answer.status == 101
+    error = await client.create(streamType="error", port="80", requestID="0")
+    data = await client.create(streamType="data", port="80", requestID="0")
+    await client.write(data, send, fin=fin)
+    return client, data, error, server
+
+
+async def test_port_forward_says_why_the_pod_connection_failed() -> None:
+    connection = ScriptedConnection(b"", failure="dial tcp4 127.0.0.1:80: connect: "
+                                                "connection refused")
+    client, data, error, server = await _forward_once(connection, b"hello", fin=True)
+    try:
+        assert await data.read_all() == b""
+        assert await error.read_all() == (b"error forwarding port 80 to pod: dial tcp4 "
+                                          b"127.0.0.1:80: connect: connection refused")
+        await connection.closed.wait()
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_port_forward_ends_with_the_pods_end_of_the_connection() -> None:
+    # The client keeps its data stream open: the pod's EOF ends the request.
+    connection = ScriptedConnection(b"bye")
+    client, data, error, server = await _forward_once(connection, b"hi", fin=False)
+    try:
+        assert await data.read_all() == b"bye"
+        assert await error.read_all() == b""
+        await connection.closed.wait()
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_port_forward_drops_the_pod_connection_when_the_client_goes() -> None:
+    connection = ScriptedConnection(b"first", hold=True)
+    client, data, _, server = await _forward_once(connection, b"hi", fin=False)
+    try:
+        assert await data.data.get() == b"first"
+        assert not connection.closed.is_set()
+        await client.close()
+        await connection.closed.wait()
+    finally:
+        await server.stop()

@@ -149,6 +149,7 @@ class StreamingPod:
     pod_id: str
     web: str       # httpd on 8080
     shell: str     # reads a line from its stdin, then sleeps
+    config: Any = None  # the pod's config, for containers a test adds
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,7 @@ def streaming_pod(node: Node, tmp_path_factory: pytest.TempPathFactory
                           "exec httpd -f -p 8080 -h /w")
     shell = start_container(node, pod_id, pod, "shell",
                             "read line; echo attached: $line; exec sleep 100000", stdin=True)
-    yield StreamingPod(pod_id, web, shell)
+    yield StreamingPod(pod_id, web, shell, pod)
     node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
                                   timeout=120)
 
@@ -218,6 +219,33 @@ def test_port_forward_to_a_container_port(node: Node, streaming_pod: StreamingPo
     assert answer == b"" and b"8081" in error and b"refused" in error.lower()
 
 
+def test_port_forward_reaches_the_pods_own_loopback(node: Node,
+                                                   streaming_pod: StreamingPod) -> None:
+    """As containerd dials inside the pod's network namespace: a server
+    bound to 127.0.0.1 only is reached (the guest opens the connection), and
+    2 MiB come back whole through the guest's relay."""
+    local = start_container(
+        node, streaming_pod.pod_id, streaming_pod.config, "local",
+        "mkdir /l && yes loopback-only | head -c 2097152 > /l/big && "
+        "exec httpd -f -p 127.0.0.1:8090 -h /l")
+
+    def forward() -> tuple[bytes, bytes]:
+        url = node.runtime.PortForward(pb.PortForwardRequest(
+            pod_sandbox_id=streaming_pod.pod_id, port=[8090]), timeout=60).url
+        return asyncio.run(ks.port_forward(url, 8090, b"GET /big HTTP/1.0\r\n\r\n"))
+    deadline = time.monotonic() + 60
+    while True:  # httpd may still be starting
+        answer, error = forward()
+        if answer or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and error == b"", (head, error)
+    assert body == (b"loopback-only\n" * 149797)[:2097152]
+    node.runtime.StopContainer(pb.StopContainerRequest(container_id=local, timeout=0),
+                               timeout=120)
+
+
 def test_stream_requests_for_what_is_not_there(node: Node) -> None:
     for call, request in [
         (node.runtime.Exec, pb.ExecRequest(container_id="nope", cmd=["true"], stdout=True)),
@@ -227,3 +255,4 @@ def test_stream_requests_for_what_is_not_there(node: Node) -> None:
         with pytest.raises(grpc.RpcError) as info:
             call(request, timeout=30)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+

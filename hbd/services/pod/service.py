@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hbd.config import CriSettings
+from hbd.drivers.agent import FEATURE_CONNECT
 from hbd.errors import Conflict, DeadlineExceeded, HbdError, InvalidParameter, NotFound
 from hbd.services.container import stats
 from hbd.services.container.execs import ExecService
@@ -36,7 +37,12 @@ from hbd.services.container.service import ContainerService
 from hbd.services.image.store import ImageStore
 from hbd.services.network.service import NetworkService
 from hbd.services.pod import model as m
-from hbd.services.pod.streams import AttachStreams, ExecStreams
+from hbd.services.pod.streams import (
+    AttachStreams,
+    ExecStreams,
+    GuestPortConnection,
+    TcpPortConnection,
+)
 from hbd.services.timefmt import parse_rfc3339_ns
 
 log = logging.getLogger(__name__)
@@ -436,13 +442,20 @@ class PodService:
             raise Conflict(f"pod sandbox {pod_id} is not ready")
 
     async def connect_port(self, pod_id: str, port: int
-                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A TCP connection to `port` of the pod (kubectl port-forward), by the
-        pod's address: the pod's guest is reachable from the host on its bridge."""
-        ip = self._pod_view(self._pod(pod_id)).ip
+                           ) -> GuestPortConnection | TcpPortConnection:
+        """A TCP connection to `port` of the pod (kubectl port-forward): to
+        the pod's own 127.0.0.1, opened inside its guest, as containerd
+        dials inside the pod's network namespace; by the pod's address from
+        the host when the guest's init is older than that."""
+        pod = self._pod(pod_id)
+        if pod.run is None or not pod.state.running:
+            raise Conflict(f"pod sandbox {pod_id} is not ready")
+        if FEATURE_CONNECT in pod.run.guest.features:
+            return await GuestPortConnection.open(pod.run.guest, port)
+        ip = self._pod_view(pod).ip
         if not ip:
             raise Conflict(f"pod sandbox {pod_id} is not ready")
-        return await asyncio.open_connection(ip, port)
+        return await TcpPortConnection.open(ip, port)
 
     def reopen_log(self, container_id: str) -> None:
         c = self._container(container_id)
