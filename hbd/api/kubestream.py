@@ -60,8 +60,10 @@ class Process(Protocol):
     async def wait(self) -> int | None:
         """Its exit code once its output ended; None where there is none to
         report (attach)."""
-    def close(self) -> None:
-        """The client has gone."""
+    async def close(self) -> None:
+        """The session is over: its client has gone, or the process has
+        ended. An exec still running then is killed, as kubelet expects of
+        a runtime (containerd's), so no client leaves processes behind."""
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,7 @@ class RemoteCommandSession:
         try:
             code = await self._pump(process)
         finally:
-            process.close()
+            await process.close()
         if code is not None or self.version >= 4:
             await self._report_exit(code)
 

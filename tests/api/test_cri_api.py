@@ -484,3 +484,16 @@ def test_container_events_as_they_happen(cri: Cri) -> None:
     assert [(c.id, c.state, c.exit_code) for c in stopped.containers_statuses] == [
         (cid, pb.CONTAINER_EXITED, 4)]
     assert all(e.created_at > 0 for e in seen)
+
+
+def test_an_exec_dies_when_its_streaming_client_hangs_up(cri: Cri, running: RunningPod) -> None:
+    """As containerd's: the client's end is the exec's (kubectl exec, ^C)."""
+    marker = "sleep 43218"  # the fake driver runs it on this host: pgrep finds it
+    url = exec_url(cri, running.container_id, "sh", "-c", f"echo started; exec {marker}",
+                   stdout=True, stderr=True)
+    assert asyncio.run(ks.exec_and_hang_up(url)) == b"started\n"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and subprocess.run(
+            ["pgrep", "-f", marker], capture_output=True).returncode == 0:
+        time.sleep(0.1)
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1

@@ -78,7 +78,7 @@ class FakeProcess:
     async def wait(self) -> int | None:
         return 5
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.closed = True
 
 

@@ -196,6 +196,21 @@ def test_streaming_exec_with_a_tty_follows_resizes(node: Node,
     assert result.exit_code == 0
 
 
+def test_a_streaming_exec_dies_with_its_client(node: Node,
+                                              streaming_pod: StreamingPod) -> None:
+    url = node.runtime.Exec(pb.ExecRequest(
+        container_id=streaming_pod.web, cmd=["sh", "-c", "echo started; exec sleep 43219"],
+        stdout=True, stderr=True), timeout=60).url
+    assert asyncio.run(ks.exec_and_hang_up(url)) == b"started\n"
+
+    def still_there() -> str:
+        return exec_sync(node, streaming_pod.web, "sh", "-c", "ps | grep 'sleep 4321[9]'")[1]
+    deadline = time.monotonic() + 60
+    while still_there() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert still_there() == ""
+
+
 def test_streaming_attach(node: Node, streaming_pod: StreamingPod) -> None:
     url = node.runtime.Attach(pb.AttachRequest(container_id=streaming_pod.shell, stdin=True,
                                                stdout=True, stderr=True), timeout=60).url

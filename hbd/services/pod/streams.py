@@ -48,8 +48,11 @@ class ExecStreams:
         await self.instance.done.wait()
         return self.instance.exit_code
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """The exec dies with its client's session (containerd kills it
+        when the stream's context ends)."""
         self.instance.stop_output()
+        await self.execs.kill(self.instance)
 
 
 class AttachStreams:
@@ -81,7 +84,8 @@ class AttachStreams:
     async def wait(self) -> int | None:
         return None  # an attach reports no exit code: the container's status does
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """The container runs on: only its client has gone."""
         self.containers.detach(self.container, self.attachment)
 
 
