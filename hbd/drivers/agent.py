@@ -227,6 +227,9 @@ class MountSpec:
     copy_up: bool = False
     # Mount this path of the source (relative, resolved beneath it) instead of its root.
     subpath: str = ""
+    # A read-only share's paths (relative) that stay writable: the host's own
+    # writable mounts under a non-recursively read-only bind (PROTOCOL.md §3).
+    writable: list[str] = field(default_factory=list)
 
 
 @dataclass

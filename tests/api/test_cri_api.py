@@ -497,3 +497,30 @@ def test_an_exec_dies_when_its_streaming_client_hangs_up(cri: Cri, running: Runn
             ["pgrep", "-f", marker], capture_output=True).returncode == 0:
         time.sleep(0.1)
     assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1
+
+
+def test_recursive_read_only_mounts_as_the_cri_words_them(cri: Cri, tmp_path: Path) -> None:
+    rt = cri.runtime
+    handlers = rt.Status(pb.StatusRequest()).runtime_handlers
+    assert [h.features.recursive_read_only_mounts for h in handlers] == [True]
+    config = pod_config("rro", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    try:
+        def create(mount: pb.Mount) -> str:
+            app = container_config("app", "sleep", "100000")
+            app.mounts.append(mount)
+            return str(rt.CreateContainer(pb.CreateContainerRequest(
+                pod_sandbox_id=pod_id, sandbox_config=config, config=app)).container_id)
+        for bad in [pb.Mount(host_path=str(tmp_path), container_path="/m",
+                             recursive_read_only=True),
+                    pb.Mount(host_path=str(tmp_path), container_path="/m", readonly=True,
+                             recursive_read_only=True,
+                             propagation=pb.PROPAGATION_HOST_TO_CONTAINER)]:
+            assert code_of(create, bad) == grpc.StatusCode.INVALID_ARGUMENT
+        container_id = create(pb.Mount(host_path=str(tmp_path), container_path="/m",
+                                       readonly=True, recursive_read_only=True))
+        status = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=container_id))
+        assert [(mt.container_path, mt.readonly) for mt in status.status.mounts] == [
+            ("/m", True)]
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -295,3 +296,33 @@ def test_containers_with_net_admin_make_bridges(node: Node, tmp_path: Path) -> N
     finally:
         node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
                                       timeout=120)
+
+
+def test_read_only_mounts_recursive_or_not(node: Node, tmp_path: Path) -> None:
+    """critest's readonly mounts: a host directory with a tmpfs of its own
+    beneath; read-only at the top only (the CRI's default, runc's "ro"
+    bind) leaves that tmpfs writable, recursive_read_only does not."""
+    host = tmp_path / "shared"
+    (host / "tmpfs").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(host / "tmpfs")], check=True)
+    pod = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name="romounts", uid="uid-romounts",
+                                       namespace="default"),
+        log_directory=str(tmp_path))
+    pod_id = node.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod),
+                                        timeout=180).pod_sandbox_id
+    try:
+        mounts = [pb.Mount(host_path=str(host), container_path="/top", readonly=True),
+                  pb.Mount(host_path=str(host), container_path="/all", readonly=True,
+                           recursive_read_only=True)]
+        cid = start_container(node, pod_id, pod, "ro", "exec sleep 100000", mounts=mounts)
+        assert exec_sync(node, cid, "touch", "/top/tmpfs/file") == (0, "")
+        assert (host / "tmpfs" / "file").exists()
+        for path in ("/top/file", "/all/tmpfs/other", "/all/file"):
+            code, out = exec_sync(node, cid, "touch", path)
+            assert code != 0 and "Read-only file system" in out, (path, out)
+        assert not (host / "tmpfs" / "other").exists() and not (host / "file").exists()
+    finally:
+        node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                      timeout=120)
+        subprocess.run(["umount", "-l", str(host / "tmpfs")], check=True)

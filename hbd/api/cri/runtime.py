@@ -47,7 +47,9 @@ class RuntimeServicer:
                                 reason="" if self.network_ready else "NetworkNotReady"),
         ]
         return pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions),
-                                 runtime_handlers=[pb.RuntimeHandler(name="")])
+                                 runtime_handlers=[pb.RuntimeHandler(
+                                     name="", features=pb.RuntimeHandlerFeatures(
+                                         recursive_read_only_mounts=True))])
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest,
                             context: Context) -> pb.RuntimeConfigResponse:

@@ -33,6 +33,10 @@ class MountPoint:
     nocopy: bool = False
     # A volume's subdirectory mounted instead of its root (VolumeOptions.Subpath).
     subpath: str = ""
+    # A read-only bind whose source's own mounts keep their flags (moby's
+    # BindOptions.ReadOnlyNonRecursive); otherwise read-only is recursive,
+    # moby's default since API 1.44.
+    readonly_non_recursive: bool = False
 
     def view(self, volumes: VolumeService) -> dict[str, Any]:
         out: dict[str, Any] = {"Type": self.type}
@@ -95,6 +99,22 @@ def _volume_subpath(source: str, subpath: str) -> str:
     return cleaned
 
 
+def _readonly_non_recursive(m: dict[str, Any]) -> bool:
+    """BindOptions' read-only recursion, checked in moby's words (moby checks
+    at start; hbd at create, where the mount is read)."""
+    options = m.get("BindOptions") or {}
+    non_recursive = bool(options.get("ReadOnlyNonRecursive"))
+    force_recursive = bool(options.get("ReadOnlyForceRecursive"))
+    for name, wanted in (("ReadOnlyNonRecursive", non_recursive),
+                         ("ReadOnlyForceRecursive", force_recursive)):
+        if wanted and not m.get("ReadOnly"):
+            raise InvalidParameter(f"mount options conflict: !ReadOnly && BindOptions.{name}")
+    if non_recursive and force_recursive:
+        raise InvalidParameter("mount options conflict: ReadOnlyNonRecursive && "
+                               "BindOptions.ReadOnlyForceRecursive")
+    return non_recursive
+
+
 def _parse_mount(m: dict[str, Any]) -> MountPoint:
     kind = m.get("Type") or ""
     target = m.get("Target") or ""
@@ -111,7 +131,8 @@ def _parse_mount(m: dict[str, Any]) -> MountPoint:
         if not os.path.exists(source):
             raise InvalidParameter("invalid mount config for type \"bind\": bind source path "
                                    f"does not exist: {source}")
-        return MountPoint("bind", target, os.path.normpath(source), rw)
+        return MountPoint("bind", target, os.path.normpath(source), rw,
+                          readonly_non_recursive=_readonly_non_recursive(m))
     if kind == "volume":
         options = m.get("VolumeOptions") or {}
         subpath = _volume_subpath(source, str(options.get("Subpath") or ""))

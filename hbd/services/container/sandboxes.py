@@ -78,6 +78,9 @@ class MountPlan:
     host_readonly: bool = False
     # A volume's subdirectory to mount instead of its root.
     subpath: str = ""
+    # Read-only at its top only: the host's writable mounts beneath stay so
+    # (BindOptions.ReadOnlyNonRecursive; the CRI's readonly without recursion).
+    readonly_non_recursive: bool = False
 
 
 @dataclass
@@ -313,8 +316,9 @@ class SandboxManager:
                 assert mount.source is not None
                 entry = record.new_name("s")
                 try:
-                    hostmount.attach_share(mount.source, export_dir / entry,
-                                           mount.host_readonly, mount.subpath)
+                    writable = hostmount.attach_share(
+                        mount.source, export_dir / entry, mount.host_readonly, mount.subpath,
+                        recursive=not mount.readonly_non_recursive)
                 except OSError as e:
                     raise InvalidParameter(f"cannot mount {mount.source}: {e.strerror}") from e
                 except hostmount.NotAccessible as e:
@@ -323,7 +327,8 @@ class SandboxManager:
                     raise InvalidParameter(str(e)) from e
                 member.shares.append(entry)
                 setup.mounts.append(MountSpec("share", mount.target, entry,
-                                              readonly=mount.readonly, copy_up=mount.copy_up))
+                                              readonly=mount.readonly, copy_up=mount.copy_up,
+                                              writable=writable))
         return setup
 
     @staticmethod

@@ -368,7 +368,8 @@ class Starter:
                                            not mp.rw, not mp.nocopy, subpath=mp.subpath))
             elif mp.type == "bind":
                 plans.append(MountPlan("dir", mp.destination, Path(mp.source), not mp.rw,
-                                       host_readonly=not mp.rw))
+                                       host_readonly=not mp.rw,
+                                       readonly_non_recursive=mp.readonly_non_recursive))
             else:
                 plans.append(MountPlan("tmpfs", mp.destination, None, not mp.rw,
                                        options=mp.options))

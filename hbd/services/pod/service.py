@@ -83,6 +83,28 @@ def _name(kind: str, md: m.Metadata, pod: m.Metadata) -> str:
     return "k8s_" + "_".join(NAME_PART.sub("-", p) for p in parts)
 
 
+def _check_recursive_read_only(mount: m.Mount) -> None:
+    """The CRI's rules for recursive_read_only, as containerd enforces them."""
+    if not mount.recursive_read_only:
+        return
+    if not mount.readonly:
+        raise InvalidParameter(f"recursive read-only mount {mount.container_path} must be "
+                               "read-only: readonly must be set too")
+    if mount.propagation != m.PROPAGATION_PRIVATE:
+        raise InvalidParameter(f"recursive read-only mount {mount.container_path} needs "
+                               "private propagation")
+
+
+def _read_only_bind(mount: m.Mount) -> dict[str, Any]:
+    """A CRI read-only mount as the Engine API's: read-only at its top only
+    (runc's "ro" bind, what containerd gives), or all the way down when
+    kubelet asks for recursive_read_only."""
+    return {"Type": "bind", "Source": mount.host_path, "Target": mount.container_path,
+            "ReadOnly": True,
+            "BindOptions": {"ReadOnlyNonRecursive": not mount.recursive_read_only,
+                            "ReadOnlyForceRecursive": mount.recursive_read_only}}
+
+
 def _labels_of(c: Container) -> dict[str, str]:
     return {str(k): str(v) for k, v in (c.config.get("Labels") or {}).items()}
 
@@ -281,6 +303,8 @@ class PodService:
                         labels: dict[str, str], log_path: str) -> dict[str, Any]:
         modes = _namespace_modes(_labels_of(pod))
         sec, res = cfg.security, cfg.resources
+        for mount in cfg.mounts:
+            _check_recursive_read_only(mount)
         pod_ref = f"container:{pod.id}"
         pid_mode = ""
         if sec.pid_mode == m.TARGET and sec.target_id:
@@ -292,8 +316,9 @@ class PodService:
         host_config: dict[str, Any] = {
             "NetworkMode": pod_ref, "IpcMode": pod_ref if modes[2] == m.POD else "",
             "PidMode": pid_mode,
-            "Binds": [f"{mt.host_path}:{mt.container_path}{':ro' if mt.readonly else ''}"
-                      for mt in cfg.mounts],
+            "Binds": [f"{mt.host_path}:{mt.container_path}"
+                      for mt in cfg.mounts if not mt.readonly],
+            "Mounts": [_read_only_bind(mt) for mt in cfg.mounts if mt.readonly],
             "ReadonlyRootfs": sec.readonly_rootfs, "Privileged": sec.privileged,
             "CapAdd": sec.cap_add or None, "CapDrop": sec.cap_drop or None,
             "GroupAdd": [str(g) for g in sec.supplemental_groups] or None,
