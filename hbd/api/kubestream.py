@@ -1,6 +1,8 @@
 """The streaming server kubelet, kubectl, crictl and critest reach for exec,
 attach and port-forward: Kubernetes' remote command (channel.k8s.io, v2-v4)
-and port-forward (portforward.k8s.io) protocols over SPDY/3.1 (hbd/api/spdy.py).
+and port-forward (portforward.k8s.io) protocols over SPDY/3.1 (hbd/api/spdy.py);
+remote command over WebSocket too (v1-v5, hbd/api/wschannel.py), as kubelet's
+streaming server serves it.
 
 As kubelet's own streaming server (pkg/kubelet/cri/streaming) and
 containerd's: a runtime call registers what the stream will do and gets a
@@ -28,7 +30,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from hbd.api import spdy
+from hbd.api import spdy, wschannel
 from hbd.errors import HbdError
 from hbd.tasks import spawn
 
@@ -44,6 +46,25 @@ STDOUT, STDERR = 1, 2
 PORT_FORWARD_BUFFER = 64 * 1024
 # Port-forward requests with one of their two streams opened, at most, per connection.
 MAX_HALF_PAIRS = 128
+
+
+class Stream(Protocol):
+    """One of a session's streams (a SPDY stream, a WebSocket channel)."""
+
+    def header(self, name: str) -> str: ...
+    async def read(self) -> bytes | None: ...
+    async def write(self, data: bytes) -> None: ...
+    async def close(self) -> None: ...
+    def abandon(self) -> None: ...
+
+
+class StreamSession(Protocol):
+    """An upgraded connection carrying a remote command's streams."""
+
+    closed: asyncio.Event
+
+    async def accept(self) -> Stream | None: ...
+    async def close(self) -> None: ...
 
 
 class Process(Protocol):
@@ -246,11 +267,11 @@ class RemoteCommandSession:
     wait for the streams the options call for, start the process, pump its
     streams, then report on the error stream and close."""
 
-    def __init__(self, session: spdy.Session, version: int, command: RemoteCommand) -> None:
+    def __init__(self, session: StreamSession, version: int, command: RemoteCommand) -> None:
         self.session = session
         self.version = version
         self.command = command
-        self.streams: dict[str, spdy.Stream] = {}
+        self.streams: dict[str, Stream] = {}
 
     async def serve(self) -> None:
         try:
@@ -511,6 +532,8 @@ class StreamingServer:
 
     async def _remote_command(self, request: web.Request,
                               command: RemoteCommand) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._remote_command_over_websocket(request, command)
         protocol = negotiate(request, REMOTE_COMMAND_PROTOCOLS)
         if isinstance(protocol, web.Response):
             return protocol
@@ -521,6 +544,30 @@ class StreamingServer:
         finally:
             await remote.close()
         return response
+
+    @staticmethod
+    async def _remote_command_over_websocket(request: web.Request,
+                                             command: RemoteCommand) -> web.StreamResponse:
+        """As kubelet's wsstream: the channels the options call for, all open
+        from the start; an empty message on the first one we write to says
+        the connection is up."""
+        ws = web.WebSocketResponse(protocols=wschannel.PROTOCOLS)
+        await ws.prepare(request)
+        protocol = ws.ws_protocol or ""
+        version = wschannel.version(protocol)
+        kinds = sorted(_expected_streams(command.options, version),
+                       key=lambda kind: wschannel.CHANNELS[kind])
+        session = wschannel.Session(ws, protocol, kinds)
+        first = next(kind for kind in ("stdout", "stderr", "error") if kind in kinds)
+        remote = RemoteCommandSession(session, version, command)
+        try:
+            await session.channels[wschannel.CHANNELS[first]].write(b"")
+            await remote.serve()
+        except ConnectionError:
+            pass
+        finally:
+            await remote.close()
+        return ws
 
     async def _port_forward(self, request: web.Request,
                             forward: PortForward) -> web.StreamResponse:

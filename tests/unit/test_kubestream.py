@@ -5,8 +5,11 @@ resizes, and the v4 error stream's statuses."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
+
+import aiohttp
 
 from hbd.api import kubestream
 from hbd.api.kubestream import RemoteCommand, RequestCache, StreamingServer, StreamOptions
@@ -283,5 +286,71 @@ async def test_port_forward_drops_the_pod_connection_when_the_client_goes() -> N
         assert not connection.closed.is_set()
         await client.close()
         await connection.closed.wait()
+    finally:
+        await server.stop()
+
+
+async def _websocket_exec(url: str, protocol: str, messages: list[bytes | str]
+                          ) -> tuple[str, list[bytes | str]]:
+    """A WebSocket client of kubectl's kind: `messages` sent, then every
+    message received until the server closes."""
+    ws_url = url.replace("http://", "ws://")
+    async with aiohttp.ClientSession() as client, \
+            client.ws_connect(ws_url, protocols=[protocol]) as ws:
+        for message in messages:
+            if isinstance(message, bytes):
+                await ws.send_bytes(message)
+            else:
+                await ws.send_str(message)
+        received: list[bytes | str] = []
+        async for answer in ws:
+            if answer.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                received.append(answer.data)
+        return ws.protocol or "", received
+
+
+async def test_a_remote_command_over_websocket_v5() -> None:
+    server = StreamingServer()
+    await server.start()
+    try:
+        started: list[FakeProcess] = []
+        url = server.register("exec", RemoteCommand(StreamOptions(True, True, True, False),
+                                                    FakeProcess.starter(started)))
+        # stdin "abc", then v5's close of stdin (channel 255, then the channel).
+        protocol, received = await _websocket_exec(url, "v5.channel.k8s.io",
+                                                   [b"\x00abc", b"\xff\x00"])
+        assert protocol == "v5.channel.k8s.io"
+        assert received[0] == b"\x01"  # the empty message: the connection is up
+        by_channel: dict[int, bytes] = {}
+        for message in received:
+            assert isinstance(message, bytes)
+            if message[0] != 255:
+                by_channel[message[0]] = by_channel.get(message[0], b"") + message[1:]
+        assert (by_channel[1], by_channel[2]) == (b"ABC", b"eof")
+        status = json.loads(by_channel[3])
+        assert status["reason"] == "NonZeroExitCode"
+        assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "5"}]
+        assert started[0].closed
+    finally:
+        await server.stop()
+
+
+async def test_a_remote_command_over_base64_websocket() -> None:
+    server = StreamingServer()
+    await server.start()
+    try:
+        url = server.register("exec", RemoteCommand(StreamOptions(True, True, False, False),
+                                                    FakeProcess.starter()))
+        stdin = "0" + base64.b64encode(b"hi").decode()
+        # Before v5 a client cannot close stdin: it hangs up, and the process goes.
+        async with aiohttp.ClientSession() as client, client.ws_connect(
+                url.replace("http://", "ws://"), protocols=["base64.channel.k8s.io"]) as ws:
+            await ws.send_str(stdin)
+            texts = []
+            while len(texts) < 2:
+                answer = await ws.receive()
+                assert answer.type == aiohttp.WSMsgType.TEXT
+                texts.append(answer.data)
+        assert texts == ["1", "1" + base64.b64encode(b"HI").decode()]
     finally:
         await server.stop()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 
@@ -184,6 +185,28 @@ def test_streaming_exec_stdin_and_exit_codes(node: Node, streaming_pod: Streamin
     assert (result.stdout, result.exit_code) == (b"streams\n", 0)
 
 
+def test_streaming_exec_over_websocket_v5(node: Node, streaming_pod: StreamingPod) -> None:
+    """kubectl 1.29+'s exec: v5.channel.k8s.io over WebSocket, stdin closed
+    by v5's close signal."""
+    url = node.runtime.Exec(pb.ExecRequest(
+        container_id=streaming_pod.web, cmd=["sh", "-c", "tr a-z A-Z; exit 3"],
+        stdin=True, stdout=True, stderr=True), timeout=60).url
+
+    async def run() -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        async with aiohttp.ClientSession() as client, client.ws_connect(
+                url.replace("http://", "ws://"), protocols=["v5.channel.k8s.io"]) as ws:
+            await ws.send_bytes(b"\x00over websocket\n")
+            await ws.send_bytes(b"\xff\x00")
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.BINARY and message.data[0] != 255:
+                    out[message.data[0]] = out.get(message.data[0], b"") + message.data[1:]
+        return out
+    out = asyncio.run(run())
+    assert out[1] == b"OVER WEBSOCKET\n"
+    assert ks.CommandResult(b"", b"", out[3]).exit_code == 3
+
+
 def test_streaming_exec_with_a_tty_follows_resizes(node: Node,
                                                    streaming_pod: StreamingPod) -> None:
     # The shell waits for the size the client sets (no race with the resize).
@@ -326,3 +349,4 @@ def test_read_only_mounts_recursive_or_not(node: Node, tmp_path: Path) -> None:
         node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
                                       timeout=120)
         subprocess.run(["umount", "-l", str(host / "tmpfs")], check=True)
+
