@@ -8,10 +8,13 @@ runs in a mount namespace of its own, a slave of ours). A share is made with
 the new mount API: cloned from its source (recursively, as Docker's binds
 are), made read-only if asked *before* it is attached, then attached. A
 read-only remount after attaching would not propagate: virtiofsd's copy would
-stay writable. Read-only is recursive (every mount of the tree), or, asked
-so, non-recursive: the top mount alone, the mounts beneath keeping their own
-flags; the share then tells which of its paths are such writable mounts, for
-the guest, which sees the whole share as one filesystem, to keep them so.
+stay writable. A share takes mounts the host makes beneath its source later
+only when asked (rslave); otherwise it is made private before it is attached
+(rprivate: the clone of a shared source would be a peer of it). Read-only is
+recursive (every mount of the tree), or, asked so, non-recursive: the top
+mount alone, the mounts beneath keeping their own flags; the share then
+tells which of its paths are such writable mounts, for the guest, which sees
+the whole share as one filesystem, to keep them so.
 
 These are host paths the user named or hbd's own volume directories, never
 a filesystem a guest wrote (the host does not mount those).
@@ -28,6 +31,7 @@ import stat
 from pathlib import Path
 
 MS_BIND = 0x1000
+MS_PRIVATE = 1 << 18
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
 AT_FDCWD = -100
@@ -139,18 +143,25 @@ def _clone_tree(source: Path, subpath: str) -> int:
 
 
 def attach_share(source: Path, target: Path, readonly: bool, subpath: str = "",
-                 recursive: bool = True) -> list[str]:
+                 recursive: bool = True, follow_host: bool = False) -> list[str]:
     """Mount `source` (a directory or a file), or its `subpath`, at `target`, a
     new entry of an export directory, read-only from the first moment when
-    asked: every mount of it, or with `recursive` false its top one only.
-    Then, the paths beneath `target` (relative) that stay writable: the
-    mounts beneath a non-recursively read-only top (none otherwise)."""
+    asked: every mount of it, or with `recursive` false its top one only;
+    receiving the host's later mounts beneath a shared source with
+    `follow_host`, else private. Then, the paths beneath `target` (relative)
+    that stay writable: the mounts beneath a non-recursively read-only top
+    (none otherwise)."""
     tree = _clone_tree(source, subpath)
     try:
         if stat.S_ISDIR(os.fstat(tree).st_mode):
             target.mkdir(exist_ok=True)
         else:
             target.touch(exist_ok=True)
+        if not follow_host:
+            private = MountAttr(0, 0, MS_PRIVATE, 0)
+            _check(_libc.mount_setattr(tree, b"", AT_EMPTY_PATH | AT_RECURSIVE,
+                                       ctypes.byref(private), ctypes.sizeof(private)),
+                   f"make {source} private")
         if readonly:
             attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
             _check(_libc.mount_setattr(tree, b"", AT_EMPTY_PATH |

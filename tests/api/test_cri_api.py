@@ -524,3 +524,29 @@ def test_recursive_read_only_mounts_as_the_cri_words_them(cri: Cri, tmp_path: Pa
             ("/m", True)]
     finally:
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_mount_propagation_a_guest_can_give(cri: Cri, tmp_path: Path) -> None:
+    """Host to container (rslave) is kept and reported; bidirectional is
+    refused: a mount made in the guest is the guest kernel's."""
+    rt = cri.runtime
+    config = pod_config("propagation", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    try:
+        def create(propagation: int) -> str:
+            app = container_config("app", "sleep", "100000")
+            app.mounts.append(pb.Mount(host_path=str(tmp_path), container_path="/m",
+                                       propagation=propagation))
+            return str(rt.CreateContainer(pb.CreateContainerRequest(
+                pod_sandbox_id=pod_id, sandbox_config=config, config=app)).container_id)
+        with pytest.raises(grpc.RpcError) as info:
+            create(pb.PROPAGATION_BIDIRECTIONAL)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "cannot reach the host" in str(info.value.details())
+        for propagation in (pb.PROPAGATION_HOST_TO_CONTAINER, pb.PROPAGATION_PRIVATE):
+            status = rt.ContainerStatus(pb.ContainerStatusRequest(
+                container_id=create(propagation))).status
+            assert [mt.propagation for mt in status.mounts] == [propagation]
+            rt.RemoveContainer(pb.RemoveContainerRequest(container_id=status.id))
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))

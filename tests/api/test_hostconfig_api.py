@@ -524,3 +524,14 @@ def test_read_only_recursion_checks_at_create(raw: docker.APIClient, mount: dict
                                               message: str) -> None:
     r = post_create(raw, {"Mounts": [mount]})
     assert (r.status_code, r.json()) == (400, {"message": message})
+
+
+def test_shared_propagation_is_refused_and_slave_kept(raw: docker.APIClient) -> None:
+    r = post_create(raw, {"Binds": ["/tmp:/t:rshared"]})
+    assert r.status_code == 400 and "cannot reach the host" in r.json()["message"]
+    cid = create(raw, {"Binds": ["/tmp:/t:rslave"]})
+    try:
+        [mount] = raw.inspect_container(cid)["Mounts"]
+        assert mount["Propagation"] == "rslave"
+    finally:
+        raw.remove_container(cid, force=True)

@@ -67,3 +67,21 @@ def test_read_only_by_default_is_recursive(tree: tuple[Path, Path]) -> None:
     target = export / "share"
     assert hostmount.attach_share(source, target, readonly=True) == []
     assert not _writable(target) and not _writable(target / "sub")
+
+
+@pytest.mark.parametrize("follow_host", [False, True])
+def test_a_share_takes_the_hosts_later_mounts_only_when_asked(
+        tree: tuple[Path, Path], follow_host: bool) -> None:
+    """rslave: a mount the host makes beneath a shared source later shows in
+    the share; rprivate (the default): it does not."""
+    source, export = tree
+    subprocess.run(["mount", "--make-shared", str(source / "sub")], check=True)
+    target = export / "share"
+    hostmount.attach_share(source / "sub", target, readonly=False, follow_host=follow_host)
+    (source / "sub" / "later").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(source / "sub" / "later")], check=True)
+    try:
+        (source / "sub" / "later" / "flag").touch()
+        assert (target / "later" / "flag").exists() == follow_host
+    finally:
+        hostmount._libc.umount2(str(source / "sub" / "later").encode(), hostmount.MNT_DETACH)

@@ -350,3 +350,31 @@ def test_read_only_mounts_recursive_or_not(node: Node, tmp_path: Path) -> None:
                                       timeout=120)
         subprocess.run(["umount", "-l", str(host / "tmpfs")], check=True)
 
+
+def test_host_to_container_propagation(node: Node, tmp_path: Path) -> None:
+    """critest's rslave: what the host mounts beneath a shared host path
+    after the container started shows in the container; a private mount of
+    the same path does not take it."""
+    host = tmp_path / "shared"
+    (host / "later").mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(host), str(host)], check=True)
+    subprocess.run(["mount", "--make-rshared", str(host)], check=True)
+    pod = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name="propagation", uid="uid-propagation",
+                                       namespace="default"),
+        log_directory=str(tmp_path))
+    pod_id = node.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod),
+                                        timeout=180).pod_sandbox_id
+    try:
+        mounts = [pb.Mount(host_path=str(host), container_path="/slave",
+                           propagation=pb.PROPAGATION_HOST_TO_CONTAINER),
+                  pb.Mount(host_path=str(host), container_path="/private")]
+        cid = start_container(node, pod_id, pod, "prop", "exec sleep 100000", mounts=mounts)
+        subprocess.run(["mount", "-t", "tmpfs", "none", str(host / "later")], check=True)
+        (host / "later" / "flag").touch()
+        assert exec_sync(node, cid, "ls", "/slave/later") == (0, "flag\n")
+        assert exec_sync(node, cid, "ls", "/private/later") == (0, "")
+    finally:
+        node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                      timeout=120)
+        subprocess.run(["umount", "-R", "-l", str(host)], check=True)

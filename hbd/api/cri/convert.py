@@ -114,7 +114,9 @@ def container_status(c: m.ContainerStatus) -> pb.ContainerStatus:
         image_ref=c.image_ref, image_id=c.image_id, reason=c.reason, message=c.message,
         labels=c.labels, annotations=c.annotations,
         mounts=[pb.Mount(container_path=mt.container_path, host_path=mt.host_path,
-                         readonly=mt.readonly) for mt in c.mounts],
+                         readonly=mt.readonly, recursive_read_only=mt.recursive_read_only,
+                         propagation=pb.MountPropagation.Name(mt.propagation))
+                for mt in c.mounts],
         log_path=c.log_path)
 
 

@@ -18,8 +18,8 @@ from hbd.errors import InvalidParameter, NotFound
 from hbd.services.scope import OPERATOR, Scope
 from hbd.services.volume.service import Volume, VolumeService
 
-BIND_OPTIONS = {"ro", "rw", "z", "Z", "private", "rprivate", "shared", "rshared", "slave",
-                "rslave", "nocopy", "consistent", "cached", "delegated"}
+PROPAGATIONS = {"private", "rprivate", "shared", "rshared", "slave", "rslave"}
+BIND_OPTIONS = {"ro", "rw", "z", "Z", "nocopy", "consistent", "cached", "delegated"} | PROPAGATIONS
 
 
 @dataclass
@@ -37,6 +37,13 @@ class MountPoint:
     # BindOptions.ReadOnlyNonRecursive); otherwise read-only is recursive,
     # moby's default since API 1.44.
     readonly_non_recursive: bool = False
+    # A bind's propagation ("" is the default, rprivate): slave or rslave
+    # takes the host's later mounts beneath a shared source.
+    propagation: str = ""
+
+    @property
+    def follows_host(self) -> bool:
+        return self.propagation in ("slave", "rslave")
 
     def view(self, volumes: VolumeService) -> dict[str, Any]:
         out: dict[str, Any] = {"Type": self.type}
@@ -47,7 +54,8 @@ class MountPoint:
         else:
             out["Source"] = self.source
         out.update({"Destination": self.destination, "Mode": self.mode, "RW": self.rw,
-                    "Propagation": "rprivate" if self.type == "bind" else ""})
+                    "Propagation": (self.propagation or "rprivate") if self.type == "bind"
+                    else ""})
         return out
 
 
@@ -76,7 +84,9 @@ def _parse_bind(spec: str) -> MountPoint:
     rw = "ro" not in options
     mode = parts[2] if len(parts) == 3 else ""
     if source.startswith("/"):
-        return MountPoint("bind", _clean_target(target), os.path.normpath(source), rw, mode)
+        propagation = [o for o in options if o in PROPAGATIONS]
+        return MountPoint("bind", _clean_target(target), os.path.normpath(source), rw, mode,
+                          propagation=_propagation(propagation[-1] if propagation else ""))
     if not source:
         raise InvalidParameter(f"invalid volume specification: '{spec}'")
     return MountPoint("volume", _clean_target(target), source, rw, mode or "z",
@@ -97,6 +107,16 @@ def _volume_subpath(source: str, subpath: str) -> str:
         raise InvalidParameter('invalid mount config for type "volume": subpath must be a '
                                "relative path within the volume")
     return cleaned
+
+
+def _propagation(mode: str) -> str:
+    """A bind's propagation as hbd can give it: a mount made in the guest is
+    the guest kernel's and cannot reach the host, so shared ones are refused."""
+    if mode in ("shared", "rshared"):
+        raise InvalidParameter(f"bind propagation {mode} is not possible: mounts made in a "
+                               "container are its guest kernel's and cannot reach the host "
+                               "(rslave gives the host's mounts to the container)")
+    return mode
 
 
 def _readonly_non_recursive(m: dict[str, Any]) -> bool:
@@ -131,8 +151,14 @@ def _parse_mount(m: dict[str, Any]) -> MountPoint:
         if not os.path.exists(source):
             raise InvalidParameter("invalid mount config for type \"bind\": bind source path "
                                    f"does not exist: {source}")
+        options = m.get("BindOptions") or {}
+        propagation = str(options.get("Propagation") or "")
+        if propagation and propagation not in PROPAGATIONS:
+            raise InvalidParameter(f'invalid mount config for type "bind": invalid '
+                                   f"propagation mode: {propagation}")
         return MountPoint("bind", target, os.path.normpath(source), rw,
-                          readonly_non_recursive=_readonly_non_recursive(m))
+                          readonly_non_recursive=_readonly_non_recursive(m),
+                          propagation=_propagation(propagation))
     if kind == "volume":
         options = m.get("VolumeOptions") or {}
         subpath = _volume_subpath(source, str(options.get("Subpath") or ""))

@@ -81,6 +81,8 @@ class MountPlan:
     # Read-only at its top only: the host's writable mounts beneath stay so
     # (BindOptions.ReadOnlyNonRecursive; the CRI's readonly without recursion).
     readonly_non_recursive: bool = False
+    # Takes the host's later mounts beneath its source (rslave propagation).
+    follow_host: bool = False
 
 
 @dataclass
@@ -318,7 +320,8 @@ class SandboxManager:
                 try:
                     writable = hostmount.attach_share(
                         mount.source, export_dir / entry, mount.host_readonly, mount.subpath,
-                        recursive=not mount.readonly_non_recursive)
+                        recursive=not mount.readonly_non_recursive,
+                        follow_host=mount.follow_host)
                 except OSError as e:
                     raise InvalidParameter(f"cannot mount {mount.source}: {e.strerror}") from e
                 except hostmount.NotAccessible as e:

@@ -369,7 +369,8 @@ class Starter:
             elif mp.type == "bind":
                 plans.append(MountPlan("dir", mp.destination, Path(mp.source), not mp.rw,
                                        host_readonly=not mp.rw,
-                                       readonly_non_recursive=mp.readonly_non_recursive))
+                                       readonly_non_recursive=mp.readonly_non_recursive,
+                                       follow_host=mp.follows_host))
             else:
                 plans.append(MountPlan("tmpfs", mp.destination, None, not mp.rw,
                                        options=mp.options))

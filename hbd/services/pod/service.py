@@ -102,7 +102,16 @@ def _read_only_bind(mount: m.Mount) -> dict[str, Any]:
     return {"Type": "bind", "Source": mount.host_path, "Target": mount.container_path,
             "ReadOnly": True,
             "BindOptions": {"ReadOnlyNonRecursive": not mount.recursive_read_only,
-                            "ReadOnlyForceRecursive": mount.recursive_read_only}}
+                            "ReadOnlyForceRecursive": mount.recursive_read_only,
+                            "Propagation": _bind_propagation(mount)}}
+
+
+def _bind_propagation(mount: m.Mount, prefix: str = "") -> str:
+    """The Engine API's propagation mode of a CRI mount ("" for private, the
+    default); the Engine API refuses rshared, which a guest cannot give."""
+    mode = {m.PROPAGATION_HOST_TO_CONTAINER: "rslave",
+            m.PROPAGATION_BIDIRECTIONAL: "rshared"}.get(mount.propagation, "")
+    return prefix + mode if mode else ""
 
 
 def _labels_of(c: Container) -> dict[str, str]:
@@ -316,7 +325,7 @@ class PodService:
         host_config: dict[str, Any] = {
             "NetworkMode": pod_ref, "IpcMode": pod_ref if modes[2] == m.POD else "",
             "PidMode": pid_mode,
-            "Binds": [f"{mt.host_path}:{mt.container_path}"
+            "Binds": [f"{mt.host_path}:{mt.container_path}{_bind_propagation(mt, ':')}"
                       for mt in cfg.mounts if not mt.readonly],
             "Mounts": [_read_only_bind(mt) for mt in cfg.mounts if mt.readonly],
             "ReadonlyRootfs": sec.readonly_rootfs, "Privileged": sec.privileged,
@@ -410,7 +419,10 @@ class PodService:
             exit_code=state.exit_code, image=labels.get(IMAGE, ""), image_id=c.image_id,
             image_ref=image_ref, reason=reason, message=state.error,
             labels=_user_labels(labels), annotations=_annotations(labels),
-            mounts=[m.Mount(mp.destination, mp.source, not mp.rw) for mp in c.mounts],
+            mounts=[m.Mount(mp.destination, mp.source, not mp.rw,
+                            recursive_read_only=not mp.rw and not mp.readonly_non_recursive,
+                            propagation=m.PROPAGATION_HOST_TO_CONTAINER if mp.follows_host
+                            else m.PROPAGATION_PRIVATE) for mp in c.mounts],
             log_path=labels.get(LOG_PATH, ""), pid=state.pid)
 
     # -- processes --------------------------------------------------------------------------
