@@ -439,8 +439,9 @@ class PortForwardSession:
         try:
             # The pod's end of the connection ends the request (containerd's
             # rule), whatever the client still sends.
-            await self._from_pod(connection, data)
-            failure = await connection.failure()
+            pod_ended = await self._from_pod(connection, data)
+            # Why it ended, once the pod's end did (a client gone asks nothing).
+            failure = await connection.failure() if pod_ended else ""
         finally:
             to_pod.cancel()
             await connection.close()
@@ -468,10 +469,15 @@ class PortForwardSession:
             await connection.write_eof()
 
     @staticmethod
-    async def _from_pod(connection: PodConnection, data: spdy.Stream) -> None:
-        with contextlib.suppress(ConnectionError):
+    async def _from_pod(connection: PodConnection, data: spdy.Stream) -> bool:
+        """What the pod sends, to the client: True once the pod's end
+        ended it, False if the client's did."""
+        try:
             while chunk := await connection.read():
                 await data.write(chunk)
+        except ConnectionError:
+            return False
+        return True
 
 
 def _reason(e: Exception) -> str:
