@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from hbd.api import kubestream
+from hbd.api import kubestream, spdy
 from hbd.api.kubestream import RemoteCommand, RequestCache, StreamingServer, StreamOptions
 from hbd.errors import Conflict
 from hbd.services.pod.streams import TcpPortConnection
@@ -209,7 +209,8 @@ async def test_port_forward_pairs_streams_by_request_id() -> None:
 
 class ScriptedConnection:
     """A pod connection that answers `reply` at once, then ends as told
-    (`failure`), or holds until dropped (`hold`)."""
+    (`failure`), or holds until dropped (`hold`). Why it failed is known
+    only once its pod's end came, as with the guest's."""
 
     def __init__(self, reply: bytes, failure: str = "", hold: bool = False) -> None:
         self.replies: asyncio.Queue[bytes] = asyncio.Queue()
@@ -218,9 +219,13 @@ class ScriptedConnection:
             self.replies.put_nowait(b"")
         self._failure = failure
         self.closed = asyncio.Event()
+        self.ended = asyncio.Event()
 
     async def read(self) -> bytes:
-        return await self.replies.get()
+        reply = await self.replies.get()
+        if not reply:
+            self.ended.set()
+        return reply
 
     async def write(self, data: bytes) -> None:
         pass
@@ -229,6 +234,7 @@ class ScriptedConnection:
         pass
 
     async def failure(self) -> str:
+        await self.ended.wait()
         return self._failure
 
     async def close(self) -> None:
@@ -353,4 +359,24 @@ async def test_a_remote_command_over_base64_websocket() -> None:
                 texts.append(answer.data)
         assert texts == ["1", "1" + base64.b64encode(b"HI").decode()]
     finally:
+        await server.stop()
+
+
+async def test_port_forward_drops_the_pod_connection_when_its_data_stream_is_reset() -> None:
+    # The client resets the data stream while the pod still sends: the
+    # request ends there, without waiting for the pod's end.
+    connection = ScriptedConnection(b"first", hold=True)
+    client, data, _, server = await _forward_once(connection, b"hi", fin=False)
+    try:
+        assert await data.data.get() == b"first"
+        await client.send(spdy.RstStream(data.id, spdy.CANCEL))
+
+        async def pod_sends_until_dropped() -> None:
+            while not connection.closed.is_set():
+                connection.replies.put_nowait(b"more")
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(pod_sends_until_dropped(), 60)  # a guard, not a measure
+        assert not connection.ended.is_set()
+    finally:
+        await client.close()
         await server.stop()
