@@ -39,6 +39,8 @@ class HostilePeer:
         self.requests: list[tuple[int, int, dict[str, Any]]] = []
         # HELLO's reply: where each process's output resumes (PROTOCOL.md §6).
         self.output_from: list[dict[str, int]] = []
+        # HELLO's reply: its `features`, left out while None (an older init).
+        self.features: Any = None
         # The last OUTPUT_ACK count per process, and a wake-up for each.
         self.acks: dict[int, int] = {}
         self.acked = asyncio.Event()
@@ -90,6 +92,8 @@ class HostilePeer:
             self.send(frame(T_SYNC, 0, SYNC_MAGIC + body["nonce"].encode()))
             reply: dict[str, Any] = {"version": 2, "kernel": "hostile", "boot_ms": 1,
                                      "output": self.output_from}
+            if self.features is not None:
+                reply["features"] = self.features
         elif type_ == T_STATE:
             reply = {"processes": self.processes}
         elif type_ < 0x20:

@@ -200,3 +200,17 @@ async def attach_and_say(url: str, line: bytes) -> bytes:
         return await stdout.data.get() or b""
     finally:
         await client.close()
+
+
+async def exec_and_hang_up(url: str) -> bytes:
+    """kubectl exec whose user hits ^C: the first chunk of stdout, then the
+    connection is dropped with the process still running."""
+    client, answer = await Client.open(url, ["v4.channel.k8s.io"])
+    assert answer.status == 101, (answer.status, answer.body)
+    try:
+        await client.create(streamType="error")
+        stdout = await client.create(streamType="stdout")
+        await client.create(streamType="stderr")
+        return await stdout.data.get() or b""
+    finally:
+        await client.close()

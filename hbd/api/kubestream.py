@@ -1,6 +1,8 @@
 """The streaming server kubelet, kubectl, crictl and critest reach for exec,
 attach and port-forward: Kubernetes' remote command (channel.k8s.io, v2-v4)
-and port-forward (portforward.k8s.io) protocols over SPDY/3.1 (hbd/api/spdy.py).
+and port-forward (portforward.k8s.io) protocols over SPDY/3.1 (hbd/api/spdy.py);
+remote command over WebSocket too (v1-v5, hbd/api/wschannel.py), as kubelet's
+streaming server serves it.
 
 As kubelet's own streaming server (pkg/kubelet/cri/streaming) and
 containerd's: a runtime call registers what the stream will do and gets a
@@ -28,7 +30,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from hbd.api import spdy
+from hbd.api import spdy, wschannel
 from hbd.errors import HbdError
 from hbd.tasks import spawn
 
@@ -46,6 +48,25 @@ PORT_FORWARD_BUFFER = 64 * 1024
 MAX_HALF_PAIRS = 128
 
 
+class Stream(Protocol):
+    """One of a session's streams (a SPDY stream, a WebSocket channel)."""
+
+    def header(self, name: str) -> str: ...
+    async def read(self) -> bytes | None: ...
+    async def write(self, data: bytes) -> None: ...
+    async def close(self) -> None: ...
+    def abandon(self) -> None: ...
+
+
+class StreamSession(Protocol):
+    """An upgraded connection carrying a remote command's streams."""
+
+    closed: asyncio.Event
+
+    async def accept(self) -> Stream | None: ...
+    async def close(self) -> None: ...
+
+
 class Process(Protocol):
     """A process whose streams a client is attached to (an exec, or a
     container's main process for attach)."""
@@ -60,8 +81,10 @@ class Process(Protocol):
     async def wait(self) -> int | None:
         """Its exit code once its output ended; None where there is none to
         report (attach)."""
-    def close(self) -> None:
-        """The client has gone."""
+    async def close(self) -> None:
+        """The session is over: its client has gone, or the process has
+        ended. An exec still running then is killed, as kubelet expects of
+        a runtime (containerd's), so no client leaves processes behind."""
 
 
 @dataclass(frozen=True)
@@ -81,9 +104,23 @@ class RemoteCommand:
     start: StartProcess
 
 
+class PodConnection(Protocol):
+    """A connection to a port of a pod, made for one port-forward request."""
+
+    async def read(self) -> bytes:
+        """What the pod sent next; b"" once it has finished sending."""
+    async def write(self, data: bytes) -> None: ...
+    async def write_eof(self) -> None:
+        """The client has finished sending."""
+    async def failure(self) -> str:
+        """Once read has returned b"": why the connection failed ("" if it did not)."""
+    async def close(self) -> None:
+        """Drop the connection (the client went away, or it is over)."""
+
+
 @dataclass(frozen=True)
 class PortForward:
-    connect: Callable[[int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+    connect: Callable[[int], Awaitable[PodConnection]]
 
 
 Pending = RemoteCommand | PortForward
@@ -230,11 +267,11 @@ class RemoteCommandSession:
     wait for the streams the options call for, start the process, pump its
     streams, then report on the error stream and close."""
 
-    def __init__(self, session: spdy.Session, version: int, command: RemoteCommand) -> None:
+    def __init__(self, session: StreamSession, version: int, command: RemoteCommand) -> None:
         self.session = session
         self.version = version
         self.command = command
-        self.streams: dict[str, spdy.Stream] = {}
+        self.streams: dict[str, Stream] = {}
 
     async def serve(self) -> None:
         try:
@@ -253,7 +290,7 @@ class RemoteCommandSession:
         try:
             code = await self._pump(process)
         finally:
-            process.close()
+            await process.close()
         if code is not None or self.version >= 4:
             await self._report_exit(code)
 
@@ -393,39 +430,54 @@ class PortForwardSession:
             port = int(port_text)
             if not 0 < port < 65536:
                 raise ValueError(port_text)
-            reader, writer = await self.forward.connect(port)
+            connection = await self.forward.connect(port)
         except (ValueError, HbdError, OSError) as e:
-            message = _reason(e)
-            with contextlib.suppress(ConnectionError):
-                await error.write(f"error forwarding port {port_text} to pod: "
-                                  f"{message}".encode())
-            await error.close()
-            await data.close()
+            await self._fail(data, error, port_text, _reason(e))
             return
         error.abandon()  # the client says nothing on it
+        to_pod = spawn(self._to_pod(data, connection))
         try:
-            await asyncio.gather(self._to_pod(data, writer), self._from_pod(reader, data))
+            # The pod's end of the connection ends the request (containerd's
+            # rule), whatever the client still sends.
+            pod_ended = await self._from_pod(connection, data)
+            # Why it ended, once the pod's end did (a client gone asks nothing).
+            failure = await connection.failure() if pod_ended else ""
         finally:
-            writer.close()
-            data.abandon()
-            await data.close()
-            await error.close()
+            to_pod.cancel()
+            await connection.close()
+        if failure:
+            await self._fail(data, error, port_text, failure)
+            return
+        data.abandon()
+        await data.close()
+        await error.close()
 
     @staticmethod
-    async def _to_pod(data: spdy.Stream, writer: asyncio.StreamWriter) -> None:
+    async def _fail(data: spdy.Stream, error: spdy.Stream, port_text: str,
+                    message: str) -> None:
+        with contextlib.suppress(ConnectionError):
+            await error.write(f"error forwarding port {port_text} to pod: {message}".encode())
+        await error.close()
+        data.abandon()
+        await data.close()
+
+    @staticmethod
+    async def _to_pod(data: spdy.Stream, connection: PodConnection) -> None:
         with contextlib.suppress(ConnectionError):
             while (chunk := await data.read()) is not None:
-                writer.write(chunk)
-                await writer.drain()
-            if writer.can_write_eof():
-                writer.write_eof()
+                await connection.write(chunk)
+            await connection.write_eof()
 
     @staticmethod
-    async def _from_pod(reader: asyncio.StreamReader, data: spdy.Stream) -> None:
-        with contextlib.suppress(ConnectionError):
-            while chunk := await reader.read(PORT_FORWARD_BUFFER):
+    async def _from_pod(connection: PodConnection, data: spdy.Stream) -> bool:
+        """What the pod sends, to the client: True once the pod's end
+        ended it, False if the client's did."""
+        try:
+            while chunk := await connection.read():
                 await data.write(chunk)
-        await data.close()
+        except ConnectionError:
+            return False
+        return True
 
 
 def _reason(e: Exception) -> str:
@@ -486,6 +538,8 @@ class StreamingServer:
 
     async def _remote_command(self, request: web.Request,
                               command: RemoteCommand) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._remote_command_over_websocket(request, command)
         protocol = negotiate(request, REMOTE_COMMAND_PROTOCOLS)
         if isinstance(protocol, web.Response):
             return protocol
@@ -496,6 +550,30 @@ class StreamingServer:
         finally:
             await remote.close()
         return response
+
+    @staticmethod
+    async def _remote_command_over_websocket(request: web.Request,
+                                             command: RemoteCommand) -> web.StreamResponse:
+        """As kubelet's wsstream: the channels the options call for, all open
+        from the start; an empty message on the first one we write to says
+        the connection is up."""
+        ws = web.WebSocketResponse(protocols=wschannel.PROTOCOLS)
+        await ws.prepare(request)
+        protocol = ws.ws_protocol or ""
+        version = wschannel.version(protocol)
+        kinds = sorted(_expected_streams(command.options, version),
+                       key=lambda kind: wschannel.CHANNELS[kind])
+        session = wschannel.Session(ws, protocol, kinds)
+        first = next(kind for kind in ("stdout", "stderr", "error") if kind in kinds)
+        remote = RemoteCommandSession(session, version, command)
+        try:
+            await session.channels[wschannel.CHANNELS[first]].write(b"")
+            await remote.serve()
+        except ConnectionError:
+            pass
+        finally:
+            await remote.close()
+        return ws
 
     async def _port_forward(self, request: web.Request,
                             forward: PortForward) -> web.StreamResponse:

@@ -51,6 +51,9 @@ MAX_FRAME = 1024 * 1024
 STREAM_CHUNK = 64 * 1024
 STDIN_WINDOW = 256 * 1024
 SYNC_MAGIC = b"hbd-sync-v1\0\0\0\0\0"
+# HELLO's feature (and the builtin) of an init that opens port-forward
+# connections inside the guest (PROTOCOL.md §4).
+FEATURE_CONNECT = "connect"
 # Where CREATE's `init` binds the guest init, which runs as docker-init there.
 DOCKER_INIT = "/sbin/docker-init"
 # Output held for processes nobody has attached to yet (after a reconnect),
@@ -167,6 +170,9 @@ class GuestInfo:
     version: int
     kernel: str
     boot_ms: int
+    # What the init does beyond version 2 as first written (PROTOCOL.md §2,
+    # HELLO's `features`): an init booted before hbd was upgraded lists less.
+    features: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -227,6 +233,9 @@ class MountSpec:
     fs_options: str = ""
     # device: the permission bits of its node.
     mode: int = 0o660
+    # A read-only share's paths (relative) that stay writable: the host's own
+    # writable mounts under a non-recursively read-only bind (PROTOCOL.md §3).
+    writable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -541,8 +550,11 @@ class AgentClient:
         leftover = buffered[at + len(marker):]
         self._reader_task = asyncio.ensure_future(self._read_loop(leftover))
         reply = await hello
-        self.guest_info = GuestInfo(_int(reply.get("version")), str(reply.get("kernel", "")),
-                                    _int(reply.get("boot_ms")))
+        features = reply.get("features")
+        self.guest_info = GuestInfo(
+            _int(reply.get("version")), str(reply.get("kernel", "")), _int(reply.get("boot_ms")),
+            frozenset(f for f in features if isinstance(f, str))
+            if isinstance(features, list) else frozenset())
         if self.guest_info.version != PROTOCOL_VERSION:
             raise AgentError("system", f"guest speaks protocol {self.guest_info.version}, "
                                        f"hbd speaks {PROTOCOL_VERSION}")

@@ -128,6 +128,10 @@ class FakeGuest:
         return self.spec.shared_dir is not None and not self.cloned
 
     @property
+    def features(self) -> frozenset[str]:
+        return frozenset()  # it has none of the init's builtins
+
+    @property
     def processes(self) -> list[ProcState]:
         return list(self._states.values())
 

@@ -106,6 +106,11 @@ class Guest(Protocol):
         ...
 
     @property
+    def features(self) -> frozenset[str]:
+        """What its init does beyond the protocol's first version 2 (HELLO)."""
+        ...
+
+    @property
     def processes(self) -> list[ProcState]: ...
 
     @property
@@ -262,6 +267,10 @@ class QemuGuest:
     @property
     def shared_fs(self) -> bool:
         return self.virtiofsd is not None
+
+    @property
+    def features(self) -> frozenset[str]:
+        return self.agent.guest_info.features
 
     @property
     def processes(self) -> list[ProcState]:

@@ -8,7 +8,13 @@ runs in a mount namespace of its own, a slave of ours). A share is made with
 the new mount API: cloned from its source (recursively, as Docker's binds
 are), made read-only if asked *before* it is attached, then attached. A
 read-only remount after attaching would not propagate: virtiofsd's copy would
-stay writable.
+stay writable. A share takes mounts the host makes beneath its source later
+only when asked (rslave); otherwise it is made private before it is attached
+(rprivate: the clone of a shared source would be a peer of it). Read-only is
+recursive (every mount of the tree), or, asked so, non-recursive: the top
+mount alone, the mounts beneath keeping their own flags; the share then
+tells which of its paths are such writable mounts, for the guest, which sees
+the whole share as one filesystem, to keep them so.
 
 These are host paths the user named or hbd's own volume directories, never
 a filesystem a guest wrote (the host does not mount those).
@@ -20,10 +26,12 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import re
 import stat
 from pathlib import Path
 
 MS_BIND = 0x1000
+MS_PRIVATE = 1 << 18
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
 AT_FDCWD = -100
@@ -134,19 +142,30 @@ def _clone_tree(source: Path, subpath: str) -> int:
         os.close(fd)
 
 
-def attach_share(source: Path, target: Path, readonly: bool, subpath: str = "") -> None:
+def attach_share(source: Path, target: Path, readonly: bool, subpath: str = "",
+                 recursive: bool = True, follow_host: bool = False) -> list[str]:
     """Mount `source` (a directory or a file), or its `subpath`, at `target`, a
     new entry of an export directory, read-only from the first moment when
-    asked."""
+    asked: every mount of it, or with `recursive` false its top one only;
+    receiving the host's later mounts beneath a shared source with
+    `follow_host`, else private. Then, the paths beneath `target` (relative)
+    that stay writable: the mounts beneath a non-recursively read-only top
+    (none otherwise)."""
     tree = _clone_tree(source, subpath)
     try:
         if stat.S_ISDIR(os.fstat(tree).st_mode):
             target.mkdir(exist_ok=True)
         else:
             target.touch(exist_ok=True)
+        if not follow_host:
+            private = MountAttr(0, 0, MS_PRIVATE, 0)
+            _check(_libc.mount_setattr(tree, b"", AT_EMPTY_PATH | AT_RECURSIVE,
+                                       ctypes.byref(private), ctypes.sizeof(private)),
+                   f"make {source} private")
         if readonly:
             attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
-            _check(_libc.mount_setattr(tree, b"", AT_EMPTY_PATH | AT_RECURSIVE,
+            _check(_libc.mount_setattr(tree, b"", AT_EMPTY_PATH |
+                                       (AT_RECURSIVE if recursive else 0),
                                        ctypes.byref(attr), ctypes.sizeof(attr)),
                    f"make {source} read-only")
         _check(_libc.move_mount(tree, b"", AT_FDCWD, str(target).encode(),
@@ -156,6 +175,33 @@ def attach_share(source: Path, target: Path, readonly: bool, subpath: str = "") 
         raise
     finally:
         os.close(tree)
+    return writable_mounts_beneath(target) if readonly and not recursive else []
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: space, tab, newline and backslash come octal-escaped."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def writable_mounts_beneath(top: Path, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Mount points strictly beneath `top`, relative to it, that are mounted
+    read-write, each once: none inside another one listed (the guest's bind
+    of that one covers it)."""
+    prefix = str(top).rstrip("/") + "/"
+    found: list[str] = []
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split(" ")
+            if len(fields) < 6:
+                continue
+            point = _unescape(fields[4])
+            if point.startswith(prefix) and "rw" in fields[5].split(","):
+                found.append(point[len(prefix):])
+    kept: list[str] = []
+    for path in sorted(set(found)):
+        if not any(path.startswith(parent + "/") for parent in kept):
+            kept.append(path)
+    return kept
 
 
 def detach_share(target: Path) -> None:

@@ -567,6 +567,34 @@ static int open_subpath(const char *base, const char *subpath, const char *targe
 	return -1;
 }
 
+/* ReadOnlyNonRecursive: the host's own writable mounts under a read-only
+ * bind's source stay writable. The guest sees that source as one
+ * filesystem, read-only as a whole once bound so: each such path is bound
+ * again over itself, without MS_RDONLY, both ends resolved beneath the
+ * mount (a symlink in the source cannot send the bind elsewhere). */
+static int keep_writable(const struct json *m, const char *source, const char *inside,
+			 struct err *e)
+{
+	const struct json *paths = json_get(m, "writable");
+	const char *target = json_str(m, "target", "");
+	for (const struct json *p = paths ? paths->child : NULL; p; p = p->next) {
+		if (p->type != J_STR)
+			continue;
+		int from = -1, onto = -1;
+		char from_path[64], onto_path[64];
+		int rc = open_subpath(source, p->str, target, &from, from_path, sizeof(from_path), e) ||
+			 open_subpath(inside, p->str, target, &onto, onto_path, sizeof(onto_path), e) ||
+			 do_mount(from_path, onto_path, NULL, MS_BIND, NULL, e);
+		if (from >= 0)
+			close(from);
+		if (onto >= 0)
+			close(onto);
+		if (rc)
+			return -1;
+	}
+	return 0;
+}
+
 static int bind_mount(struct container *c, const struct json *m, const char *inside,
 		      struct err *e)
 {
@@ -583,6 +611,8 @@ static int bind_mount(struct container *c, const struct json *m, const char *ins
 			      sizeof(source), e))
 		return -1;
 	int rc = bind_source(c, m, source, inside, ro, e);
+	if (!rc && ro)
+		rc = keep_writable(m, source, inside, e);
 	if (fd >= 0)
 		close(fd);
 	return rc;

@@ -450,7 +450,9 @@ static void handle_hello(uint32_t id, const struct json *req)
 		buf_printf(&reply, "{\"proc\":%u,\"from\":%llu}%s", p->id,
 			   (unsigned long long)from, p->next ? "," : "");
 	}
-	buf_str(&reply, "]}");
+	/* What this init can do beyond version 2 as first written (PROTOCOL.md
+	 * §1, "Features"): a host that sees none of them does without. */
+	buf_str(&reply, "],\"features\":[\"connect\"]}");
 	host_acks = json_bool(req, "output_acks", 0);
 	for (struct proc *p = procs; p && !host_acks; p = p->next)
 		retained_free(p);

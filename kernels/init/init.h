@@ -198,6 +198,9 @@ int run_builtin(const struct container *c, const char *name, char **args);
 void builtin_note_mounts(const char *mountinfo, const char *prefix);
 void record_created(const struct container *c, const char *path);
 
+/* portfwd.c: the `connect PORT` builtin, run in the pod's network namespace. */
+int builtin_connect(const char *port_text);
+
 /* copyup.c: fill an empty volume mounted at VOLUME with what SOURCE holds. */
 int copy_up(const char *source, const char *volume, struct err *e);
 

@@ -450,6 +450,13 @@ static void enter_for_builtin(struct spawn *s)
 {
 	if (!strcmp(s->builtin, "changes") || !strcmp(s->builtin, "tar-changes"))
 		return;
+	/* connect (port-forward) needs the container's network namespace only,
+	 * which the guest holds whether or not its main process runs. */
+	if (!strcmp(s->builtin, "connect")) {
+		if (setns(s->c->net->fd, CLONE_NEWNET))
+			child_fail(s, "system", errno, "join network namespace: %s", strerror(errno));
+		return;
+	}
 	if (s->main_pid) {
 		char mountinfo[64];
 		snprintf(mountinfo, sizeof(mountinfo), "/proc/%d/mountinfo", s->main_pid);
@@ -500,7 +507,9 @@ static void __attribute__((noreturn)) child_main(struct spawn *s)
 	if (s->builtin) {
 		/* Reached the builtin: from here its exit status tells the tale. */
 		close(s->err_pipe);
-		int status = run_builtin(s->c, s->builtin, s->argv);
+		int status = !strcmp(s->builtin, "connect")
+				     ? builtin_connect(s->argv[0] ? s->argv[0] : "")
+				     : run_builtin(s->c, s->builtin, s->argv);
 		fflush(NULL);
 		_exit(status);
 	}

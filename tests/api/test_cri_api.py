@@ -656,3 +656,69 @@ def test_a_device_attached_read_only_cannot_be_written_by_another_container(
             assert "attached read-only to the guest" in info.value.details()
         finally:
             rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_an_exec_dies_when_its_streaming_client_hangs_up(cri: Cri, running: RunningPod) -> None:
+    """As containerd's: the client's end is the exec's (kubectl exec, ^C)."""
+    marker = "sleep 43218"  # the fake driver runs it on this host: pgrep finds it
+    url = exec_url(cri, running.container_id, "sh", "-c", f"echo started; exec {marker}",
+                   stdout=True, stderr=True)
+    assert asyncio.run(ks.exec_and_hang_up(url)) == b"started\n"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and subprocess.run(
+            ["pgrep", "-f", marker], capture_output=True).returncode == 0:
+        time.sleep(0.1)
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1
+
+
+def test_recursive_read_only_mounts_as_the_cri_words_them(cri: Cri, tmp_path: Path) -> None:
+    rt = cri.runtime
+    handlers = rt.Status(pb.StatusRequest()).runtime_handlers
+    assert [h.features.recursive_read_only_mounts for h in handlers] == [True]
+    config = pod_config("rro", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    try:
+        def create(mount: pb.Mount) -> str:
+            app = container_config("app", "sleep", "100000")
+            app.mounts.append(mount)
+            return str(rt.CreateContainer(pb.CreateContainerRequest(
+                pod_sandbox_id=pod_id, sandbox_config=config, config=app)).container_id)
+        for bad in [pb.Mount(host_path=str(tmp_path), container_path="/m",
+                             recursive_read_only=True),
+                    pb.Mount(host_path=str(tmp_path), container_path="/m", readonly=True,
+                             recursive_read_only=True,
+                             propagation=pb.PROPAGATION_HOST_TO_CONTAINER)]:
+            assert code_of(create, bad) == grpc.StatusCode.INVALID_ARGUMENT
+        container_id = create(pb.Mount(host_path=str(tmp_path), container_path="/m",
+                                       readonly=True, recursive_read_only=True))
+        status = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=container_id))
+        assert [(mt.container_path, mt.readonly) for mt in status.status.mounts] == [
+            ("/m", True)]
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_mount_propagation_a_guest_can_give(cri: Cri, tmp_path: Path) -> None:
+    """Host to container (rslave) is kept and reported; bidirectional is
+    refused: a mount made in the guest is the guest kernel's."""
+    rt = cri.runtime
+    config = pod_config("propagation", cri.log_dir)
+    pod_id = rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    try:
+        def create(propagation: int) -> str:
+            app = container_config("app", "sleep", "100000")
+            app.mounts.append(pb.Mount(host_path=str(tmp_path), container_path="/m",
+                                       propagation=propagation))
+            return str(rt.CreateContainer(pb.CreateContainerRequest(
+                pod_sandbox_id=pod_id, sandbox_config=config, config=app)).container_id)
+        with pytest.raises(grpc.RpcError) as info:
+            create(pb.PROPAGATION_BIDIRECTIONAL)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "cannot reach the host" in str(info.value.details())
+        for propagation in (pb.PROPAGATION_HOST_TO_CONTAINER, pb.PROPAGATION_PRIVATE):
+            status = rt.ContainerStatus(pb.ContainerStatusRequest(
+                container_id=create(propagation))).status
+            assert [mt.propagation for mt in status.mounts] == [propagation]
+            rt.RemoveContainer(pb.RemoveContainerRequest(container_id=status.id))
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))

@@ -503,3 +503,35 @@ def test_cli_container_prune_with_filters(api_daemon: ApiDaemon, raw: docker.API
     pruned = api_daemon.docker("container", "prune", "-f", "--filter", "until=-1m",
                                "--filter", "label=prune=cli").stdout.decode()
     assert young in pruned.split() and "Total reclaimed space" in pruned
+
+
+# -- read-only recursion of binds ----------------------------------------------------------
+
+def ro_bind(read_only: bool, **options: bool) -> dict[str, Any]:
+    return {"Type": "bind", "Source": "/tmp", "Target": "/t", "ReadOnly": read_only,
+            "BindOptions": options}
+
+
+@pytest.mark.parametrize(("mount", "message"), [
+    (ro_bind(False, ReadOnlyNonRecursive=True),
+     "mount options conflict: !ReadOnly && BindOptions.ReadOnlyNonRecursive"),
+    (ro_bind(False, ReadOnlyForceRecursive=True),
+     "mount options conflict: !ReadOnly && BindOptions.ReadOnlyForceRecursive"),
+    (ro_bind(True, ReadOnlyNonRecursive=True, ReadOnlyForceRecursive=True),
+     "mount options conflict: ReadOnlyNonRecursive && BindOptions.ReadOnlyForceRecursive"),
+])
+def test_read_only_recursion_checks_at_create(raw: docker.APIClient, mount: dict[str, Any],
+                                              message: str) -> None:
+    r = post_create(raw, {"Mounts": [mount]})
+    assert (r.status_code, r.json()) == (400, {"message": message})
+
+
+def test_shared_propagation_is_refused_and_slave_kept(raw: docker.APIClient) -> None:
+    r = post_create(raw, {"Binds": ["/tmp:/t:rshared"]})
+    assert r.status_code == 400 and "cannot reach the host" in r.json()["message"]
+    cid = create(raw, {"Binds": ["/tmp:/t:rslave"]})
+    try:
+        [mount] = raw.inspect_container(cid)["Mounts"]
+        assert mount["Propagation"] == "rslave"
+    finally:
+        raw.remove_container(cid, force=True)

@@ -430,3 +430,18 @@ def test_an_output_mark_keeps_the_count_and_the_unfinished_lines(tmp_path: Path)
     assert OutputMarkFile.read(path) is None
     path.write_bytes(b"hbo1" + b"\xff" * 40)
     assert OutputMarkFile.read(path) is None
+
+
+@pytest.mark.parametrize("features, known", [
+    (None, frozenset()),                                  # an init from before features
+    (["connect"], frozenset({"connect"})),
+    (["connect", 7, {"x": 1}, None], frozenset({"connect"})),   # junk ignored
+    ("connect", frozenset()),                             # not a list: none
+])
+async def test_hellos_features_are_taken_as_strings_only(
+        peer: HostilePeer, features: object, known: frozenset[str]) -> None:
+    peer.features = features
+    client, broken = await connected(peer)
+    assert client.guest_info.features == known
+    assert broken == []
+    await client.close()

@@ -5,12 +5,16 @@ resizes, and the v4 error stream's statuses."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 
-from hbd.api import kubestream
+import aiohttp
+
+from hbd.api import kubestream, spdy
 from hbd.api.kubestream import RemoteCommand, RequestCache, StreamingServer, StreamOptions
 from hbd.errors import Conflict
+from hbd.services.pod.streams import TcpPortConnection
 from tests import kubestream_client as ks
 
 
@@ -77,7 +81,7 @@ class FakeProcess:
     async def wait(self) -> int | None:
         return 5
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.closed = True
 
 
@@ -168,9 +172,9 @@ async def test_port_forward_pairs_streams_by_request_id() -> None:
     pod_port = pod.sockets[0].getsockname()[1]
     asked: list[int] = []
 
-    async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def connect(port: int) -> kubestream.PodConnection:
         asked.append(port)
-        return await asyncio.open_connection("127.0.0.1", pod_port)
+        return await TcpPortConnection.open("127.0.0.1", pod_port)
     server = StreamingServer()
     await server.start()
     try:
@@ -201,3 +205,178 @@ async def test_port_forward_pairs_streams_by_request_id() -> None:
     finally:
         await server.stop()
         pod.close()
+
+
+class ScriptedConnection:
+    """A pod connection that answers `reply` at once, then ends as told
+    (`failure`), or holds until dropped (`hold`). Why it failed is known
+    only once its pod's end came, as with the guest's."""
+
+    def __init__(self, reply: bytes, failure: str = "", hold: bool = False) -> None:
+        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
+        self.replies.put_nowait(reply)
+        if not hold:
+            self.replies.put_nowait(b"")
+        self._failure = failure
+        self.closed = asyncio.Event()
+        self.ended = asyncio.Event()
+
+    async def read(self) -> bytes:
+        reply = await self.replies.get()
+        if not reply:
+            self.ended.set()
+        return reply
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+    async def write_eof(self) -> None:
+        pass
+
+    async def failure(self) -> str:
+        await self.ended.wait()
+        return self._failure
+
+    async def close(self) -> None:
+        self.closed.set()
+        self.replies.put_nowait(b"")
+
+
+async def _forward_once(connection: ScriptedConnection, send: bytes, fin: bool
+                        ) -> tuple[ks.Client, ks.ClientStream, ks.ClientStream, StreamingServer]:
+    async def connect(port: int) -> kubestream.PodConnection:
+        return connection
+    server = StreamingServer()
+    await server.start()
+    url = server.register("portforward", kubestream.PortForward(connect))
+    client, answer = await ks.Client.open(url, ["portforward.k8s.io"])
+    assert answer.status == 101
+    error = await client.create(streamType="error", port="80", requestID="0")
+    data = await client.create(streamType="data", port="80", requestID="0")
+    await client.write(data, send, fin=fin)
+    return client, data, error, server
+
+
+async def test_port_forward_says_why_the_pod_connection_failed() -> None:
+    connection = ScriptedConnection(b"", failure="dial tcp4 127.0.0.1:80: connect: "
+                                                "connection refused")
+    client, data, error, server = await _forward_once(connection, b"hello", fin=True)
+    try:
+        assert await data.read_all() == b""
+        assert await error.read_all() == (b"error forwarding port 80 to pod: dial tcp4 "
+                                          b"127.0.0.1:80: connect: connection refused")
+        await connection.closed.wait()
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_port_forward_ends_with_the_pods_end_of_the_connection() -> None:
+    # The client keeps its data stream open: the pod's EOF ends the request.
+    connection = ScriptedConnection(b"bye")
+    client, data, error, server = await _forward_once(connection, b"hi", fin=False)
+    try:
+        assert await data.read_all() == b"bye"
+        assert await error.read_all() == b""
+        await connection.closed.wait()
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_port_forward_drops_the_pod_connection_when_the_client_goes() -> None:
+    connection = ScriptedConnection(b"first", hold=True)
+    client, data, _, server = await _forward_once(connection, b"hi", fin=False)
+    try:
+        assert await data.data.get() == b"first"
+        assert not connection.closed.is_set()
+        await client.close()
+        await connection.closed.wait()
+    finally:
+        await server.stop()
+
+
+async def _websocket_exec(url: str, protocol: str, messages: list[bytes | str]
+                          ) -> tuple[str, list[bytes | str]]:
+    """A WebSocket client of kubectl's kind: `messages` sent, then every
+    message received until the server closes."""
+    ws_url = url.replace("http://", "ws://")
+    async with aiohttp.ClientSession() as client, \
+            client.ws_connect(ws_url, protocols=[protocol]) as ws:
+        for message in messages:
+            if isinstance(message, bytes):
+                await ws.send_bytes(message)
+            else:
+                await ws.send_str(message)
+        received: list[bytes | str] = []
+        async for answer in ws:
+            if answer.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                received.append(answer.data)
+        return ws.protocol or "", received
+
+
+async def test_a_remote_command_over_websocket_v5() -> None:
+    server = StreamingServer()
+    await server.start()
+    try:
+        started: list[FakeProcess] = []
+        url = server.register("exec", RemoteCommand(StreamOptions(True, True, True, False),
+                                                    FakeProcess.starter(started)))
+        # stdin "abc", then v5's close of stdin (channel 255, then the channel).
+        protocol, received = await _websocket_exec(url, "v5.channel.k8s.io",
+                                                   [b"\x00abc", b"\xff\x00"])
+        assert protocol == "v5.channel.k8s.io"
+        assert received[0] == b"\x01"  # the empty message: the connection is up
+        by_channel: dict[int, bytes] = {}
+        for message in received:
+            assert isinstance(message, bytes)
+            if message[0] != 255:
+                by_channel[message[0]] = by_channel.get(message[0], b"") + message[1:]
+        assert (by_channel[1], by_channel[2]) == (b"ABC", b"eof")
+        status = json.loads(by_channel[3])
+        assert status["reason"] == "NonZeroExitCode"
+        assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "5"}]
+        assert started[0].closed
+    finally:
+        await server.stop()
+
+
+async def test_a_remote_command_over_base64_websocket() -> None:
+    server = StreamingServer()
+    await server.start()
+    try:
+        url = server.register("exec", RemoteCommand(StreamOptions(True, True, False, False),
+                                                    FakeProcess.starter()))
+        stdin = "0" + base64.b64encode(b"hi").decode()
+        # Before v5 a client cannot close stdin: it hangs up, and the process goes.
+        async with aiohttp.ClientSession() as client, client.ws_connect(
+                url.replace("http://", "ws://"), protocols=["base64.channel.k8s.io"]) as ws:
+            await ws.send_str(stdin)
+            texts = []
+            while len(texts) < 2:
+                answer = await ws.receive()
+                assert answer.type == aiohttp.WSMsgType.TEXT
+                texts.append(answer.data)
+        assert texts == ["1", "1" + base64.b64encode(b"HI").decode()]
+    finally:
+        await server.stop()
+
+
+async def test_port_forward_drops_the_pod_connection_when_its_data_stream_is_reset() -> None:
+    # The client resets the data stream while the pod still sends: the
+    # request ends there, without waiting for the pod's end.
+    connection = ScriptedConnection(b"first", hold=True)
+    client, data, _, server = await _forward_once(connection, b"hi", fin=False)
+    try:
+        assert await data.data.get() == b"first"
+        await client.send(spdy.RstStream(data.id, spdy.CANCEL))
+
+        async def pod_sends_until_dropped() -> None:
+            while not connection.closed.is_set():
+                connection.replies.put_nowait(b"more")
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(pod_sends_until_dropped(), 60)  # a guard, not a measure
+        assert not connection.ended.is_set()
+    finally:
+        await client.close()
+        await server.stop()

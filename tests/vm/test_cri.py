@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 
@@ -155,6 +156,7 @@ class StreamingPod:
     pod_id: str
     web: str       # httpd on 8080
     shell: str     # reads a line from its stdin, then sleeps
+    config: Any = None  # the pod's config, for containers a test adds
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +172,7 @@ def streaming_pod(node: Node, tmp_path_factory: pytest.TempPathFactory
                           "exec httpd -f -p 8080 -h /w")
     shell = start_container(node, pod_id, pod, "shell",
                             "read line; echo attached: $line; exec sleep 100000", stdin=True)
-    yield StreamingPod(pod_id, web, shell)
+    yield StreamingPod(pod_id, web, shell, pod)
     node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
                                   timeout=120)
 
@@ -188,6 +190,28 @@ def test_streaming_exec_stdin_and_exit_codes(node: Node, streaming_pod: Streamin
     assert (result.stdout, result.exit_code) == (b"streams\n", 0)
 
 
+def test_streaming_exec_over_websocket_v5(node: Node, streaming_pod: StreamingPod) -> None:
+    """kubectl 1.29+'s exec: v5.channel.k8s.io over WebSocket, stdin closed
+    by v5's close signal."""
+    url = node.runtime.Exec(pb.ExecRequest(
+        container_id=streaming_pod.web, cmd=["sh", "-c", "tr a-z A-Z; exit 3"],
+        stdin=True, stdout=True, stderr=True), timeout=60).url
+
+    async def run() -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        async with aiohttp.ClientSession() as client, client.ws_connect(
+                url.replace("http://", "ws://"), protocols=["v5.channel.k8s.io"]) as ws:
+            await ws.send_bytes(b"\x00over websocket\n")
+            await ws.send_bytes(b"\xff\x00")
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.BINARY and message.data[0] != 255:
+                    out[message.data[0]] = out.get(message.data[0], b"") + message.data[1:]
+        return out
+    out = asyncio.run(run())
+    assert out[1] == b"OVER WEBSOCKET\n"
+    assert ks.CommandResult(b"", b"", out[3]).exit_code == 3
+
+
 def test_streaming_exec_with_a_tty_follows_resizes(node: Node,
                                                    streaming_pod: StreamingPod) -> None:
     # The shell waits for the size the client sets (no race with the resize).
@@ -199,6 +223,21 @@ def test_streaming_exec_with_a_tty_follows_resizes(node: Node,
     lines = result.stdout.split(b"\r\n")  # a tty's line discipline: CRLF
     assert lines[0] == b"resized" and lines[1].startswith(b"/dev/pts/"), result
     assert result.exit_code == 0
+
+
+def test_a_streaming_exec_dies_with_its_client(node: Node,
+                                              streaming_pod: StreamingPod) -> None:
+    url = node.runtime.Exec(pb.ExecRequest(
+        container_id=streaming_pod.web, cmd=["sh", "-c", "echo started; exec sleep 43219"],
+        stdout=True, stderr=True), timeout=60).url
+    assert asyncio.run(ks.exec_and_hang_up(url)) == b"started\n"
+
+    def still_there() -> str:
+        return exec_sync(node, streaming_pod.web, "sh", "-c", "ps | grep 'sleep 4321[9]'")[1]
+    deadline = time.monotonic() + 60
+    while still_there() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert still_there() == ""
 
 
 def test_streaming_attach(node: Node, streaming_pod: StreamingPod) -> None:
@@ -222,6 +261,33 @@ def test_port_forward_to_a_container_port(node: Node, streaming_pod: StreamingPo
     assert error == b""
     answer, error = forward(8081)  # nothing listens there
     assert answer == b"" and b"8081" in error and b"refused" in error.lower()
+
+
+def test_port_forward_reaches_the_pods_own_loopback(node: Node,
+                                                   streaming_pod: StreamingPod) -> None:
+    """As containerd dials inside the pod's network namespace: a server
+    bound to 127.0.0.1 only is reached (the guest opens the connection), and
+    2 MiB come back whole through the guest's relay."""
+    local = start_container(
+        node, streaming_pod.pod_id, streaming_pod.config, "local",
+        "mkdir /l && yes loopback-only | head -c 2097152 > /l/big && "
+        "exec httpd -f -p 127.0.0.1:8090 -h /l")
+
+    def forward() -> tuple[bytes, bytes]:
+        url = node.runtime.PortForward(pb.PortForwardRequest(
+            pod_sandbox_id=streaming_pod.pod_id, port=[8090]), timeout=60).url
+        return asyncio.run(ks.port_forward(url, 8090, b"GET /big HTTP/1.0\r\n\r\n"))
+    deadline = time.monotonic() + 60
+    while True:  # httpd may still be starting
+        answer, error = forward()
+        if answer or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and error == b"", (head, error)
+    assert body == (b"loopback-only\n" * 149797)[:2097152]
+    node.runtime.StopContainer(pb.StopContainerRequest(container_id=local, timeout=0),
+                               timeout=120)
 
 
 def test_stream_requests_for_what_is_not_there(node: Node) -> None:
@@ -358,3 +424,87 @@ def test_a_direct_assigned_volume_is_mounted_in_the_guest_only(node: Node,
             assert not (mountpoint / "other").exists()
         finally:
             subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+def test_containers_with_net_admin_make_bridges(node: Node, tmp_path: Path) -> None:
+    """critest's CAP_NET_ADMIN and privileged specs run `brctl addbr`: the
+    guest kernel has bridges (kernels/config/guest.config)."""
+    pod = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name="bridges", uid="uid-bridges", namespace="default"),
+        log_directory=str(tmp_path))
+    pod_id = node.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod),
+                                        timeout=180).pod_sandbox_id
+    try:
+        net_admin = pb.LinuxContainerSecurityContext(
+            capabilities=pb.Capability(add_capabilities=["NET_ADMIN"]))
+        admin = start_container(node, pod_id, pod, "admin", "exec sleep 100000",
+                                linux=pb.LinuxContainerConfig(security_context=net_admin))
+        code, out = exec_sync(node, admin, "sh", "-c",
+                              "brctl addbr foobar && ls -d /sys/class/net/foobar/bridge")
+        assert code == 0 and "foobar" in out, out
+        # Without the capability, the kernel's answer, not a missing feature.
+        plain = start_container(node, pod_id, pod, "plain", "exec sleep 100000")
+        code, out = exec_sync(node, plain, "brctl", "addbr", "other")
+        assert code != 0 and "Operation not permitted" in out, out
+    finally:
+        node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                      timeout=120)
+
+
+def test_read_only_mounts_recursive_or_not(node: Node, tmp_path: Path) -> None:
+    """critest's readonly mounts: a host directory with a tmpfs of its own
+    beneath; read-only at the top only (the CRI's default, runc's "ro"
+    bind) leaves that tmpfs writable, recursive_read_only does not."""
+    host = tmp_path / "shared"
+    (host / "tmpfs").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(host / "tmpfs")], check=True)
+    pod = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name="romounts", uid="uid-romounts",
+                                       namespace="default"),
+        log_directory=str(tmp_path))
+    pod_id = node.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod),
+                                        timeout=180).pod_sandbox_id
+    try:
+        mounts = [pb.Mount(host_path=str(host), container_path="/top", readonly=True),
+                  pb.Mount(host_path=str(host), container_path="/all", readonly=True,
+                           recursive_read_only=True)]
+        cid = start_container(node, pod_id, pod, "ro", "exec sleep 100000", mounts=mounts)
+        assert exec_sync(node, cid, "touch", "/top/tmpfs/file") == (0, "")
+        assert (host / "tmpfs" / "file").exists()
+        for path in ("/top/file", "/all/tmpfs/other", "/all/file"):
+            code, out = exec_sync(node, cid, "touch", path)
+            assert code != 0 and "Read-only file system" in out, (path, out)
+        assert not (host / "tmpfs" / "other").exists() and not (host / "file").exists()
+    finally:
+        node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                      timeout=120)
+        subprocess.run(["umount", "-l", str(host / "tmpfs")], check=True)
+
+
+def test_host_to_container_propagation(node: Node, tmp_path: Path) -> None:
+    """critest's rslave: what the host mounts beneath a shared host path
+    after the container started shows in the container; a private mount of
+    the same path does not take it."""
+    host = tmp_path / "shared"
+    (host / "later").mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(host), str(host)], check=True)
+    subprocess.run(["mount", "--make-rshared", str(host)], check=True)
+    pod = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name="propagation", uid="uid-propagation",
+                                       namespace="default"),
+        log_directory=str(tmp_path))
+    pod_id = node.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod),
+                                        timeout=180).pod_sandbox_id
+    try:
+        mounts = [pb.Mount(host_path=str(host), container_path="/slave",
+                           propagation=pb.PROPAGATION_HOST_TO_CONTAINER),
+                  pb.Mount(host_path=str(host), container_path="/private")]
+        cid = start_container(node, pod_id, pod, "prop", "exec sleep 100000", mounts=mounts)
+        subprocess.run(["mount", "-t", "tmpfs", "none", str(host / "later")], check=True)
+        (host / "later" / "flag").touch()
+        assert exec_sync(node, cid, "ls", "/slave/later") == (0, "flag\n")
+        assert exec_sync(node, cid, "ls", "/private/later") == (0, "")
+    finally:
+        node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
+                                      timeout=120)
+        subprocess.run(["umount", "-R", "-l", str(host)], check=True)

@@ -44,7 +44,8 @@ def container_config(cfg: pb.ContainerConfig) -> m.ContainerConfig:
         metadata=m.Metadata(cfg.metadata.name, attempt=cfg.metadata.attempt),
         image=cfg.image.image, command=list(cfg.command), args=list(cfg.args),
         working_dir=cfg.working_dir, envs=[(kv.key, _text(kv.value)) for kv in cfg.envs],
-        mounts=[m.Mount(mt.container_path, mt.host_path, mt.readonly) for mt in cfg.mounts],
+        mounts=[m.Mount(mt.container_path, mt.host_path, mt.readonly, mt.recursive_read_only,
+                        mt.propagation) for mt in cfg.mounts],
         devices=[m.Device(d.container_path, d.host_path, d.permissions or "rwm")
                  for d in cfg.devices],
         labels=dict(cfg.labels), annotations=dict(cfg.annotations), log_path=cfg.log_path,
@@ -115,7 +116,9 @@ def container_status(c: m.ContainerStatus) -> pb.ContainerStatus:
         image_ref=c.image_ref, image_id=c.image_id, reason=c.reason, message=c.message,
         labels=c.labels, annotations=c.annotations,
         mounts=[pb.Mount(container_path=mt.container_path, host_path=mt.host_path,
-                         readonly=mt.readonly) for mt in c.mounts],
+                         readonly=mt.readonly, recursive_read_only=mt.recursive_read_only,
+                         propagation=pb.MountPropagation.Name(mt.propagation))
+                for mt in c.mounts],
         log_path=c.log_path)
 
 

@@ -5,7 +5,6 @@ streaming server (hbd/api/kubestream.py) and answer its URL."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,6 +13,7 @@ from hbd import __version__
 from hbd.api.cri import convert
 from hbd.api.cri.gen import runtime_v1_pb2 as pb
 from hbd.api.kubestream import (
+    PodConnection,
     PortForward,
     Process,
     RemoteCommand,
@@ -47,7 +47,9 @@ class RuntimeServicer:
                                 reason="" if self.network_ready else "NetworkNotReady"),
         ]
         return pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions),
-                                 runtime_handlers=[pb.RuntimeHandler(name="")])
+                                 runtime_handlers=[pb.RuntimeHandler(
+                                     name="", features=pb.RuntimeHandlerFeatures(
+                                         recursive_read_only_mounts=True))])
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest,
                             context: Context) -> pb.RuntimeConfigResponse:
@@ -195,7 +197,7 @@ class RuntimeServicer:
         self.pods.check_forwardable(request.pod_sandbox_id)
         pod_id = request.pod_sandbox_id
 
-        async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        async def connect(port: int) -> PodConnection:
             return await self.pods.connect_port(pod_id, port)
         return pb.PortForwardResponse(url=self.streaming.register("portforward",
                                                                   PortForward(connect)))

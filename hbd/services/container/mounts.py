@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from hbd.errors import InvalidParameter, NotFound
 from hbd.services.scope import OPERATOR, Scope
 from hbd.services.volume.service import Volume, VolumeService
 
-BIND_OPTIONS = {"ro", "rw", "z", "Z", "private", "rprivate", "shared", "rshared", "slave",
-                "rslave", "nocopy", "consistent", "cached", "delegated"}
+PROPAGATIONS = {"private", "rprivate", "shared", "rshared", "slave", "rslave"}
+BIND_OPTIONS = {"ro", "rw", "z", "Z", "nocopy", "consistent", "cached", "delegated"} | PROPAGATIONS
 
 
 @dataclass
@@ -33,6 +34,17 @@ class MountPoint:
     nocopy: bool = False
     # A volume's subdirectory mounted instead of its root (VolumeOptions.Subpath).
     subpath: str = ""
+    # A read-only bind whose source's own mounts keep their flags (moby's
+    # BindOptions.ReadOnlyNonRecursive); otherwise read-only is recursive,
+    # moby's default since API 1.44.
+    readonly_non_recursive: bool = False
+    # A bind's propagation ("" is the default, rprivate): slave or rslave
+    # takes the host's later mounts beneath a shared source.
+    propagation: str = ""
+
+    @property
+    def follows_host(self) -> bool:
+        return self.propagation in ("slave", "rslave")
 
     def view(self, volumes: VolumeService) -> dict[str, Any]:
         out: dict[str, Any] = {"Type": self.type}
@@ -43,7 +55,8 @@ class MountPoint:
         else:
             out["Source"] = self.source
         out.update({"Destination": self.destination, "Mode": self.mode, "RW": self.rw,
-                    "Propagation": "rprivate" if self.type == "bind" else ""})
+                    "Propagation": (self.propagation or "rprivate") if self.type == "bind"
+                    else ""})
         return out
 
 
@@ -72,7 +85,9 @@ def _parse_bind(spec: str) -> MountPoint:
     rw = "ro" not in options
     mode = parts[2] if len(parts) == 3 else ""
     if source.startswith("/"):
-        return MountPoint("bind", _clean_target(target), os.path.normpath(source), rw, mode)
+        propagation = [o for o in options if o in PROPAGATIONS]
+        return MountPoint("bind", _clean_target(target), os.path.normpath(source), rw, mode,
+                          propagation=_propagation(propagation[-1] if propagation else ""))
     if not source:
         raise InvalidParameter(f"invalid volume specification: '{spec}'")
     return MountPoint("volume", _clean_target(target), source, rw, mode or "z",
@@ -95,7 +110,34 @@ def _volume_subpath(source: str, subpath: str) -> str:
     return cleaned
 
 
-def _parse_mount(m: dict[str, Any]) -> MountPoint:
+def _propagation(mode: str) -> str:
+    """A bind's propagation as hbd can give it: a mount made in the guest is
+    the guest kernel's and cannot reach the host, so shared ones are refused."""
+    if mode in ("shared", "rshared"):
+        raise InvalidParameter(f"bind propagation {mode} is not possible: mounts made in a "
+                               "container are its guest kernel's and cannot reach the host "
+                               "(rslave gives the host's mounts to the container)")
+    return mode
+
+
+def _readonly_non_recursive(m: dict[str, Any]) -> bool:
+    """BindOptions' read-only recursion, checked in moby's words (moby checks
+    at start; hbd at create, where the mount is read)."""
+    options = m.get("BindOptions") or {}
+    non_recursive = bool(options.get("ReadOnlyNonRecursive"))
+    force_recursive = bool(options.get("ReadOnlyForceRecursive"))
+    for name, wanted in (("ReadOnlyNonRecursive", non_recursive),
+                         ("ReadOnlyForceRecursive", force_recursive)):
+        if wanted and not m.get("ReadOnly"):
+            raise InvalidParameter(f"mount options conflict: !ReadOnly && BindOptions.{name}")
+    if non_recursive and force_recursive:
+        raise InvalidParameter("mount options conflict: ReadOnlyNonRecursive && "
+                               "BindOptions.ReadOnlyForceRecursive")
+    return non_recursive
+
+
+def _parse_mount(m: dict[str, Any], source_exists: Callable[[str], bool] = os.path.exists
+                 ) -> MountPoint:
     kind = m.get("Type") or ""
     target = m.get("Target") or ""
     if not target:
@@ -108,10 +150,17 @@ def _parse_mount(m: dict[str, Any]) -> MountPoint:
         if not source:
             raise InvalidParameter("invalid mount config for type \"bind\": field Source must "
                                    "not be empty")
-        if not os.path.exists(source):
+        if not source_exists(source):
             raise InvalidParameter("invalid mount config for type \"bind\": bind source path "
                                    f"does not exist: {source}")
-        return MountPoint("bind", target, os.path.normpath(source), rw)
+        options = m.get("BindOptions") or {}
+        propagation = str(options.get("Propagation") or "")
+        if propagation and propagation not in PROPAGATIONS:
+            raise InvalidParameter(f'invalid mount config for type "bind": invalid '
+                                   f"propagation mode: {propagation}")
+        return MountPoint("bind", target, os.path.normpath(source), rw,
+                          readonly_non_recursive=_readonly_non_recursive(m),
+                          propagation=_propagation(propagation))
     if kind == "volume":
         options = m.get("VolumeOptions") or {}
         subpath = _volume_subpath(source, str(options.get("Subpath") or ""))
@@ -161,7 +210,10 @@ async def resolve_mounts(config: dict[str, Any], host_config: dict[str, Any],
             Path(mp.source).mkdir(parents=True, exist_ok=True)
         mounts[mp.destination] = mp
     for m in host_config.get("Mounts") or []:
-        mp = _parse_mount(m)
+        # A direct-assigned volume's path is a name for its device: nothing
+        # need be there on the host.
+        mp = _parse_mount(m, lambda path: os.path.exists(path) or
+                          volumes.direct.lookup(path) is not None)
         if mp.destination in mounts and mp.destination not in \
                 {x.destination for xs in volumes_from for x in xs}:
             raise InvalidParameter(f"Duplicate mount point: {mp.destination}")

@@ -195,6 +195,11 @@ class ContainerInGuest:
     def take_proc(self) -> int:
         return self.sandbox.record.take_proc()
 
+    @property
+    def features(self) -> frozenset[str]:
+        """What the guest's init can do beyond the protocol's basics."""
+        return self.sandbox.guest.features
+
     def process(self, spec: ProcessSpec) -> ProcessSpec:
         spec.container = self.member.guest_id
         return spec

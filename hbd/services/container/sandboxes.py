@@ -98,6 +98,11 @@ class MountPlan:
     fs_options: str = ""
     # device: its node's permission bits.
     mode: int = 0o660
+    # Read-only at its top only: the host's writable mounts beneath stay so
+    # (BindOptions.ReadOnlyNonRecursive; the CRI's readonly without recursion).
+    readonly_non_recursive: bool = False
+    # Takes the host's later mounts beneath its source (rslave propagation).
+    follow_host: bool = False
 
     @property
     def disk(self) -> bool:
@@ -391,8 +396,10 @@ class SandboxManager:
                 assert mount.source is not None
                 entry = record.new_name("s")
                 try:
-                    hostmount.attach_share(mount.source, export_dir / entry,
-                                           mount.host_readonly, mount.subpath)
+                    writable = hostmount.attach_share(
+                        mount.source, export_dir / entry, mount.host_readonly, mount.subpath,
+                        recursive=not mount.readonly_non_recursive,
+                        follow_host=mount.follow_host)
                 except OSError as e:
                     raise InvalidParameter(f"cannot mount {mount.source}: {e.strerror}") from e
                 except hostmount.NotAccessible as e:
@@ -401,7 +408,8 @@ class SandboxManager:
                     raise InvalidParameter(str(e)) from e
                 member.shares.append(entry)
                 setup.mounts.append(MountSpec("share", mount.target, entry,
-                                              readonly=mount.readonly, copy_up=mount.copy_up))
+                                              readonly=mount.readonly, copy_up=mount.copy_up,
+                                              writable=writable))
         return setup
 
     @staticmethod

@@ -405,7 +405,9 @@ class Starter:
             device = disks.block_device(mp.source)
         except disks.NotBlockDevice:
             return MountPlan("dir", mp.destination, Path(mp.source), not mp.rw,
-                             host_readonly=not mp.rw)
+                             host_readonly=not mp.rw,
+                             readonly_non_recursive=mp.readonly_non_recursive,
+                             follow_host=mp.follows_host)
         permissions = "r" if not mp.rw else "rw"
         return MountPlan("device", mp.destination, device.path, not mp.rw, host_device=True,
                          device_readonly=not mp.rw,

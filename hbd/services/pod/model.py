@@ -42,11 +42,19 @@ class PodConfig:
     sysctls: dict[str, str] = field(default_factory=dict)
 
 
+# The CRI's MountPropagation.
+PROPAGATION_PRIVATE, PROPAGATION_HOST_TO_CONTAINER, PROPAGATION_BIDIRECTIONAL = 0, 1, 2
+
+
 @dataclass
 class Mount:
     container_path: str
     host_path: str
     readonly: bool = False
+    # Read-only all the way down (the source's own mounts too); else a
+    # read-only mount is read-only at its top only, as runc's "ro" bind.
+    recursive_read_only: bool = False
+    propagation: int = PROPAGATION_PRIVATE
 
 
 @dataclass

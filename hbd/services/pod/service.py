@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from hbd.config import CriSettings
+from hbd.drivers.agent import FEATURE_CONNECT
 from hbd.errors import Conflict, DeadlineExceeded, HbdError, InvalidParameter, NotFound
 from hbd.services.container import stats
 from hbd.services.container.execs import ExecService
@@ -41,7 +42,12 @@ from hbd.services.container.service import ContainerService
 from hbd.services.image.store import ImageStore
 from hbd.services.network.service import NetworkService
 from hbd.services.pod import model as m
-from hbd.services.pod.streams import AttachStreams, ExecStreams
+from hbd.services.pod.streams import (
+    AttachStreams,
+    ExecStreams,
+    GuestPortConnection,
+    TcpPortConnection,
+)
 from hbd.services.timefmt import parse_rfc3339_ns
 
 log = logging.getLogger(__name__)
@@ -80,6 +86,37 @@ def _name(kind: str, md: m.Metadata, pod: m.Metadata) -> str:
     """dockershim's container names: k8s_<container>_<pod>_<namespace>_<uid>_<attempt>."""
     parts = [kind, pod.name, pod.namespace, pod.uid, str(md.attempt)]
     return "k8s_" + "_".join(NAME_PART.sub("-", p) for p in parts)
+
+
+def _check_recursive_read_only(mount: m.Mount) -> None:
+    """The CRI's rules for recursive_read_only, as containerd enforces them."""
+    if not mount.recursive_read_only:
+        return
+    if not mount.readonly:
+        raise InvalidParameter(f"recursive read-only mount {mount.container_path} must be "
+                               "read-only: readonly must be set too")
+    if mount.propagation != m.PROPAGATION_PRIVATE:
+        raise InvalidParameter(f"recursive read-only mount {mount.container_path} needs "
+                               "private propagation")
+
+
+def _read_only_bind(mount: m.Mount) -> dict[str, Any]:
+    """A CRI read-only mount as the Engine API's: read-only at its top only
+    (runc's "ro" bind, what containerd gives), or all the way down when
+    kubelet asks for recursive_read_only."""
+    return {"Type": "bind", "Source": mount.host_path, "Target": mount.container_path,
+            "ReadOnly": True,
+            "BindOptions": {"ReadOnlyNonRecursive": not mount.recursive_read_only,
+                            "ReadOnlyForceRecursive": mount.recursive_read_only,
+                            "Propagation": _bind_propagation(mount)}}
+
+
+def _bind_propagation(mount: m.Mount, prefix: str = "") -> str:
+    """The Engine API's propagation mode of a CRI mount ("" for private, the
+    default); the Engine API refuses rshared, which a guest cannot give."""
+    mode = {m.PROPAGATION_HOST_TO_CONTAINER: "rslave",
+            m.PROPAGATION_BIDIRECTIONAL: "rshared"}.get(mount.propagation, "")
+    return prefix + mode if mode else ""
 
 
 def _labels_of(c: Container) -> dict[str, str]:
@@ -280,6 +317,8 @@ class PodService:
                         labels: dict[str, str], log_path: str) -> dict[str, Any]:
         modes = _namespace_modes(_labels_of(pod))
         sec, res = cfg.security, cfg.resources
+        for mount in cfg.mounts:
+            _check_recursive_read_only(mount)
         pod_ref = f"container:{pod.id}"
         pid_mode = ""
         if sec.pid_mode == m.TARGET and sec.target_id:
@@ -291,8 +330,9 @@ class PodService:
         host_config: dict[str, Any] = {
             "NetworkMode": pod_ref, "IpcMode": pod_ref if modes[2] == m.POD else "",
             "PidMode": pid_mode,
-            "Binds": [f"{mt.host_path}:{mt.container_path}{':ro' if mt.readonly else ''}"
-                      for mt in cfg.mounts],
+            "Binds": [f"{mt.host_path}:{mt.container_path}{_bind_propagation(mt, ':')}"
+                      for mt in cfg.mounts if not mt.readonly],
+            "Mounts": [_read_only_bind(mt) for mt in cfg.mounts if mt.readonly],
             "Devices": [{"PathOnHost": d.host_path, "PathInContainer": d.container_path,
                          "CgroupPermissions": d.permissions} for d in cfg.devices] or None,
             "ReadonlyRootfs": sec.readonly_rootfs, "Privileged": sec.privileged,
@@ -386,7 +426,10 @@ class PodService:
             exit_code=state.exit_code, image=labels.get(IMAGE, ""), image_id=c.image_id,
             image_ref=image_ref, reason=reason, message=state.error,
             labels=_user_labels(labels), annotations=_annotations(labels),
-            mounts=[m.Mount(mp.destination, mp.source, not mp.rw) for mp in c.mounts],
+            mounts=[m.Mount(mp.destination, mp.source, not mp.rw,
+                            recursive_read_only=not mp.rw and not mp.readonly_non_recursive,
+                            propagation=m.PROPAGATION_HOST_TO_CONTAINER if mp.follows_host
+                            else m.PROPAGATION_PRIVATE) for mp in c.mounts],
             log_path=labels.get(LOG_PATH, ""), pid=state.pid)
 
     # -- processes --------------------------------------------------------------------------
@@ -443,13 +486,20 @@ class PodService:
             raise Conflict(f"pod sandbox {pod_id} is not ready")
 
     async def connect_port(self, pod_id: str, port: int
-                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A TCP connection to `port` of the pod (kubectl port-forward), by the
-        pod's address: the pod's guest is reachable from the host on its bridge."""
-        ip = self._pod_view(self._pod(pod_id)).ip
+                           ) -> GuestPortConnection | TcpPortConnection:
+        """A TCP connection to `port` of the pod (kubectl port-forward): to
+        the pod's own 127.0.0.1, opened inside its guest, as containerd
+        dials inside the pod's network namespace; by the pod's address from
+        the host when the guest's init is older than that."""
+        pod = self._pod(pod_id)
+        if pod.run is None or not pod.state.running:
+            raise Conflict(f"pod sandbox {pod_id} is not ready")
+        if FEATURE_CONNECT in pod.run.guest.features:
+            return await GuestPortConnection.open(pod.run.guest, port)
+        ip = self._pod_view(pod).ip
         if not ip:
             raise Conflict(f"pod sandbox {pod_id} is not ready")
-        return await asyncio.open_connection(ip, port)
+        return await TcpPortConnection.open(ip, port)
 
     def reopen_log(self, container_id: str) -> None:
         c = self._container(container_id)
