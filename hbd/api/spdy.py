@@ -20,12 +20,13 @@ count windows is not stalled at 64 KiB.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from hbd.api.inbox import Inbox
 
 VERSION = 3
 SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS = 1, 2, 3, 4
@@ -321,26 +322,18 @@ class Stream:
         self.session = session
         self.id = stream_id
         self.headers = headers
-        self._incoming: collections.deque[bytes] = collections.deque()
-        self._changed = asyncio.Event()   # data came, or it was read, or it ended
-        self.remote_closed = False        # the client's FIN or RST (or the session ended)
+        self.inbox = Inbox()  # closed by the client's FIN or RST (or the session's end)
         self.local_closed = False
         self.reset = False
-        self._abandoned = False
 
     def header(self, name: str) -> str:
         return (self.headers.get(name.lower()) or [""])[0]
 
     async def read(self) -> bytes | None:
         """The next bytes the client sent; None once it finished (or reset) the stream."""
-        while not self._incoming:
-            if self.remote_closed:
-                return None
-            self._changed.clear()
-            await self._changed.wait()
-        data = self._incoming.popleft()
-        self._changed.set()
-        self.session.consumed(self, len(data))
+        data = await self.inbox.take()
+        if data is not None:
+            self.session.consumed(self, len(data))
         return data
 
     async def write(self, data: bytes) -> None:
@@ -358,26 +351,16 @@ class Stream:
 
     def abandon(self) -> None:
         """Its reader has gone: what the client still sends on it is dropped."""
-        self._abandoned = True
-        self._incoming.clear()
-        self._changed.set()
+        self.inbox.abandon()
 
     def finish(self) -> None:
         """The client sends no more on it."""
-        self.remote_closed = True
-        self._changed.set()
+        self.inbox.close()
 
     async def deliver(self, data: bytes) -> None:
         """What the client sent, held for the reader; the session waits (and
         so stops reading the socket) while the reader is this far behind."""
-        if self._abandoned or self.remote_closed:
-            return
-        while len(self._incoming) >= STREAM_BUFFER_FRAMES and not self._abandoned:
-            self._changed.clear()
-            await self._changed.wait()
-        if not self._abandoned:
-            self._incoming.append(data)
-            self._changed.set()
+        await self.inbox.put_within(data, STREAM_BUFFER_FRAMES)
 
 
 class Session:

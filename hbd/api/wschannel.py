@@ -19,9 +19,10 @@ import asyncio
 import base64
 import binascii
 import contextlib
-from collections import deque
 
 from aiohttp import WSMsgType, web
+
+from hbd.api.inbox import Inbox
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE = 0, 1, 2, 3, 4
 CHANNELS = {"stdin": STDIN, "stdout": STDOUT, "stderr": STDERR, "error": ERROR,
@@ -50,23 +51,16 @@ class Channel:
         self.session = session
         self.kind = kind
         self.number = CHANNELS[kind]
-        self._incoming: deque[bytes] = deque()
-        self._changed = asyncio.Event()
-        self.remote_closed = False
-        self._abandoned = False
+        self.inbox = Inbox()
 
     def header(self, name: str) -> str:
         return self.kind if name == "streamType" else ""
 
     async def read(self) -> bytes | None:
         """The next bytes the client sent; None once it closed the channel (or the session)."""
-        while not self._incoming:
-            if self.remote_closed:
-                return None
-            self._changed.clear()
-            await self._changed.wait()
-        data = self._incoming.popleft()
-        self.session.taken()
+        data = await self.inbox.take()
+        if data is not None:
+            self.session.taken()
         return data
 
     async def write(self, data: bytes) -> None:
@@ -79,23 +73,19 @@ class Channel:
                 await self.session.send(CLOSE_SIGNAL, bytes([self.number]))
 
     def abandon(self) -> None:
-        self._abandoned = True
-        self._incoming.clear()
-        self._changed.set()
+        self.inbox.abandon()
         self.session.taken()
 
     def deliver(self, data: bytes) -> None:
-        if not self._abandoned and data:
-            self._incoming.append(data)
-            self._changed.set()
+        if data:
+            self.inbox.put(data)
 
     def finish(self) -> None:
-        self.remote_closed = True
-        self._changed.set()
+        self.inbox.close()
 
     @property
     def backlog(self) -> int:
-        return len(self._incoming)
+        return len(self.inbox)
 
 
 class Session:
