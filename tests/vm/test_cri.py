@@ -429,11 +429,7 @@ def test_a_direct_assigned_volume_is_mounted_in_the_guest_only(node: Node,
 def test_containers_with_net_admin_make_bridges(node: Node, tmp_path: Path) -> None:
     """critest's CAP_NET_ADMIN and privileged specs run `brctl addbr`: the
     guest kernel has bridges (kernels/config/guest.config)."""
-    pod = pb.PodSandboxConfig(
-        metadata=pb.PodSandboxMetadata(name="bridges", uid="uid-bridges", namespace="default"),
-        log_directory=str(tmp_path))
-    pod_id = node.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod),
-                                        timeout=180).pod_sandbox_id
+    pod_id, pod = run_pod(node, "bridges", tmp_path)
     try:
         net_admin = pb.LinuxContainerSecurityContext(
             capabilities=pb.Capability(add_capabilities=["NET_ADMIN"]))
@@ -458,12 +454,7 @@ def test_read_only_mounts_recursive_or_not(node: Node, tmp_path: Path) -> None:
     host = tmp_path / "shared"
     (host / "tmpfs").mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "none", str(host / "tmpfs")], check=True)
-    pod = pb.PodSandboxConfig(
-        metadata=pb.PodSandboxMetadata(name="romounts", uid="uid-romounts",
-                                       namespace="default"),
-        log_directory=str(tmp_path))
-    pod_id = node.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod),
-                                        timeout=180).pod_sandbox_id
+    pod_id, pod = run_pod(node, "romounts", tmp_path)
     try:
         mounts = [pb.Mount(host_path=str(host), container_path="/top", readonly=True),
                   pb.Mount(host_path=str(host), container_path="/all", readonly=True,
@@ -489,12 +480,7 @@ def test_host_to_container_propagation(node: Node, tmp_path: Path) -> None:
     (host / "later").mkdir(parents=True)
     subprocess.run(["mount", "--bind", str(host), str(host)], check=True)
     subprocess.run(["mount", "--make-rshared", str(host)], check=True)
-    pod = pb.PodSandboxConfig(
-        metadata=pb.PodSandboxMetadata(name="propagation", uid="uid-propagation",
-                                       namespace="default"),
-        log_directory=str(tmp_path))
-    pod_id = node.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod),
-                                        timeout=180).pod_sandbox_id
+    pod_id, pod = run_pod(node, "propagation", tmp_path)
     try:
         mounts = [pb.Mount(host_path=str(host), container_path="/slave",
                            propagation=pb.PROPAGATION_HOST_TO_CONTAINER),
