@@ -146,8 +146,8 @@ def main() -> None:
         else:
             print("runsc is not installed (apt install runsc): no gVisor rows", file=sys.stderr)
     gvisor_rows, gvisor_one, gvisor_many = gvisor or ([], [], [])
-    rows = [row for group in zip(hbd_rows, runc_rows, gvisor_rows or [None] * len(hbd_rows),
-                                 strict=True) for row in group if row is not None]
+    engines = [hbd_rows, runc_rows] + ([gvisor_rows] if gvisor_rows else [])
+    rows = [row for same_step in zip(*engines, strict=True) for row in same_step]
     print(table(rows))
     for h, r in zip(hbd_rows, runc_rows, strict=True):
         print(f"{h.name.split(': ', 1)[1]}: hbd/runc = {h.median / r.median:.2f}x")
