@@ -159,7 +159,7 @@ class Daemon:
                 endpoint = run.endpoints.get(n.name)
                 if endpoint is None:
                     continue
-                others = [(self._namespace_of(e.network_id), e.gateway)
+                others = [(self.networks.namespace_of(e.network_id), e.gateway)
                           for name, e in run.endpoints.items() if name != n.name]
                 for address in endpoint.addresses:
                     clients[address] = others
@@ -171,12 +171,8 @@ class Daemon:
                 for name in endpoint.dns_names:
                     names.setdefault(name.lower(), []).extend(endpoint.addresses)
             views.append(NetworkView(n.gateway, n.name, names, clients, links,
-                                     self.networks.namespace_of(n)))
+                                     n.namespace))
         return views
-
-    def _namespace_of(self, network_id: str) -> str:
-        n = self.networks.networks.get(network_id)
-        return self.networks.namespace_of(n) if n is not None else ""
 
     async def stop(self) -> None:
         await self.containers.shutdown()

@@ -181,7 +181,7 @@ async def test_two_tenants_may_take_one_subnet_but_not_one_tenant_twice(
     uplink = service.spaces["proj-a"].subnet
     with pytest.raises(Forbidden, match="Pool overlaps"):
         await service.create(subnet_body("up", uplink), a)
-    namespaces = {n.name: service.namespace_of(n) for n in service.networks.values()}
+    namespaces = {n.name: n.namespace for n in service.networks.values()}
     assert namespaces["front"] == HOST
     assert namespaces["front@proj-a"] == service.spaces["proj-a"].namespace
     assert namespaces["front@proj-b"] == service.spaces["proj-b"].namespace
@@ -255,6 +255,6 @@ async def test_a_tenant_network_made_before_namespaces_stays_in_the_hosts(
                                           "bridge": "hbffffold", "subnet": "172.18.0.0/16",
                                           "gateway": "172.18.0.1"})
     again = NetworkService(service.state, EventBus(), "ffff", "100.64.0.0/24")
-    assert again.namespace_of(again.get("front@proj-a")) == HOST
+    assert again.get("front@proj-a").namespace == HOST
     await again.create(subnet_body("back", "172.18.0.0/16"), Scope("proj-a"))
-    assert again.namespace_of(again.get("back@proj-a")) == again.spaces["proj-a"].namespace
+    assert again.get("back@proj-a").namespace == again.spaces["proj-a"].namespace

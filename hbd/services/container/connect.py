@@ -57,7 +57,7 @@ class Connections:
             c.id, c.run_network, n.name, settings, [c.own_name, c.id[:12]])
         try:
             await self.sandboxes.connect(run.guest, EndpointPlan(
-                n.name, endpoint, n.bridge, n.internal, self.networks.namespace_of(n)))
+                n.name, endpoint, n.bridge, n.internal, n.namespace))
         except BaseException:
             await self.networks.remove_endpoint(c.id, c.run_network, n.name)
             raise

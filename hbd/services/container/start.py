@@ -420,7 +420,7 @@ class Starter:
         for name, endpoint in network.endpoints.items():
             n = self.networks.get(name)
             plans.append(EndpointPlan(name, endpoint, n.bridge, n.internal,
-                                      self.networks.namespace_of(n)))
+                                      n.namespace))
         return plans
 
     def _main_process(self, c: Container, view: ContainerInGuest) -> ProcessSpec:

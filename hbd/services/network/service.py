@@ -178,12 +178,13 @@ class NetworkService:
     def _save(self, n: Network) -> None:
         self.state.put("networks", n.id, asdict(n))
 
-    @staticmethod
-    def namespace_of(n: Network) -> str:
-        """Where the network's bridge is: its tenant's namespace, or the
-        host's (HOST) for the operator's (and for a tenant's made before
-        tenants had namespaces, which stays where it was made)."""
-        return n.namespace
+    def namespace_of(self, network_id: str) -> str:
+        """Where the network's bridge is (Network.namespace: its tenant's
+        namespace, or the host's, HOST, for the operator's and for a
+        tenant's made before tenants had namespaces); HOST for a network
+        that is gone."""
+        n = self.networks.get(network_id)
+        return n.namespace if n is not None else HOST
 
     async def _space(self, project: str) -> AddressSpace:
         """The project's address space, made (namespace, uplink) at its first network."""
@@ -209,7 +210,7 @@ class NetworkService:
 
     async def _drop_space_if_empty(self, namespace: str) -> None:
         """A tenant's last network is gone: so are its namespace and uplink."""
-        if namespace == HOST or any(self.namespace_of(n) == namespace
+        if namespace == HOST or any(n.namespace == namespace
                                     for n in self.networks.values()):
             return
         space = next(s for s in self.spaces.values() if s.namespace == namespace)
@@ -260,10 +261,10 @@ class NetworkService:
             if n.network is not None and n.gateway else None
         gateway6 = ipaddress.IPv6Interface(f"{n.ipv6_gateway}/{n.network6.prefixlen}") \
             if n.network6 is not None and n.ipv6 else None
-        await net.ensure_bridge(n.bridge, gateway, gateway6, namespace=self.namespace_of(n))
+        await net.ensure_bridge(n.bridge, gateway, gateway6, namespace=n.namespace)
 
     def _space_networks(self, namespace: str) -> list[Network]:
-        return [n for n in self.networks.values() if self.namespace_of(n) == namespace]
+        return [n for n in self.networks.values() if n.namespace == namespace]
 
     def _uplink_subnets(self, namespace: str) -> list[ipaddress.IPv4Network]:
         return [s.network for s in self.spaces.values() if s.namespace == namespace]
@@ -313,23 +314,19 @@ class NetworkService:
     def _space_rules(self) -> SpaceRules:
         """The networks, published ports and pins, each with its namespace."""
         parts = SpaceRules(list(self.spaces.values()), transfer_range=str(self.transfer_range))
-        parts.bridges = [(self.namespace_of(n), net.BridgeRules(n.bridge, n.subnet, n.internal))
+        parts.bridges = [(n.namespace, net.BridgeRules(n.bridge, n.subnet, n.internal))
                          for n in self.networks.values() if n.driver == "bridge"]
         for run in self.runs.values():
             if not run.endpoints or not run.ports:
                 continue
             primary = run.endpoints[self._primary(run)]
-            namespace = self._endpoint_namespace(primary)
+            namespace = self.namespace_of(primary.network_id)
             parts.forwards += [(namespace, net.PortForward(p.protocol, p.host_ip, p.host_port,
                                                            primary.ip, p.container_port))
                                for p in run.ports]
         parts.pins = [(self._pin_namespaces.get(tap, HOST), pin)
                       for tap, pin in self.pins.items()]
         return parts
-
-    def _endpoint_namespace(self, endpoint: Endpoint) -> str:
-        n = self.networks.get(endpoint.network_id)
-        return self.namespace_of(n) if n is not None else HOST
 
     async def pin_ports(self, ports: dict[str, Endpoint]) -> None:
         """The guest behind each tap (a port of its endpoint's bridge) may send
@@ -341,7 +338,7 @@ class NetworkService:
         async with self._lock:
             for tap, endpoint in ports.items():
                 self.pins[tap] = self._pin(tap, endpoint)
-                self._pin_namespaces[tap] = self._endpoint_namespace(endpoint)
+                self._pin_namespaces[tap] = self.namespace_of(endpoint.network_id)
             await self.apply_rules()
 
     @staticmethod
@@ -485,7 +482,7 @@ class NetworkService:
             raise Forbidden(f"error while removing network: network {n.name} id {n.id} has "
                             "active endpoints")
         async with self._lock:
-            namespace = self.namespace_of(n)
+            namespace = n.namespace
             del self.networks[n.id]
             self.leases.pop(n.id, None)
             self.state.delete("networks", n.id)
