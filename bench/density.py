@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import DOCKER_CLI, run
 from bench.hostcost import container_parts, cpu_sample, process_memory
 from hbd.drivers.jail import JAIL_DIR_NAME
+from hbd.services.container.sandboxes import SHARE_SPACE_DIR
 from hbd.services.network.service import instance_tag
 from tests.daemon_fixture import hbd_daemon
 
@@ -70,8 +71,9 @@ def leftovers(exec_root: Path, data_root: Path) -> list[str]:
         if target.startswith((str(exec_root) + "/", str(data_root) + "/")):
             found.append(f"mount {target}")
     for entry in exec_root.iterdir():
-        # The jail's one empty directory is the daemon's, not a guest's.
-        if entry.is_dir() and entry.name != JAIL_DIR_NAME:
+        # The jail's one empty directory and the share space's pin are the
+        # daemon's, not a guest's.
+        if entry.is_dir() and entry.name not in (JAIL_DIR_NAME, SHARE_SPACE_DIR):
             found.append(f"run directory {entry}")
     return found
 

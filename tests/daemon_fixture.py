@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hbd.drivers import hostmount
 from hbd.drivers.cgroups import Cgroups
+from hbd.services.container.sandboxes import SANDBOX_ID, SHARE_SPACE_DIR
 from hbd.services.network.service import instance_tag, remove_host_state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,12 +103,27 @@ def wait_for_socket(socket: Path, process: subprocess.Popen[bytes], log: Path,
 
 def kill_guests(exec_root: Path) -> None:
     """Kill any QEMU whose run directory is under exec_root (a test's leftovers),
-    and unmount their shared directories (else the exec root cannot go)."""
+    and unpin the daemon's share space (else the exec root cannot go)."""
     for pidfile in exec_root.glob("*/qemu.pid"):
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
-    for export_dir in exec_root.glob("*/fs"):
-        hostmount.remove_export_dir(export_dir)
+    hostmount.unpin_space(exec_root / SHARE_SPACE_DIR)
+
+
+def run_dirs(exec_root: Path) -> set[Path]:
+    """The sandboxes' run directories under a daemon's exec root."""
+    return {p for p in exec_root.iterdir() if p.is_dir() and SANDBOX_ID.fullmatch(p.name)}
+
+
+def share_space_mountinfo(exec_root: Path) -> list[str]:
+    """The mountinfo of a daemon's share space (hbd.drivers.hostmount), where
+    its guests' shared directories are mounted: empty if it has none."""
+    pin = exec_root / SHARE_SPACE_DIR / "ns"
+    if not pin.exists():
+        return []
+    seen = subprocess.run(["nsenter", f"--mount={pin}", "cat", "/proc/self/mountinfo"],
+                          capture_output=True, check=False)
+    return seen.stdout.decode().splitlines() if seen.returncode == 0 else []
 
 
 def remove_cgroups(parent: str) -> None:

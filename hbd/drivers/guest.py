@@ -82,8 +82,11 @@ class GuestSpec:
     # with the handshake, so the guest sets them up as soon as it can.
     network: NetworkUpdate | None = None
     container: ContainerSetup | None = None
-    # Exported to the guest by a virtiofsd of its own (its shared filesystem).
+    # Exported to the guest by a virtiofsd of its own (its shared filesystem),
+    # a path of the mount namespace pinned at `shared_dir_namespace` (None:
+    # hbd's own), which virtiofsd is started in.
     shared_dir: Path | None = None
+    shared_dir_namespace: Path | None = None
     # The guest may be a clone of a template (of the shape of `vm`) instead
     # of a boot: it then has no shared filesystem (`Guest.shared_fs`), since
     # a vhost-user-fs device cannot be migrated nor use a clone's private
@@ -480,7 +483,8 @@ class QemuGuestDriver:
             return None
         try:
             virtiofsd = await Virtiofsd.start(spec.vm.run_dir, spec.shared_dir,
-                                              cgroups=cgroups)
+                                              cgroups=cgroups,
+                                              mount_namespace=spec.shared_dir_namespace)
         except (VirtiofsdError, OSError, TimeoutError) as e:
             raise BootError(f"cannot share files with the guest: {e}") from e
         spec.vm.shared_fs_socket = virtiofsd.socket

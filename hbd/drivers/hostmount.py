@@ -1,20 +1,33 @@
-"""Mounts on the host for a guest's shared filesystem: the directory a
-virtiofsd exports, and each share (a volume's directory, a bind source)
-mounted into it while the guest runs. Knows nothing of Docker.
+"""Mounts for a guest's shared filesystem: the directory a virtiofsd
+exports, and each share (a volume's directory, a bind source) mounted into it
+while the guest runs. Knows nothing of Docker.
+
+They live in a mount namespace of their own, the share space, not in the
+host's: a share is a copy of its source's mount tree, and in the host's
+namespace that copy would hold every mount beneath the source busy for the
+host, which could then not remove the directory of a mount it took away
+(rmdir fails with EBUSY for a mount point in the caller's own namespace, and
+quietly detaches those of other namespaces). The space is a slave of the
+host's namespace (the host's later mounts still reach it), pinned by a bind
+mount under the daemon's exec root, so it outlives an hbd restart with the
+guests and virtiofsds that use it. hbd works in it from one thread of its
+own that entered it (setns applies to the calling thread, once it has a
+filesystem context of its own), and virtiofsd is started in it.
 
 The export directory is a mount of its own with shared propagation, so a
 share mounted into it later also appears in virtiofsd's copy of it (virtiofsd
-runs in a mount namespace of its own, a slave of ours). A share is made with
-the new mount API: cloned from its source (recursively, as Docker's binds
-are), made read-only if asked *before* it is attached, then attached. A
-read-only remount after attaching would not propagate: virtiofsd's copy would
-stay writable. A share takes mounts the host makes beneath its source later
-only when asked (rslave); otherwise it is made private before it is attached
-(rprivate: the clone of a shared source would be a peer of it). Read-only is
-recursive (every mount of the tree), or, asked so, non-recursive: the top
-mount alone, the mounts beneath keeping their own flags; the share then
-tells which of its paths are such writable mounts, for the guest, which sees
-the whole share as one filesystem, to keep them so.
+runs in a mount namespace of its own, a slave of the space). A share is made
+with the new mount API: cloned from its source in the host's namespace
+(recursively, as Docker's binds are: the source is named as the host sees
+it), made read-only if asked *before* it is attached, then attached in the
+space. A read-only remount after attaching would not propagate: virtiofsd's
+copy would stay writable. A share takes mounts the host makes beneath its
+source later only when asked (rslave); otherwise it is made private before it
+is attached (rprivate: the clone of a shared source would be a peer of it).
+Read-only is recursive (every mount of the tree), or, asked so,
+non-recursive: the top mount alone, the mounts beneath keeping their own
+flags; the share then tells which of its paths are such writable mounts, for
+the guest, which sees the whole share as one filesystem, to keep them so.
 
 These are host paths the user named or hbd's own volume directories, never
 a filesystem a guest wrote (the host does not mount those).
@@ -26,13 +39,24 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import queue
 import re
 import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 MS_BIND = 0x1000
+MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
+CLONE_FS = 0x200
+CLONE_NEWNS = 0x20000
 MNT_DETACH = 2
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
@@ -87,16 +111,6 @@ def _check(result: int, what: str) -> int:
     return result
 
 
-def make_export_dir(directory: Path) -> None:
-    """`directory` becomes a mount point of its own with shared propagation."""
-    directory.mkdir(parents=True, exist_ok=True)
-    if os.path.ismount(directory):
-        return
-    path = str(directory).encode()
-    _check(_libc.mount(path, path, None, MS_BIND, None), f"bind {directory}")
-    _check(_libc.mount(None, path, None, MS_SHARED, None), f"share {directory}")
-
-
 def resolve_beneath(base: Path, subpath: str) -> str:
     """`subpath` of `base` with its symlinks resolved, as a relative path that
     stays in `base` (moby's safepath evaluation)."""
@@ -142,48 +156,12 @@ def _clone_tree(source: Path, subpath: str) -> int:
         os.close(fd)
 
 
-def attach_share(source: Path, target: Path, readonly: bool, subpath: str = "",
-                 recursive: bool = True, follow_host: bool = False) -> list[str]:
-    """Mount `source` (a directory or a file), or its `subpath`, at `target`, a
-    new entry of an export directory, read-only from the first moment when
-    asked: every mount of it, or with `recursive` false its top one only;
-    receiving the host's later mounts beneath a shared source with
-    `follow_host`, else private. Then, the paths beneath `target` (relative)
-    that stay writable: the mounts beneath a non-recursively read-only top
-    (none otherwise)."""
-    tree = _clone_tree(source, subpath)
-    try:
-        if stat.S_ISDIR(os.fstat(tree).st_mode):
-            target.mkdir(exist_ok=True)
-        else:
-            target.touch(exist_ok=True)
-        if not follow_host:
-            private = MountAttr(0, 0, MS_PRIVATE, 0)
-            _check(_libc.mount_setattr(tree, b"", AT_EMPTY_PATH | AT_RECURSIVE,
-                                       ctypes.byref(private), ctypes.sizeof(private)),
-                   f"make {source} private")
-        if readonly:
-            attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
-            _check(_libc.mount_setattr(tree, b"", AT_EMPTY_PATH |
-                                       (AT_RECURSIVE if recursive else 0),
-                                       ctypes.byref(attr), ctypes.sizeof(attr)),
-                   f"make {source} read-only")
-        _check(_libc.move_mount(tree, b"", AT_FDCWD, str(target).encode(),
-                                MOVE_MOUNT_F_EMPTY_PATH), f"mount {source} at {target}")
-    except BaseException:
-        _remove_entry(target)
-        raise
-    finally:
-        os.close(tree)
-    return writable_mounts_beneath(target) if readonly and not recursive else []
-
-
 def _unescape(field: str) -> str:
     """A mountinfo path: space, tab, newline and backslash come octal-escaped."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def writable_mounts_beneath(top: Path, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+def writable_mounts_beneath(top: Path, mountinfo: str = "/proc/thread-self/mountinfo") -> list[str]:
     """Mount points strictly beneath `top`, relative to it, that are mounted
     read-write, each once: none inside another one listed (the guest's bind
     of that one covers it)."""
@@ -204,8 +182,48 @@ def writable_mounts_beneath(top: Path, mountinfo: str = "/proc/self/mountinfo") 
     return kept
 
 
-def detach_share(target: Path) -> None:
-    """Undo attach_share (lazily: a process of the guest may still hold it)."""
+def _mount_points(mountinfo: str = "/proc/thread-self/mountinfo") -> set[str]:
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+        return {_unescape(line.split(" ")[4]) for line in f if line.count(" ") >= 5}
+
+
+def _make_shared_mount(directory: Path) -> None:
+    """`directory` becomes a mount point of its own with shared propagation."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if str(directory) in _mount_points():
+        return
+    path = str(directory).encode()
+    _check(_libc.mount(path, path, None, MS_BIND, None), f"bind {directory}")
+    _check(_libc.mount(None, path, None, MS_SHARED, None), f"share {directory}")
+
+
+def _attach(tree: int, target: Path, is_dir: bool, readonly: bool, recursive: bool,
+            follow_host: bool) -> list[str]:
+    """The cloned `tree` mounted at `target` (see ShareSpace.attach_share)."""
+    if is_dir:
+        target.mkdir(exist_ok=True)
+    else:
+        target.touch(exist_ok=True)
+    try:
+        propagation = MountAttr(0, 0, MS_SLAVE if follow_host else MS_PRIVATE, 0)
+        _check(_libc.mount_setattr(tree, b"", AT_EMPTY_PATH | AT_RECURSIVE,
+                                   ctypes.byref(propagation), ctypes.sizeof(propagation)),
+               f"set the propagation of {target}")
+        if readonly:
+            attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+            _check(_libc.mount_setattr(tree, b"", AT_EMPTY_PATH |
+                                       (AT_RECURSIVE if recursive else 0),
+                                       ctypes.byref(attr), ctypes.sizeof(attr)),
+                   f"make {target} read-only")
+        _check(_libc.move_mount(tree, b"", AT_FDCWD, str(target).encode(),
+                                MOVE_MOUNT_F_EMPTY_PATH), f"mount at {target}")
+    except BaseException:
+        _remove_entry(target)
+        raise
+    return writable_mounts_beneath(target) if readonly and not recursive else []
+
+
+def _detach(target: Path) -> None:
     _libc.umount2(str(target).encode(), MNT_DETACH)
     _remove_entry(target)
 
@@ -218,12 +236,186 @@ def _remove_entry(target: Path) -> None:
             target.unlink()
 
 
-def remove_export_dir(directory: Path) -> None:
-    """Detach every share in the export directory, then the directory itself."""
+def _remove_export_dir(directory: Path) -> None:
     if not directory.exists():
         return
     for entry in directory.iterdir():
-        detach_share(entry)
+        _detach(entry)
     _libc.umount2(str(directory).encode(), MNT_DETACH)
     with contextlib.suppress(OSError):
+        directory.rmdir()
+
+
+def _make_private_mount(directory: Path) -> None:
+    """`directory` a mount point of its own with private propagation: a
+    namespace can be pinned only on such a mount (else the pin would
+    propagate into the namespace itself, a loop the kernel refuses)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if str(directory) not in _mount_points("/proc/self/mountinfo"):
+        path = str(directory).encode()
+        _check(_libc.mount(path, path, None, MS_BIND, None), f"bind {directory}")
+    _check(_libc.mount(None, str(directory).encode(), None, MS_PRIVATE, None),
+           f"make {directory} private")
+
+
+def _new_namespace(pin: Path) -> None:
+    """A new mount namespace, a slave copy of the caller's, pinned at `pin`.
+    It is made by a thread of its own (unshare applies to the calling thread
+    alone) and bound to `pin` from here, in the caller's namespace, where
+    `pin` is."""
+    made = threading.Event()
+    pinned = threading.Event()
+    outcome: dict[str, int | OSError] = {}
+
+    def thread_main() -> None:
+        try:
+            _check(_libc.unshare(CLONE_NEWNS), "make a mount namespace")  # CLONE_FS too
+            _check(_libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None),
+                   "make the mount namespace a slave of the host's")
+            outcome["tid"] = threading.get_native_id()
+        except OSError as e:
+            outcome["error"] = e
+        made.set()
+        pinned.wait()  # the namespace lives while this thread does, until pinned
+
+    thread = threading.Thread(target=thread_main, name="share space made", daemon=True)
+    thread.start()
+    made.wait()
+    try:
+        error = outcome.get("error")
+        if isinstance(error, OSError):
+            raise error
+        pin.touch()
+        source = f"/proc/self/task/{outcome['tid']}/ns/mnt".encode()
+        _check(_libc.mount(source, str(pin).encode(), None, MS_BIND, None),
+               f"pin the mount namespace at {pin}")
+    finally:
+        pinned.set()
+        thread.join()
+
+
+def _enter(pin: Path) -> None:
+    """The calling thread into the namespace pinned at `pin`, for good. It
+    needs a filesystem context (root, cwd) of its own first: setns refuses to
+    move one that the process's other threads share."""
+    _check(_libc.unshare(CLONE_FS), "unshare the filesystem context")
+    fd = os.open(pin, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNS), f"enter the mount namespace {pin}")
+    finally:
+        os.close(fd)
+
+
+Work = tuple[Callable[[], object], "Future[object]"]
+
+
+class ShareSpace:
+    """The mount namespace of a daemon's export directories and shares, and
+    the thread hbd works in it from. It is pinned at `directory`/ns (made on
+    first use, joined if an earlier hbd left it) and stays pinned when hbd
+    stops with guests running. Every call blocks until the thread is done:
+    these are short mount calls, as they were when made in place."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._queue: queue.SimpleQueue[Work | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def namespace(self) -> Path:
+        """The namespace's pin: what virtiofsd is started in (setns)."""
+        return self.directory / "ns"
+
+    def run(self, work: Callable[[], T]) -> T:
+        """`work()` run in the space, by its thread."""
+        with self._lock:
+            if self._queue is None:
+                self._open()
+            assert self._queue is not None
+            done: Future[object] = Future()
+            self._queue.put((work, done))
+        return done.result()  # type: ignore[return-value]
+
+    def _open(self) -> None:
+        if str(self.namespace) not in _mount_points("/proc/self/mountinfo"):
+            _make_private_mount(self.directory)
+            _new_namespace(self.namespace)
+        work: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
+        entered: Future[object] = Future()
+        thread = threading.Thread(target=self._serve, args=(work, entered),
+                                  name="share space", daemon=True)
+        thread.start()
+        entered.result()
+        self._queue, self._thread = work, thread
+
+    def _serve(self, work: queue.SimpleQueue[Work | None], entered: Future[object]) -> None:
+        try:
+            _enter(self.namespace)
+        except OSError as e:
+            entered.set_exception(e)
+            return
+        entered.set_result(None)
+        while (item := work.get()) is not None:
+            call, done = item
+            try:
+                done.set_result(call())
+            except BaseException as e:  # handed to the caller
+                done.set_exception(e)
+
+    def make_export_dir(self, directory: Path) -> None:
+        """`directory` becomes an export directory: a mount of its own in
+        the space, with shared propagation."""
+        self.run(lambda: _make_shared_mount(directory))
+
+    def attach_share(self, source: Path, target: Path, readonly: bool, subpath: str = "",
+                     recursive: bool = True, follow_host: bool = False) -> list[str]:
+        """Mount `source` (a directory or a file), or its `subpath`, at
+        `target`, a new entry of an export directory, read-only from the
+        first moment when asked: every mount of it, or with `recursive` false
+        its top one only; receiving the host's later mounts beneath a shared
+        source with `follow_host`, else private. Then, the paths beneath
+        `target` (relative) that stay writable: the mounts beneath a
+        non-recursively read-only top (none otherwise)."""
+        tree = _clone_tree(source, subpath)  # here: the source as the host sees it
+        try:
+            is_dir = stat.S_ISDIR(os.fstat(tree).st_mode)
+            return self.run(lambda: _attach(tree, target, is_dir, readonly, recursive,
+                                             follow_host))
+        finally:
+            os.close(tree)
+
+    def detach_share(self, target: Path) -> None:
+        """Undo attach_share (lazily: a process of the guest may still hold it)."""
+        self.run(lambda: _detach(target))
+
+    def remove_export_dir(self, directory: Path) -> None:
+        """Detach every share in the export directory, then the directory itself."""
+        if directory.exists():  # (the space is not made for a guest without one)
+            self.run(lambda: _remove_export_dir(directory))
+
+    def mount_points(self) -> set[str]:
+        """The mount points the space has (for checks)."""
+        return self.run(_mount_points)
+
+    def close(self, unpin: bool) -> None:
+        """The thread ends; with `unpin` (no guest uses the space any more)
+        the namespace goes too, and its mounts with it."""
+        with self._lock:
+            if self._queue is not None:
+                self._queue.put(None)
+                assert self._thread is not None
+                self._thread.join()
+                self._queue = self._thread = None
+            if unpin:
+                unpin_space(self.directory)
+
+
+def unpin_space(directory: Path) -> None:
+    """A share space's pin gone: the namespace ends with the last thread or
+    process in it (a virtiofsd's, say)."""
+    for mount in (directory / "ns", directory):
+        _libc.umount2(str(mount).encode(), MNT_DETACH)
+    with contextlib.suppress(OSError):
+        (directory / "ns").unlink()
         directory.rmdir()

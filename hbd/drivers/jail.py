@@ -246,9 +246,17 @@ def _drop_privileges(plan: JailPlan) -> None:
 
 
 def enter_jail(plan: JailPlan | None, keep_fds: tuple[int, ...], stderr_fd: int,
-               host_cpus: tuple[int, ...], cgroup_procs: tuple[Path, ...]) -> None:
+               host_cpus: tuple[int, ...], cgroup_procs: tuple[Path, ...],
+               mount_namespace: Path | None = None) -> None:
     """Everything between fork and exec. Without a plan (the jail is off)
-    the child still detaches, joins its cgroups and keeps its descriptors."""
+    the child still detaches, joins its cgroups and keeps its descriptors.
+    With `mount_namespace` (a pinned namespace) it runs in that one."""
+    if mount_namespace is not None:
+        fd = os.open(mount_namespace, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _check(_libc.setns(fd, CLONE_NEWNS), f"enter {mount_namespace}")
+        finally:
+            os.close(fd)
     os.setsid()
     devnull = os.open("/dev/null", os.O_RDWR)
     os.dup2(devnull, 0)
@@ -272,7 +280,8 @@ def enter_jail(plan: JailPlan | None, keep_fds: tuple[int, ...], stderr_fd: int,
 
 
 def spawn(path: str, argv: list[str], plan: JailPlan | None, keep_fds: tuple[int, ...],
-          stderr_fd: int, host_cpus: tuple[int, ...], cgroup_procs: tuple[Path, ...]) -> int:
+          stderr_fd: int, host_cpus: tuple[int, ...], cgroup_procs: tuple[Path, ...],
+          mount_namespace: Path | None = None) -> int:
     """Fork, set the child up (hbd.drivers.jail) and execute `path`; returns
     its pid once it runs `path`, or raises what went wrong in the child."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -280,7 +289,7 @@ def spawn(path: str, argv: list[str], plan: JailPlan | None, keep_fds: tuple[int
     if pid == 0:  # the child: no logging, no asyncio, nothing that takes a lock
         try:
             os.close(read_end)
-            enter_jail(plan, keep_fds, stderr_fd, host_cpus, cgroup_procs)
+            enter_jail(plan, keep_fds, stderr_fd, host_cpus, cgroup_procs, mount_namespace)
             os.execv(path, argv)
         except BaseException as e:  # reported to the parent, then the child exits
             with contextlib.suppress(BaseException):

@@ -3,11 +3,13 @@
 One virtiofsd per guest exports one directory: the Rust virtiofsd
 (/usr/libexec/virtiofsd, Debian 13's virtiofsd package) or QEMU 7.2's C one
 (/usr/lib/qemu/virtiofsd, Debian 12; QEMU 8 dropped it). They take different
-options for the same things. It runs sandboxed in its own mount, pid and
-network namespaces, pivoted into that directory (sandbox namespace), so it
-sees nothing of the host but what is mounted there. hbd mounts each share into
-the directory while the guest runs: the directory is a shared mount, so
-those mounts propagate into virtiofsd's (slave) copy of it.
+options for the same things. It starts in the mount namespace the directory
+is mounted in (hbd's share space, hbd.drivers.hostmount) and runs sandboxed
+in its own mount, pid and network namespaces, pivoted into that directory
+(sandbox namespace), so it sees nothing of the host but what is mounted
+there. hbd mounts each share into the directory while the guest runs: the
+directory is a shared mount, so those mounts propagate into virtiofsd's
+(slave) copy of it.
 
 virtiofsd serves one QEMU and exits when that QEMU disconnects, so it never
 outlives its guest. It is started detached, like QEMU, and survives an hbd
@@ -121,9 +123,11 @@ class Virtiofsd:
 
     @classmethod
     async def start(cls, run_dir: Path, source: Path, binary: VirtiofsdBinary | None = None,
-                    cgroups: Cgroups | None = None) -> Virtiofsd:
+                    cgroups: Cgroups | None = None, mount_namespace: Path | None = None,
+                    ) -> Virtiofsd:
         """Start virtiofsd for `source` (in a cgroup of its own, when
-        `cgroups`); returns once its socket listens."""
+        `cgroups`; in the mount namespace pinned at `mount_namespace`, where
+        `source` is, when given); returns once its socket listens."""
         binary = binary or find_virtiofsd()
         socket = run_dir / "virtiofsd.sock"
         socket.unlink(missing_ok=True)
@@ -134,7 +138,8 @@ class Virtiofsd:
         # Forked here, not an asyncio subprocess: ProcessWatch reaps it (now
         # or, after an hbd restart, never: it is then not hbd's child).
         try:
-            pid = jail.spawn(binary.path, argv, None, (), log_fd, (), procs)
+            pid = jail.spawn(binary.path, argv, None, (), log_fd, (), procs,
+                             mount_namespace=mount_namespace)
         except jail.SpawnError as e:
             await remove_soon(cgroups, cgroup_name(run_dir))
             raise VirtiofsdError(f"cannot start virtiofsd: {e}") from e

@@ -25,8 +25,10 @@ from hbd.api import server
 from hbd.api.auth import TENANCY, Tenancy
 from hbd.config import Config
 from hbd.daemon import Daemon
+from hbd.drivers import hostmount
 from hbd.drivers.fake import FakeGuestDriver
 from hbd.errors import Unauthorized
+from hbd.services.container.sandboxes import SHARE_SPACE_DIR
 from hbd.services.identity.validator import Identity, TokenValidator
 from hbd.services.network.service import instance_tag, remove_host_state
 from tests.daemon_fixture import BUSYBOX_TAR, DOCKER_CLI
@@ -132,6 +134,8 @@ def serve_api_daemon(base: Path, tenants: dict[str, Identity] | None = None,
     loop.call_soon_threadsafe(stop.set)
     thread.join(30)
     asyncio.run(remove_host_state(instance_tag(Path(config.daemon.data_root))))
+    # A daemon that stops with guests running keeps its share space pinned.
+    hostmount.unpin_space(exec_root / SHARE_SPACE_DIR)
     shutil.rmtree(exec_root, ignore_errors=True)
 
 

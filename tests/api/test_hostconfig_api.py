@@ -465,7 +465,10 @@ def test_missing_subpath_fails_the_start_as_dockerd_26(api_daemon: ApiDaemon,
     assert share.type == "share" and share.subpath == ""
     exported = guest_of(api_daemon, cid).spec.shared_dir
     assert exported is not None
-    assert (exported / share.source / "mark").read_text() == "in the subpath"
+    # Mounted in the daemon's share space (hbd.drivers.hostmount), not the host's.
+    shares = api_daemon.daemon.containers.sandboxes.shares
+    assert shares.run((exported / share.source / "mark").read_text) == \
+        "in the subpath"
     raw.remove_container(cid, force=True)
     raw.remove_volume("hcsub1")
 

@@ -25,9 +25,15 @@ from typing import Any
 
 import pytest
 
-from hbd.drivers.jail import JAIL_DIR_NAME
+from hbd.services.container.sandboxes import SANDBOX_ID
 from hbd.services.network.service import instance_tag
-from tests.daemon_fixture import DOCKER_CLI, RunningDaemon, hbd_daemon
+from tests.daemon_fixture import (
+    DOCKER_CLI,
+    RunningDaemon,
+    hbd_daemon,
+    run_dirs,
+    share_space_mountinfo,
+)
 
 # -- what a daemon's guests hold on the host ------------------------------------------------
 
@@ -67,11 +73,10 @@ def host_state(daemon: RunningDaemon, sandboxes: set[str] | None = None) -> Host
         if not path.startswith(root + "/"):
             return False
         sid = path[len(root) + 1:].split("/", maxsplit=1)[0]
-        return sandboxes is None or sid in sandboxes
+        return SANDBOX_ID.fullmatch(sid) is not None and (sandboxes is None or sid in sandboxes)
 
     state = HostState()
-    state.run_dirs = sorted(str(p) for p in daemon.exec_root.iterdir()
-                            if p.is_dir() and p.name != JAIL_DIR_NAME and ours(str(p)))
+    state.run_dirs = sorted(str(p) for p in run_dirs(daemon.exec_root) if ours(str(p)))
     in_run_dir = re.compile(re.escape(root) + r"/[^/,\s]+/")
     for pid, argv in _cmdlines():
         if "virtiofsd" in argv[0] or "qemu-system" in argv[0]:
@@ -80,7 +85,10 @@ def host_state(daemon: RunningDaemon, sandboxes: set[str] | None = None) -> Host
             if any(ours(path) for path in paths):
                 state.processes.append(f"{pid}: {' '.join(argv)[:200]}")
     state.processes.sort()
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+    # The shares are mounted in the daemon's share space; none may be left in
+    # the host's namespace either.
+    host = Path("/proc/self/mountinfo").read_text().splitlines()
+    for line in host + share_space_mountinfo(daemon.exec_root):
         if ours(line.split()[4]):
             state.mounts.append(line)
     prefix = f"ht{instance_tag(daemon.data_root)}"
@@ -103,7 +111,7 @@ def _open_files(pid: int) -> list[str]:
 
 def exported_shares(state: HostState) -> list[set[str]]:
     """For each virtiofsd of `state`: the shares mounted in what it exports
-    (its own mount namespace, a slave of ours)."""
+    (its own mount namespace, a slave of the share space)."""
     found = []
     for process in state.processes:
         pid, argv = process.split(": ", 1)
@@ -117,8 +125,7 @@ def exported_shares(state: HostState) -> list[set[str]]:
 
 def sandbox_ids(daemon: RunningDaemon) -> set[str]:
     """The run directories (sandbox ids) under the daemon's exec root."""
-    return {p.name for p in daemon.exec_root.iterdir()
-            if p.is_dir() and p.name != JAIL_DIR_NAME}
+    return {p.name for p in run_dirs(daemon.exec_root)}
 
 
 def assert_holds_guests(state: HostState) -> None:

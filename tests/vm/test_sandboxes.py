@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_fixture import RunningDaemon
+from tests.daemon_fixture import RunningDaemon, run_dirs, share_space_mountinfo
 from tests.registry_fixture import free_port
 
 
@@ -206,7 +206,13 @@ def test_four_networks_on_one_container(hbd: RunningDaemon, cleanup: list[str]) 
 
 
 def guest_dirs(hbd: RunningDaemon) -> set[Path]:
-    return {p for p in hbd.exec_root.iterdir() if p.is_dir()}
+    return run_dirs(hbd.exec_root)
+
+
+def mounted_anywhere(hbd: RunningDaemon, path: Path) -> bool:
+    """A mount under `path` in the host's namespace or the daemon's share space."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return any(str(path) in line for line in lines + share_space_mountinfo(hbd.exec_root))
 
 
 def test_nothing_leaks_after_removal(hbd: RunningDaemon, cleanup: list[str]) -> None:
@@ -228,7 +234,7 @@ def test_nothing_leaks_after_removal(hbd: RunningDaemon, cleanup: list[str]) -> 
         time.sleep(0.2)
     assert not sandbox.exists()
     assert not Path(f"/proc/{virtiofsd}").exists()
-    assert str(sandbox) not in Path("/proc/self/mountinfo").read_text()
+    assert not mounted_anywhere(hbd, sandbox)
     assert not [t for t in taps if Path("/sys/class/net", t).exists()]
 
 
@@ -284,5 +290,5 @@ def test_a_killed_virtiofsd_ends_its_guest_not_hbd(hbd: RunningDaemon, cleanup: 
     while sandbox.exists():
         assert time.monotonic() < deadline, sorted(sandbox.iterdir())
         time.sleep(0.2)
-    assert str(sandbox) not in Path("/proc/self/mountinfo").read_text()
+    assert not mounted_anywhere(hbd, sandbox)
     assert not Path(f"/proc/{virtiofsd}").exists()

@@ -66,6 +66,9 @@ log = logging.getLogger(__name__)
 
 # A sandbox's id, which names its run directory under the exec root.
 SANDBOX_ID = re.compile(r"[0-9a-f]{32}")
+# Under the exec root beside the sandboxes' run directories: the share
+# space's pin (hbd.drivers.hostmount).
+SHARE_SPACE_DIR = "shares"
 
 # How long a guest may take to sync and power off before it is killed.
 POWEROFF_TIMEOUT = 10.0
@@ -187,6 +190,7 @@ class SandboxManager:
         self.tap_prefix = tap_prefix
         self.pins = pins
         self.sandboxes: dict[str, Sandbox] = {}
+        self.shares = hostmount.ShareSpace(config.exec_root / SHARE_SPACE_DIR)
 
     def _save(self, sb: Sandbox) -> None:
         self.state.put("sandboxes", sb.id, sb.record.to_dict())
@@ -219,7 +223,7 @@ class SandboxManager:
             disks = self._boot_disks(record, member, plan)
             self._claim_devices(record, plan)
             if record.shared_fs:
-                hostmount.make_export_dir(run_dir / "fs")
+                self.shares.make_export_dir(run_dir / "fs")
             setup = self._container_setup(record, member, plan, run_dir / "fs", hot=False)
             taken = [self._take_slot(record, member.netns, e) for e in plan.endpoints]
             await self._plug([(slot, e) for (slot, _), e in zip(taken, plan.endpoints,
@@ -236,6 +240,7 @@ class SandboxManager:
                                       routes=self._routes(record, member.netns)),
                 container=setup,
                 shared_dir=run_dir / "fs" if record.shared_fs else None,
+                shared_dir_namespace=self.shares.namespace,
                 # A clone has no shared filesystem: only for a container that
                 # needs none at start (block volumes are disks, fine), and not
                 # bound to NUMA nodes (a template's RAM is not).
@@ -245,16 +250,16 @@ class SandboxManager:
             guest = await self.driver.boot(spec)
             if record.shared_fs and not guest.shared_fs:
                 record.shared_fs = False
-                hostmount.remove_export_dir(run_dir / "fs")
+                self.shares.remove_export_dir(run_dir / "fs")
             record.template = guest.template
         except net.NetError as e:
             await self._unpin_quietly(record.slots)
-            hostmount.remove_export_dir(run_dir / "fs")
+            self.shares.remove_export_dir(run_dir / "fs")
             shutil.rmtree(run_dir, ignore_errors=True)
             raise SystemError_(f"failed to create task for container: {e}") from e
         except BaseException:
             await self._unpin_quietly(record.slots)
-            hostmount.remove_export_dir(run_dir / "fs")
+            self.shares.remove_export_dir(run_dir / "fs")
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         finally:
@@ -396,7 +401,7 @@ class SandboxManager:
                 assert mount.source is not None
                 entry = record.new_name("s")
                 try:
-                    writable = hostmount.attach_share(
+                    writable = self.shares.attach_share(
                         mount.source, export_dir / entry, mount.host_readonly, mount.subpath,
                         recursive=not mount.readonly_non_recursive,
                         follow_host=mount.follow_host)
@@ -603,7 +608,7 @@ class SandboxManager:
                 await sb.guest.remove_disk(serial)
             sb.record.forget_disk(serial)
         for entry in member.shares:
-            hostmount.detach_share(sb.export_dir / entry)
+            self.shares.detach_share(sb.export_dir / entry)
 
     # -- leaving ------------------------------------------------------------------------------
 
@@ -673,7 +678,7 @@ class SandboxManager:
                     continue
                 record.forget_disk(serial)
         for entry in member.shares:
-            hostmount.detach_share(sb.export_dir / entry)
+            self.shares.detach_share(sb.export_dir / entry)
 
     async def _end(self, sb: Sandbox, clean: bool) -> None:
         if clean:
@@ -688,7 +693,7 @@ class SandboxManager:
         sb.gone.set()
         self.sandboxes.pop(sb.id, None)
         self.state.delete("sandboxes", sb.id)
-        hostmount.remove_export_dir(sb.export_dir)
+        self.shares.remove_export_dir(sb.export_dir)
         shutil.rmtree(sb.run_dir, ignore_errors=True)
 
     # -- networks joined and left while running ---------------------------------------------------
@@ -759,7 +764,7 @@ class SandboxManager:
             if guest is None:
                 log.info("sandbox %s ended while hbd was down", record.id[:12])
                 self.state.delete("sandboxes", record.id)
-                hostmount.remove_export_dir(run_dir / "fs")
+                self.shares.remove_export_dir(run_dir / "fs")
                 shutil.rmtree(run_dir, ignore_errors=True)
                 continue
             sb = Sandbox(record, run_dir, guest)
@@ -798,13 +803,15 @@ class SandboxManager:
             log.warning("discarding sandbox %s, whose boot hbd did not finish",
                         run_dir.name[:12])
             await self.driver.discard(run_dir)
-            hostmount.remove_export_dir(run_dir / "fs")
+            self.shares.remove_export_dir(run_dir / "fs")
             shutil.rmtree(run_dir, ignore_errors=True)
 
     def detach_all(self) -> None:
         """hbd is stopping: guests keep running, we stop watching them."""
         for sb in self.sandboxes.values():
             sb.guest.detach()
+        # Guests that run on keep their shares; with none, nothing is left.
+        self.shares.close(unpin=not self.sandboxes)
 
 
 def _output_resume(record: SandboxRecord, marks: Mapping[str, OutputMark]) -> list[OutputResume]:
