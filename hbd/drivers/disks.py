@@ -37,6 +37,22 @@ async def _run(*argv: str) -> None:
         raise DiskError(f"{argv[0]} failed ({proc.returncode}): {text[-500:]}")
 
 
+async def ext4_has_path(image: Path, path: str) -> bool:
+    """Whether the ext4 filesystem in `image` has `path` (relative to its
+    root; a symlink counts, whatever it points at), read with debugfs
+    without mounting it."""
+    if '"' in path or "\n" in path:
+        return False  # debugfs cannot be asked for such a name
+    proc = await asyncio.create_subprocess_exec(
+        "debugfs", "-c", "-R", f'stat "/{path}"', str(image),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    if b"while trying to open" in err:
+        raise DiskError(f"debugfs cannot read {image}: {err.decode(errors='replace')[-300:]}")
+    return out.startswith(b"Inode:")
+
+
 def tree_usage(root: Path) -> tuple[int, int]:
     """(bytes in whole blocks, inodes) a tree needs, without following links."""
     total = 0

@@ -722,3 +722,90 @@ def test_mount_propagation_a_guest_can_give(cri: Cri, tmp_path: Path) -> None:
             rt.RemoveContainer(pb.RemoveContainerRequest(container_id=status.id))
     finally:
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def image_volume(target: str, image: str, readonly: bool = True,
+                 sub_path: str = "") -> pb.Mount:
+    return pb.Mount(container_path=target, readonly=readonly,
+                    image=pb.ImageSpec(image=image), image_sub_path=sub_path)
+
+
+def test_an_image_volume_is_the_images_disk_mounted_read_only(cri: Cri) -> None:
+    """KEP 4639: the image kubelet pulled, mounted read-only (its subpath
+    or its root), the image's own disk in the guest, shared with a container
+    of that image; ContainerStatus names it by PullImage's image_ref."""
+    rt = cri.runtime
+    client = docker.APIClient(base_url=cri.api.host, version="1.47")
+    list(client.build(fileobj=io.BytesIO(b"FROM busybox\nLABEL volume=yes\n"),
+                      tag="crifake/imgvol:1", rm=True))
+    client.close()
+    ref = cri.api.daemon.images.get("crifake/imgvol:1").id  # what PullImage answers
+    pause = cri.api.daemon.images.get(FAKE_PAUSE).id
+    pod_id, config = run_pod(cri, "imgvol")
+    try:
+        app = container_config("app", "sleep", "100000")
+        app.mounts.extend([image_volume("/whole", ref),
+                           image_volume("/etc2", ref, sub_path="etc"),
+                           image_volume("/pause", pause)])
+        app_id = create(cri, pod_id, config, app)
+        status = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=app_id)).status
+        mounts = {mt.container_path: mt for mt in status.mounts}
+        assert mounts["/whole"].image.image_ref == ref and mounts["/whole"].readonly
+        assert not mounts["/whole"].host_path and mounts["/etc2"].image_sub_path == "etc"
+
+        rt.StartContainer(pb.StartContainerRequest(container_id=app_id))
+        seen = {mt.target: mt for mt in guest_mounts(cri, app_id)}
+        whole, etc = seen["/whole"], seen["/etc2"]
+        assert (whole.type, whole.readonly, whole.subpath, whole.fs_flags) == \
+            ("disk", True, "", 1)
+        assert (etc.source, etc.subpath) == (whole.source, "etc")
+        # The pod's own image is in the guest already: its disk serves.
+        assert seen["/pause"].source == "image"
+        # One disk for both mounts, read-only: the image's, not the app's own image.
+        disks = {d.serial: d for d in guest_disks(cri, app_id)}
+        image = cri.api.daemon.images.images[ref]
+        assert disks[whole.source].readonly
+        assert disks[whole.source].path == cri.api.daemon.images.disk_path(image)
+        # The image is in use while a container mounts it.
+        assert code_of(cri.images.RemoveImage,
+                       pb.RemoveImageRequest(image=pb.ImageSpec(image=ref))) in (
+            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_bad_image_volumes_get_a_status(cri: Cri) -> None:
+    rt = cri.runtime
+    pod_id, config = run_pod(cri, "badimgvol")
+    try:
+        for mount, code, words in [
+                (image_volume("/v", "busybox", readonly=False),
+                 grpc.StatusCode.INVALID_ARGUMENT, "must be read-only"),
+                (image_volume("/v", "busybox", sub_path="not-existing"),
+                 grpc.StatusCode.INVALID_ARGUMENT, "subpath not-existing does not exist"),
+                (image_volume("/v", "busybox", sub_path="../etc"),
+                 grpc.StatusCode.INVALID_ARGUMENT, "relative path within the image"),
+                (image_volume("/v", "nothere:1"), grpc.StatusCode.NOT_FOUND,
+                 "No such image: nothere:1")]:
+            app = container_config("app", "sleep", "100000")
+            app.mounts.append(mount)
+            with pytest.raises(grpc.RpcError) as info:
+                create(cri, pod_id, config, app)
+            assert (info.value.code(), words in info.value.details()) == (code, True), \
+                info.value.details()
+    finally:
+        rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_image_mounts_need_api_1_48_on_the_engine_api(cri: Cri) -> None:
+    """The Engine API took image mounts in 1.48; hbd speaks 1.47, so a
+    client's request is refused as dockerd 27's was."""
+    client = docker.APIClient(base_url=cri.api.host, version="1.47")
+    try:
+        with pytest.raises(docker.errors.APIError) as info:
+            client.create_container("busybox", host_config={"Mounts": [
+                {"Type": "image", "Source": "busybox", "Target": "/i", "ReadOnly": True}]})
+        assert info.value.status_code == 400
+        assert info.value.explanation == 'mount type unknown: "image"'
+    finally:
+        client.close()

@@ -45,7 +45,8 @@ def container_config(cfg: pb.ContainerConfig) -> m.ContainerConfig:
         image=cfg.image.image, command=list(cfg.command), args=list(cfg.args),
         working_dir=cfg.working_dir, envs=[(kv.key, _text(kv.value)) for kv in cfg.envs],
         mounts=[m.Mount(mt.container_path, mt.host_path, mt.readonly, mt.recursive_read_only,
-                        mt.propagation) for mt in cfg.mounts],
+                        mt.propagation, image=mt.image.image if mt.HasField("image") else "",
+                        image_sub_path=mt.image_sub_path) for mt in cfg.mounts],
         devices=[m.Device(d.container_path, d.host_path, d.permissions or "rwm")
                  for d in cfg.devices],
         labels=dict(cfg.labels), annotations=dict(cfg.annotations), log_path=cfg.log_path,
@@ -108,6 +109,16 @@ def container_state(c: m.ContainerStatus) -> pb.ContainerState:
     return pb.ContainerState.Name(c.state)  # type: ignore[return-value]
 
 
+def mount_status(mt: m.Mount) -> pb.Mount:
+    mount = pb.Mount(container_path=mt.container_path, host_path=mt.host_path,
+                     readonly=mt.readonly, recursive_read_only=mt.recursive_read_only,
+                     propagation=pb.MountPropagation.Name(mt.propagation),
+                     image_sub_path=mt.image_sub_path)
+    if mt.image:
+        mount.image.CopyFrom(pb.ImageSpec(image=mt.image, image_ref=mt.image))
+    return mount
+
+
 def container_status(c: m.ContainerStatus) -> pb.ContainerStatus:
     return pb.ContainerStatus(
         id=c.id, metadata=container_metadata(c.metadata), state=container_state(c),
@@ -115,10 +126,7 @@ def container_status(c: m.ContainerStatus) -> pb.ContainerStatus:
         exit_code=c.exit_code, image=pb.ImageSpec(image=c.image),
         image_ref=c.image_ref, image_id=c.image_id, reason=c.reason, message=c.message,
         labels=c.labels, annotations=c.annotations,
-        mounts=[pb.Mount(container_path=mt.container_path, host_path=mt.host_path,
-                         readonly=mt.readonly, recursive_read_only=mt.recursive_read_only,
-                         propagation=pb.MountPropagation.Name(mt.propagation))
-                for mt in c.mounts],
+        mounts=[mount_status(mt) for mt in c.mounts],
         log_path=c.log_path)
 
 

@@ -396,3 +396,11 @@ def replace_or_append_env(base: list[str], overrides: list[str]) -> list[str]:
             index[key] = len(out)
             out.append(entry)
     return [e for e in out if e]
+
+
+def api_older_than(api_version: str, version: tuple[int, int]) -> bool:
+    """Whether the client's API version ("" : the latest) is below `version`."""
+    try:
+        return bool(api_version) and tuple(int(p) for p in api_version.split(".")) < version
+    except ValueError:
+        return False

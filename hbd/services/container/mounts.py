@@ -3,7 +3,8 @@
 Resolved once at create into MountPoints (what `inspect` shows as Mounts);
 its sandbox provides them at each start: shared volumes and bind mounts
 through the guest's shared filesystem, block volumes as disks, tmpfs mounts
-made in the guest.
+made in the guest, image mounts (API 1.48's `type=image`, the CRI's image
+volumes) as the image's own read-only disk.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ BIND_OPTIONS = {"ro", "rw", "z", "Z", "nocopy", "consistent", "cached", "delegat
 
 @dataclass
 class MountPoint:
-    type: str  # bind | volume | tmpfs
+    type: str  # bind | volume | tmpfs | image
     destination: str
-    source: str = ""  # host path (bind) or volume name (volume)
+    source: str = ""  # host path (bind), volume name (volume) or image id (image)
     rw: bool = True
     mode: str = ""
     options: str = ""  # tmpfs options
     nocopy: bool = False
-    # A volume's subdirectory mounted instead of its root (VolumeOptions.Subpath).
+    # A volume's or image's subdirectory mounted instead of its root
+    # (VolumeOptions.Subpath, ImageOptions.Subpath).
     subpath: str = ""
     # A read-only bind whose source's own mounts keep their flags (moby's
     # BindOptions.ReadOnlyNonRecursive); otherwise read-only is recursive,
@@ -102,12 +104,16 @@ def _volume_subpath(source: str, subpath: str) -> str:
     if not source:
         raise InvalidParameter('invalid mount config for type "volume": must not set Subpath '
                                "when using anonymous volumes")
+    return _local_subpath(subpath, "volume")
+
+
+def _local_subpath(subpath: str, kind: str) -> str:
     cleaned = posixpath.normpath(subpath)
     if subpath.startswith("/") or cleaned == ".." or cleaned.startswith("../") or \
             "\0" in subpath:
-        raise InvalidParameter('invalid mount config for type "volume": subpath must be a '
-                               "relative path within the volume")
-    return cleaned
+        raise InvalidParameter(f'invalid mount config for type "{kind}": subpath must be a '
+                               f"relative path within the {kind}")
+    return "" if cleaned == "." else cleaned
 
 
 def _propagation(mode: str) -> str:
@@ -177,6 +183,15 @@ def _parse_mount(m: dict[str, Any], source_exists: Callable[[str], bool] = os.pa
         if opts.get("Mode"):
             options.append(f"mode={int(opts['Mode']):o}")
         return MountPoint("tmpfs", target, "", rw, options=",".join(options))
+    if kind == "image":
+        if not source:
+            raise InvalidParameter("invalid mount config for type \"image\": field Source "
+                                   "must not be empty")
+        options = m.get("ImageOptions") or {}
+        subpath = str(options.get("Subpath") or "")
+        # An image is never written through a mount: read-only, asked or not.
+        return MountPoint("image", target, source, False,
+                          subpath=_local_subpath(subpath, "image") if subpath else "")
     raise InvalidParameter(f"mount type unknown: \"{kind}\"")
 
 

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from hbd.errors import InvalidParameter, NotFound
+from hbd.services.container import config as cc
 from hbd.services.network.ipam import parse_address
 from hbd.services.network.model import (
     DEFAULT_BRIDGE,
@@ -49,7 +50,7 @@ def migrate_mac_address(config: dict[str, Any], host_config: dict[str, Any],
     mode = str(host_config.get("NetworkMode") or "default")
     network = DEFAULT_BRIDGE if mode == "default" else mode
     on_network = mode not in ("host", "none") and not mode.startswith("container:")
-    if _older_than(api_version, (1, 44)):
+    if cc.api_older_than(api_version, (1, 44)):
         for settings in endpoints.values():
             settings["MacAddress"] = mac  # what an older API gave per endpoint was ignored
         if mac and not on_network:
@@ -72,13 +73,6 @@ def migrate_mac_address(config: dict[str, Any], host_config: dict[str, Any],
         settings["MacAddress"] = mac
     del config["MacAddress"]
     return [MAC_DEPRECATED]
-
-
-def _older_than(api_version: str, version: tuple[int, int]) -> bool:
-    try:
-        return bool(api_version) and tuple(int(p) for p in api_version.split(".")) < version
-    except ValueError:
-        return False
 
 
 def desired_mac(host_config: dict[str, Any], attachments: dict[str, dict[str, Any]]) -> str:

@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 # A sandbox's id, which names its run directory under the exec root.
 SANDBOX_ID = re.compile(r"[0-9a-f]{32}")
+MS_RDONLY = 0x1  # mount(2)'s, for a disk the guest mounts read-only
 # Under the exec root beside the sandboxes' run directories: the share
 # space's pin (hbd.drivers.hostmount).
 SHARE_SPACE_DIR = "shares"
@@ -78,10 +79,11 @@ POWEROFF_TIMEOUT = 10.0
 class MountPlan:
     """One of a container's mounts, as the sandbox provides it."""
 
-    kind: Literal["block", "dir", "tmpfs", "device"]
+    kind: Literal["block", "dir", "tmpfs", "device", "image"]
     target: str
     # block: the disk image (or host block device); dir: a host directory or
-    # file; device: a host block device whose node the container gets.
+    # file; device: a host block device whose node the container gets;
+    # image: an image's disk (read-only, one per guest however many use it).
     source: Path | None = None
     readonly: bool = False
     copy_up: bool = False
@@ -106,11 +108,14 @@ class MountPlan:
     readonly_non_recursive: bool = False
     # Takes the host's later mounts beneath its source (rslave propagation).
     follow_host: bool = False
+    # image: the image's id.
+    image_id: str = ""
 
     @property
     def disk(self) -> bool:
-        """Whether it is a disk of the guest (a block volume or a host device)."""
-        return self.kind in ("block", "device")
+        """Whether it is a disk of the guest (a block volume, a host device
+        or an image's disk)."""
+        return self.kind in ("block", "device", "image")
 
 
 @dataclass
@@ -327,6 +332,15 @@ class SandboxManager:
             if not mount.disk:
                 continue
             assert mount.source is not None
+            if mount.kind == "image":
+                serial = record.image_serials.get(mount.image_id)
+                if serial is None:
+                    serial = record.new_name("d")
+                    disks.append(DiskSpec(mount.source, serial, len(disks) + 1,
+                                          readonly=True))
+                    record.image_serials[mount.image_id] = serial
+                serials.append(serial)
+                continue
             number = device_number(mount) if mount.host_device else ""
             if number in record.devices:
                 serials.append(record.devices[number])
@@ -390,6 +404,11 @@ class SandboxManager:
             elif mount.kind == "device":
                 setup.mounts.append(MountSpec("device", mount.target, next(volumes),
                                               mode=mount.mode))
+            elif mount.kind == "image":
+                # Mounted read-only itself: the guest's disk is read-only.
+                setup.mounts.append(MountSpec("disk", mount.target, next(volumes),
+                                              readonly=True, subpath=mount.subpath,
+                                              fs_flags=MS_RDONLY))
             elif mount.kind == "block":
                 # The guest resolves a block volume's subpath: only it reads that disk.
                 setup.mounts.append(MountSpec("disk", mount.target, next(volumes),
@@ -539,23 +558,34 @@ class SandboxManager:
         """The image disk (shared with a container of the same image), the
         scratch disk and block volumes."""
         record = sb.record
-        image = record.image_serials.get(plan.image_id)
-        if image is None or image not in record.disks:
-            image = record.new_name("d")
-            await self._hot_add(sb, plan.image_disk, image, added, readonly=True, fmt="raw")
-            record.image_serials[plan.image_id] = image
-        member.disks.append(image)
+        member.disks.append(await self._add_image(sb, plan.image_id, plan.image_disk, added))
         scratch = record.new_name("d")
         await self._hot_add(sb, plan.scratch_disk, scratch, added)
         member.disks.append(scratch)
         for mount in plan.mounts:
             if mount.host_device:
                 member.disks.append(await self._add_host_device(sb, mount, added))
+            elif mount.kind == "image":
+                assert mount.source is not None
+                member.disks.append(await self._add_image(sb, mount.image_id, mount.source,
+                                                          added))
             elif mount.disk:
                 assert mount.source is not None
                 serial = record.new_name("d")
                 await self._hot_add(sb, mount.source, serial, added)
                 member.disks.append(serial)
+
+    async def _add_image(self, sb: Sandbox, image_id: str, disk: Path,
+                         added: list[str]) -> str:
+        """The serial of an image's disk in the guest: the one there (a
+        container of that image, an image mount), or attached now."""
+        record = sb.record
+        serial = record.image_serials.get(image_id)
+        if serial is None or serial not in record.disks:
+            serial = record.new_name("d")
+            await self._hot_add(sb, disk, serial, added, readonly=True, fmt="raw")
+            record.image_serials[image_id] = serial
+        return serial
 
     async def _add_host_device(self, sb: Sandbox, mount: MountPlan, added: list[str]) -> str:
         """The serial of a host block device in the guest: attached now, or

@@ -244,12 +244,16 @@ class Starter:
         return next(iter(sandboxes.values()), None)
 
     async def _image_disk(self, c: Container) -> Path:
+        """The disk of the container's image; those of the images it mounts
+        are built too (_mount_plans names them)."""
         if c.teardown is not None:
             await c.teardown  # the last run may still be leaving its sandbox
-        img = self.images.images.get(c.image_id)
-        if img is None:
-            raise SystemError_(f"image {c.image_id} of container {c.id[:12]} is gone")
-        return await self.images.ensure_disk(img)
+        for image_id in [c.image_id] + [mp.source for mp in c.mounts if mp.type == "image"]:
+            img = self.images.images.get(image_id)
+            if img is None:
+                raise SystemError_(f"image {image_id} of container {c.id[:12]} is gone")
+            await self.images.ensure_disk(img)
+        return self.images.disk_path(self.images.images[c.image_id])
 
     async def _volumes_released(self, c: Container) -> None:
         """A container that just exited may still be syncing a block volume we
@@ -384,6 +388,10 @@ class Starter:
                                            not mp.rw, not mp.nocopy, subpath=mp.subpath))
             elif mp.type == "bind":
                 plans.append(self._bind_plan(mp))
+            elif mp.type == "image":
+                disk = self.images.disk_path(self.images.images[mp.source])
+                plans.append(MountPlan("image", mp.destination, disk, True,
+                                       subpath=mp.subpath, image_id=mp.source))
             else:
                 plans.append(MountPlan("tmpfs", mp.destination, None, not mp.rw,
                                        options=mp.options))

@@ -99,9 +99,11 @@ class ContainerStore:
     # -- who uses what -----------------------------------------------------------
 
     def image_usage(self, image_id: str, scope: Scope = OPERATOR) -> list[tuple[str, bool]]:
-        """The containers the asker sees that use the image: (id, running)."""
+        """The containers the asker sees that use the image, as their own or
+        mounted: (id, running)."""
         return [(c.id, c.state.running) for c in self.containers.values()
-                if c.image_id == image_id and scope.sees(c.name)]
+                if scope.sees(c.name) and (c.image_id == image_id or any(
+                    m.type == "image" and m.source == image_id for m in c.mounts))]
 
     def volume_users(self, name: str) -> list[str]:
         return [c.id for c in self.containers.values()

@@ -461,6 +461,14 @@ class ImageStore:
                 await asyncio.to_thread(shutil.rmtree, tree, True)
         return path
 
+    async def has_path(self, img: Image, path: str) -> bool:
+        """Whether the image's filesystem has `path` (relative to its root)."""
+        disk = await self.ensure_disk(img)
+        try:
+            return await disks.ext4_has_path(disk, path)
+        except disks.DiskError as e:
+            raise SystemError_(f"cannot read image {short_id(img.id)}: {e}") from e
+
     # -- load ----------------------------------------------------------------
 
     async def load(self, body: Any, scope: Scope = OPERATOR) -> list[str]:

@@ -55,6 +55,10 @@ class Mount:
     # read-only mount is read-only at its top only, as runc's "ro" bind.
     recursive_read_only: bool = False
     propagation: int = PROPAGATION_PRIVATE
+    # An image volume (KEP 4639): the image (as PullImage named it) mounted
+    # read-only instead of a host path, or its `image_sub_path`.
+    image: str = ""
+    image_sub_path: str = ""
 
 
 @dataclass

@@ -38,6 +38,7 @@ from hbd.errors import Conflict, DeadlineExceeded, HbdError, InvalidParameter, N
 from hbd.services.container import stats
 from hbd.services.container.execs import ExecService
 from hbd.services.container.model import Container
+from hbd.services.container.mounts import MountPoint
 from hbd.services.container.service import ContainerService
 from hbd.services.image.store import ImageStore
 from hbd.services.network.service import NetworkService
@@ -86,6 +87,35 @@ def _name(kind: str, md: m.Metadata, pod: m.Metadata) -> str:
     """dockershim's container names: k8s_<container>_<pod>_<namespace>_<uid>_<attempt>."""
     parts = [kind, pod.name, pod.namespace, pod.uid, str(md.attempt)]
     return "k8s_" + "_".join(NAME_PART.sub("-", p) for p in parts)
+
+
+def _check_image_volume(mount: m.Mount) -> None:
+    """The CRI's rules for image volumes: an image instead of a host path,
+    read-only by definition."""
+    if not mount.image:
+        return
+    if mount.host_path:
+        raise InvalidParameter(f"image volume {mount.container_path} names a host path too: "
+                               "host_path must be empty when image is set")
+    if not mount.readonly:
+        raise InvalidParameter(f"image volume {mount.container_path} must be read-only")
+
+
+def _image_mount(mount: m.Mount) -> dict[str, Any]:
+    """A CRI image volume as the Engine API's image mount (API 1.48)."""
+    return {"Type": "image", "Source": mount.image, "Target": mount.container_path,
+            "ReadOnly": True, "ImageOptions": {"Subpath": mount.image_sub_path}}
+
+
+def _mount_status(mp: MountPoint) -> m.Mount:
+    """A container's mount as ContainerStatus tells it; an image volume by
+    the image's id, which is PullImage's image_ref."""
+    if mp.type == "image":
+        return m.Mount(mp.destination, "", True, image=mp.source, image_sub_path=mp.subpath)
+    return m.Mount(mp.destination, mp.source, not mp.rw,
+                   recursive_read_only=not mp.rw and not mp.readonly_non_recursive,
+                   propagation=m.PROPAGATION_HOST_TO_CONTAINER if mp.follows_host
+                   else m.PROPAGATION_PRIVATE)
 
 
 def _check_recursive_read_only(mount: m.Mount) -> None:
@@ -318,7 +348,9 @@ class PodService:
         modes = _namespace_modes(_labels_of(pod))
         sec, res = cfg.security, cfg.resources
         for mount in cfg.mounts:
+            _check_image_volume(mount)
             _check_recursive_read_only(mount)
+        binds = [mt for mt in cfg.mounts if not mt.image]
         pod_ref = f"container:{pod.id}"
         pid_mode = ""
         if sec.pid_mode == m.TARGET and sec.target_id:
@@ -331,8 +363,9 @@ class PodService:
             "NetworkMode": pod_ref, "IpcMode": pod_ref if modes[2] == m.POD else "",
             "PidMode": pid_mode,
             "Binds": [f"{mt.host_path}:{mt.container_path}{_bind_propagation(mt, ':')}"
-                      for mt in cfg.mounts if not mt.readonly],
-            "Mounts": [_read_only_bind(mt) for mt in cfg.mounts if mt.readonly],
+                      for mt in binds if not mt.readonly],
+            "Mounts": [_read_only_bind(mt) for mt in binds if mt.readonly] +
+                      [_image_mount(mt) for mt in cfg.mounts if mt.image],
             "Devices": [{"PathOnHost": d.host_path, "PathInContainer": d.container_path,
                          "CgroupPermissions": d.permissions} for d in cfg.devices] or None,
             "ReadonlyRootfs": sec.readonly_rootfs, "Privileged": sec.privileged,
@@ -426,10 +459,7 @@ class PodService:
             exit_code=state.exit_code, image=labels.get(IMAGE, ""), image_id=c.image_id,
             image_ref=image_ref, reason=reason, message=state.error,
             labels=_user_labels(labels), annotations=_annotations(labels),
-            mounts=[m.Mount(mp.destination, mp.source, not mp.rw,
-                            recursive_read_only=not mp.rw and not mp.readonly_non_recursive,
-                            propagation=m.PROPAGATION_HOST_TO_CONTAINER if mp.follows_host
-                            else m.PROPAGATION_PRIVATE) for mp in c.mounts],
+            mounts=[_mount_status(mp) for mp in c.mounts],
             log_path=labels.get(LOG_PATH, ""), pid=state.pid)
 
     # -- processes --------------------------------------------------------------------------
