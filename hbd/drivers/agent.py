@@ -365,6 +365,8 @@ class ContainerSetup:
     shm_size: int = 64 * 1024 * 1024
     # What every process of the container gets, main and exec (PROTOCOL §3).
     group_add: list[str] = field(default_factory=list)
+    # Kubernetes' SupplementalGroupsPolicy Strict: no groups from /etc/group.
+    groups_strict: bool = False
     rlimits: list[Rlimit] = field(default_factory=list)
     oom_score_adj: int = 0
     # /sbin/docker-init in the container (docker run --init).
@@ -392,6 +394,7 @@ class ContainerSetup:
             "memory_low": self.memory_low,
             "shm_size": self.shm_size,
             "group_add": self.group_add,
+            "groups_strict": self.groups_strict,
             "rlimits": [asdict(r) for r in self.rlimits],
             "oom_score_adj": self.oom_score_adj,
             "init": self.init,
@@ -430,6 +433,34 @@ class ProcessOutput(Protocol):
 
 def _frame(type_: int, ident: int, payload: bytes = b"") -> bytes:
     return HEADER.pack(len(payload), type_, 0, ident) + payload
+
+
+@dataclass(frozen=True)
+class ProcessUser:
+    """The identity a process runs as, as the guest resolved it (START)."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]  # the supplementary groups, in the order set
+
+
+@dataclass(frozen=True)
+class Started:
+    """START's answer: the process's pid in the guest and its identity
+    (None for a builtin, and from an init that does not tell it)."""
+
+    pid: int
+    user: ProcessUser | None = None
+
+
+def _started(reply: dict[str, Any]) -> Started:
+    user = reply.get("user")
+    if not isinstance(user, dict):
+        return Started(_int(reply.get("pid")))
+    groups = user.get("groups")
+    return Started(_int(reply.get("pid")), ProcessUser(
+        _int(user.get("uid")), _int(user.get("gid")),
+        tuple(_int(g) for g in groups) if isinstance(groups, list) else ()))
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -887,7 +918,7 @@ class AgentClient:
     async def rewrite_files(self, container: str, files: list[FileSpec]) -> None:
         await self.request(T_FILES, {"container": container, "files": file_payloads(files)})
 
-    async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int:
+    async def start(self, spec: ProcessSpec, output: ProcessOutput) -> Started:
         """Start a process; its output goes to `output` from the first byte."""
         self._forget_unclaimed(spec.proc)
         self._outputs[spec.proc] = output
@@ -899,7 +930,7 @@ class AgentClient:
             self._outputs.pop(spec.proc, None)
             self._known.discard(spec.proc)
             raise
-        return _int(reply.get("pid"))
+        return _started(reply)
 
     def attach_output(self, proc: int, output: ProcessOutput) -> None:
         """Output of a process started before hbd connected goes to `output`,

@@ -28,6 +28,7 @@ from hbd.drivers.agent import (
     ProcessSpec,
     ProcState,
     ResourceUpdate,
+    Started,
 )
 from hbd.drivers.guest import Guest, GuestSpec
 from hbd.drivers.vm import DiskSpec, VMSpec
@@ -139,7 +140,7 @@ class FakeGuest:
     def failure(self) -> str:
         return ""
 
-    async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int:
+    async def start(self, spec: ProcessSpec, output: ProcessOutput) -> Started:
         if self._exited.is_set():
             raise AgentError("state", "the guest is gone", 0)
         self.started.append(spec)
@@ -169,7 +170,8 @@ class FakeGuest:
         self._states[spec.proc] = ProcState(spec.proc, spec.container, proc.pid, spec.main, True,
                                             0, 0, False)
         spawn(self._pump(spec, proc, output))
-        return proc.pid
+        # A host process: the identity a guest would resolve is not known.
+        return Started(proc.pid)
 
     def _without_init(self, spec: ProcessSpec) -> list[str]:
         """The command a guest's docker-init (bound for `init`) would run: the

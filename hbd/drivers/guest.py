@@ -36,6 +36,7 @@ from hbd.drivers.agent import (
     ProcState,
     ResourceUpdate,
     SandboxSetup,
+    Started,
     connect_unless,
 )
 from hbd.drivers.cgroups import Cgroups
@@ -132,7 +133,7 @@ class Guest(Protocol):
 
     async def remove_disk(self, serial: str) -> None: ...
 
-    async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int: ...
+    async def start(self, spec: ProcessSpec, output: ProcessOutput) -> Started: ...
 
     def attach_output(self, proc: int, output: ProcessOutput) -> None: ...
 
@@ -294,7 +295,7 @@ class QemuGuest:
     async def remove_disk(self, serial: str) -> None:
         await self._qmp(self.vm.remove_disk(serial))
 
-    async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int:
+    async def start(self, spec: ProcessSpec, output: ProcessOutput) -> Started:
         return await self.agent.start(spec, output)
 
     def attach_output(self, proc: int, output: ProcessOutput) -> None:

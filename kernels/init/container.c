@@ -764,6 +764,7 @@ static int copy_process_settings(struct container *c, const struct json *spec, s
 		}
 		buf_add(&c->group_add, g->str, strlen(g->str) + 1);
 	}
+	c->groups_strict = json_bool(spec, "groups_strict", 0);
 	long long adj = json_int(spec, "oom_score_adj", 0);
 	if (adj < -1000 || adj > 1000) {
 		set_err(e, "invalid", EINVAL, "oom_score_adj %lld is out of [-1000, 1000]", adj);

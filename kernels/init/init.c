@@ -506,7 +506,10 @@ static void handle_start(uint32_t id, const struct json *req)
 	if (is_main)
 		c->main_pid = p->pid;
 	struct buf b = {0};
-	buf_printf(&b, "{\"pid\":%d}", p->pid);
+	if (p->user[0])
+		buf_printf(&b, "{\"pid\":%d,\"user\":%s}", p->pid, p->user);
+	else
+		buf_printf(&b, "{\"pid\":%d}", p->pid);
 	ack(id, &b);
 	TRACE("process %u started as %d", p->id, p->pid);
 }

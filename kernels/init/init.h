@@ -118,6 +118,7 @@ struct container {
 	struct buf sysctls;   /* "key\0value\0"…, applied by its main process */
 	/* What every process of the container gets (main and exec): */
 	struct buf group_add; /* "name\0"…: Docker's GroupAdd, resolved at START */
+	int groups_strict;    /* no supplementary groups from /etc/group memberships */
 	int nrlimits;
 	struct rlimit_spec rlimits[MAX_RLIMITS];
 	int oom_score_adj;
@@ -145,6 +146,9 @@ struct proc {
 	uint32_t in_ack;      /* stdin bytes consumed and not yet acknowledged */
 	int exit_sent;
 	long long oom_before;
+	/* The identity it runs as, for START's reply: {"uid","gid","groups"} as
+	 * JSON ("" for a builtin, which runs as the init does). */
+	char user[1024];
 	/* Output frames (STDOUT, STDERR and their EOFs) are numbered from 0 per
 	 * process. While the host acknowledges output (PROTOCOL.md §6), the ones
 	 * it has not acknowledged stay in `retained`, whole and in order, so a

@@ -283,9 +283,47 @@ static int resolve_identity(const struct spawn *s, struct identity *id, char *er
 	struct identity own = *id;
 	id->ngroups = 0;
 	add_group(id, own.gid);
-	for (int i = 0; i < own.ngroups; i++)
+	/* Kubernetes' SupplementalGroupsPolicy Strict: only the groups asked for. */
+	for (int i = 0; i < own.ngroups && !s->c->groups_strict; i++)
 		add_group(id, own.groups[i]);
 	return add_extra_groups(&s->c->group_add, id, err, errlen);
+}
+
+/* The identity the process runs as, for START's reply: "=id UID GID G…\n"
+ * on the failure pipe, ahead of any failure report (§4). */
+static void report_identity(struct spawn *s, const struct identity *id)
+{
+	char out[1024];
+	int n = snprintf(out, sizeof(out), "=id %u %u", (unsigned)id->uid, (unsigned)id->gid);
+	for (int i = 0; i < id->ngroups && n > 0 && (size_t)n < sizeof(out) - 16; i++)
+		n += snprintf(out + n, sizeof(out) - (size_t)n, " %u", (unsigned)id->groups[i]);
+	if (n > 0 && (size_t)n < sizeof(out) - 1) {
+		out[n++] = '\n';
+		write_all(s->err_pipe, out, (size_t)n);
+	}
+}
+
+/* A child's "=id" line (NUL-terminated where its newline was) as the JSON
+ * START replies with. */
+static void identity_json(const char *line, char *out, size_t cap)
+{
+	char *end;
+	const char *at = line + 4;
+	unsigned long uid = strtoul(at, &end, 10);
+	unsigned long gid = strtoul(at = end, &end, 10);
+	int n = snprintf(out, cap, "{\"uid\":%lu,\"gid\":%lu,\"groups\":[", uid, gid);
+	const char *sep = "";
+	for (at = end; n > 0 && (size_t)n < cap - 24; at = end) {
+		unsigned long group = strtoul(at, &end, 10);
+		if (end == at)
+			break;
+		n += snprintf(out + n, cap - (size_t)n, "%s%lu", sep, group);
+		sep = ",";
+	}
+	if (n > 0 && (size_t)n < cap - 3)
+		snprintf(out + n, cap - (size_t)n, "]}");
+	else
+		out[0] = 0;
 }
 
 /* --ulimit and --oom-score-adj, before the user changes (raising a limit or
@@ -541,6 +579,7 @@ static void __attribute__((noreturn)) child_main(struct spawn *s)
 		child_fail(s, "user", errno, "set user %s: %s", s->user, strerror(errno));
 	if (security_after_user(&s->c->security, s->privileged, err, sizeof(err)))
 		child_fail(s, "system", errno, "%s", err);
+	report_identity(s, &id);
 	TRACE("child execs %s", program);
 	execve(program, s->argv, s->envp);
 	int saved = errno;
@@ -730,7 +769,7 @@ int process_start(const struct json *spec, struct proc *p, struct container *c, 
 	close_fd(&s.stdio[0]);
 	close_fd(&s.stdio[1]);
 	close_fd(&s.stdio[2]);
-	char report[1024];
+	char report[2048];
 	size_t got = 0;
 	for (;;) {
 		ssize_t r = read(err_pipe[0], report + got, sizeof(report) - 1 - got);
@@ -742,8 +781,15 @@ int process_start(const struct json *spec, struct proc *p, struct container *c, 
 		if (got == sizeof(report) - 1)
 			break;
 	}
+	report[got] = 0;
+	if (!strncmp(report, "=id ", 4) && strchr(report, '\n')) {
+		char *rest = strchr(report, '\n');
+		*rest++ = 0;
+		identity_json(report, p->user, sizeof(p->user));
+		got -= (size_t)(rest - report);
+		memmove(report, rest, got + 1);
+	}
 	if (got) {
-		report[got] = 0;
 		waitpid(pid, NULL, 0);
 		char *kind = report, *num = strchr(report, '\n'), *msg = num ? strchr(num + 1, '\n') : NULL;
 		if (!num || !msg) {

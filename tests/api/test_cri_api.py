@@ -106,6 +106,36 @@ def test_runtime_identity_and_status(cri: Cri) -> None:
         "RuntimeReady": True, "NetworkReady": True}
     config = cri.runtime.RuntimeConfig(pb.RuntimeConfigRequest())
     assert config.linux.cgroup_driver == pb.CGROUPFS
+    features = cri.runtime.Status(pb.StatusRequest()).features
+    assert features.supplemental_groups_policy
+
+
+def test_supplemental_groups_policy_reaches_the_guest(cri: Cri) -> None:
+    """Strict: the guest leaves the image's /etc/group memberships out;
+    Merge (the default) keeps them. The guest tells the identity it set."""
+    pod_id, config = run_pod(cri, "groups")
+    try:
+        asked = {}
+        for policy in (pb.Merge, pb.Strict):
+            app = container_config("app", "sleep", "100000")
+            app.linux.security_context.supplemental_groups.append(1234)
+            app.linux.security_context.supplemental_groups_policy = policy
+            app.metadata.attempt = int(policy)
+            app_id = create(cri, pod_id, config, app)
+            cri.runtime.StartContainer(pb.StartContainerRequest(container_id=app_id))
+            sb = cri.api.daemon.containers.sandboxes.holding(app_id)
+            assert sb is not None
+            member = sb.member(app_id)
+            assert member is not None
+            setup = sb.guest.containers[member.guest_id]  # type: ignore[attr-defined]
+            asked[policy] = (setup.groups_strict, setup.group_add)
+            # The fake guest runs a host process: it cannot tell the identity.
+            status = cri.runtime.ContainerStatus(
+                pb.ContainerStatusRequest(container_id=app_id)).status
+            assert not status.HasField("user")
+        assert asked == {pb.Merge: (False, ["1234"]), pb.Strict: (True, ["1234"])}
+    finally:
+        cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
 
 def test_images_are_the_engine_api_store(cri: Cri) -> None:

@@ -445,3 +445,17 @@ async def test_hellos_features_are_taken_as_strings_only(
     assert client.guest_info.features == known
     assert broken == []
     await client.close()
+
+
+@pytest.mark.parametrize(("reply", "started"), [
+    ({"pid": 7}, agent_mod.Started(7)),
+    ({"pid": 7, "user": {"uid": 1000, "gid": 1000, "groups": [1000, 1234, 50000]}},
+     agent_mod.Started(7, agent_mod.ProcessUser(1000, 1000, (1000, 1234, 50000)))),
+    # A guest's odd answer is read as far as it makes sense, never raises.
+    ({"pid": 7, "user": "root"}, agent_mod.Started(7)),
+    ({"pid": 7, "user": {"uid": "0", "groups": ["x", True, 5]}},
+     agent_mod.Started(7, agent_mod.ProcessUser(0, 0, (0, 0, 5)))),
+])
+def test_start_replies_with_the_identity_a_process_runs_as(
+        reply: dict[str, object], started: agent_mod.Started) -> None:
+    assert agent_mod._started(reply) == started

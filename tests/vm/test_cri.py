@@ -541,3 +541,43 @@ def test_host_to_container_propagation(node: Node, tmp_path: Path) -> None:
         node.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id),
                                       timeout=120)
         subprocess.run(["umount", "-R", "-l", str(host)], check=True)
+
+
+def test_supplemental_groups_policy_and_the_identity_reported(node: Node,
+                                                               tmp_path: Path) -> None:
+    """critest's SupplementalGroupsPolicy specs: the image lists its user in
+    a group of its own; Merge (the default) adds it to the groups asked for,
+    Strict does not; ContainerStatus.user tells what the first process got."""
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(
+        "FROM busybox\n"
+        "RUN echo 'default-user:x:1000:1000::/home/default-user:/bin/sh' >> /etc/passwd && "
+        "echo 'default-user:x:1000:' >> /etc/group && "
+        "echo 'group-defined-in-image:x:50000:default-user' >> /etc/group\n"
+        "USER 1000\n")
+    node.daemon.docker("build", "-q", "-t", "groups:1", str(tmp_path / "ctx"), timeout=300)
+    pod_id, pod = run_pod(node, "groups", tmp_path)
+    try:
+        seen = {}
+        for policy in (pb.Merge, pb.Strict):
+            name = f"app{int(policy)}"
+            config = pb.ContainerConfig(
+                metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image="groups:1"),
+                command=["sh", "-c", "id -G; exec sleep 100000"], log_path=f"{name}.log",
+                linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
+                    run_as_user=pb.Int64Value(value=1000), supplemental_groups=[1234],
+                    supplemental_groups_policy=policy)))
+            cid = node.runtime.CreateContainer(pb.CreateContainerRequest(
+                pod_sandbox_id=pod_id, config=config, sandbox_config=pod),
+                timeout=120).container_id
+            node.runtime.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
+            user = node.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid),
+                                                timeout=60).status.user.linux
+            code, out = exec_sync(node, cid, "id", "-G")
+            assert code == 0, out
+            seen[policy] = (user.uid, user.gid, sorted(user.supplemental_groups), out)
+        assert seen == {pb.Merge: (1000, 1000, [1000, 1234, 50000], "1000 1234 50000\n"),
+                        pb.Strict: (1000, 1000, [1000, 1234], "1000 1234\n")}
+    finally:
+        remove_pod(node, pod_id)
+        node.daemon.docker("rmi", "groups:1")

@@ -59,6 +59,7 @@ def container_config(cfg: pb.ContainerConfig) -> m.ContainerConfig:
             run_as_group=sec.run_as_group.value if sec.HasField("run_as_group") else None,
             run_as_username=sec.run_as_username,
             supplemental_groups=list(sec.supplemental_groups),
+            groups_strict=sec.supplemental_groups_policy == pb.Strict,
             cap_add=list(sec.capabilities.add_capabilities),
             cap_drop=list(sec.capabilities.drop_capabilities),
             no_new_privs=sec.no_new_privs,
@@ -127,7 +128,10 @@ def container_status(c: m.ContainerStatus) -> pb.ContainerStatus:
         image_ref=c.image_ref, image_id=c.image_id, reason=c.reason, message=c.message,
         labels=c.labels, annotations=c.annotations,
         mounts=[mount_status(mt) for mt in c.mounts],
-        log_path=c.log_path)
+        log_path=c.log_path,
+        user=pb.ContainerUser(linux=pb.LinuxContainerUser(
+            uid=c.user.uid, gid=c.user.gid, supplemental_groups=c.user.supplemental_groups))
+        if c.user is not None else None)
 
 
 def container_summary(c: m.ContainerStatus) -> pb.Container:

@@ -49,7 +49,8 @@ class RuntimeServicer:
         return pb.StatusResponse(status=pb.RuntimeStatus(conditions=conditions),
                                  runtime_handlers=[pb.RuntimeHandler(
                                      name="", features=pb.RuntimeHandlerFeatures(
-                                         recursive_read_only_mounts=True))])
+                                         recursive_read_only_mounts=True))],
+                                 features=pb.RuntimeFeatures(supplemental_groups_policy=True))
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest,
                             context: Context) -> pb.RuntimeConfigResponse:

@@ -37,10 +37,12 @@ class Creator:
     publish: tenancy.PublishPolicy = field(default_factory=tenancy.PublishPolicy)
 
     async def create(self, name: str | None, body: dict[str, Any],
-                     api_version: str = "", scope: Scope = OPERATOR) -> dict[str, Any]:
+                     api_version: str = "", scope: Scope = OPERATOR,
+                     groups_strict: bool = False) -> dict[str, Any]:
         """`api_version`: the client's ("" for the latest), for what older
         API versions meant by a field; `scope`: the asker, whose container it
-        is and whose objects it may name."""
+        is and whose objects it may name; `groups_strict`: no supplementary
+        groups from the image's /etc/group (the CRI's, not in a body)."""
         if not isinstance(body, dict):
             raise InvalidParameter("invalid JSON: container config must be an object")
         config = cc.normalize_config(body)
@@ -85,7 +87,7 @@ class Creator:
         c = Container(
             id=cid, name=name, created=rfc3339_nano(), image_id=img.id, config=config,
             host_config=host_config, path=args[0], args=args[1:], networks=attachments,
-            mounts=mounts, links=legacy_links,
+            mounts=mounts, links=legacy_links, groups_strict=groups_strict,
         )
         directory = self.store.dir(c)
         directory.mkdir(parents=True)

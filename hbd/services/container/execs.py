@@ -221,7 +221,7 @@ class ExecService:
             privileged=instance.privileged,
         )
         try:
-            instance.pid = await run.guest.start(spec, instance)
+            instance.pid = (await run.guest.start(spec, instance)).pid
         except AgentError as e:
             instance.running = False
             instance.exit_code = 126 if ("permission denied" in e.message or

@@ -38,6 +38,11 @@ class ContainerState:
     error: str = ""
     started_at: str = ZERO_TIME
     finished_at: str = ZERO_TIME
+    # The identity the main process started as, as its guest resolved it
+    # (uid -1: not known): the CRI's ContainerStatus.user.
+    uid: int = -1
+    gid: int = -1
+    groups: list[int] = field(default_factory=list)
 
     def view(self, health: HealthState | None = None) -> dict[str, Any]:
         out = {
@@ -171,6 +176,9 @@ class Container:
     health: HealthState | None = None
     # Legacy links, registered at create (not on user-defined networks).
     links: list[Link] = field(default_factory=list)
+    # No supplementary groups from the image's /etc/group (the CRI's
+    # SupplementalGroupsPolicy Strict; the Engine API has no such setting).
+    groups_strict: bool = False
     # Runtime only, never persisted.
     run: Run | None = field(default=None, repr=False)
     attachments: set[Attachment] = field(default_factory=set, repr=False)
@@ -201,6 +209,7 @@ class Container:
             "health": asdict(self.health) if self.health else None,
             "manually_stopped": self.manually_stopped,
             "links": [asdict(link) for link in self.links],
+            "groups_strict": self.groups_strict,
         }
 
     @classmethod
@@ -216,6 +225,7 @@ class Container:
             health=HealthState(**rec["health"]) if rec.get("health") else None,
             manually_stopped=rec.get("manually_stopped", False),
             links=[Link(**link) for link in rec.get("links", [])],
+            groups_strict=rec.get("groups_strict", False),
         )
 
     def health_status(self) -> str:

@@ -29,6 +29,7 @@ from hbd.drivers.agent import (
     ProcessOutput,
     ProcessSpec,
     ResourceUpdate,
+    Started,
 )
 from hbd.drivers.guest import Guest
 from hbd.drivers.vm import SCSI_LUNS
@@ -204,7 +205,7 @@ class ContainerInGuest:
         spec.container = self.member.guest_id
         return spec
 
-    async def start(self, spec: ProcessSpec, output: ProcessOutput) -> int:
+    async def start(self, spec: ProcessSpec, output: ProcessOutput) -> Started:
         return await self.sandbox.guest.start(self.process(spec), output)
 
     def attach_output(self, proc: int, output: ProcessOutput) -> None:

@@ -137,8 +137,9 @@ class ContainerService:
     # are qualified with its project, so it finds its own containers only.
 
     async def create(self, name: str | None, body: dict[str, Any],
-                     api_version: str = "", scope: Scope = OPERATOR) -> dict[str, Any]:
-        return await self.creator.create(name, body, api_version, scope)
+                     api_version: str = "", scope: Scope = OPERATOR,
+                     groups_strict: bool = False) -> dict[str, Any]:
+        return await self.creator.create(name, body, api_version, scope, groups_strict)
 
     def rename(self, ref: str, new_name: str, scope: Scope = OPERATOR) -> None:
         self.creator.rename(scope.qualify(ref), new_name, scope)

@@ -200,7 +200,7 @@ class Starter:
         run = Run(c, view, writer)
         run.memory_mib = plan.memory_mib if target is None else 0
         try:
-            await view.start(self._main_process(c, view), run)
+            started = await view.start(self._main_process(c, view), run)
         except AgentError as e:
             writer.close()
             await self.sandboxes.leave(view, clean=True)
@@ -211,6 +211,9 @@ class Starter:
         c.state = ContainerState(
             status="running", running=True, pid=view.pid, started_at=rfc3339_nano(),
         )
+        if started.user is not None:
+            c.state.uid, c.state.gid = started.user.uid, started.user.gid
+            c.state.groups = list(started.user.groups)
         self.monitor.begin_health(c, run)
         self.store.save(c)
         c.run_started.set()
@@ -355,6 +358,7 @@ class Starter:
             cpu_weight=hostconfig.cpu_weight(int(hc.get("CpuShares") or 0)),
             memory_low=int(hc.get("MemoryReservation") or 0),
             group_add=[str(g) for g in hc.get("GroupAdd") or []],
+            groups_strict=c.groups_strict,
             rlimits=[Rlimit(str(u["Name"]).lower(), int(u.get("Soft") or 0),
                             int(u.get("Hard") or 0)) for u in hc.get("Ulimits") or []],
             oom_score_adj=int(hc.get("OomScoreAdj") or 0),

@@ -89,6 +89,8 @@ class SecurityContext:
     run_as_group: int | None = None
     run_as_username: str = ""
     supplemental_groups: list[int] = field(default_factory=list)
+    # SupplementalGroupsPolicy Strict: the image's /etc/group adds no groups.
+    groups_strict: bool = False
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     no_new_privs: bool = False
@@ -164,6 +166,16 @@ class ContainerStatus:
     mounts: list[Mount]
     log_path: str
     pid: int = 0
+    user: ContainerUser | None = None
+
+
+@dataclass
+class ContainerUser:
+    """The identity the container's first process started as."""
+
+    uid: int
+    gid: int
+    supplemental_groups: list[int]
 
 
 @dataclass

@@ -340,7 +340,7 @@ class PodService:
                   LOG_PATH: log_path}
         body = self._container_body(pod, cfg, labels, log_path)
         created = await self.containers.create(_name(cfg.metadata.name, cfg.metadata, pod_md),
-                                               body)
+                                               body, groups_strict=cfg.security.groups_strict)
         return str(created["Id"])
 
     def _container_body(self, pod: Container, cfg: m.ContainerConfig,
@@ -460,7 +460,9 @@ class PodService:
             image_ref=image_ref, reason=reason, message=state.error,
             labels=_user_labels(labels), annotations=_annotations(labels),
             mounts=[_mount_status(mp) for mp in c.mounts],
-            log_path=labels.get(LOG_PATH, ""), pid=state.pid)
+            log_path=labels.get(LOG_PATH, ""), pid=state.pid,
+            user=m.ContainerUser(state.uid, state.gid, list(state.groups))
+            if state.uid >= 0 else None)
 
     # -- processes --------------------------------------------------------------------------
 
