@@ -103,11 +103,11 @@ def wait_for_socket(socket: Path, process: subprocess.Popen[bytes], log: Path,
 
 def kill_guests(exec_root: Path) -> None:
     """Kill any QEMU whose run directory is under exec_root (a test's leftovers),
-    and unpin the daemon's share space (else the exec root cannot go)."""
+    and end the daemon's share space (its holder process)."""
     for pidfile in exec_root.glob("*/qemu.pid"):
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
-    hostmount.unpin_space(exec_root / SHARE_SPACE_DIR)
+    hostmount.end_space(exec_root / SHARE_SPACE_DIR)
 
 
 def run_dirs(exec_root: Path) -> set[Path]:
@@ -118,12 +118,13 @@ def run_dirs(exec_root: Path) -> set[Path]:
 def share_space_mountinfo(exec_root: Path) -> list[str]:
     """The mountinfo of a daemon's share space (hbd.drivers.hostmount), where
     its guests' shared directories are mounted: empty if it has none."""
-    pin = exec_root / SHARE_SPACE_DIR / "ns"
-    if not pin.exists():
+    pid = hostmount.holder_of(exec_root / SHARE_SPACE_DIR)
+    if not pid:
         return []
-    seen = subprocess.run(["nsenter", f"--mount={pin}", "cat", "/proc/self/mountinfo"],
-                          capture_output=True, check=False)
-    return seen.stdout.decode().splitlines() if seen.returncode == 0 else []
+    try:
+        return Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 def remove_cgroups(parent: str) -> None:

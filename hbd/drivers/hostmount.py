@@ -8,9 +8,9 @@ namespace that copy would hold every mount beneath the source busy for the
 host, which could then not remove the directory of a mount it took away
 (rmdir fails with EBUSY for a mount point in the caller's own namespace, and
 quietly detaches those of other namespaces). The space is a slave of the
-host's namespace (the host's later mounts still reach it), pinned by a bind
-mount under the daemon's exec root, so it outlives an hbd restart with the
-guests and virtiofsds that use it. hbd works in it from one thread of its
+host's namespace (the host's later mounts still reach it), held by a
+process of its own, so it outlives an hbd restart with the guests and
+virtiofsds that use it. hbd works in it from one thread of its
 own that entered it (setns applies to the calling thread, once it has a
 filesystem context of its own), and virtiofsd is started in it.
 
@@ -38,20 +38,24 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import queue
 import re
+import signal
 import stat
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar
 
+from hbd.drivers import jail
+
 T = TypeVar("T")
 
 MS_BIND = 0x1000
-MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
@@ -246,62 +250,45 @@ def _remove_export_dir(directory: Path) -> None:
         directory.rmdir()
 
 
-def _make_private_mount(directory: Path) -> None:
-    """`directory` a mount point of its own with private propagation: a
-    namespace can be pinned only on such a mount (else the pin would
-    propagate into the namespace itself, a loop the kernel refuses)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    if str(directory) not in _mount_points("/proc/self/mountinfo"):
-        path = str(directory).encode()
-        _check(_libc.mount(path, path, None, MS_BIND, None), f"bind {directory}")
-    _check(_libc.mount(None, str(directory).encode(), None, MS_PRIVATE, None),
-           f"make {directory} private")
+# The process that holds a share space: util-linux's unshare makes the
+# namespace (a slave copy of its caller's) and becomes a sleep in it.
+HOLDER_ARGV = ["unshare", "--mount", "--propagation", "slave", "sleep", "infinity"]
+HOLDER_CMDLINE = b"sleep\0infinity\0"
+HOLDER_START_TIMEOUT = 10.0
 
 
-def _new_namespace(pin: Path) -> None:
-    """A new mount namespace, a slave copy of the caller's, pinned at `pin`.
-    It is made by a thread of its own (unshare applies to the calling thread
-    alone) and bound to `pin` from here, in the caller's namespace, where
-    `pin` is."""
-    made = threading.Event()
-    pinned = threading.Event()
-    outcome: dict[str, int | OSError] = {}
-
-    def thread_main() -> None:
-        try:
-            _check(_libc.unshare(CLONE_NEWNS), "make a mount namespace")  # CLONE_FS too
-            _check(_libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None),
-                   "make the mount namespace a slave of the host's")
-            outcome["tid"] = threading.get_native_id()
-        except OSError as e:
-            outcome["error"] = e
-        made.set()
-        pinned.wait()  # the namespace lives while this thread does, until pinned
-
-    thread = threading.Thread(target=thread_main, name="share space made", daemon=True)
-    thread.start()
-    made.wait()
+def _holder_in_place(pid: int) -> bool:
+    """Whether `pid` is a holder that has made its namespace (and so runs sleep)."""
     try:
-        error = outcome.get("error")
-        if isinstance(error, OSError):
-            raise error
-        pin.touch()
-        source = f"/proc/self/task/{outcome['tid']}/ns/mnt".encode()
-        _check(_libc.mount(source, str(pin).encode(), None, MS_BIND, None),
-               f"pin the mount namespace at {pin}")
-    finally:
-        pinned.set()
-        thread.join()
+        return Path(f"/proc/{pid}/cmdline").read_bytes() == HOLDER_CMDLINE and \
+            os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return False
 
 
-def _enter(pin: Path) -> None:
-    """The calling thread into the namespace pinned at `pin`, for good. It
-    needs a filesystem context (root, cwd) of its own first: setns refuses to
-    move one that the process's other threads share."""
+def _start_holder() -> int:
+    """A new share space's holder, once its namespace is made."""
+    pid = jail.spawn("/usr/bin/unshare", HOLDER_ARGV, None, (), -1, (), ())
+    deadline = time.monotonic() + HOLDER_START_TIMEOUT
+    while not _holder_in_place(pid):
+        if time.monotonic() > deadline or not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            raise MountError(errno.ESRCH, "the share space's holder (unshare) did not start")
+        time.sleep(0.002)
+    return pid
+
+
+def _enter(namespace: str) -> None:
+    """The calling thread into the mount namespace `namespace` (a
+    /proc/PID/ns/mnt), for good. It needs a filesystem context (root, cwd)
+    of its own first: setns refuses to move one the process's other threads
+    share."""
     _check(_libc.unshare(CLONE_FS), "unshare the filesystem context")
-    fd = os.open(pin, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(namespace, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check(_libc.setns(fd, CLONE_NEWNS), f"enter the mount namespace {pin}")
+        _check(_libc.setns(fd, CLONE_NEWNS), f"enter the mount namespace {namespace}")
     finally:
         os.close(fd)
 
@@ -311,21 +298,30 @@ Work = tuple[Callable[[], object], "Future[object]"]
 
 class ShareSpace:
     """The mount namespace of a daemon's export directories and shares, and
-    the thread hbd works in it from. It is pinned at `directory`/ns (made on
-    first use, joined if an earlier hbd left it) and stays pinned when hbd
-    stops with guests running. Every call blocks until the thread is done:
-    these are short mount calls, as they were when made in place."""
+    the thread hbd works in it from. A process of its own holds it (its pid
+    in `directory`/holder.pid): started on first use, found again if an
+    earlier hbd left it, left running when hbd stops with guests running.
+    (Not a bind-mounted pin: the kernel refuses to pin a namespace it does
+    not number after the caller's, and this one's numbers are not in order
+    of making, so pinning failed at random under a namespace of someone
+    else's making, unshare(1)'s or a systemd unit's.) Every call blocks
+    until the thread is done: these are short mount calls, as they were
+    when made in place."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._queue: queue.SimpleQueue[Work | None] | None = None
         self._thread: threading.Thread | None = None
+        self._holder = 0
         self._lock = threading.Lock()
 
     @property
     def namespace(self) -> Path:
-        """The namespace's pin: what virtiofsd is started in (setns)."""
-        return self.directory / "ns"
+        """The namespace (/proc/PID/ns/mnt): what virtiofsd is started in."""
+        with self._lock:
+            if self._queue is None:
+                self._open()
+        return Path(f"/proc/{self._holder}/ns/mnt")
 
     def run(self, work: Callable[[], T]) -> T:
         """`work()` run in the space, by its thread."""
@@ -338,20 +334,25 @@ class ShareSpace:
         return done.result()  # type: ignore[return-value]
 
     def _open(self) -> None:
-        if str(self.namespace) not in _mount_points("/proc/self/mountinfo"):
-            _make_private_mount(self.directory)
-            _new_namespace(self.namespace)
+        self._holder = holder_of(self.directory)
+        if not self._holder:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._holder = _start_holder()
+            (self.directory / "holder.pid").write_text(f"{self._holder}\n")
         work: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
         entered: Future[object] = Future()
-        thread = threading.Thread(target=self._serve, args=(work, entered),
+        thread = threading.Thread(target=self._serve,
+                                  args=(f"/proc/{self._holder}/ns/mnt", work, entered),
                                   name="share space", daemon=True)
         thread.start()
         entered.result()
         self._queue, self._thread = work, thread
 
-    def _serve(self, work: queue.SimpleQueue[Work | None], entered: Future[object]) -> None:
+    @staticmethod
+    def _serve(namespace: str, work: queue.SimpleQueue[Work | None],
+               entered: Future[object]) -> None:
         try:
-            _enter(self.namespace)
+            _enter(namespace)
         except OSError as e:
             entered.set_exception(e)
             return
@@ -398,8 +399,8 @@ class ShareSpace:
         """The mount points the space has (for checks)."""
         return self.run(_mount_points)
 
-    def close(self, unpin: bool) -> None:
-        """The thread ends; with `unpin` (no guest uses the space any more)
+    def close(self, end: bool) -> None:
+        """The thread ends; with `end` (no guest uses the space any more)
         the namespace goes too, and its mounts with it."""
         with self._lock:
             if self._queue is not None:
@@ -407,15 +408,28 @@ class ShareSpace:
                 assert self._thread is not None
                 self._thread.join()
                 self._queue = self._thread = None
-            if unpin:
-                unpin_space(self.directory)
+            if end:
+                end_space(self.directory)
 
 
-def unpin_space(directory: Path) -> None:
-    """A share space's pin gone: the namespace ends with the last thread or
+def holder_of(directory: Path) -> int:
+    """The pid of the process holding the share space of `directory` (0: none)."""
+    try:
+        pid = int((directory / "holder.pid").read_text())
+    except (OSError, ValueError):
+        return 0
+    return pid if _holder_in_place(pid) else 0
+
+
+def end_space(directory: Path) -> None:
+    """A share space gone: its holder ends, and the namespace with the last
     process in it (a virtiofsd's, say)."""
-    for mount in (directory / "ns", directory):
-        _libc.umount2(str(mount).encode(), MNT_DETACH)
+    pid = holder_of(directory)
+    if pid:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)  # hbd's own child, unless an earlier hbd started it
     with contextlib.suppress(OSError):
-        (directory / "ns").unlink()
+        (directory / "holder.pid").unlink()
         directory.rmdir()

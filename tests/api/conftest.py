@@ -134,8 +134,8 @@ def serve_api_daemon(base: Path, tenants: dict[str, Identity] | None = None,
     loop.call_soon_threadsafe(stop.set)
     thread.join(30)
     asyncio.run(remove_host_state(instance_tag(Path(config.daemon.data_root))))
-    # A daemon that stops with guests running keeps its share space pinned.
-    hostmount.unpin_space(exec_root / SHARE_SPACE_DIR)
+    # A daemon that stops with guests running keeps its share space.
+    hostmount.end_space(exec_root / SHARE_SPACE_DIR)
     shutil.rmtree(exec_root, ignore_errors=True)
 
 

@@ -43,7 +43,7 @@ def space(tmp_path: Path) -> Iterator[hostmount.ShareSpace]:
         pytest.skip("mounts need root")
     shares = hostmount.ShareSpace(tmp_path / "space")
     yield shares
-    shares.close(unpin=True)
+    shares.close(end=True)
 
 
 @pytest.fixture
@@ -158,14 +158,14 @@ def test_a_process_started_in_the_space_sees_shares_attached_later(
 def test_the_space_outlives_its_thread(tree: tuple[Path, Path], tmp_path: Path,
                                        space: hostmount.ShareSpace) -> None:
     """hbd stops with guests running and starts again: the shares are where
-    they were, in the same space, pinned."""
+    they were, in the same space, its holder still there."""
     source, export = tree
     space.attach_share(source, export / "share", readonly=False)
-    space.close(unpin=False)
+    space.close(end=False)
     again = hostmount.ShareSpace(tmp_path / "space")
     try:
         assert str(export / "share") in again.mount_points()
         again.detach_share(export / "share")
         assert str(export / "share") not in space.mount_points()
     finally:
-        again.close(unpin=False)
+        again.close(end=False)

@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 SANDBOX_ID = re.compile(r"[0-9a-f]{32}")
 MS_RDONLY = 0x1  # mount(2)'s, for a disk the guest mounts read-only
 # Under the exec root beside the sandboxes' run directories: the share
-# space's pin (hbd.drivers.hostmount).
+# space's holder (hbd.drivers.hostmount).
 SHARE_SPACE_DIR = "shares"
 
 # How long a guest may take to sync and power off before it is killed.
@@ -245,7 +245,7 @@ class SandboxManager:
                                       routes=self._routes(record, member.netns)),
                 container=setup,
                 shared_dir=run_dir / "fs" if record.shared_fs else None,
-                shared_dir_namespace=self.shares.namespace,
+                shared_dir_namespace=self.shares.namespace if record.shared_fs else None,
                 # A clone has no shared filesystem: only for a container that
                 # needs none at start (block volumes are disks, fine), and not
                 # bound to NUMA nodes (a template's RAM is not).
@@ -841,7 +841,7 @@ class SandboxManager:
         for sb in self.sandboxes.values():
             sb.guest.detach()
         # Guests that run on keep their shares; with none, nothing is left.
-        self.shares.close(unpin=not self.sandboxes)
+        self.shares.close(end=not self.sandboxes)
 
 
 def _output_resume(record: SandboxRecord, marks: Mapping[str, OutputMark]) -> list[OutputResume]:
