@@ -67,8 +67,10 @@ def bare_initrd(work: Path) -> Path:
     return initrd
 
 
-async def bare_boot(driver: QemuMicrovmDriver, spec: VMSpec, export: Path) -> None:
-    """One boot of the bare guest, set up as hbd sets up a container's guest."""
+async def bare_boot(driver: QemuMicrovmDriver, spec: VMSpec, space: hostmount.ShareSpace,
+                    export: Path) -> None:
+    """One boot of the bare guest, set up as hbd sets up a container's guest
+    (its export directory in a share space, virtiofsd started there)."""
     tag = secrets.token_hex(4)
     fds: list[int] = []
     virtiofsd = None
@@ -77,8 +79,9 @@ async def bare_boot(driver: QemuMicrovmDriver, spec: VMSpec, export: Path) -> No
             tap = f"bfl{tag}{i:x}"
             fds.append(net.open_tap(tap))
             spec.nics[i] = NicSpec(tap, spec.nics[i].mac, fds[-1])
-        hostmount.make_export_dir(export)
-        virtiofsd = await Virtiofsd.start(spec.run_dir, export)
+        space.make_export_dir(export)
+        virtiofsd = await Virtiofsd.start(spec.run_dir, export,
+                                          mount_namespace=space.namespace)
         spec.shared_fs_socket = virtiofsd.socket
         vm = await driver.launch(spec)
         await vm.wait_exit()
@@ -87,7 +90,7 @@ async def bare_boot(driver: QemuMicrovmDriver, spec: VMSpec, export: Path) -> No
             os.close(fd)  # QEMU is gone: so are the taps
         if virtiofsd is not None:
             await virtiofsd.stop()  # it exits once QEMU lets go; stop() sees it gone
-        hostmount.remove_export_dir(export)
+        space.remove_export_dir(export)
 
 
 def bare_floor(runs: int, work: Path) -> Timing:
@@ -109,16 +112,18 @@ def bare_floor(runs: int, work: Path) -> Timing:
                   nics=[NicSpec("", f"02:68:62:00:00:{i:02x}", -1)
                         for i in range(settings.nic_slots)])
     loop = asyncio.new_event_loop()
+    space = hostmount.ShareSpace(run_dir / "shares")
     try:
         # Its constructor turns transparent huge pages off, as hbd's does.
         driver = QemuMicrovmDriver(settings.qemu)
 
         def boot() -> None:
-            loop.run_until_complete(bare_boot(driver, spec, run_dir / "fs"))
+            loop.run_until_complete(bare_boot(driver, spec, space, run_dir / "fs"))
 
         return measure(f"bare floor: QEMU + kernel to init, off ({accel})", runs, boot)
     finally:
         loop.close()
+        space.close(end=True)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
