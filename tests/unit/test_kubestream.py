@@ -10,12 +10,22 @@ import json
 from collections.abc import AsyncIterator
 
 import aiohttp
+import pytest
 
 from hbd.api import kubestream, spdy
 from hbd.api.kubestream import RemoteCommand, RequestCache, StreamingServer, StreamOptions
 from hbd.errors import Conflict
 from hbd.services.pod.streams import TcpPortConnection
 from tests import kubestream_client as ks
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[StreamingServer]:
+    """A streaming server, started; stopped after the test."""
+    streaming = StreamingServer()
+    await streaming.start()
+    yield streaming
+    await streaming.stop()
 
 
 def test_tokens_are_single_use_and_of_one_kind() -> None:
@@ -85,85 +95,66 @@ class FakeProcess:
         self.closed = True
 
 
-async def test_a_remote_command_session_end_to_end() -> None:
-    server = StreamingServer()
-    await server.start()
-    try:
-        started: list[FakeProcess] = []
-        url = server.register("exec", RemoteCommand(StreamOptions(True, True, True, False),
-                                                    FakeProcess.starter(started)))
-        result = await ks.remote_command(url, stdin=b"abc")
-        assert (result.stdout, result.stderr, result.exit_code) == (b"ABC", b"eof", 5)
-        assert started[0].closed
-    finally:
-        await server.stop()
+async def test_a_remote_command_session_end_to_end(server: StreamingServer) -> None:
+    started: list[FakeProcess] = []
+    url = server.register("exec", RemoteCommand(StreamOptions(True, True, True, False),
+                                                FakeProcess.starter(started)))
+    result = await ks.remote_command(url, stdin=b"abc")
+    assert (result.stdout, result.stderr, result.exit_code) == (b"ABC", b"eof", 5)
+    assert started[0].closed
 
 
-async def test_resizes_split_and_joined_across_frames() -> None:
-    server = StreamingServer()
-    await server.start()
-    try:
-        started: list[FakeProcess] = []
-        url = server.register("exec", RemoteCommand(StreamOptions(True, True, False, True),
-                                                    FakeProcess.starter(started)))
-        client, answer = await ks.Client.open(url, ["v4.channel.k8s.io"])
-        assert answer.status == 101
-        error = await client.create(streamType="error")
-        stdin = await client.create(streamType="stdin")
-        stdout = await client.create(streamType="stdout")
-        resize = await client.create(streamType="resize")
-        sizes = [{"Width": 80, "Height": 24}, {"Width": 101, "Height": 33},
-                 {"Width": 120, "Height": 40}]
-        wire = "".join(json.dumps(s) for s in sizes).encode()
-        await client.write(resize, wire[:10])
-        await client.write(resize, wire[10:])
-        await client.write(stdin, b"x", fin=True)
-        assert await stdout.read_all() == b"X" + b"eof"  # a tty: stderr goes to stdout
-        assert json.loads(await error.read_all())["details"]["causes"][0]["message"] == "5"
-        await client.close()
-        assert started[0].resizes == [(24, 80), (33, 101), (40, 120)]
-    finally:
-        await server.stop()
+async def test_resizes_split_and_joined_across_frames(server: StreamingServer) -> None:
+    started: list[FakeProcess] = []
+    url = server.register("exec", RemoteCommand(StreamOptions(True, True, False, True),
+                                                FakeProcess.starter(started)))
+    client, answer = await ks.Client.open(url, ["v4.channel.k8s.io"])
+    assert answer.status == 101
+    error = await client.create(streamType="error")
+    stdin = await client.create(streamType="stdin")
+    stdout = await client.create(streamType="stdout")
+    resize = await client.create(streamType="resize")
+    sizes = [{"Width": 80, "Height": 24}, {"Width": 101, "Height": 33},
+             {"Width": 120, "Height": 40}]
+    wire = "".join(json.dumps(s) for s in sizes).encode()
+    await client.write(resize, wire[:10])
+    await client.write(resize, wire[10:])
+    await client.write(stdin, b"x", fin=True)
+    assert await stdout.read_all() == b"X" + b"eof"  # a tty: stderr goes to stdout
+    assert json.loads(await error.read_all())["details"]["causes"][0]["message"] == "5"
+    await client.close()
+    assert started[0].resizes == [(24, 80), (33, 101), (40, 120)]
 
 
-async def test_a_process_that_cannot_start_is_reported_on_the_error_stream() -> None:
+async def test_a_process_that_cannot_start_is_reported_on_the_error_stream(
+        server: StreamingServer) -> None:
     async def refuse() -> kubestream.Process:
         raise Conflict("container abc is not running")
-    server = StreamingServer()
-    await server.start()
-    try:
-        url = server.register("attach", RemoteCommand(StreamOptions(False, True, False, False),
-                                                      refuse))
-        result = await ks.remote_command(url, stderr=False)
-        assert result.status["status"] == "Failure"
-        assert result.status["message"] == "container abc is not running"
-        url = server.register("attach", RemoteCommand(StreamOptions(False, True, False, False),
-                                                      refuse))
-        old = await ks.remote_command(url, stderr=False, protocol="v2.channel.k8s.io")
-        assert old.error == b"container abc is not running"
-    finally:
-        await server.stop()
+    url = server.register("attach", RemoteCommand(StreamOptions(False, True, False, False),
+                                                  refuse))
+    result = await ks.remote_command(url, stderr=False)
+    assert result.status["status"] == "Failure"
+    assert result.status["message"] == "container abc is not running"
+    url = server.register("attach", RemoteCommand(StreamOptions(False, True, False, False),
+                                                  refuse))
+    old = await ks.remote_command(url, stderr=False, protocol="v2.channel.k8s.io")
+    assert old.error == b"container abc is not running"
 
 
-async def test_requests_that_are_no_spdy_upgrade() -> None:
-    server = StreamingServer()
-    await server.start()
-    try:
-        url = server.register("exec", RemoteCommand(StreamOptions(False, True, False, False),
-                                                    FakeProcess.starter()))
-        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.split(":")[2]
-                                                                         .split("/")[0]))
-        path = url.split(":", 2)[2].split("/", 1)[1]
-        writer.write(f"GET /{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        answer = await reader.read()
-        writer.close()
-        assert answer.startswith(b"HTTP/1.1 400")
-        assert b"missing upgrade headers" in answer
-    finally:
-        await server.stop()
+async def test_requests_that_are_no_spdy_upgrade(server: StreamingServer) -> None:
+    url = server.register("exec", RemoteCommand(StreamOptions(False, True, False, False),
+                                                FakeProcess.starter()))
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(url.split(":")[2]
+                                                                     .split("/")[0]))
+    path = url.split(":", 2)[2].split("/", 1)[1]
+    writer.write(f"GET /{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b"missing upgrade headers" in answer
 
 
-async def test_port_forward_pairs_streams_by_request_id() -> None:
+async def test_port_forward_pairs_streams_by_request_id(server: StreamingServer) -> None:
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"echo:" + await reader.read())  # all of it, to the client's EOF
         await writer.drain()
@@ -175,8 +166,6 @@ async def test_port_forward_pairs_streams_by_request_id() -> None:
     async def connect(port: int) -> kubestream.PodConnection:
         asked.append(port)
         return await TcpPortConnection.open("127.0.0.1", pod_port)
-    server = StreamingServer()
-    await server.start()
     try:
         url = server.register("portforward", kubestream.PortForward(connect))
         client, answer = await ks.Client.open(url, ["portforward.k8s.io"])
@@ -203,7 +192,6 @@ async def test_port_forward_pairs_streams_by_request_id() -> None:
         assert b"invalid port" in await error.read_all()
         await client.close()
     finally:
-        await server.stop()
         pod.close()
 
 
@@ -242,25 +230,23 @@ class ScriptedConnection:
         self.replies.put_nowait(b"")
 
 
-async def _forward_once(connection: ScriptedConnection, send: bytes, fin: bool
-                        ) -> tuple[ks.Client, ks.ClientStream, ks.ClientStream, StreamingServer]:
+async def _forward_once(server: StreamingServer, connection: ScriptedConnection, send: bytes,
+                        fin: bool) -> tuple[ks.Client, ks.ClientStream, ks.ClientStream]:
     async def connect(port: int) -> kubestream.PodConnection:
         return connection
-    server = StreamingServer()
-    await server.start()
     url = server.register("portforward", kubestream.PortForward(connect))
     client, answer = await ks.Client.open(url, ["portforward.k8s.io"])
     assert answer.status == 101
     error = await client.create(streamType="error", port="80", requestID="0")
     data = await client.create(streamType="data", port="80", requestID="0")
     await client.write(data, send, fin=fin)
-    return client, data, error, server
+    return client, data, error
 
 
-async def test_port_forward_says_why_the_pod_connection_failed() -> None:
+async def test_port_forward_says_why_the_pod_connection_failed(server: StreamingServer) -> None:
     connection = ScriptedConnection(b"", failure="dial tcp4 127.0.0.1:80: connect: "
                                                 "connection refused")
-    client, data, error, server = await _forward_once(connection, b"hello", fin=True)
+    client, data, error = await _forward_once(server, connection, b"hello", fin=True)
     try:
         assert await data.read_all() == b""
         assert await error.read_all() == (b"error forwarding port 80 to pod: dial tcp4 "
@@ -268,32 +254,29 @@ async def test_port_forward_says_why_the_pod_connection_failed() -> None:
         await connection.closed.wait()
     finally:
         await client.close()
-        await server.stop()
 
 
-async def test_port_forward_ends_with_the_pods_end_of_the_connection() -> None:
+async def test_port_forward_ends_with_the_pods_end_of_the_connection(
+        server: StreamingServer) -> None:
     # The client keeps its data stream open: the pod's EOF ends the request.
     connection = ScriptedConnection(b"bye")
-    client, data, error, server = await _forward_once(connection, b"hi", fin=False)
+    client, data, error = await _forward_once(server, connection, b"hi", fin=False)
     try:
         assert await data.read_all() == b"bye"
         assert await error.read_all() == b""
         await connection.closed.wait()
     finally:
         await client.close()
-        await server.stop()
 
 
-async def test_port_forward_drops_the_pod_connection_when_the_client_goes() -> None:
+async def test_port_forward_drops_the_pod_connection_when_the_client_goes(
+        server: StreamingServer) -> None:
     connection = ScriptedConnection(b"first", hold=True)
-    client, data, _, server = await _forward_once(connection, b"hi", fin=False)
-    try:
-        assert await data.data.get() == b"first"
-        assert not connection.closed.is_set()
-        await client.close()
-        await connection.closed.wait()
-    finally:
-        await server.stop()
+    client, data, _ = await _forward_once(server, connection, b"hi", fin=False)
+    assert await data.data.get() == b"first"
+    assert not connection.closed.is_set()
+    await client.close()
+    await connection.closed.wait()
 
 
 async def _websocket_exec(url: str, protocol: str, messages: list[bytes | str]
@@ -315,58 +298,49 @@ async def _websocket_exec(url: str, protocol: str, messages: list[bytes | str]
         return ws.protocol or "", received
 
 
-async def test_a_remote_command_over_websocket_v5() -> None:
-    server = StreamingServer()
-    await server.start()
-    try:
-        started: list[FakeProcess] = []
-        url = server.register("exec", RemoteCommand(StreamOptions(True, True, True, False),
-                                                    FakeProcess.starter(started)))
-        # stdin "abc", then v5's close of stdin (channel 255, then the channel).
-        protocol, received = await _websocket_exec(url, "v5.channel.k8s.io",
-                                                   [b"\x00abc", b"\xff\x00"])
-        assert protocol == "v5.channel.k8s.io"
-        assert received[0] == b"\x01"  # the empty message: the connection is up
-        by_channel: dict[int, bytes] = {}
-        for message in received:
-            assert isinstance(message, bytes)
-            if message[0] != 255:
-                by_channel[message[0]] = by_channel.get(message[0], b"") + message[1:]
-        assert (by_channel[1], by_channel[2]) == (b"ABC", b"eof")
-        status = json.loads(by_channel[3])
-        assert status["reason"] == "NonZeroExitCode"
-        assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "5"}]
-        assert started[0].closed
-    finally:
-        await server.stop()
+async def test_a_remote_command_over_websocket_v5(server: StreamingServer) -> None:
+    started: list[FakeProcess] = []
+    url = server.register("exec", RemoteCommand(StreamOptions(True, True, True, False),
+                                                FakeProcess.starter(started)))
+    # stdin "abc", then v5's close of stdin (channel 255, then the channel).
+    protocol, received = await _websocket_exec(url, "v5.channel.k8s.io",
+                                               [b"\x00abc", b"\xff\x00"])
+    assert protocol == "v5.channel.k8s.io"
+    assert received[0] == b"\x01"  # the empty message: the connection is up
+    by_channel: dict[int, bytes] = {}
+    for message in received:
+        assert isinstance(message, bytes)
+        if message[0] != 255:
+            by_channel[message[0]] = by_channel.get(message[0], b"") + message[1:]
+    assert (by_channel[1], by_channel[2]) == (b"ABC", b"eof")
+    status = json.loads(by_channel[3])
+    assert status["reason"] == "NonZeroExitCode"
+    assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "5"}]
+    assert started[0].closed
 
 
-async def test_a_remote_command_over_base64_websocket() -> None:
-    server = StreamingServer()
-    await server.start()
-    try:
-        url = server.register("exec", RemoteCommand(StreamOptions(True, True, False, False),
-                                                    FakeProcess.starter()))
-        stdin = "0" + base64.b64encode(b"hi").decode()
-        # Before v5 a client cannot close stdin: it hangs up, and the process goes.
-        async with aiohttp.ClientSession() as client, client.ws_connect(
-                url.replace("http://", "ws://"), protocols=["base64.channel.k8s.io"]) as ws:
-            await ws.send_str(stdin)
-            texts = []
-            while len(texts) < 2:
-                answer = await ws.receive()
-                assert answer.type == aiohttp.WSMsgType.TEXT
-                texts.append(answer.data)
-        assert texts == ["1", "1" + base64.b64encode(b"HI").decode()]
-    finally:
-        await server.stop()
+async def test_a_remote_command_over_base64_websocket(server: StreamingServer) -> None:
+    url = server.register("exec", RemoteCommand(StreamOptions(True, True, False, False),
+                                                FakeProcess.starter()))
+    stdin = "0" + base64.b64encode(b"hi").decode()
+    # Before v5 a client cannot close stdin: it hangs up, and the process goes.
+    async with aiohttp.ClientSession() as client, client.ws_connect(
+            url.replace("http://", "ws://"), protocols=["base64.channel.k8s.io"]) as ws:
+        await ws.send_str(stdin)
+        texts = []
+        while len(texts) < 2:
+            answer = await ws.receive()
+            assert answer.type == aiohttp.WSMsgType.TEXT
+            texts.append(answer.data)
+    assert texts == ["1", "1" + base64.b64encode(b"HI").decode()]
 
 
-async def test_port_forward_drops_the_pod_connection_when_its_data_stream_is_reset() -> None:
+async def test_port_forward_drops_the_pod_connection_when_its_data_stream_is_reset(
+        server: StreamingServer) -> None:
     # The client resets the data stream while the pod still sends: the
     # request ends there, without waiting for the pod's end.
     connection = ScriptedConnection(b"first", hold=True)
-    client, data, _, server = await _forward_once(connection, b"hi", fin=False)
+    client, data, _ = await _forward_once(server, connection, b"hi", fin=False)
     try:
         assert await data.data.get() == b"first"
         await client.send(spdy.RstStream(data.id, spdy.CANCEL))
@@ -379,4 +353,3 @@ async def test_port_forward_drops_the_pod_connection_when_its_data_stream_is_res
         assert not connection.ended.is_set()
     finally:
         await client.close()
-        await server.stop()
