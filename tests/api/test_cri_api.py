@@ -92,10 +92,15 @@ def container_config(name: str, *command: str) -> pb.ContainerConfig:
         envs=[pb.KeyValue(key="GREETING", value=b"hello")])
 
 
-def code_of(call: Any, *args: Any) -> grpc.StatusCode:
+def refusal(call: Any, *args: Any) -> tuple[grpc.StatusCode, str]:
+    """The status code and message of a call that must fail."""
     with pytest.raises(grpc.RpcError) as info:
         call(*args)
-    return info.value.code()  # type: ignore[no-any-return]
+    return info.value.code(), str(info.value.details())
+
+
+def code_of(call: Any, *args: Any) -> grpc.StatusCode:
+    return refusal(call, *args)[0]
 
 
 def test_runtime_identity_and_status(cri: Cri) -> None:
@@ -346,10 +351,10 @@ def test_bad_input_gets_a_status_not_a_traceback(cri: Cri) -> None:
     try:
         missing = container_config("x", "true")
         missing.image.image = "no-such-image:1"
-        with pytest.raises(grpc.RpcError) as info:
-            rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=missing))
-        assert info.value.code() == grpc.StatusCode.NOT_FOUND
-        assert "no-such-image" in info.value.details()
+        code, details = refusal(rt.CreateContainer,
+                                pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=missing))
+        assert code == grpc.StatusCode.NOT_FOUND
+        assert "no-such-image" in details
     finally:
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     # A group without a user (the CRI's run_as_group alone) is refused.
@@ -358,11 +363,10 @@ def test_bad_input_gets_a_status_not_a_traceback(cri: Cri) -> None:
     try:
         grouped = container_config("x", "true")
         grouped.linux.security_context.run_as_group.value = 1000
-        with pytest.raises(grpc.RpcError) as info:
-            rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id,
-                                                         sandbox_config=config, config=grouped))
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "without user" in info.value.details()
+        code, details = refusal(rt.CreateContainer, pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, sandbox_config=config, config=grouped))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "without user" in details
     finally:
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     host = pod_config("host", cri.log_dir)
@@ -574,10 +578,10 @@ def test_raw_block_devices_attach_once_per_pod_and_to_one_pod(cri: Cri,
             other = container_config("other", "sleep", "100000")
             other.devices.append(pb.Device(container_path="/dev/xvdb", host_path=device))
             other_id = create(cri, pod_b, config_b, other)
-            with pytest.raises(grpc.RpcError) as info:
-                rt.StartContainer(pb.StartContainerRequest(container_id=other_id))
-            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert f"device {device} is attached to another guest" in info.value.details()
+            code, details = refusal(rt.StartContainer,
+                                    pb.StartContainerRequest(container_id=other_id))
+            assert code == grpc.StatusCode.FAILED_PRECONDITION
+            assert f"device {device} is attached to another guest" in details
 
             # The last container using it gone, the guest lets it go.
             rt.RemoveContainer(pb.RemoveContainerRequest(container_id=writer_id))
@@ -615,12 +619,12 @@ def test_a_direct_assigned_volume_is_a_disk_the_guest_mounts(cri: Cri, tmp_path:
             mountpoint.mkdir()
             subprocess.run(["mount", device, str(mountpoint)], check=True)
             try:
-                with pytest.raises(grpc.RpcError) as info:
-                    rt.StartContainer(pb.StartContainerRequest(container_id=app_id))
+                code, details = refusal(rt.StartContainer,
+                                        pb.StartContainerRequest(container_id=app_id))
             finally:
                 subprocess.run(["umount", str(mountpoint)], check=True)
-            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert f"is mounted on the host at {mountpoint}" in info.value.details()
+            assert code == grpc.StatusCode.FAILED_PRECONDITION
+            assert f"is mounted on the host at {mountpoint}" in details
 
             rt.StartContainer(pb.StartContainerRequest(container_id=app_id))
             [mount] = [mt for mt in guest_mounts(cri, app_id) if mt.target == "/data"]
@@ -643,10 +647,9 @@ def test_bad_block_volumes_get_a_status(cri: Cri, tmp_path: Path) -> None:
         not_a_device.write_text("x")
         app = container_config("app", "sleep", "100000")
         app.devices.append(pb.Device(container_path="/dev/x", host_path=str(not_a_device)))
-        with pytest.raises(grpc.RpcError) as info:
-            create(cri, pod_id, config, app)
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert f"{not_a_device} is not a block device" in info.value.details()
+        code, details = refusal(create, cri, pod_id, config, app)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"{not_a_device} is not a block device" in details
 
         broken = Path(registry.root) / direct.volume_key(volume_path) / "mountInfo.json"
         broken.parent.mkdir(parents=True)
@@ -654,10 +657,9 @@ def test_bad_block_volumes_get_a_status(cri: Cri, tmp_path: Path) -> None:
         app = container_config("broken", "sleep", "100000")
         app.mounts.append(pb.Mount(container_path="/data", host_path=volume_path))
         app_id = create(cri, pod_id, config, app)
-        with pytest.raises(grpc.RpcError) as info:
-            rt.StartContainer(pb.StartContainerRequest(container_id=app_id))
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "unknown volume-type 'nfs'" in info.value.details()
+        code, details = refusal(rt.StartContainer, pb.StartContainerRequest(container_id=app_id))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unknown volume-type 'nfs'" in details
     finally:
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
         registry.remove(volume_path)
@@ -680,10 +682,10 @@ def test_a_device_attached_read_only_cannot_be_written_by_another_container(
             writer.devices.append(pb.Device(container_path="/dev/w", host_path=device,
                                             permissions="rw"))
             writer_id = create(cri, pod_id, config, writer)
-            with pytest.raises(grpc.RpcError) as info:
-                rt.StartContainer(pb.StartContainerRequest(container_id=writer_id))
-            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "attached read-only to the guest" in info.value.details()
+            code, details = refusal(rt.StartContainer,
+                                    pb.StartContainerRequest(container_id=writer_id))
+            assert code == grpc.StatusCode.FAILED_PRECONDITION
+            assert "attached read-only to the guest" in details
         finally:
             rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
@@ -741,10 +743,9 @@ def test_mount_propagation_a_guest_can_give(cri: Cri, tmp_path: Path) -> None:
                                        propagation=propagation))
             return str(rt.CreateContainer(pb.CreateContainerRequest(
                 pod_sandbox_id=pod_id, sandbox_config=config, config=app)).container_id)
-        with pytest.raises(grpc.RpcError) as info:
-            create(pb.PROPAGATION_BIDIRECTIONAL)
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "cannot reach the host" in str(info.value.details())
+        code, details = refusal(create, pb.PROPAGATION_BIDIRECTIONAL)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "cannot reach the host" in details
         for propagation in (pb.PROPAGATION_HOST_TO_CONTAINER, pb.PROPAGATION_PRIVATE):
             status = rt.ContainerStatus(pb.ContainerStatusRequest(
                 container_id=create(propagation))).status
@@ -819,10 +820,8 @@ def test_bad_image_volumes_get_a_status(cri: Cri) -> None:
                  "No such image: nothere:1")]:
             app = container_config("app", "sleep", "100000")
             app.mounts.append(mount)
-            with pytest.raises(grpc.RpcError) as info:
-                create(cri, pod_id, config, app)
-            assert (info.value.code(), words in info.value.details()) == (code, True), \
-                info.value.details()
+            refused, details = refusal(create, cri, pod_id, config, app)
+            assert (refused, words in details) == (code, True), details
     finally:
         rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
 
