@@ -115,16 +115,21 @@ def run_dirs(exec_root: Path) -> set[Path]:
     return {p for p in exec_root.iterdir() if p.is_dir() and SANDBOX_ID.fullmatch(p.name)}
 
 
-def share_space_mountinfo(exec_root: Path) -> list[str]:
-    """The mountinfo of a daemon's share space (hbd.drivers.hostmount), where
-    its guests' shared directories are mounted: empty if it has none."""
+def mountinfo_with_shares(exec_root: Path) -> list[str]:
+    """The host's mountinfo lines, then those of a daemon's share space
+    (hbd.drivers.hostmount), where its guests' shared directories are
+    mounted (none if it has no space)."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
     pid = hostmount.holder_of(exec_root / SHARE_SPACE_DIR)
-    if not pid:
-        return []
-    try:
-        return Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
-    except OSError:
-        return []
+    if pid:
+        with contextlib.suppress(OSError):
+            lines += Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    return lines
+
+
+def mounts_under(exec_root: Path, path: Path) -> list[str]:
+    """Mounts naming `path`, in the host's namespace or the daemon's share space."""
+    return [line for line in mountinfo_with_shares(exec_root) if str(path) in line]
 
 
 def remove_cgroups(parent: str) -> None:

@@ -31,8 +31,8 @@ from tests.daemon_fixture import (
     DOCKER_CLI,
     RunningDaemon,
     hbd_daemon,
+    mountinfo_with_shares,
     run_dirs,
-    share_space_mountinfo,
 )
 
 # -- what a daemon's guests hold on the host ------------------------------------------------
@@ -87,8 +87,7 @@ def host_state(daemon: RunningDaemon, sandboxes: set[str] | None = None) -> Host
     state.processes.sort()
     # The shares are mounted in the daemon's share space; none may be left in
     # the host's namespace either.
-    host = Path("/proc/self/mountinfo").read_text().splitlines()
-    for line in host + share_space_mountinfo(daemon.exec_root):
+    for line in mountinfo_with_shares(daemon.exec_root):
         if ours(line.split()[4]):
             state.mounts.append(line)
     prefix = f"ht{instance_tag(daemon.data_root)}"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon_fixture import RunningDaemon, run_dirs, share_space_mountinfo
+from tests.daemon_fixture import RunningDaemon, mounts_under, run_dirs
 from tests.registry_fixture import free_port
 
 
@@ -209,12 +209,6 @@ def guest_dirs(hbd: RunningDaemon) -> set[Path]:
     return run_dirs(hbd.exec_root)
 
 
-def mounted_anywhere(hbd: RunningDaemon, path: Path) -> bool:
-    """A mount under `path` in the host's namespace or the daemon's share space."""
-    lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    return any(str(path) in line for line in lines + share_space_mountinfo(hbd.exec_root))
-
-
 def test_nothing_leaks_after_removal(hbd: RunningDaemon, cleanup: list[str]) -> None:
     volume = f"leak{free_port()}"
     cleanup.append(volume)
@@ -234,7 +228,7 @@ def test_nothing_leaks_after_removal(hbd: RunningDaemon, cleanup: list[str]) -> 
         time.sleep(0.2)
     assert not sandbox.exists()
     assert not Path(f"/proc/{virtiofsd}").exists()
-    assert not mounted_anywhere(hbd, sandbox)
+    assert not mounts_under(hbd.exec_root, sandbox)
     assert not [t for t in taps if Path("/sys/class/net", t).exists()]
 
 
@@ -290,5 +284,5 @@ def test_a_killed_virtiofsd_ends_its_guest_not_hbd(hbd: RunningDaemon, cleanup: 
     while sandbox.exists():
         assert time.monotonic() < deadline, sorted(sandbox.iterdir())
         time.sleep(0.2)
-    assert not mounted_anywhere(hbd, sandbox)
+    assert not mounts_under(hbd.exec_root, sandbox)
     assert not Path(f"/proc/{virtiofsd}").exists()

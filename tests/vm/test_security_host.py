@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_fixture import RunningDaemon, hbd_daemon, share_space_mountinfo
+from tests.daemon_fixture import RunningDaemon, hbd_daemon, mounts_under
 from tests.vm.test_template import wait_template
 
 # What a jailed QEMU may see at its root (hbd.drivers.jail).
@@ -163,13 +163,6 @@ def test_block_volume_works_through_passed_descriptors(daemon: RunningDaemon) ->
     daemon.docker("volume", "rm", "jailvol")
 
 
-def mounts_under(daemon: RunningDaemon, path: Path) -> list[str]:
-    """Mounts under `path` in the host's namespace or the daemon's share space."""
-    lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    return [line for line in lines + share_space_mountinfo(daemon.exec_root)
-            if str(path) in line]
-
-
 def test_virtiofsd_has_its_own_cgroup(daemon: RunningDaemon, tmp_path: Path) -> None:
     (tmp_path / "hello").write_text("hi")
     run(daemon, "jail-fs", "-v", f"{tmp_path}:/host")
@@ -207,6 +200,6 @@ def test_nothing_is_left_behind(daemon: RunningDaemon, tmp_path: Path) -> None:
     leftovers = [g for g in groups if g.exists()]
     assert not leftovers, leftovers
     assert not [r for r in run_dirs if r.exists()]
-    assert not [m for r in run_dirs for m in mounts_under(daemon, r)]
+    assert not [m for r in run_dirs for m in mounts_under(daemon.exec_root, r)]
     jail_root = daemon.exec_root / "vmm-jail"
     assert jail_root.is_dir() and not os.listdir(jail_root)
