@@ -319,21 +319,24 @@ class ShareSpace:
     def namespace(self) -> Path:
         """The namespace (/proc/PID/ns/mnt): what virtiofsd is started in."""
         with self._lock:
-            if self._queue is None:
-                self._open()
+            self._opened()
         return Path(f"/proc/{self._holder}/ns/mnt")
 
     def run(self, work: Callable[[], T]) -> T:
         """`work()` run in the space, by its thread."""
+        done: Future[object] = Future()
         with self._lock:
-            if self._queue is None:
-                self._open()
-            assert self._queue is not None
-            done: Future[object] = Future()
-            self._queue.put((work, done))
+            self._opened().put((work, done))
         return done.result()  # type: ignore[return-value]
 
-    def _open(self) -> None:
+    def _opened(self) -> queue.SimpleQueue[Work | None]:
+        """The thread's work queue; the space opened first if it is not yet
+        (the caller holds the lock)."""
+        if self._queue is None:
+            self._queue = self._open()
+        return self._queue
+
+    def _open(self) -> queue.SimpleQueue[Work | None]:
         self._holder = holder_of(self.directory)
         if not self._holder:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -346,7 +349,8 @@ class ShareSpace:
                                   name="share space", daemon=True)
         thread.start()
         entered.result()
-        self._queue, self._thread = work, thread
+        self._thread = thread
+        return work
 
     @staticmethod
     def _serve(namespace: str, work: queue.SimpleQueue[Work | None],
